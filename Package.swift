@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "memreplica",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "MemReplica", targets: ["MemReplica"]),
+        .executable(name: "memreplica", targets: ["memreplica"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.10.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+    ],
+    targets: [
+        .target(
+            name: "QuicShim",
+            cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])],
+            linkerSettings: [
+                .linkedLibrary("ngtcp2_crypto_gnutls"),
+                .linkedLibrary("ngtcp2"),
+                .linkedLibrary("gnutls"),
+            ]
+        ),
+        .target(
+            name: "MemReplica",
+            dependencies: [
+                "QuicShim",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .executableTarget(
+            name: "memreplica",
+            dependencies: [
+                "MemReplica",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "MemReplicaTests",
+            dependencies: ["MemReplica", "QuicShim", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

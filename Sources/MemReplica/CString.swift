@@ -1,0 +1,4 @@
+/// A Swift string from a NUL-terminated C buffer we own.
+func stringFromCBuffer(_ buffer: [CChar]) -> String {
+    buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+}

@@ -1,0 +1,107 @@
+import QuicShim
+
+/// ngtcp2's callback table. The crypto entries are ngtcp2's own GnuTLS glue;
+/// the rest forward to the connection (user_data) or stream
+/// (stream_user_data). They run on the loop thread, inside ngtcp2 calls, so
+/// they only record state and resume continuations: never call back into
+/// ngtcp2's write functions from here.
+enum QUICCallbacks {
+    @inline(__always)
+    static func core(_ p: UnsafeMutableRawPointer?) -> QUICConnectionCore {
+        Unmanaged<QUICConnectionCore>.fromOpaque(p!).takeUnretainedValue()
+    }
+
+    @inline(__always)
+    static func stream(_ p: UnsafeMutableRawPointer?) -> QUICStreamCore? {
+        guard let p else { return nil }
+        return Unmanaged<QUICStreamCore>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    static func table(isClient: Bool) -> ngtcp2_callbacks {
+        var cb = ngtcp2_callbacks()
+        if isClient {
+            cb.client_initial = ngtcp2_crypto_client_initial_cb
+            cb.recv_retry = ngtcp2_crypto_recv_retry_cb
+        } else {
+            cb.recv_client_initial = ngtcp2_crypto_recv_client_initial_cb
+        }
+        cb.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb
+        cb.encrypt = ngtcp2_crypto_encrypt_cb
+        cb.decrypt = ngtcp2_crypto_decrypt_cb
+        cb.hp_mask = ngtcp2_crypto_hp_mask_cb
+        cb.update_key = ngtcp2_crypto_update_key_cb
+        cb.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb
+        cb.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb
+        cb.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb
+        cb.version_negotiation = ngtcp2_crypto_version_negotiation_cb
+
+        cb.rand = { dest, len, _ in fillRandom(dest!, len) }
+        cb.get_new_connection_id = { _, cid, token, cidlen, user in
+            let core = QUICCallbacks.core(user)
+            fillRandom(UnsafeMutableRawPointer(mutating: withUnsafeMutableBytes(of: &cid!.pointee.data) { $0.baseAddress! }), cidlen)
+            cid!.pointee.datalen = cidlen
+            let secret = core.endpoint.statelessResetSecret
+            let rc = secret.withUnsafeBufferPointer { s in
+                ngtcp2_crypto_generate_stateless_reset_token(token, s.baseAddress, s.count, cid)
+            }
+            guard rc == 0 else { return NGTCP2_ERR_CALLBACK_FAILURE }
+            core.endpoint.route(ConnectionID(cid!.pointee), to: core)
+            return 0
+        }
+        cb.remove_connection_id = { _, cid, user in
+            QUICCallbacks.core(user).endpoint.unroute(ConnectionID(cid!.pointee), from: QUICCallbacks.core(user))
+            return 0
+        }
+        cb.handshake_completed = { _, user in
+            QUICCallbacks.core(user).handshakeCompleted() ? 0 : NGTCP2_ERR_CALLBACK_FAILURE
+        }
+        cb.handshake_confirmed = { _, user in
+            QUICCallbacks.core(user).handshakeConfirmed()
+            return 0
+        }
+        cb.stream_open = { _, id, user in
+            QUICCallbacks.core(user).streamOpenedByPeer(id)
+            return 0
+        }
+        cb.recv_stream_data = { _, flags, _, _, data, len, _, streamUser in
+            guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
+            let fin = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0
+            stream.deliver(UnsafeRawBufferPointer(start: data, count: len), fin: fin)
+            return 0
+        }
+        cb.acked_stream_data_offset = { _, _, offset, len, _, streamUser in
+            guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
+            stream.sendBuffer.acknowledge(upTo: offset + len)
+            stream.wakeWriters()
+            return 0
+        }
+        cb.stream_close = { _, flags, _, code, user, streamUser in
+            guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
+            let hasCode = flags & UInt32(NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) != 0
+            QUICCallbacks.core(user).streamClosed(stream, appErrorCode: hasCode ? code : nil)
+            return 0
+        }
+        cb.stream_reset = { _, _, _, code, _, streamUser in
+            QUICCallbacks.stream(streamUser)?.receiveError = .streamReset(errorCode: code)
+            QUICCallbacks.stream(streamUser)?.satisfyReader()
+            return 0
+        }
+        cb.stream_stop_sending = { _, _, code, _, streamUser in
+            guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
+            stream.sendError = .streamReset(errorCode: code)
+            stream.wakeWriters()
+            return 0
+        }
+        cb.extend_max_local_streams_bidi = { _, _, user in
+            QUICCallbacks.core(user).streamCreditAvailable()
+            return 0
+        }
+        cb.extend_max_stream_data = { _, _, _, user, streamUser in
+            guard let stream = QUICCallbacks.stream(streamUser), stream.flowBlocked else { return 0 }
+            stream.flowBlocked = false
+            QUICCallbacks.core(user).schedule(stream)
+            return 0
+        }
+        return cb
+    }
+}

@@ -1,0 +1,43 @@
+/// Tunables of a QUIC endpoint. Defaults suit a WAN path of up to
+/// ~1 Gbit/s × 150 ms; every limit here is explicit and enforced.
+public struct QUICConfiguration: Sendable {
+    /// Application protocols offered (client) or accepted (server), in order.
+    public var applicationProtocols: [String] = [QUICConfiguration.memReplicaALPN]
+    /// Per-stream receive window. Should cover the bandwidth-delay product
+    /// of one stream: 16 MiB ≈ 850 Mbit/s at 150 ms.
+    public var streamReceiveWindow: UInt64 = 16 << 20
+    /// Connection receive window (all streams together).
+    public var connectionReceiveWindow: UInt64 = 64 << 20
+    /// Bytes a stream may hold unacknowledged before `write` suspends.
+    public var streamSendBuffer: Int = 16 << 20
+    /// Concurrent bidirectional streams the peer may open; credit is given
+    /// back as streams close.
+    public var maxConcurrentStreams: UInt64 = 256
+    /// A connection with no packet from the peer for this long ends.
+    public var idleTimeout: Duration = .seconds(30)
+    /// PINGs keep an idle connection alive at this interval (nil: off).
+    public var keepAliveInterval: Duration? = .seconds(10)
+    /// A handshake that has not finished by then fails.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// Largest UDP payload we send. 1452 fits a 1500-byte Ethernet MTU with
+    /// IPv6 headers; raise it only on paths known to carry more.
+    public var maxUDPPayloadSize: Int = 1452
+    /// Datagrams per GSO send (the kernel caps a GSO send at 64 KiB).
+    public var maxDatagramsPerSend: Int = 32
+    /// UDP socket buffer sizes (forced past rmem_max/wmem_max when root).
+    public var socketBufferSize: Int = 16 << 20
+    /// Congestion controller: cubic (default, the same family as TCP's) or bbr.
+    public var congestionControl: CongestionControl = .cubic
+    /// Whether this endpoint accepts inbound connections.
+    public var acceptsConnections: Bool = false
+    /// ngtcp2's own packet trace to stderr (very verbose).
+    public var debugLog: Bool = false
+
+    public enum CongestionControl: String, Sendable, CaseIterable {
+        case cubic, bbr, reno
+    }
+
+    public static let memReplicaALPN = "memreplica/1"
+
+    public init() {}
+}

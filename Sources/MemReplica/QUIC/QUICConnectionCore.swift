@@ -1,0 +1,452 @@
+import DequeModule
+import Logging
+import QuicShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One QUIC connection: the ngtcp2 connection, its TLS session and its
+/// streams. Confined to the endpoint's loop thread; `QUICConnection` is the
+/// handle other threads hold.
+final class QUICConnectionCore: @unchecked Sendable {
+    enum State { case handshaking, established, closed(TransportError) }
+
+    unowned let endpoint: QUICEndpoint
+    private(set) var conn: OpaquePointer!
+    let tls: UnsafeMutablePointer<qs_tls_session>
+    let isClient: Bool
+    let remote: SocketAddressStorage
+    let remoteAddress: PeerAddress
+    var state = State.handshaking
+    var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+
+    /// Connection IDs routed to this connection by the endpoint.
+    var routedIDs: Set<ConnectionID> = []
+    var streams: [Int64: QUICStreamCore] = [:]
+    /// Streams with data to send, served round-robin one packet at a time.
+    var sendQueue = Deque<QUICStreamCore>()
+    var acceptQueue = Deque<QUICStreamCore>()
+    var acceptWaiters = Deque<CheckedContinuation<QUICStreamCore, any Error>>()
+    var openWaiters = Deque<CheckedContinuation<QUICStreamCore, any Error>>()
+    var connectWaiter: CheckedContinuation<QUICConnectionCore, any Error>?
+    var closeWaiters: [CheckedContinuation<TransportError, Never>] = []
+    /// Set by a callback; reported when ngtcp2 returns the failure.
+    var callbackError: TransportError?
+    /// Queued in the endpoint's list of connections to write.
+    var wantsWrite = false
+    /// Connection-level credit consumed but not yet given back.
+    private var unreportedConsumption: UInt64 = 0
+
+    var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
+    var packetsSent: UInt64 = 0, packetsReceived: UInt64 = 0
+    let startedAt = monotonicNanoseconds()
+    var handshakeDuration: Duration?
+
+    var isClosed: Bool { if case .closed = state { return true } else { return false } }
+    var closeError: TransportError? { if case .closed(let e) = state { return e } else { return nil } }
+
+    private init(endpoint: QUICEndpoint, isClient: Bool, remote: SocketAddressStorage) {
+        self.endpoint = endpoint
+        self.isClient = isClient
+        self.remote = remote
+        self.remoteAddress = PeerAddress(storage: remote)
+        tls = .allocate(capacity: 1)
+        tls.initialize(to: qs_tls_session())
+    }
+
+    /// A client connection to `remote`; the Initial is sent on the next write.
+    static func client(endpoint: QUICEndpoint, remote: SocketAddressStorage) throws -> QUICConnectionCore {
+        let core = QUICConnectionCore(endpoint: endpoint, isClient: true, remote: remote)
+        let (_, dcid) = ConnectionID.random(length: 18)
+        let (scidKey, scid) = ConnectionID.random()
+        try core.create(dcid: dcid, scid: scid, version: UInt32(NGTCP2_PROTO_VER_V1), originalDCID: nil)
+        core.routedIDs.insert(scidKey)
+        return core
+    }
+
+    /// A server connection for a client's first Initial packet.
+    static func server(endpoint: QUICEndpoint, remote: SocketAddressStorage,
+                       header: ngtcp2_pkt_hd) throws -> QUICConnectionCore {
+        let core = QUICConnectionCore(endpoint: endpoint, isClient: false, remote: remote)
+        let (scidKey, scid) = ConnectionID.random()
+        try core.create(dcid: header.scid, scid: scid, version: header.version, originalDCID: header.dcid)
+        core.routedIDs.insert(scidKey)
+        core.routedIDs.insert(ConnectionID(header.dcid))
+        return core
+    }
+
+    private func create(dcid: ngtcp2_cid, scid: ngtcp2_cid, version: UInt32, originalDCID: ngtcp2_cid?) throws {
+        let config = endpoint.configuration
+        var settings = ngtcp2_settings()
+        qs_settings_default(&settings)
+        settings.initial_ts = monotonicNanoseconds()
+        settings.max_tx_udp_payload_size = config.maxUDPPayloadSize
+        settings.handshake_timeout = UInt64(config.handshakeTimeout.seconds * 1e9)
+        settings.max_window = config.connectionReceiveWindow
+        settings.max_stream_window = config.streamReceiveWindow
+        switch config.congestionControl {
+        case .cubic: settings.cc_algo = NGTCP2_CC_ALGO_CUBIC
+        case .bbr: settings.cc_algo = NGTCP2_CC_ALGO_BBR2
+        case .reno: settings.cc_algo = NGTCP2_CC_ALGO_RENO
+        }
+        if config.debugLog { qs_settings_log_to_stderr(&settings) }
+
+        var params = ngtcp2_transport_params()
+        qs_transport_params_default(&params)
+        params.initial_max_stream_data_bidi_local = config.streamReceiveWindow
+        params.initial_max_stream_data_bidi_remote = config.streamReceiveWindow
+        params.initial_max_stream_data_uni = config.streamReceiveWindow
+        params.initial_max_data = config.connectionReceiveWindow
+        params.initial_max_streams_bidi = config.maxConcurrentStreams
+        params.initial_max_streams_uni = 0
+        params.max_idle_timeout = UInt64(config.idleTimeout.seconds * 1e9)
+        params.active_connection_id_limit = 4
+        // Peers do not migrate; a path change is not something we follow.
+        params.disable_active_migration = 1
+        if let odcid = originalDCID { params.original_dcid = odcid }
+
+        var callbacks = QUICCallbacks.table(isClient: isClient)
+        var dcidVar = dcid, scidVar = scid
+        let user = Unmanaged.passUnretained(self).toOpaque()
+        var connPtr: OpaquePointer?
+        let rc = withPath { path in
+            isClient
+                ? qs_conn_client_new(&connPtr, &dcidVar, &scidVar, path, version, &callbacks, &settings, &params, user)
+                : qs_conn_server_new(&connPtr, &dcidVar, &scidVar, path, version, &callbacks, &settings, &params, user)
+        }
+        guard rc == 0, let c = connPtr else {
+            throw TransportError.protocolFailure("creating connection: \(String(cString: ngtcp2_strerror(rc)))")
+        }
+        conn = c
+
+        var err = [CChar](repeating: 0, count: 256)
+        let alpn = config.applicationProtocols.map { strdup($0) }
+        defer { alpn.forEach { free($0) } }
+        let tlsRC = alpn.map { UnsafePointer<CChar>($0) }.withUnsafeBufferPointer { list in
+            qs_tls_session_new(tls, endpoint.tls.handle, isClient ? 0 : 1, list.baseAddress, list.count,
+                               nil, &err, err.count)
+        }
+        guard tlsRC == 0 else {
+            ngtcp2_conn_del(c)
+            conn = nil
+            throw TransportError.tlsConfiguration(stringFromCBuffer(err))
+        }
+        tls.pointee.conn_ref.user_data = user
+        tls.pointee.conn_ref.get_conn = { ref in
+            Unmanaged<QUICConnectionCore>.fromOpaque(ref!.pointee.user_data).takeUnretainedValue().conn
+        }
+        ngtcp2_conn_set_tls_native_handle(c, UnsafeMutableRawPointer(tls.pointee.session))
+        if let keepAlive = config.keepAliveInterval {
+            ngtcp2_conn_set_keep_alive_timeout(c, UInt64(keepAlive.seconds * 1e9))
+        }
+    }
+
+    /// Calls body with this connection's path (local socket, remote peer).
+    func withPath<R>(_ body: (UnsafePointer<ngtcp2_path>) -> R) -> R {
+        endpoint.localStorage.withSockaddr { local, localLen in
+            remote.withSockaddr { rem, remLen in
+                var path = ngtcp2_path(
+                    local: ngtcp2_addr(addr: UnsafeMutablePointer(mutating: local), addrlen: localLen),
+                    remote: ngtcp2_addr(addr: UnsafeMutablePointer(mutating: rem), addrlen: remLen),
+                    user_data: nil)
+                return body(&path)
+            }
+        }
+    }
+
+    // MARK: packets in
+
+    func receive(_ packet: UnsafeRawBufferPointer, now: UInt64) {
+        guard !isClosed else { return }
+        packetsReceived += 1
+        bytesReceived += UInt64(packet.count)
+        var info = ngtcp2_pkt_info()
+        let rc = withPath { path in
+            qs_conn_read_pkt(conn, path, &info, packet.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                             packet.count, now)
+        }
+        if rc != 0 {
+            handleFatal(rc, now: now)
+        }
+    }
+
+    /// Ends the connection after ngtcp2 returned `rc`, telling the peer why
+    /// when that still makes sense.
+    func handleFatal(_ rc: Int32, now: UInt64) {
+        switch rc {
+        case NGTCP2_ERR_DRAINING:
+            finish(remoteCloseError())
+        case NGTCP2_ERR_DROP_CONN:
+            finish(callbackError ?? .protocolFailure("connection dropped"))
+        case NGTCP2_ERR_IDLE_CLOSE, NGTCP2_ERR_HANDSHAKE_TIMEOUT:
+            finish(timeoutError(handshake: rc == NGTCP2_ERR_HANDSHAKE_TIMEOUT))
+        case NGTCP2_ERR_CRYPTO:
+            let alert = ngtcp2_conn_get_tls_alert(conn)
+            var ccerr = ngtcp2_connection_close_error()
+            ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, alert, nil, 0)
+            sendClose(&ccerr, now: now)
+            finish(callbackError ?? localTLSError(alert: alert))
+        default:
+            var ccerr = ngtcp2_connection_close_error()
+            if let error = callbackError, case .alpnMismatch = error {
+                ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, 120, nil, 0)
+            } else {
+                ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rc, nil, 0)
+            }
+            sendClose(&ccerr, now: now)
+            finish(callbackError ?? .protocolFailure(String(cString: ngtcp2_strerror(rc))))
+        }
+    }
+
+    private func timeoutError(handshake: Bool) -> TransportError {
+        let config = endpoint.configuration
+        if case .handshaking = state {
+            if packetsReceived == 0 {
+                return .peerUnreachable(address: remoteAddress.description,
+                                        detail: "no answer within \(Int(config.handshakeTimeout.seconds)) s")
+            }
+            return .handshakeTimeout(seconds: config.handshakeTimeout.seconds)
+        }
+        return .idleTimeout(seconds: config.idleTimeout.seconds)
+    }
+
+    /// Why our own TLS stack failed the handshake.
+    private func localTLSError(alert: UInt8) -> TransportError {
+        if tls.pointee.peer_sent_no_certificate != 0 || alert == 116 {
+            return .clientCertificateMissing
+        }
+        if tls.pointee.verify_failed != 0 {
+            return .untrustedPeer(reason: withUnsafeBytes(of: tls.pointee.verify_reason) {
+                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
+            })
+        }
+        if alert == 120 { return .alpnMismatch(offered: endpoint.configuration.applicationProtocols) }
+        return .tlsFailure(tlsAlertName(alert))
+    }
+
+    /// Why the peer closed, from its CONNECTION_CLOSE frame.
+    private func remoteCloseError() -> TransportError {
+        var ccerr = ngtcp2_connection_close_error()
+        ngtcp2_conn_get_connection_close_error(conn, &ccerr)
+        let reason: String
+        if let r = ccerr.reason, ccerr.reasonlen > 0 {
+            reason = String(decoding: UnsafeBufferPointer(start: r, count: ccerr.reasonlen), as: UTF8.self)
+        } else {
+            reason = ""
+        }
+        if ccerr.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION {
+            return .peerClosed(errorCode: ccerr.error_code, reason: reason)
+        }
+        let code = ccerr.error_code
+        if code >= 0x100 && code < 0x200 {
+            let alert = UInt8(code - 0x100)
+            switch alert {
+            case 116: return .clientCertificateMissing
+            case 120: return .alpnMismatch(offered: endpoint.configuration.applicationProtocols)
+            case 42, 43, 44, 45, 46, 48, 49:
+                return .rejectedByPeer(reason: tlsAlertName(alert))
+            default: return .tlsFailure("peer sent alert \(tlsAlertName(alert))")
+            }
+        }
+        if code == 0 { return .peerClosed(errorCode: 0, reason: reason) }
+        return .protocolFailure("peer closed with transport error 0x\(String(code, radix: 16))\(reason.isEmpty ? "" : ": \(reason)")")
+    }
+
+    private func sendClose(_ ccerr: inout ngtcp2_connection_close_error, now: UInt64) {
+        guard conn != nil, ngtcp2_conn_is_in_closing_period(conn) == 0,
+              ngtcp2_conn_is_in_draining_period(conn) == 0 else { return }
+        var buffer = [UInt8](repeating: 0, count: 1500)
+        var info = ngtcp2_pkt_info()
+        var ps = ngtcp2_path_storage()
+        ngtcp2_path_storage_zero(&ps)
+        let n = buffer.withUnsafeMutableBufferPointer { buf in
+            qs_conn_write_connection_close(conn, &ps.path, &info, buf.baseAddress, buf.count, &ccerr, now)
+        }
+        if n > 0 {
+            _ = buffer.withUnsafeBytes { endpoint.sendDatagrams(UnsafeRawBufferPointer(rebasing: $0.prefix(n)), segmentSize: 0, for: self) }
+        }
+    }
+
+    /// Closes with an application error code, as the user asked.
+    func closeByApplication(errorCode: UInt64, reason: String, now: UInt64) {
+        guard !isClosed else { return }
+        var ccerr = ngtcp2_connection_close_error()
+        var reasonBytes = Array(reason.utf8.prefix(256))
+        reasonBytes.withUnsafeMutableBufferPointer { r in
+            ngtcp2_connection_close_error_set_application_error(&ccerr, errorCode, r.baseAddress, r.count)
+            sendClose(&ccerr, now: now)
+        }
+        finish(.closedLocally)
+    }
+
+    /// Tears the connection down and tells everyone waiting on it.
+    func finish(_ error: TransportError) {
+        guard !isClosed else { return }
+        let wasEstablished: Bool
+        if case .established = state { wasEstablished = true } else { wasEstablished = false }
+        state = .closed(error)
+        if wasEstablished || !isClient {
+            endpoint.logger.debug("connection closed", metadata: ["peer": "\(remoteAddress)", "reason": "\(error)"])
+        }
+        connectWaiter?.resume(throwing: error)
+        connectWaiter = nil
+        for s in streams.values { s.fail(error) }
+        for s in acceptQueue { s.fail(error) }
+        while let w = acceptWaiters.popFirst() { w.resume(throwing: error) }
+        while let w = openWaiters.popFirst() { w.resume(throwing: error) }
+        for w in closeWaiters { w.resume(returning: error) }
+        closeWaiters.removeAll()
+        sendQueue.removeAll()
+        streams.removeAll()
+        endpoint.forget(self)
+        ngtcp2_conn_del(conn)
+        conn = nil
+        qs_tls_session_free(tls)
+    }
+
+    deinit {
+        tls.deinitialize(count: 1)
+        tls.deallocate()
+    }
+
+    // MARK: events from ngtcp2 (called from QUICCallbacks)
+
+    func handshakeCompleted() -> Bool {
+        var alpn = [CChar](repeating: 0, count: 64)
+        guard qs_tls_selected_alpn(tls, &alpn, alpn.count) == 0,
+              endpoint.configuration.applicationProtocols.contains(stringFromCBuffer(alpn)) else {
+            callbackError = .alpnMismatch(offered: endpoint.configuration.applicationProtocols)
+            return false
+        }
+        var subject = [CChar](repeating: 0, count: 512)
+        var san = [CChar](repeating: 0, count: 1024)
+        var digest = [UInt8](repeating: 0, count: 32)
+        guard qs_tls_peer_identity(tls, &subject, subject.count, &san, san.count, &digest) == 0 else {
+            callbackError = isClient ? .untrustedPeer(reason: "server sent no certificate") : .clientCertificateMissing
+            return false
+        }
+        let names = stringFromCBuffer(san).split(separator: ",").map(String.init)
+        peerIdentity = PeerIdentity(subject: stringFromCBuffer(subject), alternativeNames: names,
+                                    fingerprint: hexString(digest))
+        if !isClient {
+            // The server has verified the client's certificate by now.
+            state = .established
+            handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))
+            endpoint.connectionEstablished(self)
+        }
+        return true
+    }
+
+    /// Client side: HANDSHAKE_DONE arrived, so the server accepted our
+    /// certificate too. Only now does `connect` return.
+    func handshakeConfirmed() {
+        guard isClient, case .handshaking = state else { return }
+        state = .established
+        handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))
+        connectWaiter?.resume(returning: self)
+        connectWaiter = nil
+    }
+
+    func streamOpenedByPeer(_ id: Int64) {
+        let stream = QUICStreamCore(id: id, connection: self)
+        streams[id] = stream
+        ngtcp2_conn_set_stream_user_data(conn, id, Unmanaged.passUnretained(stream).toOpaque())
+        if let waiter = acceptWaiters.popFirst() {
+            waiter.resume(returning: stream)
+        } else {
+            acceptQueue.append(stream)
+        }
+    }
+
+    func streamClosed(_ stream: QUICStreamCore, appErrorCode: UInt64?) {
+        stream.closedByStack = true
+        streams[stream.id] = nil
+        if let code = appErrorCode, code != 0 || !stream.finReceived {
+            stream.fail(.streamReset(errorCode: code))
+        } else if !stream.finReceived {
+            stream.fail(.streamReset(errorCode: appErrorCode ?? 0))
+        } else {
+            stream.sendBuffer.releaseAll()
+            stream.wakeWriters()
+        }
+        if ngtcp2_conn_is_local_stream(conn, stream.id) == 0 {
+            // Give the peer its stream credit back.
+            ngtcp2_conn_extend_max_streams_bidi(conn, 1)
+        }
+    }
+
+    func openStreamNow() -> QUICStreamCore? {
+        var id: Int64 = -1
+        let rc = ngtcp2_conn_open_bidi_stream(conn, &id, nil)
+        guard rc == 0 else { return nil }
+        let stream = QUICStreamCore(id: id, connection: self)
+        streams[id] = stream
+        ngtcp2_conn_set_stream_user_data(conn, id, Unmanaged.passUnretained(stream).toOpaque())
+        return stream
+    }
+
+    /// The peer raised our stream limit: serve waiting openers.
+    func streamCreditAvailable() {
+        while !openWaiters.isEmpty, let stream = openStreamNow() {
+            openWaiters.removeFirst().resume(returning: stream)
+        }
+    }
+
+    func schedule(_ stream: QUICStreamCore) {
+        guard !stream.scheduled, !stream.flowBlocked, stream.hasDataToSend else { return }
+        stream.scheduled = true
+        sendQueue.append(stream)
+        endpoint.needsWrite(self)
+    }
+
+    /// A reader took `count` bytes: open the windows by as much.
+    func consumed(_ count: Int, on stream: QUICStreamCore) {
+        guard count > 0, !isClosed else { return }
+        if !stream.closedByStack {
+            ngtcp2_conn_extend_max_stream_offset(conn, stream.id, UInt64(count))
+        }
+        ngtcp2_conn_extend_max_offset(conn, UInt64(count))
+        endpoint.needsWrite(self)
+    }
+
+    func statistics() -> ConnectionStatistics {
+        var s = ConnectionStatistics()
+        s.bytesSent = bytesSent; s.bytesReceived = bytesReceived
+        s.packetsSent = packetsSent; s.packetsReceived = packetsReceived
+        s.handshakeDuration = handshakeDuration
+        guard let conn else { return s }
+        var cs = ngtcp2_conn_stat()
+        qs_conn_get_conn_stat(conn, &cs)
+        s.latestRTT = .nanoseconds(Int64(cs.latest_rtt))
+        s.minRTT = cs.min_rtt == UInt64.max ? .zero : .nanoseconds(Int64(cs.min_rtt))
+        s.smoothedRTT = .nanoseconds(Int64(cs.smoothed_rtt))
+        s.rttVariance = .nanoseconds(Int64(cs.rttvar))
+        s.ptoCount = cs.pto_count
+        s.congestionWindow = cs.cwnd
+        s.slowStartThreshold = cs.ssthresh == UInt64.max ? 0 : cs.ssthresh
+        s.bytesInFlight = cs.bytes_in_flight
+        s.deliveryRateBytesPerSecond = cs.delivery_rate_sec
+        s.pacingRateBytesPerSecond = cs.pacing_rate * 1e9
+        s.maxUDPPayloadSize = cs.max_tx_udp_payload_size
+        return s
+    }
+}
+
+func tlsAlertName(_ alert: UInt8) -> String {
+    switch alert {
+    case 40: return "handshake_failure"
+    case 42: return "bad_certificate"
+    case 43: return "unsupported_certificate"
+    case 44: return "certificate_revoked"
+    case 45: return "certificate_expired"
+    case 46: return "certificate_unknown"
+    case 48: return "unknown_ca"
+    case 49: return "access_denied"
+    case 70: return "protocol_version"
+    case 80: return "internal_error"
+    case 109: return "missing_extension"
+    case 116: return "certificate_required"
+    case 120: return "no_application_protocol"
+    default: return "alert \(alert)"
+    }
+}

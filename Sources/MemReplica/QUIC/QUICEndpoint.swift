@@ -1,0 +1,379 @@
+import DequeModule
+import Foundation
+import Logging
+import QuicShim
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One UDP socket and the one thread that owns it and every QUIC connection
+/// on it. Other threads never touch ngtcp2: they post closures to `commands`
+/// and wake the loop through an eventfd, as ngtcp2's own examples do.
+///
+/// An endpoint can connect out and, with `acceptsConnections`, accept in.
+public final class QUICEndpoint: Transport, @unchecked Sendable {
+    public let configuration: QUICConfiguration
+    public let localAddress: PeerAddress
+    /// Our certificate's identity, as peers will see it.
+    public let localIdentity: PeerIdentity
+    let logger: Logger
+    let tls: TLSContext
+    let localStorage: SocketAddressStorage
+    let statelessResetSecret: [UInt8]
+
+    private let socket: UDPSocket
+    private let poller: Poller
+    private let commands = Mutex<[@Sendable () -> Void]>([])
+    private var thread: Thread?
+    private let stopped = Mutex<Bool>(false)
+
+    // Loop-confined state.
+    private var routes: [ConnectionID: QUICConnectionCore] = [:]
+    private var live: [ObjectIdentifier: QUICConnectionCore] = [:]
+    private var writeQueue = Deque<QUICConnectionCore>()
+    private var accepted = Deque<QUICConnectionCore>()
+    private var acceptWaiters = Deque<CheckedContinuation<QUICConnectionCore?, Never>>()
+    private var stopping = false
+    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Bytes the kernel would not take yet (EAGAIN); everything waits on them.
+    private var pendingSend: (bytes: [UInt8], segment: Int, to: SocketAddressStorage)?
+    let transmitBuffer: UnsafeMutableRawBufferPointer
+    let vectorScratch: UnsafeMutableBufferPointer<ngtcp2_vec>
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// Half-open or established connections allowed at once (a flood of
+    /// Initials must not exhaust memory).
+    public static let maxConnections = 1024
+
+    /// Binds `address` and starts the loop thread.
+    public init(bind address: PeerAddress, tls tlsConfiguration: TLSConfiguration,
+                configuration: QUICConfiguration, logger: Logger = Logger(label: "memreplica.quic")) throws {
+        self.configuration = configuration
+        self.logger = logger
+        tls = try TLSContext(tlsConfiguration)
+        localIdentity = tls.localIdentity
+        socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize)
+        localAddress = socket.localAddress
+        localStorage = socket.boundStorage
+        var secret = [UInt8](repeating: 0, count: 32)
+        secret.withUnsafeMutableBytes { fillRandom($0.baseAddress!, 32) }
+        statelessResetSecret = secret
+        poller = try Poller()
+        try poller.add(socket.fd, .socket, events: EPOLLIN.rawValue)
+        transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
+        vectorScratch = .allocate(capacity: 16)
+        receiveBuffer = .allocate(byteCount: 65536, alignment: 16)
+        // The thread keeps the endpoint alive until `close()` ends the loop.
+        let t = Thread { self.run() }
+        t.name = "quic-loop \(localAddress)"
+        t.qualityOfService = .userInteractive
+        thread = t
+        t.start()
+    }
+
+    deinit {
+        socket.close()
+        transmitBuffer.deallocate()
+        vectorScratch.deallocate()
+        receiveBuffer.deallocate()
+    }
+
+    // MARK: cross-thread entry
+
+    /// Runs `body` on the loop thread.
+    func post(_ body: @escaping @Sendable () -> Void) {
+        let wasEmpty = commands.withLock { q -> Bool in
+            q.append(body)
+            return q.count == 1
+        }
+        if wasEmpty { poller.wake() }
+    }
+
+    /// Runs `body` on the loop thread and returns its result.
+    func onLoop<R: Sendable>(_ body: @escaping @Sendable () -> R) async -> R {
+        await withCheckedContinuation { c in post { c.resume(returning: body()) } }
+    }
+
+    // MARK: Transport
+
+    public func connect(to address: PeerAddress) async throws -> any TransportConnection {
+        try await connectQUIC(to: address)
+    }
+
+    public func connectQUIC(to address: PeerAddress) async throws -> QUICConnection {
+        if address.isWildcard {
+            throw TransportError.badAddress(input: address.description, reason: "a peer address needs a host")
+        }
+        let core: QUICConnectionCore = try await withCheckedThrowingContinuation { c in
+            post { [self] in
+                guard !stopping else { c.resume(throwing: TransportError.closedLocally); return }
+                do {
+                    let core = try QUICConnectionCore.client(endpoint: self, remote: socket.normalized(address.storage))
+                    core.connectWaiter = c
+                    register(core)
+                    needsWrite(core)
+                } catch {
+                    c.resume(throwing: error)
+                }
+            }
+        }
+        return QUICConnection(core: core)
+    }
+
+    public func accept() async -> (any TransportConnection)? {
+        await acceptQUIC()
+    }
+
+    public func acceptQUIC() async -> QUICConnection? {
+        let core: QUICConnectionCore? = await withCheckedContinuation { c in
+            post { [self] in
+                if let core = accepted.popFirst() {
+                    c.resume(returning: core)
+                } else if stopping {
+                    c.resume(returning: nil)
+                } else {
+                    acceptWaiters.append(c)
+                }
+            }
+        }
+        return core.map { QUICConnection(core: $0) }
+    }
+
+    /// Identities and RTTs of every established connection.
+    public func connectionSummaries() async -> [ConnectionSummary] {
+        await onLoop { [self] in
+            live.values.compactMap { core -> ConnectionSummary? in
+                guard case .established = core.state else { return nil }
+                return ConnectionSummary(remoteAddress: core.remoteAddress.description, identity: core.peerIdentity,
+                                         initiatedLocally: core.isClient, statistics: core.statistics())
+            }
+        }
+    }
+
+    public func close() async {
+        let already = stopped.withLock { s -> Bool in
+            defer { s = true }
+            return s
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            post { [self] in
+                stopWaiters.append(c)
+                guard !already else { return }
+                stopping = true
+                let now = monotonicNanoseconds()
+                for core in Array(live.values) {
+                    core.closeByApplication(errorCode: 0, reason: "endpoint closing", now: now)
+                }
+                while let w = acceptWaiters.popFirst() { w.resume(returning: nil) }
+            }
+        }
+    }
+
+    // MARK: loop
+
+    private func run() {
+        while true {
+            runCommands()
+            if stopping && live.isEmpty { break }
+            let block = writeQueue.isEmpty && pendingSend == nil
+            poller.wait(block: block) { token, events in
+                switch token {
+                case .socket:
+                    if events & EPOLLOUT.rawValue != 0 { flushPendingSend() }
+                    if events & EPOLLIN.rawValue != 0 { readSocket() }
+                case .wake: poller.drainWake()
+                case .timer: poller.drainTimer()
+                }
+            }
+            runCommands()
+            handleExpiries()
+            writeAll()
+            armTimer()
+        }
+        for s in stopWaiters { s.resume() }
+        stopWaiters.removeAll()
+    }
+
+    private func runCommands() {
+        let batch = commands.withLock { q -> [@Sendable () -> Void] in
+            let b = q
+            q.removeAll(keepingCapacity: true)
+            return b
+        }
+        for c in batch { c() }
+    }
+
+    private func readSocket() {
+        // Bounded so a flood cannot starve writes and timers.
+        for _ in 0..<64 {
+            let result: (count: Int, segmentSize: Int, from: SocketAddressStorage)?
+            do {
+                result = try socket.receive(into: receiveBuffer)
+            } catch {
+                logger.warning("receive failed: \(error)")
+                return
+            }
+            guard let (count, segment, from) = result else { return }
+            if count == 0 { continue }
+            let now = monotonicNanoseconds()
+            let step = segment > 0 ? segment : count
+            var offset = 0
+            while offset < count {
+                let len = min(step, count - offset)
+                handleDatagram(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<offset + len]), from: from, now: now)
+                offset += len
+            }
+        }
+    }
+
+    private func handleDatagram(_ data: UnsafeRawBufferPointer, from: SocketAddressStorage, now: UInt64) {
+        var vc = ngtcp2_version_cid()
+        let bytes = data.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let rc = ngtcp2_pkt_decode_version_cid(&vc, bytes, data.count, ConnectionID.localLength)
+        guard rc == 0, let dcid = vc.dcid else { return }  // garbage or another version: drop
+        let key = ConnectionID(UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen))
+        if let core = routes[key] {
+            core.receive(data, now: now)
+            if !core.isClosed { needsWrite(core) }
+            return
+        }
+        guard configuration.acceptsConnections, !stopping, live.count < Self.maxConnections else { return }
+        var header = ngtcp2_pkt_hd()
+        guard ngtcp2_accept(&header, bytes, data.count) == 0 else { return }
+        do {
+            let core = try QUICConnectionCore.server(endpoint: self, remote: from, header: header)
+            register(core)
+            core.receive(data, now: now)
+            if !core.isClosed { needsWrite(core) }
+        } catch {
+            logger.warning("cannot accept connection from \(PeerAddress(storage: from)): \(error)")
+        }
+    }
+
+    private func handleExpiries() {
+        let now = monotonicNanoseconds()
+        for core in Array(live.values) where !core.isClosed {
+            let expiry = ngtcp2_conn_get_expiry(core.conn)
+            guard expiry <= now else { continue }
+            let rc = ngtcp2_conn_handle_expiry(core.conn, now)
+            if rc != 0 {
+                core.handleFatal(rc, now: now)
+            } else {
+                needsWrite(core)
+            }
+        }
+    }
+
+    private func writeAll() {
+        var rounds = writeQueue.count
+        while rounds > 0, pendingSend == nil, let core = writeQueue.popFirst() {
+            rounds -= 1
+            core.wantsWrite = false
+            switch core.writePackets(now: monotonicNanoseconds()) {
+            case .more: needsWrite(core)
+            case .blocked: needsWrite(core)
+            case .idle: break
+            }
+        }
+    }
+
+    private func armTimer() {
+        var earliest = UInt64.max
+        for core in live.values where !core.isClosed {
+            earliest = min(earliest, ngtcp2_conn_get_expiry(core.conn))
+        }
+        poller.armTimer(atNanoseconds: earliest)
+    }
+
+    // MARK: helpers for connections (loop thread)
+
+    func needsWrite(_ core: QUICConnectionCore) {
+        guard !core.wantsWrite, !core.isClosed else { return }
+        core.wantsWrite = true
+        writeQueue.append(core)
+    }
+
+    private func register(_ core: QUICConnectionCore) {
+        live[ObjectIdentifier(core)] = core
+        for id in core.routedIDs { routes[id] = core }
+    }
+
+    func route(_ id: ConnectionID, to core: QUICConnectionCore) {
+        core.routedIDs.insert(id)
+        routes[id] = core
+    }
+
+    func unroute(_ id: ConnectionID, from core: QUICConnectionCore) {
+        core.routedIDs.remove(id)
+        if routes[id] === core { routes[id] = nil }
+    }
+
+    /// Called by a connection as it finishes.
+    func forget(_ core: QUICConnectionCore) {
+        for id in core.routedIDs where routes[id] === core { routes[id] = nil }
+        live[ObjectIdentifier(core)] = nil
+        if let i = writeQueue.firstIndex(where: { $0 === core }) { writeQueue.remove(at: i) }
+        core.wantsWrite = false
+    }
+
+    func connectionEstablished(_ core: QUICConnectionCore) {
+        logger.info("peer connected", metadata: ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)"])
+        if let waiter = acceptWaiters.popFirst() {
+            waiter.resume(returning: core)
+        } else {
+            accepted.append(core)
+        }
+    }
+
+    /// Sends datagrams; false when the kernel buffer is full (the rest is
+    /// kept and sent first once the socket drains).
+    @discardableResult
+    func sendDatagrams(_ data: UnsafeRawBufferPointer, segmentSize: Int, for core: QUICConnectionCore) -> Bool {
+        guard data.count > 0 else { return true }
+        if pendingSend != nil { return false }
+        switch socket.send(data, segmentSize: segmentSize, to: core.remote) {
+        case .sent:
+            return true
+        case .wouldBlock:
+            pendingSend = (Array(data), segmentSize, core.remote)
+            poller.modify(socket.fd, .socket, events: EPOLLIN.rawValue | EPOLLOUT.rawValue)
+            return false
+        case .failed(let e):
+            if e == EIO && segmentSize > 0 {
+                // GSO refused (e.g. a device without it): send one by one.
+                var offset = 0
+                while offset < data.count {
+                    let len = min(segmentSize, data.count - offset)
+                    _ = socket.send(UnsafeRawBufferPointer(rebasing: data[offset..<offset + len]), segmentSize: 0, to: core.remote)
+                    offset += len
+                }
+                return true
+            }
+            if e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH {
+                if case .handshaking = core.state {
+                    core.callbackError = .peerUnreachable(address: core.remoteAddress.description,
+                                                          detail: String(cString: strerror(e)))
+                }
+            } else {
+                logger.debug("send failed: \(String(cString: strerror(e)))")
+            }
+            return true
+        }
+    }
+
+    private func flushPendingSend() {
+        guard let p = pendingSend else { return }
+        let result = p.bytes.withUnsafeBytes { socket.send($0, segmentSize: p.segment, to: p.to) }
+        if case .wouldBlock = result { return }
+        pendingSend = nil
+        poller.modify(socket.fd, .socket, events: EPOLLIN.rawValue)
+    }
+}
+
+/// One line of `memreplica status`: who is connected and how far away.
+public struct ConnectionSummary: Sendable, Codable {
+    public var remoteAddress: String
+    public var identity: PeerIdentity
+    public var initiatedLocally: Bool
+    public var statistics: ConnectionStatistics
+}

@@ -1,0 +1,132 @@
+import QuicShim
+
+/// Turns a connection's pending stream data into UDP datagrams: streams are
+/// served round-robin, a stream at a time per packet, and packets of equal
+/// size go out together as one GSO send.
+extension QUICConnectionCore {
+    enum WriteOutcome { case idle, more, blocked }
+
+    /// Writes up to one send quantum of packets. `.more` means the batch
+    /// filled up and the caller should come back after other work.
+    func writePackets(now: UInt64) -> WriteOutcome {
+        guard !isClosed else { return .idle }
+        let config = endpoint.configuration
+        let maxPayload = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
+        let pathMaxPayload = ngtcp2_conn_get_path_max_tx_udp_payload_size(conn)
+        let quantum = ngtcp2_conn_get_send_quantum(conn)
+        let maxPackets = max(1, min(quantum / max(maxPayload, 1), config.maxDatagramsPerSend))
+        let buffer = endpoint.transmitBuffer
+        precondition(buffer.count >= maxPackets * maxPayload)
+        let base = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let vecs = endpoint.vectorScratch
+
+        var used = 0
+        var packets = 0
+        var segmentSize = 0
+        var ps = ngtcp2_path_storage()
+        ngtcp2_path_storage_zero(&ps)
+        var info = ngtcp2_pkt_info()
+
+        func flush(_ length: Int, segment: Int) -> Bool {
+            guard length > 0 else { return true }
+            return endpoint.sendDatagrams(UnsafeRawBufferPointer(start: base, count: length),
+                                          segmentSize: segment, for: self)
+        }
+
+        while true {
+            var stream: QUICStreamCore?
+            var vecCount = 0
+            var flags = UInt32(NGTCP2_WRITE_STREAM_FLAG_MORE)
+            // Connection-level credit gone: only ACKs and control frames.
+            if ngtcp2_conn_get_max_data_left(conn) > 0 {
+                while let head = sendQueue.first {
+                    if head.hasDataToSend && !head.flowBlocked && !head.closedByStack { stream = head; break }
+                    head.scheduled = false
+                    sendQueue.removeFirst()
+                }
+            }
+            if let s = stream {
+                vecCount = s.sendBuffer.unsentVectors(into: vecs)
+                let coversAll = vecCount < vecs.count || vecsTotal(vecs, vecCount) == s.sendBuffer.unsent
+                if s.finRequested && coversAll { flags |= UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) }
+            }
+            var accepted: ngtcp2_ssize = -1
+            let n = qs_conn_writev_stream(conn, &ps.path, &info, base + used, maxPayload, &accepted, flags,
+                                          stream?.id ?? -1, vecs.baseAddress, vecCount, now)
+            if n < 0 {
+                switch Int32(n) {
+                case NGTCP2_ERR_STREAM_DATA_BLOCKED:
+                    stream?.flowBlocked = true
+                    dequeue(stream)
+                    continue
+                case NGTCP2_ERR_STREAM_SHUT_WR, NGTCP2_ERR_STREAM_NOT_FOUND:
+                    if let s = stream { s.sendError = s.sendError ?? .streamReset(errorCode: 0); s.wakeWriters() }
+                    dequeue(stream)
+                    continue
+                case NGTCP2_ERR_WRITE_MORE:
+                    consume(stream, accepted: accepted, flags: flags)
+                    continue
+                default:
+                    _ = flush(used, segment: segmentSize)
+                    handleFatal(Int32(n), now: now)
+                    return .idle
+                }
+            }
+            if accepted >= 0 { consume(stream, accepted: accepted, flags: flags) }
+            if n == 0 {
+                // Nothing more now: congestion, pacing or no data.
+                let ok = flush(used, segment: segmentSize)
+                ngtcp2_conn_update_pkt_tx_time(conn, now)
+                return ok ? .idle : .blocked
+            }
+            let size = Int(n)
+            used += size
+            packets += 1
+            packetsSent += 1
+            bytesSent += UInt64(size)
+            if packets == 1 {
+                segmentSize = size
+            } else if size > segmentSize || (segmentSize > pathMaxPayload && size != segmentSize) {
+                // A GSO batch needs equal sizes (only the last may be shorter).
+                let ok = flush(used - size, segment: segmentSize)
+                    && endpoint.sendDatagrams(UnsafeRawBufferPointer(start: base + used - size, count: size),
+                                              segmentSize: 0, for: self)
+                ngtcp2_conn_update_pkt_tx_time(conn, now)
+                return ok ? .more : .blocked
+            }
+            if packets == maxPackets || size < segmentSize {
+                let ok = flush(used, segment: segmentSize)
+                ngtcp2_conn_update_pkt_tx_time(conn, now)
+                return ok ? .more : .blocked
+            }
+        }
+    }
+
+    private func vecsTotal(_ vecs: UnsafeMutableBufferPointer<ngtcp2_vec>, _ n: Int) -> Int {
+        var total = 0
+        for i in 0..<n { total += vecs[i].len }
+        return total
+    }
+
+    /// Records what ngtcp2 took from the stream and rotates it to the back
+    /// of the queue so the next packet serves the next stream.
+    private func consume(_ stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32) {
+        guard let s = stream, accepted >= 0 else { return }
+        let took = Int(accepted)
+        let finWanted = flags & UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) != 0
+        if finWanted && took == s.sendBuffer.unsent { s.finSent = true }
+        s.sendBuffer.markSent(took)
+        if !s.hasDataToSend {
+            dequeue(s)
+        } else if let first = sendQueue.first, first === s, sendQueue.count > 1 {
+            sendQueue.removeFirst()
+            sendQueue.append(s)
+        }
+    }
+
+    private func dequeue(_ stream: QUICStreamCore?) {
+        guard let s = stream else { return }
+        if let i = sendQueue.firstIndex(where: { $0 === s }) { sendQueue.remove(at: i) }
+        s.scheduled = false
+    }
+}

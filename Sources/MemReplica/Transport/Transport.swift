@@ -1,0 +1,74 @@
+/// The seam between replication logic and the wire. QUIC is the product's
+/// transport; a TLS-over-TCP transport implements the same protocols so the
+/// benchmark suite can compare them frame for frame.
+///
+/// Streams are ordered, reliable byte streams. Writes apply backpressure:
+/// `write` suspends while the stream's unacknowledged bytes exceed the
+/// configured send buffer, so no queue grows without bound.
+public protocol Transport: Sendable {
+    /// The address this transport's socket is bound to.
+    var localAddress: PeerAddress { get }
+    /// Connects to a listening peer and completes the mutual TLS handshake.
+    func connect(to address: PeerAddress) async throws -> any TransportConnection
+    /// Waits for the next authenticated inbound connection; nil once closed.
+    func accept() async -> (any TransportConnection)?
+    /// Closes every connection and releases the socket.
+    func close() async
+}
+
+public protocol TransportConnection: AnyObject, Sendable {
+    /// Who is on the other end, as proven by their certificate.
+    var peerIdentity: PeerIdentity { get }
+    var remoteAddress: PeerAddress { get }
+    /// Opens a bidirectional stream; waits for stream credit if the peer
+    /// has none to give right now.
+    func openStream() async throws -> any TransportStream
+    /// Waits for the peer to open a stream; throws once the connection ends.
+    func acceptStream() async throws -> any TransportStream
+    func statistics() async -> ConnectionStatistics
+    /// Closes with an application error code (0 is a normal close).
+    func close(errorCode: UInt64, reason: String) async
+    /// Suspends until the connection has ended and returns why.
+    func waitClosed() async -> TransportError
+}
+
+public protocol TransportStream: AnyObject, Sendable {
+    var id: Int64 { get }
+    /// Queues bytes for sending. The transport copies and owns them until
+    /// the peer acknowledges them.
+    func write(_ bytes: [UInt8]) async throws
+    func write(_ bytes: UnsafeRawBufferPointer) async throws
+    /// Sends FIN after everything written so far.
+    func finish() async throws
+    /// Up to `maxLength` bytes in order; nil at the end of the stream.
+    func read(maxLength: Int) async throws -> [UInt8]?
+    /// Abandons both directions with an application error code.
+    func reset(errorCode: UInt64) async
+}
+
+extension TransportStream {
+    /// Reads exactly `count` bytes; throws `truncatedStream` if FIN comes first.
+    public func readExactly(_ count: Int) async throws -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(count)
+        while out.count < count {
+            guard let part = try await read(maxLength: count - out.count) else {
+                throw TransportError.truncatedStream(expected: count, received: out.count)
+            }
+            out.append(contentsOf: part)
+        }
+        return out
+    }
+
+    /// Reads until FIN, refusing more than `limit` bytes.
+    public func readAll(limit: Int) async throws -> [UInt8] {
+        var out: [UInt8] = []
+        while let part = try await read(maxLength: 1 << 20) {
+            out.append(contentsOf: part)
+            if out.count > limit {
+                throw TransportError.messageTooLarge(limit: limit)
+            }
+        }
+        return out
+    }
+}

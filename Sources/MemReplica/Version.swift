@@ -1,0 +1,1 @@
+public let memReplicaVersion = "0.1.0"

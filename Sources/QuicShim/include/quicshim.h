@@ -1,0 +1,134 @@
+/*
+ * QuicShim: the parts of memreplica's QUIC glue that Swift cannot express.
+ *
+ * - ngtcp2 0.12's function-like macros (versioned struct ABI) and its
+ *   varargs log hook;
+ * - GnuTLS session set-up for mutual TLS 1.3 with a per-session record of
+ *   why certificate verification failed (so Swift can name the error);
+ * - cmsg handling for UDP GSO/GRO;
+ * - headers for Linux calls Swift's Glibc module lacks (epoll, eventfd,
+ *   timerfd, getrandom).
+ *
+ * Everything else (the packet loop, streams, flow control, errors users
+ * see) lives in Swift.
+ */
+#ifndef QUICSHIM_H
+#define QUICSHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+/* Linux APIs that Swift's Glibc module does not export. */
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/timerfd.h>
+
+#include <gnutls/gnutls.h>
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- ngtcp2 macro wrappers ------------------------------------------- */
+
+int qs_conn_client_new(ngtcp2_conn **pconn, const ngtcp2_cid *dcid,
+                       const ngtcp2_cid *scid, const ngtcp2_path *path,
+                       uint32_t version, const ngtcp2_callbacks *callbacks,
+                       const ngtcp2_settings *settings,
+                       const ngtcp2_transport_params *params, void *user_data);
+
+int qs_conn_server_new(ngtcp2_conn **pconn, const ngtcp2_cid *dcid,
+                       const ngtcp2_cid *scid, const ngtcp2_path *path,
+                       uint32_t version, const ngtcp2_callbacks *callbacks,
+                       const ngtcp2_settings *settings,
+                       const ngtcp2_transport_params *params, void *user_data);
+
+int qs_conn_read_pkt(ngtcp2_conn *conn, const ngtcp2_path *path,
+                     const ngtcp2_pkt_info *pi, const uint8_t *pkt,
+                     size_t pktlen, ngtcp2_tstamp ts);
+
+ngtcp2_ssize qs_conn_writev_stream(ngtcp2_conn *conn, ngtcp2_path *path,
+                                   ngtcp2_pkt_info *pi, uint8_t *dest,
+                                   size_t destlen, ngtcp2_ssize *pdatalen,
+                                   uint32_t flags, int64_t stream_id,
+                                   const ngtcp2_vec *datav, size_t datavcnt,
+                                   ngtcp2_tstamp ts);
+
+ngtcp2_ssize qs_conn_write_connection_close(
+    ngtcp2_conn *conn, ngtcp2_path *path, ngtcp2_pkt_info *pi, uint8_t *dest,
+    size_t destlen, const ngtcp2_connection_close_error *ccerr,
+    ngtcp2_tstamp ts);
+
+void qs_settings_default(ngtcp2_settings *settings);
+void qs_transport_params_default(ngtcp2_transport_params *params);
+void qs_conn_get_conn_stat(ngtcp2_conn *conn, ngtcp2_conn_stat *cstat);
+
+/* Route ngtcp2's own debug log to stderr (ngtcp2_printf is varargs). */
+void qs_settings_log_to_stderr(ngtcp2_settings *settings);
+
+/* ---- TLS (GnuTLS) ----------------------------------------------------- */
+
+typedef struct qs_tls_ctx qs_tls_ctx;
+
+/* Loads the CA bundle, this peer's certificate and key. On failure returns
+ * a negative GnuTLS error and writes a one-line reason into err. */
+int qs_tls_ctx_new(qs_tls_ctx **out, const char *ca_file, const char *cert_file,
+                   const char *key_file, char *err, size_t errlen);
+void qs_tls_ctx_free(qs_tls_ctx *ctx);
+
+/* Per-connection TLS state. conn_ref must stay first: ngtcp2's GnuTLS
+ * glue reads it through gnutls_session_get_ptr(). */
+typedef struct qs_tls_session {
+  ngtcp2_crypto_conn_ref conn_ref;
+  gnutls_session_t session;
+  /* Set by the certificate verify hook. */
+  int verify_ran;
+  int verify_failed;
+  int peer_sent_no_certificate;
+  char verify_reason[256];
+} qs_tls_session;
+
+/* alpn: protocol names this side offers (client) or accepts (server). */
+int qs_tls_session_new(qs_tls_session *ts, qs_tls_ctx *ctx, int is_server,
+                       const char *const *alpn, size_t alpn_count,
+                       const char *server_name, char *err, size_t errlen);
+void qs_tls_session_free(qs_tls_session *ts);
+
+/* Negotiated ALPN into buf (NUL-terminated); 0 on success. */
+int qs_tls_selected_alpn(const qs_tls_session *ts, char *buf, size_t buflen);
+
+/* Identity of the peer's leaf certificate. Returns 0 on success. */
+int qs_tls_peer_identity(const qs_tls_session *ts, char *subject,
+                         size_t subjectlen, char *san, size_t sanlen,
+                         uint8_t sha256[32]);
+
+/* Identity of our own certificate, for logs and status. */
+int qs_tls_ctx_identity(const qs_tls_ctx *ctx, char *subject, size_t subjectlen,
+                        uint8_t sha256[32]);
+
+/* ---- UDP cmsg helpers ------------------------------------------------- */
+
+/* Sends buf as one datagram, or as len/segsize datagrams with UDP GSO when
+ * segsize > 0 and segsize < len. Returns sendmsg's result (errno kept). */
+ssize_t qs_udp_send(int fd, const uint8_t *buf, size_t len, size_t segsize,
+                    const struct sockaddr *addr, socklen_t addrlen);
+
+/* Receives into buf; *segsize is the GRO segment size (0 when the buffer
+ * holds a single datagram). Returns recvmsg's result (errno kept). */
+ssize_t qs_udp_recv(int fd, uint8_t *buf, size_t cap,
+                    struct sockaddr_storage *from, socklen_t *fromlen,
+                    size_t *segsize);
+
+/* Turns on UDP GRO on fd; returns 0 when the kernel accepted it. */
+int qs_udp_enable_gro(int fd);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,449 @@
+/* See quicshim.h for why each piece is here rather than in Swift. */
+#define _GNU_SOURCE
+#include "quicshim.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include <gnutls/x509.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+/* ---- ngtcp2 macro wrappers ------------------------------------------- */
+
+int qs_conn_client_new(ngtcp2_conn **pconn, const ngtcp2_cid *dcid,
+                       const ngtcp2_cid *scid, const ngtcp2_path *path,
+                       uint32_t version, const ngtcp2_callbacks *callbacks,
+                       const ngtcp2_settings *settings,
+                       const ngtcp2_transport_params *params, void *user_data) {
+  return ngtcp2_conn_client_new(pconn, dcid, scid, path, version, callbacks,
+                                settings, params, NULL, user_data);
+}
+
+int qs_conn_server_new(ngtcp2_conn **pconn, const ngtcp2_cid *dcid,
+                       const ngtcp2_cid *scid, const ngtcp2_path *path,
+                       uint32_t version, const ngtcp2_callbacks *callbacks,
+                       const ngtcp2_settings *settings,
+                       const ngtcp2_transport_params *params, void *user_data) {
+  return ngtcp2_conn_server_new(pconn, dcid, scid, path, version, callbacks,
+                                settings, params, NULL, user_data);
+}
+
+int qs_conn_read_pkt(ngtcp2_conn *conn, const ngtcp2_path *path,
+                     const ngtcp2_pkt_info *pi, const uint8_t *pkt,
+                     size_t pktlen, ngtcp2_tstamp ts) {
+  return ngtcp2_conn_read_pkt(conn, path, pi, pkt, pktlen, ts);
+}
+
+ngtcp2_ssize qs_conn_writev_stream(ngtcp2_conn *conn, ngtcp2_path *path,
+                                   ngtcp2_pkt_info *pi, uint8_t *dest,
+                                   size_t destlen, ngtcp2_ssize *pdatalen,
+                                   uint32_t flags, int64_t stream_id,
+                                   const ngtcp2_vec *datav, size_t datavcnt,
+                                   ngtcp2_tstamp ts) {
+  return ngtcp2_conn_writev_stream(conn, path, pi, dest, destlen, pdatalen,
+                                   flags, stream_id, datav, datavcnt, ts);
+}
+
+ngtcp2_ssize qs_conn_write_connection_close(
+    ngtcp2_conn *conn, ngtcp2_path *path, ngtcp2_pkt_info *pi, uint8_t *dest,
+    size_t destlen, const ngtcp2_connection_close_error *ccerr,
+    ngtcp2_tstamp ts) {
+  return ngtcp2_conn_write_connection_close(conn, path, pi, dest, destlen,
+                                            ccerr, ts);
+}
+
+void qs_settings_default(ngtcp2_settings *settings) {
+  ngtcp2_settings_default(settings);
+}
+
+void qs_transport_params_default(ngtcp2_transport_params *params) {
+  ngtcp2_transport_params_default(params);
+}
+
+void qs_conn_get_conn_stat(ngtcp2_conn *conn, ngtcp2_conn_stat *cstat) {
+  ngtcp2_conn_get_conn_stat(conn, cstat);
+}
+
+static void log_to_stderr(void *user_data, const char *fmt, ...) {
+  va_list ap;
+  (void)user_data;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+void qs_settings_log_to_stderr(ngtcp2_settings *settings) {
+  settings->log_printf = log_to_stderr;
+}
+
+/* ---- TLS (GnuTLS) ----------------------------------------------------- */
+
+struct qs_tls_ctx {
+  gnutls_certificate_credentials_t cred;
+};
+
+static const char tls_priority[] =
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE";
+
+static void set_err(char *err, size_t errlen, const char *what, int rv) {
+  if (err && errlen) {
+    snprintf(err, errlen, "%s: %s", what, gnutls_strerror(rv));
+  }
+}
+
+/* Runs inside the handshake; records why a peer was refused so the Swift
+ * side can tell "untrusted peer" from "no certificate". */
+static int verify_peer(gnutls_session_t session) {
+  qs_tls_session *ts = gnutls_session_get_ptr(session);
+  unsigned int list_size = 0;
+  unsigned int status = 0;
+  gnutls_datum_t out;
+  int rv;
+
+  ts->verify_ran = 1;
+  if (gnutls_certificate_get_peers(session, &list_size) == NULL ||
+      list_size == 0) {
+    ts->peer_sent_no_certificate = 1;
+    ts->verify_failed = 1;
+    snprintf(ts->verify_reason, sizeof(ts->verify_reason),
+             "peer presented no certificate");
+    return GNUTLS_E_NO_CERTIFICATE_FOUND;
+  }
+  rv = gnutls_certificate_verify_peers2(session, &status);
+  if (rv < 0) {
+    ts->verify_failed = 1;
+    snprintf(ts->verify_reason, sizeof(ts->verify_reason), "%s",
+             gnutls_strerror(rv));
+    return rv;
+  }
+  if (status != 0) {
+    ts->verify_failed = 1;
+    if (gnutls_certificate_verification_status_print(
+            status, GNUTLS_CRT_X509, &out, 0) == 0) {
+      snprintf(ts->verify_reason, sizeof(ts->verify_reason), "%s",
+               (const char *)out.data);
+      gnutls_free(out.data);
+    } else {
+      snprintf(ts->verify_reason, sizeof(ts->verify_reason),
+               "certificate is not trusted");
+    }
+    return GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR;
+  }
+  return 0;
+}
+
+int qs_tls_ctx_new(qs_tls_ctx **out, const char *ca_file, const char *cert_file,
+                   const char *key_file, char *err, size_t errlen) {
+  qs_tls_ctx *ctx = calloc(1, sizeof(*ctx));
+  int rv;
+
+  if (!ctx) {
+    set_err(err, errlen, "out of memory", GNUTLS_E_MEMORY_ERROR);
+    return GNUTLS_E_MEMORY_ERROR;
+  }
+  rv = gnutls_certificate_allocate_credentials(&ctx->cred);
+  if (rv != 0) {
+    set_err(err, errlen, "allocating credentials", rv);
+    free(ctx);
+    return rv;
+  }
+  rv = gnutls_certificate_set_x509_trust_file(ctx->cred, ca_file,
+                                              GNUTLS_X509_FMT_PEM);
+  if (rv <= 0) {
+    if (rv == 0) {
+      rv = GNUTLS_E_NO_CERTIFICATE_FOUND;
+    }
+    if (err && errlen) {
+      snprintf(err, errlen, "CA file %s: %s", ca_file, gnutls_strerror(rv));
+    }
+    goto fail;
+  }
+  /* A context without its own certificate exists only so tests can show
+   * that a server refuses such a client. */
+  rv = 0;
+  if (cert_file && key_file) {
+    rv = gnutls_certificate_set_x509_key_file(ctx->cred, cert_file, key_file,
+                                              GNUTLS_X509_FMT_PEM);
+  }
+  if (rv < 0) {
+    if (err && errlen) {
+      snprintf(err, errlen, "certificate %s / key %s: %s", cert_file, key_file,
+               gnutls_strerror(rv));
+    }
+    goto fail;
+  }
+  gnutls_certificate_set_verify_function(ctx->cred, verify_peer);
+  *out = ctx;
+  return 0;
+
+fail:
+  gnutls_certificate_free_credentials(ctx->cred);
+  free(ctx);
+  return rv;
+}
+
+void qs_tls_ctx_free(qs_tls_ctx *ctx) {
+  if (ctx) {
+    gnutls_certificate_free_credentials(ctx->cred);
+    free(ctx);
+  }
+}
+
+int qs_tls_session_new(qs_tls_session *ts, qs_tls_ctx *ctx, int is_server,
+                       const char *const *alpn, size_t alpn_count,
+                       const char *server_name, char *err, size_t errlen) {
+  gnutls_datum_t protos[8];
+  unsigned int flags = GNUTLS_NO_END_OF_EARLY_DATA;
+  int rv;
+  size_t i;
+
+  if (alpn_count == 0 || alpn_count > 8) {
+    set_err(err, errlen, "ALPN list must hold 1 to 8 names",
+            GNUTLS_E_INVALID_REQUEST);
+    return GNUTLS_E_INVALID_REQUEST;
+  }
+  flags |= is_server ? GNUTLS_SERVER : GNUTLS_CLIENT;
+  rv = gnutls_init(&ts->session, flags);
+  if (rv != 0) {
+    set_err(err, errlen, "gnutls_init", rv);
+    return rv;
+  }
+  rv = gnutls_priority_set_direct(ts->session, tls_priority, NULL);
+  if (rv != 0) {
+    set_err(err, errlen, "TLS priority", rv);
+    goto fail;
+  }
+  rv = is_server ? ngtcp2_crypto_gnutls_configure_server_session(ts->session)
+                 : ngtcp2_crypto_gnutls_configure_client_session(ts->session);
+  if (rv != 0) {
+    set_err(err, errlen, "configuring QUIC TLS", GNUTLS_E_INTERNAL_ERROR);
+    rv = GNUTLS_E_INTERNAL_ERROR;
+    goto fail;
+  }
+  gnutls_session_set_ptr(ts->session, ts);
+  rv = gnutls_credentials_set(ts->session, GNUTLS_CRD_CERTIFICATE, ctx->cred);
+  if (rv != 0) {
+    set_err(err, errlen, "setting credentials", rv);
+    goto fail;
+  }
+  for (i = 0; i < alpn_count; ++i) {
+    protos[i].data = (unsigned char *)alpn[i];
+    protos[i].size = (unsigned int)strlen(alpn[i]);
+  }
+  rv = gnutls_alpn_set_protocols(
+      ts->session, protos, (unsigned int)alpn_count,
+      GNUTLS_ALPN_MANDATORY | (is_server ? GNUTLS_ALPN_SERVER_PRECEDENCE : 0));
+  if (rv != 0) {
+    set_err(err, errlen, "setting ALPN", rv);
+    goto fail;
+  }
+  if (is_server) {
+    /* Mutual TLS: a client without a certificate is refused. */
+    gnutls_certificate_server_set_request(ts->session, GNUTLS_CERT_REQUIRE);
+  } else if (server_name && server_name[0]) {
+    rv = gnutls_server_name_set(ts->session, GNUTLS_NAME_DNS, server_name,
+                                strlen(server_name));
+    if (rv != 0) {
+      set_err(err, errlen, "setting server name", rv);
+      goto fail;
+    }
+  }
+  return 0;
+
+fail:
+  gnutls_deinit(ts->session);
+  ts->session = NULL;
+  return rv;
+}
+
+void qs_tls_session_free(qs_tls_session *ts) {
+  if (ts && ts->session) {
+    gnutls_deinit(ts->session);
+    ts->session = NULL;
+  }
+}
+
+int qs_tls_selected_alpn(const qs_tls_session *ts, char *buf, size_t buflen) {
+  gnutls_datum_t proto;
+  if (buflen == 0 ||
+      gnutls_alpn_get_selected_protocol(ts->session, &proto) != 0 ||
+      proto.size >= buflen) {
+    return -1;
+  }
+  memcpy(buf, proto.data, proto.size);
+  buf[proto.size] = '\0';
+  return 0;
+}
+
+/* Fills subject, SAN list (comma separated) and SHA-256 of a DER cert. */
+static int describe_cert(const gnutls_datum_t *der, char *subject,
+                         size_t subjectlen, char *san, size_t sanlen,
+                         uint8_t sha256[32]) {
+  gnutls_x509_crt_t crt;
+  size_t size;
+  int rv;
+
+  if (gnutls_x509_crt_init(&crt) != 0) {
+    return -1;
+  }
+  rv = gnutls_x509_crt_import(crt, der, GNUTLS_X509_FMT_DER);
+  if (rv != 0) {
+    gnutls_x509_crt_deinit(crt);
+    return rv;
+  }
+  if (subject && subjectlen) {
+    size = subjectlen;
+    if (gnutls_x509_crt_get_dn(crt, subject, &size) != 0) {
+      subject[0] = '\0';
+    }
+  }
+  if (san && sanlen) {
+    size_t used = 0;
+    unsigned int idx;
+    san[0] = '\0';
+    for (idx = 0;; ++idx) {
+      char name[256];
+      size_t namelen = sizeof(name) - 1;
+      unsigned int critical = 0;
+      int type = gnutls_x509_crt_get_subject_alt_name(crt, idx, name, &namelen,
+                                                      &critical);
+      if (type < 0) {
+        if (type == GNUTLS_E_SHORT_MEMORY_BUFFER) {
+          continue; /* an absurdly long name: skip it, keep the rest */
+        }
+        break;
+      }
+      if (type == GNUTLS_SAN_IPADDRESS) {
+        continue; /* binary; the DNS names identify peers */
+      }
+      name[namelen] = '\0';
+      if (used + namelen + 2 >= sanlen) {
+        break;
+      }
+      if (used) {
+        san[used++] = ',';
+      }
+      memcpy(san + used, name, namelen);
+      used += namelen;
+      san[used] = '\0';
+    }
+  }
+  size = 32;
+  rv = gnutls_x509_crt_get_fingerprint(crt, GNUTLS_DIG_SHA256, sha256, &size);
+  gnutls_x509_crt_deinit(crt);
+  return rv;
+}
+
+int qs_tls_peer_identity(const qs_tls_session *ts, char *subject,
+                         size_t subjectlen, char *san, size_t sanlen,
+                         uint8_t sha256[32]) {
+  unsigned int n = 0;
+  const gnutls_datum_t *certs = gnutls_certificate_get_peers(ts->session, &n);
+  if (certs == NULL || n == 0) {
+    return -1;
+  }
+  return describe_cert(&certs[0], subject, subjectlen, san, sanlen, sha256);
+}
+
+int qs_tls_ctx_identity(const qs_tls_ctx *ctx, char *subject, size_t subjectlen,
+                        uint8_t sha256[32]) {
+  gnutls_datum_t der;
+  int rv = gnutls_certificate_get_crt_raw(ctx->cred, 0, 0, &der);
+  if (rv != 0) {
+    return rv;
+  }
+  return describe_cert(&der, subject, subjectlen, NULL, 0, sha256);
+}
+
+/* ---- UDP cmsg helpers ------------------------------------------------- */
+
+ssize_t qs_udp_send(int fd, const uint8_t *buf, size_t len, size_t segsize,
+                    const struct sockaddr *addr, socklen_t addrlen) {
+  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+  union {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg;
+  ssize_t n;
+
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_name = (void *)addr;
+  msg.msg_namelen = addrlen;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (segsize > 0 && segsize < len) {
+    struct cmsghdr *cm;
+    uint16_t seg = (uint16_t)segsize;
+    memset(&control, 0, sizeof(control));
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(seg));
+    memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+  }
+  do {
+    n = sendmsg(fd, &msg, 0);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
+ssize_t qs_udp_recv(int fd, uint8_t *buf, size_t cap,
+                    struct sockaddr_storage *from, socklen_t *fromlen,
+                    size_t *segsize) {
+  struct iovec iov = {.iov_base = buf, .iov_len = cap};
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg;
+  struct cmsghdr *cm;
+  ssize_t n;
+
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_name = from;
+  msg.msg_namelen = sizeof(*from);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof(control.buf);
+  *segsize = 0;
+  do {
+    n = recvmsg(fd, &msg, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    return n;
+  }
+  *fromlen = msg.msg_namelen;
+  for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+      int gso = 0;
+      memcpy(&gso, CMSG_DATA(cm), sizeof(gso));
+      *segsize = (size_t)gso;
+    }
+  }
+  return n;
+}
+
+int qs_udp_enable_gro(int fd) {
+  int on = 1;
+  return setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on));
+}

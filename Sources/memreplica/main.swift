@@ -1,0 +1,1 @@
+import MemReplica; print(memReplicaVersion)
