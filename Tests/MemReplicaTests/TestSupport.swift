@@ -1,0 +1,89 @@
+import Crypto
+import Foundation
+@testable import MemReplica
+
+/// A scratch directory with a CA and peer certificates, made fresh per use.
+struct TestPKI {
+    let directory: String
+    let server: CertificateAuthority.PeerFiles
+    let client: CertificateAuthority.PeerFiles
+
+    init(peers: (String, String) = ("server", "client")) throws {
+        directory = NSTemporaryDirectory() + "memreplica-test-\(UUID().uuidString)"
+        let files = try CertificateAuthority.initialize(directory: directory, peers: [peers.0, peers.1])
+        server = files[0]
+        client = files[1]
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+func quicConfig(server: Bool, idle: Duration = .seconds(30)) -> QUICConfiguration {
+    var c = QUICConfiguration()
+    c.acceptsConnections = server
+    c.idleTimeout = idle
+    c.handshakeTimeout = .seconds(5)
+    return c
+}
+
+/// A listening endpoint on an ephemeral loopback port and a client endpoint.
+struct EndpointPair {
+    let server: QUICEndpoint
+    let client: QUICEndpoint
+    var serverAddress: PeerAddress { get throws { try PeerAddress(host: "127.0.0.1", port: server.localAddress.port) } }
+
+    init(pki: TestPKI, serverConfig: QUICConfiguration = quicConfig(server: true),
+         clientConfig: QUICConfiguration = quicConfig(server: false), clientTLS: TLSConfiguration? = nil) throws {
+        server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls, configuration: serverConfig)
+        client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: clientTLS ?? pki.client.tls, configuration: clientConfig)
+    }
+
+    func close() async {
+        await client.close()
+        await server.close()
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift) so senders and checkers agree.
+func patternBytes(count: Int, seed: UInt64) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    var x = seed | 1
+    out.withUnsafeMutableBytes { raw in
+        var i = 0
+        while i + 8 <= count {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            raw.storeBytes(of: x, toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < count { x ^= x << 13; x ^= x >> 7; x ^= x << 17; raw[i] = UInt8(truncatingIfNeeded: x); i += 1 }
+    }
+    return out
+}
+
+func sha256Hex(_ bytes: [UInt8]) -> String {
+    SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+}
+
+/// Fails the surrounding test if `body` has not finished within `seconds`.
+func withTimeout<T: Sendable>(_ seconds: Double, _ what: String = "operation",
+                              _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        guard let first = try await group.next(), let value = first else {
+            group.cancelAll()
+            throw TimeoutError(what: what, seconds: seconds)
+        }
+        group.cancelAll()
+        return value
+    }
+}
+
+struct TimeoutError: Error, CustomStringConvertible {
+    let what: String
+    let seconds: Double
+    var description: String { "\(what) did not finish within \(seconds) s" }
+}
