@@ -256,6 +256,10 @@ int qs_tls_session_new(qs_tls_session *ts, qs_tls_ctx *ctx, int is_server,
   if (is_server) {
     /* Mutual TLS: a client without a certificate is refused. */
     gnutls_certificate_server_set_request(ts->session, GNUTLS_CERT_REQUIRE);
+    /* Without a CA list in the request, a client presents its certificate
+     * even when another CA issued it, so the refusal names the real cause
+     * (untrusted certificate) instead of "no certificate". */
+    gnutls_certificate_send_x509_rdn_sequence(ts->session, 1);
   } else if (server_name && server_name[0]) {
     rv = gnutls_server_name_set(ts->session, GNUTLS_NAME_DNS, server_name,
                                 strlen(server_name));

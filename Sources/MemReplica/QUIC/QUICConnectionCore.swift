@@ -40,6 +40,13 @@ final class QUICConnectionCore: @unchecked Sendable {
     var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
     var packetsSent: UInt64 = 0, packetsReceived: UInt64 = 0
     let startedAt = monotonicNanoseconds()
+    /// ngtcp2 stops its handshake timer once TLS completes, but a client is
+    /// connected only when the server confirms (it may still refuse our
+    /// certificate), so the whole connect is bounded here.
+    var handshakeDeadline: UInt64 {
+        guard case .handshaking = state else { return UInt64.max }
+        return startedAt + UInt64(endpoint.configuration.handshakeTimeout.seconds * 1e9)
+    }
     var handshakeDuration: Duration?
 
     var isClosed: Bool { if case .closed = state { return true } else { return false } }

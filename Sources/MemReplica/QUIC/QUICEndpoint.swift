@@ -253,6 +253,10 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private func handleExpiries() {
         let now = monotonicNanoseconds()
         for core in Array(live.values) where !core.isClosed {
+            if core.handshakeDeadline <= now {
+                core.handleFatal(NGTCP2_ERR_HANDSHAKE_TIMEOUT, now: now)
+                continue
+            }
             let expiry = ngtcp2_conn_get_expiry(core.conn)
             guard expiry <= now else { continue }
             let rc = ngtcp2_conn_handle_expiry(core.conn, now)
@@ -280,7 +284,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private func armTimer() {
         var earliest = UInt64.max
         for core in live.values where !core.isClosed {
-            earliest = min(earliest, ngtcp2_conn_get_expiry(core.conn))
+            earliest = min(earliest, ngtcp2_conn_get_expiry(core.conn), core.handshakeDeadline)
         }
         poller.armTimer(atNanoseconds: earliest)
     }

@@ -1,0 +1,174 @@
+import Foundation
+import Testing
+@testable import MemReplica
+
+/// Each failure must surface as its own named error, within a bounded time.
+@Suite("QUIC errors", .serialized)
+struct QUICErrorTests {
+    /// Connects and returns the client's error (the test fails if it connects).
+    private func connectError(_ pair: EndpointPair, to address: PeerAddress? = nil) async throws -> TransportError {
+        let target = try address ?? pair.serverAddress
+        do {
+            let conn = try await withTimeout(20, "connect") { try await pair.client.connectQUIC(to: target) }
+            Issue.record("connected to \(conn.peerIdentity) although the handshake should fail")
+            throw TimeoutError(what: "unexpected success", seconds: 0)
+        } catch let error as TransportError {
+            return error
+        }
+    }
+
+    @Test("a server certificate from another CA: the client calls the peer untrusted")
+    func wrongCAOnClient() async throws {
+        let pki = try TestPKI(), other = try TestPKI(peers: ("server", "client"))
+        defer { pki.remove(); other.remove() }
+        let pair = try EndpointPair(pki: pki, clientTLS: other.client.tls)
+        let error = try await connectError(pair)
+        guard case .untrustedPeer = error else { Issue.record("got \(error)"); return }
+        #expect(error.description.contains("not signed by our CA"))
+        await pair.close()
+    }
+
+    @Test("a client certificate from another CA: the server refuses it")
+    func wrongCAOnServer() async throws {
+        let pki = try TestPKI(), other = try TestPKI()
+        defer { pki.remove(); other.remove() }
+        // The client trusts the server's CA but its own cert is from elsewhere.
+        let tls = TLSConfiguration(caFile: pki.client.tls.caFile, certificateFile: other.client.certificate,
+                                   keyFile: other.client.key)
+        let pair = try EndpointPair(pki: pki, clientTLS: tls)
+        let error = try await connectError(pair)
+        guard case .rejectedByPeer = error else { Issue.record("got \(error)"); return }
+        await pair.close()
+    }
+
+    @Test("a client without a certificate is refused with a named error")
+    func missingClientCertificate() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let tls = TLSConfiguration(caFile: pki.client.tls.caFile, certificateFile: nil, keyFile: nil)
+        let pair = try EndpointPair(pki: pki, clientTLS: tls)
+        #expect(try await connectError(pair) == .clientCertificateMissing)
+        await pair.close()
+    }
+
+    @Test("no common ALPN fails as alpnMismatch")
+    func alpnMismatch() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var config = quicConfig(server: false)
+        config.applicationProtocols = ["h3"]
+        let pair = try EndpointPair(pki: pki, clientConfig: config)
+        let error = try await connectError(pair)
+        guard case .alpnMismatch = error else { Issue.record("got \(error)"); return }
+        await pair.close()
+    }
+
+    @Test("nothing listening: peerUnreachable within the handshake timeout")
+    func unreachable() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var config = quicConfig(server: false)
+        config.handshakeTimeout = .seconds(1)
+        let pair = try EndpointPair(pki: pki, clientConfig: config)
+        let start = ContinuousClock.now
+        let error = try await connectError(pair, to: PeerAddress(host: "127.0.0.1", port: unusedUDPPort()))
+        guard case .peerUnreachable = error else { Issue.record("got \(error)"); return }
+        #expect(ContinuousClock.now - start < .seconds(4))
+        await pair.close()
+    }
+
+    @Test("a handshake that stalls after the first answer: handshakeTimeout")
+    func handshakeTimeout() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var config = quicConfig(server: false)
+        config.handshakeTimeout = .seconds(1)
+        let pair = try EndpointPair(pki: pki, clientConfig: config)
+        let relay = UDPRelay(toServerPort: pair.server.localAddress.port)
+        relay.allowServerDatagrams(1)
+        let error = try await connectError(pair, to: PeerAddress(host: "127.0.0.1", port: relay.port))
+        #expect(error == .handshakeTimeout(seconds: 1))
+        relay.stop()
+        await pair.close()
+    }
+
+    @Test("a peer that stops answering: idleTimeout on an established connection")
+    func idleTimeout() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var config = quicConfig(server: false, idle: .seconds(1))
+        config.keepAliveInterval = .milliseconds(300)
+        let pair = try EndpointPair(pki: pki, clientConfig: config)
+        let relay = UDPRelay(toServerPort: pair.server.localAddress.port)
+        let conn = try await withTimeout(10, "connect") {
+            try await pair.client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: relay.port))
+        }
+        relay.cut()
+        let start = ContinuousClock.now
+        let error = try await withTimeout(10, "idle close") { await conn.waitClosed() }
+        #expect(error == .idleTimeout(seconds: 1))
+        #expect(ContinuousClock.now - start < .seconds(5))
+        await #expect(throws: TransportError.self) { _ = try await conn.openQUICStream().write([1]) }
+        relay.stop()
+        await pair.close()
+    }
+
+    @Test("closing one side reports peerClosed with the code and reason on the other")
+    func peerClosed() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try EndpointPair(pki: pki)
+        let address = try pair.serverAddress
+        async let accepted = pair.server.acceptQUIC()
+        let conn = try await pair.client.connectQUIC(to: address)
+        let serverSide = try #require(await accepted)
+        await serverSide.close(errorCode: 7, reason: "maintenance")
+        let error = try await withTimeout(5, "close") { await conn.waitClosed() }
+        #expect(error == .peerClosed(errorCode: 7, reason: "maintenance"))
+        await pair.close()
+    }
+
+    @Test("binding a port in use fails as addressInUse")
+    func addressInUse() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let first = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
+                                     configuration: quicConfig(server: true))
+        let taken = try PeerAddress(parsing: "127.0.0.1:\(first.localAddress.port)")
+        #expect(throws: TransportError.addressInUse(address: taken.description)) {
+            _ = try QUICEndpoint(bind: taken, tls: pki.server.tls, configuration: quicConfig(server: true))
+        }
+        await first.close()
+    }
+
+    @Test("bad address syntax is refused with badAddress", arguments: [
+        "localhost", "127.0.0.1:port", "127.0.0.1:70000", "::1:4433", "[::1:4433", "no-such-host.invalid:1",
+    ])
+    func badAddress(_ text: String) {
+        #expect {
+            _ = try PeerAddress(parsing: text)
+        } throws: { error in
+            guard case TransportError.badAddress = error else { return false }
+            return true
+        }
+    }
+
+    @Test("addresses users write are understood")
+    func goodAddresses() throws {
+        let all = try PeerAddress(parsing: ":4433")
+        #expect(all.isWildcard && all.port == 4433)
+        #expect(try PeerAddress(parsing: "[::1]:5").host == "::1")
+        #expect(try PeerAddress(parsing: "127.0.0.1:0").port == 0)
+    }
+
+    @Test("TLS files that do not exist fail as tlsConfiguration")
+    func missingFiles() {
+        let tls = TLSConfiguration(caFile: "/nonexistent/ca.pem", certificateFile: "/nonexistent/a.pem", keyFile: "/nonexistent/a-key.pem")
+        #expect {
+            _ = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: tls, configuration: quicConfig(server: true))
+        } throws: { error in
+            guard case TransportError.tlsConfiguration(let m) = error else { return false }
+            return m.contains("/nonexistent/ca.pem")
+        }
+    }
+}

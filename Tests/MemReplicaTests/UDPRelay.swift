@@ -1,0 +1,113 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A loopback UDP relay between a client and a server, for faults the
+/// network would cause: it can stop forwarding (a cut cable, a dead host)
+/// or let through only the first N server datagrams (a stalled handshake).
+final class UDPRelay: @unchecked Sendable {
+    let port: UInt16
+    private let fd: Int32
+    private let serverPort: UInt16
+    private let state = Mutex(State())
+    private var thread: Thread?
+
+    struct State {
+        var cut = false
+        var serverDatagramsAllowed = Int.max
+        var clientPort: UInt16 = 0
+        var stop = false
+        var forwarded = 0
+    }
+
+    init(toServerPort serverPort: UInt16) {
+        self.serverPort = serverPort
+        let sock = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(sock, $0, &len) } }
+        var tv = timeval(tv_sec: 0, tv_usec: 50_000)
+        setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        fd = sock
+        port = UInt16(bigEndian: addr.sin_port)
+        let t = Thread { [self] in run() }
+        thread = t
+        t.start()
+    }
+
+    func cut() { state.withLock { $0.cut = true } }
+    func allowServerDatagrams(_ n: Int) { state.withLock { $0.serverDatagramsAllowed = n } }
+    var forwarded: Int { state.withLock { $0.forwarded } }
+
+    func stop() {
+        state.withLock { $0.stop = true }
+        while thread?.isFinished == false { usleep(10_000) }
+        close(fd)
+    }
+
+    private func run() {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while !state.withLock({ $0.stop }) {
+            var from = sockaddr_in()
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let n = withUnsafeMutablePointer(to: &from) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buf, buf.count, 0, $0, &len) }
+            }
+            guard n > 0 else { continue }
+            let fromPort = UInt16(bigEndian: from.sin_port)
+            let target: UInt16? = state.withLock { s in
+                if s.cut { return nil }
+                if fromPort == serverPort {
+                    guard s.serverDatagramsAllowed > 0, s.clientPort != 0 else { return nil }
+                    s.serverDatagramsAllowed -= 1
+                    s.forwarded += 1
+                    return s.clientPort
+                }
+                s.clientPort = fromPort
+                s.forwarded += 1
+                return serverPort
+            }
+            guard let to = target else { continue }
+            var dst = sockaddr_in()
+            dst.sin_family = sa_family_t(AF_INET)
+            dst.sin_port = to.bigEndian
+            dst.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &dst) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, buf, n, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        }
+    }
+}
+
+/// A loopback UDP port with nothing listening on it.
+func unusedUDPPort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return UInt16(bigEndian: addr.sin_port)
+}
+
+/// Sends raw datagrams at a port (garbage, truncated handshakes).
+func sendRawDatagrams(to port: UInt16, _ datagrams: [[UInt8]]) {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    defer { close(fd) }
+    var dst = sockaddr_in()
+    dst.sin_family = sa_family_t(AF_INET)
+    dst.sin_port = port.bigEndian
+    dst.sin_addr.s_addr = inet_addr("127.0.0.1")
+    for d in datagrams {
+        _ = withUnsafePointer(to: &dst) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, d, d.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    }
+}
