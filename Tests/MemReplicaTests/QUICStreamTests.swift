@@ -1,0 +1,187 @@
+import Crypto
+import Foundation
+import Synchronization
+import Testing
+@testable import MemReplica
+
+/// A server that answers every stream with the SHA-256 (hex) of all bytes
+/// it read, so the sender can check integrity end to end.
+private func serveHashes(_ conn: QUICConnection) async {
+    await withTaskGroup(of: Void.self) { group in
+        while let stream = try? await conn.acceptStream() {
+            group.addTask {
+                var hasher = SHA256()
+                var total = 0
+                do {
+                    while let part = try await stream.read(maxLength: 1 << 20) {
+                        hasher.update(data: part)
+                        total += part.count
+                    }
+                    let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+                    try await stream.write(Array("\(total) \(digest)".utf8))
+                    try await stream.finish()
+                } catch {}
+            }
+        }
+    }
+}
+
+/// Sends `blocks` blocks of `block` bytes on a new stream, each block
+/// tagged with its index so reordering would change the hash; returns
+/// (server's answer, expected answer).
+private func sendAndHash(_ conn: QUICConnection, block: [UInt8], blocks: Int, tag: UInt64) async throws -> (String, String) {
+    let stream = try await conn.openQUICStream()
+    var hasher = SHA256()
+    var chunk = block
+    for i in 0..<blocks {
+        withUnsafeBytes(of: (UInt64(i) << 16 | tag).littleEndian) { idx in
+            for j in 0..<8 { chunk[j] = idx[j] }
+        }
+        hasher.update(data: chunk)
+        try await stream.write(chunk)
+    }
+    try await stream.finish()
+    let answer = String(decoding: try await stream.readAll(limit: 200), as: UTF8.self)
+    let expected = "\(block.count * blocks) " + hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    return (answer, expected)
+}
+
+@Suite("QUIC streams", .serialized)
+struct QUICStreamTests {
+    @Test("64 concurrent streams of 4 MiB each arrive intact")
+    func manyConcurrentStreams() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try EndpointPair(pki: pki)
+        let address = try pair.serverAddress
+        let server = Task { if let c = await pair.server.acceptQUIC() { await serveHashes(c) } }
+        let conn = try await pair.client.connectQUIC(to: address)
+        let block = patternBytes(count: 256 << 10, seed: 42)
+        let results = try await withTimeout(240, "64 × 4 MiB") {
+            try await withThrowingTaskGroup(of: (String, String).self) { group in
+                for s in 0..<64 {
+                    group.addTask { try await sendAndHash(conn, block: block, blocks: 16, tag: UInt64(s)) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+        }
+        #expect(results.count == 64)
+        for (got, want) in results { #expect(got == want) }
+        await conn.close(errorCode: 0, reason: "")
+        server.cancel()
+        await pair.close()
+    }
+
+    @Test("one 1 GiB stream arrives intact")
+    func oneHugeStream() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try EndpointPair(pki: pki)
+        let address = try pair.serverAddress
+        let server = Task { if let c = await pair.server.acceptQUIC() { await serveHashes(c) } }
+        let conn = try await pair.client.connectQUIC(to: address)
+        let block = patternBytes(count: 1 << 20, seed: 7)
+        let (got, want) = try await withTimeout(600, "1 GiB stream") {
+            try await sendAndHash(conn, block: block, blocks: 1024, tag: 1)
+        }
+        #expect(got == want)
+        await conn.close(errorCode: 0, reason: "")
+        server.cancel()
+        await pair.close()
+    }
+
+    @Test("10,000 short streams in sequence: stream credit is given back")
+    func tenThousandStreams() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var serverConfig = quicConfig(server: true)
+        serverConfig.maxConcurrentStreams = 16
+        let pair = try EndpointPair(pki: pki, serverConfig: serverConfig)
+        let address = try pair.serverAddress
+        let server = Task {
+            guard let c = await pair.server.acceptQUIC() else { return }
+            while let s = try? await c.acceptStream() {
+                let bytes = try await s.readAll(limit: 1024)
+                try await s.write(bytes)
+                try await s.finish()
+            }
+        }
+        let conn = try await pair.client.connectQUIC(to: address)
+        try await withTimeout(300, "10k streams") {
+            for i in 0..<10_000 {
+                let s = try await conn.openQUICStream()
+                let msg = Array("request \(i)".utf8)
+                try await s.write(msg)
+                try await s.finish()
+                let echo = try await s.readAll(limit: 1024)
+                if echo != msg { throw TransportError.protocolFailure("echo mismatch on stream \(i)") }
+            }
+        }
+        await conn.close(errorCode: 0, reason: "")
+        server.cancel()
+        await pair.close()
+    }
+
+    @Test("a slow reader bounds the sender: write suspends instead of buffering")
+    func backpressure() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var clientConfig = quicConfig(server: false)
+        clientConfig.streamSendBuffer = 1 << 20
+        var serverConfig = quicConfig(server: true)
+        serverConfig.streamReceiveWindow = 1 << 20
+        serverConfig.connectionReceiveWindow = 2 << 20
+        let pair = try EndpointPair(pki: pki, serverConfig: serverConfig, clientConfig: clientConfig)
+        let address = try pair.serverAddress
+        async let accepted = pair.server.acceptQUIC()
+        let conn = try await pair.client.connectQUIC(to: address)
+        let serverSide = try #require(await accepted)
+        let stream = try await conn.openQUICStream()
+        let chunk = patternBytes(count: 64 << 10, seed: 3)
+        let acceptedBytes = Mutex(0)
+        // Nobody reads on the server yet: after the peer's window plus our
+        // send buffer are full, write must suspend.
+        let writer = Task {
+            for _ in 0..<200 {
+                try await stream.write(chunk)
+                acceptedBytes.withLock { $0 += chunk.count }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(700))
+        let early = acceptedBytes.withLock { $0 }
+        #expect(early >= 1 << 20, "the writer should get at least its send buffer out")
+        #expect(early <= (1 << 20) + (1 << 20) + chunk.count, "writer ran \(early) bytes ahead of a reader that reads nothing")
+        let inbound = try await serverSide.acceptStream()
+        let total = try await withTimeout(60, "drain") {
+            var got = 0
+            while got < 200 * chunk.count {
+                guard let part = try await inbound.read(maxLength: 1 << 20) else { break }
+                got += part.count
+            }
+            return got
+        }
+        #expect(total == 200 * chunk.count)
+        try await writer.value as Void
+        await pair.close()
+    }
+
+    @Test("a reset stream surfaces streamReset with the code on the other side")
+    func resetStream() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try EndpointPair(pki: pki)
+        let address = try pair.serverAddress
+        async let accepted = pair.server.acceptQUIC()
+        let conn = try await pair.client.connectQUIC(to: address)
+        let serverSide = try #require(await accepted)
+        let stream = try await conn.openQUICStream()
+        try await stream.write([1, 2, 3])
+        let inbound = try await serverSide.acceptStream()
+        _ = try await inbound.read(maxLength: 3)
+        await stream.reset(errorCode: 42)
+        await #expect(throws: TransportError.streamReset(errorCode: 42)) {
+            try await withTimeout(5, "reset") { _ = try await inbound.readAll(limit: 100) }
+        }
+        await pair.close()
+    }
+}
