@@ -26,10 +26,12 @@ let package = Package(
                 .linkedLibrary("gnutls"),
             ]
         ),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl"),
         .target(
             name: "MemReplica",
             dependencies: [
                 "QuicShim",
+                "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -1,0 +1,3 @@
+/* OpenSSL for the TLS-over-TCP baseline. Headers only: no C code here. */
+#include <openssl/err.h>
+#include <openssl/ssl.h>

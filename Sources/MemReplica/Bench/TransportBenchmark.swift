@@ -1,0 +1,239 @@
+import Foundation
+import Logging
+import QuicShim
+
+/// `memreplica bench transport`: bulk throughput and request/response
+/// latency of our QUIC transport on loopback, measured side by side in one
+/// run with two references: ngtcp2's own example programs (gtlsserver and
+/// gtlsclient, HTTP/3 download of the same bytes) as the anchor, and TLS 1.3
+/// over TCP (OpenSSL) as the ceiling.
+public struct TransportBenchmark {
+    public struct Options: Sendable {
+        public var totalBytes = 256 << 20
+        public var streams = 8
+        public var runs = 5
+        public var latencyIterations = 2000
+        public var requestBytes = 16
+        public var responseBytes = 4096
+        public var includeStockNgtcp2 = true
+        public var includeTLSOverTCP = true
+        public var quic = QUICConfiguration()
+        public init() {}
+    }
+
+    public struct Throughput: Codable, Sendable {
+        public var name: String
+        /// MB/s (10^6 bytes per second) of each run, in order.
+        public var runsMBps: [Double]
+        public var medianMBps: Double
+    }
+
+    public struct Latency: Codable, Sendable {
+        public var name: String
+        public var samples: Int
+        public var p50Microseconds: Double
+        public var p99Microseconds: Double
+        public var minMicroseconds: Double
+    }
+
+    public struct Report: Codable, Sendable {
+        public var totalBytes: Int
+        public var streams: Int
+        public var runs: Int
+        public var congestionControl: String
+        public var maxUDPPayloadSize: Int
+        public var ngtcp2Version: String
+        public var throughput: [Throughput]
+        public var latency: [Latency]
+        /// Our QUIC median divided by each reference's median, same run.
+        public var ratios: [String: Double]
+    }
+
+    public let options: Options
+    let pki: CertificateAuthority.Layout
+    let log: @Sendable (String) -> Void
+
+    public init(options: Options, workDirectory: String, log: @escaping @Sendable (String) -> Void) throws {
+        self.options = options
+        self.log = log
+        pki = CertificateAuthority.Layout(directory: workDirectory + "/pki")
+        try CertificateAuthority.initialize(directory: pki.directory, peers: ["bench-server", "bench-client"], force: true)
+    }
+
+    public func run() async throws -> Report {
+        var throughput: [Throughput] = []
+        var quicRuns: [Double] = [], stockRuns: [Double] = [], tcpRuns: [Double] = []
+        let stock = options.includeStockNgtcp2 ? try StockNgtcp2Download(pki: pki, totalBytes: options.totalBytes,
+                                                                           files: options.streams) : nil
+        defer { stock?.stop() }
+        // Interleave the contenders run by run so drift in machine load hits
+        // all of them alike.
+        for run in 1...options.runs {
+            let q = try await quicThroughput()
+            quicRuns.append(q)
+            var line = "run \(run): memreplica QUIC \(fmt(q)) MB/s"
+            if let stock {
+                let s = try stock.measure()
+                stockRuns.append(s)
+                line += ", ngtcp2 examples \(fmt(s)) MB/s"
+            }
+            if options.includeTLSOverTCP {
+                let seconds = try TLSOverTCPBaseline(tls: pki.files(for: "bench-client").tls)
+                    .measureThroughput(totalBytes: options.totalBytes)
+                let t = Double(options.totalBytes) / seconds / 1e6
+                tcpRuns.append(t)
+                line += ", TLS/TCP \(fmt(t)) MB/s"
+            }
+            log(line)
+        }
+        throughput.append(Throughput(name: "memreplica QUIC", runsMBps: quicRuns, medianMBps: median(quicRuns)))
+        var ratios: [String: Double] = [:]
+        if !stockRuns.isEmpty {
+            throughput.append(Throughput(name: "ngtcp2 gtlsserver/gtlsclient HTTP/3", runsMBps: stockRuns, medianMBps: median(stockRuns)))
+            ratios["quic_over_ngtcp2_examples"] = median(quicRuns) / median(stockRuns)
+        }
+        if !tcpRuns.isEmpty {
+            throughput.append(Throughput(name: "TLS 1.3 over TCP (OpenSSL)", runsMBps: tcpRuns, medianMBps: median(tcpRuns)))
+            ratios["quic_over_tls_tcp"] = median(quicRuns) / median(tcpRuns)
+        }
+
+        var latency = try await quicLatency()
+        if options.includeTLSOverTCP {
+            let samples = try TLSOverTCPBaseline(tls: pki.files(for: "bench-client").tls)
+                .measureLatency(iterations: options.latencyIterations, request: options.requestBytes,
+                                response: options.responseBytes)
+            latency.append(summarize("TLS/TCP, one connection", samples))
+        }
+        for l in latency {
+            log("latency \(l.name): p50 \(fmt(l.p50Microseconds)) µs, p99 \(fmt(l.p99Microseconds)) µs")
+        }
+        return Report(totalBytes: options.totalBytes, streams: options.streams, runs: options.runs,
+                      congestionControl: options.quic.congestionControl.rawValue,
+                      maxUDPPayloadSize: options.quic.maxUDPPayloadSize,
+                      ngtcp2Version: String(cString: ngtcp2_version(0).pointee.version_str),
+                      throughput: throughput, latency: latency, ratios: ratios)
+    }
+
+    private func endpoints() throws -> (QUICEndpoint, QUICEndpoint) {
+        var serverConfig = options.quic
+        serverConfig.acceptsConnections = true
+        var clientConfig = options.quic
+        clientConfig.acceptsConnections = false
+        let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
+                                      configuration: serverConfig)
+        let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-client").tls,
+                                      configuration: clientConfig)
+        return (server, client)
+    }
+
+    /// MB/s for `totalBytes` over `streams` streams, connect included (as
+    /// the stock client's time includes its handshake).
+    private func quicThroughput() async throws -> Double {
+        let (server, client) = try endpoints()
+        defer { Task { await client.close(); await server.close() } }
+        let sink = Task {
+            guard let conn = await server.acceptQUIC() else { return }
+            await withTaskGroup(of: Void.self) { group in
+                while let stream = try? await conn.acceptStream() {
+                    group.addTask {
+                        while let part = try? await stream.read(maxLength: 4 << 20), !part.isEmpty {}
+                        try? await stream.write([1])
+                        try? await stream.finish()
+                    }
+                }
+            }
+        }
+        defer { sink.cancel() }
+        let perStream = options.totalBytes / options.streams
+        let block = [UInt8](repeating: 0xa5, count: 1 << 20)
+        let start = monotonicNanoseconds()
+        let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<options.streams {
+                group.addTask {
+                    let stream = try await conn.openQUICStream()
+                    var sent = 0
+                    while sent < perStream {
+                        let n = min(block.count, perStream - sent)
+                        if n == block.count { try await stream.write(block) } else { try await stream.write(Array(block.prefix(n))) }
+                        sent += n
+                    }
+                    try await stream.finish()
+                    _ = try await stream.readExactly(1)
+                }
+            }
+            try await group.waitForAll()
+        }
+        let seconds = Double(monotonicNanoseconds() - start) / 1e9
+        await conn.close(errorCode: 0, reason: "")
+        await client.close()
+        await server.close()
+        return Double(perStream * options.streams) / seconds / 1e6
+    }
+
+    private func quicLatency() async throws -> [Latency] {
+        let (server, client) = try endpoints()
+        let request = options.requestBytes, response = options.responseBytes
+        let responder = Task {
+            guard let conn = await server.acceptQUIC() else { return }
+            let reply = [UInt8](repeating: 0x33, count: response)
+            await withTaskGroup(of: Void.self) { group in
+                while let stream = try? await conn.acceptStream() {
+                    group.addTask {
+                        // Requests of `request` bytes until FIN, each answered.
+                        while let _ = try? await stream.readExactly(request) {
+                            try? await stream.write(reply)
+                        }
+                        try? await stream.finish()
+                    }
+                }
+            }
+        }
+        defer { responder.cancel() }
+        let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
+        let req = [UInt8](repeating: 0x11, count: request)
+        let warmup = min(200, options.latencyIterations)
+
+        let stream = try await conn.openQUICStream()
+        var longLived: [UInt64] = []
+        for i in 0..<(options.latencyIterations + warmup) {
+            let t0 = monotonicNanoseconds()
+            try await stream.write(req)
+            _ = try await stream.readExactly(response)
+            if i >= warmup { longLived.append(monotonicNanoseconds() - t0) }
+        }
+        try await stream.finish()
+
+        var fresh: [UInt64] = []
+        for i in 0..<(options.latencyIterations + warmup) {
+            let t0 = monotonicNanoseconds()
+            let s = try await conn.openQUICStream()
+            try await s.write(req)
+            try await s.finish()
+            _ = try await s.readExactly(response)
+            if i >= warmup { fresh.append(monotonicNanoseconds() - t0) }
+        }
+        await conn.close(errorCode: 0, reason: "")
+        await client.close()
+        await server.close()
+        return [summarize("QUIC, one long-lived stream", longLived), summarize("QUIC, a new stream per request", fresh)]
+    }
+}
+
+func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let s = values.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+func summarize(_ name: String, _ nanos: [UInt64]) -> TransportBenchmark.Latency {
+    let s = nanos.sorted()
+    func pct(_ p: Double) -> Double {
+        guard !s.isEmpty else { return 0 }
+        return Double(s[min(s.count - 1, Int((Double(s.count) * p).rounded(.up)) - 1)]) / 1000
+    }
+    return .init(name: name, samples: s.count, p50Microseconds: pct(0.50), p99Microseconds: pct(0.99),
+                 minMicroseconds: Double(s.first ?? 0) / 1000)
+}
+
+private func fmt(_ v: Double) -> String { String(format: "%.1f", v) }
