@@ -43,6 +43,7 @@ let package = Package(
             name: "memreplica",
             dependencies: [
                 "MemReplica",
+                "QuicShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

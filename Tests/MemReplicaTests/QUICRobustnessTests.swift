@@ -68,3 +68,49 @@ struct QUICRobustnessTests {
         await pair.close()
     }
 }
+
+@Suite("QUIC server with many clients", .serialized)
+struct QUICManyClientsTests {
+    @Test("eight clients on one server endpoint, concurrently, each with its own data")
+    func eightClients() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
+                                      configuration: quicConfig(server: true))
+        let port = server.localAddress.port
+        let echo = Task {
+            await withTaskGroup(of: Void.self) { group in
+                while let conn = await server.acceptQUIC() {
+                    group.addTask {
+                        while let s = try? await conn.acceptStream() {
+                            guard let bytes = try? await s.readAll(limit: 4 << 20) else { continue }
+                            try? await s.write(bytes)
+                            try? await s.finish()
+                        }
+                    }
+                }
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<8 {
+                group.addTask {
+                    let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
+                                                  configuration: quicConfig(server: false))
+                    let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: port))
+                    let payload = patternBytes(count: 512 << 10, seed: UInt64(i + 1))
+                    let s = try await conn.openQUICStream()
+                    try await s.write(payload)
+                    try await s.finish()
+                    let back = try await s.readAll(limit: 1 << 20)
+                    #expect(sha256Hex(back) == sha256Hex(payload))
+                    await client.close()
+                }
+            }
+            try await group.waitForAll()
+        }
+        let summaries = await server.connectionSummaries()
+        #expect(summaries.count <= 8)
+        await server.close()
+        echo.cancel()
+    }
+}

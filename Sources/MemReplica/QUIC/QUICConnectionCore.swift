@@ -11,7 +11,9 @@ import Glibc
 final class QUICConnectionCore: @unchecked Sendable {
     enum State { case handshaking, established, closed(TransportError) }
 
-    unowned let endpoint: QUICEndpoint
+    /// Strong for the same reason; the cycle through the endpoint's tables
+    /// is broken in `finish`.
+    let endpoint: QUICEndpoint
     private(set) var conn: OpaquePointer!
     let tls: UnsafeMutablePointer<qs_tls_session>
     let isClient: Bool

@@ -7,6 +7,9 @@ import Synchronization
 import Glibc
 #endif
 
+/// The QUIC implementation of `Transport`.
+public typealias QUICTransport = QUICEndpoint
+
 /// One UDP socket and the one thread that owns it and every QUIC connection
 /// on it. Other threads never touch ngtcp2: they post closures to `commands`
 /// and wake the loop through an eventfd, as ngtcp2's own examples do.
@@ -24,7 +27,14 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     private let socket: UDPSocket
     private let poller: Poller
-    private let commands = Mutex<[@Sendable () -> Void]>([])
+    private let commands = Mutex(CommandQueue())
+    /// Serializes commands run inline once the loop has exited.
+    private let afterExit = Mutex(())
+
+    private struct CommandQueue {
+        var pending: [@Sendable () -> Void] = []
+        var loopExited = false
+    }
     private var thread: Thread?
     private let stopped = Mutex<Bool>(false)
 
@@ -72,7 +82,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     }
 
     deinit {
-        socket.close()
         transmitBuffer.deallocate()
         vectorScratch.deallocate()
         receiveBuffer.deallocate()
@@ -82,11 +91,18 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     /// Runs `body` on the loop thread.
     func post(_ body: @escaping @Sendable () -> Void) {
-        let wasEmpty = commands.withLock { q -> Bool in
-            q.append(body)
-            return q.count == 1
+        let (wasEmpty, exited) = commands.withLock { q -> (Bool, Bool) in
+            if q.loopExited { return (false, true) }
+            q.pending.append(body)
+            return (q.pending.count == 1, false)
         }
-        if wasEmpty { poller.wake() }
+        if exited {
+            // No loop any more and every connection is closed: the command
+            // only finds that out and fails its caller, so run it here.
+            afterExit.withLock { _ in body() }
+        } else if wasEmpty {
+            poller.wake()
+        }
     }
 
     /// Runs `body` on the loop thread and returns its result.
@@ -151,12 +167,14 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     }
 
     public func close() async {
+        if commands.withLock({ $0.loopExited }) { return }
         let already = stopped.withLock { s -> Bool in
             defer { s = true }
             return s
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             post { [self] in
+                if commands.withLock({ $0.loopExited }) { c.resume(); return }
                 stopWaiters.append(c)
                 guard !already else { return }
                 stopping = true
@@ -190,14 +208,22 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             writeAll()
             armTimer()
         }
+        let late = commands.withLock { q -> [@Sendable () -> Void] in
+            q.loopExited = true
+            defer { q.pending.removeAll() }
+            return q.pending
+        }
+        afterExit.withLock { _ in late.forEach { $0() } }
+        // The port is free by the time `close()` returns.
+        socket.close()
         for s in stopWaiters { s.resume() }
         stopWaiters.removeAll()
     }
 
     private func runCommands() {
         let batch = commands.withLock { q -> [@Sendable () -> Void] in
-            let b = q
-            q.removeAll(keepingCapacity: true)
+            let b = q.pending
+            q.pending.removeAll(keepingCapacity: true)
             return b
         }
         for c in batch { c() }

@@ -5,7 +5,9 @@ import QuicShim
 /// here runs there (public `QUICStream` handles post commands to it).
 final class QUICStreamCore: @unchecked Sendable {
     let id: Int64
-    unowned let connection: QUICConnectionCore
+    /// Strong: a stream handle may outlive its connection's entry in the
+    /// endpoint and must still answer (with the connection's error).
+    let connection: QUICConnectionCore
 
     // Send side.
     var sendBuffer = SendBuffer()

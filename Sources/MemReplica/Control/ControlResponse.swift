@@ -1,0 +1,28 @@
+/// The one JSON line a peer answers a control request with: the report
+/// itself on success (so `status --json` output is the report, unwrapped),
+/// or `{"error": "..."}`.
+public enum ControlResponse: Codable, Sendable, Equatable {
+    case status(StatusReport)
+    case error(String)
+
+    private enum Keys: String, CodingKey { case error }
+
+    public init(from decoder: any Decoder) throws {
+        let keyed = try decoder.container(keyedBy: Keys.self)
+        if let message = try keyed.decodeIfPresent(String.self, forKey: .error) {
+            self = .error(message)
+        } else {
+            self = .status(try StatusReport(from: decoder))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .status(let report):
+            try report.encode(to: encoder)
+        case .error(let message):
+            var keyed = encoder.container(keyedBy: Keys.self)
+            try keyed.encode(message, forKey: .error)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+import Foundation
+
+/// What `memreplica status` shows: one running peer's view of itself and of
+/// the peers connected to it. The JSON form is a contract for scripts, so
+/// fields are only ever added, never renamed.
+public struct StatusReport: Codable, Sendable, Equatable {
+    public var version: String
+    /// The address the peer's QUIC socket is bound to (`:PORT` = all interfaces).
+    public var listenAddress: String
+    public var identity: Identity
+    public var startedAt: Date
+    public var uptimeSeconds: Double
+    public var peers: [Peer]
+    /// Replicated memory regions. Always empty until exports and mirrors
+    /// exist; kept in the format now so scripts need not change then.
+    public var regions: [Region]
+
+    public init(version: String, listenAddress: String, identity: Identity, startedAt: Date,
+                uptimeSeconds: Double, peers: [Peer], regions: [Region] = []) {
+        self.version = version
+        self.listenAddress = listenAddress
+        self.identity = identity
+        self.startedAt = startedAt
+        self.uptimeSeconds = uptimeSeconds
+        self.peers = peers
+        self.regions = regions
+    }
+
+    public struct Identity: Codable, Sendable, Equatable {
+        public var subject: String
+        public var commonName: String?
+        /// SHA-256 of the DER certificate, lower-case hex.
+        public var fingerprint: String
+
+        public init(_ identity: PeerIdentity) {
+            subject = identity.subject
+            commonName = identity.commonName
+            fingerprint = identity.fingerprint
+        }
+    }
+
+    public struct Peer: Codable, Sendable, Equatable {
+        public var remoteAddress: String
+        public var identity: Identity
+        /// True when this peer dialled out; false for connections it accepted.
+        public var initiatedLocally: Bool
+        public var smoothedRTTMilliseconds: Double
+        public var minRTTMilliseconds: Double
+        public var latestRTTMilliseconds: Double
+        public var bytesSent: UInt64
+        public var bytesReceived: UInt64
+        public var packetsSent: UInt64
+        public var packetsReceived: UInt64
+
+        public init(_ summary: ConnectionSummary) {
+            remoteAddress = summary.remoteAddress
+            identity = Identity(summary.identity)
+            initiatedLocally = summary.initiatedLocally
+            let s = summary.statistics
+            smoothedRTTMilliseconds = s.smoothedRTT.milliseconds
+            minRTTMilliseconds = s.minRTT.milliseconds
+            latestRTTMilliseconds = s.latestRTT.milliseconds
+            bytesSent = s.bytesSent
+            bytesReceived = s.bytesReceived
+            packetsSent = s.packetsSent
+            packetsReceived = s.packetsReceived
+        }
+    }
+
+    /// A replicated region; fields arrive with replication.
+    public struct Region: Codable, Sendable, Equatable {
+        public var name: String
+    }
+
+    /// JSON as the control socket speaks it: one line, ISO 8601 dates.
+    public static func makeEncoder(pretty: Bool = false) -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        return encoder
+    }
+
+    public static func makeDecoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}

@@ -1,0 +1,95 @@
+import ArgumentParser
+import Foundation
+import MemReplica
+
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Run a benchmark scenario (figures are ratios measured side by side in one run).",
+        subcommands: [BenchTransportCommand.self])
+}
+
+struct BenchTransportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "transport",
+        abstract: "QUIC throughput and request/response latency on loopback, beside ngtcp2's example programs and TLS over TCP.")
+
+    @Option(help: "Bytes to send per throughput run (suffixes K, M, G).")
+    var size: String = "256M"
+    @Option(help: "Streams the bytes are spread over.")
+    var streams: Int = 8
+    @Option(help: "Throughput runs per contender (the median is reported).")
+    var runs: Int = 5
+    @Option(help: "Request/response exchanges per latency measurement.")
+    var iterations: Int = 2000
+    @Option(help: "Congestion controller for QUIC: cubic, bbr or reno.")
+    var cc: String = "cubic"
+    @Option(help: "Largest UDP payload QUIC sends (1452 fits Ethernet; loopback carries up to 65527).")
+    var maxUdpPayload: Int = 1452
+    @Flag(help: "Skip the gtlsserver/gtlsclient anchor.")
+    var noStock = false
+    @Flag(help: "Skip the TLS-over-TCP ceiling.")
+    var noTcp = false
+    @Flag(help: "Print the report as JSON on stdout.")
+    var json = false
+
+    func validate() throws {
+        guard parseByteCount(size) != nil else { throw ValidationError("--size: not a byte count: \(size)") }
+        guard streams >= 1, streams <= 256 else { throw ValidationError("--streams must be 1...256") }
+        guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+        guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
+        guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else {
+            throw ValidationError("--cc must be cubic, bbr or reno")
+        }
+        guard (1200...65527).contains(maxUdpPayload) else { throw ValidationError("--max-udp-payload must be 1200...65527") }
+    }
+
+    func run() async throws {
+        var options = TransportBenchmark.Options()
+        options.totalBytes = parseByteCount(size)!
+        options.streams = streams
+        options.runs = runs
+        options.latencyIterations = iterations
+        options.includeStockNgtcp2 = !noStock
+        options.includeTLSOverTCP = !noTcp
+        options.quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
+        options.quic.maxUDPPayloadSize = maxUdpPayload
+        let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let quiet = json
+        let bench = try TransportBenchmark(options: options, workDirectory: work) { line in
+            if !quiet { print(line) } else { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        }
+        let report = try await bench.run()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        print("")
+        print("throughput, \(report.totalBytes >> 20) MiB over \(report.streams) streams, median of \(report.runs):")
+        for t in report.throughput {
+            print("  \(t.name.padding(toLength: 40, withPad: " ", startingAt: 0)) \(String(format: "%8.1f", t.medianMBps)) MB/s")
+        }
+        for (k, v) in report.ratios.sorted(by: { $0.key < $1.key }) {
+            print("  ratio \(k): \(String(format: "%.2f", v))")
+        }
+        print("latency, \(options.requestBytes) B → \(options.responseBytes) B:")
+        for l in report.latency {
+            print("  \(l.name.padding(toLength: 40, withPad: " ", startingAt: 0)) p50 \(String(format: "%7.1f", l.p50Microseconds)) µs  p99 \(String(format: "%7.1f", l.p99Microseconds)) µs")
+        }
+    }
+}
+
+/// "256M" → 268435456. Binary suffixes, as memory sizes are.
+func parseByteCount(_ text: String) -> Int? {
+    let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+    let units: [(String, Int)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
+    for (suffix, mult) in units where t.hasSuffix(suffix) {
+        guard let n = Int(t.dropLast(suffix.count)), n > 0 else { return nil }
+        return n * mult
+    }
+    guard let n = Int(t), n > 0 else { return nil }
+    return n
+}

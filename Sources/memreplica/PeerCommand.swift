@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MemReplica
+
+struct PeerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "peer",
+        abstract: "Run a peer until SIGINT or SIGTERM.",
+        discussion: """
+            Accepts QUIC connections from peers that prove, with a certificate signed by the \
+            same CA, who they are (mutual TLS 1.3). Until replication lands, every stream a peer \
+            opens is echoed back (what 'memreplica ping' measures). Without --cert/--key/--ca a \
+            development CA is made in the state folder on first run.
+            """)
+
+    @Option(help: ArgumentHelp("Where to listen: HOST:PORT, [IPv6]:PORT, or :PORT for every interface (IPv4 and IPv6).",
+                               valueName: "host:port"))
+    var listen = ":4433"
+
+    @OptionGroup var tls: TLSOptions
+
+    @Option(help: ArgumentHelp("Control socket for 'memreplica status' (default: STATE_DIR/control.sock).", valueName: "path"))
+    var control: String?
+
+    @OptionGroup var state: StateOptions
+
+    @Option(help: "Name in the development certificate (default: the hostname). Unused with --cert.")
+    var name: String?
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() async throws {
+        let logger = logging.makeLogger(defaultLevel: .info)
+        // Before anything else, so a signal during start-up still ends cleanly.
+        let signals = SignalMonitor { number in
+            CommandRunner.printError("\(SignalMonitor.name(of: number)) again: exiting without a clean shutdown")
+            Foundation.exit(1)
+        }
+        let address = try PeerAddress(parsing: listen)
+        let stateDirectory = state.directory
+        try stateDirectory.create()
+        let tlsConfiguration = try tls.configuration(state: stateDirectory, peerName: name ?? PeerName.hostDefault,
+                                                     logger: logger)
+        var quic = QUICConfiguration()
+        quic.acceptsConnections = true
+        let endpoint = try QUICEndpoint(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
+        let service = PeerService(endpoint: endpoint, logger: logger)
+        let controlPath = control ?? stateDirectory.controlSocketPath
+        let controlServer: ControlServer
+        do {
+            controlServer = try ControlServer(path: controlPath, logger: logger) { await service.handle($0) }
+        } catch {
+            await endpoint.close()
+            throw error
+        }
+        logger.info("control socket at \(controlPath)")
+        let serving = Task { await service.run() }
+
+        let number = await signals.wait()
+        logger.notice("\(SignalMonitor.name(of: number)) received: shutting down")
+        // Control socket first: a status query must not reach a closed endpoint.
+        await controlServer.stop()
+        await endpoint.close()
+        await serving.value
+        logger.notice("stopped")
+    }
+}

@@ -1,0 +1,36 @@
+import Foundation
+import MemReplica
+
+/// The human form of a status report: a short header, then one line per peer.
+enum StatusTable {
+    static func render(_ report: StatusReport) -> String {
+        var out = ""
+        let me = report.identity
+        out += "peer       \(me.commonName ?? me.subject) (\(me.subject))\n"
+        out += "sha256     \(me.fingerprint)\n"
+        out += "listening  \(report.listenAddress)\(report.listenAddress.hasPrefix(":") ? " (all interfaces)" : "")\n"
+        out += "uptime     \(Format.uptime(report.uptimeSeconds)) (since \(ISO8601DateFormatter().string(from: report.startedAt)))\n"
+        out += "version    \(report.version)\n"
+        guard !report.peers.isEmpty else { return out + "peers      none connected\n" }
+        out += "peers      \(report.peers.count) connected\n"
+        var rows = [["REMOTE", "IDENTITY", "DIR", "SRTT", "MIN RTT", "LAST RTT", "SENT", "RECEIVED"]]
+        for p in report.peers {
+            rows.append([
+                p.remoteAddress,
+                "\(p.identity.commonName ?? p.identity.subject) (\(p.identity.fingerprint.prefix(12))…)",
+                p.initiatedLocally ? "out" : "in",
+                Format.milliseconds(p.smoothedRTTMilliseconds),
+                Format.milliseconds(p.minRTTMilliseconds),
+                Format.milliseconds(p.latestRTTMilliseconds),
+                Format.bytes(p.bytesSent),
+                Format.bytes(p.bytesReceived),
+            ])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            let cells = zip(row, widths).map { cell, width in cell.padding(toLength: width, withPad: " ", startingAt: 0) }
+            out += "  " + cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
+        }
+        return out
+    }
+}

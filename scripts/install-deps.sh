@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages memreplica builds and runs against, if any
+# are missing. Safe to run again: with everything present it changes nothing.
+set -euo pipefail
+
+packages=(
+  libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libnghttp3-dev libssl-dev pkg-config
+  ngtcp2-client ngtcp2-server   # the stock tools the transport benchmark compares against
+  python3                       # benchmark tables and plots
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+  [[ $status == installed ]] || missing+=("$package")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} system packages are installed"
+else
+  echo "install-deps: installing ${missing[*]}"
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" apt-get update
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+
+command -v swift >/dev/null || {
+  echo "install-deps: no 'swift' on PATH; install a Swift 6 toolchain from https://www.swift.org/install/" >&2
+  exit 1
+}

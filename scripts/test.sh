@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds and runs the test suite; arguments go to `swift test` (e.g.
+# --filter ControlSocketTests). MEMREPLICA_SCRATCH_PATH picks another build
+# folder (e.g. to leave a working copy's .build alone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+scratch=()
+[[ -n ${MEMREPLICA_SCRATCH_PATH:-} ]] && scratch=(--scratch-path "$MEMREPLICA_SCRATCH_PATH")
+swift build --build-tests "${scratch[@]}"
+swift test --skip-build "${scratch[@]}" "$@"
