@@ -1,6 +1,5 @@
 import Crypto
 import Foundation
-import Synchronization
 import Testing
 @testable import MemReplica
 
@@ -138,7 +137,7 @@ struct QUICStreamTests {
         let serverSide = try #require(await accepted)
         let stream = try await conn.openQUICStream()
         let chunk = patternBytes(count: 64 << 10, seed: 3)
-        let acceptedBytes = Mutex(0)
+        let acceptedBytes = Locked(0)
         // Nobody reads on the server yet: after the peer's window plus our
         // send buffer are full, write must suspend.
         let writer = Task {

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +11,7 @@ final class UDPRelay: @unchecked Sendable {
     let port: UInt16
     private let fd: Int32
     private let serverPort: UInt16
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private var thread: Thread?
 
     struct State {

@@ -5,7 +5,7 @@ import Foundation
 /// bytes as our run, split over the same number of streams. Programs nobody
 /// here wrote, so they anchor what "fast for ngtcp2" means on this machine.
 final class StockNgtcp2Download {
-    private let server: Process
+    private let server: ChildProcess
     private let port: UInt16
     private let files: Int
     private let totalBytes: Int
@@ -42,34 +42,25 @@ final class StockNgtcp2Download {
             try block.write(to: URL(fileURLWithPath: directory + "/f\(i)"))
         }
         port = UInt16.random(in: 20000...60000)
-        server = Process()
-        server.executableURL = URL(fileURLWithPath: serverPath)
         let files = pki.files(for: "bench-server")
-        server.arguments = ["-q", "-d", directory, "127.0.0.1", String(port), files.key, files.certificate]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
+        server = try ChildProcess(serverPath, ["-q", "-d", directory, "127.0.0.1", String(port), files.key, files.certificate])
         usleep(300_000)
         guard server.isRunning else { throw Failure.failed("gtlsserver exited at start") }
     }
 
     /// MB/s of one download of all files, process start to exit.
     func measure() throws -> Double {
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: Self.locate("gtlsclient")!)
-        client.arguments = ["-q", "--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close",
-                            "127.0.0.1", String(port)] + (0..<files).map { "https://127.0.0.1:\(port)/f\($0)" }
-        client.standardOutput = FileHandle.nullDevice
-        client.standardError = FileHandle.nullDevice
         let start = monotonicNanoseconds()
-        try client.run()
-        client.waitUntilExit()
+        let client = try ChildProcess(Self.locate("gtlsclient")!,
+                                      ["-q", "--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close",
+                                       "127.0.0.1", String(port)] + (0..<files).map { "https://127.0.0.1:\(port)/f\($0)" })
+        let status = client.wait()
         let seconds = Double(monotonicNanoseconds() - start) / 1e9
-        guard client.terminationStatus == 0 else { throw Failure.failed("gtlsclient exited with \(client.terminationStatus)") }
+        guard status == 0 else { throw Failure.failed("gtlsclient exited with status \(status)") }
         return Double(totalBytes / files * files) / seconds / 1e6
     }
 
     func stop() {
-        if server.isRunning { server.terminate(); server.waitUntilExit() }
+        server.terminate()
     }
 }

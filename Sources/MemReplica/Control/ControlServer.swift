@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -26,7 +25,7 @@ public final class ControlServer: Sendable {
     private let socketFile: FileIdentity
     private let handler: Handler
     private let logger: Logger
-    private let exit = Mutex<ExitState>(ExitState())
+    private let exit = Locked(ExitState())
 
     private struct ExitState {
         var finished = false

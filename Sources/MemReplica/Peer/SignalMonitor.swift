@@ -1,5 +1,4 @@
 import Dispatch
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,7 +12,7 @@ import Glibc
 /// cancelled in `deinit`; Dispatch sources are thread-safe.
 public final class SignalMonitor: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
-    private let state = Mutex<State>(State())
+    private let state = Locked(State())
 
     private struct State {
         var first: Int32?

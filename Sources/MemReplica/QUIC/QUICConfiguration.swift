@@ -28,6 +28,9 @@ public struct QUICConfiguration: Sendable {
     public var socketBufferSize: Int = 16 << 20
     /// Congestion controller: cubic (default, the same family as TCP's) or bbr.
     public var congestionControl: CongestionControl = .cubic
+    /// Spread packets over the RTT instead of sending bursts (RFC 9002
+    /// §7.7). Keep it on for WANs; loopback benchmarks show its cost.
+    public var pacing: Bool = true
     /// Whether this endpoint accepts inbound connections.
     public var acceptsConnections: Bool = false
     /// ngtcp2's own packet trace to stderr (very verbose).

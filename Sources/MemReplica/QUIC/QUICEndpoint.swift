@@ -2,7 +2,6 @@ import DequeModule
 import Foundation
 import Logging
 import QuicShim
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,16 +26,16 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     private let socket: UDPSocket
     private let poller: Poller
-    private let commands = Mutex(CommandQueue())
+    private let commands = Locked(CommandQueue())
     /// Serializes commands run inline once the loop has exited.
-    private let afterExit = Mutex(())
+    private let afterExit = Locked(())
 
     private struct CommandQueue {
         var pending: [@Sendable () -> Void] = []
         var loopExited = false
     }
     private var thread: Thread?
-    private let stopped = Mutex<Bool>(false)
+    private let stopped = Locked(false)
 
     // Loop-confined state.
     private var routes: [ConnectionID: QUICConnectionCore] = [:]
