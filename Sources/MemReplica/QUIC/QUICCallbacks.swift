@@ -71,8 +71,7 @@ enum QUICCallbacks {
         }
         cb.acked_stream_data_offset = { _, _, offset, len, _, streamUser in
             guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
-            stream.sendBuffer.acknowledge(upTo: offset + len)
-            stream.wakeWriters()
+            stream.acknowledged(upTo: offset + len)
             return 0
         }
         cb.stream_close = { _, flags, _, code, user, streamUser in
@@ -82,14 +81,11 @@ enum QUICCallbacks {
             return 0
         }
         cb.stream_reset = { _, _, _, code, _, streamUser in
-            QUICCallbacks.stream(streamUser)?.receiveError = .streamReset(errorCode: code)
-            QUICCallbacks.stream(streamUser)?.satisfyReader()
+            QUICCallbacks.stream(streamUser)?.failReceive(.streamReset(errorCode: code))
             return 0
         }
         cb.stream_stop_sending = { _, _, code, _, streamUser in
-            guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
-            stream.sendError = .streamReset(errorCode: code)
-            stream.wakeWriters()
+            QUICCallbacks.stream(streamUser)?.failSend(.streamReset(errorCode: code))
             return 0
         }
         cb.extend_max_local_streams_bidi = { _, _, user in

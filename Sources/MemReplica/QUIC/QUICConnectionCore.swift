@@ -36,8 +36,15 @@ final class QUICConnectionCore: @unchecked Sendable {
     var callbackError: TransportError?
     /// Queued in the endpoint's list of connections to write.
     var wantsWrite = false
-    /// Connection-level credit consumed but not yet given back.
-    private var unreportedConsumption: UInt64 = 0
+    /// Bytes readers took on all streams and not yet returned as
+    /// connection-level credit, with whether a sweep is queued. Shared with
+    /// reading tasks: stream-level thresholds alone could strand a little
+    /// credit on each of many streams until the connection window is gone.
+    private let unreportedCredit = Locked((bytes: 0, sweepPosted: false))
+    private let connectionCreditThreshold: Int
+    /// Why the connection ended, readable from any thread.
+    private let closedWith = Locked<TransportError?>(nil)
+    var closeErrorSnapshot: TransportError? { closedWith.withLock { $0 } }
 
     var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
     var packetsSent: UInt64 = 0, packetsReceived: UInt64 = 0
@@ -59,6 +66,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         self.isClient = isClient
         self.remote = remote
         self.remoteAddress = PeerAddress(storage: remote)
+        connectionCreditThreshold = max(1, Int(endpoint.configuration.connectionReceiveWindow / 8))
         tls = .allocate(capacity: 1)
         tls.initialize(to: qs_tls_session())
     }
@@ -294,6 +302,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         let wasEstablished: Bool
         if case .established = state { wasEstablished = true } else { wasEstablished = false }
         state = .closed(error)
+        closedWith.withLock { $0 = error }
         if wasEstablished || !isClient {
             endpoint.logger.debug("connection closed", metadata: ["peer": "\(remoteAddress)", "reason": "\(error)"])
         }
@@ -375,8 +384,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         } else if !stream.finReceived {
             stream.fail(.streamReset(errorCode: appErrorCode ?? 0))
         } else {
-            stream.sendBuffer.releaseAll()
-            stream.wakeWriters()
+            stream.finishedCleanly()
         }
         if ngtcp2_conn_is_local_stream(conn, stream.id) == 0 {
             // Give the peer its stream credit back.
@@ -408,9 +416,29 @@ final class QUICConnectionCore: @unchecked Sendable {
         endpoint.needsWrite(self)
     }
 
+    /// Counts bytes a reader took; true when the caller should post a
+    /// connection-wide credit sweep.
+    func noteCreditTaken(_ count: Int) -> Bool {
+        let threshold = connectionCreditThreshold
+        return unreportedCredit.withLock { u in
+            u.bytes += count
+            guard u.bytes >= threshold, !u.sweepPosted else { return false }
+            u.sweepPosted = true
+            return true
+        }
+    }
+
+    /// Returns every stream's outstanding credit (loop thread).
+    func returnAllCredit() {
+        unreportedCredit.withLock { $0.sweepPosted = false }
+        for s in streams.values { s.returnCredit() }
+    }
+
     /// A reader took `count` bytes: open the windows by as much.
     func consumed(_ count: Int, on stream: QUICStreamCore) {
-        guard count > 0, !isClosed else { return }
+        guard count > 0 else { return }
+        unreportedCredit.withLock { $0.bytes -= count }
+        guard !isClosed else { return }
         if !stream.closedByStack {
             ngtcp2_conn_extend_max_stream_offset(conn, stream.id, UInt64(count))
         }

@@ -48,7 +48,7 @@ extension QUICConnectionCore {
             if let s = stream {
                 vecCount = s.sendBuffer.unsentVectors(into: vecs)
                 let coversAll = vecCount < vecs.count || vecsTotal(vecs, vecCount) == s.sendBuffer.unsent
-                if s.finRequested && coversAll { flags |= UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) }
+                if s.finQueued && coversAll { flags |= UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) }
             }
             var accepted: ngtcp2_ssize = -1
             let n = qs_conn_writev_stream(conn, &ps.path, &info, base + used, maxPayload, &accepted, flags,
@@ -60,7 +60,7 @@ extension QUICConnectionCore {
                     dequeue(stream)
                     continue
                 case NGTCP2_ERR_STREAM_SHUT_WR, NGTCP2_ERR_STREAM_NOT_FOUND:
-                    if let s = stream { s.sendError = s.sendError ?? .streamReset(errorCode: 0); s.wakeWriters() }
+                    stream?.failSend(.streamReset(errorCode: 0))
                     dequeue(stream)
                     continue
                 case NGTCP2_ERR_WRITE_MORE:

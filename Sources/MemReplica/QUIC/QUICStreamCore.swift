@@ -1,121 +1,298 @@
 import DequeModule
 import QuicShim
 
-/// One stream's state. Confined to the endpoint's loop thread: every method
-/// here runs there (public `QUICStream` handles post commands to it).
+/// One stream's state, in two parts. The loop-only part (send buffer,
+/// offsets, scheduling) is touched only on the endpoint's loop thread. The
+/// `mailbox` is shared with the tasks that read and write, under a lock, so
+/// a write below the buffer limit and a read of bytes already here finish
+/// without a round trip through the loop: on a request/response exchange
+/// that halves the thread wake-ups.
 final class QUICStreamCore: @unchecked Sendable {
     let id: Int64
     /// Strong: a stream handle may outlive its connection's entry in the
     /// endpoint and must still answer (with the connection's error).
     let connection: QUICConnectionCore
+    let mailbox = Locked(Mailbox())
+    private let sendLimit: Int
+    private let creditThreshold: Int
 
-    // Send side.
+    // Loop-only.
     var sendBuffer = SendBuffer()
-    var finRequested = false
+    var finQueued = false
     var finSent = false
     /// In the connection's round-robin queue of streams with data to send.
     var scheduled = false
     /// Waiting for the peer to raise the stream's flow-control limit.
     var flowBlocked = false
-    var writeWaiters: [CheckedContinuation<Void, any Error>] = []
-    var sendError: TransportError?
-
-    // Receive side.
-    private var received = Deque<[UInt8]>()
-    private var receivedHead = 0
-    private(set) var bufferedBytes = 0
-    var finReceived = false
-    var receiveError: TransportError?
-    var readWaiter: (maxLength: Int, continuation: CheckedContinuation<[UInt8]?, any Error>)?
-
+    /// The stack will take no more data (reset, stop-sending, closed).
+    var sendClosed = false
     /// ngtcp2 has closed the stream (both directions done or reset).
     var closedByStack = false
+
+    struct Mailbox {
+        // Written by tasks, drained by the loop.
+        var outgoing: [UnsafeMutableRawBufferPointer] = []
+        var finRequested = false
+        /// A drain command is queued on the loop already.
+        var drainPosted = false
+        var written: UInt64 = 0
+        var acknowledged: UInt64 = 0
+        var writeWaiters: [CheckedContinuation<Void, any Error>] = []
+        var sendError: TransportError?
+
+        // Delivered by the loop, taken by tasks.
+        var received = Deque<[UInt8]>()
+        var receivedHead = 0
+        var buffered = 0
+        var finReceived = false
+        var receiveError: TransportError?
+        var readWaiter: (maxLength: Int, continuation: CheckedContinuation<[UInt8]?, any Error>)?
+        /// Bytes read but not yet returned to the peer as credit.
+        var unreportedCredit = 0
+        var creditPosted = false
+
+        /// Up to maxLength buffered bytes, oldest first.
+        mutating func take(maxLength: Int) -> [UInt8]? {
+            guard buffered > 0, maxLength > 0 else { return nil }
+            var out: [UInt8]
+            let first = received[0]
+            if receivedHead == 0 && first.count <= maxLength {
+                out = first
+                received.removeFirst()
+                // Coalesce small chunks so one read returns what is there.
+                while let next = received.first, out.count + next.count <= maxLength {
+                    out.append(contentsOf: next)
+                    received.removeFirst()
+                }
+            } else {
+                let n = min(maxLength, first.count - receivedHead)
+                out = Array(first[receivedHead..<receivedHead + n])
+                receivedHead += n
+                if receivedHead == first.count {
+                    received.removeFirst()
+                    receivedHead = 0
+                }
+            }
+            buffered -= out.count
+            unreportedCredit += out.count
+            return out
+        }
+    }
 
     init(id: Int64, connection: QUICConnectionCore) {
         self.id = id
         self.connection = connection
+        let config = connection.endpoint.configuration
+        sendLimit = config.streamSendBuffer
+        // Give credit back in steps: each step is a wake-up of the loop, and
+        // an eighth of the window keeps the sender far from blocking.
+        creditThreshold = max(1, Int(min(config.streamReceiveWindow, config.connectionReceiveWindow / 8) / 8))
     }
 
     var hasDataToSend: Bool {
-        sendError == nil && (sendBuffer.unsent > 0 || (finRequested && !finSent))
+        !sendClosed && (sendBuffer.unsent > 0 || (finQueued && !finSent))
     }
 
-    // MARK: receive
+    // MARK: task side
+
+    /// Queues owned memory; suspends while too much is unacknowledged.
+    func write(_ memory: UnsafeMutableRawBufferPointer) async throws {
+        enum Next { case done, wait, fail(TransportError) }
+        let (next, post) = mailbox.withLock { m -> (Next, Bool) in
+            if let error = m.sendError ?? connection.closeErrorSnapshot { return (.fail(error), false) }
+            if m.finRequested {
+                return (.fail(.protocolFailure("write after finish on stream \(id)")), false)
+            }
+            m.outgoing.append(memory)
+            m.written += UInt64(memory.count)
+            let post = !m.drainPosted
+            m.drainPosted = true
+            return (m.written - m.acknowledged > UInt64(sendLimit) ? .wait : .done, post)
+        }
+        if post { connection.endpoint.post { [self] in drainMailbox() } }
+        switch next {
+        case .done: return
+        case .fail(let error):
+            memory.deallocate()
+            throw error
+        case .wait:
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                let resume: Result<Void, TransportError>? = mailbox.withLock { m in
+                    if let error = m.sendError { return .failure(error) }
+                    if m.written - m.acknowledged <= UInt64(sendLimit) { return .success(()) }
+                    m.writeWaiters.append(c)
+                    return nil
+                }
+                if let resume { c.resume(with: resume) }
+            }
+        }
+    }
+
+    func finish() throws {
+        let post = try mailbox.withLock { m -> Bool in
+            if let error = m.sendError ?? connection.closeErrorSnapshot { throw error }
+            m.finRequested = true
+            defer { m.drainPosted = true }
+            return !m.drainPosted
+        }
+        if post { connection.endpoint.post { [self] in drainMailbox() } }
+    }
+
+    func read(maxLength: Int) async throws -> [UInt8]? {
+        enum Next { case bytes([UInt8], postCredit: Bool), end, fail(any Error), wait }
+        let next = mailbox.withLock { m -> Next in
+            if m.readWaiter != nil { return .fail(TransportError.protocolFailure("concurrent reads on stream \(id)")) }
+            if let bytes = m.take(maxLength: maxLength) {
+                return .bytes(bytes, postCredit: claimCreditPost(&m))
+            }
+            if m.finReceived { return .end }
+            if let error = m.receiveError { return .fail(error) }
+            return .wait
+        }
+        switch next {
+        case .bytes(let bytes, let postCredit):
+            if connection.noteCreditTaken(bytes.count) {
+                connection.endpoint.post { [connection] in connection.returnAllCredit() }
+            } else if postCredit {
+                connection.endpoint.post { [self] in returnCredit() }
+            }
+            return bytes
+        case .end: return nil
+        case .fail(let error): throw error
+        case .wait:
+            return try await withCheckedThrowingContinuation { c in
+                let ready: Result<[UInt8]?, any Error>? = mailbox.withLock { m in
+                    if let bytes = m.take(maxLength: maxLength) { return .success(bytes) }
+                    if m.finReceived { return .success(nil) }
+                    if let error = m.receiveError { return .failure(error) }
+                    m.readWaiter = (maxLength, c)
+                    return nil
+                }
+                if let ready {
+                    if case .success(let bytes?) = ready { _ = connection.noteCreditTaken(bytes.count) }
+                    connection.endpoint.post { [self] in returnCredit() }
+                    c.resume(with: ready)
+                }
+            }
+        }
+    }
+
+    private func claimCreditPost(_ m: inout Mailbox) -> Bool {
+        guard m.unreportedCredit >= creditThreshold, !m.creditPosted else { return false }
+        m.creditPosted = true
+        return true
+    }
+
+    // MARK: loop side
+
+    /// Moves what tasks wrote into the send buffer and schedules sending.
+    func drainMailbox() {
+        let (chunks, fin) = mailbox.withLock { m -> ([UnsafeMutableRawBufferPointer], Bool) in
+            defer { m.outgoing.removeAll(); m.drainPosted = false }
+            return (m.outgoing, m.finRequested)
+        }
+        if sendClosed || connection.isClosed {
+            chunks.forEach { $0.deallocate() }
+            return
+        }
+        for c in chunks { sendBuffer.append(owning: c) }
+        if fin { finQueued = true }
+        connection.schedule(self)
+    }
+
+    func acknowledged(upTo offset: UInt64) {
+        sendBuffer.acknowledge(upTo: offset)
+        let acked = sendBuffer.ackedOffset
+        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+            m.acknowledged = acked
+            guard m.written - m.acknowledged <= UInt64(sendLimit) else { return [] }
+            defer { m.writeWaiters.removeAll() }
+            return m.writeWaiters
+        }
+        waiters.forEach { $0.resume() }
+    }
 
     func deliver(_ data: UnsafeRawBufferPointer, fin: Bool) {
-        if data.count > 0 {
-            received.append(Array(data))
-            bufferedBytes += data.count
-        }
-        if fin { finReceived = true }
-        satisfyReader()
-    }
-
-    /// Hands queued bytes to a waiting reader, if any.
-    func satisfyReader() {
-        guard let waiter = readWaiter else { return }
-        if let bytes = take(maxLength: waiter.maxLength) {
-            readWaiter = nil
-            waiter.continuation.resume(returning: bytes)
-        } else if finReceived {
-            readWaiter = nil
-            waiter.continuation.resume(returning: nil)
-        } else if let error = receiveError {
-            readWaiter = nil
-            waiter.continuation.resume(throwing: error)
-        }
-    }
-
-    /// Removes up to maxLength buffered bytes and returns flow-control credit
-    /// for them; nil when nothing is buffered.
-    func take(maxLength: Int) -> [UInt8]? {
-        guard bufferedBytes > 0, maxLength > 0 else { return nil }
-        var out: [UInt8]
-        let first = received[0]
-        if receivedHead == 0 && first.count <= maxLength {
-            out = first
-            received.removeFirst()
-            // Coalesce small chunks so one read returns what is there.
-            while let next = received.first, out.count + next.count <= maxLength {
-                out.append(contentsOf: next)
-                received.removeFirst()
+        let bytes = data.count > 0 ? Array(data) : nil
+        let handoff = mailbox.withLock { m -> (CheckedContinuation<[UInt8]?, any Error>, [UInt8]?)? in
+            if let bytes {
+                m.received.append(bytes)
+                m.buffered += bytes.count
             }
-        } else {
-            let n = min(maxLength, first.count - receivedHead)
-            out = Array(first[receivedHead..<receivedHead + n])
-            receivedHead += n
-            if receivedHead == first.count {
-                received.removeFirst()
-                receivedHead = 0
+            if fin { m.finReceived = true }
+            guard let waiter = m.readWaiter else { return nil }
+            if let out = m.take(maxLength: waiter.maxLength) {
+                m.readWaiter = nil
+                return (waiter.continuation, out)
+            }
+            if m.finReceived {
+                m.readWaiter = nil
+                return (waiter.continuation, nil)
+            }
+            return nil
+        }
+        if let (continuation, out) = handoff {
+            continuation.resume(returning: out)
+            if let out {
+                _ = connection.noteCreditTaken(out.count)
+                returnCredit()
             }
         }
-        bufferedBytes -= out.count
-        connection.consumed(out.count, on: self)
-        return out
     }
 
-    // MARK: send
-
-    func wakeWriters() {
-        guard !writeWaiters.isEmpty else { return }
-        let limit = connection.endpoint.configuration.streamSendBuffer
-        if let error = sendError {
-            let waiters = writeWaiters
-            writeWaiters.removeAll()
-            for w in waiters { w.resume(throwing: error) }
-        } else if sendBuffer.unacknowledged <= limit {
-            let waiters = writeWaiters
-            writeWaiters.removeAll()
-            for w in waiters { w.resume() }
+    /// Opens the windows by what readers took since the last time.
+    func returnCredit() {
+        let n = mailbox.withLock { m -> Int in
+            defer { m.unreportedCredit = 0; m.creditPosted = false }
+            return m.unreportedCredit
         }
+        connection.consumed(n, on: self)
+    }
+
+    /// The peer stopped the receiving or sending half.
+    func failSend(_ error: TransportError) {
+        sendClosed = true
+        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+            if m.sendError == nil { m.sendError = error }
+            defer { m.writeWaiters.removeAll() }
+            return m.writeWaiters
+        }
+        waiters.forEach { $0.resume(throwing: error) }
+    }
+
+    func failReceive(_ error: TransportError) {
+        let waiter = mailbox.withLock { m -> CheckedContinuation<[UInt8]?, any Error>? in
+            if m.receiveError == nil { m.receiveError = error }
+            // Bytes already here and a FIN still reach the reader first.
+            guard m.buffered == 0, !m.finReceived, let w = m.readWaiter else { return nil }
+            m.readWaiter = nil
+            return w.continuation
+        }
+        waiter?.resume(throwing: error)
     }
 
     /// Ends both directions with `error`, waking everyone waiting.
     func fail(_ error: TransportError) {
-        if sendError == nil { sendError = error }
-        if receiveError == nil { receiveError = error }
+        failSend(error)
+        failReceive(error)
         sendBuffer.releaseAll()
-        wakeWriters()
-        satisfyReader()
+        let leftovers = mailbox.withLock { m -> [UnsafeMutableRawBufferPointer] in
+            defer { m.outgoing.removeAll() }
+            return m.outgoing
+        }
+        leftovers.forEach { $0.deallocate() }
     }
+
+    /// Both directions ended cleanly: nothing more to send or wait for.
+    func finishedCleanly() {
+        sendBuffer.releaseAll()
+        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+            m.acknowledged = m.written
+            defer { m.writeWaiters.removeAll() }
+            return m.writeWaiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    var finReceived: Bool { mailbox.withLock { $0.finReceived } }
 }
