@@ -87,6 +87,11 @@ final class QUICStreamCore: @unchecked Sendable {
         // Give credit back in steps: each step is a wake-up of the loop, and
         // an eighth of the window keeps the sender far from blocking.
         creditThreshold = max(1, Int(min(config.streamReceiveWindow, config.connectionReceiveWindow / 8) / 8))
+        // Publish the fields above through the lock every task takes before
+        // touching them. The continuation that hands this object to a task
+        // orders it too, but ThreadSanitizer cannot see through Swift's
+        // concurrency runtime on Linux and would report a race.
+        mailbox.withLock { _ in }
     }
 
     var hasDataToSend: Bool {
