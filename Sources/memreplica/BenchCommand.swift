@@ -26,6 +26,8 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var cc: String = "cubic"
     @Option(help: "Largest UDP payload QUIC sends (1452 fits Ethernet; loopback carries up to 65527).")
     var maxUdpPayload: Int = 1452
+    @Flag(help: "Send without pacing (bursts as the window allows).")
+    var noPacing = false
     @Flag(help: "Skip the gtlsserver/gtlsclient anchor.")
     var noStock = false
     @Flag(help: "Skip the TLS-over-TCP ceiling.")
@@ -54,6 +56,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         options.includeTLSOverTCP = !noTcp
         options.quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
         options.quic.maxUDPPayloadSize = maxUdpPayload
+        options.quic.pacing = !noPacing
         let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: work) }
         let quiet = json

@@ -41,6 +41,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private var routes: [ConnectionID: QUICConnectionCore] = [:]
     private var live: [ObjectIdentifier: QUICConnectionCore] = [:]
     private var writeQueue = Deque<QUICConnectionCore>()
+    /// Streams whose readers get the bytes of this receive batch at its end.
+    private var readersToWake: [QUICStreamCore] = []
     private var accepted = Deque<QUICConnectionCore>()
     private var acceptWaiters = Deque<CheckedContinuation<QUICConnectionCore?, Never>>()
     private var stopping = false
@@ -228,7 +230,16 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         for c in batch { c() }
     }
 
+    func wakeLater(_ stream: QUICStreamCore) {
+        readersToWake.append(stream)
+    }
+
     private func readSocket() {
+        defer {
+            let streams = readersToWake
+            readersToWake.removeAll(keepingCapacity: true)
+            for s in streams { s.wakeReader() }
+        }
         // Bounded so a flood cannot starve writes and timers.
         for _ in 0..<64 {
             let result: (count: Int, segmentSize: Int, from: SocketAddressStorage)?

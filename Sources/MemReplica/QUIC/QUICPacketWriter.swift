@@ -14,7 +14,8 @@ extension QUICConnectionCore {
         let maxPayload = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
         let pathMaxPayload = ngtcp2_conn_get_path_max_tx_udp_payload_size(conn)
         let quantum = ngtcp2_conn_get_send_quantum(conn)
-        let maxPackets = max(1, min(quantum / max(maxPayload, 1), config.maxDatagramsPerSend))
+        // The kernel takes at most 64 KiB in one GSO send.
+        let maxPackets = max(1, min(quantum / max(maxPayload, 1), config.maxDatagramsPerSend, 65_000 / max(maxPayload, 1)))
         let buffer = endpoint.transmitBuffer
         precondition(buffer.count >= maxPackets * maxPayload)
         let base = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)

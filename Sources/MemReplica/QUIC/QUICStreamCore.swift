@@ -28,6 +28,8 @@ final class QUICStreamCore: @unchecked Sendable {
     var sendClosed = false
     /// ngtcp2 has closed the stream (both directions done or reset).
     var closedByStack = false
+    /// Queued on the endpoint to wake its reader after this batch.
+    var wakePending = false
 
     struct Mailbox {
         // Written by tasks, drained by the loop.
@@ -217,14 +219,29 @@ final class QUICStreamCore: @unchecked Sendable {
         waiters.forEach { $0.resume() }
     }
 
+    /// Queues bytes from the peer. A waiting reader is woken later, once
+    /// per batch of datagrams (`wakeReader`), not once per packet: a wake-up
+    /// per 1.4 KB packet cost more than the rest of the receive path.
     func deliver(_ data: UnsafeRawBufferPointer, fin: Bool) {
         let bytes = data.count > 0 ? Array(data) : nil
-        let handoff = mailbox.withLock { m -> (CheckedContinuation<[UInt8]?, any Error>, [UInt8]?)? in
+        let readerWaiting = mailbox.withLock { m -> Bool in
             if let bytes {
                 m.received.append(bytes)
                 m.buffered += bytes.count
             }
             if fin { m.finReceived = true }
+            return m.readWaiter != nil
+        }
+        if readerWaiting && !wakePending {
+            wakePending = true
+            connection.endpoint.wakeLater(self)
+        }
+    }
+
+    /// Hands what arrived to a waiting reader (loop thread).
+    func wakeReader() {
+        wakePending = false
+        let handoff = mailbox.withLock { m -> (CheckedContinuation<[UInt8]?, any Error>, [UInt8]?)? in
             guard let waiter = m.readWaiter else { return nil }
             if let out = m.take(maxLength: waiter.maxLength) {
                 m.readWaiter = nil
