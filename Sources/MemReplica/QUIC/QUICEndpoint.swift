@@ -194,20 +194,18 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         while true {
             runCommands()
             if stopping && live.isEmpty { break }
-            let block = writeQueue.isEmpty && pendingSend == nil
-            poller.wait(block: block) { token, events in
+            let deadline = writeQueue.isEmpty && pendingSend == nil ? nextDeadline() : 0
+            poller.wait(until: deadline) { token, events in
                 switch token {
                 case .socket:
                     if events & EPOLLOUT.rawValue != 0 { flushPendingSend() }
                     if events & EPOLLIN.rawValue != 0 { readSocket() }
                 case .wake: poller.drainWake()
-                case .timer: poller.drainTimer()
                 }
             }
             runCommands()
             handleExpiries()
             writeAll()
-            armTimer()
         }
         let late = commands.withLock { q -> [@Sendable () -> Void] in
             q.loopExited = true
@@ -317,12 +315,14 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         }
     }
 
-    private func armTimer() {
+    /// When the loop must next wake for ngtcp2 (retransmission, ACK delay,
+    /// pacing, idle and handshake timeouts).
+    private func nextDeadline() -> UInt64 {
         var earliest = UInt64.max
         for core in live.values where !core.isClosed {
             earliest = min(earliest, ngtcp2_conn_get_expiry(core.conn), core.handshakeDeadline)
         }
-        poller.armTimer(atNanoseconds: earliest)
+        return earliest
     }
 
     // MARK: helpers for connections (loop thread)

@@ -7,7 +7,7 @@
  *   why certificate verification failed (so Swift can name the error);
  * - cmsg handling for UDP GSO/GRO;
  * - headers for Linux calls Swift's Glibc module lacks (epoll, eventfd,
- *   timerfd, getrandom).
+ *   getrandom).
  *
  * Everything else (the packet loop, streams, flow control, errors users
  * see) lives in Swift.
@@ -23,7 +23,6 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
-#include <sys/timerfd.h>
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>
