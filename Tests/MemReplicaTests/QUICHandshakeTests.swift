@@ -4,21 +4,6 @@ import Testing
 
 @Suite("QUIC handshake and mutual TLS", .serialized)
 struct QUICHandshakeTests {
-    @Test("debug timing", .disabled(if: ProcessInfo.processInfo.environment["HS_DEBUG"] == nil))
-    func handshakeTiming() async throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        var c = quicConfig(server: false); c.debugLog = true
-        var s = quicConfig(server: true); s.debugLog = true
-        let pair = try EndpointPair(pki: pki, serverConfig: s, clientConfig: c)
-        let address = try pair.serverAddress
-        async let accepted = pair.server.acceptQUIC()
-        let conn = try await pair.client.connectQUIC(to: address)
-        _ = await accepted
-        print("HANDSHAKE", await conn.statistics().handshakeDuration!)
-        await pair.close()
-    }
-
     @Test("mTLS handshake succeeds and both sides see each other's identity")
     func handshakeSucceeds() async throws {
         let pki = try TestPKI()
