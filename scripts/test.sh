@@ -9,4 +9,6 @@ scripts/install-deps.sh
 scratch=()
 [[ -n ${MEMREPLICA_SCRATCH_PATH:-} ]] && scratch=(--scratch-path "$MEMREPLICA_SCRATCH_PATH")
 swift build --build-tests "${scratch[@]}"
-swift test --skip-build "${scratch[@]}" "$@"
+# The suites are swift-testing only; without --disable-xctest the XCTest
+# runner would also print "Executed 0 tests", which reads like an empty run.
+swift test --skip-build --disable-xctest "${scratch[@]}" "$@"

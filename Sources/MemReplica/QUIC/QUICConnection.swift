@@ -19,13 +19,13 @@ public final class QUICConnection: TransportConnection, @unchecked Sendable {
 
     public func openQUICStream() async throws -> QUICStream {
         let core = self.core
-        let stream: QUICStreamCore = try await withCheckedThrowingContinuation { c in
+        let stream = try await Delivery<QUICStreamCore>.wait { d in
             endpoint.post {
-                if let error = core.closeError { c.resume(throwing: error); return }
+                if let error = core.closeError { d.fail(error); return }
                 if let s = core.openStreamNow() {
-                    c.resume(returning: s)
+                    d.succeed(s)
                 } else {
-                    core.openWaiters.append(c)
+                    core.openWaiters.append(d)
                 }
             }
         }
@@ -34,14 +34,14 @@ public final class QUICConnection: TransportConnection, @unchecked Sendable {
 
     public func acceptStream() async throws -> any TransportStream {
         let core = self.core
-        let stream: QUICStreamCore = try await withCheckedThrowingContinuation { c in
+        let stream = try await Delivery<QUICStreamCore>.wait { d in
             endpoint.post {
                 if let s = core.acceptQueue.popFirst() {
-                    c.resume(returning: s)
+                    d.succeed(s)
                 } else if let error = core.closeError {
-                    c.resume(throwing: error)
+                    d.fail(error)
                 } else {
-                    core.acceptWaiters.append(c)
+                    core.acceptWaiters.append(d)
                 }
             }
         }

@@ -28,9 +28,9 @@ final class QUICConnectionCore: @unchecked Sendable {
     /// Streams with data to send, served round-robin one packet at a time.
     var sendQueue = Deque<QUICStreamCore>()
     var acceptQueue = Deque<QUICStreamCore>()
-    var acceptWaiters = Deque<CheckedContinuation<QUICStreamCore, any Error>>()
-    var openWaiters = Deque<CheckedContinuation<QUICStreamCore, any Error>>()
-    var connectWaiter: CheckedContinuation<QUICConnectionCore, any Error>?
+    var acceptWaiters = Deque<Delivery<QUICStreamCore>>()
+    var openWaiters = Deque<Delivery<QUICStreamCore>>()
+    var connectWaiter: Delivery<QUICConnectionCore>?
     var closeWaiters: [CheckedContinuation<TransportError, Never>] = []
     /// Set by a callback; reported when ngtcp2 returns the failure.
     var callbackError: TransportError?
@@ -306,12 +306,12 @@ final class QUICConnectionCore: @unchecked Sendable {
         if wasEstablished || !isClient {
             endpoint.logger.debug("connection closed", metadata: ["peer": "\(remoteAddress)", "reason": "\(error)"])
         }
-        connectWaiter?.resume(throwing: error)
+        connectWaiter?.fail(error)
         connectWaiter = nil
         for s in streams.values { s.fail(error) }
         for s in acceptQueue { s.fail(error) }
-        while let w = acceptWaiters.popFirst() { w.resume(throwing: error) }
-        while let w = openWaiters.popFirst() { w.resume(throwing: error) }
+        while let w = acceptWaiters.popFirst() { w.fail(error) }
+        while let w = openWaiters.popFirst() { w.fail(error) }
         for w in closeWaiters { w.resume(returning: error) }
         closeWaiters.removeAll()
         sendQueue.removeAll()
@@ -361,7 +361,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         guard isClient, case .handshaking = state else { return }
         state = .established
         handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))
-        connectWaiter?.resume(returning: self)
+        connectWaiter?.succeed(self)
         connectWaiter = nil
     }
 
@@ -370,7 +370,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         streams[id] = stream
         ngtcp2_conn_set_stream_user_data(conn, id, Unmanaged.passUnretained(stream).toOpaque())
         if let waiter = acceptWaiters.popFirst() {
-            waiter.resume(returning: stream)
+            waiter.succeed(stream)
         } else {
             acceptQueue.append(stream)
         }
@@ -405,7 +405,7 @@ final class QUICConnectionCore: @unchecked Sendable {
     /// The peer raised our stream limit: serve waiting openers.
     func streamCreditAvailable() {
         while !openWaiters.isEmpty, let stream = openStreamNow() {
-            openWaiters.removeFirst().resume(returning: stream)
+            openWaiters.removeFirst().succeed(stream)
         }
     }
 

@@ -44,7 +44,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
     private var accepted = Deque<QUICConnectionCore>()
-    private var acceptWaiters = Deque<CheckedContinuation<QUICConnectionCore?, Never>>()
+    private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
     private var stopping = false
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     /// Bytes the kernel would not take yet (EAGAIN); everything waits on them.
@@ -121,16 +121,16 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         if address.isWildcard {
             throw TransportError.badAddress(input: address.description, reason: "a peer address needs a host")
         }
-        let core: QUICConnectionCore = try await withCheckedThrowingContinuation { c in
+        let core = try await Delivery<QUICConnectionCore>.wait { d in
             post { [self] in
-                guard !stopping else { c.resume(throwing: TransportError.closedLocally); return }
+                guard !stopping else { d.fail(TransportError.closedLocally); return }
                 do {
                     let core = try QUICConnectionCore.client(endpoint: self, remote: socket.normalized(address.storage))
-                    core.connectWaiter = c
+                    core.connectWaiter = d
                     register(core)
                     needsWrite(core)
                 } catch {
-                    c.resume(throwing: error)
+                    d.fail(error)
                 }
             }
         }
@@ -142,18 +142,19 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     }
 
     public func acceptQUIC() async -> QUICConnection? {
-        let core: QUICConnectionCore? = await withCheckedContinuation { c in
+        // Never fails: a stopped endpoint delivers nil.
+        let core = try? await Delivery<QUICConnectionCore?>.wait { d in
             post { [self] in
                 if let core = accepted.popFirst() {
-                    c.resume(returning: core)
+                    d.succeed(core)
                 } else if stopping {
-                    c.resume(returning: nil)
+                    d.succeed(nil)
                 } else {
-                    acceptWaiters.append(c)
+                    acceptWaiters.append(d)
                 }
             }
         }
-        return core.map { QUICConnection(core: $0) }
+        return (core ?? nil).map { QUICConnection(core: $0) }
     }
 
     /// Identities and RTTs of every established connection.
@@ -183,7 +184,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                 for core in Array(live.values) {
                     core.closeByApplication(errorCode: 0, reason: "endpoint closing", now: now)
                 }
-                while let w = acceptWaiters.popFirst() { w.resume(returning: nil) }
+                while let w = acceptWaiters.popFirst() { w.succeed(nil) }
             }
         }
     }
@@ -359,7 +360,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     func connectionEstablished(_ core: QUICConnectionCore) {
         logger.info("peer connected", metadata: ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)"])
         if let waiter = acceptWaiters.popFirst() {
-            waiter.resume(returning: core)
+            waiter.succeed(core)
         } else {
             accepted.append(core)
         }
