@@ -30,6 +30,7 @@ final class QUICStreamCore: @unchecked Sendable {
     var closedByStack = false
     /// Queued on the endpoint to wake its reader after this batch.
     var wakePending = false
+    static let receiveChunk = 256 << 10
 
     struct Mailbox {
         // Written by tasks, drained by the loop.
@@ -223,11 +224,20 @@ final class QUICStreamCore: @unchecked Sendable {
     /// per batch of datagrams (`wakeReader`), not once per packet: a wake-up
     /// per 1.4 KB packet cost more than the rest of the receive path.
     func deliver(_ data: UnsafeRawBufferPointer, fin: Bool) {
-        let bytes = data.count > 0 ? Array(data) : nil
         let readerWaiting = mailbox.withLock { m -> Bool in
-            if let bytes {
-                m.received.append(bytes)
-                m.buffered += bytes.count
+            if data.count > 0 {
+                // Packets land in the newest chunk while it has room, so a
+                // bulk transfer allocates per 256 KiB, not per packet.
+                let last = m.received.count - 1
+                if last >= 0, m.received[last].count + data.count <= Self.receiveChunk {
+                    m.received[last].append(contentsOf: data)
+                } else {
+                    var chunk = [UInt8]()
+                    chunk.reserveCapacity(max(data.count, Self.receiveChunk))
+                    chunk.append(contentsOf: data)
+                    m.received.append(chunk)
+                }
+                m.buffered += data.count
             }
             if fin { m.finReceived = true }
             return m.readWaiter != nil
