@@ -66,7 +66,9 @@ struct PeerProcessTests {
                 return error as? TransportError
             }
         }
+        let sendDeadline = ContinuousClock.now + .seconds(30)
         while sent.withLock({ $0 }) < 4 << 20 {
+            try #require(ContinuousClock.now < sendDeadline, "only \(sent.withLock { $0 }) bytes went out before the kill")
             try await Task.sleep(for: .milliseconds(10))
         }
         kill(peer.pid, SIGKILL)

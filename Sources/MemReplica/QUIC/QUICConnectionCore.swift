@@ -154,7 +154,10 @@ final class QUICConnectionCore: @unchecked Sendable {
         }
         ngtcp2_conn_set_tls_native_handle(c, UnsafeMutableRawPointer(tls.pointee.session))
         if let keepAlive = config.keepAliveInterval {
-            ngtcp2_conn_set_keep_alive_timeout(c, UInt64(keepAlive.seconds * 1e9))
+            // A keep-alive slower than the idle timeout would keep nothing
+            // alive: ping at least twice per idle period.
+            let interval = min(keepAlive, config.idleTimeout / 2)
+            ngtcp2_conn_set_keep_alive_timeout(c, UInt64(interval.seconds * 1e9))
         }
     }
 
