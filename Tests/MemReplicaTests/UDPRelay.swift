@@ -12,7 +12,6 @@ final class UDPRelay: @unchecked Sendable {
     private let fd: Int32
     private let serverPort: UInt16
     private let state = Locked(State())
-    private var thread: Thread?
 
     struct State {
         var cut = false
@@ -20,6 +19,7 @@ final class UDPRelay: @unchecked Sendable {
         var clientPort: UInt16 = 0
         var stop = false
         var forwarded = 0
+        var finished = false
     }
 
     init(toServerPort serverPort: UInt16) {
@@ -35,9 +35,8 @@ final class UDPRelay: @unchecked Sendable {
         setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         fd = sock
         port = UInt16(bigEndian: addr.sin_port)
-        let t = Thread { [self] in run() }
-        thread = t
-        t.start()
+        // Not stored: a Thread keeps its block (and so this relay) alive.
+        Thread { [self] in run() }.start()
     }
 
     func cut() { state.withLock { $0.cut = true } }
@@ -46,11 +45,12 @@ final class UDPRelay: @unchecked Sendable {
 
     func stop() {
         state.withLock { $0.stop = true }
-        while thread?.isFinished == false { usleep(10_000) }
+        while !state.withLock({ $0.finished }) { usleep(10_000) }
         close(fd)
     }
 
     private func run() {
+        defer { state.withLock { $0.finished = true } }
         var buf = [UInt8](repeating: 0, count: 65536)
         while !state.withLock({ $0.stop }) {
             var from = sockaddr_in()

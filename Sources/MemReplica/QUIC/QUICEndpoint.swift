@@ -34,7 +34,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         var pending: [@Sendable () -> Void] = []
         var loopExited = false
     }
-    private var thread: Thread?
     private let stopped = Locked(false)
 
     // Loop-confined state.
@@ -78,7 +77,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         let t = Thread { self.run() }
         t.name = "quic-loop \(localAddress)"
         t.qualityOfService = .userInteractive
-        thread = t
         t.start()
     }
 
@@ -214,6 +212,14 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             return q.pending
         }
         afterExit.withLock { _ in late.forEach { $0() } }
+        // Connections hold their endpoint; drop every table that holds them
+        // (a connection accepted but never taken by `accept` sits in
+        // `accepted`) so nothing keeps this endpoint alive once closed.
+        accepted.removeAll()
+        routes.removeAll()
+        live.removeAll()
+        writeQueue.removeAll()
+        readersToWake.removeAll()
         // The port is free by the time `close()` returns.
         socket.close()
         for s in stopWaiters { s.resume() }
