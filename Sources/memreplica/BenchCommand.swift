@@ -26,6 +26,8 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var cc: String = "cubic"
     @Option(help: "Largest UDP payload QUIC sends (1452 fits Ethernet; loopback carries up to 65527).")
     var maxUdpPayload: Int = 1452
+    @Option(help: "Microseconds the QUIC loop polls before sleeping (0: off).")
+    var busyPoll: Int = 0
     @Flag(help: "Send without pacing (bursts as the window allows).")
     var noPacing = false
     @Flag(help: "Skip the gtlsserver/gtlsclient anchor.")
@@ -57,6 +59,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         options.quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
         options.quic.maxUDPPayloadSize = maxUdpPayload
         options.quic.pacing = !noPacing
+        if busyPoll > 0 { options.quic.busyPoll = .microseconds(busyPoll) }
         let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: work) }
         let quiet = json

@@ -61,6 +61,18 @@ final class Poller {
         }
     }
 
+    /// Spins on a zero-timeout epoll for up to `nanoseconds`; true as soon
+    /// as something is ready (the caller then handles it without sleeping).
+    func poll(forNanoseconds nanoseconds: UInt64) -> Bool {
+        let end = monotonicNanoseconds() + nanoseconds
+        var event = epoll_event()
+        repeat {
+            // Level-triggered: peeking leaves the event for the real wait.
+            if epoll_wait(epoll.rawValue, &event, 1, 0) > 0 { return true }
+        } while monotonicNanoseconds() < end
+        return false
+    }
+
     func wake() {
         var one: UInt64 = 1
         _ = Glibc.write(wakeFD.rawValue, &one, 8)

@@ -42,6 +42,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private var writeQueue = Deque<QUICConnectionCore>()
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
+    private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map { UInt64($0.seconds * 1e9) }
     private var accepted = Deque<QUICConnectionCore>()
     private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
     private var stopping = false
@@ -193,7 +194,13 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         while true {
             runCommands()
             if stopping && live.isEmpty { break }
-            let deadline = writeQueue.isEmpty && pendingSend == nil ? nextDeadline() : 0
+            var deadline = writeQueue.isEmpty && pendingSend == nil ? nextDeadline() : 0
+            let now = monotonicNanoseconds()
+            if deadline > now, let spin = busyPollNanoseconds, deadline - now > spin {
+                // Poll a little before sleeping: a wake-up from epoll costs
+                // tens of µs on a VM, more than a reply usually takes.
+                if poller.poll(forNanoseconds: spin) { deadline = 0 }
+            }
             poller.wait(until: deadline) { token, events in
                 switch token {
                 case .socket:
