@@ -119,10 +119,12 @@ public struct TransportBenchmark {
         serverConfig.acceptsConnections = true
         var clientConfig = options.quic
         clientConfig.acceptsConnections = false
+        var logger = Logger(label: "memreplica.bench")
+        logger.logLevel = .warning
         let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
-                                      configuration: serverConfig)
+                                      configuration: serverConfig, logger: logger)
         let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-client").tls,
-                                      configuration: clientConfig)
+                                      configuration: clientConfig, logger: logger)
         return (server, client)
     }
 
