@@ -118,10 +118,7 @@ struct QUICErrorTests {
         let pki = try TestPKI()
         defer { pki.remove() }
         let pair = try EndpointPair(pki: pki)
-        let address = try pair.serverAddress
-        async let accepted = pair.server.acceptQUIC()
-        let conn = try await pair.client.connectQUIC(to: address)
-        let serverSide = try #require(await accepted)
+        let (conn, serverSide) = try await pair.connect()
         await serverSide.close(errorCode: 7, reason: "maintenance")
         let error = try await withTimeout(5, "close") { await conn.waitClosed() }
         #expect(error == .peerClosed(errorCode: 7, reason: "maintenance"))

@@ -9,10 +9,7 @@ struct QUICHandshakeTests {
         let pki = try TestPKI()
         defer { pki.remove() }
         let pair = try EndpointPair(pki: pki)
-        let address = try pair.serverAddress
-        async let accepted = pair.server.acceptQUIC()
-        let conn = try await withTimeout(10, "connect") { try await pair.client.connectQUIC(to: address) }
-        let serverSide = try #require(await accepted)
+        let (conn, serverSide) = try await pair.connect("connect")
         #expect(conn.peerIdentity.commonName == "server")
         #expect(serverSide.peerIdentity.commonName == "client")
         #expect(conn.peerIdentity.fingerprint.count == 64)

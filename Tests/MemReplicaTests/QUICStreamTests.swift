@@ -131,10 +131,7 @@ struct QUICStreamTests {
         serverConfig.streamReceiveWindow = 1 << 20
         serverConfig.connectionReceiveWindow = 2 << 20
         let pair = try EndpointPair(pki: pki, serverConfig: serverConfig, clientConfig: clientConfig)
-        let address = try pair.serverAddress
-        async let accepted = pair.server.acceptQUIC()
-        let conn = try await pair.client.connectQUIC(to: address)
-        let serverSide = try #require(await accepted)
+        let (conn, serverSide) = try await pair.connect()
         let stream = try await conn.openQUICStream()
         let chunk = patternBytes(count: 64 << 10, seed: 3)
         let acceptedBytes = Locked(0)
@@ -169,10 +166,7 @@ struct QUICStreamTests {
         let pki = try TestPKI()
         defer { pki.remove() }
         let pair = try EndpointPair(pki: pki)
-        let address = try pair.serverAddress
-        async let accepted = pair.server.acceptQUIC()
-        let conn = try await pair.client.connectQUIC(to: address)
-        let serverSide = try #require(await accepted)
+        let (conn, serverSide) = try await pair.connect()
         let stream = try await conn.openQUICStream()
         try await stream.write([1, 2, 3])
         let inbound = try await serverSide.acceptStream()

@@ -38,6 +38,17 @@ struct EndpointPair {
         client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: clientTLS ?? pki.client.tls, configuration: clientConfig)
     }
 
+    /// Connects the client to the server and returns both ends, within 10 s.
+    func connect(_ what: String = "connect") async throws -> (client: QUICConnection, server: QUICConnection) {
+        let address = try serverAddress
+        async let accepted = server.acceptQUIC()
+        let client = try await withTimeout(10, what) { try await self.client.connectQUIC(to: address) }
+        guard let serverSide = await accepted else {
+            throw TransportError.protocolFailure("the server endpoint closed before accepting")
+        }
+        return (client, serverSide)
+    }
+
     func close() async {
         await client.close()
         await server.close()

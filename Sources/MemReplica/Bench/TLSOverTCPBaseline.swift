@@ -36,23 +36,7 @@ struct TLSOverTCPBaseline {
     /// Sends `totalBytes` client → server in `chunk`-sized writes; returns
     /// seconds from connect to the server's one-byte receipt.
     func measureThroughput(totalBytes: Int, chunk: Int = 256 << 10) throws -> Double {
-        let serverCtx = try context(server: true)
-        let clientCtx = try context(server: false)
-        defer { SSL_CTX_free(serverCtx); SSL_CTX_free(clientCtx) }
-        let (listener, port) = try listenLoopback()
-        defer { close(listener) }
-        // Deferred last, runs first: the server thread has finished with
-        // the context before it is freed.
-        let server = SSLContextHandle(ctx: serverCtx)
-        let done = DispatchSemaphore(value: 0)
-        defer { shutdown(listener, Int32(SHUT_RDWR)); done.wait() }
-        let serverThread = Thread {
-            defer { done.signal() }
-            let fd = accept(listener, nil, nil)
-            guard fd >= 0, let ssl = SSL_new(server.ctx) else { return }
-            defer { SSL_free(ssl); close(fd) }
-            SSL_set_fd(ssl, fd)
-            guard SSL_accept(ssl) == 1 else { return }
+        try withConnection(noDelay: false, server: { ssl in
             var buffer = [UInt8](repeating: 0, count: 1 << 20)
             var got = 0
             while got < totalBytes {
@@ -63,30 +47,61 @@ struct TLSOverTCPBaseline {
             var ack: UInt8 = 1
             _ = SSL_write(ssl, &ack, 1)
             _ = SSL_shutdown(ssl)
-        }
-        serverThread.start()
-        let payload = [UInt8](repeating: 0x5a, count: chunk)
-        let start = monotonicNanoseconds()
-        let fd = try connectLoopback(port: port)
-        defer { close(fd) }
-        guard let ssl = SSL_new(clientCtx) else { throw Failure.openssl("SSL_new") }
-        defer { SSL_free(ssl) }
-        SSL_set_fd(ssl, fd)
-        guard SSL_connect(ssl) == 1 else { throw Failure.openssl("handshake failed") }
-        var sent = 0
-        while sent < totalBytes {
-            let n = min(chunk, totalBytes - sent)
-            guard SSL_write(ssl, payload, Int32(n)) == Int32(n) else { throw Failure.openssl("SSL_write") }
-            sent += n
-        }
-        var ack: UInt8 = 0
-        guard SSL_read(ssl, &ack, 1) == 1 else { throw Failure.openssl("no receipt") }
-        return Double(monotonicNanoseconds() - start) / 1e9
+        }, client: { ssl, connectStart in
+            let payload = [UInt8](repeating: 0x5a, count: chunk)
+            var sent = 0
+            while sent < totalBytes {
+                let n = min(chunk, totalBytes - sent)
+                guard SSL_write(ssl, payload, Int32(n)) == Int32(n) else { throw Failure.openssl("SSL_write") }
+                sent += n
+            }
+            var ack: UInt8 = 0
+            guard SSL_read(ssl, &ack, 1) == 1 else { throw Failure.openssl("no receipt") }
+            return Double(monotonicNanoseconds() - connectStart) / 1e9
+        })
     }
 
     /// Request/response latency: `request` bytes out, `response` bytes back,
     /// on one connection; returns per-exchange nanoseconds.
     func measureLatency(iterations: Int, request: Int, response: Int) throws -> [UInt64] {
+        try withConnection(noDelay: true, server: { ssl in
+            var req = [UInt8](repeating: 0, count: request)
+            let resp = [UInt8](repeating: 0x33, count: response)
+            for _ in 0..<iterations {
+                guard Self.readFully(ssl, into: &req) else { return }
+                _ = SSL_write(ssl, resp, Int32(response))
+            }
+        }, client: { ssl, _ in
+            let req = [UInt8](repeating: 0x11, count: request)
+            var resp = [UInt8](repeating: 0, count: response)
+            var samples: [UInt64] = []
+            samples.reserveCapacity(iterations)
+            for _ in 0..<iterations {
+                let t0 = monotonicNanoseconds()
+                guard SSL_write(ssl, req, Int32(request)) == Int32(request) else { throw Failure.openssl("SSL_write") }
+                guard Self.readFully(ssl, into: &resp) else { throw Failure.openssl("SSL_read") }
+                samples.append(monotonicNanoseconds() - t0)
+            }
+            return samples
+        })
+    }
+
+    private static func readFully(_ ssl: OpaquePointer, into buffer: inout [UInt8]) -> Bool {
+        var got = 0
+        let count = buffer.count
+        while got < count {
+            let n = buffer.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress! + got, Int32(count - got)) }
+            if n <= 0 { return false }
+            got += Int(n)
+        }
+        return true
+    }
+
+    /// One mutually authenticated TLS connection over loopback TCP: `server`
+    /// runs on its own thread with the accepted session, `client` here with
+    /// the connected one and the time just before connect.
+    private func withConnection<R>(noDelay: Bool, server: @escaping @Sendable (OpaquePointer) -> Void,
+                                   client: (OpaquePointer, UInt64) throws -> R) throws -> R {
         let serverCtx = try context(server: true)
         let clientCtx = try context(server: false)
         defer { SSL_CTX_free(serverCtx); SSL_CTX_free(clientCtx) }
@@ -94,55 +109,33 @@ struct TLSOverTCPBaseline {
         defer { close(listener) }
         // Deferred last, runs first: the server thread has finished with
         // the context before it is freed.
-        let server = SSLContextHandle(ctx: serverCtx)
+        let serverHandle = SSLContextHandle(ctx: serverCtx)
         let done = DispatchSemaphore(value: 0)
         defer { shutdown(listener, Int32(SHUT_RDWR)); done.wait() }
-        let serverThread = Thread {
+        Thread {
             defer { done.signal() }
             let fd = accept(listener, nil, nil)
-            guard fd >= 0, let ssl = SSL_new(server.ctx) else { return }
+            guard fd >= 0, let ssl = SSL_new(serverHandle.ctx) else { return }
             defer { SSL_free(ssl); close(fd) }
-            var one: Int32 = 1
-            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
+            if noDelay { Self.setNoDelay(fd) }
             SSL_set_fd(ssl, fd)
             guard SSL_accept(ssl) == 1 else { return }
-            var req = [UInt8](repeating: 0, count: request)
-            let resp = [UInt8](repeating: 0x33, count: response)
-            for _ in 0..<iterations {
-                var got = 0
-                while got < request {
-                    let n = req.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress! + got, Int32(request - got)) }
-                    if n <= 0 { return }
-                    got += Int(n)
-                }
-                _ = SSL_write(ssl, resp, Int32(response))
-            }
-        }
-        serverThread.start()
+            server(ssl)
+        }.start()
+        let start = monotonicNanoseconds()
         let fd = try connectLoopback(port: port)
         defer { close(fd) }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
+        if noDelay { Self.setNoDelay(fd) }
         guard let ssl = SSL_new(clientCtx) else { throw Failure.openssl("SSL_new") }
         defer { SSL_free(ssl) }
         SSL_set_fd(ssl, fd)
         guard SSL_connect(ssl) == 1 else { throw Failure.openssl("handshake failed") }
-        let req = [UInt8](repeating: 0x11, count: request)
-        var resp = [UInt8](repeating: 0, count: response)
-        var samples: [UInt64] = []
-        samples.reserveCapacity(iterations)
-        for _ in 0..<iterations {
-            let t0 = monotonicNanoseconds()
-            guard SSL_write(ssl, req, Int32(request)) == Int32(request) else { throw Failure.openssl("SSL_write") }
-            var got = 0
-            while got < response {
-                let n = resp.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress! + got, Int32(response - got)) }
-                guard n > 0 else { throw Failure.openssl("SSL_read") }
-                got += Int(n)
-            }
-            samples.append(monotonicNanoseconds() - t0)
-        }
-        return samples
+        return try client(ssl, start)
+    }
+
+    private static func setNoDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
     }
 
     private struct SSLContextHandle: @unchecked Sendable { let ctx: OpaquePointer }
