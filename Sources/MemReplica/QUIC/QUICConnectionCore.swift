@@ -199,7 +199,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         case NGTCP2_ERR_DROP_CONN:
             finish(callbackError ?? .protocolFailure("connection dropped"))
         case NGTCP2_ERR_IDLE_CLOSE, NGTCP2_ERR_HANDSHAKE_TIMEOUT:
-            finish(timeoutError(handshake: rc == NGTCP2_ERR_HANDSHAKE_TIMEOUT))
+            // A send that failed with "no route" says more than the timeout.
+            finish(callbackError ?? timeoutError())
         case NGTCP2_ERR_CRYPTO:
             let alert = ngtcp2_conn_get_tls_alert(conn)
             var ccerr = ngtcp2_connection_close_error()
@@ -218,7 +219,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         }
     }
 
-    private func timeoutError(handshake: Bool) -> TransportError {
+    private func timeoutError() -> TransportError {
         let config = endpoint.configuration
         if case .handshaking = state {
             if packetsReceived == 0 {

@@ -74,6 +74,9 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
         vectorScratch = .allocate(capacity: 16)
         receiveBuffer = .allocate(byteCount: 65536, alignment: 16)
+        logger.debug("QUIC endpoint bound", metadata: [
+            "address": "\(localAddress)", "gro": "\(socket.groEnabled)", "dual-stack": "\(socket.isDualStack)",
+        ])
         // The thread keeps the endpoint alive until `close()` ends the loop.
         let t = Thread { self.run() }
         t.name = "quic-loop \(localAddress)"
