@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 
 #include <gnutls/x509.h>
@@ -451,3 +452,7 @@ int qs_udp_enable_gro(int fd) {
   int on = 1;
   return setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on));
 }
+
+/* ---- memory ------------------------------------------------------------ */
+
+int qs_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

@@ -126,6 +126,12 @@ ssize_t qs_udp_recv(int fd, uint8_t *buf, size_t cap,
 /* Turns on UDP GRO on fd; returns 0 when the kernel accepted it. */
 int qs_udp_enable_gro(int fd);
 
+/* ---- memory ------------------------------------------------------------ */
+
+/* memfd_create(2) with MFD_CLOEXEC; glibc declares it only under
+ * _GNU_SOURCE, which Swift's Glibc module is not built with. */
+int qs_memfd_create(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

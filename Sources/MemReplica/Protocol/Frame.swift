@@ -1,0 +1,80 @@
+/// One message of wire protocol v1: `type (u8) · length (varint) · payload`.
+/// docs/PROTOCOL.md is the normative description; `FrameCodec` enforces
+/// the limits in `FrameLimits` on every frame in both directions.
+public enum Frame: Equatable, Sendable {
+    /// 0x01, both ways first on the control stream.
+    case hello(Hello)
+    /// 0x02, exporting side → peer: the regions it offers.
+    case catalog([CatalogEntry])
+    /// 0x03, mirror → exporter: start replicating one region.
+    case subscribe(Subscribe)
+    /// 0x10, primary → replica: the bytes of one chunk at a version.
+    case write(chunk: UInt64, version: UInt64, bytes: [UInt8])
+    /// 0x11, primary → replica: these chunks changed (lazy mirrors pull).
+    case dirty(epoch: UInt64, chunks: [UInt64])
+    /// 0x12, replica → primary: everything up to `version` is applied.
+    case ack(version: UInt64)
+    /// 0x20, replica → primary: send chunks first..<first+count.
+    case read(firstChunk: UInt64, count: UInt64)
+    /// 0x21, answer to READ: consecutive chunks' bytes.
+    case data(firstChunk: UInt64, bytes: [UInt8])
+    /// 0x3f, either way: why the sender is about to end this stream.
+    case error(code: UInt64, message: String)
+
+    public struct Hello: Equatable, Sendable {
+        public var protocolVersion: UInt64
+        public var peerName: String
+        /// Bit set of optional features; none defined in v1 (send 0, ignore unknown bits).
+        public var capabilities: UInt64
+        public init(protocolVersion: UInt64 = Frame.protocolVersion, peerName: String, capabilities: UInt64 = 0) {
+            self.protocolVersion = protocolVersion
+            self.peerName = peerName
+            self.capabilities = capabilities
+        }
+    }
+
+    public struct CatalogEntry: Equatable, Sendable {
+        public var name: String
+        public var size: UInt64
+        public var chunkSize: UInt64
+        public var version: UInt64
+        public init(name: String, size: UInt64, chunkSize: UInt64, version: UInt64) {
+            self.name = name; self.size = size; self.chunkSize = chunkSize; self.version = version
+        }
+    }
+
+    public struct Subscribe: Equatable, Sendable {
+        public enum Mode: UInt64, Sendable { case eager = 0, lazy = 1 }
+        public var name: String
+        public var size: UInt64
+        public var chunkSize: UInt64
+        public var mode: Mode
+        public init(name: String, size: UInt64, chunkSize: UInt64, mode: Mode) {
+            self.name = name; self.size = size; self.chunkSize = chunkSize; self.mode = mode
+        }
+    }
+
+    public static let protocolVersion: UInt64 = 1
+
+    enum TypeCode: UInt8 {
+        case hello = 0x01, catalog = 0x02, subscribe = 0x03
+        case write = 0x10, dirty = 0x11, ack = 0x12
+        case read = 0x20, data = 0x21
+        case error = 0x3f
+    }
+}
+
+/// Every bound a decoder applies before it trusts a peer's number.
+public enum FrameLimits {
+    /// Largest payload of any frame: one maximal chunk plus its header fields.
+    public static let maxPayload = (1 << 20) + 64
+    /// Region and peer names, in UTF-8 bytes.
+    public static let maxName = 255
+    public static let maxCatalogEntries = 4096
+    /// Chunks listed in one DIRTY frame.
+    public static let maxDirtyChunks = 1 << 17
+    /// Chunks asked for in one READ.
+    public static let maxReadChunks: UInt64 = 256
+    /// ERROR frame messages, in UTF-8 bytes.
+    public static let maxMessage = 1024
+}

@@ -1,0 +1,38 @@
+/// QUIC variable-length integers (RFC 9000 §16): the two high bits of the
+/// first byte give the length (1, 2, 4 or 8 bytes), the rest is big-endian.
+enum VarInt {
+    static let max: UInt64 = (1 << 62) - 1
+
+    static func encode(_ value: UInt64, into out: inout [UInt8]) {
+        precondition(value <= max, "varint out of range")
+        switch value {
+        case ..<(1 << 6):
+            out.append(UInt8(value))
+        case ..<(1 << 14):
+            out.append(0x40 | UInt8(value >> 8)); out.append(UInt8(truncatingIfNeeded: value))
+        case ..<(1 << 30):
+            out.append(0x80 | UInt8(value >> 24))
+            for shift in stride(from: 16, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+        default:
+            out.append(0xc0 | UInt8(value >> 56))
+            for shift in stride(from: 48, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+        }
+    }
+
+    /// Decodes at `offset`; nil when the bytes end before the integer does.
+    static func decode(_ bytes: some RandomAccessCollection<UInt8>, at offset: inout Int) -> UInt64? {
+        guard offset < bytes.count else { return nil }
+        let start = bytes.index(bytes.startIndex, offsetBy: offset)
+        let first = bytes[start]
+        let length = 1 << Int(first >> 6)
+        guard offset + length <= bytes.count else { return nil }
+        var value = UInt64(first & 0x3f)
+        var i = bytes.index(after: start)
+        for _ in 1..<length {
+            value = value << 8 | UInt64(bytes[i])
+            i = bytes.index(after: i)
+        }
+        offset += length
+        return value
+    }
+}

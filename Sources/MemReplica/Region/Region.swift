@@ -1,0 +1,143 @@
+import QuicShim
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A named, shared memory mapping replicated chunk by chunk: backed by an
+/// anonymous memfd, a `/dev/shm` file or a regular file. The mapping is
+/// MAP_SHARED, so other processes that map the same file see one memory.
+///
+/// The region is live: its owner may write any byte at any time. Readers
+/// that send bytes over the network take a snapshot (`copyChunk`) first,
+/// since the transport retransmits from its own copy.
+public final class Region: @unchecked Sendable {
+    public enum Backing: Sendable, Equatable, CustomStringConvertible {
+        /// Anonymous memory (memfd), private to this process and its children.
+        case memory
+        /// A file (a path under /dev/shm is shared memory).
+        case file(path: String)
+
+        public var description: String {
+            switch self {
+            case .memory: return "memfd"
+            case .file(let path): return path
+            }
+        }
+    }
+
+    public enum Failure: Error, CustomStringConvertible {
+        case open(path: String, errno: Errno)
+        case sizeUnknown(path: String)
+        case sizeMismatch(path: String, file: Int, wanted: Int)
+        case map(errno: Errno)
+        case chunkOutOfRange(index: Int, count: Int)
+        case wrongChunkLength(index: Int, expected: Int, got: Int)
+
+        public var description: String {
+            switch self {
+            case .open(let path, let e): return "cannot open region file \(path): \(e)"
+            case .sizeUnknown(let path): return "\(path) is empty: give the region's size (size=BYTES)"
+            case .sizeMismatch(let path, let file, let wanted):
+                return "\(path) holds \(file) bytes but the region is \(wanted) bytes"
+            case .map(let e): return "cannot map region: \(e)"
+            case .chunkOutOfRange(let i, let n): return "chunk \(i) is outside the region (\(n) chunks)"
+            case .wrongChunkLength(let i, let expected, let got):
+                return "chunk \(i) holds \(expected) bytes, got \(got)"
+            }
+        }
+    }
+
+    public let name: String
+    public let geometry: RegionGeometry
+    public let backing: Backing
+    private let fd: FileDescriptor
+    private let base: UnsafeMutableRawPointer
+
+    /// Opens or creates the backing and maps it. For a file, `size` nil means
+    /// "the file's current size"; a file shorter than `size` is extended
+    /// (with zeros), a longer one is refused rather than silently cut.
+    public init(name: String, backing: Backing, size: Int?, chunkSize: Int) throws {
+        self.name = name
+        self.backing = backing
+        let descriptor: FileDescriptor
+        let length: Int
+        var current = 0
+        switch backing {
+        case .memory:
+            guard let size else { throw Failure.sizeUnknown(path: "memfd") }
+            let raw = qs_memfd_create("memreplica-\(name)")
+            guard raw >= 0 else { throw Failure.open(path: "memfd", errno: Errno(rawValue: errno)) }
+            descriptor = FileDescriptor(rawValue: raw)
+            length = size
+        case .file(let path):
+            do {
+                descriptor = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .closeOnExec],
+                                                     permissions: [.ownerReadWrite])
+            } catch let e as Errno {
+                throw Failure.open(path: path, errno: e)
+            }
+            var st = stat()
+            guard fstat(descriptor.rawValue, &st) == 0 else {
+                try? descriptor.close()
+                throw Failure.open(path: path, errno: Errno(rawValue: errno))
+            }
+            current = Int(st.st_size)
+            switch size {
+            case nil where current == 0:
+                try? descriptor.close()
+                throw Failure.sizeUnknown(path: path)
+            case nil:
+                length = current
+            case let wanted? where current > wanted:
+                try? descriptor.close()
+                throw Failure.sizeMismatch(path: path, file: current, wanted: wanted)
+            case let wanted?:
+                length = wanted
+            }
+        }
+        do {
+            geometry = try RegionGeometry(size: length, chunkSize: chunkSize)
+            // A new memfd is empty and a short file grows (with zeros).
+            if current < length, ftruncate(descriptor.rawValue, off_t(length)) != 0 {
+                throw Failure.map(errno: Errno(rawValue: errno))
+            }
+            let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor.rawValue, 0)
+            guard let p, p != MAP_FAILED else { throw Failure.map(errno: Errno(rawValue: errno)) }
+            base = p
+        } catch {
+            try? descriptor.close()
+            throw error
+        }
+        fd = descriptor
+    }
+
+    deinit {
+        munmap(base, geometry.size)
+        try? fd.close()
+    }
+
+    /// The whole mapping. Callers that write must be the region's owner.
+    public var bytes: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: base, count: geometry.size)
+    }
+
+    /// A snapshot of one chunk, safe to hand to the transport.
+    public func copyChunk(_ index: Int) throws -> [UInt8] {
+        guard let range = geometry.byteRange(ofChunk: index) else {
+            throw Failure.chunkOutOfRange(index: index, count: geometry.chunkCount)
+        }
+        return Array(UnsafeRawBufferPointer(rebasing: bytes[range]))
+    }
+
+    /// Replaces one chunk's bytes (a replica applying a WRITE).
+    public func storeChunk(_ index: Int, _ data: some Collection<UInt8>) throws {
+        guard let range = geometry.byteRange(ofChunk: index) else {
+            throw Failure.chunkOutOfRange(index: index, count: geometry.chunkCount)
+        }
+        guard data.count == range.count else {
+            throw Failure.wrongChunkLength(index: index, expected: range.count, got: data.count)
+        }
+        UnsafeMutableRawBufferPointer(rebasing: bytes[range]).copyBytes(from: data)
+    }
+}

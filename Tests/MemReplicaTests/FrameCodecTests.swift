@@ -1,0 +1,126 @@
+import Foundation
+import Testing
+@testable import MemReplica
+
+@Suite("Wire protocol v1 codec")
+struct FrameCodecTests {
+    static let samples: [Frame] = [
+        .hello(.init(peerName: "dc-east-1")),
+        .catalog([.init(name: "cache", size: 1 << 30, chunkSize: 65536, version: 42),
+                  .init(name: "ü-région", size: 4096, chunkSize: 4096, version: 0)]),
+        .subscribe(.init(name: "cache", size: 1 << 30, chunkSize: 65536, mode: .lazy)),
+        .write(chunk: 7, version: 1 << 40, bytes: patternBytes(count: 65536, seed: 9)),
+        .dirty(epoch: 3, chunks: [0, 1, 2, 900, 1 << 33]),
+        .ack(version: 99),
+        .read(firstChunk: 12, count: 4),
+        .data(firstChunk: 12, bytes: [1, 2, 3]),
+        .error(code: ProtocolErrorCode.unknownRegion.rawValue, message: "no region 'x'"),
+    ]
+
+    @Test("every frame type survives encode → decode, whole and one byte at a time")
+    func roundTrip() throws {
+        var stream: [UInt8] = []
+        for f in Self.samples { stream += try f.encoded() }
+        var whole = FrameDecoder()
+        whole.append(stream)
+        var got: [Frame] = []
+        while let f = try whole.next() { got.append(f) }
+        #expect(got == Self.samples)
+        #expect(whole.atFrameBoundary)
+
+        var trickle = FrameDecoder()
+        var trickled: [Frame] = []
+        for b in stream {
+            trickle.append([b])
+            while let f = try trickle.next() { trickled.append(f) }
+        }
+        #expect(trickled == Self.samples)
+    }
+
+    @Test("varints use the shortest form and round-trip at the edges")
+    func varints() {
+        for (value, length) in [(UInt64(0), 1), (63, 1), (64, 2), (16383, 2), (16384, 4), ((1 << 30) - 1, 4), (1 << 30, 8), (VarInt.max, 8)] {
+            var out: [UInt8] = []
+            VarInt.encode(value, into: &out)
+            #expect(out.count == length)
+            var offset = 0
+            #expect(VarInt.decode(out, at: &offset) == value)
+            #expect(offset == length)
+        }
+    }
+
+    private func decodeError(_ bytes: [UInt8]) -> ProtocolViolation? {
+        var d = FrameDecoder()
+        d.append(bytes)
+        do {
+            _ = try d.next()
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test("an oversize length is refused from the header alone")
+    func oversize() {
+        var header: [UInt8] = [0x10]
+        VarInt.encode(UInt64(FrameLimits.maxPayload + 1), into: &header)
+        #expect(decodeError(header)?.code == .frameTooLarge)
+    }
+
+    @Test("an unknown frame type is refused")
+    func unknownType() {
+        #expect(decodeError([0x77, 0x00])?.code == .unknownFrameType)
+    }
+
+    @Test("fields past the frame's end, stray bytes and bad UTF-8 are malformed")
+    func malformed() throws {
+        // ACK whose varint says 8 bytes but the frame holds 1.
+        #expect(decodeError([0x12, 0x01, 0xc0])?.code == .malformedFrame)
+        // ACK with a stray byte after the version.
+        #expect(decodeError([0x12, 0x02, 0x05, 0x00])?.code == .malformedFrame)
+        // HELLO whose name is not UTF-8.
+        #expect(decodeError([0x01, 0x04, 0x01, 0x01, 0xff, 0x00])?.code == .malformedFrame)
+        // A name longer than the limit.
+        var hello: [UInt8] = [0x01]
+        var payload: [UInt8] = [0x01]
+        VarInt.encode(UInt64(FrameLimits.maxName + 1), into: &payload)
+        payload += [UInt8](repeating: 0x61, count: FrameLimits.maxName + 1) + [0]
+        VarInt.encode(UInt64(payload.count), into: &hello)
+        #expect(decodeError(hello + payload)?.code == .frameTooLarge)
+        // READ of zero chunks.
+        #expect(decodeError([0x20, 0x02, 0x00, 0x00])?.code == .frameTooLarge)
+        // Unknown subscribe mode.
+        #expect(decodeError([0x03, 0x05, 0x01, 0x61, 0x01, 0x01, 0x07])?.code == .malformedFrame)
+    }
+
+    @Test("a partial frame waits for more bytes instead of failing")
+    func partial() throws {
+        let bytes = try Frame.write(chunk: 1, version: 2, bytes: [9, 9, 9]).encoded()
+        var d = FrameDecoder()
+        d.append(bytes.dropLast())
+        #expect(try d.next() == nil)
+        #expect(!d.atFrameBoundary)
+        d.append([bytes.last!])
+        #expect(try d.next() == .write(chunk: 1, version: 2, bytes: [9, 9, 9]))
+    }
+
+    @Test("the encoder refuses what a decoder must refuse")
+    func encoderLimits() {
+        #expect(throws: ProtocolViolation.self) {
+            _ = try Frame.write(chunk: 0, version: 0, bytes: [UInt8](repeating: 0, count: FrameLimits.maxPayload)).encoded()
+        }
+        #expect(throws: ProtocolViolation.self) { _ = try Frame.dirty(epoch: 0, chunks: [5, 5]).encoded() }
+        #expect(throws: ProtocolViolation.self) { _ = try Frame.read(firstChunk: 0, count: 0).encoded() }
+    }
+
+    @Test("random garbage never crashes the decoder", arguments: 0..<200)
+    func fuzz(seed: Int) {
+        let junk = patternBytes(count: 1 + seed * 7 % 2000, seed: UInt64(seed + 1))
+        var d = FrameDecoder()
+        d.append(junk)
+        for _ in 0..<100 {
+            guard let frame = try? d.next() else { break }
+            _ = frame
+        }
+    }
+}

@@ -1,0 +1,45 @@
+import Foundation
+import Testing
+@testable import MemReplica
+
+@Suite("Regions")
+struct RegionTests {
+    @Test("chunk geometry: power-of-two chunks ≥ 4 KiB, a short last chunk, ranges checked")
+    func geometry() throws {
+        let g = try RegionGeometry(size: 10 * 4096 + 100, chunkSize: 4096)
+        #expect(g.chunkCount == 11)
+        #expect(g.byteRange(ofChunk: 10) == 40960..<41060)
+        #expect(g.byteRange(ofChunk: 11) == nil)
+        #expect(g.byteRange(ofChunk: -1) == nil)
+        #expect(throws: RegionGeometry.Invalid.chunkSize(3000)) { _ = try RegionGeometry(size: 1, chunkSize: 3000) }
+        #expect(throws: RegionGeometry.Invalid.chunkSize(6144)) { _ = try RegionGeometry(size: 1, chunkSize: 6144) }
+        #expect(throws: RegionGeometry.Invalid.size(0)) { _ = try RegionGeometry(size: 0, chunkSize: 4096) }
+    }
+
+    @Test("a memfd region stores and snapshots chunks; out-of-range and short writes are refused")
+    func memfd() throws {
+        let r = try Region(name: "m", backing: .memory, size: 3 * 65536, chunkSize: 65536)
+        let data = patternBytes(count: 65536, seed: 5)
+        try r.storeChunk(2, data)
+        #expect(try r.copyChunk(2) == data)
+        #expect(try r.copyChunk(0) == [UInt8](repeating: 0, count: 65536))
+        #expect(throws: Region.Failure.self) { try r.storeChunk(3, data) }
+        #expect(throws: Region.Failure.self) { try r.storeChunk(0, [1, 2, 3]) }
+    }
+
+    @Test("a file region is shared with other mappings of the file, and sizes are checked")
+    func fileBacked() throws {
+        let path = NSTemporaryDirectory() + "mr-region-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let a = try Region(name: "f", backing: .file(path: path), size: 8192, chunkSize: 4096)
+        #expect(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int == 8192)
+        let b = try Region(name: "f", backing: .file(path: path), size: nil, chunkSize: 4096)
+        #expect(b.geometry == a.geometry)
+        try a.storeChunk(1, [UInt8](repeating: 0xab, count: 4096))
+        #expect(try b.copyChunk(1) == [UInt8](repeating: 0xab, count: 4096))
+        #expect(throws: Region.Failure.self) { _ = try Region(name: "f", backing: .file(path: path), size: 4096, chunkSize: 4096) }
+        let empty = path + "-empty"
+        defer { try? FileManager.default.removeItem(atPath: empty) }
+        #expect(throws: Region.Failure.self) { _ = try Region(name: "e", backing: .file(path: empty), size: nil, chunkSize: 4096) }
+    }
+}
