@@ -62,8 +62,9 @@ final class QUICStreamCore: @unchecked Sendable {
             if receivedHead == 0 && first.count <= maxLength {
                 out = first
                 received.removeFirst()
-                // Coalesce small chunks so one read returns what is there.
-                while let next = received.first, out.count + next.count <= maxLength {
+                // Coalesce small chunks so one read returns what is there;
+                // a big chunk is enough on its own and copying it costs.
+                while out.count < 64 << 10, let next = received.first, out.count + next.count <= maxLength {
                     out.append(contentsOf: next)
                     received.removeFirst()
                 }
