@@ -39,6 +39,17 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
         return try await core.read(maxLength: maxLength)
     }
 
+    public func stopReading(errorCode: UInt64) async {
+        let core = self.core
+        await core.connection.endpoint.onLoop {
+            let connection = core.connection
+            guard !connection.isClosed, !core.closedByStack else { return }
+            ngtcp2_conn_shutdown_stream_read(connection.conn, core.id, errorCode)
+            core.failReceive(.streamReset(errorCode: errorCode))
+            connection.endpoint.needsWrite(connection)
+        }
+    }
+
     public func reset(errorCode: UInt64) async {
         let core = self.core
         await core.connection.endpoint.onLoop {

@@ -44,6 +44,9 @@ public protocol TransportStream: AnyObject, Sendable {
     func read(maxLength: Int) async throws -> [UInt8]?
     /// Abandons both directions with an application error code.
     func reset(errorCode: UInt64) async
+    /// Asks the peer to stop sending (STOP_SENDING with the code); what we
+    /// already wrote is still delivered.
+    func stopReading(errorCode: UInt64) async
 }
 
 extension TransportStream {

@@ -1,0 +1,47 @@
+/// Frames over one transport stream: encodes on the way out, decodes with
+/// the codec's limits on the way in, and ends the stream with a named code
+/// when the peer breaks the protocol.
+public final class FrameStream: @unchecked Sendable {
+    public let stream: any TransportStream
+    private var decoder = FrameDecoder()
+    private var finished = false
+
+    public init(_ stream: any TransportStream) { self.stream = stream }
+
+    public func send(_ frame: Frame) async throws {
+        try await stream.write(try frame.encoded())
+    }
+
+    /// The next frame; nil when the peer finished the stream cleanly
+    /// between frames. Not safe to call from two tasks at once.
+    public func receive() async throws -> Frame? {
+        while true {
+            if let frame = try decoder.next() { return frame }
+            if finished { return nil }
+            guard let bytes = try await stream.read(maxLength: 1 << 20) else {
+                finished = true
+                guard decoder.atFrameBoundary else {
+                    throw ProtocolViolation(.malformedFrame, "stream ended inside a frame (\(decoder.pendingBytes) bytes)")
+                }
+                return nil
+            }
+            decoder.append(bytes)
+        }
+    }
+
+    /// Received bytes not yet returned as frames (more may be decodable).
+    public var hasBufferedBytes: Bool { !decoder.atFrameBoundary }
+
+    /// Ends the stream over a violation: tells the peer why in an ERROR
+    /// frame, finishes our side and asks the peer to stop sending, both with
+    /// the code. A reset instead would let the peer drop the ERROR unread.
+    public func fail(_ violation: ProtocolViolation) async {
+        do {
+            try await send(.error(code: violation.code.rawValue, message: violation.detail))
+            try await stream.finish()
+            await stream.stopReading(errorCode: violation.code.rawValue)
+        } catch {
+            await stream.reset(errorCode: violation.code.rawValue)
+        }
+    }
+}

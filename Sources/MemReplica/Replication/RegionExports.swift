@@ -1,0 +1,109 @@
+import Logging
+
+/// The regions this peer exports, and the primary side of replication: it
+/// answers a mirror's SUBSCRIBE on a region stream with the region's chunks
+/// (the initial sync), then keeps sending every chunk that changes.
+public final class RegionExports: Sendable {
+    public struct Export: Sendable {
+        public let region: Region
+        /// Common names of the peers that may mirror it; nil lets any peer
+        /// signed by the CA.
+        public let allowedPeers: Set<String>?
+        public init(region: Region, allowedPeers: Set<String>? = nil) {
+            self.region = region
+            self.allowedPeers = allowedPeers
+        }
+    }
+
+    private let exports: [String: Export]
+    /// How often the hash scanner looks for changed chunks.
+    public let scanInterval: Duration
+    private let logger: Logger
+
+    public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20), logger: Logger) {
+        self.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
+        self.scanInterval = scanInterval
+        self.logger = logger
+    }
+
+    public func export(named name: String) -> Export? { exports[name] }
+
+    /// Serves one region stream until the mirror goes away or breaks the
+    /// protocol. Never throws: failures end this stream only, with a code.
+    public func serve(_ stream: any TransportStream, peer: PeerIdentity) async {
+        let frames = FrameStream(stream)
+        do {
+            let export = try await acceptSubscription(frames, peer: peer)
+            try await publish(export.region, over: frames)
+        } catch let violation as ProtocolViolation {
+            logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
+            await frames.fail(violation)
+        } catch {
+            logger.info("region stream ended: \(error)", metadata: ["peer": "\(peer)"])
+        }
+    }
+
+    private func acceptSubscription(_ frames: FrameStream, peer: PeerIdentity) async throws -> Export {
+        guard let first = try await frames.receive() else { throw ReplicationError.streamEnded }
+        guard case .subscribe(let s) = first else {
+            throw ProtocolViolation(.unexpectedFrame, "a region stream starts with SUBSCRIBE")
+        }
+        guard let export = exports[s.name] else {
+            throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported")
+        }
+        if let allowed = export.allowedPeers, !allowed.contains(peer.commonName ?? "") {
+            throw ProtocolViolation(.notAllowed, "'\(peer.commonName ?? peer.subject)' may not mirror '\(s.name)'")
+        }
+        let g = export.region.geometry
+        guard s.size == UInt64(g.size), s.chunkSize == UInt64(g.chunkSize) else {
+            throw ProtocolViolation(.geometryMismatch,
+                                    "'\(s.name)' is \(g.size) bytes in \(g.chunkSize)-byte chunks, not \(s.size) in \(s.chunkSize)")
+        }
+        guard s.mode == .eager else {
+            throw ProtocolViolation(.unexpectedFrame, "lazy (post-copy) mirrors are not served yet")
+        }
+        return export
+    }
+
+    /// Initial sync, then every change, until the mirror's side ends.
+    private func publish(_ region: Region, over frames: FrameStream) async throws {
+        let scanner = ChunkHashScanner(region: region)
+        let sent = Locked<UInt64>(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                // ACKs: how far the replica has applied. One past what was sent is a lie.
+                while let frame = try await frames.receive() {
+                    switch frame {
+                    case .ack(let version):
+                        guard version <= sent.withLock({ $0 }) else {
+                            throw ProtocolViolation(.unexpectedFrame, "ACK of version \(version), never sent")
+                        }
+                    case .error(let code, let message):
+                        throw ReplicationError.refusedByPeer(code: code, message: message)
+                    default:
+                        throw ProtocolViolation(.unexpectedFrame, "a mirror sends only ACK on a region stream")
+                    }
+                }
+            }
+            group.addTask { [scanInterval] in
+                var version: UInt64 = 0
+                func push(_ chunk: Int) async throws {
+                    version += 1
+                    // Snapshot first: the region is live, the transport
+                    // must send the bytes as they were at this version.
+                    let bytes = try region.copyChunk(chunk)
+                    sent.withLock { $0 = version }
+                    try await frames.send(.write(chunk: UInt64(chunk), version: version, bytes: bytes))
+                }
+                for chunk in 0..<region.geometry.chunkCount { try await push(chunk) }
+                while true {
+                    try await Task.sleep(for: scanInterval)
+                    for chunk in scanner.changedChunks() { try await push(chunk) }
+                }
+            }
+            // Whichever side ends first ends the subscription.
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+}

@@ -1,0 +1,74 @@
+/// The replica side of one region: subscribes on a stream of its own,
+/// applies every WRITE into the local mapping, and acknowledges versions.
+public final class RegionMirror: @unchecked Sendable {
+    public let region: Region
+    /// The region's name on the exporting peer.
+    public let remoteName: String
+    private let progress = Locked(Progress())
+
+    public struct Progress: Sendable, Equatable {
+        /// Chunks received at least once (the initial sync is done when this
+        /// equals the region's chunk count).
+        public var chunksPresent = 0
+        public var chunksApplied = 0
+        public var lastAppliedVersion: UInt64 = 0
+    }
+
+    public init(region: Region, remoteName: String? = nil) {
+        self.region = region
+        self.remoteName = remoteName ?? region.name
+    }
+
+    public var currentProgress: Progress { progress.withLock { $0 } }
+    public var initialSyncComplete: Bool { currentProgress.chunksPresent == region.geometry.chunkCount }
+
+    /// Mirrors until the connection or stream ends; throws why.
+    public func run(over connection: any TransportConnection) async throws {
+        let frames = FrameStream(try await connection.openStream())
+        let g = region.geometry
+        try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
+                                               mode: .eager)))
+        var versions = [UInt64](repeating: 0, count: g.chunkCount)
+        var unacknowledged = false
+        do {
+            while let frame = try await frames.receive() {
+                switch frame {
+                case .write(let chunk, let version, let bytes):
+                    guard chunk < UInt64(g.chunkCount) else {
+                        throw ProtocolViolation(.chunkOutOfRange, "chunk \(chunk) of a \(g.chunkCount)-chunk region")
+                    }
+                    let index = Int(chunk)
+                    guard version > versions[index] else {
+                        throw ProtocolViolation(.versionWentBackwards,
+                                                "chunk \(chunk) at version \(version) after \(versions[index])")
+                    }
+                    guard let range = g.byteRange(ofChunk: index), bytes.count == range.count else {
+                        throw ProtocolViolation(.malformedFrame, "chunk \(chunk) carries \(bytes.count) bytes")
+                    }
+                    try region.storeChunk(index, bytes)
+                    let first = versions[index] == 0
+                    versions[index] = version
+                    progress.withLock { p in
+                        if first { p.chunksPresent += 1 }
+                        p.chunksApplied += 1
+                        p.lastAppliedVersion = max(p.lastAppliedVersion, version)
+                    }
+                    unacknowledged = true
+                case .error(let code, let message):
+                    throw ReplicationError.refusedByPeer(code: code, message: message)
+                default:
+                    throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE or ERROR on a region stream")
+                }
+                // ACK once what has arrived is applied, not per frame.
+                if unacknowledged && !frames.hasBufferedBytes {
+                    try await frames.send(.ack(version: progress.withLock { $0.lastAppliedVersion }))
+                    unacknowledged = false
+                }
+            }
+            throw ReplicationError.streamEnded
+        } catch let violation as ProtocolViolation {
+            await frames.fail(violation)
+            throw ReplicationError.violation(violation)
+        }
+    }
+}

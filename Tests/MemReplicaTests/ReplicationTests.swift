@@ -1,0 +1,192 @@
+import Crypto
+import Foundation
+import Logging
+import Testing
+@testable import MemReplica
+
+private func regionSHA(_ r: Region) -> String {
+    SHA256.hash(data: UnsafeRawBufferPointer(r.bytes)).map { String(format: "%02x", $0) }.joined()
+}
+
+/// Waits until `mirror` holds the same bytes as `primary` (SHA-256).
+private func waitConverged(_ primary: Region, _ mirror: Region, within seconds: Double) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while regionSHA(primary) != regionSHA(mirror) {
+        guard ContinuousClock.now < deadline else {
+            throw TimeoutError(what: "replica of '\(primary.name)' converging", seconds: seconds)
+        }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
+
+private func fillRandom(_ r: Region, seed: UInt64) {
+    let bytes = patternBytes(count: r.geometry.size, seed: seed)
+    bytes.withUnsafeBytes { r.bytes.copyMemory(from: $0) }
+}
+
+/// An exporting server endpoint and a client connected to it.
+private struct ReplicationPair {
+    let pki: TestPKI
+    let pair: EndpointPair
+    let client: QUICConnection
+    let serving: Task<Void, Never>
+
+    init(exports: RegionExports) async throws {
+        pki = try TestPKI()
+        pair = try EndpointPair(pki: pki)
+        let (client, server) = try await pair.connect()
+        self.client = client
+        serving = Task {
+            await withDiscardingTaskGroup { group in
+                while let stream = try? await server.acceptStream() {
+                    group.addTask { await exports.serve(stream, peer: server.peerIdentity) }
+                }
+            }
+        }
+    }
+
+    func close() async {
+        serving.cancel()
+        await pair.close()
+        pki.remove()
+    }
+}
+
+private func quietLogger() -> Logger {
+    var l = Logger(label: "test")
+    l.logLevel = .critical
+    return l
+}
+
+@Suite("Eager replication over per-region streams", .serialized)
+struct ReplicationTests {
+    @Test("initial sync, then writes into the live primary reach the replica (SHA-256 equal)")
+    func syncAndFollow() async throws {
+        let primary = try Region(name: "cache", backing: .memory, size: 16 << 20, chunkSize: 65536)
+        fillRandom(primary, seed: 1)
+        let exports = RegionExports([.init(region: primary)], logger: quietLogger())
+        let rp = try await ReplicationPair(exports: exports)
+        let replica = try Region(name: "cache", backing: .memory, size: 16 << 20, chunkSize: 65536)
+        let mirror = RegionMirror(region: replica)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await waitConverged(primary, replica, within: 60)
+        #expect(mirror.initialSyncComplete)
+
+        // The primary keeps changing: a few scattered writes.
+        for (i, offset) in [17, 65536 * 3 + 5, (16 << 20) - 9].enumerated() {
+            primary.bytes[offset] = UInt8(truncatingIfNeeded: 0xa0 + i)
+        }
+        try await waitConverged(primary, replica, within: 20)
+        #expect(mirror.currentProgress.chunksApplied >= 256 + 3)
+        running.cancel()
+        await rp.close()
+    }
+
+    @Test("4 regions written at a steady rate converge once the writing stops")
+    func fourRegionsUnderWrites() async throws {
+        let names = ["a", "b", "c", "d"]
+        let primaries = try names.map { try Region(name: $0, backing: .memory, size: 4 << 20, chunkSize: 16384) }
+        for (i, p) in primaries.enumerated() { fillRandom(p, seed: UInt64(i + 10)) }
+        let exports = RegionExports(primaries.map { .init(region: $0) }, logger: quietLogger())
+        let rp = try await ReplicationPair(exports: exports)
+        let replicas = try names.map { try Region(name: $0, backing: .memory, size: 4 << 20, chunkSize: 16384) }
+        let mirrors = replicas.map { RegionMirror(region: $0) }
+        let tasks = mirrors.map { m in Task { try await m.run(over: rp.client) } }
+
+        var rng = SystemRandomNumberGenerator()
+        let stop = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < stop {
+            for p in primaries {
+                let offset = Int.random(in: 0..<p.geometry.size, using: &rng)
+                p.bytes[offset] = UInt8.random(in: 0...255, using: &rng)
+            }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        for (p, r) in zip(primaries, replicas) { try await waitConverged(p, r, within: 30) }
+        tasks.forEach { $0.cancel() }
+        await rp.close()
+    }
+
+    private func refusal(_ exports: RegionExports, mirrorOf replica: Region, remoteName: String? = nil) async throws -> ReplicationError? {
+        let rp = try await ReplicationPair(exports: exports)
+        defer { Task { await rp.close() } }
+        do {
+            try await withTimeout(10, "refusal") {
+                try await RegionMirror(region: replica, remoteName: remoteName).run(over: rp.client)
+            }
+            return nil
+        } catch let e as ReplicationError {
+            return e
+        }
+    }
+
+    @Test("unknown region and geometry mismatch are refused with their codes")
+    func refusals() async throws {
+        let primary = try Region(name: "db", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        let exports = RegionExports([.init(region: primary)], logger: quietLogger())
+        let other = try Region(name: "nope", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        guard case .refusedByPeer(let code, _)? = try await refusal(exports, mirrorOf: other) else {
+            Issue.record("unknown region was not refused"); return
+        }
+        #expect(code == ProtocolErrorCode.unknownRegion.rawValue)
+        let wrongChunk = try Region(name: "db", backing: .memory, size: 1 << 20, chunkSize: 4096)
+        guard case .refusedByPeer(let code2, let message)? = try await refusal(exports, mirrorOf: wrongChunk) else {
+            Issue.record("geometry mismatch was not refused"); return
+        }
+        #expect(code2 == ProtocolErrorCode.geometryMismatch.rawValue)
+        #expect(message.contains("65536"))
+    }
+
+    @Test("a peer not on the region's allow list is refused")
+    func allowList() async throws {
+        let primary = try Region(name: "secret", backing: .memory, size: 65536, chunkSize: 65536)
+        let exports = RegionExports([.init(region: primary, allowedPeers: ["someone-else"])], logger: quietLogger())
+        let replica = try Region(name: "secret", backing: .memory, size: 65536, chunkSize: 65536)
+        guard case .refusedByPeer(let code, _)? = try await refusal(exports, mirrorOf: replica) else {
+            Issue.record("not refused"); return
+        }
+        #expect(code == ProtocolErrorCode.notAllowed.rawValue)
+    }
+
+    private func violationCode(_ e: ReplicationError?) -> ProtocolErrorCode? {
+        guard case .violation(let v)? = e else { return nil }
+        return v.code
+    }
+
+    /// A primary that answers SUBSCRIBE with the given frames.
+    private func mirrorAgainstScript(_ script: [Frame]) async throws -> ReplicationError? {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try EndpointPair(pki: pki)
+        let (client, server) = try await pair.connect()
+        let liar = Task {
+            guard let stream = try? await server.acceptStream() else { return }
+            let frames = FrameStream(stream)
+            _ = try? await frames.receive()
+            for f in script { try? await frames.send(f) }
+            _ = try? await frames.receive()
+        }
+        let replica = try Region(name: "r", backing: .memory, size: 2 * 4096, chunkSize: 4096)
+        defer { liar.cancel() }
+        do {
+            try await withTimeout(10, "mirror") { try await RegionMirror(region: replica).run(over: client) }
+            await pair.close()
+            return nil
+        } catch let e as ReplicationError {
+            await pair.close()
+            return e
+        }
+    }
+
+    @Test("a chunk index out of range, a version going backwards and a short chunk end the stream with their codes")
+    func badPrimary() async throws {
+        let page = [UInt8](repeating: 1, count: 4096)
+        let outOfRange = try await mirrorAgainstScript([.write(chunk: 2, version: 1, bytes: page)])
+        #expect(violationCode(outOfRange) == .chunkOutOfRange)
+        let backwards = try await mirrorAgainstScript([.write(chunk: 0, version: 5, bytes: page),
+                                                       .write(chunk: 0, version: 4, bytes: page)])
+        #expect(violationCode(backwards) == .versionWentBackwards)
+        let short = try await mirrorAgainstScript([.write(chunk: 1, version: 1, bytes: [1, 2, 3])])
+        #expect(violationCode(short) == .malformedFrame)
+    }
+}
