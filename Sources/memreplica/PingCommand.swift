@@ -7,7 +7,7 @@ struct PingCommand: AsyncParsableCommand {
         commandName: "ping",
         abstract: "Connect to a peer with mutual TLS and time echoed round trips.",
         discussion: """
-            Each round trip opens a fresh stream, sends SIZE bytes, and checks the peer's echo \
+            Each round trip opens a fresh stream, sends SIZE bytes in an ECHO frame, and checks the peer's echo \
             byte for byte. Without --cert/--key/--ca the state folder's development CA is used, \
             so a peer started with the same state folder trusts this client.
             """)
@@ -97,10 +97,12 @@ struct PingCommand: AsyncParsableCommand {
         return try await withThrowingTaskGroup(of: Duration?.self) { group in
             group.addTask {
                 let start = ContinuousClock.now
-                let stream = try await connection.openQUICStream()
-                try await stream.write(payload)
-                try await stream.finish()
-                let echo = try await stream.readAll(limit: payload.count)
+                let frames = FrameStream(try await connection.openQUICStream())
+                try await frames.send(.echo(payload))
+                try await frames.stream.finish()
+                guard case .echo(let echo)? = try await frames.receive() else {
+                    throw PingError.mismatch(seq: seq, sent: payload.count, received: 0, firstDifference: 0)
+                }
                 let elapsed = start.duration(to: .now)
                 guard echo == payload else {
                     let at = zip(echo, payload).enumerated().first { $0.element.0 != $0.element.1 }?.offset

@@ -53,9 +53,9 @@ struct PeerProcessTests {
         let sent = Locked(0)
         let stream = try await conn.openQUICStream()
         let writer = Task { () -> TransportError? in
-            let chunk = [UInt8](repeating: 0x42, count: 256 << 10)
             do {
-                // Far below the echo's 64 MiB limit: it is the kill that ends this.
+                let chunk = try Frame.echo([UInt8](repeating: 0x42, count: 256 << 10)).encoded()
+                // The peer echoes each frame back; it is the kill that ends this.
                 for _ in 0..<200 {
                     try await stream.write(chunk)
                     sent.withLock { $0 += chunk.count }

@@ -5,7 +5,7 @@ import Testing
 
 @Suite("Peer service", .serialized)
 struct PeerServiceTests {
-    @Test("echoes streams, reports the connected peer, enforces the echo limit, stops on close")
+    @Test("echoes ECHO frames, reports the connected peer, refuses oversize and unexpected frames, stops on close")
     func echoStatusLimitShutdown() async throws {
         let root = NSTemporaryDirectory() + "mr-peer-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: root) }
@@ -25,10 +25,13 @@ struct PeerServiceTests {
 
         let connection = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
         let payload = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
-        let stream = try await connection.openQUICStream()
-        try await stream.write(payload)
-        try await stream.finish()
-        #expect(try await stream.readAll(limit: payload.count) == payload)
+        let frames = FrameStream(try await connection.openQUICStream())
+        try await frames.send(.echo(payload))
+        try await frames.send(.echo([1, 2, 3]))
+        try await frames.stream.finish()
+        #expect(try await frames.receive() == .echo(payload))
+        #expect(try await frames.receive() == .echo([1, 2, 3]))
+        #expect(try await frames.receive() == nil)
 
         let report = await service.statusReport()
         #expect(report.identity.commonName == "server")
@@ -37,24 +40,28 @@ struct PeerServiceTests {
         #expect(report.peers.first?.initiatedLocally == false)
         #expect(report.regions.isEmpty)
 
+        // A frame header over the limit: the peer answers ERROR frame_too_large.
         let tooBig = try await connection.openQUICStream()
-        let outcome: TransportError? = await {
-            do {
-                try await tooBig.write([UInt8](repeating: 7, count: DiagnosticEcho.limit + 1))
-                try await tooBig.finish()
-                _ = try await tooBig.readAll(limit: DiagnosticEcho.limit + 1)
-                return nil
-            } catch {
-                return error as? TransportError
-            }
-        }()
-        #expect(outcome == .streamReset(errorCode: DiagnosticEcho.tooLargeErrorCode))
+        var header: [UInt8] = [0x30]
+        VarInt.encode(UInt64(FrameLimits.maxPayload + 1), into: &header)
+        try await tooBig.write(header)
+        let reply = FrameStream(tooBig)
+        #expect(try await reply.receive() == .error(code: ProtocolErrorCode.frameTooLarge.rawValue,
+                                                    message: "frame type 0x30 declares \(FrameLimits.maxPayload + 1) bytes (limit \(FrameLimits.maxPayload))"))
 
-        // The connection survives a reset stream.
-        let after = try await connection.openQUICStream()
-        try await after.write([1, 2, 3])
-        try await after.finish()
-        #expect(try await after.readAll(limit: 10) == [1, 2, 3])
+        // A stream that starts with anything else is refused the same way.
+        let odd = FrameStream(try await connection.openQUICStream())
+        try await odd.send(.ack(version: 1))
+        guard case .error(let code, _)? = try await odd.receive() else {
+            Issue.record("no ERROR for a stream opening with ACK"); return
+        }
+        #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue)
+
+        // The connection survives refused streams.
+        let after = FrameStream(try await connection.openQUICStream())
+        try await after.send(.echo([4, 5]))
+        try await after.stream.finish()
+        #expect(try await after.receive() == .echo([4, 5]))
 
         await server.close()
         _ = try await withTimeout(10, "service shutdown") { await serving.value }

@@ -1,31 +1,30 @@
 import Logging
 
-/// What a peer does with a stream until the replication protocol exists:
-/// sends back exactly what it received. `memreplica ping` uses it to prove
-/// the whole path (mTLS, streams, flow control) end to end.
+/// The diagnostic echo: on a stream that opens with an ECHO frame, every
+/// ECHO frame is sent straight back until the peer finishes the stream.
+/// `memreplica ping` uses it to prove the whole path (mTLS, streams, flow
+/// control, framing) end to end. Frames are bounded by the codec's limits.
 public struct DiagnosticEcho: Sendable {
-    /// A stream may carry at most this much; the echo is buffered whole so a
-    /// client that writes everything before reading cannot deadlock it.
-    public static let limit = 64 << 20
-    /// Application error code for a stream reset because it exceeded `limit`.
-    public static let tooLargeErrorCode: UInt64 = 0x4d52_0001
+    /// Largest payload one ECHO carries (the frame limit, less its header).
+    public static let limit = FrameLimits.maxPayload
 
     let logger: Logger
 
     public init(logger: Logger) { self.logger = logger }
 
-    public func serve(_ stream: any TransportStream, peer: String) async {
-        do {
-            let bytes = try await stream.readAll(limit: Self.limit)
-            if !bytes.isEmpty { try await stream.write(bytes) }
-            try await stream.finish()
-            logger.trace("echoed stream", metadata: ["peer": "\(peer)", "stream": "\(stream.id)", "bytes": "\(bytes.count)"])
-        } catch TransportError.messageTooLarge(let limit) {
-            logger.warning("reset echo stream over the size limit",
-                           metadata: ["peer": "\(peer)", "stream": "\(stream.id)", "limit": "\(limit)"])
-            await stream.reset(errorCode: Self.tooLargeErrorCode)
-        } catch {
-            logger.debug("echo stream ended early: \(error)", metadata: ["peer": "\(peer)", "stream": "\(stream.id)"])
+    /// Serves a stream whose first frame (an ECHO) was already read.
+    public func serve(_ frames: FrameStream, first: [UInt8], peer: String) async throws {
+        var next: Frame? = .echo(first)
+        var echoed = 0
+        while let frame = next {
+            guard case .echo(let bytes) = frame else {
+                throw ProtocolViolation(.unexpectedFrame, "an echo stream carries only ECHO frames")
+            }
+            try await frames.send(.echo(bytes))
+            echoed += bytes.count
+            next = try await frames.receive()
         }
+        try await frames.stream.finish()
+        logger.trace("echoed stream", metadata: ["peer": "\(peer)", "stream": "\(frames.stream.id)", "bytes": "\(echoed)"])
     }
 }

@@ -2,18 +2,20 @@ import Foundation
 import Logging
 
 /// A running peer: accepts authenticated QUIC connections and serves each
-/// stream they open. Today every stream gets the diagnostic echo; the
-/// replication protocol replaces that in a later issue.
+/// stream they open by its first frame: SUBSCRIBE makes it a region stream
+/// (served from `exports`), ECHO a diagnostic echo.
 public final class PeerService: Sendable {
     public let endpoint: QUICEndpoint
     public let startedAt: Date
     private let started: ContinuousClock.Instant
     private let logger: Logger
     private let echo: DiagnosticEcho
+    public let exports: RegionExports
 
-    public init(endpoint: QUICEndpoint, logger: Logger) {
+    public init(endpoint: QUICEndpoint, exports: RegionExports? = nil, logger: Logger) {
         self.endpoint = endpoint
         self.logger = logger
+        self.exports = exports ?? RegionExports([], logger: logger)
         echo = DiagnosticEcho(logger: logger)
         startedAt = Date()
         started = .now
@@ -36,11 +38,32 @@ public final class PeerService: Sendable {
             do {
                 while true {
                     let stream = try await connection.acceptStream()
-                    group.addTask { await self.echo.serve(stream, peer: peer) }
+                    group.addTask { await self.route(stream, connection: connection, peer: peer) }
                 }
             } catch {
                 logger.info("peer disconnected: \(error)", metadata: ["peer": "\(peer)", "identity": "\(connection.peerIdentity)"])
             }
+        }
+    }
+
+    private func route(_ stream: any TransportStream, connection: QUICConnection, peer: String) async {
+        let frames = FrameStream(stream)
+        do {
+            switch try await frames.receive() {
+            case .subscribe(let subscription)?:
+                await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity)
+            case .echo(let bytes)?:
+                try await echo.serve(frames, first: bytes, peer: peer)
+            case let other?:
+                throw ProtocolViolation(.unexpectedFrame, "a stream starts with SUBSCRIBE or ECHO, not \(other)")
+            case nil:
+                return
+            }
+        } catch let violation as ProtocolViolation {
+            logger.warning("stream refused: \(violation)", metadata: ["peer": "\(peer)", "stream": "\(stream.id)"])
+            await frames.fail(violation)
+        } catch {
+            logger.debug("stream ended early: \(error)", metadata: ["peer": "\(peer)", "stream": "\(stream.id)"])
         }
     }
 

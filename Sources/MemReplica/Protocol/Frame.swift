@@ -18,6 +18,9 @@ public enum Frame: Equatable, Sendable {
     case read(firstChunk: UInt64, count: UInt64)
     /// 0x21, answer to READ: consecutive chunks' bytes.
     case data(firstChunk: UInt64, bytes: [UInt8])
+    /// 0x30, either way: a diagnostic; the receiver sends the same bytes
+    /// back on the same stream (what `memreplica ping` measures).
+    case echo([UInt8])
     /// 0x3f, either way: why the sender is about to end this stream.
     case error(code: UInt64, message: String)
 
@@ -60,6 +63,7 @@ public enum Frame: Equatable, Sendable {
         case hello = 0x01, catalog = 0x02, subscribe = 0x03
         case write = 0x10, dirty = 0x11, ack = 0x12
         case read = 0x20, data = 0x21
+        case echo = 0x30
         case error = 0x3f
     }
 }

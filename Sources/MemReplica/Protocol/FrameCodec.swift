@@ -109,6 +109,9 @@ extension Frame {
             type = .data
             VarInt.encode(first, into: &payload)
             payload.append(contentsOf: bytes)
+        case .echo(let bytes):
+            type = .echo
+            payload.append(contentsOf: bytes)
         case .error(let code, let message):
             type = .error
             VarInt.encode(code, into: &payload)
@@ -237,6 +240,8 @@ private struct PayloadReader {
             return .read(firstChunk: first, count: count)
         case .data:
             return .data(firstChunk: try varint("first chunk"), bytes: rest())
+        case .echo:
+            return .echo(rest())
         case .error:
             return .error(code: try varint("code"), message: try string("message", limit: FrameLimits.maxMessage))
         }

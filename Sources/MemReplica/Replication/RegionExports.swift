@@ -33,7 +33,23 @@ public final class RegionExports: Sendable {
     public func serve(_ stream: any TransportStream, peer: PeerIdentity) async {
         let frames = FrameStream(stream)
         do {
-            let export = try await acceptSubscription(frames, peer: peer)
+            guard let first = try await frames.receive() else { return }
+            guard case .subscribe(let s) = first else {
+                throw ProtocolViolation(.unexpectedFrame, "a region stream starts with SUBSCRIBE")
+            }
+            await serve(frames, subscription: s, peer: peer)
+        } catch let violation as ProtocolViolation {
+            await frames.fail(violation)
+        } catch {
+            logger.info("region stream ended: \(error)", metadata: ["peer": "\(peer)"])
+        }
+    }
+
+    /// Serves a region stream whose SUBSCRIBE was already read.
+    public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity) async {
+        do {
+            let export = try acceptSubscription(subscription, peer: peer)
+            logger.info("mirror subscribed", metadata: ["peer": "\(peer)", "region": "\(subscription.name)"])
             try await publish(export.region, over: frames)
         } catch let violation as ProtocolViolation {
             logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
@@ -43,11 +59,7 @@ public final class RegionExports: Sendable {
         }
     }
 
-    private func acceptSubscription(_ frames: FrameStream, peer: PeerIdentity) async throws -> Export {
-        guard let first = try await frames.receive() else { throw ReplicationError.streamEnded }
-        guard case .subscribe(let s) = first else {
-            throw ProtocolViolation(.unexpectedFrame, "a region stream starts with SUBSCRIBE")
-        }
+    private func acceptSubscription(_ s: Frame.Subscribe, peer: PeerIdentity) throws -> Export {
         guard let export = exports[s.name] else {
             throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported")
         }
