@@ -28,7 +28,25 @@ struct PeerCommand: AsyncParsableCommand {
     @Option(help: "Name in the development certificate (default: the hostname). Unused with --cert.")
     var name: String?
 
+    @Option(name: .customLong("export"), help: ArgumentHelp(
+        "Export a region: NAME=PATH[,size=BYTES][,chunk=BYTES][,allow=CN+CN]. PATH is a file (/dev/shm/... for shared memory); size creates or extends it.",
+        valueName: "spec"))
+    var exports: [String] = []
+
+    @Option(name: .customLong("mirror"), help: ArgumentHelp(
+        "Mirror a region another peer exports into a local file: NAME@HOST:PORT=PATH.", valueName: "spec"))
+    var mirrors: [String] = []
+
     @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        for e in exports {
+            do { _ = try ExportSpec(parsing: e) } catch { throw ValidationError("--export: \(error)") }
+        }
+        for m in mirrors {
+            do { _ = try MirrorSpec(parsing: m) } catch { throw ValidationError("--mirror: \(error)") }
+        }
+    }
 
     func run() async throws {
         let logger = logging.makeLogger(defaultLevel: .info)
@@ -45,7 +63,22 @@ struct PeerCommand: AsyncParsableCommand {
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
         let endpoint = try QUICEndpoint(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
-        let service = PeerService(endpoint: endpoint, logger: logger)
+        let exported: [RegionExports.Export]
+        do {
+            exported = try exports.map { text in
+                let spec = try ExportSpec(parsing: text)
+                let region = try Region(name: spec.name, backing: .file(path: spec.path), size: spec.size,
+                                        chunkSize: spec.chunkSize)
+                logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry)")
+                return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers)
+            }
+        } catch {
+            await endpoint.close()
+            throw error
+        }
+        let runners = try mirrors.map { MirrorRunner(spec: try MirrorSpec(parsing: $0), endpoint: endpoint, logger: logger) }
+        let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, logger: logger),
+                                  mirrors: runners, logger: logger)
         let controlPath = control ?? stateDirectory.controlSocketPath
         let controlServer: ControlServer
         do {

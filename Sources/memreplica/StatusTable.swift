@@ -11,11 +11,11 @@ enum StatusTable {
         out += "listening  \(report.listenAddress)\(report.listenAddress.hasPrefix(":") ? " (all interfaces)" : "")\n"
         out += "uptime     \(Format.uptime(report.uptimeSeconds)) (since \(ISO8601DateFormatter().string(from: report.startedAt)))\n"
         out += "version    \(report.version)\n"
+        out += regions(report.regions)
         guard !report.peers.isEmpty else { return out + "peers      none connected\n" }
         out += "peers      \(report.peers.count) connected\n"
-        var rows = [["REMOTE", "IDENTITY", "DIR", "SRTT", "MIN RTT", "LAST RTT", "SENT", "RECEIVED"]]
-        for p in report.peers {
-            rows.append([
+        let rows = [["REMOTE", "IDENTITY", "DIR", "SRTT", "MIN RTT", "LAST RTT", "SENT", "RECEIVED"]]
+        return out + table(rows + report.peers.map { p in [
                 p.remoteAddress,
                 "\(p.identity.commonName ?? p.identity.subject) (\(p.identity.fingerprint.prefix(12))…)",
                 p.initiatedLocally ? "out" : "in",
@@ -24,8 +24,21 @@ enum StatusTable {
                 Format.milliseconds(p.latestRTTMilliseconds),
                 Format.bytes(p.bytesSent),
                 Format.bytes(p.bytesReceived),
-            ])
+            ] })
+    }
+
+    private static func regions(_ regions: [StatusReport.Region]) -> String {
+        guard !regions.isEmpty else { return "regions    none\n" }
+        let rows = [["REGION", "ROLE", "SIZE", "CHUNK", "IN SYNC", "VERSION", "FROM", "PATH"]] + regions.map { r in
+            [r.name, r.role, Format.bytes(UInt64(r.size)), Format.bytes(UInt64(r.chunkSize)),
+             r.chunksPresent.map { "\($0)/\(r.chunks)" } ?? "-", r.lastAppliedVersion.map(String.init) ?? "-",
+             r.source ?? "-", r.path]
         }
+        return "regions    \(regions.count)\n" + table(rows)
+    }
+
+    private static func table(_ rows: [[String]]) -> String {
+        var out = ""
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {
             let cells = zip(row, widths).map { cell, width in cell.padding(toLength: width, withPad: " ", startingAt: 0) }

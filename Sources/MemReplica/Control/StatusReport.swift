@@ -67,9 +67,26 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
-    /// A replicated region; fields arrive with replication.
+    /// A replicated region as this peer sees it.
     public struct Region: Codable, Sendable, Equatable {
         public var name: String
+        /// "primary" (exported here) or "replica" (mirrored here).
+        public var role: String
+        public var path: String
+        public var size: Int
+        public var chunkSize: Int
+        /// For a replica: chunks received at least once, and where from.
+        public var chunksPresent: Int?
+        public var chunks: Int
+        public var lastAppliedVersion: UInt64?
+        public var source: String?
+
+        public init(name: String, role: String, path: String, size: Int, chunkSize: Int, chunks: Int,
+                    chunksPresent: Int? = nil, lastAppliedVersion: UInt64? = nil, source: String? = nil) {
+            self.name = name; self.role = role; self.path = path; self.size = size; self.chunkSize = chunkSize
+            self.chunks = chunks; self.chunksPresent = chunksPresent; self.lastAppliedVersion = lastAppliedVersion
+            self.source = source
+        }
     }
 
     /// JSON as the control socket speaks it: one line, ISO 8601 dates.

@@ -11,8 +11,10 @@ public final class PeerService: Sendable {
     private let logger: Logger
     private let echo: DiagnosticEcho
     public let exports: RegionExports
+    public let mirrors: [MirrorRunner]
 
-    public init(endpoint: QUICEndpoint, exports: RegionExports? = nil, logger: Logger) {
+    public init(endpoint: QUICEndpoint, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [], logger: Logger) {
+        self.mirrors = mirrors
         self.endpoint = endpoint
         self.logger = logger
         self.exports = exports ?? RegionExports([], logger: logger)
@@ -26,9 +28,14 @@ public final class PeerService: Sendable {
         let identity = endpoint.localIdentity
         logger.notice("listening on \(endpoint.localAddress) as \(identity.commonName ?? identity.subject) (sha256 \(identity.fingerprint))")
         await withDiscardingTaskGroup { group in
+            for mirror in mirrors {
+                group.addTask { await mirror.run() }
+            }
             while let connection = await endpoint.acceptQUIC() {
                 group.addTask { await self.serve(connection) }
             }
+            // The endpoint is closed: stop the mirrors' reconnect loops.
+            group.cancelAll()
         }
     }
 
@@ -52,6 +59,8 @@ public final class PeerService: Sendable {
             switch try await frames.receive() {
             case .subscribe(let subscription)?:
                 await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity)
+            case .hello(let hello)?:
+                try await answerHello(hello, on: frames)
             case .echo(let bytes)?:
                 try await echo.serve(frames, first: bytes, peer: peer)
             case let other?:
@@ -67,6 +76,17 @@ public final class PeerService: Sendable {
         }
     }
 
+    /// Control stream: our HELLO, then the catalog of what we export.
+    private func answerHello(_ hello: Frame.Hello, on frames: FrameStream) async throws {
+        guard hello.protocolVersion == Frame.protocolVersion else {
+            throw ProtocolViolation(.unsupportedVersion, "this peer speaks protocol \(Frame.protocolVersion), not \(hello.protocolVersion)")
+        }
+        let me = endpoint.localIdentity
+        try await frames.send(.hello(.init(peerName: me.commonName ?? me.subject)))
+        try await frames.send(.catalog(exports.catalog()))
+        try await frames.stream.finish()
+    }
+
     public func statusReport() async -> StatusReport {
         let summaries = await endpoint.connectionSummaries()
         return StatusReport(
@@ -75,7 +95,28 @@ public final class PeerService: Sendable {
             identity: StatusReport.Identity(endpoint.localIdentity),
             startedAt: startedAt,
             uptimeSeconds: started.duration(to: .now).seconds,
-            peers: summaries.map(StatusReport.Peer.init).sorted { $0.remoteAddress < $1.remoteAddress })
+            peers: summaries.map(StatusReport.Peer.init).sorted { $0.remoteAddress < $1.remoteAddress },
+            regions: regionStatus())
+    }
+
+    private func regionStatus() -> [StatusReport.Region] {
+        let primaries = exports.catalog().compactMap { entry -> StatusReport.Region? in
+            guard let r = exports.export(named: entry.name)?.region else { return nil }
+            return .init(name: r.name, role: "primary", path: r.backing.description, size: r.geometry.size,
+                         chunkSize: r.geometry.chunkSize, chunks: r.geometry.chunkCount)
+        }
+        let replicas = mirrors.map { runner -> StatusReport.Region in
+            guard let m = runner.mirror else {
+                return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: 0, chunkSize: 0,
+                             chunks: 0, chunksPresent: 0, source: runner.spec.address.description)
+            }
+            let p = m.currentProgress
+            return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
+                         chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
+                         chunksPresent: p.chunksPresent, lastAppliedVersion: p.lastAppliedVersion,
+                         source: runner.spec.address.description)
+        }
+        return primaries + replicas
     }
 
     /// Answers a control-socket request.

@@ -28,6 +28,14 @@ public final class RegionExports: Sendable {
 
     public func export(named name: String) -> Export? { exports[name] }
 
+    /// What a CATALOG frame lists: every export, by name.
+    public func catalog() -> [Frame.CatalogEntry] {
+        exports.values.sorted { $0.region.name < $1.region.name }.map {
+            .init(name: $0.region.name, size: UInt64($0.region.geometry.size),
+                  chunkSize: UInt64($0.region.geometry.chunkSize), version: 0)
+        }
+    }
+
     /// Serves one region stream until the mirror goes away or breaks the
     /// protocol. Never throws: failures end this stream only, with a code.
     public func serve(_ stream: any TransportStream, peer: PeerIdentity) async {
