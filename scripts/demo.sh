@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end on one machine: a peer listens on loopback,
-# a client proves its identity with mutual TLS, echoes data over fresh
-# QUIC streams and reports RTT, the peer reports its view, and the peer
-# shuts down cleanly on SIGTERM.
+# The main job, end to end on one machine: a peer listens on loopback and
+# exports a 64 MiB region; a client proves its identity with mutual TLS and
+# echoes data over fresh QUIC streams, reporting RTT; a second peer mirrors
+# the region while the primary is written to, shows the replica converge and
+# compares SHA-256 of both; both peers shut down cleanly on SIGTERM.
 #
 #   MEMREPLICA_DEMO_PORT     UDP port for the peer (default 4433)
 #   MEMREPLICA_SCRATCH_PATH  build folder (default: SwiftPM's .build)
@@ -26,9 +27,18 @@ memreplica="$(swift build -c release "${scratch[@]}" --show-bin-path)/memreplica
 state=$(mktemp -d "${TMPDIR:-/tmp}/memreplica-demo.XXXXXX")
 peer_pid=""
 ping_pid=""
+replica_pid=""
 cleanup() {
   local rc=$?
   [[ -n $ping_pid ]] && kill "$ping_pid" 2>/dev/null || true
+  if [[ -n $replica_pid ]] && kill -0 "$replica_pid" 2>/dev/null; then
+    kill -TERM "$replica_pid" 2>/dev/null || true
+    wait "$replica_pid" 2>/dev/null || true
+  fi
+  if ((rc != 0)) && [[ -s $state/replica.log ]]; then
+    echo "-- replica peer log --" >&2
+    cat "$state/replica.log" >&2
+  fi
   if [[ -n $peer_pid ]] && kill -0 "$peer_pid" 2>/dev/null; then
     kill -TERM "$peer_pid" 2>/dev/null || true
     wait "$peer_pid" 2>/dev/null || true
@@ -44,8 +54,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 mr() { "$memreplica" "$@" --state-dir "$state"; }
 
-step "start a peer on 127.0.0.1:$port (state folder $state)"
-"$memreplica" peer --listen "127.0.0.1:$port" --state-dir "$state" --name demo-peer 2>"$state/peer.log" &
+step "start a peer on 127.0.0.1:$port exporting a 64 MiB region (state folder $state)"
+head -c $((64 << 20)) /dev/urandom >"$state/primary.bin"
+"$memreplica" peer --listen "127.0.0.1:$port" --state-dir "$state" --name demo-peer \
+  --export "demo=$state/primary.bin" 2>"$state/peer.log" &
 peer_pid=$!
 for _ in $(seq 100); do
   mr status >/dev/null 2>&1 && break
@@ -70,6 +82,42 @@ wait "$ping_pid"
 ping_pid=""
 tail -n 3 "$state/ping2.log"
 
+step "mirror the region on a second peer (127.0.0.1:$((port + 1))) while the primary is written"
+replica_sock="$state/replica.sock"
+"$memreplica" peer --listen "127.0.0.1:$((port + 1))" --state-dir "$state" --name demo-replica \
+  --control "$replica_sock" --mirror "demo@127.0.0.1:$port=$state/replica.bin" 2>"$state/replica.log" &
+replica_pid=$!
+digest() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
+progress() {
+  "$memreplica" status --json --control "$replica_sock" 2>/dev/null | python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["regions"]:
+    print("%s/%s chunks, version %s" % (r.get("chunksPresent") or 0, r["chunks"], r.get("lastAppliedVersion") or 0))
+' 2>/dev/null || echo "starting"
+}
+converge() {  # $1: what we wait for; fails the demo after 60 s
+  local start=$SECONDS
+  until [[ -f $state/replica.bin && $(digest "$state/primary.bin") == $(digest "$state/replica.bin") ]]; do
+    ((SECONDS - start < 60)) || { echo "demo: the replica did not converge ($1) within 60 s" >&2; exit 1; }
+    kill -0 "$replica_pid" 2>/dev/null || { echo "demo: the replica peer exited" >&2; exit 1; }
+    printf '  %s: %s\n' "$1" "$(progress)"
+    sleep 0.25
+  done
+  printf '  %s: converged, %s\n' "$1" "$(progress)"
+}
+converge "initial sync"
+# Live writes into the primary's file: 1 MiB at 10 MiB, one page at 40 MiB.
+dd if=/dev/urandom of="$state/primary.bin" bs=1M count=1 seek=10 conv=notrunc status=none
+dd if=/dev/urandom of="$state/primary.bin" bs=4096 count=1 seek=$((40 << 8)) conv=notrunc status=none
+converge "after writes"
+"$memreplica" status --control "$replica_sock"
+printf '  primary sha256 %s\n  replica sha256 %s\n' "$(digest "$state/primary.bin")" "$(digest "$state/replica.bin")"
+kill -TERM "$replica_pid"
+rc=0
+wait "$replica_pid" || rc=$?
+replica_pid=""
+((rc == 0)) || { echo "demo: the replica peer exited with status $rc after SIGTERM" >&2; exit 1; }
+
 step "stop the peer with SIGTERM"
 kill -TERM "$peer_pid"
 rc=0
@@ -85,4 +133,4 @@ if [[ -e $state/control.sock ]]; then
   exit 1
 fi
 echo
-echo "demo: OK (mutual TLS handshake, 50 verified echoes, status over the control socket, clean shutdown)"
+echo "demo: OK (mutual TLS, 50 verified echoes, a 64 MiB region mirrored and identical by SHA-256 after live writes, status over the control socket, clean shutdowns)"
