@@ -8,7 +8,9 @@ struct FrameCodecTests {
         .hello(.init(peerName: "dc-east-1")),
         .catalog([.init(name: "cache", size: 1 << 30, chunkSize: 65536, version: 42),
                   .init(name: "ü-région", size: 4096, chunkSize: 4096, version: 0)]),
-        .subscribe(.init(name: "cache", size: 1 << 30, chunkSize: 65536, mode: .lazy)),
+        .subscribe(.init(name: "cache", size: 1 << 30, chunkSize: 65536, mode: .lazy, hashedChunks: 16384)),
+        .have(firstChunk: 3, hashes: [0, 1, UInt64.max, 0x0123_4567_89ab_cdef]),
+        .synced(version: 1 << 50),
         .write(chunk: 7, version: 1 << 40, bytes: patternBytes(count: 65536, seed: 9)),
         .dirty(epoch: 3, chunks: [0, 1, 2, 900, 1 << 33]),
         .ack(version: 99),
@@ -90,7 +92,9 @@ struct FrameCodecTests {
         // READ of zero chunks.
         #expect(decodeError([0x20, 0x02, 0x00, 0x00])?.code == .frameTooLarge)
         // Unknown subscribe mode.
-        #expect(decodeError([0x03, 0x05, 0x01, 0x61, 0x01, 0x01, 0x07])?.code == .malformedFrame)
+        #expect(decodeError([0x03, 0x06, 0x01, 0x61, 0x01, 0x01, 0x07, 0x00])?.code == .malformedFrame)
+        // HAVE whose hashes are not whole 8-byte values.
+        #expect(decodeError([0x04, 0x04, 0x00, 0x01, 0x02, 0x03])?.code == .malformedFrame)
     }
 
     @Test("a partial frame waits for more bytes instead of failing")

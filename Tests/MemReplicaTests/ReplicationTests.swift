@@ -82,6 +82,46 @@ struct ReplicationTests {
         await rp.close()
     }
 
+    @Test("a mirror interrupted mid initial sync resumes: less than a full copy is sent, and the copies match")
+    func resumeAfterInterruption() async throws {
+        let primary = try Region(name: "big", backing: .memory, size: 32 << 20, chunkSize: 65536)
+        fillRandom(primary, seed: 77)
+        let exports = RegionExports([.init(region: primary)], logger: quietLogger())
+        let path = NSTemporaryDirectory() + "mr-resume-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+
+        // First attempt: cut off once a third of the chunks arrived.
+        do {
+            let rp = try await ReplicationPair(exports: exports)
+            let replica = try Region(name: "big", backing: .file(path: path), size: 32 << 20, chunkSize: 65536)
+            let mirror = RegionMirror(region: replica)
+            let running = Task { try await mirror.run(over: rp.client) }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while mirror.currentProgress.chunksPresent < 512 / 3 {
+                try #require(ContinuousClock.now < deadline, "the first sync made no progress")
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            await rp.pair.client.close()
+            _ = await running.result
+            #expect(!mirror.initialSyncComplete)
+            await rp.close()
+        }
+        // The replica's file holds part of the region. Resume from it.
+        let rp = try await ReplicationPair(exports: exports)
+        let replica = try Region(name: "big", backing: .file(path: path), size: nil, chunkSize: 65536)
+        let mirror = RegionMirror(region: replica)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await waitConverged(primary, replica, within: 60)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !mirror.initialSyncComplete && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(mirror.initialSyncComplete)
+        let sent = mirror.currentProgress.chunksApplied
+        #expect(sent < 512, "the resume sent \(sent) of 512 chunks")
+        #expect(sent > 0)
+        running.cancel()
+        await rp.close()
+    }
+
     @Test("4 regions written at a steady rate converge once the writing stops")
     func fourRegionsUnderWrites() async throws {
         let names = ["a", "b", "c", "d"]

@@ -113,7 +113,8 @@ public final class PeerService: Sendable {
             let p = m.currentProgress
             return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
                          chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
-                         chunksPresent: p.chunksPresent, lastAppliedVersion: p.lastAppliedVersion,
+                         chunksPresent: p.synced ? m.region.geometry.chunkCount : p.chunksPresent,
+                         lastAppliedVersion: p.lastAppliedVersion,
                          source: runner.spec.address.description)
         }
         return primaries + replicas

@@ -8,6 +8,12 @@ public enum Frame: Equatable, Sendable {
     case catalog([CatalogEntry])
     /// 0x03, mirror → exporter: start replicating one region.
     case subscribe(Subscribe)
+    /// 0x04, mirror → exporter after SUBSCRIBE: hashes of the chunks the
+    /// mirror already holds, so only different ones are sent (resume).
+    case have(firstChunk: UInt64, hashes: [UInt64])
+    /// 0x13, primary → replica: the initial pass is complete at `version`;
+    /// every chunk not sent in it was already identical.
+    case synced(version: UInt64)
     /// 0x10, primary → replica: the bytes of one chunk at a version.
     case write(chunk: UInt64, version: UInt64, bytes: [UInt8])
     /// 0x11, primary → replica: these chunks changed (lazy mirrors pull).
@@ -52,16 +58,20 @@ public enum Frame: Equatable, Sendable {
         public var size: UInt64
         public var chunkSize: UInt64
         public var mode: Mode
-        public init(name: String, size: UInt64, chunkSize: UInt64, mode: Mode) {
+        /// Chunks whose hashes follow in HAVE frames: 0 (a fresh mirror) or
+        /// the region's chunk count (a mirror resuming).
+        public var hashedChunks: UInt64
+        public init(name: String, size: UInt64, chunkSize: UInt64, mode: Mode, hashedChunks: UInt64 = 0) {
             self.name = name; self.size = size; self.chunkSize = chunkSize; self.mode = mode
+            self.hashedChunks = hashedChunks
         }
     }
 
     public static let protocolVersion: UInt64 = 1
 
     enum TypeCode: UInt8 {
-        case hello = 0x01, catalog = 0x02, subscribe = 0x03
-        case write = 0x10, dirty = 0x11, ack = 0x12
+        case hello = 0x01, catalog = 0x02, subscribe = 0x03, have = 0x04
+        case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13
         case read = 0x20, data = 0x21
         case echo = 0x30
         case error = 0x3f
@@ -79,6 +89,8 @@ public enum FrameLimits {
     public static let maxDirtyChunks = 1 << 17
     /// Chunks asked for in one READ.
     public static let maxReadChunks: UInt64 = 256
+    /// Chunk hashes in one HAVE frame (8 bytes each).
+    public static let maxHashesPerFrame = 65536
     /// ERROR frame messages, in UTF-8 bytes.
     public static let maxMessage = 1024
 }

@@ -74,6 +74,19 @@ extension Frame {
             VarInt.encode(s.size, into: &payload)
             VarInt.encode(s.chunkSize, into: &payload)
             VarInt.encode(s.mode.rawValue, into: &payload)
+            VarInt.encode(s.hashedChunks, into: &payload)
+        case .have(let first, let hashes):
+            type = .have
+            guard hashes.count <= FrameLimits.maxHashesPerFrame else {
+                throw ProtocolViolation(.frameTooLarge, "\(hashes.count) hashes (limit \(FrameLimits.maxHashesPerFrame))")
+            }
+            VarInt.encode(first, into: &payload)
+            for h in hashes {
+                for shift in stride(from: 56, through: 0, by: -8) { payload.append(UInt8(truncatingIfNeeded: h >> UInt64(shift))) }
+            }
+        case .synced(let version):
+            type = .synced
+            VarInt.encode(version, into: &payload)
         case .write(let chunk, let version, let bytes):
             type = .write
             VarInt.encode(chunk, into: &payload)
@@ -207,7 +220,27 @@ private struct PayloadReader {
             guard let mode = Frame.Subscribe.Mode(rawValue: rawMode) else {
                 throw ProtocolViolation(.malformedFrame, "unknown subscribe mode \(rawMode)")
             }
-            return .subscribe(.init(name: name, size: size, chunkSize: chunkSize, mode: mode))
+            return .subscribe(.init(name: name, size: size, chunkSize: chunkSize, mode: mode,
+                                    hashedChunks: try varint("hashed chunks")))
+        case .have:
+            let first = try varint("first chunk")
+            let body = rest()
+            guard body.count % 8 == 0 else {
+                throw ProtocolViolation(.malformedFrame, "HAVE holds \(body.count) bytes of hashes, not a multiple of 8")
+            }
+            guard body.count / 8 <= FrameLimits.maxHashesPerFrame else {
+                throw ProtocolViolation(.frameTooLarge, "\(body.count / 8) hashes (limit \(FrameLimits.maxHashesPerFrame))")
+            }
+            var hashes: [UInt64] = []
+            hashes.reserveCapacity(body.count / 8)
+            for i in stride(from: 0, to: body.count, by: 8) {
+                var h: UInt64 = 0
+                for b in body[i..<i + 8] { h = h << 8 | UInt64(b) }
+                hashes.append(h)
+            }
+            return .have(firstChunk: first, hashes: hashes)
+        case .synced:
+            return .synced(version: try varint("version"))
         case .write:
             let chunk = try varint("chunk"), version = try varint("version")
             return .write(chunk: chunk, version: version, bytes: rest())

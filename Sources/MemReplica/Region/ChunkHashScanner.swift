@@ -5,7 +5,8 @@
 /// mapping allows (a later issue).
 public final class ChunkHashScanner: @unchecked Sendable {
     public let region: Region
-    private var hashes: [UInt64]
+    /// Each chunk's hash as of the last scan.
+    public private(set) var hashes: [UInt64]
 
     /// Hashes the region as it is now: the first `changedChunks` reports
     /// what changed since this moment.
@@ -27,10 +28,11 @@ public final class ChunkHashScanner: @unchecked Sendable {
         return changed
     }
 
-    /// FNV-1a over 64-bit words: not cryptographic, just fast (~GB/s) and
-    /// sensitive to any changed byte. Collisions would hide a change, so the
-    /// end-to-end tests compare SHA-256 of both regions.
-    static func hash(_ region: Region, chunk: Int) -> UInt64 {
+    /// FNV-1a over 64-bit little-endian words (then single bytes for a
+    /// tail): not cryptographic, just fast (~GB/s) and sensitive to any
+    /// changed byte. Part of the wire protocol (HAVE frames). Collisions
+    /// would hide a change, so the end-to-end tests compare SHA-256.
+    public static func hash(_ region: Region, chunk: Int) -> UInt64 {
         let range = region.geometry.byteRange(ofChunk: chunk)!
         let bytes = UnsafeRawBufferPointer(rebasing: region.bytes[range])
         var h: UInt64 = 0xcbf2_9ce4_8422_2325

@@ -57,8 +57,10 @@ public final class RegionExports: Sendable {
     public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity) async {
         do {
             let export = try acceptSubscription(subscription, peer: peer)
-            logger.info("mirror subscribed", metadata: ["peer": "\(peer)", "region": "\(subscription.name)"])
-            try await publish(export.region, over: frames)
+            let held = try await receiveHashes(frames, count: subscription.hashedChunks, of: export.region)
+            logger.info("mirror subscribed", metadata: ["peer": "\(peer)", "region": "\(subscription.name)",
+                                                        "resuming": "\(held != nil)"])
+            try await publish(export.region, over: frames, mirrorHolds: held)
         } catch let violation as ProtocolViolation {
             logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
             await frames.fail(violation)
@@ -85,8 +87,30 @@ public final class RegionExports: Sendable {
         return export
     }
 
-    /// Initial sync, then every change, until the mirror's side ends.
-    private func publish(_ region: Region, over frames: FrameStream) async throws {
+    /// The hashes a resuming mirror sends in HAVE frames, in chunk order.
+    private func receiveHashes(_ frames: FrameStream, count: UInt64, of region: Region) async throws -> [UInt64]? {
+        guard count > 0 else { return nil }
+        let chunks = region.geometry.chunkCount
+        guard count == UInt64(chunks) else {
+            throw ProtocolViolation(.malformedFrame, "SUBSCRIBE announces \(count) chunk hashes for a \(chunks)-chunk region")
+        }
+        var hashes: [UInt64] = []
+        hashes.reserveCapacity(chunks)
+        while hashes.count < chunks {
+            guard case .have(let first, let part)? = try await frames.receive() else {
+                throw ProtocolViolation(.unexpectedFrame, "expected HAVE for chunk \(hashes.count)")
+            }
+            guard first == UInt64(hashes.count), hashes.count + part.count <= chunks else {
+                throw ProtocolViolation(.malformedFrame, "HAVE for chunks \(first)..+\(part.count), expected from \(hashes.count)")
+            }
+            hashes += part
+        }
+        return hashes
+    }
+
+    /// Initial pass (every chunk, or for a resuming mirror only those whose
+    /// hash differs), SYNCED, then every change until the mirror's side ends.
+    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?) async throws {
         let scanner = ChunkHashScanner(region: region)
         let sent = Locked<UInt64>(0)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -105,7 +129,7 @@ public final class RegionExports: Sendable {
                     }
                 }
             }
-            group.addTask { [scanInterval] in
+            group.addTask { [scanInterval, logger] in
                 var version: UInt64 = 0
                 func push(_ chunk: Int) async throws {
                     version += 1
@@ -115,7 +139,16 @@ public final class RegionExports: Sendable {
                     sent.withLock { $0 = version }
                     try await frames.send(.write(chunk: UInt64(chunk), version: version, bytes: bytes))
                 }
-                for chunk in 0..<region.geometry.chunkCount { try await push(chunk) }
+                var sentInitially = 0
+                for chunk in 0..<region.geometry.chunkCount where held?[chunk] != scanner.hashes[chunk] {
+                    try await push(chunk)
+                    sentInitially += 1
+                }
+                try await frames.send(.synced(version: version))
+                logger.info("initial sync sent", metadata: [
+                    "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
+                    "resumed": "\(held != nil)",
+                ])
                 while true {
                     try await Task.sleep(for: scanInterval)
                     for chunk in scanner.changedChunks() { try await push(chunk) }

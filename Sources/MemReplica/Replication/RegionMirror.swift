@@ -7,9 +7,11 @@ public final class RegionMirror: @unchecked Sendable {
     private let progress = Locked(Progress())
 
     public struct Progress: Sendable, Equatable {
-        /// Chunks received at least once (the initial sync is done when this
-        /// equals the region's chunk count).
+        /// Chunks received at least once on this subscription.
         public var chunksPresent = 0
+        /// The primary's initial pass is complete: the replica held or got
+        /// every chunk.
+        public var synced = false
         public var chunksApplied = 0
         public var lastAppliedVersion: UInt64 = 0
     }
@@ -20,14 +22,30 @@ public final class RegionMirror: @unchecked Sendable {
     }
 
     public var currentProgress: Progress { progress.withLock { $0 } }
-    public var initialSyncComplete: Bool { currentProgress.chunksPresent == region.geometry.chunkCount }
+    public var initialSyncComplete: Bool { currentProgress.synced }
 
     /// Mirrors until the connection or stream ends; throws why.
     public func run(over connection: any TransportConnection) async throws {
         let frames = FrameStream(try await connection.openStream())
         let g = region.geometry
-        try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                               mode: .eager)))
+        // What we hold already (zeros for a new file): the primary sends
+        // only chunks that differ, as rsync does.
+        let held = (0..<g.chunkCount).map { ChunkHashScanner.hash(region, chunk: $0) }
+        do {
+            try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
+                                                   mode: .eager, hashedChunks: UInt64(g.chunkCount))))
+            for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
+                let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
+                try await frames.send(.have(firstChunk: UInt64(start), hashes: part))
+            }
+        } catch TransportError.streamReset(let code) {
+            // Refused while we were still sending hashes: the ERROR frame
+            // saying why is waiting to be read.
+            if case .error(let code, let message)? = try? await frames.receive() {
+                throw ReplicationError.refusedByPeer(code: code, message: message)
+            }
+            throw TransportError.streamReset(errorCode: code)
+        }
         var versions = [UInt64](repeating: 0, count: g.chunkCount)
         var unacknowledged = false
         do {
@@ -54,10 +72,13 @@ public final class RegionMirror: @unchecked Sendable {
                         p.lastAppliedVersion = max(p.lastAppliedVersion, version)
                     }
                     unacknowledged = true
+                case .synced:
+                    // Everything not sent in the initial pass was identical.
+                    progress.withLock { $0.synced = true }
                 case .error(let code, let message):
                     throw ReplicationError.refusedByPeer(code: code, message: message)
                 default:
-                    throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE or ERROR on a region stream")
+                    throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, SYNCED or ERROR on a region stream")
                 }
                 // ACK once what has arrived is applied, not per frame.
                 if unacknowledged && !frames.hasBufferedBytes {
