@@ -6,7 +6,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Run a benchmark scenario (figures are ratios measured side by side in one run).",
-        subcommands: [BenchTransportCommand.self])
+        subcommands: [BenchTransportCommand.self, BenchSyncCommand.self])
 }
 
 struct BenchTransportCommand: AsyncParsableCommand {
@@ -98,4 +98,54 @@ func parseByteCount(_ text: String) -> Int? {
     }
     guard let n = Int(t), n > 0 else { return nil }
     return n
+}
+
+struct BenchSyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Initial-sync throughput and write-to-replica lag of eager replication over QUIC on loopback.")
+
+    @Option(help: "Region size for the initial sync (suffixes K, M, G).")
+    var size: String = "1G"
+    @Option(help: "Chunk size (power of two, 4K to 1M).")
+    var chunk: String = "64K"
+    @Option(help: "Initial-sync runs (the median is reported).")
+    var runs: Int = 3
+    @Option(help: "Writes per second into the primary while lag is measured.")
+    var rate: Int = 200
+    @Option(help: "Writes measured for lag.")
+    var writes: Int = 500
+    @Option(help: "Hash-scan interval in milliseconds on the primary.")
+    var scanMs: Double = 2
+    @Flag(help: "Print the report as JSON on stdout.")
+    var json = false
+
+    func validate() throws {
+        guard parseByteCount(size) != nil, parseByteCount(chunk) != nil else { throw ValidationError("bad --size or --chunk") }
+        guard runs >= 1, rate >= 1, writes >= 1, scanMs > 0 else { throw ValidationError("--runs, --rate, --writes and --scan-ms must be positive") }
+    }
+
+    func run() async throws {
+        var options = SyncBenchmark.Options()
+        options.syncBytes = parseByteCount(size)!
+        options.chunkSize = parseByteCount(chunk)!
+        options.runs = runs
+        options.writesPerSecond = rate
+        options.lagWrites = writes
+        options.scanInterval = .microseconds(Int(scanMs * 1000))
+        let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let quiet = json
+        let report = try await SyncBenchmark(options: options, workDirectory: work) { line in
+            if quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+        }.run()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        print("initial sync of \(report.syncBytes >> 20) MiB: median \(String(format: "%.1f", report.syncMedianMBps)) MB/s")
+        print("lag write → replica, \(report.lagSamples) writes: p50 \(String(format: "%.2f", report.lagP50Milliseconds)) ms, p99 \(String(format: "%.2f", report.lagP99Milliseconds)) ms, max \(String(format: "%.2f", report.lagMaxMilliseconds)) ms")
+    }
 }

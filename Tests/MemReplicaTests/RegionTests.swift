@@ -42,4 +42,19 @@ struct RegionTests {
         defer { try? FileManager.default.removeItem(atPath: empty) }
         #expect(throws: Region.Failure.self) { _ = try Region(name: "e", backing: .file(path: empty), size: nil, chunkSize: 4096) }
     }
+
+    @Test("the hash scanner reports exactly the chunks written since the last scan")
+    func scanner() throws {
+        let r = try Region(name: "s", backing: .memory, size: 64 * 4096 + 100, chunkSize: 4096)
+        let scanner = ChunkHashScanner(region: r)
+        #expect(scanner.changedChunks().isEmpty)
+        for offset in [0, 4095, 4096 * 7 + 13, 64 * 4096 + 99] { r.bytes[offset] ^= 0x01 }
+        #expect(scanner.changedChunks() == [0, 7, 64])
+        #expect(scanner.changedChunks().isEmpty)
+        // Every byte position of a chunk, and of the short tail chunk, counts.
+        for offset in stride(from: 4096 * 3, to: 4096 * 4, by: 1) where offset % 509 == 0 {
+            r.bytes[offset] &+= 1
+            #expect(scanner.changedChunks() == [3])
+        }
+    }
 }
