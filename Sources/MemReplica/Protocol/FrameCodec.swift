@@ -48,6 +48,23 @@ extension Frame {
     /// Wire bytes of this frame. Encoding checks the same limits decoding
     /// does, so we never send what a peer must refuse.
     public func encoded() throws(ProtocolViolation) -> [UInt8] {
+        // Bulk frames: header fields, then the bytes appended once into the
+        // output (a chunk is copied once here, not twice).
+        switch self {
+        case .write(let chunk, let version, let bytes):
+            var fields: [UInt8] = []
+            VarInt.encode(chunk, into: &fields)
+            VarInt.encode(version, into: &fields)
+            return try Self.bulk(.write, fields: fields, bytes: bytes)
+        case .data(let first, let bytes):
+            var fields: [UInt8] = []
+            VarInt.encode(first, into: &fields)
+            return try Self.bulk(.data, fields: fields, bytes: bytes)
+        case .echo(let bytes):
+            return try Self.bulk(.echo, fields: [], bytes: bytes)
+        default:
+            break
+        }
         var payload: [UInt8] = []
         let type: TypeCode
         switch self {
@@ -87,11 +104,6 @@ extension Frame {
         case .synced(let version):
             type = .synced
             VarInt.encode(version, into: &payload)
-        case .write(let chunk, let version, let bytes):
-            type = .write
-            VarInt.encode(chunk, into: &payload)
-            VarInt.encode(version, into: &payload)
-            payload.append(contentsOf: bytes)
         case .dirty(let epoch, let chunks):
             type = .dirty
             guard chunks.count <= FrameLimits.maxDirtyChunks else {
@@ -108,6 +120,8 @@ extension Frame {
                 VarInt.encode(previous.map { c - $0 - 1 } ?? c, into: &payload)
                 previous = c
             }
+        case .write, .data, .echo:
+            preconditionFailure("bulk frames are encoded above")
         case .ack(let version):
             type = .ack
             VarInt.encode(version, into: &payload)
@@ -118,13 +132,6 @@ extension Frame {
             }
             VarInt.encode(first, into: &payload)
             VarInt.encode(count, into: &payload)
-        case .data(let first, let bytes):
-            type = .data
-            VarInt.encode(first, into: &payload)
-            payload.append(contentsOf: bytes)
-        case .echo(let bytes):
-            type = .echo
-            payload.append(contentsOf: bytes)
         case .error(let code, let message):
             type = .error
             VarInt.encode(code, into: &payload)
@@ -139,6 +146,19 @@ extension Frame {
         out.reserveCapacity(payload.count + 9)
         VarInt.encode(UInt64(payload.count), into: &out)
         out.append(contentsOf: payload)
+        return out
+    }
+
+    private static func bulk(_ type: TypeCode, fields: [UInt8], bytes: [UInt8]) throws(ProtocolViolation) -> [UInt8] {
+        let length = fields.count + bytes.count
+        guard length <= FrameLimits.maxPayload else {
+            throw ProtocolViolation(.frameTooLarge, "payload of \(length) bytes (limit \(FrameLimits.maxPayload))")
+        }
+        var out: [UInt8] = [type.rawValue]
+        out.reserveCapacity(length + 9)
+        VarInt.encode(UInt64(length), into: &out)
+        out.append(contentsOf: fields)
+        out.append(contentsOf: bytes)
         return out
     }
 

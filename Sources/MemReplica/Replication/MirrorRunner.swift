@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 
 /// Keeps one mirror going: connects to the exporting peer, learns the
@@ -27,9 +28,10 @@ public final class MirrorRunner: Sendable {
                 let connection = try await endpoint.connectQUIC(to: spec.address).also { connection = $0 }
                 backoff = .milliseconds(250)
                 let entry = try await catalogEntry(over: connection)
+                let existed = FileManager.default.fileExists(atPath: spec.path)
                 let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
                                         chunkSize: Int(entry.chunkSize))
-                let mirror = RegionMirror(region: region)
+                let mirror = RegionMirror(region: region, offersHeldChunks: existed)
                 current.withLock { $0 = mirror }
                 logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                     "geometry": "\(region.geometry)", "path": "\(spec.path)"])

@@ -16,9 +16,14 @@ public final class RegionMirror: @unchecked Sendable {
         public var lastAppliedVersion: UInt64 = 0
     }
 
-    public init(region: Region, remoteName: String? = nil) {
+    /// False when the local region was just created: its content is known
+    /// to be zeros, nothing to offer for a resume, so hashing it is skipped.
+    public let offersHeldChunks: Bool
+
+    public init(region: Region, remoteName: String? = nil, offersHeldChunks: Bool = true) {
         self.region = region
         self.remoteName = remoteName ?? region.name
+        self.offersHeldChunks = offersHeldChunks
     }
 
     public var currentProgress: Progress { progress.withLock { $0 } }
@@ -30,10 +35,10 @@ public final class RegionMirror: @unchecked Sendable {
         let g = region.geometry
         // What we hold already (zeros for a new file): the primary sends
         // only chunks that differ, as rsync does.
-        let held = (0..<g.chunkCount).map { ChunkHashScanner.hash(region, chunk: $0) }
+        let held = offersHeldChunks ? (0..<g.chunkCount).map { ChunkHashScanner.hash(region, chunk: $0) } : []
         do {
             try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                                   mode: .eager, hashedChunks: UInt64(g.chunkCount))))
+                                                   mode: .eager, hashedChunks: UInt64(held.count))))
             for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
                 let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
                 try await frames.send(.have(firstChunk: UInt64(start), hashes: part))
