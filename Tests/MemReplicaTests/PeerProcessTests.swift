@@ -83,3 +83,79 @@ struct PeerProcessTests {
         await client.close()
     }
 }
+
+@Suite("Replication between peer processes", .serialized)
+struct PeerProcessReplicationTests {
+    let root = NSTemporaryDirectory() + "mr-resume-\(UUID().uuidString.prefix(8))"
+    var replicaPath: String { root + "/replica.bin" }
+
+    private func sha(_ path: String) throws -> String {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        return sha256Hex(Array(data))
+    }
+
+    /// Whether the replica file holds primary bytes (never all zeros) at `offset`.
+    private func replicaHasArrived(at offset: UInt64) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: replicaPath) else { return false }
+        defer { try? handle.close() }
+        guard (try? handle.seek(toOffset: offset)) != nil, let probe = try? handle.read(upToCount: 64) else { return false }
+        return probe.contains { $0 != 0 }
+    }
+
+    @Test("a replica peer SIGKILLed mid initial sync and restarted resumes with less than a full copy; files end identical")
+    func killReplicaMidSync() async throws {
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let primaryPath = root + "/primary.bin"
+        try Data(patternBytes(count: 256 << 20, seed: 99)).write(to: URL(fileURLWithPath: primaryPath))
+        let exe = try builtExecutable()
+        let primaryPort = unusedUDPPort()
+        let primaryLog = root + "/primary.log"
+        // The primary logs at info: the test reads how many chunks each sync sent.
+        let primary = try ChildProcess("/bin/sh", ["-c", "exec '\(exe)' peer --listen 127.0.0.1:\(primaryPort) --state-dir '\(root)' --name primary --control '\(root)/p.sock' --export 'r=\(primaryPath)' --log-level info 2>'\(primaryLog)'"])
+        defer { primary.terminate(grace: .milliseconds(200)) }
+        func startReplica() throws -> ChildProcess {
+            try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root, "--name", "replica",
+                                   "--control", root + "/r.sock", "--mirror", "r@127.0.0.1:\(primaryPort)=\(replicaPath)",
+                                   "--log-level", "warning"])
+        }
+        // Wait for the primary to have made the development CA, so both share it.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !FileManager.default.fileExists(atPath: root + "/dev-pki/primary.pem") {
+            try #require(ContinuousClock.now < deadline, "the primary never started")
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let first = try startReplica()
+        // Kill it once part of the region has arrived (the file fills chunk by chunk).
+        var killed = false
+        while !killed {
+            try #require(ContinuousClock.now < deadline, "the first sync never started")
+            if replicaHasArrived(at: 32 << 20) {
+                kill(first.pid, SIGKILL)
+                killed = true
+            } else {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        #expect(first.wait() == 128 + SIGKILL)
+        let second = try startReplica()
+        defer { second.terminate(grace: .milliseconds(200)) }
+        while try sha(primaryPath) != (try? sha(replicaPath)) {
+            try #require(ContinuousClock.now < deadline, "the restarted replica never converged")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        // The primary logged each initial pass: the resumed one sent less.
+        var resumed: String?
+        while resumed == nil && ContinuousClock.now < deadline {
+            let log = (try? String(contentsOfFile: primaryLog, encoding: .utf8)) ?? ""
+            resumed = log.split(separator: "\n").last { $0.contains("initial sync sent") && $0.contains("resumed=true") }.map(String.init)
+            if resumed == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let line = try #require(resumed, "no resumed initial sync in the primary's log")
+        let match = try #require(line.firstMatch(of: /chunks=(\d+) of (\d+)/))
+        let sent = Int(match.1)!, total = Int(match.2)!
+        #expect(total == 4096)
+        // Some sent (the first sync was cut short), not all (it resumed).
+        #expect(sent > 0 && sent < total, "the resume sent \(sent) of \(total) chunks")
+    }
+}
