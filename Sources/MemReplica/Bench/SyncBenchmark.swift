@@ -35,26 +35,18 @@ public struct SyncBenchmark {
     }
 
     public let options: Options
-    let pki: CertificateAuthority.Layout
+    let peers: BenchPeers
     let log: @Sendable (String) -> Void
 
     public init(options: Options, workDirectory: String, log: @escaping @Sendable (String) -> Void) throws {
         self.options = options
         self.log = log
-        pki = CertificateAuthority.Layout(directory: workDirectory + "/pki")
-        try CertificateAuthority.initialize(directory: pki.directory, peers: ["bench-server", "bench-client"], force: true)
+        peers = try BenchPeers(workDirectory: workDirectory)
     }
 
     /// A listening endpoint serving `exports` and a client connected to it.
     private func connect(_ exports: RegionExports) async throws -> (QUICEndpoint, QUICEndpoint, QUICConnection, Task<Void, Never>) {
-        var logger = Logger(label: "memreplica.bench")
-        logger.logLevel = .warning
-        var serverConfig = QUICConfiguration()
-        serverConfig.acceptsConnections = true
-        let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
-                                      configuration: serverConfig, logger: logger)
-        let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-client").tls,
-                                      configuration: QUICConfiguration(), logger: logger)
+        let (server, client) = try peers.endpoints()
         let serving = Task {
             guard let conn = await server.acceptQUIC() else { return }
             await withDiscardingTaskGroup { group in

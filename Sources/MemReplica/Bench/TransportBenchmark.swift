@@ -50,20 +50,19 @@ public struct TransportBenchmark {
     }
 
     public let options: Options
-    let pki: CertificateAuthority.Layout
+    let peers: BenchPeers
     let log: @Sendable (String) -> Void
 
     public init(options: Options, workDirectory: String, log: @escaping @Sendable (String) -> Void) throws {
         self.options = options
         self.log = log
-        pki = CertificateAuthority.Layout(directory: workDirectory + "/pki")
-        try CertificateAuthority.initialize(directory: pki.directory, peers: ["bench-server", "bench-client"], force: true)
+        peers = try BenchPeers(workDirectory: workDirectory)
     }
 
     public func run() async throws -> Report {
         var throughput: [Throughput] = []
         var quicRuns: [Double] = [], stockRuns: [Double] = [], tcpRuns: [Double] = []
-        let stock = options.includeStockNgtcp2 ? try StockNgtcp2Download(pki: pki, totalBytes: options.totalBytes,
+        let stock = options.includeStockNgtcp2 ? try StockNgtcp2Download(pki: peers.pki, totalBytes: options.totalBytes,
                                                                            files: options.streams) : nil
         defer { stock?.stop() }
         // Interleave the contenders run by run so drift in machine load hits
@@ -78,7 +77,7 @@ public struct TransportBenchmark {
                 line += ", ngtcp2 examples \(fmt(s)) MB/s"
             }
             if options.includeTLSOverTCP {
-                let seconds = try TLSOverTCPBaseline(tls: pki.files(for: "bench-client").tls)
+                let seconds = try TLSOverTCPBaseline(tls: peers.clientTLS)
                     .measureThroughput(totalBytes: options.totalBytes)
                 let t = Double(options.totalBytes) / seconds / 1e6
                 tcpRuns.append(t)
@@ -99,7 +98,7 @@ public struct TransportBenchmark {
 
         var latency = try await quicLatency()
         if options.includeTLSOverTCP {
-            let samples = try TLSOverTCPBaseline(tls: pki.files(for: "bench-client").tls)
+            let samples = try TLSOverTCPBaseline(tls: peers.clientTLS)
                 .measureLatency(iterations: options.latencyIterations, request: options.requestBytes,
                                 response: options.responseBytes)
             latency.append(summarize("TLS/TCP, one connection", samples))
@@ -115,17 +114,7 @@ public struct TransportBenchmark {
     }
 
     private func endpoints() throws -> (QUICEndpoint, QUICEndpoint) {
-        var serverConfig = options.quic
-        serverConfig.acceptsConnections = true
-        var clientConfig = options.quic
-        clientConfig.acceptsConnections = false
-        var logger = Logger(label: "memreplica.bench")
-        logger.logLevel = .warning
-        let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
-                                      configuration: serverConfig, logger: logger)
-        let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-client").tls,
-                                      configuration: clientConfig, logger: logger)
-        return (server, client)
+        try peers.endpoints(options.quic)
     }
 
     /// MB/s for `totalBytes` over `streams` streams, connect included (as

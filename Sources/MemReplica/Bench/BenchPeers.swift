@@ -1,0 +1,29 @@
+import Logging
+
+/// The two loopback endpoints every benchmark runs between, with a fresh
+/// PKI made in the benchmark's work folder.
+struct BenchPeers {
+    let pki: CertificateAuthority.Layout
+
+    init(workDirectory: String) throws {
+        pki = CertificateAuthority.Layout(directory: workDirectory + "/pki")
+        try CertificateAuthority.initialize(directory: pki.directory, peers: ["bench-server", "bench-client"], force: true)
+    }
+
+    var clientTLS: TLSConfiguration { pki.files(for: "bench-client").tls }
+
+    /// A listening server endpoint and a client endpoint on 127.0.0.1.
+    func endpoints(_ quic: QUICConfiguration = QUICConfiguration()) throws -> (server: QUICEndpoint, client: QUICEndpoint) {
+        var logger = Logger(label: "memreplica.bench")
+        logger.logLevel = .warning
+        var serverConfig = quic
+        serverConfig.acceptsConnections = true
+        var clientConfig = quic
+        clientConfig.acceptsConnections = false
+        let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
+                                      configuration: serverConfig, logger: logger)
+        let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: clientTLS,
+                                      configuration: clientConfig, logger: logger)
+        return (server, client)
+    }
+}
