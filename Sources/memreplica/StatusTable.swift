@@ -29,12 +29,18 @@ enum StatusTable {
 
     private static func regions(_ regions: [StatusReport.Region]) -> String {
         guard !regions.isEmpty else { return "regions    none\n" }
-        let rows = [["REGION", "ROLE", "SIZE", "CHUNK", "IN SYNC", "VERSION", "FROM", "PATH"]] + regions.map { r in
+        let rows = [["REGION", "ROLE", "SIZE", "CHUNK", "IN SYNC", "VERSION", "FROM / MIRRORS", "PATH"]] + regions.map { r in
             [r.name, r.role, Format.bytes(UInt64(r.size)), Format.bytes(UInt64(r.chunkSize)),
              r.chunksPresent.map { "\($0)/\(r.chunks)" } ?? "-", r.lastAppliedVersion.map(String.init) ?? "-",
-             r.source ?? "-", r.path]
+             r.source ?? mirrorList(r.mirrors ?? []), r.path]
         }
         return "regions    \(regions.count)\n" + table(rows)
+    }
+
+    /// "peer-b (lag 0), peer-c (syncing, lag 12)" — versions sent, not yet acknowledged.
+    private static func mirrorList(_ mirrors: [StatusReport.Region.Mirror]) -> String {
+        guard !mirrors.isEmpty else { return "none" }
+        return mirrors.map { "\($0.peer) (\($0.synced ? "" : "syncing, ")lag \($0.versionLag))" }.joined(separator: ", ")
     }
 
     private static func table(_ rows: [[String]]) -> String {

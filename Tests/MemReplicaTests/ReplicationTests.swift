@@ -78,6 +78,18 @@ struct ReplicationTests {
         }
         try await waitConverged(primary, replica, within: 20)
         #expect(mirror.currentProgress.chunksApplied >= 256 + 3)
+
+        // The primary sees its mirror: synced, and caught up once ACKs land.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while exports.mirrorStates().first?.versionLag != 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let states = exports.mirrorStates()
+        #expect(states.count == 1)
+        #expect(states.first?.peer == "client")
+        #expect(states.first?.synced == true)
+        #expect(states.first?.versionLag == 0)
+        #expect((states.first?.acknowledgedVersion ?? 0) >= 256 + 3)
         running.cancel()
         await rp.close()
     }

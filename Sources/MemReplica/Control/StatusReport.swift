@@ -80,6 +80,17 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var chunks: Int
         public var lastAppliedVersion: UInt64?
         public var source: String?
+        /// For a primary: the mirrors it serves now.
+        public var mirrors: [Mirror]?
+
+        public struct Mirror: Codable, Sendable, Equatable {
+            public var peer: String
+            public var sentVersion: UInt64
+            public var acknowledgedVersion: UInt64
+            /// Versions sent but not yet acknowledged.
+            public var versionLag: UInt64
+            public var synced: Bool
+        }
 
         public init(name: String, role: String, path: String, size: Int, chunkSize: Int, chunks: Int,
                     chunksPresent: Int? = nil, lastAppliedVersion: UInt64? = nil, source: String? = nil) {

@@ -100,10 +100,16 @@ public final class PeerService: Sendable {
     }
 
     private func regionStatus() -> [StatusReport.Region] {
+        let states = exports.mirrorStates()
         let primaries = exports.catalog().compactMap { entry -> StatusReport.Region? in
             guard let r = exports.export(named: entry.name)?.region else { return nil }
-            return .init(name: r.name, role: "primary", path: r.backing.description, size: r.geometry.size,
-                         chunkSize: r.geometry.chunkSize, chunks: r.geometry.chunkCount)
+            var region = StatusReport.Region(name: r.name, role: "primary", path: r.backing.description, size: r.geometry.size,
+                                             chunkSize: r.geometry.chunkSize, chunks: r.geometry.chunkCount)
+            region.mirrors = states.filter { $0.region == r.name }.map {
+                .init(peer: $0.peer, sentVersion: $0.sentVersion, acknowledgedVersion: $0.acknowledgedVersion,
+                      versionLag: $0.versionLag, synced: $0.synced)
+            }
+            return region
         }
         let replicas = mirrors.map { runner -> StatusReport.Region in
             guard let m = runner.mirror else {

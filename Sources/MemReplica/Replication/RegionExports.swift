@@ -16,6 +16,25 @@ public final class RegionExports: Sendable {
     }
 
     private let exports: [String: Export]
+    /// Mirrors being served now, for status.
+    private let subscriptions = Locked<[Int: MirrorState]>([:])
+    private let nextSubscription = Locked(0)
+
+    /// One mirror of one exported region, as the primary sees it.
+    public struct MirrorState: Sendable, Equatable {
+        public var region: String
+        public var peer: String
+        /// Highest version sent, and highest the mirror acknowledged.
+        public var sentVersion: UInt64 = 0
+        public var acknowledgedVersion: UInt64 = 0
+        public var synced = false
+        public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
+    }
+
+    /// Every mirror being served, by region name.
+    public func mirrorStates() -> [MirrorState] {
+        subscriptions.withLock { Array($0.values) }.sorted { ($0.region, $0.peer) < ($1.region, $1.peer) }
+    }
     /// How often the hash scanner looks for changed chunks.
     public let scanInterval: Duration
     private let logger: Logger
@@ -60,7 +79,19 @@ public final class RegionExports: Sendable {
             let held = try await receiveHashes(frames, count: subscription.hashedChunks, of: export.region)
             logger.info("mirror subscribed", metadata: ["peer": "\(peer)", "region": "\(subscription.name)",
                                                         "resuming": "\(held != nil)"])
-            try await publish(export.region, over: frames, mirrorHolds: held)
+            let id = nextSubscription.withLock { n -> Int in n += 1; return n }
+            subscriptions.withLock {
+                $0[id] = MirrorState(region: subscription.name, peer: peer.commonName ?? peer.subject)
+            }
+            defer { subscriptions.withLock { _ = $0.removeValue(forKey: id) } }
+            try await publish(export.region, over: frames, mirrorHolds: held) { [subscriptions] update in
+                subscriptions.withLock { all in
+                    if var state = all[id] {
+                        update(&state)
+                        all[id] = state
+                    }
+                }
+            }
         } catch let violation as ProtocolViolation {
             logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
             await frames.fail(violation)
@@ -110,7 +141,8 @@ public final class RegionExports: Sendable {
 
     /// Initial pass (every chunk, or for a resuming mirror only those whose
     /// hash differs), SYNCED, then every change until the mirror's side ends.
-    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?) async throws {
+    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?,
+                         record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let scanner = ChunkHashScanner(region: region)
         let sent = Locked<UInt64>(0)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -122,6 +154,7 @@ public final class RegionExports: Sendable {
                         guard version <= sent.withLock({ $0 }) else {
                             throw ProtocolViolation(.unexpectedFrame, "ACK of version \(version), never sent")
                         }
+                        record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                     case .error(let code, let message):
                         throw ReplicationError.refusedByPeer(code: code, message: message)
                     default:
@@ -137,6 +170,7 @@ public final class RegionExports: Sendable {
                     // must send the bytes as they were at this version.
                     let bytes = try region.copyChunk(chunk)
                     sent.withLock { $0 = version }
+                    record { $0.sentVersion = version }
                     try await frames.send(.write(chunk: UInt64(chunk), version: version, bytes: bytes))
                 }
                 var sentInitially = 0
@@ -145,6 +179,7 @@ public final class RegionExports: Sendable {
                     sentInitially += 1
                 }
                 try await frames.send(.synced(version: version))
+                record { $0.synced = true }
                 logger.info("initial sync sent", metadata: [
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
                     "resumed": "\(held != nil)",
