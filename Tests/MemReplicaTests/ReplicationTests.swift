@@ -189,6 +189,29 @@ struct ReplicationTests {
         #expect(message.contains("65536"))
     }
 
+    @Test("a refused region stream leaves another region on the same connection replicating")
+    func refusalIsolated() async throws {
+        let good = try Region(name: "good", backing: .memory, size: 2 << 20, chunkSize: 65536)
+        let other = try Region(name: "other", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        fillRandom(good, seed: 5)
+        let exports = RegionExports([.init(region: good), .init(region: other)], logger: quietLogger())
+        let rp = try await ReplicationPair(exports: exports)
+        let replica = try Region(name: "good", backing: .memory, size: 2 << 20, chunkSize: 65536)
+        let mirror = RegionMirror(region: replica)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await waitConverged(good, replica, within: 20)
+        // A second region on the same connection, with the wrong chunk size.
+        let wrong = try Region(name: "other", backing: .memory, size: 1 << 20, chunkSize: 4096)
+        await #expect(throws: ReplicationError.self) {
+            try await withTimeout(10, "refusal") { try await RegionMirror(region: wrong).run(over: rp.client) }
+        }
+        // The first region keeps following the primary.
+        good.bytes[12345] &+= 1
+        try await waitConverged(good, replica, within: 20)
+        running.cancel()
+        await rp.close()
+    }
+
     @Test("a peer not on the region's allow list is refused")
     func allowList() async throws {
         let primary = try Region(name: "secret", backing: .memory, size: 65536, chunkSize: 65536)
