@@ -38,7 +38,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard parseByteCount(size) != nil else { throw ValidationError("--size: not a byte count: \(size)") }
+        guard parseByteSize(size) != nil else { throw ValidationError("--size: not a byte count: \(size)") }
         guard streams >= 1, streams <= 256 else { throw ValidationError("--streams must be 1...256") }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
@@ -50,7 +50,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
 
     func run() async throws {
         var options = TransportBenchmark.Options()
-        options.totalBytes = parseByteCount(size)!
+        options.totalBytes = parseByteSize(size)!
         options.streams = streams
         options.runs = runs
         options.latencyIterations = iterations
@@ -88,18 +88,6 @@ struct BenchTransportCommand: AsyncParsableCommand {
     }
 }
 
-/// "256M" → 268435456. Binary suffixes, as memory sizes are.
-func parseByteCount(_ text: String) -> Int? {
-    let t = text.trimmingCharacters(in: .whitespaces).uppercased()
-    let units: [(String, Int)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
-    for (suffix, mult) in units where t.hasSuffix(suffix) {
-        guard let n = Int(t.dropLast(suffix.count)), n > 0 else { return nil }
-        return n * mult
-    }
-    guard let n = Int(t), n > 0 else { return nil }
-    return n
-}
-
 struct BenchSyncCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sync",
@@ -121,14 +109,14 @@ struct BenchSyncCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard parseByteCount(size) != nil, parseByteCount(chunk) != nil else { throw ValidationError("bad --size or --chunk") }
+        guard parseByteSize(size) != nil, parseByteSize(chunk) != nil else { throw ValidationError("bad --size or --chunk") }
         guard runs >= 1, rate >= 1, writes >= 1, scanMs > 0 else { throw ValidationError("--runs, --rate, --writes and --scan-ms must be positive") }
     }
 
     func run() async throws {
         var options = SyncBenchmark.Options()
-        options.syncBytes = parseByteCount(size)!
-        options.chunkSize = parseByteCount(chunk)!
+        options.syncBytes = parseByteSize(size)!
+        options.chunkSize = parseByteSize(chunk)!
         options.runs = runs
         options.writesPerSecond = rate
         options.lagWrites = writes

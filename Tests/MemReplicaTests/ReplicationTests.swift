@@ -19,11 +19,6 @@ private func waitConverged(_ primary: Region, _ mirror: Region, within seconds: 
     }
 }
 
-private func fillRandom(_ r: Region, seed: UInt64) {
-    let bytes = patternBytes(count: r.geometry.size, seed: seed)
-    bytes.withUnsafeBytes { r.bytes.copyMemory(from: $0) }
-}
-
 /// An exporting server endpoint and a client connected to it.
 private struct ReplicationPair {
     let pki: TestPKI
@@ -63,7 +58,7 @@ struct ReplicationTests {
     @Test("initial sync, then writes into the live primary reach the replica (SHA-256 equal)")
     func syncAndFollow() async throws {
         let primary = try Region(name: "cache", backing: .memory, size: 16 << 20, chunkSize: 65536)
-        fillRandom(primary, seed: 1)
+        fillPattern(primary.bytes, seed: 1)
         let exports = RegionExports([.init(region: primary)], logger: quietLogger())
         let rp = try await ReplicationPair(exports: exports)
         let replica = try Region(name: "cache", backing: .memory, size: 16 << 20, chunkSize: 65536)
@@ -97,7 +92,7 @@ struct ReplicationTests {
     @Test("a mirror interrupted mid initial sync resumes: less than a full copy is sent, and the copies match")
     func resumeAfterInterruption() async throws {
         let primary = try Region(name: "big", backing: .memory, size: 32 << 20, chunkSize: 65536)
-        fillRandom(primary, seed: 77)
+        fillPattern(primary.bytes, seed: 77)
         let exports = RegionExports([.init(region: primary)], logger: quietLogger())
         let path = NSTemporaryDirectory() + "mr-resume-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -138,7 +133,7 @@ struct ReplicationTests {
     func fourRegionsUnderWrites() async throws {
         let names = ["a", "b", "c", "d"]
         let primaries = try names.map { try Region(name: $0, backing: .memory, size: 4 << 20, chunkSize: 16384) }
-        for (i, p) in primaries.enumerated() { fillRandom(p, seed: UInt64(i + 10)) }
+        for (i, p) in primaries.enumerated() { fillPattern(p.bytes, seed: UInt64(i + 10)) }
         let exports = RegionExports(primaries.map { .init(region: $0) }, logger: quietLogger())
         let rp = try await ReplicationPair(exports: exports)
         let replicas = try names.map { try Region(name: $0, backing: .memory, size: 4 << 20, chunkSize: 16384) }
@@ -193,7 +188,7 @@ struct ReplicationTests {
     func refusalIsolated() async throws {
         let good = try Region(name: "good", backing: .memory, size: 2 << 20, chunkSize: 65536)
         let other = try Region(name: "other", backing: .memory, size: 1 << 20, chunkSize: 65536)
-        fillRandom(good, seed: 5)
+        fillPattern(good.bytes, seed: 5)
         let exports = RegionExports([.init(region: good), .init(region: other)], logger: quietLogger())
         let rp = try await ReplicationPair(exports: exports)
         let replica = try Region(name: "good", backing: .memory, size: 2 << 20, chunkSize: 65536)

@@ -58,16 +58,7 @@ struct EndpointPair {
 /// Deterministic pseudo-random bytes (xorshift) so senders and checkers agree.
 func patternBytes(count: Int, seed: UInt64) -> [UInt8] {
     var out = [UInt8](repeating: 0, count: count)
-    var x = seed | 1
-    out.withUnsafeMutableBytes { raw in
-        var i = 0
-        while i + 8 <= count {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17
-            raw.storeBytes(of: x, toByteOffset: i, as: UInt64.self)
-            i += 8
-        }
-        while i < count { x ^= x << 13; x ^= x >> 7; x ^= x << 17; raw[i] = UInt8(truncatingIfNeeded: x); i += 1 }
-    }
+    out.withUnsafeMutableBytes { fillPattern($0, seed: seed) }
     return out
 }
 

@@ -34,7 +34,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         var pending: [@Sendable () -> Void] = []
         var loopExited = false
     }
-    private let stopped = Locked(false)
 
     // Loop-confined state.
     private var routes: [ConnectionID: QUICConnectionCore] = [:]
@@ -172,15 +171,11 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     public func close() async {
         if commands.withLock({ $0.loopExited }) { return }
-        let already = stopped.withLock { s -> Bool in
-            defer { s = true }
-            return s
-        }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             post { [self] in
                 if commands.withLock({ $0.loopExited }) { c.resume(); return }
                 stopWaiters.append(c)
-                guard !already else { return }
+                guard !stopping else { return }
                 stopping = true
                 let now = monotonicNanoseconds()
                 for core in Array(live.values) {
@@ -265,7 +260,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                 return
             }
             guard let (count, segment, from) = result else { return }
-            if count == 0 { continue }
             let now = monotonicNanoseconds()
             let step = segment > 0 ? segment : count
             var offset = 0
@@ -283,22 +277,23 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         let rc = ngtcp2_pkt_decode_version_cid(&vc, bytes, data.count, ConnectionID.localLength)
         guard rc == 0, let dcid = vc.dcid else { return }  // garbage or another version: drop
         let key = ConnectionID(UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen))
-        if let core = routes[key] {
-            core.receive(data, now: now)
-            if !core.isClosed { needsWrite(core) }
-            return
-        }
-        guard configuration.acceptsConnections, !stopping, live.count < Self.maxConnections else { return }
-        var header = ngtcp2_pkt_hd()
-        guard ngtcp2_accept(&header, bytes, data.count) == 0 else { return }
-        do {
-            let core = try QUICConnectionCore.server(endpoint: self, remote: from, header: header)
+        let core: QUICConnectionCore
+        if let known = routes[key] {
+            core = known
+        } else {
+            guard configuration.acceptsConnections, !stopping, live.count < Self.maxConnections else { return }
+            var header = ngtcp2_pkt_hd()
+            guard ngtcp2_accept(&header, bytes, data.count) == 0 else { return }
+            do {
+                core = try QUICConnectionCore.server(endpoint: self, remote: from, header: header)
+            } catch {
+                logger.warning("cannot accept connection from \(PeerAddress(storage: from)): \(error)")
+                return
+            }
             register(core)
-            core.receive(data, now: now)
-            if !core.isClosed { needsWrite(core) }
-        } catch {
-            logger.warning("cannot accept connection from \(PeerAddress(storage: from)): \(error)")
         }
+        core.receive(data, now: now)
+        if !core.isClosed { needsWrite(core) }
     }
 
     private func handleExpiries() {
@@ -325,8 +320,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             rounds -= 1
             core.wantsWrite = false
             switch core.writePackets(now: monotonicNanoseconds()) {
-            case .more: needsWrite(core)
-            case .blocked: needsWrite(core)
+            case .more, .blocked: needsWrite(core)
             case .idle: break
             }
         }

@@ -22,13 +22,6 @@ struct SendBuffer: ~Copyable {
     var unacknowledged: Int { Int(writtenOffset - ackedOffset) }
     var unsent: Int { Int(writtenOffset - sentOffset) }
 
-    mutating func append(copying bytes: UnsafeRawBufferPointer) {
-        guard bytes.count > 0 else { return }
-        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
-        memory.copyMemory(from: bytes)
-        append(owning: memory)
-    }
-
     /// Takes ownership of memory allocated with `allocate(byteCount:alignment:)`.
     mutating func append(owning memory: UnsafeMutableRawBufferPointer) {
         guard memory.count > 0 else { memory.deallocate(); return }

@@ -87,22 +87,24 @@ final class UDPSocket {
     /// One receive: the bytes (possibly several GRO-coalesced datagrams of
     /// `segmentSize` each) and the sender; nil when nothing is queued.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws -> (count: Int, segmentSize: Int, from: SocketAddressStorage)? {
-        var from = sockaddr_storage()
-        var fromLen = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        var segment = 0
-        let n = qs_udp_recv(fd.rawValue, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count,
-                            &from, &fromLen, &segment)
-        if n < 0 {
-            let e = errno
-            if e == EAGAIN || e == EWOULDBLOCK { return nil }
-            // ICMP errors surface on unconnected sockets only as noise; skip.
-            if e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH { return (0, 0, SocketAddressStorage(sockaddr_in6())) }
-            throw TransportError.system(call: "recvmsg", errno: e)
+        while true {
+            var from = sockaddr_storage()
+            var fromLen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            var segment = 0
+            let n = qs_udp_recv(fd.rawValue, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count,
+                                &from, &fromLen, &segment)
+            if n < 0 {
+                let e = errno
+                if e == EAGAIN || e == EWOULDBLOCK { return nil }
+                // An ICMP error for an earlier send: nothing to read, try again.
+                if e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH { continue }
+                throw TransportError.system(call: "recvmsg", errno: e)
+            }
+            let storage = withUnsafePointer(to: &from) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddressStorage($0, length: fromLen) }
+            }
+            return (n, segment, storage)
         }
-        let storage = withUnsafePointer(to: &from) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddressStorage($0, length: fromLen) }
-        }
-        return (n, segment, storage)
     }
 
     func close() { try? fd.close() }
