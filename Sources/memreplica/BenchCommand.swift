@@ -134,6 +134,6 @@ struct BenchSyncCommand: AsyncParsableCommand {
             return
         }
         print("initial sync of \(report.syncBytes >> 20) MiB: median \(String(format: "%.1f", report.syncMedianMBps)) MB/s")
-        print("lag write → replica, \(report.lagSamples) writes: p50 \(String(format: "%.2f", report.lagP50Milliseconds)) ms, p99 \(String(format: "%.2f", report.lagP99Milliseconds)) ms, max \(String(format: "%.2f", report.lagMaxMilliseconds)) ms")
+        print("lag write → replica ACK, \(report.lagSamples) writes: p50 \(String(format: "%.2f", report.lagP50Milliseconds)) ms, p99 \(String(format: "%.2f", report.lagP99Milliseconds)) ms, max \(String(format: "%.2f", report.lagMaxMilliseconds)) ms")
     }
 }

@@ -39,6 +39,33 @@ struct FrameCodecTests {
         #expect(trickled == Self.samples)
     }
 
+    @Test("a WRITE header followed by its bytes is the WRITE frame's encoding; oversize is refused")
+    func writeHeader() throws {
+        let bytes = patternBytes(count: 65536, seed: 4)
+        let header = try Frame.writeHeader(chunk: 300, version: 1 << 35, byteCount: bytes.count)
+        #expect(header + bytes == (try Frame.write(chunk: 300, version: 1 << 35, bytes: bytes).encoded()))
+        #expect(throws: ProtocolViolation.self) {
+            try Frame.writeHeader(chunk: 0, version: 1, byteCount: FrameLimits.maxPayload)
+        }
+    }
+
+    @Test("decoding survives arrays adopted whole, split mid-frame and appended as slices")
+    func adoptedArrays() throws {
+        var stream: [UInt8] = []
+        for f in Self.samples { stream += try f.encoded() }
+        let cut = stream.count / 3
+        var d = FrameDecoder()
+        var got: [Frame] = []
+        d.append(Array(stream[..<cut]))
+        while let f = try d.next() { got.append(f) }
+        d.append(stream[cut..<(2 * cut)])
+        while let f = try d.next() { got.append(f) }
+        d.append(Array(stream[(2 * cut)...]))
+        while let f = try d.next() { got.append(f) }
+        #expect(got == Self.samples)
+        #expect(d.atFrameBoundary)
+    }
+
     @Test("varints use the shortest form and round-trip at the edges")
     func varints() {
         for (value, length) in [(UInt64(0), 1), (63, 1), (64, 2), (16383, 2), (16384, 4), ((1 << 30) - 1, 4), (1 << 30, 8), (VarInt.max, 8)] {

@@ -53,8 +53,46 @@ private func quietLogger() -> Logger {
     return l
 }
 
+/// Records what a primary tells its observer.
+private final class RecordingObserver: ReplicationObserver {
+    struct Log { var sent: [(chunk: Int, version: UInt64)] = []; var acknowledged: UInt64 = 0 }
+    let log = Locked(Log())
+    func willSend(region: String, chunk: Int, version: UInt64, at: ContinuousClock.Instant) {
+        log.withLock { $0.sent.append((chunk, version)) }
+    }
+    func acknowledged(region: String, peer: String, version: UInt64, at: ContinuousClock.Instant) {
+        log.withLock { $0.acknowledged = max($0.acknowledged, version) }
+    }
+}
+
 @Suite("Eager replication over per-region streams", .serialized)
 struct ReplicationTests {
+    @Test("the observer hears every chunk sent, versions in order, and the final ACK")
+    func observerSeesSendsAndAcks() async throws {
+        let primary = try Region(name: "obs", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        fillPattern(primary.bytes, seed: 5)
+        let observer = RecordingObserver()
+        let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), observer: observer,
+                                    logger: quietLogger())
+        let rp = try await ReplicationPair(exports: exports)
+        let replica = try Region(name: "obs", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        let mirror = RegionMirror(region: replica, offersHeldChunks: false)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await waitConverged(primary, replica, within: 30)
+        primary.bytes[5 * 65536 + 17] ^= 0xff
+        try await waitConverged(primary, replica, within: 30)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while observer.log.withLock({ $0.acknowledged < UInt64($0.sent.count) }) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let log = observer.log.withLock { $0 }
+        #expect(log.sent.map(\.chunk) == Array(0..<16) + [5])
+        #expect(log.sent.map(\.version) == (1...17).map { UInt64($0) })
+        #expect(log.acknowledged == 17)
+        running.cancel()
+        await rp.close()
+    }
+
     @Test("initial sync, then writes into the live primary reach the replica (SHA-256 equal)")
     func syncAndFollow() async throws {
         let primary = try Region(name: "cache", backing: .memory, size: 16 << 20, chunkSize: 65536)

@@ -5,9 +5,9 @@ import Logging
 /// - Initial sync: a mirror of a region of random bytes, from SUBSCRIBE to
 ///   SYNCED, in MB/s (median of runs).
 /// - Lag: single-word writes into the live primary at a fixed rate; lag is
-///   the time until the new bytes are readable in the replica's mapping.
-///   It includes the hash scanner's interval (its cost grows with region
-///   size), which the userfaultfd tracker is meant to cut.
+///   the time from the write until the primary receives the replica's ACK
+///   of a version carrying it (then the bench checks the replica's mapping
+///   holds the bytes). It includes the dirty tracker's interval.
 public struct SyncBenchmark {
     public struct Options: Sendable {
         public var syncBytes = 1 << 30
@@ -99,14 +99,18 @@ public struct SyncBenchmark {
                       lagMaxMilliseconds: (sorted.last ?? 0) * 1000)
     }
 
-    /// Seconds from each write in the primary until the replica holds it.
+    /// Seconds from each write in the primary until the primary holds the
+    /// replica's ACK of a version that carries it.
     private func measureLag() async throws -> [Double] {
         let primary = try Region(name: "lag", backing: .memory, size: options.lagRegionBytes, chunkSize: options.chunkSize)
-        let exports = RegionExports([.init(region: primary)], scanInterval: options.scanInterval, logger: quietLogger())
+        let probe = LagProbe()
+        let exports = RegionExports([.init(region: primary)], scanInterval: options.scanInterval, observer: probe,
+                                    logger: quietLogger())
         let (server, client, conn, serving) = try await connect(exports)
         let replica = try Region(name: "lag", backing: .memory, size: options.lagRegionBytes, chunkSize: options.chunkSize)
         let mirror = RegionMirror(region: replica)
         let task = Task { try await mirror.run(over: conn) }
+        defer { task.cancel(); serving.cancel() }
         while !mirror.initialSyncComplete { try await Task.sleep(for: .milliseconds(1)) }
         var lags: [Double] = []
         var rng = SystemRandomNumberGenerator()
@@ -116,24 +120,62 @@ public struct SyncBenchmark {
             let offset = Int.random(in: 0..<words, using: &rng) * 8
             let marker = UInt64(n) << 32 | UInt64.random(in: 0..<UInt64(UInt32.max), using: &rng)
             let start = ContinuousClock.now
+            probe.expect(chunk: offset / options.chunkSize, writtenAt: start)
             primary.bytes.storeBytes(of: marker, toByteOffset: offset, as: UInt64.self)
             let deadline = start + .seconds(5)
-            while replica.bytes.load(fromByteOffset: offset, as: UInt64.self) != marker {
+            while true {
+                if let lag = probe.lag() {
+                    lags.append(lag.seconds)
+                    break
+                }
                 guard ContinuousClock.now < deadline else {
-                    throw ReplicationError.violation(ProtocolViolation(.internalError, "write \(n) did not reach the replica in 5 s"))
+                    throw ReplicationError.violation(ProtocolViolation(.internalError, "write \(n) was not acknowledged in 5 s"))
                 }
                 try await Task.sleep(for: .microseconds(50))
             }
-            lags.append((ContinuousClock.now - start).seconds)
+            // An ACK is a promise that the bytes are in the replica's mapping.
+            guard replica.bytes.load(fromByteOffset: offset, as: UInt64.self) == marker else {
+                throw ReplicationError.violation(ProtocolViolation(.internalError, "write \(n) acknowledged but missing in the replica"))
+            }
             let next = start + period
             if ContinuousClock.now < next { try await Task.sleep(until: next) }
         }
-        task.cancel()
-        serving.cancel()
         await client.close()
         await server.close()
         log("lag: \(lags.count) writes at \(options.writesPerSecond)/s into \(options.lagRegionBytes >> 20) MiB, scan every \(options.scanInterval)")
         return lags
+    }
+}
+
+/// Follows one write at a time: the first version of its chunk sent after
+/// the write, then the first ACK that covers that version.
+private final class LagProbe: ReplicationObserver {
+    private struct Expectation {
+        var chunk: Int
+        var writtenAt: ContinuousClock.Instant
+        var carriedBy: UInt64?
+        var acknowledgedAt: ContinuousClock.Instant?
+    }
+    private let state = Locked<Expectation?>(nil)
+
+    func expect(chunk: Int, writtenAt: ContinuousClock.Instant) {
+        state.withLock { $0 = Expectation(chunk: chunk, writtenAt: writtenAt) }
+    }
+
+    func lag() -> Duration? {
+        state.withLock { e in e?.acknowledgedAt.map { $0 - e!.writtenAt } }
+    }
+
+    func willSend(region: String, chunk: Int, version: UInt64, at: ContinuousClock.Instant) {
+        state.withLock { e in
+            if e?.chunk == chunk, e?.carriedBy == nil, let written = e?.writtenAt, at >= written { e?.carriedBy = version }
+        }
+    }
+
+    func acknowledged(region: String, peer: String, version: UInt64, at: ContinuousClock.Instant) {
+        state.withLock { e in
+            if let carried = e?.carriedBy, e?.acknowledgedAt == nil, version >= carried { e?.acknowledgedAt = at }
+        }
     }
 }
 

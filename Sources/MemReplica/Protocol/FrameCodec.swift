@@ -10,7 +10,21 @@ public struct FrameDecoder: Sendable {
     /// Bytes received but not yet decoded into a frame.
     public var pendingBytes: Int { buffer.count - consumed }
 
+    public mutating func append(_ bytes: [UInt8]) {
+        // Nothing pending: adopt the array instead of copying it.
+        if consumed == buffer.count {
+            buffer = bytes
+            consumed = 0
+            return
+        }
+        appendCopying(bytes)
+    }
+
     public mutating func append(_ bytes: some Sequence<UInt8>) {
+        appendCopying(bytes)
+    }
+
+    private mutating func appendCopying(_ bytes: some Sequence<UInt8>) {
         if consumed > 0 && consumed >= buffer.count / 2 {
             buffer.removeFirst(consumed)
             consumed = 0
@@ -150,7 +164,14 @@ extension Frame {
     }
 
     private static func bulk(_ type: TypeCode, fields: [UInt8], bytes: [UInt8]) throws(ProtocolViolation) -> [UInt8] {
-        let length = fields.count + bytes.count
+        var out = try bulkHeader(type, fields: fields, byteCount: bytes.count)
+        out.append(contentsOf: bytes)
+        return out
+    }
+
+    /// Type, length and fields of a bulk frame whose `byteCount` bytes follow.
+    private static func bulkHeader(_ type: TypeCode, fields: [UInt8], byteCount: Int) throws(ProtocolViolation) -> [UInt8] {
+        let length = fields.count + byteCount
         guard length <= FrameLimits.maxPayload else {
             throw ProtocolViolation(.frameTooLarge, "payload of \(length) bytes (limit \(FrameLimits.maxPayload))")
         }
@@ -158,8 +179,16 @@ extension Frame {
         out.reserveCapacity(length + 9)
         VarInt.encode(UInt64(length), into: &out)
         out.append(contentsOf: fields)
-        out.append(contentsOf: bytes)
         return out
+    }
+
+    /// The bytes of a WRITE frame that precede its chunk bytes, so a primary
+    /// can send the chunk straight from the mapping with one copy.
+    public static func writeHeader(chunk: UInt64, version: UInt64, byteCount: Int) throws(ProtocolViolation) -> [UInt8] {
+        var fields: [UInt8] = []
+        VarInt.encode(chunk, into: &fields)
+        VarInt.encode(version, into: &fields)
+        return try bulkHeader(.write, fields: fields, byteCount: byteCount)
     }
 
     private func putString(_ s: String, limit: Int, into out: inout [UInt8]) throws(ProtocolViolation) {

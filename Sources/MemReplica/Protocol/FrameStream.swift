@@ -12,6 +12,13 @@ public final class FrameStream: @unchecked Sendable {
         try await stream.write(try frame.encoded())
     }
 
+    /// A WRITE frame whose bytes are copied once, from `bytes` (a live
+    /// mapping) into the transport's send buffer: that copy is the snapshot.
+    public func sendWrite(chunk: UInt64, version: UInt64, bytes: UnsafeRawBufferPointer) async throws {
+        let header = try Frame.writeHeader(chunk: chunk, version: version, byteCount: bytes.count)
+        try await stream.write(header, followedBy: bytes)
+    }
+
     /// The next frame; nil when the peer finished the stream cleanly
     /// between frames. Not safe to call from two tasks at once.
     public func receive() async throws -> Frame? {

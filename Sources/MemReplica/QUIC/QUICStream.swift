@@ -22,6 +22,15 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
         try await core.write(Self.ownedCopy(bytes))
     }
 
+    public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
+        let total = header.count + body.count
+        guard total > 0 else { return }
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 16)
+        memory.copyBytes(from: header)
+        UnsafeMutableRawBufferPointer(rebasing: memory[header.count...]).copyMemory(from: body)
+        try await core.write(memory)
+    }
+
     /// The transport's own copy: the caller's buffer may change as soon as
     /// `write` returns, ngtcp2 reads ours until the peer acknowledges it.
     private static func ownedCopy(_ bytes: UnsafeRawBufferPointer) -> UnsafeMutableRawBufferPointer {

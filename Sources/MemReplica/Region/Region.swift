@@ -9,8 +9,9 @@ import Glibc
 /// MAP_SHARED, so other processes that map the same file see one memory.
 ///
 /// The region is live: its owner may write any byte at any time. Readers
-/// that send bytes over the network take a snapshot (`copyChunk`) first,
-/// since the transport retransmits from its own copy.
+/// that send bytes over the network take a snapshot (`copyChunk`, or the
+/// transport's own copy of `chunkBytes`) first, since the transport
+/// retransmits from its copy.
 public final class Region: @unchecked Sendable {
     public enum Backing: Sendable, Equatable, CustomStringConvertible {
         /// Anonymous memory (memfd), private to this process and its children.
@@ -124,11 +125,29 @@ public final class Region: @unchecked Sendable {
 
     /// A snapshot of one chunk, safe to hand to the transport.
     public func copyChunk(_ index: Int) throws -> [UInt8] {
+        Array(try chunkBytes(index))
+    }
+
+    /// One chunk's bytes in the live mapping (they change under a reader).
+    public func chunkBytes(_ index: Int) throws -> UnsafeRawBufferPointer {
         guard let range = geometry.byteRange(ofChunk: index) else {
             throw Failure.chunkOutOfRange(index: index, count: geometry.chunkCount)
         }
-        return Array(UnsafeRawBufferPointer(rebasing: bytes[range]))
+        return UnsafeRawBufferPointer(rebasing: bytes[range])
     }
+
+    /// Allocates the pages of `range` ahead of use (MADV_POPULATE_WRITE)
+    /// without changing their bytes, so a replica receiving a full copy does
+    /// not take a page fault per page on the receive path. Best effort:
+    /// false when the kernel refuses (older than 5.14, or out of memory).
+    @discardableResult
+    public func populate(_ range: Range<Int>) -> Bool {
+        guard !range.isEmpty, let base = bytes.baseAddress else { return true }
+        return madvise(base + range.lowerBound, range.count, Region.madvisePopulateWrite) == 0
+    }
+
+    /// MADV_POPULATE_WRITE (Linux 5.14); Debian's Glibc headers predate it.
+    static let madvisePopulateWrite: Int32 = 23
 
     /// Replaces one chunk's bytes (a replica applying a WRITE).
     public func storeChunk(_ index: Int, _ data: some Collection<UInt8>) throws {

@@ -37,11 +37,14 @@ public final class RegionExports: Sendable {
     }
     /// How often the hash scanner looks for changed chunks.
     public let scanInterval: Duration
+    private let observer: (any ReplicationObserver)?
     private let logger: Logger
 
-    public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20), logger: Logger) {
+    public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
+                observer: (any ReplicationObserver)? = nil, logger: Logger) {
         self.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
         self.scanInterval = scanInterval
+        self.observer = observer
         self.logger = logger
     }
 
@@ -84,7 +87,8 @@ public final class RegionExports: Sendable {
                 $0[id] = MirrorState(region: subscription.name, peer: peer.commonName ?? peer.subject)
             }
             defer { subscriptions.withLock { _ = $0.removeValue(forKey: id) } }
-            try await publish(export.region, over: frames, mirrorHolds: held) { [subscriptions] update in
+            let peerName = peer.commonName ?? peer.subject
+            try await publish(export.region, over: frames, mirrorHolds: held, peer: peerName) { [subscriptions] update in
                 subscriptions.withLock { all in
                     if var state = all[id] {
                         update(&state)
@@ -141,11 +145,11 @@ public final class RegionExports: Sendable {
 
     /// Initial pass (every chunk, or for a resuming mirror only those whose
     /// hash differs), SYNCED, then every change until the mirror's side ends.
-    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?,
+    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?, peer: String,
                          record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let scanner = ChunkHashScanner(region: region)
         let sent = Locked<UInt64>(0)
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        try await withThrowingTaskGroup(of: Void.self) { [observer] group in
             group.addTask {
                 // ACKs: how far the replica has applied. One past what was sent is a lie.
                 while let frame = try await frames.receive() {
@@ -154,6 +158,7 @@ public final class RegionExports: Sendable {
                         guard version <= sent.withLock({ $0 }) else {
                             throw ProtocolViolation(.unexpectedFrame, "ACK of version \(version), never sent")
                         }
+                        observer?.acknowledged(region: region.name, peer: peer, version: version, at: .now)
                         record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                     case .error(let code, let message):
                         throw ReplicationError.refusedByPeer(code: code, message: message)
@@ -166,12 +171,13 @@ public final class RegionExports: Sendable {
                 var version: UInt64 = 0
                 func push(_ chunk: Int) async throws {
                     version += 1
-                    // Snapshot first: the region is live, the transport
-                    // must send the bytes as they were at this version.
-                    let bytes = try region.copyChunk(chunk)
+                    observer?.willSend(region: region.name, chunk: chunk, version: version, at: .now)
                     sent.withLock { $0 = version }
                     record { $0.sentVersion = version }
-                    try await frames.send(.write(chunk: UInt64(chunk), version: version, bytes: bytes))
+                    // The region is live: the transport's copy, taken here,
+                    // is the snapshot it retransmits from. A write racing
+                    // the copy marks the chunk changed again for the next pass.
+                    try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: region.chunkBytes(chunk))
                 }
                 var sentInitially = 0
                 for chunk in 0..<region.geometry.chunkCount where held?[chunk] != scanner.hashes[chunk] {

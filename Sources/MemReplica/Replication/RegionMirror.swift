@@ -1,3 +1,4 @@
+import Foundation
 /// The replica side of one region: subscribes on a stream of its own,
 /// applies every WRITE into the local mapping, and acknowledges versions.
 public final class RegionMirror: @unchecked Sendable {
@@ -29,6 +30,21 @@ public final class RegionMirror: @unchecked Sendable {
     public var currentProgress: Progress { progress.withLock { $0 } }
     public var initialSyncComplete: Bool { currentProgress.synced }
 
+    /// A new replica receives every chunk: allocate its pages on a thread of
+    /// their own while the first chunks are on their way, so the receive
+    /// path copies into memory that is already there.
+    private func prefaultAhead() {
+        let region = self.region
+        let step = 64 << 20
+        let thread = Thread {
+            for start in stride(from: 0, to: region.geometry.size, by: step) {
+                guard region.populate(start..<min(start + step, region.geometry.size)) else { return }
+            }
+        }
+        thread.name = "prefault \(region.name)"
+        thread.start()
+    }
+
     /// Mirrors until the connection or stream ends; throws why.
     public func run(over connection: any TransportConnection) async throws {
         let frames = FrameStream(try await connection.openStream())
@@ -51,6 +67,7 @@ public final class RegionMirror: @unchecked Sendable {
             }
             throw TransportError.streamReset(errorCode: code)
         }
+        if !offersHeldChunks { prefaultAhead() }
         var versions = [UInt64](repeating: 0, count: g.chunkCount)
         var unacknowledged = false
         do {

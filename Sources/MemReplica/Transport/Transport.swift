@@ -38,6 +38,9 @@ public protocol TransportStream: AnyObject, Sendable {
     /// the peer acknowledges them.
     func write(_ bytes: [UInt8]) async throws
     func write(_ bytes: UnsafeRawBufferPointer) async throws
+    /// Queues a frame header and the bytes that follow it as one write: the
+    /// body (region memory) is copied once, into transport-owned memory.
+    func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws
     /// Sends FIN after everything written so far.
     func finish() async throws
     /// Up to `maxLength` bytes in order; nil at the end of the stream.
@@ -50,6 +53,10 @@ public protocol TransportStream: AnyObject, Sendable {
 }
 
 extension TransportStream {
+    public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
+        try await write(header + Array(body))
+    }
+
     /// Reads exactly `count` bytes; throws `truncatedStream` if FIN comes first.
     public func readExactly(_ count: Int) async throws -> [UInt8] {
         var out: [UInt8] = []
