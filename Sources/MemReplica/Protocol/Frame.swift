@@ -53,7 +53,15 @@ public enum Frame: Equatable, Sendable {
     }
 
     public struct Subscribe: Equatable, Sendable {
-        public enum Mode: UInt64, Sendable { case eager = 0, lazy = 1 }
+        public enum Mode: UInt64, Sendable {
+            /// The primary pushes every changed chunk's bytes (WRITE).
+            case eager = 0
+            /// The primary names changed chunks (DIRTY); the replica pulls.
+            case lazy = 1
+            /// A stream that only carries READ → DATA for the region, so
+            /// fault-driven reads never queue behind bulk pulls.
+            case reads = 2
+        }
         public var name: String
         public var size: UInt64
         public var chunkSize: UInt64

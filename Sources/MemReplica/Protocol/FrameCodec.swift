@@ -182,6 +182,13 @@ extension Frame {
         return out
     }
 
+    /// The bytes of a DATA frame that precede the chunk bytes it carries.
+    public static func dataHeader(firstChunk: UInt64, byteCount: Int) throws(ProtocolViolation) -> [UInt8] {
+        var fields: [UInt8] = []
+        VarInt.encode(firstChunk, into: &fields)
+        return try bulkHeader(.data, fields: fields, byteCount: byteCount)
+    }
+
     /// The bytes of a WRITE frame that precede its chunk bytes, so a primary
     /// can send the chunk straight from the mapping with one copy.
     public static func writeHeader(chunk: UInt64, version: UInt64, byteCount: Int) throws(ProtocolViolation) -> [UInt8] {

@@ -19,6 +19,12 @@ public final class FrameStream: @unchecked Sendable {
         try await stream.write(header, followedBy: bytes)
     }
 
+    /// A DATA frame copied once from the live mapping, like `sendWrite`.
+    public func sendData(firstChunk: UInt64, bytes: UnsafeRawBufferPointer) async throws {
+        let header = try Frame.dataHeader(firstChunk: firstChunk, byteCount: bytes.count)
+        try await stream.write(header, followedBy: bytes)
+    }
+
     /// The next frame; nil when the peer finished the stream cleanly
     /// between frames. Not safe to call from two tasks at once.
     public func receive() async throws -> Frame? {

@@ -136,6 +136,36 @@ public final class Region: @unchecked Sendable {
         return UnsafeRawBufferPointer(rebasing: bytes[range])
     }
 
+    /// Whether the backing is shared memory (memfd or tmpfs, e.g. /dev/shm):
+    /// the only file-backed memory userfaultfd MISSING faults work on.
+    public var isSharedMemory: Bool {
+        var fs = statfs()
+        guard fstatfs(fd.rawValue, &fs) == 0 else { return false }
+        return fs.f_type == Region.tmpfsMagic
+    }
+    static let tmpfsMagic = 0x0102_1994
+
+    /// One chunk's bytes read from the file, not the mapping: a hole reads
+    /// as zeros without allocating a page or raising a userfaultfd fault.
+    public func readChunkFromFile(_ index: Int) throws -> [UInt8] {
+        guard let range = geometry.byteRange(ofChunk: index) else {
+            throw Failure.chunkOutOfRange(index: index, count: geometry.chunkCount)
+        }
+        var out = [UInt8](repeating: 0, count: range.count)
+        let n = try out.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: Int64(range.lowerBound), into: $0) }
+        guard n == range.count else { throw Failure.wrongChunkLength(index: index, expected: range.count, got: n) }
+        return out
+    }
+
+    /// Frees the pages of `range` (MADV_REMOVE): the file reads as zeros
+    /// there, and a userfaultfd-registered mapping faults on next access.
+    public func discard(_ range: Range<Int>) throws {
+        guard !range.isEmpty, let base = bytes.baseAddress else { return }
+        guard madvise(base + range.lowerBound, range.count, MADV_REMOVE) == 0 else {
+            throw Failure.map(errno: Errno(rawValue: errno))
+        }
+    }
+
     /// Allocates the pages of `range` ahead of use (MADV_POPULATE_WRITE)
     /// without changing their bytes, so a replica receiving a full copy does
     /// not take a page fault per page on the receive path. Best effort:

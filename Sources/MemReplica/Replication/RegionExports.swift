@@ -79,6 +79,10 @@ public final class RegionExports: Sendable {
     public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity) async {
         do {
             let export = try acceptSubscription(subscription, peer: peer)
+            if subscription.mode == .reads {
+                try await serveReads(export.region, over: frames)
+                return
+            }
             let held = try await receiveHashes(frames, count: subscription.hashedChunks, of: export.region)
             logger.info("mirror subscribed", metadata: ["peer": "\(peer)", "region": "\(subscription.name)",
                                                         "resuming": "\(held != nil)"])
@@ -88,13 +92,18 @@ public final class RegionExports: Sendable {
             }
             defer { subscriptions.withLock { _ = $0.removeValue(forKey: id) } }
             let peerName = peer.commonName ?? peer.subject
-            try await publish(export.region, over: frames, mirrorHolds: held, peer: peerName) { [subscriptions] update in
+            let record: @Sendable ((inout MirrorState) -> Void) -> Void = { [subscriptions] update in
                 subscriptions.withLock { all in
                     if var state = all[id] {
                         update(&state)
                         all[id] = state
                     }
                 }
+            }
+            if subscription.mode == .lazy {
+                try await publishDirty(export.region, over: frames, mirrorHolds: held, record: record)
+            } else {
+                try await publish(export.region, over: frames, mirrorHolds: held, peer: peerName, record: record)
             }
         } catch let violation as ProtocolViolation {
             logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
@@ -115,9 +124,6 @@ public final class RegionExports: Sendable {
         guard s.size == UInt64(g.size), s.chunkSize == UInt64(g.chunkSize) else {
             throw ProtocolViolation(.geometryMismatch,
                                     "'\(s.name)' is \(g.size) bytes in \(g.chunkSize)-byte chunks, not \(s.size) in \(s.chunkSize)")
-        }
-        guard s.mode == .eager else {
-            throw ProtocolViolation(.unexpectedFrame, "lazy (post-copy) mirrors are not served yet")
         }
         return export
     }
@@ -141,6 +147,75 @@ public final class RegionExports: Sendable {
             hashes += part
         }
         return hashes
+    }
+
+    /// A reads stream: every READ is answered with one DATA per chunk, in
+    /// order, each copied from the live mapping as it is sent.
+    private func serveReads(_ region: Region, over frames: FrameStream) async throws {
+        let chunks = UInt64(region.geometry.chunkCount)
+        while let frame = try await frames.receive() {
+            guard case .read(let first, let count) = frame else {
+                throw ProtocolViolation(.unexpectedFrame, "a reads stream carries only READ")
+            }
+            guard first < chunks, count <= chunks - first else {
+                throw ProtocolViolation(.chunkOutOfRange, "READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
+            }
+            for chunk in first..<(first + count) {
+                try await frames.sendData(firstChunk: chunk, bytes: region.chunkBytes(Int(chunk)))
+            }
+        }
+    }
+
+    /// Lazy (post-copy) mirrors: no bytes are pushed. A resuming mirror
+    /// first hears DIRTY for every chunk whose hash differs from what it
+    /// holds; then SYNCED; then one DIRTY per scan that found changes. The
+    /// mirror drops those chunks and pulls them when touched; it ACKs each
+    /// DIRTY's epoch once the chunks are dropped.
+    private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?,
+                              record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
+        let scanner = ChunkHashScanner(region: region)
+        let sent = Locked<UInt64>(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while let frame = try await frames.receive() {
+                    switch frame {
+                    case .ack(let epoch):
+                        guard epoch <= sent.withLock({ $0 }) else {
+                            throw ProtocolViolation(.unexpectedFrame, "ACK of epoch \(epoch), never sent")
+                        }
+                        record { $0.acknowledgedVersion = max($0.acknowledgedVersion, epoch) }
+                    case .error(let code, let message):
+                        throw ReplicationError.refusedByPeer(code: code, message: message)
+                    default:
+                        throw ProtocolViolation(.unexpectedFrame, "a lazy mirror sends only ACK on its region stream")
+                    }
+                }
+            }
+            group.addTask { [scanInterval] in
+                var epoch: UInt64 = 0
+                func announce(_ chunks: [Int]) async throws {
+                    guard !chunks.isEmpty else { return }
+                    epoch += 1
+                    sent.withLock { $0 = epoch }
+                    record { $0.sentVersion = epoch }
+                    for start in stride(from: 0, to: chunks.count, by: FrameLimits.maxDirtyChunks) {
+                        let part = chunks[start..<min(start + FrameLimits.maxDirtyChunks, chunks.count)]
+                        try await frames.send(.dirty(epoch: epoch, chunks: part.map { UInt64($0) }))
+                    }
+                }
+                if let held {
+                    try await announce((0..<region.geometry.chunkCount).filter { held[$0] != scanner.hashes[$0] })
+                }
+                try await frames.send(.synced(version: epoch))
+                record { $0.synced = true }
+                while true {
+                    try await Task.sleep(for: scanInterval)
+                    try await announce(scanner.changedChunks())
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
     }
 
     /// Initial pass (every chunk, or for a resuming mirror only those whose

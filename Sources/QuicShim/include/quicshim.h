@@ -7,7 +7,8 @@
  *   why certificate verification failed (so Swift can name the error);
  * - cmsg handling for UDP GSO/GRO;
  * - headers for Linux calls Swift's Glibc module lacks (epoll, eventfd,
- *   getrandom).
+ *   getrandom, statfs);
+ * - userfaultfd ioctls for post-copy replicas (qs_userfaultfd.h).
  *
  * Everything else (the packet loop, streams, flow control, errors users
  * see) lives in Swift.
@@ -23,6 +24,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/statfs.h>
+
+#include "qs_userfaultfd.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>
