@@ -24,6 +24,10 @@ private func refusal(_ body: () throws -> PeerConfiguration) -> String? {
 
 private func refusal(_ json: String) -> String? { refusal { try load(json) } }
 
+/// The repository's root, from this file's place in it.
+private let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+
 @Suite("Peer config file")
 struct PeerConfigurationTests {
     @Test("a file with every setting gives the same specs as the flags would")
@@ -202,6 +206,24 @@ struct PeerConfigurationTests {
         let root = URL(fileURLWithPath: folder).standardizedFileURL.path
         #expect(configuration.stateDirectory == root + "/state")
         #expect(configuration.exports.map(\.path) == [root + "/conf/r.bin"])
+    }
+
+    @Test("docs/peer.example.json and the README's example are valid, and the same")
+    func examples() throws {
+        let example = try String(contentsOfFile: repositoryRoot + "/docs/peer.example.json", encoding: .utf8)
+        let configuration = try load(example)
+        #expect(configuration.listen == (try PeerAddress(parsing: ":4433")))
+        #expect(configuration.tls != nil)
+        #expect(configuration.exports.map(\.name) == ["cache", "journal"])
+        #expect(configuration.exports[0].size == 1 << 30 && configuration.exports[0].allowedPeers == ["peer-b"])
+        #expect(configuration.exports[1].size == 64 << 20)
+        #expect(configuration.mirrors.map(\.name) == ["sessions"])
+
+        let readme = try String(contentsOfFile: repositoryRoot + "/README.md", encoding: .utf8)
+        let section = try #require(readme.range(of: "## Config file"), "README has no 'Config file' section")
+        let fence = try #require(readme.range(of: "```json\n", range: section.upperBound..<readme.endIndex))
+        let end = try #require(readme.range(of: "```", range: fence.upperBound..<readme.endIndex))
+        #expect(String(readme[fence.upperBound..<end.lowerBound]) == example)
     }
 }
 
