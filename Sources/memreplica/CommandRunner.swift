@@ -41,6 +41,7 @@ enum CommandRunner {
         switch error {
         case TransportError.badAddress: return true
         case CertificateAuthority.Failure.badPeerName: return true
+        case is PeerConfigurationError: return true
         default: return false
         }
     }

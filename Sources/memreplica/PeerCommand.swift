@@ -11,12 +11,16 @@ struct PeerCommand: AsyncParsableCommand {
             Accepts QUIC connections from peers that prove, with a certificate signed by the \
             same CA, who they are (mutual TLS 1.3). Until replication lands, every stream a peer \
             opens is echoed back (what 'memreplica ping' measures). Without --cert/--key/--ca a \
-            development CA is made in the state folder on first run.
+            development CA is made in the state folder on first run. Settings can also come from \
+            a JSON file (--config): flags given replace its values, --export/--mirror add to its lists.
             """)
 
-    @Option(help: ArgumentHelp("Where to listen: HOST:PORT, [IPv6]:PORT, or :PORT for every interface (IPv4 and IPv6).",
+    @Option(help: ArgumentHelp("Read settings from a JSON config file (see README, 'Config file').", valueName: "file"))
+    var config: String?
+
+    @Option(help: ArgumentHelp("Where to listen: HOST:PORT, [IPv6]:PORT, or :PORT for every interface (IPv4 and IPv6). Default: :4433.",
                                valueName: "host:port"))
-    var listen = ":4433"
+    var listen: String?
 
     @OptionGroup var tls: TLSOptions
 
@@ -39,34 +43,35 @@ struct PeerCommand: AsyncParsableCommand {
 
     @OptionGroup var logging: LoggingOptions
 
-    func validate() throws {
-        for e in exports {
-            do { _ = try ExportSpec(parsing: e) } catch { throw ValidationError("--export: \(error)") }
-        }
-        for m in mirrors {
-            do { _ = try MirrorSpec(parsing: m) } catch { throw ValidationError("--mirror: \(error)") }
-        }
+    /// The config file, if any, with this command line on top.
+    func configuration() throws -> PeerConfiguration {
+        var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
+        try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
+                                           tls: tls.files, exports: exports, mirrors: mirrors)
+        return configuration
     }
 
     func run() async throws {
+        // First: a usage error must stop the peer before it creates anything.
+        let configuration = try configuration()
         let logger = logging.makeLogger(defaultLevel: .info)
         // Before anything else, so a signal during start-up still ends cleanly.
         let signals = SignalMonitor { number in
             CommandRunner.printError("\(SignalMonitor.name(of: number)) again: exiting without a clean shutdown")
             Foundation.exit(1)
         }
-        let address = try PeerAddress(parsing: listen)
-        let stateDirectory = state.directory
+        let address = try configuration.listenAddress
+        let stateDirectory = StateDirectory(explicit: configuration.stateDirectory)
         try stateDirectory.create()
-        let tlsConfiguration = try tls.configuration(state: stateDirectory, peerName: name ?? PeerName.hostDefault,
-                                                     logger: logger)
+        let tlsConfiguration = try TLSOptions.configuration(
+            configuration.tls, names: tls.files == nil ? ["tls.cert", "tls.key", "tls.ca"] : ["--cert", "--key", "--ca"],
+            state: stateDirectory, peerName: configuration.name ?? PeerName.hostDefault, logger: logger)
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
         let endpoint = try QUICEndpoint(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         do {
-            exported = try exports.map { text in
-                let spec = try ExportSpec(parsing: text)
+            exported = try configuration.exports.map { spec in
                 let region = try Region(name: spec.name, backing: .file(path: spec.path), size: spec.size,
                                         chunkSize: spec.chunkSize)
                 logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry)")
@@ -76,10 +81,10 @@ struct PeerCommand: AsyncParsableCommand {
             await endpoint.close()
             throw error
         }
-        let runners = try mirrors.map { MirrorRunner(spec: try MirrorSpec(parsing: $0), endpoint: endpoint, logger: logger) }
+        let runners = configuration.mirrors.map { MirrorRunner(spec: $0, endpoint: endpoint, logger: logger) }
         let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, logger: logger),
                                   mirrors: runners, logger: logger)
-        let controlPath = control ?? stateDirectory.controlSocketPath
+        let controlPath = configuration.control ?? stateDirectory.controlSocketPath
         let controlServer: ControlServer
         do {
             controlServer = try ControlServer(path: controlPath, logger: logger) { await service.handle($0) }

@@ -20,14 +20,27 @@ struct TLSOptions: ParsableArguments {
         }
     }
 
+    /// The three files, when given (validate() refuses one or two).
+    var files: PeerConfiguration.TLSFiles? {
+        guard let cert, let key, let ca else { return nil }
+        return PeerConfiguration.TLSFiles(cert: cert, key: key, ca: ca)
+    }
+
     func configuration(state: StateDirectory, peerName: String, logger: Logger) throws -> TLSConfiguration {
-        guard let cert, let key, let ca else {
+        try Self.configuration(files, state: state, peerName: peerName, logger: logger)
+    }
+
+    /// `files`, checked readable, or the development CA when nil. `names`
+    /// are what errors call the three files (the flags, or a config file's keys).
+    static func configuration(_ files: PeerConfiguration.TLSFiles?, names: [String] = ["--cert", "--key", "--ca"],
+                              state: StateDirectory, peerName: String, logger: Logger) throws -> TLSConfiguration {
+        guard let files else {
             return try state.developmentTLS(peerName: peerName, logger: logger)
         }
-        for (flag, path) in [("--cert", cert), ("--key", key), ("--ca", ca)]
+        for (name, path) in zip(names, [files.cert, files.key, files.ca])
         where !FileManager.default.isReadableFile(atPath: path) {
-            throw TransportError.tlsConfiguration("cannot read \(flag) \(path)")
+            throw TransportError.tlsConfiguration("cannot read \(name) \(path)")
         }
-        return TLSConfiguration(caFile: ca, certificateFile: cert, keyFile: key)
+        return TLSConfiguration(caFile: files.ca, certificateFile: files.cert, keyFile: files.key)
     }
 }

@@ -25,11 +25,16 @@ public struct RegionGeometry: Sendable, Hashable, Codable, CustomStringConvertib
     }
 
     public init(size: Int, chunkSize: Int) throws {
-        guard size > 0, size <= Self.maximumSize else { throw Invalid.size(size) }
-        guard chunkSize >= Self.minimumChunkSize, chunkSize <= Self.maximumChunkSize,
-              chunkSize & (chunkSize - 1) == 0 else { throw Invalid.chunkSize(chunkSize) }
+        guard Self.isValid(size: size) else { throw Invalid.size(size) }
+        guard Self.isValid(chunkSize: chunkSize) else { throw Invalid.chunkSize(chunkSize) }
         self.size = size
         self.chunkSize = chunkSize
+    }
+
+    public static func isValid(size: Int) -> Bool { size > 0 && size <= maximumSize }
+
+    public static func isValid(chunkSize: Int) -> Bool {
+        chunkSize >= minimumChunkSize && chunkSize <= maximumChunkSize && chunkSize & (chunkSize - 1) == 0
     }
 
     /// The last chunk may be shorter when size is not a multiple of chunkSize.
