@@ -4,49 +4,6 @@ import Logging
 import Testing
 @testable import MemReplica
 
-private func regionSHA(_ r: Region) -> String {
-    SHA256.hash(data: UnsafeRawBufferPointer(r.bytes)).map { String(format: "%02x", $0) }.joined()
-}
-
-/// Waits until `mirror` holds the same bytes as `primary` (SHA-256).
-private func waitConverged(_ primary: Region, _ mirror: Region, within seconds: Double) async throws {
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    while regionSHA(primary) != regionSHA(mirror) {
-        guard ContinuousClock.now < deadline else {
-            throw TimeoutError(what: "replica of '\(primary.name)' converging", seconds: seconds)
-        }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-}
-
-/// An exporting server endpoint and a client connected to it.
-private struct ReplicationPair {
-    let pki: TestPKI
-    let pair: EndpointPair
-    let client: QUICConnection
-    let serving: Task<Void, Never>
-
-    init(exports: RegionExports) async throws {
-        pki = try TestPKI()
-        pair = try EndpointPair(pki: pki)
-        let (client, server) = try await pair.connect()
-        self.client = client
-        serving = Task {
-            await withDiscardingTaskGroup { group in
-                while let stream = try? await server.acceptStream() {
-                    group.addTask { await exports.serve(stream, peer: server.peerIdentity) }
-                }
-            }
-        }
-    }
-
-    func close() async {
-        serving.cancel()
-        await pair.close()
-        pki.remove()
-    }
-}
-
 private func quietLogger() -> Logger {
     var l = Logger(label: "test")
     l.logLevel = .critical

@@ -18,8 +18,9 @@ final class MissingFaultHandler: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
 
     /// `onFault` runs on the handler thread with the chunk index of each
-    /// fault; it must not block.
-    init(region: Region, onFault: @escaping @Sendable (Int) -> Void) throws {
+    /// fault; it must not block. It returns false when the chunk turned out
+    /// to be present already, and the faulting thread is woken here.
+    init(region: Region, onFault: @escaping @Sendable (Int) -> Bool) throws {
         guard region.isSharedMemory else { throw PostCopyError.notSharedMemory(region: region.name) }
         let fd = qs_uffd_open(0)
         guard fd >= 0 else { throw PostCopyError.userfaultfd(call: "open", errno: Errno(rawValue: -fd)) }
@@ -30,7 +31,7 @@ final class MissingFaultHandler: @unchecked Sendable {
             if rc == -EINVAL { throw PostCopyError.missingShmemUnsupported }
             throw PostCopyError.userfaultfd(call: "UFFDIO_API", errno: Errno(rawValue: -rc))
         }
-        rc = qs_uffd_register_missing(fd, region.bytes.baseAddress, region.geometry.size)
+        rc = qs_uffd_register_missing(fd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
         guard rc == 0 else {
             close(fd)
             throw PostCopyError.userfaultfd(call: "UFFDIO_REGISTER", errno: Errno(rawValue: -rc))
@@ -51,7 +52,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         thread.start()
     }
 
-    private static func serve(uffd: Int32, wakeup: Int32, region: Region, onFault: (Int) -> Void) {
+    private static func serve(uffd: Int32, wakeup: Int32, region: Region, onFault: (Int) -> Bool) {
         let base = UInt(bitPattern: region.bytes.baseAddress)
         let chunkSize = UInt(region.geometry.chunkSize)
         var fds = [pollfd(fd: uffd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
@@ -65,7 +66,10 @@ final class MissingFaultHandler: @unchecked Sendable {
             for address in addresses.prefix(Int(n)) {
                 let offset = UInt(address) &- base
                 guard offset < UInt(region.geometry.size) else { continue }
-                onFault(Int(offset / chunkSize))
+                let chunk = Int(offset / chunkSize)
+                if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, pageAligned(range.count))
+                }
             }
         }
     }
@@ -79,7 +83,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         }
         let page = Int(getpagesize())
         // The last chunk may end mid-page: UFFDIO_COPY works in whole pages.
-        let length = (range.count + page - 1) / page * page
+        let length = Self.pageAligned(range.count)
         let source: UnsafeRawBufferPointer
         var padded: [UInt8] = []
         if length == range.count {
@@ -107,13 +111,18 @@ final class MissingFaultHandler: @unchecked Sendable {
         _ = qs_uffd_wake(uffd, destination, length)
     }
 
+    private static func pageAligned(_ length: Int) -> Int {
+        let page = Int(getpagesize())
+        return (length + page - 1) / page * page
+    }
+
     /// Stops the handler thread and unregisters the mapping. Threads still
     /// waiting in a fault are woken and then read the file's zeros.
     func stop() {
         var one: UInt64 = 1
         _ = write(wakeup, &one, 8)
         stopped.wait()
-        _ = qs_uffd_unregister(uffd, region.bytes.baseAddress, region.geometry.size)
+        _ = qs_uffd_unregister(uffd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
         close(uffd)
         close(wakeup)
     }

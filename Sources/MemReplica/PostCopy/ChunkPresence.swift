@@ -1,0 +1,103 @@
+/// What a lazy replica holds of each chunk, and what it has asked for.
+///
+/// Every DIRTY bumps a chunk's generation. A READ remembers the generation
+/// it was sent at; DATA that comes back after the chunk was invalidated is
+/// dropped (it may predate the change), and the chunk is asked for again.
+/// Reads and invalidations are on different streams, so this, not arrival
+/// order, is what keeps a replica from installing stale bytes.
+struct ChunkPresence {
+    private(set) var present: [Bool]
+    private(set) var generation: [UInt32]
+    private(set) var presentCount = 0
+    /// Chunks a thread faulted on and that are not installed yet, with the
+    /// time of the first fault.
+    private(set) var waiting: [Int: ContinuousClock.Instant] = [:]
+    /// READs in flight on the current connection.
+    private var requested: Set<Int> = []
+    /// Where the background puller looks next: just past the latest fault.
+    private var pullCursor = 0
+
+    init(chunkCount: Int) {
+        present = [Bool](repeating: false, count: chunkCount)
+        generation = [UInt32](repeating: 0, count: chunkCount)
+    }
+
+    var chunkCount: Int { present.count }
+    var isComplete: Bool { presentCount == present.count }
+
+    /// A thread touched a missing page of `chunk`. False when the chunk is
+    /// present after all (installed since the fault was raised).
+    mutating func faulted(_ chunk: Int, at now: ContinuousClock.Instant) -> Bool {
+        pullCursor = chunk
+        guard !present[chunk] else { return false }
+        if waiting[chunk] == nil { waiting[chunk] = now }
+        return true
+    }
+
+    /// Faulted chunks to READ now, with the generation each is asked at.
+    mutating func takeFaultRequests() -> [(chunk: Int, generation: UInt32)] {
+        let due = waiting.keys.filter { !requested.contains($0) && !present[$0] }.sorted()
+        requested.formUnion(due)
+        return due.map { ($0, generation[$0]) }
+    }
+
+    /// The next run of up to `limit` consecutive missing chunks nobody asked
+    /// for, searching from the cursor and wrapping; nil when there is none.
+    mutating func takePullRun(limit: Int) -> [(chunk: Int, generation: UInt32)]? {
+        guard !isComplete, limit > 0 else { return nil }
+        let n = present.count
+        var start: Int?
+        for step in 0..<n {
+            let c = (pullCursor + step) % n
+            if !present[c] && !requested.contains(c) { start = c; break }
+        }
+        guard let first = start else { return nil }
+        var run: [(chunk: Int, generation: UInt32)] = []
+        var c = first
+        while c < n, run.count < limit, !present[c], !requested.contains(c) {
+            run.append((c, generation[c]))
+            requested.insert(c)
+            c += 1
+        }
+        pullCursor = c % n
+        return run
+    }
+
+    enum Arrival: Equatable {
+        /// Install these bytes: the chunk is missing and they are current.
+        case install
+        /// Present already (a fault and the puller both asked): nothing to do.
+        case alreadyPresent
+        /// Invalidated while the READ was in flight: drop the bytes.
+        case stale
+    }
+
+    /// DATA for `chunk`, asked for at `askedAt`, has arrived.
+    mutating func arrived(_ chunk: Int, askedAt: UInt32) -> Arrival {
+        requested.remove(chunk)
+        guard generation[chunk] == askedAt else { return .stale }
+        return present[chunk] ? .alreadyPresent : .install
+    }
+
+    /// The chunk's bytes are in the mapping. Returns when its first fault
+    /// was raised, if a thread was waiting.
+    mutating func installed(_ chunk: Int) -> ContinuousClock.Instant? {
+        if !present[chunk] {
+            present[chunk] = true
+            presentCount += 1
+        }
+        return waiting.removeValue(forKey: chunk)
+    }
+
+    /// DIRTY named `chunk`: true when its pages must be dropped.
+    mutating func invalidate(_ chunk: Int) -> Bool {
+        generation[chunk] &+= 1
+        guard present[chunk] else { return false }
+        present[chunk] = false
+        presentCount -= 1
+        return true
+    }
+
+    /// A new connection: nothing is in flight any more.
+    mutating func connectionChanged() { requested.removeAll() }
+}

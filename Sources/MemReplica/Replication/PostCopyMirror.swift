@@ -1,0 +1,271 @@
+import DequeModule
+import Foundation
+
+/// A lazy (post-copy) replica of one region: the local mapping is usable at
+/// once. The first touch of a chunk that has not arrived raises a
+/// userfaultfd MISSING fault; that chunk is read from the primary on a
+/// stream of its own (never behind bulk data), installed with UFFDIO_COPY,
+/// and the faulting thread wakes. A background puller fills in the rest,
+/// starting just past the latest fault. The primary names changed chunks in
+/// DIRTY; their pages are dropped, so the next touch pulls the fresh bytes.
+///
+/// Faults raised while the primary is unreachable wait: they are asked for
+/// again as soon as `run` is called over a new connection (`MirrorRunner`
+/// reconnects with backoff), and `progress.oldestFaultWaiting` shows how
+/// long the longest has waited.
+public final class PostCopyMirror: @unchecked Sendable {
+    public struct Options: Sendable {
+        /// Fill in chunks nobody touched yet, in the background.
+        public var backgroundPull = true
+        /// Bytes of background READs in flight at once: the pull's
+        /// bandwidth-delay product.
+        public var pullWindowBytes = 16 << 20
+        /// Bytes asked for in one background READ.
+        public var pullBatchBytes = 1 << 20
+        public init() {}
+    }
+
+    public struct Progress: Sendable, Equatable {
+        public var chunkCount: Int
+        public var chunksPresent: Int
+        /// The primary answered SUBSCRIBE (and listed what changed while apart).
+        public var subscribed: Bool
+        public var faults: Int
+        public var faultsServed: Int
+        public var chunksInvalidated: Int
+        public var lastEpoch: UInt64
+        /// When the longest-waiting unserved fault was raised.
+        public var oldestFaultWaiting: ContinuousClock.Instant?
+        public var complete: Bool { chunksPresent == chunkCount }
+    }
+
+    private struct State {
+        var chunks: ChunkPresence
+        var subscribed = false
+        var faults = 0
+        var faultsServed = 0
+        var invalidated = 0
+        var lastEpoch: UInt64 = 0
+        var faultLatencies: [Duration] = []
+        var wakeFaultRequests: AsyncStream<Void>.Continuation?
+        var wakePuller: AsyncStream<Void>.Continuation?
+    }
+
+    public let region: Region
+    public let remoteName: String
+    public let options: Options
+    private let state: Locked<State>
+    private let faults: MissingFaultHandler
+
+    /// Registers the region's mapping for MISSING faults and drops whatever
+    /// pages it holds: what a lazy replica has not pulled on this run, it
+    /// does not trust.
+    public init(region: Region, remoteName: String? = nil, options: Options = Options()) throws {
+        self.region = region
+        self.remoteName = remoteName ?? region.name
+        self.options = options
+        let state = Locked(State(chunks: ChunkPresence(chunkCount: region.geometry.chunkCount)))
+        self.state = state
+        try region.discard(0..<region.geometry.size)
+        faults = try MissingFaultHandler(region: region) { chunk in
+            let (fresh, wake) = state.withLock { s -> (Bool, [AsyncStream<Void>.Continuation]) in
+                guard s.chunks.faulted(chunk, at: .now) else { return (false, []) }
+                s.faults += 1
+                return (true, [s.wakeFaultRequests, s.wakePuller].compactMap { $0 })
+            }
+            for w in wake { w.yield() }
+            return fresh
+        }
+    }
+
+    /// Unregisters the mapping; call once the mirror is no longer run.
+    public func stop() { faults.stop() }
+
+    public var progress: Progress {
+        state.withLock { s in
+            Progress(chunkCount: s.chunks.chunkCount, chunksPresent: s.chunks.presentCount, subscribed: s.subscribed,
+                     faults: s.faults, faultsServed: s.faultsServed, chunksInvalidated: s.invalidated,
+                     lastEpoch: s.lastEpoch, oldestFaultWaiting: s.chunks.waiting.values.min())
+        }
+    }
+
+    /// Time from each served fault to its chunk's install, since the last call.
+    public func takeFaultLatencies() -> [Duration] {
+        state.withLock { s in defer { s.faultLatencies = [] }; return s.faultLatencies }
+    }
+
+    /// Mirrors until the connection or a stream ends; throws why. Call again
+    /// with a new connection to resume.
+    public func run(over connection: any TransportConnection) async throws {
+        let g = region.geometry
+        let control = FrameStream(try await connection.openStream())
+        let held = try heldChunkHashes()
+        try await control.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
+                                                mode: .lazy, hashedChunks: UInt64(held.count))))
+        for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
+            let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
+            try await control.send(.have(firstChunk: UInt64(start), hashes: part))
+        }
+        let reads = try await openReads(on: connection)
+        let pulls = options.backgroundPull ? try await openReads(on: connection) : nil
+        let (faultSignals, faultWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let (pullSignals, pullWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        state.withLock { s in
+            s.chunks.connectionChanged()
+            s.subscribed = false
+            s.wakeFaultRequests = faultWake
+            s.wakePuller = pulls == nil ? nil : pullWake
+        }
+        defer {
+            state.withLock { s in s.wakeFaultRequests = nil; s.wakePuller = nil }
+            faultWake.finish()
+            pullWake.finish()
+        }
+        // Faults that waited through a reconnect are asked for first.
+        faultWake.yield()
+        pullWake.yield()
+        let streams = [control, reads] + (pulls.map { [$0] } ?? [])
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await self.followInvalidations(control) }
+                let faultQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
+                group.addTask { try await self.requestFaults(on: reads, queue: faultQueue, signals: faultSignals) }
+                group.addTask { try await self.receiveChunks(on: reads, queue: faultQueue, onEach: nil) }
+                if let pulls {
+                    let pullQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
+                    group.addTask { try await self.pull(on: pulls, queue: pullQueue, signals: pullSignals) }
+                    group.addTask { try await self.receiveChunks(on: pulls, queue: pullQueue, onEach: pullWake) }
+                }
+                defer { group.cancelAll() }
+                do {
+                    try await group.next()
+                    throw ReplicationError.streamEnded
+                } catch {
+                    // The others wait in reads that only a reset ends.
+                    for frames in streams { await frames.stream.reset(errorCode: ProtocolErrorCode.noError.rawValue) }
+                    throw error
+                }
+            }
+        } catch let violation as ProtocolViolation {
+            await control.fail(violation)
+            throw ReplicationError.violation(violation)
+        }
+    }
+
+    private func openReads(on connection: any TransportConnection) async throws -> FrameStream {
+        let g = region.geometry
+        let frames = FrameStream(try await connection.openStream())
+        try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
+                                               mode: .reads)))
+        return frames
+    }
+
+    /// For a resume: hashes of the chunks held, read from the file so that
+    /// no fault is raised; 0 for a missing chunk (it is pulled anyway).
+    private func heldChunkHashes() throws -> [UInt64] {
+        let present = state.withLock { $0.chunks.present }
+        guard present.contains(true) else { return [] }
+        return try (0..<present.count).map { chunk in
+            guard present[chunk] else { return 0 }
+            return try region.readChunkFromFile(chunk).withUnsafeBytes { ChunkHashScanner.hash($0) }
+        }
+    }
+
+    private func followInvalidations(_ control: FrameStream) async throws {
+        let chunkCount = UInt64(region.geometry.chunkCount)
+        while let frame = try await control.receive() {
+            switch frame {
+            case .synced:
+                state.withLock { $0.subscribed = true }
+            case .dirty(let epoch, let chunks):
+                guard let last = chunks.last, last < chunkCount else {
+                    throw ProtocolViolation(.chunkOutOfRange, "DIRTY names chunk \(chunks.last ?? 0) of a \(chunkCount)-chunk region")
+                }
+                let wake = try state.withLock { s -> AsyncStream<Void>.Continuation? in
+                    guard epoch >= s.lastEpoch else {
+                        throw ProtocolViolation(.versionWentBackwards, "DIRTY epoch \(epoch) after \(s.lastEpoch)")
+                    }
+                    s.lastEpoch = epoch
+                    for chunk in chunks.map({ Int($0) }) where s.chunks.invalidate(chunk) {
+                        try region.discard(region.geometry.byteRange(ofChunk: chunk)!)
+                        s.invalidated += 1
+                    }
+                    return s.wakePuller
+                }
+                wake?.yield()
+                if !control.hasBufferedBytes { try await control.send(.ack(version: epoch)) }
+            case .error(let code, let message):
+                throw ReplicationError.refusedByPeer(code: code, message: message)
+            default:
+                throw ProtocolViolation(.unexpectedFrame, "a primary sends DIRTY, SYNCED or ERROR to a lazy mirror")
+            }
+        }
+        throw ReplicationError.streamEnded
+    }
+
+    /// One READ per faulted chunk, as faults come in.
+    private func requestFaults(on frames: FrameStream, queue: Locked<Deque<(chunk: Int, generation: UInt32)>>,
+                               signals: AsyncStream<Void>) async throws {
+        for await _ in signals {
+            let due = state.withLock { $0.chunks.takeFaultRequests() }
+            for request in due {
+                queue.withLock { $0.append(request) }
+                try await frames.send(.read(firstChunk: UInt64(request.chunk), count: 1))
+            }
+        }
+    }
+
+    /// Background READs of runs of missing chunks, a window's worth in flight.
+    private func pull(on frames: FrameStream, queue: Locked<Deque<(chunk: Int, generation: UInt32)>>,
+                      signals: AsyncStream<Void>) async throws {
+        let chunkSize = region.geometry.chunkSize
+        let window = max(1, options.pullWindowBytes / chunkSize)
+        let batch = max(1, min(Int(FrameLimits.maxReadChunks), options.pullBatchBytes / chunkSize))
+        var wakeups = signals.makeAsyncIterator()
+        while !Task.isCancelled {
+            let room = window - queue.withLock { $0.count }
+            if room > 0, let run = state.withLock({ $0.chunks.takePullRun(limit: min(batch, room)) }) {
+                queue.withLock { $0.append(contentsOf: run) }
+                try await frames.send(.read(firstChunk: UInt64(run[0].chunk), count: UInt64(run.count)))
+                continue
+            }
+            guard await wakeups.next() != nil else { return }
+        }
+    }
+
+    /// DATA, in the order READs were sent on this stream.
+    private func receiveChunks(on frames: FrameStream, queue: Locked<Deque<(chunk: Int, generation: UInt32)>>,
+                               onEach: AsyncStream<Void>.Continuation?) async throws {
+        let g = region.geometry
+        while let frame = try await frames.receive() {
+            guard case .data(let first, let bytes) = frame else {
+                throw ProtocolViolation(.unexpectedFrame, "a reads stream answers with DATA only")
+            }
+            guard let expected = queue.withLock({ $0.popFirst() }), UInt64(expected.chunk) == first else {
+                throw ProtocolViolation(.unexpectedFrame, "DATA for chunk \(first) that was not asked for next")
+            }
+            guard bytes.count == g.byteRange(ofChunk: expected.chunk)!.count else {
+                throw ProtocolViolation(.malformedFrame, "DATA for chunk \(first) carries \(bytes.count) bytes")
+            }
+            let refault = try state.withLock { s -> AsyncStream<Void>.Continuation? in
+                switch s.chunks.arrived(expected.chunk, askedAt: expected.generation) {
+                case .stale:
+                    // Asked before a DIRTY: a waiting fault must ask again.
+                    return s.chunks.waiting[expected.chunk] != nil ? s.wakeFaultRequests : nil
+                case .alreadyPresent:
+                    break
+                case .install:
+                    try bytes.withUnsafeBytes { try faults.install(chunk: expected.chunk, bytes: $0) }
+                }
+                if let raised = s.chunks.installed(expected.chunk) {
+                    s.faultsServed += 1
+                    if s.faultLatencies.count < 1 << 20 { s.faultLatencies.append(.now - raised) }
+                }
+                return nil
+            }
+            refault?.yield()
+            onEach?.yield()
+        }
+        throw ReplicationError.streamEnded
+    }
+}

@@ -1,0 +1,188 @@
+import Foundation
+import Logging
+import Testing
+@testable import MemReplica
+
+private func quietLogger() -> Logger {
+    var l = Logger(label: "test")
+    l.logLevel = .critical
+    return l
+}
+
+/// Runs `body` on a thread of its own: a thread that touches a lazy
+/// replica may sleep in a page fault, which must never happen on the
+/// cooperative pool whose tasks serve those faults.
+private final class BlockingRead<T: Sendable>: @unchecked Sendable {
+    private let result = Locked<T?>(nil)
+    init(_ body: @escaping @Sendable () -> T) {
+        let thread = Thread { [result] in
+            let value = body()
+            result.withLock { $0 = value }
+        }
+        thread.start()
+    }
+    var value: T? { result.withLock { $0 } }
+
+    func wait(seconds: Double) async throws -> T {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while true {
+            if let v = value { return v }
+            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "a read of the lazy replica", seconds: seconds) }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+    }
+}
+
+private func waitUntil(_ what: String, seconds: Double, _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw TimeoutError(what: what, seconds: seconds) }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
+/// Reads of `count` random words of a lazy replica, compared with the primary.
+private func compareRandomWords(_ replica: Region, _ primary: Region, count: Int) -> Int {
+    var rng = SystemRandomNumberGenerator()
+    var mismatches = 0
+    for _ in 0..<count {
+        let offset = Int.random(in: 0..<(primary.geometry.size / 8), using: &rng) * 8
+        let got = replica.bytes.load(fromByteOffset: offset, as: UInt64.self)
+        let want = primary.bytes.load(fromByteOffset: offset, as: UInt64.self)
+        if got != want { mismatches += 1 }
+    }
+    return mismatches
+}
+
+@Suite("Post-copy (lazy) mirrors", .serialized)
+struct PostCopyTests {
+    @Test("a 256 MiB lazy replica answers random reads from 4 threads before the pull ends; SHA-256 equal at the end")
+    func randomReadsBeforePullEnds() async throws {
+        let size = 256 << 20
+        let primary = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
+        fillPattern(primary.bytes, seed: 11)
+        let rp = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quietLogger()))
+        let replica = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
+        let mirror = try PostCopyMirror(region: replica)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await waitUntil("the lazy subscription", seconds: 10) { mirror.progress.subscribed }
+
+        var readers: [BlockingRead<Int>] = []
+        for _ in 0..<4 {
+            readers.append(BlockingRead<Int> { compareRandomWords(replica, primary, count: 200) })
+        }
+        var mismatches = 0
+        for r in readers { mismatches += try await r.wait(seconds: 60) }
+        let atReadsEnd = mirror.progress
+        #expect(mismatches == 0)
+        #expect(atReadsEnd.faults > 0)
+        #expect(atReadsEnd.chunksPresent < atReadsEnd.chunkCount, "the reads should finish before the background pull")
+
+        try await waitUntil("the background pull", seconds: 120) { mirror.progress.complete }
+        #expect(regionSHA(replica) == regionSHA(primary))
+        let end = mirror.progress
+        #expect(end.faultsServed == end.faults)
+        running.cancel()
+        await rp.close()
+        mirror.stop()
+    }
+
+    @Test("after the primary writes, the notified replica returns the new bytes on the next read and refills")
+    func dirtyInvalidates() async throws {
+        let size = 4 << 20
+        let primary = try Region(name: "notify", backing: .memory, size: size, chunkSize: 65536)
+        fillPattern(primary.bytes, seed: 3)
+        let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), logger: quietLogger())
+        let rp = try await ReplicationPair(exports: exports)
+        let replica = try Region(name: "notify", backing: .memory, size: size, chunkSize: 65536)
+        let mirror = try PostCopyMirror(region: replica)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await waitUntil("the pull", seconds: 30) { mirror.progress.complete }
+        #expect(regionSHA(replica) == regionSHA(primary))
+
+        let offset = 3 * 65536 + 1000
+        let marker: UInt64 = 0x5eed_5eed_5eed_5eed
+        primary.bytes.storeBytes(of: marker, toByteOffset: offset, as: UInt64.self)
+        try await waitUntil("the DIRTY", seconds: 10) { mirror.progress.chunksInvalidated >= 1 }
+        let read = BlockingRead<UInt64> { replica.bytes.load(fromByteOffset: offset, as: UInt64.self) }
+        let fresh = try await read.wait(seconds: 10)
+        #expect(fresh == marker)
+        try await waitUntil("the refill", seconds: 30) { mirror.progress.complete }
+        #expect(regionSHA(replica) == regionSHA(primary))
+        running.cancel()
+        await rp.close()
+        mirror.stop()
+    }
+
+    @Test("a thread faulting while the primary is gone waits, and is served once a new connection runs")
+    func faultWaitsForReconnect() async throws {
+        let size = 16 << 20
+        let primary = try Region(name: "gone", backing: .memory, size: size, chunkSize: 65536)
+        fillPattern(primary.bytes, seed: 8)
+        let exports = RegionExports([.init(region: primary)], logger: quietLogger())
+        var options = PostCopyMirror.Options()
+        options.backgroundPull = false
+        let replica = try Region(name: "gone", backing: .memory, size: size, chunkSize: 65536)
+        let mirror = try PostCopyMirror(region: replica, options: options)
+
+        let first = try await ReplicationPair(exports: exports)
+        let running = Task { try await mirror.run(over: first.client) }
+        try await waitUntil("the lazy subscription", seconds: 10) { mirror.progress.subscribed }
+        await first.close()
+        await #expect(throws: (any Error).self) { try await running.value }
+
+        let offset = 7 * 65536 + 8
+        let read = BlockingRead<UInt64> { replica.bytes.load(fromByteOffset: offset, as: UInt64.self) }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(read.value == nil, "nothing can serve the fault while the primary is gone")
+        #expect(mirror.progress.oldestFaultWaiting != nil)
+
+        let second = try await ReplicationPair(exports: exports)
+        let resumed = Task { try await mirror.run(over: second.client) }
+        let served = try await read.wait(seconds: 10)
+        let expected = primary.bytes.load(fromByteOffset: offset, as: UInt64.self)
+        #expect(served == expected)
+        #expect(mirror.progress.oldestFaultWaiting == nil)
+        resumed.cancel()
+        await second.close()
+        mirror.stop()
+    }
+
+    @Test("a lazy replica on a regular file is refused with a reason")
+    func regularFileRefused() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("lazy-\(UInt32.random(in: 0...UInt32.max))").path
+        defer { unlink(path) }
+        let region = try Region(name: "disk", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
+        #expect(throws: PostCopyError.notSharedMemory(region: "disk")) { _ = try PostCopyMirror(region: region) }
+    }
+
+    @Test("chunk bookkeeping: DATA that predates a DIRTY is stale; pull runs skip what is present or asked for")
+    func presenceBookkeeping() {
+        var p = ChunkPresence(chunkCount: 8)
+        let fresh = p.faulted(5, at: .now)
+        #expect(fresh)
+        var due = p.takeFaultRequests().map(\.chunk)
+        #expect(due == [5])
+        due = p.takeFaultRequests().map(\.chunk)
+        #expect(due.isEmpty)
+        var run = p.takePullRun(limit: 4)?.map(\.chunk)
+        #expect(run == [6, 7], "from the latest fault, stopping at the end")
+        run = p.takePullRun(limit: 4)?.map(\.chunk)
+        #expect(run == [0, 1, 2, 3], "then wrapping")
+        var dropped = p.invalidate(6)
+        #expect(!dropped, "not present: nothing to drop")
+        var arrival = p.arrived(6, askedAt: 0)
+        #expect(arrival == .stale)
+        arrival = p.arrived(5, askedAt: 0)
+        #expect(arrival == .install)
+        let waited = p.installed(5)
+        #expect(waited != nil, "a thread was waiting on chunk 5")
+        arrival = p.arrived(5, askedAt: 0)
+        #expect(arrival == .alreadyPresent)
+        dropped = p.invalidate(5)
+        #expect(dropped)
+        _ = p.faulted(5, at: .now)
+        due = p.takeFaultRequests().map(\.chunk)
+        #expect(due == [5])
+    }
+}
