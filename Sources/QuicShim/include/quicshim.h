@@ -23,6 +23,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+/* userfaultfd + PAGEMAP_SCAN dirty tracking (included here too, so that a
+ * module cache built before this header existed is rebuilt). */
+#include "dirtytrack.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>
