@@ -1,12 +1,16 @@
 /// Finds changed chunks by hashing every chunk and comparing with the last
-/// scan. It sees every write, whoever makes it (another process, `pwrite`),
-/// which is why it stays as the fallback. But it costs a full read of the
-/// region per scan. The exact userfaultfd tracker replaces it where the
-/// mapping allows (a later issue).
-public final class ChunkHashScanner: @unchecked Sendable {
+/// scan. It sees every change, whoever makes it (another process, `pwrite`),
+/// which is why it stays as the fallback wherever the exact
+/// `WriteProtectTracker` cannot see every write (file-backed regions) or
+/// the kernel does not offer it. But it costs a full read of the region
+/// per scan, and a write that leaves a chunk's bytes (or hash) as they
+/// were goes unreported.
+public final class ChunkHashScanner: DirtyTracker, @unchecked Sendable {
     public let region: Region
+    public var kind: DirtyTrackerKind { .hashScan }
     /// Each chunk's hash as of the last scan.
     public private(set) var hashes: [UInt64]
+    public private(set) var statistics = DirtyScanStatistics()
 
     /// Hashes the region as it is now: the first `changedChunks` reports
     /// what changed since this moment.
@@ -17,6 +21,7 @@ public final class ChunkHashScanner: @unchecked Sendable {
 
     /// Chunks whose bytes differ from the previous scan, ascending.
     public func changedChunks() -> [Int] {
+        let started = ContinuousClock.now
         var changed: [Int] = []
         for i in 0..<hashes.count {
             let h = Self.hash(region, chunk: i)
@@ -25,6 +30,7 @@ public final class ChunkHashScanner: @unchecked Sendable {
                 changed.append(i)
             }
         }
+        statistics.record(ContinuousClock.now - started, changedChunks: changed.count)
         return changed
     }
 
