@@ -14,11 +14,12 @@ import Glibc
 /// that returns the written pages as runs and write-protects them again,
 /// atomically per page table entry. Every page written since the last
 /// scan is reported once; none that was not. A write racing with a scan
-/// is never lost, but may be reported twice: the kernel counts the page
-/// written when it resolves the write fault, just before the store
+/// is never lost, but may be reported early as well: the kernel counts the
+/// page written when it resolves the write fault, before the store
 /// retires; a scan in between reports it and protects it again, so the
-/// store faults once more and the next scan reports it as well (measured:
-/// ~0.2 % of pages written while scanning in a tight loop).
+/// store faults once more and a later scan reports it again, after it
+/// landed (measured: ~0.2 % of pages written while scanning in a tight
+/// loop; usually the next scan, later if the writer was preempted).
 ///
 /// Measured on this kernel (6.18): memfd (shmem) pages that were never
 /// populated are protected too (the kernel installs uffd-wp PTE markers
