@@ -149,6 +149,41 @@ struct ReplicationTests {
         await rp.close()
     }
 
+    @Test("a memfd primary gets the userfaultfd tracker, shared by two mirrors that both converge under writes")
+    func writeProtectTrackedMirrors() async throws {
+        let size = 8 << 20
+        let primary = try Region(name: "wp", backing: .memory, size: size, chunkSize: 16384)
+        fillPattern(primary.bytes, seed: 21)
+        let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), logger: quietLogger())
+        let rp = try await ReplicationPair(exports: exports)
+        let replicas = try (0..<2).map { _ in try Region(name: "wp", backing: .memory, size: size, chunkSize: 16384) }
+        let tasks = replicas.map { r in Task { try await RegionMirror(region: r).run(over: rp.client) } }
+
+        // Writes from the start: during the initial sync and after it.
+        var rng = SystemRandomNumberGenerator()
+        let stop = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < stop {
+            for _ in 0..<8 {
+                let offset = Int.random(in: 0..<size / 8, using: &rng) * 8
+                primary.bytes.storeBytes(of: UInt64.random(in: 1...UInt64.max, using: &rng), toByteOffset: offset, as: UInt64.self)
+            }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        let tracking = try #require(exports.dirtyTracking()["wp"])
+        #expect(tracking.kind == .writeProtect, "\(tracking.reason)")
+        #expect(tracking.subscribers == 2)
+        #expect(tracking.statistics.scans > 0)
+        for r in replicas { try await waitConverged(primary, r, within: 30) }
+        tasks.forEach { $0.cancel() }
+        await rp.close()
+        // The last mirror gone, the region's tracker is closed.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while exports.dirtyTracking()["wp"] != nil && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(exports.dirtyTracking().isEmpty)
+    }
+
     private func refusal(_ exports: RegionExports, mirrorOf replica: Region, remoteName: String? = nil) async throws -> ReplicationError? {
         let rp = try await ReplicationPair(exports: exports)
         defer { Task { await rp.close() } }

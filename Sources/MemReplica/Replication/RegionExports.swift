@@ -35,7 +35,7 @@ public final class RegionExports: Sendable {
     public func mirrorStates() -> [MirrorState] {
         subscriptions.withLock { Array($0.values) }.sorted { ($0.region, $0.peer) < ($1.region, $1.peer) }
     }
-    /// How often the hash scanner looks for changed chunks.
+    /// How often each mirror's loop asks the region's tracker for changed chunks.
     public let scanInterval: Duration
     private let observer: (any ReplicationObserver)?
     private let logger: Logger
@@ -49,6 +49,12 @@ public final class RegionExports: Sendable {
     }
 
     public func export(named name: String) -> Export? { exports[name] }
+
+    /// How each exported region with at least one mirror is tracked now:
+    /// tracker kind, why, and its scan times.
+    public func dirtyTracking() -> [String: DirtyTrackingStatus] {
+        exports.compactMapValues { RegionChangeFeed.status(of: $0.region) }
+    }
 
     /// What a CATALOG frame lists: every export, by name.
     public func catalog() -> [Frame.CatalogEntry] {
@@ -173,7 +179,16 @@ public final class RegionExports: Sendable {
     /// DIRTY's epoch once the chunks are dropped.
     private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?,
                               record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
-        let scanner = ChunkHashScanner(region: region)
+        // Armed before the initial pass copies a chunk: a write during the
+        // pass is sent again after it. One tracker per region, shared by
+        // its mirrors (see RegionChangeFeed).
+        let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
+        defer { changes.cancel() }
+        let tracking = changes.status
+        logger.info("dirty tracking", metadata: [
+            "region": "\(region.name)", "tracker": "\(tracking.kind)", "reason": "\(tracking.reason)",
+            "mirrors": "\(tracking.subscribers)",
+        ])
         let sent = Locked<UInt64>(0)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -204,13 +219,13 @@ public final class RegionExports: Sendable {
                     }
                 }
                 if let held {
-                    try await announce((0..<region.geometry.chunkCount).filter { held[$0] != scanner.hashes[$0] })
+                    try await announce((0..<region.geometry.chunkCount).filter { held[$0] != ChunkHashScanner.hash(region, chunk: $0) })
                 }
                 try await frames.send(.synced(version: epoch))
                 record { $0.synced = true }
                 while true {
                     try await Task.sleep(for: scanInterval)
-                    try await announce(scanner.changedChunks())
+                    try await announce(changes.changedChunks())
                 }
             }
             try await group.next()
@@ -222,7 +237,16 @@ public final class RegionExports: Sendable {
     /// hash differs), SYNCED, then every change until the mirror's side ends.
     private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?, peer: String,
                          record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
-        let scanner = ChunkHashScanner(region: region)
+        // Armed before the initial pass copies a chunk: a write during the
+        // pass is sent again after it. One tracker per region, shared by
+        // its mirrors (see RegionChangeFeed).
+        let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
+        defer { changes.cancel() }
+        let tracking = changes.status
+        logger.info("dirty tracking", metadata: [
+            "region": "\(region.name)", "tracker": "\(tracking.kind)", "reason": "\(tracking.reason)",
+            "mirrors": "\(tracking.subscribers)",
+        ])
         let sent = Locked<UInt64>(0)
         try await withThrowingTaskGroup(of: Void.self) { [observer] group in
             group.addTask {
@@ -255,7 +279,10 @@ public final class RegionExports: Sendable {
                     try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: region.chunkBytes(chunk))
                 }
                 var sentInitially = 0
-                for chunk in 0..<region.geometry.chunkCount where held?[chunk] != scanner.hashes[chunk] {
+                // A resuming mirror gets the chunks whose hash differs now;
+                // a later write is the tracker's.
+                for chunk in 0..<region.geometry.chunkCount
+                where held.map({ $0[chunk] != ChunkHashScanner.hash(region, chunk: chunk) }) ?? true {
                     try await push(chunk)
                     sentInitially += 1
                 }
@@ -267,7 +294,7 @@ public final class RegionExports: Sendable {
                 ])
                 while true {
                     try await Task.sleep(for: scanInterval)
-                    for chunk in scanner.changedChunks() { try await push(chunk) }
+                    for chunk in changes.changedChunks() { try await push(chunk) }
                 }
             }
             // Whichever side ends first ends the subscription.

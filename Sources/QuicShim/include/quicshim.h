@@ -27,6 +27,9 @@
 #include <sys/statfs.h>
 
 #include "qs_userfaultfd.h"
+/* userfaultfd + PAGEMAP_SCAN dirty tracking (included here too, so that a
+ * module cache built before this header existed is rebuilt). */
+#include "dirtytrack.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>

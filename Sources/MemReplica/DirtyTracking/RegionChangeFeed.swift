@@ -1,0 +1,129 @@
+import Logging
+
+/// The one dirty tracker of a region in this process, shared by everything
+/// that follows the region's changes (each mirror's subscription).
+///
+/// Why one per region: a tracker reads and resets, so two consumers of one
+/// tracker would each see only part of the writes; and the userfaultfd
+/// tracker cannot be doubled, since a second registration of the same
+/// range fails with EBUSY. Why per region and not per `RegionExports`:
+/// registration belongs to the mapping, which several exports objects may
+/// share (the sync benchmark makes one per run, while the last run's
+/// subscription may still be ending).
+///
+/// So the first subscription selects and arms the tracker, the last one to
+/// go closes it (it is disarmed while no mirror follows the region; a new
+/// subscription starts with a full or hash-compared initial pass anyway).
+/// Whichever subscription scans, the result is fanned out: every other
+/// subscription's pending set gets the chunks, and each takes its own set
+/// on its next poll. A subscription thus learns of every chunk written
+/// after it subscribed, at least once.
+///
+/// Should a scan fail, the tracker can no longer be trusted (the kernel
+/// may have reset pages before failing): the feed switches to hashing and
+/// reports every chunk to every subscription once.
+public final class RegionChangeFeed: Sendable {
+    public let region: Region
+    private let logger: Logger
+    private let state: Locked<State>
+
+    private struct State {
+        var tracker: (any DirtyTracker)?
+        var kind: DirtyTrackerKind
+        var reason: String
+        var pending: [Int: PendingChunks] = [:]
+        var nextID = 0
+        var lastStatistics = DirtyScanStatistics()
+    }
+
+    /// Live feeds by region identity (a feed holds its region, so the
+    /// identity is not reused while the entry exists).
+    private static let registry = Locked<[ObjectIdentifier: RegionChangeFeed]>([:])
+
+    private init(region: Region, selection: DirtyTrackerSelection, logger: Logger) {
+        self.region = region
+        self.logger = logger
+        state = Locked(State(tracker: selection.tracker, kind: selection.kind, reason: selection.reason))
+    }
+
+    /// Follows `region`'s changes from now on: the region's tracker is armed
+    /// (selected now if nobody follows the region yet) before this returns.
+    public static func subscribe(to region: Region, logger: Logger) -> ChangeSubscription {
+        subscribe(to: region, logger: logger) { DirtyTrackerSelection.select(for: region) }
+    }
+
+    /// As above with a given tracker when the region has no feed yet (tests).
+    static func subscribe(to region: Region, logger: Logger,
+                          select: () -> DirtyTrackerSelection) -> ChangeSubscription {
+        registry.withLock { feeds in
+            let key = ObjectIdentifier(region)
+            let feed = feeds[key] ?? RegionChangeFeed(region: region, selection: select(), logger: logger)
+            feeds[key] = feed
+            return ChangeSubscription(feed: feed, id: feed.addSubscriber())
+        }
+    }
+
+    /// The region's tracking now, or nil when nobody follows it.
+    public static func status(of region: Region) -> DirtyTrackingStatus? {
+        registry.withLock { $0[ObjectIdentifier(region)] }?.status
+    }
+
+    public var status: DirtyTrackingStatus {
+        state.withLock {
+            DirtyTrackingStatus(kind: $0.kind, reason: $0.reason, subscribers: $0.pending.count,
+                                statistics: $0.tracker?.statistics ?? $0.lastStatistics)
+        }
+    }
+
+    private func addSubscriber() -> Int {
+        state.withLock {
+            $0.nextID += 1
+            $0.pending[$0.nextID] = PendingChunks(chunkCount: region.geometry.chunkCount)
+            return $0.nextID
+        }
+    }
+
+    func unsubscribe(_ id: Int) {
+        Self.registry.withLock { feeds in
+            let empty = state.withLock { s -> Bool in
+                s.pending[id] = nil
+                guard s.pending.isEmpty else { return false }
+                // Closes the tracker (a userfaultfd is unregistered) now,
+                // not whenever the feed object goes away.
+                if let t = s.tracker { s.lastStatistics = t.statistics }
+                s.tracker = nil
+                return true
+            }
+            if empty, feeds[ObjectIdentifier(region)] === self {
+                feeds[ObjectIdentifier(region)] = nil
+            }
+        }
+    }
+
+    /// Scans, hands the result to every other subscriber, and returns what
+    /// subscriber `id` has not taken yet, ascending.
+    func changedChunks(for id: Int) -> [Int] {
+        let chunkCount = region.geometry.chunkCount
+        return state.withLock { s -> [Int] in
+            guard let tracker = s.tracker, s.pending[id] != nil else { return [] }
+            var scanned: [Int]
+            do {
+                scanned = try tracker.changedChunks()
+            } catch {
+                logger.error("dirty tracker failed: hashing from now on, every chunk is sent again",
+                             metadata: ["region": "\(region.name)", "tracker": "\(s.kind)", "error": "\(error)"])
+                s.lastStatistics = tracker.statistics
+                s.tracker = ChunkHashScanner(region: region)
+                s.kind = .hashScan
+                s.reason = "the \(tracker.kind) tracker failed (\(error)): hashing instead"
+                scanned = Array(0..<chunkCount)
+            }
+            for other in s.pending.keys where other != id {
+                s.pending[other]!.insert(scanned)
+            }
+            if s.pending[id]!.isEmpty { return scanned }
+            s.pending[id]!.insert(scanned)
+            return s.pending[id]!.takeAll()
+        }
+    }
+}
