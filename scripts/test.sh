@@ -11,4 +11,6 @@ scratch=()
 swift build --build-tests "${scratch[@]}"
 # The suites are swift-testing only; without --disable-xctest the XCTest
 # runner would also print "Executed 0 tests", which reads like an empty run.
-swift test --skip-build --disable-xctest "${scratch[@]}" "$@"
+# Suites run one after another: several move a GiB or bound a timeout, and
+# on a 2-core machine running them side by side only measures contention.
+swift test --skip-build --disable-xctest --no-parallel "${scratch[@]}" "$@"

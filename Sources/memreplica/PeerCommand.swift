@@ -41,13 +41,17 @@ struct PeerCommand: AsyncParsableCommand {
         "Mirror a region another peer exports into a local file: NAME@HOST:PORT=PATH.", valueName: "spec"))
     var mirrors: [String] = []
 
+    @Flag(help: ArgumentHelp(
+        "Make the --mirror regions post-copy: usable at once, chunks pulled on first touch (PATH must be under /dev/shm)."))
+    var lazy = false
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
     func configuration() throws -> PeerConfiguration {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
-                                           tls: tls.files, exports: exports, mirrors: mirrors)
+                                           tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy)
         return configuration
     }
 

@@ -44,7 +44,8 @@ struct PeerConfigurationTests {
                 {"name": "log", "path": "data/log", "size": 1048576, "chunk": 4096},
                 {"name": "plain", "path": "/p"}
               ],
-              "mirrors": [{"name": "sessions", "peer": "10.0.0.2:4433", "path": "/var/lib/x/sessions"}]
+              "mirrors": [{"name": "sessions", "peer": "10.0.0.2:4433", "path": "/var/lib/x/sessions"},
+                          {"name": "heap", "peer": "10.0.0.2:4433", "path": "/dev/shm/heap", "lazy": true}]
             }
             """)
         #expect(configuration.listen == (try PeerAddress(parsing: "127.0.0.1:4433")))
@@ -60,7 +61,8 @@ struct PeerConfigurationTests {
         ])
         #expect(configuration.exports[0].size == 1 << 30)
         #expect(configuration.exports[2].size == nil && configuration.exports[2].chunkSize == ExportSpec.defaultChunkSize)
-        #expect(configuration.mirrors == [try MirrorSpec(parsing: "sessions@10.0.0.2:4433=/var/lib/x/sessions")])
+        #expect(configuration.mirrors == [try MirrorSpec(parsing: "sessions@10.0.0.2:4433=/var/lib/x/sessions"),
+                                          try MirrorSpec(parsing: "heap@10.0.0.2:4433=/dev/shm/heap", lazy: true)])
     }
 
     @Test("an empty file leaves every setting at its default")
@@ -79,8 +81,8 @@ struct PeerConfigurationTests {
          "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors"),
         (#"{"tls": {"cert": "c", "key": "k", "ca": "a", "pin": "x"}}"#,
          "peer.json: tls.pin: unknown key; known keys: cert, key, ca"),
-        (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "lazy": true}]}"#,
-         "peer.json: mirrors[0].lazy: unknown key; known keys: name, peer, path"),
+        (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "mode": "lazy"}]}"#,
+         "peer.json: mirrors[0].mode: unknown key; known keys: name, peer, path, lazy"),
     ])
     func unknownKeys(json: String, message: String) {
         #expect(refusal(json) == message)
@@ -101,6 +103,8 @@ struct PeerConfigurationTests {
          #"peer.json: exports[0].size: expected a positive whole number of bytes, or a string such as "64K" or "1G", found true"#),
         (#"{"mirrors": [{"name": "a", "peer": ["10.0.0.2", 1], "path": "/a"}]}"#,
          "peer.json: mirrors[0].peer: expected a string, found an array"),
+        (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "lazy": "yes"}]}"#,
+         "peer.json: mirrors[0].lazy: expected true or false, found a string"),
     ])
     func wrongTypes(json: String, message: String) {
         #expect(refusal(json) == message)

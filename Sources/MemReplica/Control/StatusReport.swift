@@ -82,6 +82,17 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var source: String?
         /// For a primary: the mirrors it serves now.
         public var mirrors: [Mirror]?
+        /// For a lazy (post-copy) replica: its faults. `lastAppliedVersion`
+        /// is then the last DIRTY epoch applied.
+        public var lazy: Lazy?
+
+        public struct Lazy: Codable, Sendable, Equatable {
+            public var faults: Int
+            public var faultsServed: Int
+            public var chunksInvalidated: Int
+            /// How long the longest-waiting unserved fault has waited.
+            public var oldestFaultWaitingSeconds: Double?
+        }
 
         public struct Mirror: Codable, Sendable, Equatable {
             public var peer: String

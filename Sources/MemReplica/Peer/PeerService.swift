@@ -112,16 +112,27 @@ public final class PeerService: Sendable {
             return region
         }
         let replicas = mirrors.map { runner -> StatusReport.Region in
-            guard let m = runner.mirror else {
+            switch runner.mirror {
+            case nil:
                 return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: 0, chunkSize: 0,
                              chunks: 0, chunksPresent: 0, source: runner.spec.address.description)
+            case .eager(let m)?:
+                let p = m.currentProgress
+                return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
+                             chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
+                             chunksPresent: p.synced ? m.region.geometry.chunkCount : p.chunksPresent,
+                             lastAppliedVersion: p.lastAppliedVersion,
+                             source: runner.spec.address.description)
+            case .lazy(let m)?:
+                let p = m.progress
+                var region = StatusReport.Region(name: runner.spec.name, role: "replica", path: runner.spec.path,
+                                                 size: m.region.geometry.size, chunkSize: m.region.geometry.chunkSize,
+                                                 chunks: p.chunkCount, chunksPresent: p.chunksPresent,
+                                                 lastAppliedVersion: p.lastEpoch, source: runner.spec.address.description)
+                region.lazy = .init(faults: p.faults, faultsServed: p.faultsServed, chunksInvalidated: p.chunksInvalidated,
+                                    oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds })
+                return region
             }
-            let p = m.currentProgress
-            return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
-                         chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
-                         chunksPresent: p.synced ? m.region.geometry.chunkCount : p.chunksPresent,
-                         lastAppliedVersion: p.lastAppliedVersion,
-                         source: runner.spec.address.description)
         }
         return primaries + replicas
     }

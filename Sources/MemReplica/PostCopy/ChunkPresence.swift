@@ -9,9 +9,9 @@ struct ChunkPresence {
     private(set) var present: [Bool]
     private(set) var generation: [UInt32]
     private(set) var presentCount = 0
-    /// Chunks a thread faulted on and that are not installed yet, with the
-    /// time of the first fault.
-    private(set) var waiting: [Int: ContinuousClock.Instant] = [:]
+    /// Chunks a thread faulted on and that are not installed yet: when the
+    /// first fault was raised, and how many faults wait on it.
+    private(set) var waiting: [Int: (since: ContinuousClock.Instant, faults: Int)] = [:]
     /// READs in flight on the current connection.
     private var requested: Set<Int> = []
     /// Where the background puller looks next: just past the latest fault.
@@ -30,7 +30,7 @@ struct ChunkPresence {
     mutating func faulted(_ chunk: Int, at now: ContinuousClock.Instant) -> Bool {
         pullCursor = chunk
         guard !present[chunk] else { return false }
-        if waiting[chunk] == nil { waiting[chunk] = now }
+        waiting[chunk, default: (now, 0)].faults += 1
         return true
     }
 
@@ -80,8 +80,8 @@ struct ChunkPresence {
     }
 
     /// The chunk's bytes are in the mapping. Returns when its first fault
-    /// was raised, if a thread was waiting.
-    mutating func installed(_ chunk: Int) -> ContinuousClock.Instant? {
+    /// was raised and how many faults it served, if a thread was waiting.
+    mutating func installed(_ chunk: Int) -> (since: ContinuousClock.Instant, faults: Int)? {
         if !present[chunk] {
             present[chunk] = true
             presentCount += 1

@@ -88,7 +88,7 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// (`--export`/`--mirror` texts) are added after the file's.
     public mutating func applyCommandLine(listen: String? = nil, name: String? = nil, stateDirectory: String? = nil,
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
-                                          mirrors: [String] = []) throws {
+                                          mirrors: [String] = [], lazyMirrors: Bool = false) throws {
         if let listen {
             do {
                 self.listen = try PeerAddress(parsing: listen)
@@ -107,7 +107,7 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
         for text in mirrors {
             let spec: MirrorSpec
-            do { spec = try MirrorSpec(parsing: text) } catch { throw PeerConfigurationError("--mirror: \(error)") }
+            do { spec = try MirrorSpec(parsing: text, lazy: lazyMirrors) } catch { throw PeerConfigurationError("--mirror: \(error)") }
             try add(spec, from: .flag("--mirror \(text)"))
         }
     }
@@ -217,6 +217,11 @@ public struct PeerConfiguration: Sendable, Equatable {
             }
         }
 
+        func bool(_ value: JSONValue, at path: String) throws -> Bool {
+            guard case .bool(let b) = value else { throw failure(at: path, "expected true or false, found \(value.kind)") }
+            return b
+        }
+
         func string(_ value: JSONValue, at path: String) throws -> String {
             guard case .string(let text) = value else { throw failure(at: path, "expected a string, found \(value.kind)") }
             guard !text.isEmpty else { throw failure(at: path, "must not be empty") }
@@ -281,11 +286,12 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
 
         func mirror(_ value: JSONValue, at path: String) throws -> MirrorSpec {
-            let fields = try object(value, at: path, keys: ["name", "peer", "path"])
+            let fields = try object(value, at: path, keys: ["name", "peer", "path", "lazy"])
             let name = try string(required(fields, "name", at: path), at: path + ".name")
             let peer = try address(required(fields, "peer", at: path), at: path + ".peer")
             let regionFile = try filePath(required(fields, "path", at: path), at: path + ".path")
-            return try checked(at: path) { try MirrorSpec(name: name, address: peer, path: regionFile) }
+            let lazy = try fields["lazy"].map { try bool($0, at: path + ".lazy") } ?? false
+            return try checked(at: path) { try MirrorSpec(name: name, address: peer, path: regionFile, lazy: lazy) }
         }
 
         /// A spec's own rules, reported at the field they name (`exports[1].chunk`).

@@ -30,7 +30,9 @@ public final class PostCopyMirror: @unchecked Sendable {
         public var chunksPresent: Int
         /// The primary answered SUBSCRIBE (and listed what changed while apart).
         public var subscribed: Bool
+        /// Page faults raised (several threads on one chunk count apiece).
         public var faults: Int
+        /// Of those, the ones whose chunk has been installed.
         public var faultsServed: Int
         public var chunksInvalidated: Int
         public var lastEpoch: UInt64
@@ -85,7 +87,7 @@ public final class PostCopyMirror: @unchecked Sendable {
         state.withLock { s in
             Progress(chunkCount: s.chunks.chunkCount, chunksPresent: s.chunks.presentCount, subscribed: s.subscribed,
                      faults: s.faults, faultsServed: s.faultsServed, chunksInvalidated: s.invalidated,
-                     lastEpoch: s.lastEpoch, oldestFaultWaiting: s.chunks.waiting.values.min())
+                     lastEpoch: s.lastEpoch, oldestFaultWaiting: s.chunks.waiting.values.map(\.since).min())
         }
     }
 
@@ -257,9 +259,9 @@ public final class PostCopyMirror: @unchecked Sendable {
                 case .install:
                     try bytes.withUnsafeBytes { try faults.install(chunk: expected.chunk, bytes: $0) }
                 }
-                if let raised = s.chunks.installed(expected.chunk) {
-                    s.faultsServed += 1
-                    if s.faultLatencies.count < 1 << 20 { s.faultLatencies.append(.now - raised) }
+                if let waited = s.chunks.installed(expected.chunk) {
+                    s.faultsServed += waited.faults
+                    if s.faultLatencies.count < 1 << 20 { s.faultLatencies.append(.now - waited.since) }
                 }
                 return nil
             }

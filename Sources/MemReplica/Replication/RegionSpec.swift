@@ -70,25 +70,30 @@ public struct MirrorSpec: Sendable, Equatable {
     public var name: String
     public var address: PeerAddress
     public var path: String
+    /// Post-copy: the replica is usable at once and pulls chunks on first
+    /// touch; the primary sends DIRTY instead of bytes. Needs shared memory
+    /// (a file under /dev/shm).
+    public var lazy: Bool
 
     /// Checks the spec; a failure is a `SpecError` naming the field at fault.
-    public init(name: String, address: PeerAddress, path: String) throws {
+    public init(name: String, address: PeerAddress, path: String, lazy: Bool = false) throws {
         try validateName(name)
         guard !address.isWildcard else { throw SpecError("the exporting peer needs a host", field: "peer") }
         guard !path.isEmpty else { throw SpecError("missing PATH", field: "path") }
         self.name = name
         self.address = address
         self.path = path
+        self.lazy = lazy
     }
 
-    public init(parsing text: String) throws {
+    public init(parsing text: String, lazy: Bool = false) throws {
         func failure(_ reason: String) -> SpecError { SpecError("mirror '\(text)': \(reason)") }
         guard let at = text.firstIndex(of: "@"), let eq = text.lastIndex(of: "="), at < eq else {
             throw failure("expected NAME@HOST:PORT=PATH")
         }
         let address = try PeerAddress(parsing: String(text[text.index(after: at)..<eq]))
         do {
-            try self.init(name: String(text[..<at]), address: address, path: String(text[text.index(after: eq)...]))
+            try self.init(name: String(text[..<at]), address: address, path: String(text[text.index(after: eq)...]), lazy: lazy)
         } catch let error as SpecError {
             throw failure(error.description)
         }
