@@ -6,7 +6,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Run a benchmark scenario (figures are ratios measured side by side in one run).",
-        subcommands: [BenchTransportCommand.self, BenchSyncCommand.self, BenchDirtyCommand.self])
+        subcommands: [BenchTransportCommand.self, BenchSyncCommand.self, BenchDirtyCommand.self, BenchFaultsCommand.self])
 }
 
 struct BenchTransportCommand: AsyncParsableCommand {

@@ -26,4 +26,21 @@ struct BenchPeers {
                                       configuration: clientConfig, logger: logger)
         return (server, client)
     }
+
+    /// A listening endpoint serving `exports` on its first connection, and a
+    /// client connected to it. Cancel the task and close both when done.
+    func connectServing(_ exports: RegionExports) async throws
+        -> (server: QUICEndpoint, client: QUICEndpoint, connection: QUICConnection, serving: Task<Void, Never>) {
+        let (server, client) = try endpoints()
+        let serving = Task {
+            guard let conn = await server.acceptQUIC() else { return }
+            await withDiscardingTaskGroup { group in
+                while let stream = try? await conn.acceptStream() {
+                    group.addTask { await exports.serve(stream, peer: conn.peerIdentity) }
+                }
+            }
+        }
+        let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
+        return (server, client, conn, serving)
+    }
 }

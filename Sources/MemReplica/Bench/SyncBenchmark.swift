@@ -44,21 +44,6 @@ public struct SyncBenchmark {
         peers = try BenchPeers(workDirectory: workDirectory)
     }
 
-    /// A listening endpoint serving `exports` and a client connected to it.
-    private func connect(_ exports: RegionExports) async throws -> (QUICEndpoint, QUICEndpoint, QUICConnection, Task<Void, Never>) {
-        let (server, client) = try peers.endpoints()
-        let serving = Task {
-            guard let conn = await server.acceptQUIC() else { return }
-            await withDiscardingTaskGroup { group in
-                while let stream = try? await conn.acceptStream() {
-                    group.addTask { await exports.serve(stream, peer: conn.peerIdentity) }
-                }
-            }
-        }
-        let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
-        return (server, client, conn, serving)
-    }
-
     private func quietLogger() -> Logger {
         var l = Logger(label: "memreplica.bench")
         l.logLevel = .warning
@@ -71,7 +56,7 @@ public struct SyncBenchmark {
         var runs: [Double] = []
         for run in 1...options.runs {
             let exports = RegionExports([.init(region: primary)], scanInterval: .seconds(3600), logger: quietLogger())
-            let (server, client, conn, serving) = try await connect(exports)
+            let (server, client, conn, serving) = try await peers.connectServing(exports)
             let replica = try Region(name: "sync", backing: .memory, size: options.syncBytes, chunkSize: options.chunkSize)
             let mirror = RegionMirror(region: replica, offersHeldChunks: false)
             let start = ContinuousClock.now
@@ -106,7 +91,7 @@ public struct SyncBenchmark {
         let probe = LagProbe()
         let exports = RegionExports([.init(region: primary)], scanInterval: options.scanInterval, observer: probe,
                                     logger: quietLogger())
-        let (server, client, conn, serving) = try await connect(exports)
+        let (server, client, conn, serving) = try await peers.connectServing(exports)
         let replica = try Region(name: "lag", backing: .memory, size: options.lagRegionBytes, chunkSize: options.chunkSize)
         let mirror = RegionMirror(region: replica)
         let task = Task { try await mirror.run(over: conn) }

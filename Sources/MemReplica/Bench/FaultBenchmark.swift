@@ -1,0 +1,137 @@
+import Foundation
+import Logging
+
+/// `memreplica bench faults`: what a first touch costs on a post-copy
+/// replica, over QUIC on loopback, in one run:
+/// - idle: a thread touches one missing page at a time (4 KiB chunks, no
+///   background pull) and times each load from issue to return: the fault
+///   event, READ, DATA, UFFDIO_COPY and the wake-up;
+/// - under bulk: the same while an eager initial sync of another region
+///   runs on the same connection: the head-of-line case. Fault reads have
+///   a stream of their own, so they should not wait behind the bulk bytes.
+/// Targets (issue 4): idle p50 ≤ 50 µs, p99 ≤ 150 µs.
+public struct FaultBenchmark {
+    public struct Options: Sendable {
+        public var regionBytes = 256 << 20
+        public var chunkSize = 4096
+        /// Faults timed in each phase.
+        public var faults = 2000
+        public var bulkBytes = 1 << 30
+        public init() {}
+    }
+
+    public struct Latency: Codable, Sendable {
+        public var samples: Int
+        public var p50Microseconds: Double
+        public var p90Microseconds: Double
+        public var p99Microseconds: Double
+        public var p999Microseconds: Double
+        public var maxMicroseconds: Double
+
+        init(_ nanoseconds: [UInt64]) {
+            let sorted = nanoseconds.sorted()
+            func pct(_ p: Double) -> Double {
+                sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000
+            }
+            samples = sorted.count
+            p50Microseconds = pct(0.5); p90Microseconds = pct(0.9); p99Microseconds = pct(0.99)
+            p999Microseconds = pct(0.999); maxMicroseconds = Double(sorted.last ?? 0) / 1000
+        }
+    }
+
+    public struct Report: Codable, Sendable {
+        public var regionBytes: Int
+        public var chunkSize: Int
+        public var idle: Latency
+        public var underBulk: Latency
+        public var bulkBytes: Int
+        /// The bulk sync was still running when the last fault was timed.
+        public var bulkRanThroughout: Bool
+        public var bulkChunksAtEnd: Int
+        public var meetsIdleTarget: Bool
+    }
+
+    public let options: Options
+    let peers: BenchPeers
+    let log: @Sendable (String) -> Void
+
+    public init(options: Options, workDirectory: String, log: @escaping @Sendable (String) -> Void) throws {
+        self.options = options
+        self.log = log
+        peers = try BenchPeers(workDirectory: workDirectory)
+    }
+
+    public func run() async throws -> Report {
+        var logger = Logger(label: "memreplica.bench")
+        logger.logLevel = .warning
+        let primary = try Region(name: "faults", backing: .memory, size: options.regionBytes, chunkSize: options.chunkSize)
+        fillPattern(primary.bytes, seed: 21)
+        let bulkPrimary = try Region(name: "bulk", backing: .memory, size: options.bulkBytes, chunkSize: 64 << 10)
+        fillPattern(bulkPrimary.bytes, seed: 22)
+        let exports = RegionExports([.init(region: primary), .init(region: bulkPrimary)], scanInterval: .seconds(3600),
+                                    logger: logger)
+        let (server, client, conn, serving) = try await peers.connectServing(exports)
+        defer { serving.cancel() }
+
+        let replica = try Region(name: "faults", backing: .memory, size: options.regionBytes, chunkSize: options.chunkSize)
+        var lazyOptions = PostCopyMirror.Options()
+        lazyOptions.backgroundPull = false
+        let mirror = try PostCopyMirror(region: replica, options: lazyOptions)
+        defer { mirror.stop() }
+        let following = Task { try await mirror.run(over: conn) }
+        defer { following.cancel() }
+        while !mirror.progress.subscribed { try await Task.sleep(for: .milliseconds(1)) }
+
+        // Pages in random order; each phase touches pages nobody touched.
+        let pages = options.regionBytes / Int(getpagesize())
+        var order = Array(0..<pages)
+        order.shuffle()
+        let count = min(options.faults, pages / 2)
+        let idle = try await timeTouches(replica, primary, pages: Array(order[0..<count]))
+        log("idle: \(count) faults, p50 \(String(format: "%.1f", idle.p50Microseconds)) µs, p99 \(String(format: "%.1f", idle.p99Microseconds)) µs")
+
+        let bulkReplica = try Region(name: "bulk", backing: .memory, size: options.bulkBytes, chunkSize: 64 << 10)
+        let bulk = RegionMirror(region: bulkReplica, offersHeldChunks: false)
+        let syncing = Task { try await bulk.run(over: conn) }
+        defer { syncing.cancel() }
+        // Let the bulk stream fill the path first.
+        while bulk.currentProgress.chunksPresent < 64 { try await Task.sleep(for: .milliseconds(1)) }
+        let underBulk = try await timeTouches(replica, primary, pages: Array(order[count..<(2 * count)]))
+        let atEnd = bulk.currentProgress
+        log("under a bulk sync: \(count) faults, p50 \(String(format: "%.1f", underBulk.p50Microseconds)) µs, p99 \(String(format: "%.1f", underBulk.p99Microseconds)) µs; bulk \(atEnd.synced ? "had finished" : "still running") (\(atEnd.chunksPresent) chunks)")
+        await client.close()
+        await server.close()
+        return Report(regionBytes: options.regionBytes, chunkSize: options.chunkSize, idle: idle, underBulk: underBulk,
+                      bulkBytes: options.bulkBytes, bulkRanThroughout: !atEnd.synced, bulkChunksAtEnd: atEnd.chunksPresent,
+                      meetsIdleTarget: idle.p50Microseconds <= 50 && idle.p99Microseconds <= 150)
+    }
+
+    /// Touches each page once from a thread of its own (a fault sleeps in
+    /// the kernel; the cooperative pool must stay free to serve it), timing
+    /// each load, and checks every word read against the primary.
+    private func timeTouches(_ replica: Region, _ primary: Region, pages: [Int]) async throws -> Latency {
+        let result = Locked<Result<[UInt64], ReplicationError>?>(nil)
+        let page = Int(getpagesize())
+        let thread = Thread {
+            var samples: [UInt64] = []
+            samples.reserveCapacity(pages.count)
+            for p in pages {
+                let offset = p * page
+                let start = DispatchTime.now().uptimeNanoseconds
+                let got = replica.bytes.load(fromByteOffset: offset, as: UInt64.self)
+                samples.append(DispatchTime.now().uptimeNanoseconds - start)
+                guard got == primary.bytes.load(fromByteOffset: offset, as: UInt64.self) else {
+                    result.withLock { $0 = .failure(.violation(ProtocolViolation(.internalError, "page \(p) read wrong bytes"))) }
+                    return
+                }
+            }
+            result.withLock { $0 = .success(samples) }
+        }
+        thread.name = "bench faults"
+        thread.start()
+        while true {
+            if let r = result.withLock({ $0 }) { return Latency(try r.get()) }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}

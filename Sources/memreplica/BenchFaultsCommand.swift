@@ -1,0 +1,52 @@
+import ArgumentParser
+import Foundation
+import MemReplica
+
+struct BenchFaultsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "faults",
+        abstract: "Post-copy fault latency over QUIC on loopback, idle and while a bulk sync shares the connection.")
+
+    @Option(help: "Size of the lazy region (suffixes K, M, G).")
+    var size: String = "256M"
+    @Option(help: "Faults timed per phase.")
+    var faults: Int = 2000
+    @Option(help: "Size of the region whose initial sync runs during the second phase.")
+    var bulk: String = "1G"
+    @Flag(help: "Print the report as JSON on stdout.")
+    var json = false
+
+    func validate() throws {
+        guard parseByteSize(size) != nil, parseByteSize(bulk) != nil else { throw ValidationError("bad --size or --bulk") }
+        guard faults >= 1 else { throw ValidationError("--faults must be at least 1") }
+    }
+
+    func run() async throws {
+        var options = FaultBenchmark.Options()
+        options.regionBytes = parseByteSize(size)!
+        options.bulkBytes = parseByteSize(bulk)!
+        options.faults = faults
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("memreplica-bench-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let quiet = json
+        let report = try await FaultBenchmark(options: options, workDirectory: work) { line in
+            if quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+        }.run()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        func us(_ v: Double) -> String { String(format: "%.1f", v) }
+        func row(_ name: String, _ l: FaultBenchmark.Latency) -> String {
+            "  \(name)  p50 \(us(l.p50Microseconds)) µs  p90 \(us(l.p90Microseconds))  p99 \(us(l.p99Microseconds))  p999 \(us(l.p999Microseconds))  max \(us(l.maxMicroseconds))"
+        }
+        print("")
+        print("post-copy faults, \(report.chunkSize >> 10) KiB chunks, \(report.idle.samples) per phase:")
+        print(row("idle      ", report.idle))
+        print(row("under bulk", report.underBulk))
+        print("  bulk sync of \(report.bulkBytes >> 20) MiB \(report.bulkRanThroughout ? "ran throughout" : "FINISHED before the last fault")")
+        print("  target idle p50 ≤ 50 µs, p99 ≤ 150 µs: \(report.meetsIdleTarget ? "met" : "MISSED")")
+    }
+}
