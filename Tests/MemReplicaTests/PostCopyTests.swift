@@ -148,6 +148,37 @@ struct PostCopyTests {
         mirror.stop()
     }
 
+    @Test("a reads stream answers READ with one DATA per chunk, and refuses a READ past the end or another frame")
+    func readsStream() async throws {
+        let primary = try Region(name: "r", backing: .memory, size: 4 * 65536, chunkSize: 65536)
+        fillPattern(primary.bytes, seed: 4)
+        let rp = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quietLogger()))
+        func readsStream() async throws -> FrameStream {
+            let frames = FrameStream(try await rp.client.openStream())
+            try await frames.send(.subscribe(.init(name: "r", size: 4 * 65536, chunkSize: 65536, mode: .reads)))
+            return frames
+        }
+        let good = try await readsStream()
+        try await good.send(.read(firstChunk: 1, count: 2))
+        for chunk in [1, 2] {
+            let expected = try primary.copyChunk(chunk)
+            let frame = try await good.receive()
+            #expect(frame == .data(firstChunk: UInt64(chunk), bytes: expected))
+        }
+        for (request, code) in [(Frame.read(firstChunk: 3, count: 2), ProtocolErrorCode.chunkOutOfRange),
+                                (.ack(version: 1), .unexpectedFrame)] {
+            let bad = try await readsStream()
+            try await bad.send(request)
+            let answer = try await bad.receive()
+            guard case .error(let got, _)? = answer else {
+                Issue.record("expected ERROR, got \(String(describing: answer))")
+                continue
+            }
+            #expect(got == code.rawValue)
+        }
+        await rp.close()
+    }
+
     @Test("a lazy replica on a regular file is refused with a reason")
     func regularFileRefused() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("lazy-\(UInt32.random(in: 0...UInt32.max))").path
