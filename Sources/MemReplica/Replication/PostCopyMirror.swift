@@ -38,6 +38,9 @@ public final class PostCopyMirror: @unchecked Sendable {
         public var lastEpoch: UInt64
         /// When the longest-waiting unserved fault was raised.
         public var oldestFaultWaiting: ContinuousClock.Instant?
+        /// Chunks asked for and not yet answered: by faults, by the puller.
+        public var faultReadsInFlight: Int
+        public var pullReadsInFlight: Int
         public var complete: Bool { chunksPresent == chunkCount }
     }
 
@@ -49,6 +52,8 @@ public final class PostCopyMirror: @unchecked Sendable {
         var invalidated = 0
         var lastEpoch: UInt64 = 0
         var faultLatencies: [Duration] = []
+        var faultQueue: Locked<Deque<(chunk: Int, generation: UInt32)>>?
+        var pullQueue: Locked<Deque<(chunk: Int, generation: UInt32)>>?
         var wakeFaultRequests: AsyncStream<Void>.Continuation?
         var wakePuller: AsyncStream<Void>.Continuation?
     }
@@ -87,7 +92,9 @@ public final class PostCopyMirror: @unchecked Sendable {
         state.withLock { s in
             Progress(chunkCount: s.chunks.chunkCount, chunksPresent: s.chunks.presentCount, subscribed: s.subscribed,
                      faults: s.faults, faultsServed: s.faultsServed, chunksInvalidated: s.invalidated,
-                     lastEpoch: s.lastEpoch, oldestFaultWaiting: s.chunks.waiting.values.map(\.since).min())
+                     lastEpoch: s.lastEpoch, oldestFaultWaiting: s.chunks.waiting.values.map(\.since).min(),
+                     faultReadsInFlight: s.faultQueue?.withLock { $0.count } ?? 0,
+                     pullReadsInFlight: s.pullQueue?.withLock { $0.count } ?? 0)
         }
     }
 
@@ -119,7 +126,7 @@ public final class PostCopyMirror: @unchecked Sendable {
             s.wakePuller = pulls == nil ? nil : pullWake
         }
         defer {
-            state.withLock { s in s.wakeFaultRequests = nil; s.wakePuller = nil }
+            state.withLock { s in s.wakeFaultRequests = nil; s.wakePuller = nil; s.faultQueue = nil; s.pullQueue = nil }
             faultWake.finish()
             pullWake.finish()
         }
@@ -131,10 +138,12 @@ public final class PostCopyMirror: @unchecked Sendable {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await self.followInvalidations(control) }
                 let faultQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
+                state.withLock { $0.faultQueue = faultQueue }
                 group.addTask { try await self.requestFaults(on: reads, queue: faultQueue, signals: faultSignals) }
                 group.addTask { try await self.receiveChunks(on: reads, queue: faultQueue, onEach: nil) }
                 if let pulls {
                     let pullQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
+                    state.withLock { $0.pullQueue = pullQueue }
                     group.addTask { try await self.pull(on: pulls, queue: pullQueue, signals: pullSignals) }
                     group.addTask { try await self.receiveChunks(on: pulls, queue: pullQueue, onEach: pullWake) }
                 }
