@@ -12,8 +12,11 @@ struct ChunkPresence {
     /// Chunks a thread faulted on and that are not installed yet: when the
     /// first fault was raised, and how many faults wait on it.
     private(set) var waiting: [Int: (since: ContinuousClock.Instant, faults: Int)] = [:]
-    /// READs in flight on the current connection.
-    private var requested: Set<Int> = []
+    /// READs in flight on the current connection, per reads stream. A fault
+    /// on a chunk the puller asked for still gets a READ of its own: the
+    /// puller's answer may be queued behind megabytes of others.
+    private var requestedByFault: Set<Int> = []
+    private var requestedByPull: Set<Int> = []
     /// Where the background puller looks next: just past the latest fault.
     private var pullCursor = 0
 
@@ -36,8 +39,8 @@ struct ChunkPresence {
 
     /// Faulted chunks to READ now, with the generation each is asked at.
     mutating func takeFaultRequests() -> [(chunk: Int, generation: UInt32)] {
-        let due = waiting.keys.filter { !requested.contains($0) && !present[$0] }.sorted()
-        requested.formUnion(due)
+        let due = waiting.keys.filter { !requestedByFault.contains($0) && !present[$0] }.sorted()
+        requestedByFault.formUnion(due)
         return due.map { ($0, generation[$0]) }
     }
 
@@ -49,14 +52,14 @@ struct ChunkPresence {
         var start: Int?
         for step in 0..<n {
             let c = (pullCursor + step) % n
-            if !present[c] && !requested.contains(c) { start = c; break }
+            if !present[c] && !isRequested(c) { start = c; break }
         }
         guard let first = start else { return nil }
         var run: [(chunk: Int, generation: UInt32)] = []
         var c = first
-        while c < n, run.count < limit, !present[c], !requested.contains(c) {
+        while c < n, run.count < limit, !present[c], !isRequested(c) {
             run.append((c, generation[c]))
-            requested.insert(c)
+            requestedByPull.insert(c)
             c += 1
         }
         pullCursor = c % n
@@ -72,9 +75,14 @@ struct ChunkPresence {
         case stale
     }
 
-    /// DATA for `chunk`, asked for at `askedAt`, has arrived.
-    mutating func arrived(_ chunk: Int, askedAt: UInt32) -> Arrival {
-        requested.remove(chunk)
+    private func isRequested(_ chunk: Int) -> Bool {
+        requestedByFault.contains(chunk) || requestedByPull.contains(chunk)
+    }
+
+    /// DATA for `chunk`, asked for at `askedAt` by a fault or the puller,
+    /// has arrived.
+    mutating func arrived(_ chunk: Int, askedAt: UInt32, forFault: Bool) -> Arrival {
+        if forFault { requestedByFault.remove(chunk) } else { requestedByPull.remove(chunk) }
         guard generation[chunk] == askedAt else { return .stale }
         return present[chunk] ? .alreadyPresent : .install
     }
@@ -99,5 +107,8 @@ struct ChunkPresence {
     }
 
     /// A new connection: nothing is in flight any more.
-    mutating func connectionChanged() { requested.removeAll() }
+    mutating func connectionChanged() {
+        requestedByFault.removeAll()
+        requestedByPull.removeAll()
+    }
 }

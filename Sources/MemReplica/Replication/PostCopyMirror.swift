@@ -140,12 +140,12 @@ public final class PostCopyMirror: @unchecked Sendable {
                 let faultQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
                 state.withLock { $0.faultQueue = faultQueue }
                 group.addTask { try await self.requestFaults(on: reads, queue: faultQueue, signals: faultSignals) }
-                group.addTask { try await self.receiveChunks(on: reads, queue: faultQueue, onEach: nil) }
+                group.addTask { try await self.receiveChunks(on: reads, queue: faultQueue, forFaults: true, onEach: nil) }
                 if let pulls {
                     let pullQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
                     state.withLock { $0.pullQueue = pullQueue }
                     group.addTask { try await self.pull(on: pulls, queue: pullQueue, signals: pullSignals) }
-                    group.addTask { try await self.receiveChunks(on: pulls, queue: pullQueue, onEach: pullWake) }
+                    group.addTask { try await self.receiveChunks(on: pulls, queue: pullQueue, forFaults: false, onEach: pullWake) }
                 }
                 defer { group.cancelAll() }
                 do {
@@ -246,7 +246,7 @@ public final class PostCopyMirror: @unchecked Sendable {
 
     /// DATA, in the order READs were sent on this stream.
     private func receiveChunks(on frames: FrameStream, queue: Locked<Deque<(chunk: Int, generation: UInt32)>>,
-                               onEach: AsyncStream<Void>.Continuation?) async throws {
+                               forFaults: Bool, onEach: AsyncStream<Void>.Continuation?) async throws {
         let g = region.geometry
         while let frame = try await frames.receive() {
             guard case .data(let first, let bytes) = frame else {
@@ -259,7 +259,7 @@ public final class PostCopyMirror: @unchecked Sendable {
                 throw ProtocolViolation(.malformedFrame, "DATA for chunk \(first) carries \(bytes.count) bytes")
             }
             let refault = try state.withLock { s -> AsyncStream<Void>.Continuation? in
-                switch s.chunks.arrived(expected.chunk, askedAt: expected.generation) {
+                switch s.chunks.arrived(expected.chunk, askedAt: expected.generation, forFault: forFaults) {
                 case .stale:
                     // Asked before a DIRTY: a waiting fault must ask again.
                     return s.chunks.waiting[expected.chunk] != nil ? s.wakeFaultRequests : nil
