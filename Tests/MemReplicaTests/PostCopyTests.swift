@@ -179,6 +179,48 @@ struct PostCopyTests {
         await rp.close()
     }
 
+    /// A primary whose lazy region stream answers SUBSCRIBE with `script`;
+    /// its reads stream is accepted and left silent.
+    private func lazyMirrorAgainstScript(_ script: [Frame]) async throws -> ProtocolErrorCode? {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try EndpointPair(pki: pki)
+        let (client, server) = try await pair.connect()
+        let liar = Task {
+            var held: [FrameStream] = []
+            while let stream = try? await server.acceptStream() {
+                let frames = FrameStream(stream)
+                held.append(frames)
+                guard case .subscribe(let s)? = try? await frames.receive(), s.mode == .lazy else { continue }
+                for f in script { try? await frames.send(f) }
+            }
+            _ = held
+        }
+        defer { liar.cancel() }
+        let replica = try Region(name: "r", backing: .memory, size: 2 * 4096, chunkSize: 4096)
+        var options = PostCopyMirror.Options()
+        options.backgroundPull = false
+        let mirror = try PostCopyMirror(region: replica, options: options)
+        defer { mirror.stop() }
+        do {
+            try await withTimeout(10, "lazy mirror") { try await mirror.run(over: client) }
+            await pair.close()
+            return nil
+        } catch ReplicationError.violation(let v) {
+            await pair.close()
+            return v.code
+        }
+    }
+
+    @Test("a DIRTY past the end, an epoch going backwards and a WRITE to a lazy mirror end it with their codes")
+    func badLazyPrimary() async throws {
+        #expect(try await lazyMirrorAgainstScript([.synced(version: 0), .dirty(epoch: 1, chunks: [2])]) == .chunkOutOfRange)
+        #expect(try await lazyMirrorAgainstScript([.dirty(epoch: 5, chunks: [0]), .dirty(epoch: 4, chunks: [1])])
+            == .versionWentBackwards)
+        #expect(try await lazyMirrorAgainstScript([.write(chunk: 0, version: 1, bytes: [UInt8](repeating: 0, count: 4096))])
+            == .unexpectedFrame)
+    }
+
     @Test("a lazy replica on a regular file is refused with a reason")
     func regularFileRefused() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("lazy-\(UInt32.random(in: 0...UInt32.max))").path

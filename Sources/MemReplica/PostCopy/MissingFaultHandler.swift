@@ -16,6 +16,7 @@ final class MissingFaultHandler: @unchecked Sendable {
     private let uffd: Int32
     private let wakeup: Int32
     private let stopped = DispatchSemaphore(value: 0)
+    private let stopping = Locked(false)
 
     /// `onFault` runs on the handler thread with the chunk index of each
     /// fault; it must not block. It returns false when the chunk turned out
@@ -116,9 +117,11 @@ final class MissingFaultHandler: @unchecked Sendable {
         return (length + page - 1) / page * page
     }
 
-    /// Stops the handler thread and unregisters the mapping. Threads still
-    /// waiting in a fault are woken and then read the file's zeros.
+    /// Stops the handler thread and unregisters the mapping (once; later
+    /// calls do nothing). Threads still waiting in a fault are woken and
+    /// then read the file as it is: zeros where nothing was installed.
     func stop() {
+        guard !stopping.withLock({ was in defer { was = true }; return was }) else { return }
         var one: UInt64 = 1
         _ = write(wakeup, &one, 8)
         stopped.wait()

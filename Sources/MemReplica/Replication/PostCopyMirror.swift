@@ -152,13 +152,14 @@ public final class PostCopyMirror: @unchecked Sendable {
                     try await group.next()
                     throw ReplicationError.streamEnded
                 } catch {
-                    // The others wait in reads that only a reset ends.
+                    // Say why on the region stream first, then end the
+                    // others: their tasks wait in reads only a reset ends.
+                    if let violation = error as? ProtocolViolation { await control.fail(violation) }
                     for frames in streams { await frames.stream.reset(errorCode: ProtocolErrorCode.noError.rawValue) }
                     throw error
                 }
             }
         } catch let violation as ProtocolViolation {
-            await control.fail(violation)
             throw ReplicationError.violation(violation)
         }
     }
