@@ -20,6 +20,9 @@ final class UDPRelay: @unchecked Sendable {
         var stop = false
         var forwarded = 0
         var finished = false
+        /// Client datagrams kept for a replay, while recording.
+        var recording = false
+        var recorded: [[UInt8]] = []
     }
 
     init(toServerPort serverPort: UInt16) {
@@ -40,8 +43,13 @@ final class UDPRelay: @unchecked Sendable {
     }
 
     func cut() { state.withLock { $0.cut = true } }
+    /// Forwards again after `cut` (the cable is plugged back in).
+    func restore() { state.withLock { $0.cut = false } }
     func allowServerDatagrams(_ n: Int) { state.withLock { $0.serverDatagramsAllowed = n } }
     var forwarded: Int { state.withLock { $0.forwarded } }
+    /// Keeps a copy of every client datagram from now on (an eavesdropper).
+    func recordClientDatagrams() { state.withLock { $0.recording = true } }
+    var recordedClientDatagrams: [[UInt8]] { state.withLock { $0.recorded } }
 
     func stop() {
         state.withLock { $0.stop = true }
@@ -70,6 +78,7 @@ final class UDPRelay: @unchecked Sendable {
                 }
                 s.clientPort = fromPort
                 s.forwarded += 1
+                if s.recording { s.recorded.append(Array(buf[0..<n])) }
                 return serverPort
             }
             guard let to = target else { continue }
