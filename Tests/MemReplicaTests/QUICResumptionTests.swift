@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import MemReplica
 
@@ -295,3 +296,154 @@ struct QUICResumptionTests {
     }
 }
 
+/// Keeps every log message, to check what a component reported.
+struct CollectingLogHandler: LogHandler {
+    let messages: Locked<[String]>
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        messages.withLock { $0.append(event.message.description) }
+    }
+}
+
+@Suite("Resumption in the peer protocol", .serialized)
+struct PeerResumptionTests {
+    private struct Peers {
+        let root: String
+        let server: QUICEndpoint
+        let client: QUICEndpoint
+        let service: PeerService
+        let serving: Task<Void, Never>
+        let primary: Region
+        let address: PeerAddress
+
+        init(clientConfig: QUICConfiguration = QUICConfiguration(), serverConfig: QUICConfiguration = QUICConfiguration(),
+             clientLogger: Logger? = nil) throws {
+            root = NSTemporaryDirectory() + "mr-resume-\(UUID().uuidString.prefix(8))"
+            let state = StateDirectory(explicit: root, environment: [:])
+            var logger = Logger(label: "test")
+            logger.logLevel = .warning
+            var sc = serverConfig
+            sc.acceptsConnections = true
+            server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"),
+                                      tls: state.developmentTLS(peerName: "primary", logger: logger),
+                                      configuration: sc, logger: logger)
+            client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"),
+                                      tls: state.developmentTLS(peerName: "replica", logger: logger),
+                                      configuration: clientConfig, logger: clientLogger ?? logger)
+            primary = try Region(name: "r", backing: .memory, size: 1 << 20, chunkSize: 65536)
+            fillPattern(primary.bytes, seed: 9)
+            let service = PeerService(endpoint: server, exports: RegionExports([.init(region: primary)], logger: logger),
+                                      logger: logger)
+            self.service = service
+            serving = Task { await service.run() }
+            address = try PeerAddress(host: "127.0.0.1", port: server.localAddress.port)
+        }
+
+        func waitForTicket(_ to: PeerAddress? = nil) async throws {
+            let target = to ?? address
+            try await withTimeout(5, "session ticket") {
+                while await client.sessionTicketCount(for: target) == 0 { try await Task.sleep(for: .milliseconds(2)) }
+            }
+        }
+
+        func close() async {
+            await client.close()
+            await server.close()
+            _ = await serving.value
+            try? FileManager.default.removeItem(atPath: root)
+        }
+    }
+
+    @Test("HELLO in 0-RTT is answered with HELLO and CATALOG; SUBSCRIBE or ECHO in 0-RTT are refused")
+    func onlyHelloEarly() async throws {
+        let peers = try Peers()
+        let warm = try await peers.client.connectQUIC(to: peers.address)
+        try await peers.waitForTicket()
+        await warm.close(errorCode: 0, reason: "")
+
+        let hello = try Frame.hello(.init(peerName: "replica")).encoded()
+        let (c1, control) = try await peers.client.connectQUIC(to: peers.address, replaySafeEarlyData: hello)
+        #expect(await c1.statistics().earlyData == .accepted)
+        let frames = FrameStream(control)
+        try await frames.stream.finish()
+        guard case .hello(let h)? = try await frames.receive() else { Issue.record("no HELLO"); return }
+        #expect(h.peerName == "primary")
+        guard case .catalog(let entries)? = try await frames.receive() else { Issue.record("no CATALOG"); return }
+        #expect(entries.map(\.name) == ["r"])
+        try await peers.waitForTicket()
+        await c1.close(errorCode: 0, reason: "")
+
+        let refused: [Frame] = [.subscribe(.init(name: "r", size: 1 << 20, chunkSize: 65536, mode: .eager)), .echo([1, 2, 3])]
+        for frame in refused {
+            let (c, stream) = try await peers.client.connectQUIC(to: peers.address, replaySafeEarlyData: try frame.encoded())
+            #expect(await c.statistics().earlyData == .accepted)
+            let reply = FrameStream(stream)
+            guard case .error(let code, let message)? = try await reply.receive() else {
+                Issue.record("\(frame.name) in 0-RTT was not refused"); return
+            }
+            #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue)
+            #expect(message.contains("0-RTT"))
+            // The same request after the handshake is served.
+            if case .echo = frame {
+                let again = FrameStream(try await c.openQUICStream())
+                try await again.send(frame)
+                try await again.stream.finish()
+                #expect(try await again.receive() == frame)
+            }
+            try await peers.waitForTicket()
+            await c.close(errorCode: 0, reason: "")
+        }
+        await peers.close()
+    }
+
+    @Test("a mirror that loses its connection reconnects with a resumed session and HELLO in 0-RTT")
+    func mirrorReconnectResumes() async throws {
+        var config = QUICConfiguration()
+        config.idleTimeout = .seconds(1)
+        let log = Locked<[String]>([])
+        let logger = Logger(label: "mirror") { _ in CollectingLogHandler(messages: log) }
+        let peers = try Peers(clientConfig: config, serverConfig: config, clientLogger: logger)
+        let relay = UDPRelay(toServerPort: peers.server.localAddress.port)
+        defer { relay.stop() }
+        let path = peers.root + "/replica.bin"
+        let spec = try MirrorSpec(parsing: "r@127.0.0.1:\(relay.port)=\(path)")
+        let runner = MirrorRunner(spec: spec, endpoint: peers.client, logger: logger)
+        let running = Task { await runner.run() }
+
+        func synced() async throws {
+            try await withTimeout(20, "mirror synced") {
+                while runner.mirror?.initialSyncComplete != true { try await Task.sleep(for: .milliseconds(10)) }
+            }
+        }
+        try await synced()
+        #expect(!log.withLock { $0.contains { $0.hasPrefix("resumed session") } }, "the first connection is a full handshake")
+        try await peers.waitForTicket(spec.address)
+
+        // Cut the path until the connection idles out, then restore it.
+        let before = runner.mirror.map(ObjectIdentifier.init)
+        relay.cut()
+        try await withTimeout(10, "mirror notices the cut") {
+            while !log.withLock({ $0.contains { $0.contains("interrupted") } }) { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        relay.restore()
+        try await withTimeout(20, "mirror reconnects") {
+            while runner.mirror.map(ObjectIdentifier.init) == before || runner.mirror?.initialSyncComplete != true {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        #expect(log.withLock { $0.contains("resumed session (0-RTT accepted)") }, "log: \(log.withLock { $0 })")
+        // The mirror's reads end when its endpoint closes; cancelling stops
+        // the reconnect loop.
+        running.cancel()
+        await peers.client.close()
+        _ = await running.value
+        await peers.close()
+    }
+}
