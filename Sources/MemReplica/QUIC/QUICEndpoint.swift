@@ -184,6 +184,12 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         sessionTickets.store(ticket, for: Self.ticketKey(core.remote))
     }
 
+    /// Forgets every session ticket: the next connects do full handshakes
+    /// (the benchmark compares the two).
+    func discardSessionTickets() async {
+        await onLoop { [self] in sessionTickets = SessionTicketCache() }
+    }
+
     /// Session tickets held for `address` (tests wait on this).
     func sessionTicketCount(for address: PeerAddress) async -> Int {
         await onLoop { [self] in sessionTickets.count(for: Self.ticketKey(socket.normalized(address.storage))) }
