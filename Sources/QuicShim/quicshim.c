@@ -199,7 +199,9 @@ static int replay_db_add(void *ptr, time_t expires, const gnutls_datum_t *key,
     }
   }
   for (i = 0; i < ctx->replay_count; ++i) {
-    if (ctx->replay[i].expires >= now) {
+    /* GnuTLS passes whole seconds (now + window / 1000): one more second
+     * keeps an entry for at least the window, even a sub-second one. */
+    if (ctx->replay[i].expires + 1 >= now) {
       ctx->replay[live++] = ctx->replay[i];
     }
   }

@@ -428,7 +428,9 @@ final class QUICConnectionCore: @unchecked Sendable {
     }
 
     func handshakeCompleted() -> Bool {
-        guard verifyPeer() else { return false }
+        // A connection handed out at 0-RTT was checked then, and its
+        // identity may be read on other threads now: never rewrite it.
+        guard deliveredEarly || verifyPeer() else { return false }
         if !isClient {
             // The client's certificate is verified (or, resumed, restored
             // from our own ticket): only now may a ticket carry it.
