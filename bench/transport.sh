@@ -17,6 +17,6 @@ for t in r["throughput"]:
     print(f"  {t['name']:<40} {t['medianMBps']:8.1f} MB/s")
 for k, v in sorted(r["ratios"].items()):
     print(f"  ratio {k}: {v:.2f}")
-for l in r["latency"]:
+for l in r["latency"] + r.get("handshakes", []):
     print(f"  {l['name']:<40} p50 {l['p50Microseconds']:7.1f} us  p99 {l['p99Microseconds']:7.1f} us")
 PY

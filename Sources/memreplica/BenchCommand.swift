@@ -22,6 +22,8 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var runs: Int = 5
     @Option(help: "Request/response exchanges per latency measurement.")
     var iterations: Int = 2000
+    @Option(help: "Connections per handshake measurement (full, resumed, 0-RTT).")
+    var handshakes: Int = 200
     @Option(help: "Congestion controller for QUIC: cubic, bbr or reno.")
     var cc: String = "cubic"
     @Option(help: "Largest UDP payload QUIC sends (1452 fits Ethernet; loopback carries up to 65527).")
@@ -42,6 +44,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         guard streams >= 1, streams <= 256 else { throw ValidationError("--streams must be 1...256") }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
+        guard handshakes >= 1 else { throw ValidationError("--handshakes must be at least 1") }
         guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else {
             throw ValidationError("--cc must be cubic, bbr or reno")
         }
@@ -54,6 +57,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         options.streams = streams
         options.runs = runs
         options.latencyIterations = iterations
+        options.handshakeIterations = handshakes
         options.includeStockNgtcp2 = !noStock
         options.includeTLSOverTCP = !noTcp
         options.quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
@@ -83,6 +87,10 @@ struct BenchTransportCommand: AsyncParsableCommand {
         }
         print("latency, \(options.requestBytes) B → \(options.responseBytes) B:")
         for l in report.latency {
+            print("  \(l.name.padding(toLength: 40, withPad: " ", startingAt: 0)) p50 \(String(format: "%7.1f", l.p50Microseconds)) µs  p99 \(String(format: "%7.1f", l.p99Microseconds)) µs")
+        }
+        print("handshakes, \(options.handshakeIterations) connections each (loopback: CPU, not round trips, dominates):")
+        for l in report.handshakes {
             print("  \(l.name.padding(toLength: 40, withPad: " ", startingAt: 0)) p50 \(String(format: "%7.1f", l.p50Microseconds)) µs  p99 \(String(format: "%7.1f", l.p99Microseconds)) µs")
         }
     }

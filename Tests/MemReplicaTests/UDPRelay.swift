@@ -7,11 +7,15 @@ import Glibc
 /// A loopback UDP relay between a client and a server, for faults the
 /// network would cause: it can stop forwarding (a cut cable, a dead host)
 /// or let through only the first N server datagrams (a stalled handshake).
+/// With a one-way delay it stands for a long path (round trips count).
 final class UDPRelay: @unchecked Sendable {
     let port: UInt16
     private let fd: Int32
     private let serverPort: UInt16
+    private let delayNanoseconds: UInt64
     private let state = Locked(State())
+    /// Datagrams waiting out the delay (relay thread only).
+    private var delayed: [(due: UInt64, bytes: [UInt8], to: UInt16)] = []
 
     struct State {
         var cut = false
@@ -20,10 +24,14 @@ final class UDPRelay: @unchecked Sendable {
         var stop = false
         var forwarded = 0
         var finished = false
+        /// Client datagrams kept for a replay, while recording.
+        var recording = false
+        var recorded: [[UInt8]] = []
     }
 
-    init(toServerPort serverPort: UInt16) {
+    init(toServerPort serverPort: UInt16, oneWayDelay: Duration = .zero) {
         self.serverPort = serverPort
+        delayNanoseconds = UInt64(oneWayDelay.seconds * 1e9)
         let sock = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -40,8 +48,13 @@ final class UDPRelay: @unchecked Sendable {
     }
 
     func cut() { state.withLock { $0.cut = true } }
+    /// Forwards again after `cut` (the cable is plugged back in).
+    func restore() { state.withLock { $0.cut = false } }
     func allowServerDatagrams(_ n: Int) { state.withLock { $0.serverDatagramsAllowed = n } }
     var forwarded: Int { state.withLock { $0.forwarded } }
+    /// Keeps a copy of every client datagram from now on (an eavesdropper).
+    func recordClientDatagrams() { state.withLock { $0.recording = true } }
+    var recordedClientDatagrams: [[UInt8]] { state.withLock { $0.recorded } }
 
     func stop() {
         state.withLock { $0.stop = true }
@@ -53,6 +66,16 @@ final class UDPRelay: @unchecked Sendable {
         defer { state.withLock { $0.finished = true } }
         var buf = [UInt8](repeating: 0, count: 65536)
         while !state.withLock({ $0.stop }) {
+            sendDue()
+            // poll, not the socket timeout, waits for the next due datagram:
+            // SO_RCVTIMEO rounds up to scheduler ticks (4 ms here).
+            var timeoutMs: Int32 = 50
+            if let first = delayed.first {
+                let now = monotonicNanoseconds()
+                timeoutMs = first.due > now ? Int32((first.due - now + 999_999) / 1_000_000) : 0
+            }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, timeoutMs) > 0 else { continue }
             var from = sockaddr_in()
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)
             let n = withUnsafeMutablePointer(to: &from) {
@@ -70,16 +93,34 @@ final class UDPRelay: @unchecked Sendable {
                 }
                 s.clientPort = fromPort
                 s.forwarded += 1
+                if s.recording { s.recorded.append(Array(buf[0..<n])) }
                 return serverPort
             }
             guard let to = target else { continue }
-            var dst = sockaddr_in()
-            dst.sin_family = sa_family_t(AF_INET)
-            dst.sin_port = to.bigEndian
-            dst.sin_addr.s_addr = inet_addr("127.0.0.1")
-            _ = withUnsafePointer(to: &dst) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, buf, n, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            if delayNanoseconds > 0 {
+                delayed.append((monotonicNanoseconds() + delayNanoseconds, Array(buf[0..<n]), to))
+            } else {
+                send(Array(buf[0..<n]), to: to)
             }
+        }
+    }
+
+    private func sendDue() {
+        guard !delayed.isEmpty else { return }
+        let now = monotonicNanoseconds()
+        while let first = delayed.first, first.due <= now {
+            delayed.removeFirst()
+            send(first.bytes, to: first.to)
+        }
+    }
+
+    private func send(_ bytes: [UInt8], to port: UInt16) {
+        var dst = sockaddr_in()
+        dst.sin_family = sa_family_t(AF_INET)
+        dst.sin_port = port.bigEndian
+        dst.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &dst) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
     }
 }

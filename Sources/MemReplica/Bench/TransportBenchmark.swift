@@ -15,6 +15,8 @@ public struct TransportBenchmark {
         public var latencyIterations = 2000
         public var requestBytes = 16
         public var responseBytes = 4096
+        /// Connections per handshake measurement (full, resumed, 0-RTT).
+        public var handshakeIterations = 200
         public var includeStockNgtcp2 = true
         public var includeTLSOverTCP = true
         public var quic = QUICConfiguration()
@@ -45,7 +47,11 @@ public struct TransportBenchmark {
         public var ngtcp2Version: String
         public var throughput: [Throughput]
         public var latency: [Latency]
+        /// Connect and first-response times: full handshake, resumed
+        /// session, and a request sent in 0-RTT.
+        public var handshakes: [Latency]
         /// Our QUIC median divided by each reference's median, same run.
+        /// Also resumed over full handshake times (`resumed_*`).
         public var ratios: [String: Double]
     }
 
@@ -106,11 +112,19 @@ public struct TransportBenchmark {
         for l in latency {
             log("latency \(l.name): p50 \(fmt(l.p50Microseconds)) µs, p99 \(fmt(l.p99Microseconds)) µs")
         }
+        let handshakes = try await quicHandshakes()
+        for l in handshakes {
+            log("handshake \(l.name): p50 \(fmt(l.p50Microseconds)) µs, p99 \(fmt(l.p99Microseconds)) µs")
+        }
+        if handshakes.count == 4 {
+            ratios["resumed_over_full_handshake"] = handshakes[1].p50Microseconds / handshakes[0].p50Microseconds
+            ratios["zero_rtt_over_full_first_byte"] = handshakes[3].p50Microseconds / handshakes[2].p50Microseconds
+        }
         return Report(totalBytes: options.totalBytes, streams: options.streams, runs: options.runs,
                       congestionControl: options.quic.congestionControl.rawValue,
                       maxUDPPayloadSize: options.quic.maxUDPPayloadSize,
                       ngtcp2Version: String(cString: ngtcp2_version(0).pointee.version_str),
-                      throughput: throughput, latency: latency, ratios: ratios)
+                      throughput: throughput, latency: latency, handshakes: handshakes, ratios: ratios)
     }
 
     private func endpoints() throws -> (QUICEndpoint, QUICEndpoint) {
@@ -208,6 +222,86 @@ public struct TransportBenchmark {
         await client.close()
         await server.close()
         return [summarize("QUIC, one long-lived stream", longLived), summarize("QUIC, a new stream per request", fresh)]
+    }
+}
+
+extension TransportBenchmark {
+    /// Connect time with a full handshake and with a resumed session, and
+    /// the time to the first byte of a response when the request follows a
+    /// full handshake versus when it rides in 0-RTT. Each connection is
+    /// closed before the next; tickets are waited for outside the timing.
+    func quicHandshakes() async throws -> [Latency] {
+        let (server, client) = try endpoints()
+        let request = options.requestBytes, response = options.responseBytes
+        let responder = Task {
+            let reply = [UInt8](repeating: 0x33, count: response)
+            await withDiscardingTaskGroup { group in
+                while let conn = await server.acceptQUIC() {
+                    group.addTask {
+                        while let stream = try? await conn.acceptStream() {
+                            guard (try? await stream.readExactly(request)) != nil else { continue }
+                            try? await stream.write(reply)
+                            try? await stream.finish()
+                        }
+                    }
+                }
+            }
+        }
+        defer { responder.cancel() }
+        let address = try PeerAddress(host: "127.0.0.1", port: server.localAddress.port)
+        let req = [UInt8](repeating: 0x11, count: request)
+        let n = options.handshakeIterations
+        let warmup = min(20, n)
+
+        func ticket() async throws {
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            while await client.sessionTicketCount(for: address) == 0 {
+                guard monotonicNanoseconds() < deadline else { throw TransportError.protocolFailure("no session ticket arrived") }
+                try await Task.sleep(for: .microseconds(200))
+            }
+        }
+        /// Times `body` `n` times after a warm-up; `resumed` says whether
+        /// each run starts with the last connection's ticket or without any.
+        func measure(resumed: Bool, _ body: () async throws -> QUICConnection) async throws -> [UInt64] {
+            var samples: [UInt64] = []
+            for i in 0..<(n + warmup) {
+                if resumed { try await ticket() } else { await client.discardSessionTickets() }
+                let t0 = monotonicNanoseconds()
+                let conn = try await body()
+                let t1 = monotonicNanoseconds()
+                let stats = await conn.statistics()
+                guard stats.sessionResumed == resumed else {
+                    throw TransportError.protocolFailure("expected \(resumed ? "a resumed" : "a full") handshake")
+                }
+                if i >= warmup { samples.append(t1 - t0) }
+                // The server's ticket comes after the handshake: keep the
+                // connection until it has.
+                try await ticket()
+                await conn.close(errorCode: 0, reason: "")
+            }
+            return samples
+        }
+
+        let full = try await measure(resumed: false) { try await client.connectQUIC(to: address) }
+        let resumed = try await measure(resumed: true) { try await client.connectQUIC(to: address) }
+        let fullRequest = try await measure(resumed: false) {
+            let conn = try await client.connectQUIC(to: address)
+            let stream = try await conn.openQUICStream()
+            try await stream.write(req)
+            _ = try await stream.readExactly(1)
+            return conn
+        }
+        let early = try await measure(resumed: true) {
+            let (conn, stream) = try await client.connectQUIC(to: address, replaySafeEarlyData: req)
+            _ = try await stream.readExactly(1)
+            return conn
+        }
+        await client.close()
+        await server.close()
+        return [summarize("QUIC connect, full handshake", full),
+                summarize("QUIC connect, resumed session", resumed),
+                summarize("first response byte, full handshake", fullRequest),
+                summarize("first response byte, 0-RTT request", early)]
     }
 }
 

@@ -3,7 +3,9 @@ import Logging
 
 /// A running peer: accepts authenticated QUIC connections and serves each
 /// stream they open by its first frame: SUBSCRIBE makes it a region stream
-/// (served from `exports`), ECHO a diagnostic echo.
+/// (served from `exports`), ECHO a diagnostic echo, HELLO a control stream.
+/// A first frame that came as 0-RTT early data (replayable) is served only
+/// if it is HELLO.
 public final class PeerService: Sendable {
     public let endpoint: QUICEndpoint
     public let startedAt: Date
@@ -56,7 +58,12 @@ public final class PeerService: Sendable {
     private func route(_ stream: any TransportStream, connection: QUICConnection, peer: String) async {
         let frames = FrameStream(stream)
         do {
-            switch try await frames.receive() {
+            let first = try await frames.receive()
+            if let frame = first, stream.receivedEarlyData, !frame.mayArriveAsEarlyData {
+                // Replayable bytes may only ask for what is safe to repeat.
+                throw ProtocolViolation(.unexpectedFrame, "\(frame.name) may not be sent as 0-RTT early data; only HELLO may")
+            }
+            switch first {
             case .subscribe(let subscription)?:
                 await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity)
             case .hello(let hello)?:

@@ -102,3 +102,34 @@ public enum FrameLimits {
     /// ERROR frame messages, in UTF-8 bytes.
     public static let maxMessage = 1024
 }
+
+extension Frame {
+    /// The frame's name as docs/PROTOCOL.md writes it.
+    public var name: String {
+        switch self {
+        case .hello: "HELLO"
+        case .catalog: "CATALOG"
+        case .subscribe: "SUBSCRIBE"
+        case .have: "HAVE"
+        case .synced: "SYNCED"
+        case .write: "WRITE"
+        case .dirty: "DIRTY"
+        case .ack: "ACK"
+        case .read: "READ"
+        case .data: "DATA"
+        case .echo: "ECHO"
+        case .error: "ERROR"
+        }
+    }
+
+    /// Whether a peer may send this frame as 0-RTT early data, which anyone
+    /// who recorded the flight can replay to the exporter. Only HELLO: it
+    /// asks for the exporter's HELLO and CATALOG and changes nothing, so
+    /// running it twice is the same as once. SUBSCRIBE changes no memory
+    /// either, but it starts a whole-region transfer and per-mirror state;
+    /// it waits for the handshake (docs/PROTOCOL.md §6).
+    public var mayArriveAsEarlyData: Bool {
+        if case .hello = self { return true }
+        return false
+    }
+}

@@ -55,6 +55,16 @@ enum QUICCallbacks {
         cb.handshake_completed = { _, user in
             QUICCallbacks.core(user).handshakeCompleted() ? 0 : NGTCP2_ERR_CALLBACK_FAILURE
         }
+        cb.recv_rx_key = { _, level, user in
+            // A server gets 0-RTT keys only when TLS accepted early data.
+            if level == NGTCP2_CRYPTO_LEVEL_EARLY { QUICCallbacks.core(user).earlyKeysInstalled = true }
+            return 0
+        }
+        cb.recv_tx_key = { _, level, user in
+            // A client gets 0-RTT keys when TLS offers early data.
+            if level == NGTCP2_CRYPTO_LEVEL_EARLY { QUICCallbacks.core(user).earlyKeysInstalled = true }
+            return 0
+        }
         cb.handshake_confirmed = { _, user in
             QUICCallbacks.core(user).handshakeConfirmed()
             return 0
@@ -66,7 +76,8 @@ enum QUICCallbacks {
         cb.recv_stream_data = { _, flags, _, _, data, len, _, streamUser in
             guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
             let fin = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0
-            stream.deliver(UnsafeRawBufferPointer(start: data, count: len), fin: fin)
+            let early = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_EARLY) != 0
+            stream.deliver(UnsafeRawBufferPointer(start: data, count: len), fin: fin, early: early)
             return 0
         }
         cb.acked_stream_data_offset = { _, _, offset, len, _, streamUser in

@@ -34,6 +34,11 @@ public struct QUICConfiguration: Sendable {
     /// Before sleeping, the loop polls this long for new work (nil: never).
     /// Cuts request/response latency at the price of CPU.
     public var busyPoll: Duration? = nil
+    /// Server: 0-RTT anti-replay window (RFC 8446 §8.2). Early data is
+    /// taken only from a ticket issued after the window's start, whose age
+    /// the client states to within the window, and whose ClientHello was
+    /// not seen before in it; otherwise the session still resumes, in 1-RTT.
+    public var earlyDataReplayWindow: Duration = .seconds(10)
     /// Whether this endpoint accepts inbound connections.
     public var acceptsConnections: Bool = false
     /// ngtcp2's own packet trace to stderr (very verbose).

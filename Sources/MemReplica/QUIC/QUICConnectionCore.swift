@@ -58,6 +58,22 @@ final class QUICConnectionCore: @unchecked Sendable {
     }
     var handshakeDuration: Duration?
 
+    // Resumption and 0-RTT (loop thread).
+    var sessionResumed = false
+    var earlyDataOutcome = EarlyDataOutcome.notAttempted
+    /// Client: bytes the caller asked to send first, on the first stream.
+    private var earlyRequest: [UInt8]?
+    /// Client: the stream carrying `earlyRequest`, once opened.
+    private(set) var earlyStream: QUICStreamCore?
+    /// Client: the stream was opened under remembered server parameters so
+    /// its bytes may go out in 0-RTT.
+    private var earlyStreamBeforeHandshake = false
+    /// ngtcp2 installed 0-RTT keys: a client's TLS offered early data, a
+    /// server's accepted it.
+    var earlyKeysInstalled = false
+    /// Server: handed to `accept` at 0-RTT, before the handshake completed.
+    private var deliveredEarly = false
+
     var isClosed: Bool { if case .closed = state { return true } else { return false } }
     var closeError: TransportError? { if case .closed(let e) = state { return e } else { return nil } }
 
@@ -72,12 +88,30 @@ final class QUICConnectionCore: @unchecked Sendable {
     }
 
     /// A client connection to `remote`; the Initial is sent on the next write.
-    static func client(endpoint: QUICEndpoint, remote: SocketAddressStorage) throws -> QUICConnectionCore {
+    ///
+    /// With a `ticket` the TLS session is resumed. With `earlyData` too,
+    /// those bytes go on the first stream in 0-RTT under the remembered
+    /// server parameters; without a ticket they go as soon as the handshake
+    /// completes. The caller vouches that they are safe to replay.
+    static func client(endpoint: QUICEndpoint, remote: SocketAddressStorage, ticket: SessionTicket? = nil,
+                       earlyData: [UInt8]? = nil) throws -> QUICConnectionCore {
         let core = QUICConnectionCore(endpoint: endpoint, isClient: true, remote: remote)
         let (_, dcid) = ConnectionID.random(length: 18)
         let (scidKey, scid) = ConnectionID.random()
-        try core.create(dcid: dcid, scid: scid, version: UInt32(NGTCP2_PROTO_VER_V1), originalDCID: nil)
+        try core.create(dcid: dcid, scid: scid, version: UInt32(NGTCP2_PROTO_VER_V1), originalDCID: nil,
+                        resume: ticket, offerEarlyData: earlyData != nil)
         core.routedIDs.insert(scidKey)
+        core.earlyRequest = earlyData
+        if let ticket, let earlyData {
+            var params = ticket.earlyTransportParameters
+            qs_conn_set_early_remote_transport_params(core.conn, &params)
+            if let stream = core.openStreamNow() {
+                stream.queueFromLoop(earlyData)
+                core.earlyStream = stream
+                core.earlyStreamBeforeHandshake = true
+                core.earlyRequest = nil
+            }
+        }
         return core
     }
 
@@ -92,7 +126,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         return core
     }
 
-    private func create(dcid: ngtcp2_cid, scid: ngtcp2_cid, version: UInt32, originalDCID: ngtcp2_cid?) throws {
+    private func create(dcid: ngtcp2_cid, scid: ngtcp2_cid, version: UInt32, originalDCID: ngtcp2_cid?,
+                        resume: SessionTicket? = nil, offerEarlyData: Bool = false) throws {
         let config = endpoint.configuration
         var settings = ngtcp2_settings()
         qs_settings_default(&settings)
@@ -139,9 +174,13 @@ final class QUICConnectionCore: @unchecked Sendable {
         var err = [CChar](repeating: 0, count: 256)
         let alpn = config.applicationProtocols.map { strdup($0) }
         defer { alpn.forEach { free($0) } }
+        let resumeData = resume?.session ?? []
         let tlsRC = alpn.map { UnsafePointer<CChar>($0) }.withUnsafeBufferPointer { list in
-            qs_tls_session_new(tls, endpoint.tls.handle, isClient ? 0 : 1, list.baseAddress, list.count,
-                               nil, &err, err.count)
+            resumeData.withUnsafeBufferPointer { data in
+                qs_tls_session_new(tls, endpoint.tls.handle, isClient ? 0 : 1, list.baseAddress, list.count,
+                                   nil, resume == nil ? nil : data.baseAddress, data.count, offerEarlyData ? 1 : 0,
+                                   &err, err.count)
+            }
         }
         guard tlsRC == 0 else {
             ngtcp2_conn_del(c)
@@ -187,7 +226,23 @@ final class QUICConnectionCore: @unchecked Sendable {
         }
         if rc != 0 {
             handleFatal(rc, now: now)
+        } else if isClient {
+            if tls.pointee.ticket.data != nil { keepTicket() }
+        } else if earlyKeysInstalled, !deliveredEarly, case .handshaking = state {
+            // Not from the key callback: GnuTLS restores the resumed
+            // session's peer certificate later in the same flight.
+            if !earlyDataAccepted() { handleFatal(NGTCP2_ERR_CALLBACK_FAILURE, now: now) }
         }
+    }
+
+    /// Client: hands the session ticket that just arrived, with the
+    /// server's transport parameters, to the endpoint for the next connect.
+    private func keepTicket() {
+        defer { qs_tls_clear_ticket(tls) }
+        guard let params = ngtcp2_conn_get_remote_transport_params(conn) else { return }
+        let ticket = tls.pointee.ticket
+        let session = Array(UnsafeBufferPointer(start: ticket.data, count: Int(ticket.size)))
+        endpoint.storeTicket(SessionTicket(session: session, serverParameters: params.pointee), for: self)
     }
 
     /// Ends the connection after ngtcp2 returned `rc`, telling the peer why
@@ -209,9 +264,15 @@ final class QUICConnectionCore: @unchecked Sendable {
             finish(callbackError ?? localTLSError(alert: alert))
         default:
             var ccerr = ngtcp2_connection_close_error()
-            if let error = callbackError, case .alpnMismatch = error {
+            switch callbackError {
+            case .alpnMismatch?:
                 ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, 120, nil, 0)
-            } else {
+            case .clientCertificateMissing?:
+                ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, 116, nil, 0)
+            case .untrustedPeer?:
+                // A resumed session whose stored certificate no longer verifies.
+                ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, 42, nil, 0)
+            default:
                 ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rc, nil, 0)
             }
             sendClose(&ccerr, now: now)
@@ -333,11 +394,23 @@ final class QUICConnectionCore: @unchecked Sendable {
 
     // MARK: events from ngtcp2 (called from QUICCallbacks)
 
-    func handshakeCompleted() -> Bool {
+    /// Checks ALPN and the peer's certificate and records its identity. On
+    /// a resumed session the certificate is the one the ticket holds,
+    /// verified again (so an expired one is refused, not carried on); a
+    /// resumed session without one fails rather than lose the identity.
+    private func verifyPeer() -> Bool {
         var alpn = [CChar](repeating: 0, count: 64)
         guard qs_tls_selected_alpn(tls, &alpn, alpn.count) == 0,
               endpoint.configuration.applicationProtocols.contains(stringFromCBuffer(alpn)) else {
             callbackError = .alpnMismatch(offered: endpoint.configuration.applicationProtocols)
+            return false
+        }
+        if qs_tls_verify_resumed_peer(tls) != 0 {
+            let reason = withUnsafeBytes(of: tls.pointee.verify_reason) {
+                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            callbackError = !isClient && tls.pointee.peer_sent_no_certificate != 0
+                ? .clientCertificateMissing : .untrustedPeer(reason: reason)
             return false
         }
         var subject = [CChar](repeating: 0, count: 512)
@@ -350,17 +423,86 @@ final class QUICConnectionCore: @unchecked Sendable {
         let names = stringFromCBuffer(san).split(separator: ",").map(String.init)
         peerIdentity = PeerIdentity(subject: stringFromCBuffer(subject), alternativeNames: names,
                                     fingerprint: hexString(digest))
+        sessionResumed = qs_tls_session_resumed(tls) != 0
+        return true
+    }
+
+    func handshakeCompleted() -> Bool {
+        // A connection handed out at 0-RTT was checked then, and its
+        // identity may be read on other threads now: never rewrite it.
+        guard deliveredEarly || verifyPeer() else { return false }
         if !isClient {
-            // The server has verified the client's certificate by now.
+            // The client's certificate is verified (or, resumed, restored
+            // from our own ticket): only now may a ticket carry it.
+            if qs_tls_send_ticket(tls) != 0 {
+                endpoint.logger.debug("no session ticket sent", metadata: ["peer": "\(remoteAddress)"])
+            }
+            if qs_tls_early_data_accepted(tls) != 0 { earlyDataOutcome = .accepted }
             state = .established
             handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))
-            endpoint.connectionEstablished(self)
+            if !deliveredEarly { endpoint.connectionEstablished(self) }
+            return true
+        }
+        if earlyStreamBeforeHandshake {
+            if qs_tls_early_data_accepted(tls) != 0 {
+                earlyDataOutcome = .accepted
+            } else {
+                earlyDataOutcome = earlyKeysInstalled ? .rejected : .notAttempted
+                guard resendEarlyData() else { return false }
+            }
+        } else if let bytes = earlyRequest, let stream = openStreamNow() {
+            // No ticket: the request goes in the first 1-RTT packets.
+            stream.queueFromLoop(bytes)
+            earlyStream = stream
+        }
+        earlyRequest = nil
+        if sessionResumed {
+            // The server proved it issued our ticket and cannot refuse a
+            // certificate we did not send: connected one round trip before
+            // HANDSHAKE_DONE would say so.
+            state = .established
+            handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))
+            connectWaiter?.succeed(self)
+            connectWaiter = nil
         }
         return true
     }
 
+    /// Client: 0-RTT was refused (or never went out). ngtcp2 forgets the
+    /// early stream; open it again and send its bytes in 1-RTT.
+    private func resendEarlyData() -> Bool {
+        let rc = ngtcp2_conn_early_data_rejected(conn)
+        guard rc == 0 else {
+            callbackError = .protocolFailure("discarding early data: \(String(cString: ngtcp2_strerror(rc)))")
+            return false
+        }
+        guard let stream = earlyStream else { return true }
+        var id: Int64 = -1
+        guard ngtcp2_conn_open_bidi_stream(conn, &id, Unmanaged.passUnretained(stream).toOpaque()) == 0,
+              id == stream.id else {
+            callbackError = .protocolFailure("cannot reopen stream \(stream.id) after 0-RTT was refused")
+            return false
+        }
+        stream.resendAfterRejectedEarlyData()
+        return true
+    }
+
+    /// Server: TLS accepted the client's ticket and its 0-RTT data. The
+    /// ticket proves who the client is (its certificate, verified when the
+    /// ticket was issued, is in it), so the connection goes to `accept` now
+    /// and early requests are answered in this flight, one round trip
+    /// before the handshake completes.
+    private func earlyDataAccepted() -> Bool {
+        guard verifyPeer() else { return false }
+        earlyDataOutcome = .accepted
+        deliveredEarly = true
+        endpoint.connectionEstablished(self)
+        return true
+    }
+
     /// Client side: HANDSHAKE_DONE arrived, so the server accepted our
-    /// certificate too. Only now does `connect` return.
+    /// certificate too. Only now does `connect` return (a resumed session
+    /// returned at `handshakeCompleted`).
     func handshakeConfirmed() {
         guard isClient, case .handshaking = state else { return }
         state = .established
@@ -455,6 +597,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         s.bytesSent = bytesSent; s.bytesReceived = bytesReceived
         s.packetsSent = packetsSent; s.packetsReceived = packetsReceived
         s.handshakeDuration = handshakeDuration
+        s.sessionResumed = sessionResumed
+        s.earlyData = earlyDataOutcome
         guard let conn else { return s }
         var cs = ngtcp2_conn_stat()
         qs_conn_get_conn_stat(conn, &cs)

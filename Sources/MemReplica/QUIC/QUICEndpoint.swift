@@ -43,6 +43,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private var readersToWake: [QUICStreamCore] = []
     private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map { UInt64($0.seconds * 1e9) }
     private var accepted = Deque<QUICConnectionCore>()
+    /// Tickets from servers we connected to, for the next `connect`.
+    private var sessionTickets = SessionTicketCache()
     private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
     private var stopping = false
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
@@ -60,7 +62,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                 configuration: QUICConfiguration, logger: Logger = Logger(label: "memreplica.quic")) throws {
         self.configuration = configuration
         self.logger = logger
-        tls = try TLSContext(tlsConfiguration)
+        tls = try TLSContext(tlsConfiguration, replayWindow: configuration.earlyDataReplayWindow)
         localIdentity = tls.localIdentity
         socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize)
         localAddress = socket.localAddress
@@ -118,15 +120,49 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         try await connectQUIC(to: address)
     }
 
+    /// Connects with mutual TLS. When an earlier connection to the same
+    /// address left a session ticket, the session is resumed: no
+    /// certificates cross the wire and `connect` returns once our side of
+    /// the handshake completes, a round trip sooner. No data is sent early.
     public func connectQUIC(to address: PeerAddress) async throws -> QUICConnection {
+        QUICConnection(core: try await connectCore(to: address, earlyData: nil))
+    }
+
+    /// Connects and sends `replaySafeEarlyData` first on the connection's
+    /// first bidirectional stream, which is returned (still open) with it.
+    ///
+    /// With a cached session ticket for this address the bytes go in 0-RTT,
+    /// in the very first flight; otherwise (or if the server refuses 0-RTT,
+    /// which is handled here: they are sent again) right after the
+    /// handshake. **0-RTT data can be replayed** by anyone who recorded the
+    /// flight (RFC 8446 §8, RFC 9001 §9.2): pass only a request whose effect
+    /// is the same when run twice or more, such as a read. Never a write.
+    public func connectQUIC(to address: PeerAddress, replaySafeEarlyData: [UInt8]) async throws
+        -> (connection: QUICConnection, stream: QUICStream) {
+        precondition(!replaySafeEarlyData.isEmpty, "early data must not be empty")
+        let core = try await connectCore(to: address, earlyData: replaySafeEarlyData)
+        let connection = QUICConnection(core: core)
+        guard let stream = await onLoop({ core.earlyStream }) else {
+            // Closed meanwhile, or the server allows no stream at all.
+            let error = core.closeErrorSnapshot ?? .protocolFailure("the server allows no stream for the first request")
+            await connection.close(errorCode: 0, reason: "no stream for the first request")
+            throw error
+        }
+        return (connection, QUICStream(core: stream))
+    }
+
+    private func connectCore(to address: PeerAddress, earlyData: [UInt8]?) async throws -> QUICConnectionCore {
         if address.isWildcard {
             throw TransportError.badAddress(input: address.description, reason: "a peer address needs a host")
         }
-        let core = try await Delivery<QUICConnectionCore>.wait { d in
+        return try await Delivery<QUICConnectionCore>.wait { d in
             post { [self] in
                 guard !stopping else { d.fail(TransportError.closedLocally); return }
                 do {
-                    let core = try QUICConnectionCore.client(endpoint: self, remote: socket.normalized(address.storage))
+                    let remote = socket.normalized(address.storage)
+                    let ticket = sessionTickets.take(for: Self.ticketKey(remote))
+                    let core = try QUICConnectionCore.client(endpoint: self, remote: remote, ticket: ticket,
+                                                             earlyData: earlyData)
                     core.connectWaiter = d
                     register(core)
                     needsWrite(core)
@@ -135,7 +171,28 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                 }
             }
         }
-        return QUICConnection(core: core)
+    }
+
+    /// Tickets are kept per server address (the TLS configuration, and so
+    /// the ALPN and our certificate, is the endpoint's own).
+    private static func ticketKey(_ remote: SocketAddressStorage) -> String {
+        PeerAddress(storage: remote).description
+    }
+
+    /// Called on the loop as a client connection receives a ticket.
+    func storeTicket(_ ticket: SessionTicket, for core: QUICConnectionCore) {
+        sessionTickets.store(ticket, for: Self.ticketKey(core.remote))
+    }
+
+    /// Forgets every session ticket: the next connects do full handshakes
+    /// (the benchmark compares the two).
+    func discardSessionTickets() async {
+        await onLoop { [self] in sessionTickets = SessionTicketCache() }
+    }
+
+    /// Session tickets held for `address` (tests wait on this).
+    func sessionTicketCount(for address: PeerAddress) async -> Int {
+        await onLoop { [self] in sessionTickets.count(for: Self.ticketKey(socket.normalized(address.storage))) }
     }
 
     public func accept() async -> (any TransportConnection)? {
@@ -368,7 +425,9 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     }
 
     func connectionEstablished(_ core: QUICConnectionCore) {
-        logger.info("peer connected", metadata: ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)"])
+        var metadata: Logger.Metadata = ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)"]
+        if core.sessionResumed { metadata["resumed"] = "\(core.earlyDataOutcome == .accepted ? "0-RTT" : "1-RTT")" }
+        logger.info("peer connected", metadata: metadata)
         if let waiter = acceptWaiters.popFirst() {
             waiter.succeed(core)
         } else {

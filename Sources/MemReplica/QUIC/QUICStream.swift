@@ -12,6 +12,10 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
 
     init(core: QUICStreamCore) { self.core = core }
 
+    /// Some bytes read from this stream arrived as 0-RTT early data, which
+    /// an attacker can replay: act on them only if doing so twice is harmless.
+    public var receivedEarlyData: Bool { core.receivedEarlyData }
+
     public func write(_ bytes: [UInt8]) async throws {
         guard !bytes.isEmpty else { return }
         try await core.write(bytes.withUnsafeBytes(Self.ownedCopy))

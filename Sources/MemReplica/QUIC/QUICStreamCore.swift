@@ -48,6 +48,8 @@ final class QUICStreamCore: @unchecked Sendable {
         var receivedHead = 0
         var buffered = 0
         var finReceived = false
+        /// Some of the bytes came in 0-RTT packets (replayable).
+        var receivedEarlyData = false
         var receiveError: TransportError?
         var readWaiter: (maxLength: Int, continuation: CheckedContinuation<[UInt8]?, any Error>)?
         /// Bytes read but not yet returned to the peer as credit.
@@ -194,6 +196,26 @@ final class QUICStreamCore: @unchecked Sendable {
 
     // MARK: loop side
 
+    /// Queues bytes from the loop thread itself (early data at connect,
+    /// before any task holds this stream).
+    func queueFromLoop(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
+        memory.copyBytes(from: bytes)
+        mailbox.withLock { $0.written += UInt64(bytes.count) }
+        sendBuffer.append(owning: memory)
+        connection.schedule(self)
+    }
+
+    /// The server refused our 0-RTT data and ngtcp2 dropped the stream;
+    /// it has been opened again under the same id: send it all again.
+    func resendAfterRejectedEarlyData() {
+        sendBuffer.rewindToAcknowledged()
+        finSent = false
+        flowBlocked = false
+        connection.schedule(self)
+    }
+
     /// Moves what tasks wrote into the send buffer and schedules sending.
     func drainMailbox() {
         let (chunks, fin) = mailbox.withLock { m -> ([UnsafeMutableRawBufferPointer], Bool) in
@@ -224,8 +246,9 @@ final class QUICStreamCore: @unchecked Sendable {
     /// Queues bytes from the peer. A waiting reader is woken later, once
     /// per batch of datagrams (`wakeReader`), not once per packet: a wake-up
     /// per 1.4 KB packet cost more than the rest of the receive path.
-    func deliver(_ data: UnsafeRawBufferPointer, fin: Bool) {
+    func deliver(_ data: UnsafeRawBufferPointer, fin: Bool, early: Bool = false) {
         let readerWaiting = mailbox.withLock { m -> Bool in
+            if early { m.receivedEarlyData = true }
             if data.count > 0 {
                 // Packets land in the newest chunk while it has room, so a
                 // bulk transfer allocates per 256 KiB, not per packet.
@@ -328,4 +351,5 @@ final class QUICStreamCore: @unchecked Sendable {
     }
 
     var finReceived: Bool { mailbox.withLock { $0.finReceived } }
+    var receivedEarlyData: Bool { mailbox.withLock { $0.receivedEarlyData } }
 }

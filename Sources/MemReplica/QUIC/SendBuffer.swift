@@ -63,6 +63,14 @@ struct SendBuffer: ~Copyable {
         }
     }
 
+    /// Sends everything unacknowledged again from the start: the server
+    /// refused 0-RTT, so ngtcp2 forgot what it framed (and none of it can
+    /// have been acknowledged).
+    mutating func rewindToAcknowledged() {
+        sentOffset = ackedOffset
+        cursor = 0
+    }
+
     mutating func releaseAll() {
         for c in chunks { c.memory.deallocate() }
         chunks.removeAll()

@@ -22,7 +22,7 @@ final class TLSContext: @unchecked Sendable {
     /// Our own certificate's identity (empty subject when we have none).
     let localIdentity: PeerIdentity
 
-    init(_ configuration: TLSConfiguration) throws {
+    init(_ configuration: TLSConfiguration, replayWindow: Duration = .seconds(10)) throws {
         self.configuration = configuration
         var out: OpaquePointer?
         var err = [CChar](repeating: 0, count: 512)
@@ -32,6 +32,7 @@ final class TLSContext: @unchecked Sendable {
             throw TransportError.tlsConfiguration(stringFromCBuffer(err))
         }
         handle = ctx
+        qs_tls_ctx_set_replay_window(ctx, UInt32(clamping: Int64(replayWindow.milliseconds)))
         var subject = [CChar](repeating: 0, count: 512)
         var digest = [UInt8](repeating: 0, count: 32)
         if qs_tls_ctx_identity(ctx, &subject, subject.count, &digest) == 0 {

@@ -5,6 +5,11 @@ import Logging
 /// region's geometry from its CATALOG, opens or creates the local file,
 /// replicates, and on any failure reconnects with backoff (0.25 s doubling
 /// to 5 s). Runs until cancelled.
+///
+/// A reconnect resumes the TLS session from the ticket the last connection
+/// left, and its HELLO rides in 0-RTT: the CATALOG comes back in the first
+/// round trip. HELLO is the only frame sent early (see
+/// `Frame.mayArriveAsEarlyData`); SUBSCRIBE follows after the handshake.
 public final class MirrorRunner: Sendable {
     public let spec: MirrorSpec
     private let endpoint: QUICEndpoint
@@ -17,6 +22,23 @@ public final class MirrorRunner: Sendable {
         /// Kept across reconnects: its fault handler and what it holds
         /// outlive a connection, so faults wait through one.
         case lazy(PostCopyMirror)
+
+        /// Eager: the primary's initial pass is applied. Lazy: the primary
+        /// has answered the subscription (the mapping is usable).
+        public var initialSyncComplete: Bool {
+            switch self {
+            case .eager(let m): m.initialSyncComplete
+            case .lazy(let m): m.progress.subscribed
+            }
+        }
+
+        /// Which mirror object this is (a new one per eager connection).
+        public var identity: ObjectIdentifier {
+            switch self {
+            case .eager(let m): ObjectIdentifier(m)
+            case .lazy(let m): ObjectIdentifier(m)
+            }
+        }
     }
 
     public init(spec: MirrorSpec, endpoint: QUICEndpoint, logger: Logger) {
@@ -36,12 +58,20 @@ public final class MirrorRunner: Sendable {
         while !Task.isCancelled {
             var connection: QUICConnection?
             do {
-                let connection = try await endpoint.connectQUIC(to: spec.address).also { connection = $0 }
+                let me = endpoint.localIdentity
+                let hello = try Frame.hello(.init(peerName: me.commonName ?? me.subject)).encoded()
+                let (opened, control) = try await endpoint.connectQUIC(to: spec.address, replaySafeEarlyData: hello)
+                connection = opened
                 backoff = .milliseconds(250)
-                let entry = try await catalogEntry(over: connection)
+                let stats = await opened.statistics()
+                if stats.sessionResumed {
+                    logger.info("resumed session (0-RTT \(stats.earlyData.rawValue))",
+                                metadata: ["region": "\(spec.name)", "from": "\(spec.address)"])
+                }
+                let entry = try await catalogEntry(over: FrameStream(control))
                 if spec.lazy {
                     let mirror = try lazyMirror(for: entry)
-                    try await mirror.run(over: connection)
+                    try await mirror.run(over: opened)
                 } else {
                     let existed = FileManager.default.fileExists(atPath: spec.path)
                     let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
@@ -50,7 +80,7 @@ public final class MirrorRunner: Sendable {
                     current.withLock { $0 = .eager(mirror) }
                     logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                         "geometry": "\(region.geometry)", "path": "\(spec.path)"])
-                    try await mirror.run(over: connection)
+                    try await mirror.run(over: opened)
                 }
             } catch let error as PostCopyError {
                 // Not a passing fault: retrying cannot help.
@@ -86,11 +116,9 @@ public final class MirrorRunner: Sendable {
         return mirror
     }
 
-    /// HELLO both ways on a control stream, then the exporter's CATALOG.
-    private func catalogEntry(over connection: QUICConnection) async throws -> Frame.CatalogEntry {
-        let frames = FrameStream(try await connection.openQUICStream())
-        let me = endpoint.localIdentity
-        try await frames.send(.hello(.init(peerName: me.commonName ?? me.subject)))
+    /// The control stream, our HELLO already sent: the exporter's HELLO,
+    /// then its CATALOG.
+    private func catalogEntry(over frames: FrameStream) async throws -> Frame.CatalogEntry {
         try await frames.stream.finish()
         guard case .hello(let hello)? = try await frames.receive() else {
             throw ProtocolViolation(.unexpectedFrame, "the control stream starts with HELLO")
@@ -106,12 +134,5 @@ public final class MirrorRunner: Sendable {
                                                  message: "\(spec.address) exports \(entries.map(\.name)), not '\(spec.name)'")
         }
         return entry
-    }
-}
-
-extension QUICConnection {
-    fileprivate func also(_ body: (QUICConnection) -> Void) -> QUICConnection {
-        body(self)
-        return self
     }
 }

@@ -18,6 +18,11 @@ public struct ConnectionStatistics: Sendable, Codable, Equatable {
     public var packetsReceived: UInt64
     /// Connect call to confirmed handshake, for connections we started.
     public var handshakeDuration: Duration?
+    /// The TLS handshake resumed an earlier session from a ticket: no
+    /// certificates were sent, the identities are those of that session.
+    public var sessionResumed: Bool
+    /// What became of 0-RTT early data on this connection.
+    public var earlyData: EarlyDataOutcome
 
     public init() {
         latestRTT = .zero; minRTT = .zero; smoothedRTT = .zero; rttVariance = .zero
@@ -25,7 +30,20 @@ public struct ConnectionStatistics: Sendable, Codable, Equatable {
         deliveryRateBytesPerSecond = 0; pacingRateBytesPerSecond = 0; maxUDPPayloadSize = 0
         bytesSent = 0; bytesReceived = 0; packetsSent = 0; packetsReceived = 0
         handshakeDuration = nil
+        sessionResumed = false
+        earlyData = .notAttempted
     }
+}
+
+/// 0-RTT early data on one connection. A server reports only `accepted`
+/// or `notAttempted`: a refused attempt looks to it like none.
+public enum EarlyDataOutcome: String, Sendable, Codable, Equatable {
+    /// No early data was sent (no ticket, or the caller asked for none).
+    case notAttempted = "not attempted"
+    /// The server took the early data; it was not sent twice.
+    case accepted
+    /// The server refused it; it was sent again after the handshake.
+    case rejected
 }
 
 extension Duration {

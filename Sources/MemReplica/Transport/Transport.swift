@@ -50,6 +50,14 @@ public protocol TransportStream: AnyObject, Sendable {
     /// Asks the peer to stop sending (STOP_SENDING with the code); what we
     /// already wrote is still delivered.
     func stopReading(errorCode: UInt64) async
+    /// True once any bytes of this stream arrived as 0-RTT early data (which
+    /// can be replayed); such bytes must only ask for replay-safe things.
+    var receivedEarlyData: Bool { get }
+}
+
+extension TransportStream {
+    /// Transports without 0-RTT never receive early data.
+    public var receivedEarlyData: Bool { false }
 }
 
 extension TransportStream {
