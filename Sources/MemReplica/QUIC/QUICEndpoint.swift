@@ -27,8 +27,10 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private let socket: UDPSocket
     private let poller: Poller
     private let commands = Locked(CommandQueue())
-    /// Serializes commands run inline once the loop has exited.
-    private let afterExit = Locked(())
+    /// Serializes commands run inline once the loop has exited. A bare lock:
+    /// it guards no value (a `Locked<Void>`'s zero-sized value made
+    /// ThreadSanitizer report the lock's own field as raced).
+    private let afterExit = NSLock()
 
     private struct CommandQueue {
         var pending: [@Sendable () -> Void] = []
@@ -103,7 +105,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         if exited {
             // No loop any more and every connection is closed: the command
             // only finds that out and fails its caller, so run it here.
-            afterExit.withLock { _ in body() }
+            afterExit.withLock { body() }
         } else if wasEmpty {
             poller.wake()
         }
@@ -273,7 +275,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             defer { q.pending.removeAll() }
             return q.pending
         }
-        afterExit.withLock { _ in late.forEach { $0() } }
+        afterExit.withLock { late.forEach { $0() } }
         // Connections hold their endpoint; drop every table that holds them
         // (a connection accepted but never taken by `accept` sits in
         // `accepted`) so nothing keeps this endpoint alive once closed.
