@@ -105,8 +105,8 @@ public struct SyncBenchmark {
             let offset = Int.random(in: 0..<words, using: &rng) * 8
             let marker = UInt64(n) << 32 | UInt64.random(in: 0..<UInt64(UInt32.max), using: &rng)
             let start = ContinuousClock.now
-            probe.expect(chunk: offset / options.chunkSize, writtenAt: start)
             primary.bytes.storeBytes(of: marker, toByteOffset: offset, as: UInt64.self)
+            probe.expect(chunk: offset / options.chunkSize, writtenAt: start, landedAt: .now)
             let deadline = start + .seconds(5)
             while true {
                 if let lag = probe.lag() {
@@ -132,19 +132,22 @@ public struct SyncBenchmark {
     }
 }
 
-/// Follows one write at a time: the first version of its chunk sent after
-/// the write, then the first ACK that covers that version.
+/// Follows one write at a time: the first version of its chunk copied after
+/// the store completed, then the first ACK that covers that version. (The
+/// userfaultfd tracker may report a page as soon as the store faults, before
+/// it lands; the chunk is then reported again and sent in a later version.)
 private final class LagProbe: ReplicationObserver {
     private struct Expectation {
         var chunk: Int
         var writtenAt: ContinuousClock.Instant
+        var landedAt: ContinuousClock.Instant
         var carriedBy: UInt64?
         var acknowledgedAt: ContinuousClock.Instant?
     }
     private let state = Locked<Expectation?>(nil)
 
-    func expect(chunk: Int, writtenAt: ContinuousClock.Instant) {
-        state.withLock { $0 = Expectation(chunk: chunk, writtenAt: writtenAt) }
+    func expect(chunk: Int, writtenAt: ContinuousClock.Instant, landedAt: ContinuousClock.Instant) {
+        state.withLock { $0 = Expectation(chunk: chunk, writtenAt: writtenAt, landedAt: landedAt) }
     }
 
     func lag() -> Duration? {
@@ -153,7 +156,7 @@ private final class LagProbe: ReplicationObserver {
 
     func willSend(region: String, chunk: Int, version: UInt64, at: ContinuousClock.Instant) {
         state.withLock { e in
-            if e?.chunk == chunk, e?.carriedBy == nil, let written = e?.writtenAt, at >= written { e?.carriedBy = version }
+            if e?.chunk == chunk, e?.carriedBy == nil, let landed = e?.landedAt, at >= landed { e?.carriedBy = version }
         }
     }
 
