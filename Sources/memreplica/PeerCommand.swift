@@ -18,6 +18,11 @@ struct PeerCommand: AsyncParsableCommand {
                                valueName: "host:port"))
     var listen = ":4433"
 
+    @Option(help: ArgumentHelp(
+        "quic, or TLS 1.3 over TCP on the same port number: tcp (one TCP connection for all regions) or tcp-per-region (one per region). Mirrors connect with it too.",
+        valueName: "kind"))
+    var transport: TransportKind = .quic
+
     @OptionGroup var tls: TLSOptions
 
     @Option(help: ArgumentHelp("Control socket for 'memreplica status' (default: STATE_DIR/control.sock).", valueName: "path"))
@@ -62,7 +67,7 @@ struct PeerCommand: AsyncParsableCommand {
                                                      logger: logger)
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
-        let endpoint = try QUICEndpoint(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
+        let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         do {
             exported = try exports.map { text in

@@ -1,11 +1,12 @@
 import Foundation
 import Logging
 
-/// A running peer: accepts authenticated QUIC connections and serves each
+/// A running peer: accepts authenticated connections (QUIC or TLS over TCP,
+/// whichever transport it was given) and serves each
 /// stream they open by its first frame: SUBSCRIBE makes it a region stream
 /// (served from `exports`), ECHO a diagnostic echo.
 public final class PeerService: Sendable {
-    public let endpoint: QUICEndpoint
+    public let endpoint: any Transport
     public let startedAt: Date
     private let started: ContinuousClock.Instant
     private let logger: Logger
@@ -13,7 +14,7 @@ public final class PeerService: Sendable {
     public let exports: RegionExports
     public let mirrors: [MirrorRunner]
 
-    public init(endpoint: QUICEndpoint, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [], logger: Logger) {
+    public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [], logger: Logger) {
         self.mirrors = mirrors
         self.endpoint = endpoint
         self.logger = logger
@@ -31,7 +32,7 @@ public final class PeerService: Sendable {
             for mirror in mirrors {
                 group.addTask { await mirror.run() }
             }
-            while let connection = await endpoint.acceptQUIC() {
+            while let connection = await endpoint.accept() {
                 group.addTask { await self.serve(connection) }
             }
             // The endpoint is closed: stop the mirrors' reconnect loops.
@@ -39,7 +40,7 @@ public final class PeerService: Sendable {
         }
     }
 
-    private func serve(_ connection: QUICConnection) async {
+    private func serve(_ connection: any TransportConnection) async {
         let peer = "\(connection.remoteAddress)"
         await withDiscardingTaskGroup { group in
             do {
@@ -53,7 +54,7 @@ public final class PeerService: Sendable {
         }
     }
 
-    private func route(_ stream: any TransportStream, connection: QUICConnection, peer: String) async {
+    private func route(_ stream: any TransportStream, connection: any TransportConnection, peer: String) async {
         let frames = FrameStream(stream)
         do {
             switch try await frames.receive() {

@@ -7,11 +7,11 @@ import Logging
 /// to 5 s). Runs until cancelled.
 public final class MirrorRunner: Sendable {
     public let spec: MirrorSpec
-    private let endpoint: QUICEndpoint
+    private let endpoint: any Transport
     private let logger: Logger
     private let current = Locked<RegionMirror?>(nil)
 
-    public init(spec: MirrorSpec, endpoint: QUICEndpoint, logger: Logger) {
+    public init(spec: MirrorSpec, endpoint: any Transport, logger: Logger) {
         self.spec = spec
         self.endpoint = endpoint
         self.logger = logger
@@ -23,11 +23,12 @@ public final class MirrorRunner: Sendable {
     public func run() async {
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled {
-            var connection: QUICConnection?
+            var connection: (any TransportConnection)?
             do {
-                let connection = try await endpoint.connectQUIC(to: spec.address).also { connection = $0 }
+                let connected = try await endpoint.connect(to: spec.address)
+                connection = connected
                 backoff = .milliseconds(250)
-                let entry = try await catalogEntry(over: connection)
+                let entry = try await catalogEntry(over: connected)
                 let existed = FileManager.default.fileExists(atPath: spec.path)
                 let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
                                         chunkSize: Int(entry.chunkSize))
@@ -35,7 +36,7 @@ public final class MirrorRunner: Sendable {
                 current.withLock { $0 = mirror }
                 logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                     "geometry": "\(region.geometry)", "path": "\(spec.path)"])
-                try await mirror.run(over: connection)
+                try await mirror.run(over: connected)
             } catch is CancellationError {
                 await connection?.close(errorCode: 0, reason: "mirror stopped")
                 return
@@ -49,8 +50,8 @@ public final class MirrorRunner: Sendable {
     }
 
     /// HELLO both ways on a control stream, then the exporter's CATALOG.
-    private func catalogEntry(over connection: QUICConnection) async throws -> Frame.CatalogEntry {
-        let frames = FrameStream(try await connection.openQUICStream())
+    private func catalogEntry(over connection: any TransportConnection) async throws -> Frame.CatalogEntry {
+        let frames = FrameStream(try await connection.openStream())
         let me = endpoint.localIdentity
         try await frames.send(.hello(.init(peerName: me.commonName ?? me.subject)))
         try await frames.stream.finish()
@@ -68,12 +69,5 @@ public final class MirrorRunner: Sendable {
                                                  message: "\(spec.address) exports \(entries.map(\.name)), not '\(spec.name)'")
         }
         return entry
-    }
-}
-
-extension QUICConnection {
-    fileprivate func also(_ body: (QUICConnection) -> Void) -> QUICConnection {
-        body(self)
-        return self
     }
 }
