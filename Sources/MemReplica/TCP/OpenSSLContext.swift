@@ -111,6 +111,10 @@ final class OpenSSLContext: @unchecked Sendable {
             // Partial writes: SSL_write returns after what the socket took,
             // and the unsent rest may be offered again from a moved buffer.
             _ = SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER), nil)
+            // Read ahead: one read(2) takes many TLS records, not two calls
+            // (header, body) per 16 KiB record.
+            _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_READ_AHEAD, 1, nil)
+            SSL_CTX_set_default_read_buffer_len(ctx, 128 << 10)
             return ctx
         } catch {
             SSL_CTX_free(ctx)

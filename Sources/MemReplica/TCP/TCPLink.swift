@@ -99,6 +99,8 @@ final class TCPLink {
         case .awaitingSettings, .open, .draining:
             if events & EPOLLOUT.rawValue != 0 { flush() }
             if events & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { readAvailable() }
+            // A write that waited for a read (TLS key update) goes on now.
+            if stagingStart < stagingEnd { endpoint.needsWrite(self) }
         }
     }
 

@@ -1,3 +1,4 @@
+import QuicShim  // socket constants (IPPROTO_IPV6) as the UDP side sees them
 #if canImport(Glibc)
 import Glibc
 #endif
