@@ -73,7 +73,8 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         signal(SIGPIPE, SIG_IGN)
         poller = try TCPPoller()
         if configuration.acceptsConnections {
-            let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize)
+            let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
+                                                   userTimeout: configuration.idleTimeout)
             listener = fd
             localAddress = bound
             do {
@@ -266,7 +267,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         guard let listener else { return }
         // Bounded so a connection flood cannot starve the other links.
         for _ in 0..<64 {
-            guard let (fd, remote) = TCPSocket.acceptOne(listener) else { return }
+            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.idleTimeout) else { return }
             let address = PeerAddress(storage: remote)
             guard !stopping, links.count < TCPConfiguration.maxLinks else {
                 logger.warning("refusing a TCP connection: \(TCPConfiguration.maxLinks) already open", metadata: ["peer": "\(address)"])
@@ -340,7 +341,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             throw TransportError.protocolFailure("this endpoint already has \(TCPConfiguration.maxLinks) TCP connections")
         }
         let fd = try TCPSocket.startConnect(to: address.storage, source: bindAddress,
-                                            bufferSize: configuration.socketBufferSize)
+                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.idleTimeout)
         do {
             let ssl = try tls.makeSSL(server: false, fd: fd)
             if let session = core.resumableSession { SSL_set_session(ssl, session) }

@@ -121,7 +121,7 @@ final class TCPLink {
         switch SSL_get_error(ssl, rc) {
         case SSL_ERROR_WANT_READ: setInterest(out: false)
         case SSL_ERROR_WANT_WRITE: setInterest(out: true)
-        default: fail(tlsError(during: "the TLS handshake"))
+        default: fail(OpenSSLFailure.error(of: ssl, during: "the TLS handshake", offered: endpoint.configuration.applicationProtocols))
         }
     }
 
@@ -206,7 +206,7 @@ final class TCPLink {
                 peerEnded(e == 0 ? "the peer ended the TCP connection without a CLOSE record" : String(cString: strerror(e)))
                 return
             default:
-                let failure = tlsError(during: "reading")
+                let failure = OpenSSLFailure.error(of: ssl, during: "reading", offered: endpoint.configuration.applicationProtocols)
                 if case .connectionLost(let detail) = failure { peerEnded(detail) } else { fail(failure) }
                 return
             }
@@ -315,7 +315,7 @@ final class TCPLink {
                 if state == .draining { closeNow() } else { fail(.connectionLost(detail: String(cString: strerror(errno)))) }
                 return
             default:
-                fail(tlsError(during: "writing"))
+                fail(OpenSSLFailure.error(of: ssl, during: "writing", offered: endpoint.configuration.applicationProtocols))
                 return
             }
         }
@@ -477,43 +477,5 @@ final class TCPLink {
         case .open, .closed:
             break
         }
-    }
-
-    // MARK: TLS errors
-
-    /// What a failed OpenSSL call means, in the transport's named errors.
-    private func tlsError(during what: String) -> TransportError {
-        let code = ERR_peek_last_error()
-        let reason = Int32(code & 0x7f_ffff)
-        let library = Int32((code >> 23) & 0xff)
-        if code == 0 {
-            let e = errno
-            return .connectionLost(detail: e == 0 ? "the peer closed the TCP connection during \(what)"
-                                                  : "\(String(cString: strerror(e))) during \(what)")
-        }
-        if library == ERR_LIB_SSL && reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256 {
-            // The peer sent a fatal alert.
-            let alert = UInt8(reason - SSL_AD_REASON_OFFSET)
-            switch alert {
-            case 116: return .clientCertificateMissing
-            case 120: return .alpnMismatch(offered: endpoint.configuration.applicationProtocols)
-            case 42, 43, 44, 45, 46, 48, 49: return .rejectedByPeer(reason: tlsAlertName(alert))
-            default: return .tlsFailure("peer sent alert \(tlsAlertName(alert))")
-            }
-        }
-        let verify = SSL_get_verify_result(ssl)
-        if verify != X509_V_OK {
-            return .untrustedPeer(reason: String(cString: X509_verify_cert_error_string(verify)))
-        }
-        if library == ERR_LIB_SSL && reason == SSL_R_UNEXPECTED_EOF_WHILE_READING {
-            return .connectionLost(detail: "the peer ended the TCP connection without a CLOSE record")
-        }
-        if library == ERR_LIB_SSL && reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE {
-            return .clientCertificateMissing
-        }
-        if library == ERR_LIB_SSL && reason == SSL_R_NO_APPLICATION_PROTOCOL {
-            return .alpnMismatch(offered: endpoint.configuration.applicationProtocols)
-        }
-        return .tlsFailure(OpenSSLContext.errorString())
     }
 }
