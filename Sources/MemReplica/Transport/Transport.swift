@@ -4,8 +4,9 @@
 /// the benchmark suite can compare them frame for frame.
 ///
 /// Streams are ordered, reliable byte streams. Writes apply backpressure:
-/// `write` suspends while the stream's unacknowledged bytes exceed the
-/// configured send buffer, so no queue grows without bound.
+/// `write` suspends while the stream's unacknowledged bytes (QUIC), or bytes
+/// not yet handed to TLS (TCP), exceed the configured send buffer, so no
+/// queue grows without bound.
 public protocol Transport: Sendable {
     /// The address this transport's socket is bound to.
     var localAddress: PeerAddress { get }
