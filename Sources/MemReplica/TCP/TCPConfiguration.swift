@@ -19,8 +19,9 @@ public struct TCPConfiguration: Sendable {
     public var keepAliveInterval: Duration? = .seconds(10)
     /// TCP connect plus TLS handshake (plus the mux SETTINGS answer) must finish by then.
     public var handshakeTimeout: Duration = .seconds(10)
-    /// SO_SNDBUF/SO_RCVBUF (forced past wmem_max/rmem_max when root); nil
-    /// leaves the kernel's autotuning alone.
+    /// SO_SNDBUF/SO_RCVBUF, forced past wmem_max/rmem_max; without the
+    /// privilege to force them (not root), or with nil, the kernel's
+    /// autotuning sizes them (up to tcp_rmem/tcp_wmem).
     public var socketBufferSize: Int? = 16 << 20
     /// Largest DATA record we send: the round-robin quantum between streams
     /// that share one TCP connection.

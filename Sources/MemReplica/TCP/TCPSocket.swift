@@ -102,10 +102,11 @@ enum TCPSocket {
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &milliseconds, len)
         guard let bufferSize else { return }
         var value = Int32(clamping: bufferSize)
-        for (force, plain) in [(SO_RCVBUFFORCE, SO_RCVBUF), (SO_SNDBUFFORCE, SO_SNDBUF)]
-        where setsockopt(fd, SOL_SOCKET, force, &value, len) != 0 {
-            // Not root: take what rmem_max/wmem_max allow.
-            _ = setsockopt(fd, SOL_SOCKET, plain, &value, len)
+        // Only when the size can be forced (root). A fixed buffer turns the
+        // kernel's autotuning off, and rmem_max (about 200 KiB by default)
+        // would cap the window far below what autotuning reaches on a WAN.
+        for option in [SO_RCVBUFFORCE, SO_SNDBUFFORCE] {
+            _ = setsockopt(fd, SOL_SOCKET, option, &value, len)
         }
     }
 
