@@ -50,7 +50,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MemReplicaTests",
-            dependencies: ["MemReplica", "QuicShim", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["MemReplica", "QuicShim", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# QUIC transport benchmark: memreplica vs ngtcp2's examples vs TLS/TCP, one run.
+# Transport benchmark: memreplica's QUIC and TLS/TCP transports vs ngtcp2's examples vs bare TLS/TCP, one run.
 # Writes bench/results/transport-<UTC time>.json and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,7 +12,7 @@ struct BenchCommand: AsyncParsableCommand {
 struct BenchTransportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "transport",
-        abstract: "QUIC throughput and request/response latency on loopback, beside ngtcp2's example programs and TLS over TCP.")
+        abstract: "Transport throughput and request/response latency on loopback, beside ngtcp2's example programs and TLS over TCP.")
 
     @Option(help: "Bytes to send per throughput run (suffixes K, M, G).")
     var size: String = "256M"
@@ -32,6 +32,8 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var busyPoll: Int = 0
     @Flag(help: "Send without pacing (bursts as the window allows).")
     var noPacing = false
+    @Option(help: ArgumentHelp("Our transports to measure, comma-separated: quic, tcp, tcp-per-region.", valueName: "kinds"))
+    var transports: String = TransportKind.allCases.map(\.rawValue).joined(separator: ",")
     @Flag(help: "Skip the gtlsserver/gtlsclient anchor.")
     var noStock = false
     @Flag(help: "Skip the TLS-over-TCP ceiling.")
@@ -49,7 +51,12 @@ struct BenchTransportCommand: AsyncParsableCommand {
             throw ValidationError("--cc must be cubic, bbr or reno")
         }
         guard (1200...65527).contains(maxUdpPayload) else { throw ValidationError("--max-udp-payload must be 1200...65527") }
+        guard !kinds.isEmpty, kinds.count == transports.split(separator: ",").count else {
+            throw ValidationError("--transports takes quic, tcp and tcp-per-region, comma-separated")
+        }
     }
+
+    private var kinds: [TransportKind] { transports.split(separator: ",").compactMap { TransportKind(rawValue: String($0)) } }
 
     func run() async throws {
         var options = TransportBenchmark.Options()
@@ -60,6 +67,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         options.handshakeIterations = handshakes
         options.includeStockNgtcp2 = !noStock
         options.includeTLSOverTCP = !noTcp
+        options.transports = kinds
         options.quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
         options.quic.maxUDPPayloadSize = maxUdpPayload
         options.quic.pacing = !noPacing

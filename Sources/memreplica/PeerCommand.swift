@@ -22,6 +22,11 @@ struct PeerCommand: AsyncParsableCommand {
                                valueName: "host:port"))
     var listen: String?
 
+    @Option(help: ArgumentHelp(
+        "quic, or TLS 1.3 over TCP on the same port number: tcp (one TCP connection for all regions) or tcp-per-region (one per region). Mirrors connect with it too.",
+        valueName: "kind"))
+    var transport: TransportKind = .quic
+
     @OptionGroup var tls: TLSOptions
 
     @Option(help: ArgumentHelp("Control socket for 'memreplica status' (default: STATE_DIR/control.sock).", valueName: "path"))
@@ -72,7 +77,7 @@ struct PeerCommand: AsyncParsableCommand {
             state: stateDirectory, peerName: configuration.name ?? PeerName.hostDefault, logger: logger)
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
-        let endpoint = try QUICEndpoint(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
+        let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         do {
             exported = try configuration.exports.map { spec in

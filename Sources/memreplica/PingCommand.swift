@@ -27,6 +27,9 @@ struct PingCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Give up on a round trip after this long.", valueName: "seconds"))
     var timeout = 10.0
 
+    @Option(help: ArgumentHelp("The peer's transport: quic, tcp or tcp-per-region.", valueName: "kind"))
+    var transport: TransportKind = .quic
+
     @OptionGroup var tls: TLSOptions
 
     @OptionGroup var state: StateOptions
@@ -52,8 +55,8 @@ struct PingCommand: AsyncParsableCommand {
         let tlsConfiguration = try tls.configuration(state: stateDirectory, peerName: name ?? PeerName.clientDefault,
                                                      logger: logger)
         // Dual-stack wildcard: reaches IPv4 and IPv6 targets alike.
-        let endpoint = try QUICEndpoint(bind: PeerAddress(parsing: ":0"), tls: tlsConfiguration,
-                                        configuration: QUICConfiguration(), logger: logger)
+        let endpoint = try transport.makeTransport(bind: PeerAddress(parsing: ":0"), tls: tlsConfiguration,
+                                                   configuration: QUICConfiguration(), logger: logger)
         do {
             try await ping(target, over: endpoint)
         } catch {
@@ -63,10 +66,10 @@ struct PingCommand: AsyncParsableCommand {
         await endpoint.close()
     }
 
-    private func ping(_ target: PeerAddress, over endpoint: QUICEndpoint) async throws {
-        print("PING \(target): \(count) round trip\(count == 1 ? "" : "s") of \(size) bytes, mutual TLS 1.3, ALPN \(QUICConfiguration.memReplicaALPN)")
+    private func ping(_ target: PeerAddress, over endpoint: any Transport) async throws {
+        print("PING \(target): \(count) round trip\(count == 1 ? "" : "s") of \(size) bytes over \(transport), mutual TLS 1.3, ALPN \(QUICConfiguration.memReplicaALPN)")
         let start = ContinuousClock.now
-        let connection = try await endpoint.connectQUIC(to: target)
+        let connection = try await endpoint.connect(to: target)
         let handshake = await connection.statistics().handshakeDuration ?? start.duration(to: .now)
         let peer = connection.peerIdentity
         print("connected to \(peer.subject) (sha256 \(peer.fingerprint)), handshake \(Format.milliseconds(handshake.milliseconds))")
@@ -86,18 +89,18 @@ struct PingCommand: AsyncParsableCommand {
         print("--- \(target) ping statistics ---")
         print("\(count) round trip\(count == 1 ? "" : "s"), every echo verified")
         print("latency min/p50/max = \(Format.milliseconds(sorted[0], unit: false))/\(Format.milliseconds(median, unit: false))/\(Format.milliseconds(sorted[sorted.count - 1]))")
-        print("QUIC smoothed RTT \(Format.milliseconds(stats.smoothedRTT.milliseconds)) (min \(Format.milliseconds(stats.minRTT.milliseconds)), latest \(Format.milliseconds(stats.latestRTT.milliseconds)))")
+        print("\(transport == .quic ? "QUIC" : "TCP") smoothed RTT \(Format.milliseconds(stats.smoothedRTT.milliseconds)) (min \(Format.milliseconds(stats.minRTT.milliseconds)), latest \(Format.milliseconds(stats.latestRTT.milliseconds)))")
     }
 
     /// One echo on a fresh stream, bounded by `timeout`. On timeout the
     /// connection is closed, which also ends the stalled read.
-    private func roundTrip(_ seq: Int, on connection: QUICConnection) async throws -> Duration {
+    private func roundTrip(_ seq: Int, on connection: any TransportConnection) async throws -> Duration {
         let payload = Self.payload(size: size, seed: UInt64(seq))
         let limit = Duration.seconds(timeout)
         return try await withThrowingTaskGroup(of: Duration?.self) { group in
             group.addTask {
                 let start = ContinuousClock.now
-                let frames = FrameStream(try await connection.openQUICStream())
+                let frames = FrameStream(try await connection.openStream())
                 try await frames.send(.echo(payload))
                 try await frames.stream.finish()
                 guard case .echo(let echo)? = try await frames.receive() else {

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 @testable import MemReplica
 
 /// A scratch directory with a CA and peer certificates, made fresh per use.
@@ -89,3 +90,44 @@ struct TimeoutError: Error, CustomStringConvertible {
     let seconds: Double
     var description: String { "\(what) did not finish within \(seconds) s" }
 }
+
+/// A listening transport of one kind and a client transport of the same
+/// kind, with the QUIC-style configurations mapped to TCP where needed.
+struct TransportPair {
+    let kind: TransportKind
+    let server: any Transport
+    let client: any Transport
+    var serverAddress: PeerAddress { get throws { try PeerAddress(host: "127.0.0.1", port: server.localAddress.port) } }
+
+    init(_ kind: TransportKind, pki: TestPKI, serverConfig: QUICConfiguration = quicConfig(server: true),
+         clientConfig: QUICConfiguration = quicConfig(server: false), clientTLS: TLSConfiguration? = nil) throws {
+        self.kind = kind
+        server = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
+                                        configuration: serverConfig, logger: testLogger)
+        client = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: clientTLS ?? pki.client.tls,
+                                        configuration: clientConfig, logger: testLogger)
+    }
+
+    /// Connects the client to the server and returns both ends, within 10 s.
+    func connect(_ what: String = "connect") async throws -> (client: any TransportConnection, server: any TransportConnection) {
+        let address = try serverAddress
+        async let accepted = server.accept()
+        let client = try await withTimeout(10, what) { try await self.client.connect(to: address) }
+        guard let serverSide = await accepted else {
+            throw TransportError.protocolFailure("the server endpoint closed before accepting")
+        }
+        return (client, serverSide)
+    }
+
+    func close() async {
+        await client.close()
+        await server.close()
+    }
+}
+
+/// Warnings and errors only: transport tests provoke failures on purpose.
+let testLogger: Logger = {
+    var l = Logger(label: "test")
+    l.logLevel = .warning
+    return l
+}()

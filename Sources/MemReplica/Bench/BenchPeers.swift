@@ -43,4 +43,22 @@ struct BenchPeers {
         let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
         return (server, client, conn, serving)
     }
+
+    /// A listening server and a client of `kind` on 127.0.0.1 (the TCP kinds
+    /// take the QUIC configuration's windows and buffers).
+    func transports(_ kind: TransportKind, _ quic: QUICConfiguration = QUICConfiguration()) throws
+        -> (server: any Transport, client: any Transport) {
+        if kind == .quic { return try endpoints(quic) }
+        var logger = Logger(label: "memreplica.bench")
+        logger.logLevel = .warning
+        var serverConfig = quic
+        serverConfig.acceptsConnections = true
+        var clientConfig = quic
+        clientConfig.acceptsConnections = false
+        let server = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
+                                            configuration: serverConfig, logger: logger)
+        let client = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: clientTLS,
+                                            configuration: clientConfig, logger: logger)
+        return (server, client)
+    }
 }

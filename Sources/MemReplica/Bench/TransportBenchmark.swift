@@ -3,10 +3,11 @@ import Logging
 import QuicShim
 
 /// `memreplica bench transport`: bulk throughput and request/response
-/// latency of our QUIC transport on loopback, measured side by side in one
+/// latency of our transports on loopback (QUIC, and the TLS/TCP transport
+/// with one TCP connection or one per stream), measured side by side in one
 /// run with two references: ngtcp2's own example programs (gtlsserver and
-/// gtlsclient, HTTP/3 download of the same bytes) as the anchor, and TLS 1.3
-/// over TCP (OpenSSL) as the ceiling.
+/// gtlsclient, HTTP/3 download of the same bytes) as the anchor, and bare
+/// TLS 1.3 over TCP (OpenSSL, no mux) as the ceiling.
 public struct TransportBenchmark {
     public struct Options: Sendable {
         public var totalBytes = 256 << 20
@@ -20,6 +21,8 @@ public struct TransportBenchmark {
         public var includeStockNgtcp2 = true
         public var includeTLSOverTCP = true
         public var quic = QUICConfiguration()
+        /// Our transports to measure; QUIC first is what the ratios use.
+        public var transports: [TransportKind] = TransportKind.allCases
         public init() {}
     }
 
@@ -67,42 +70,55 @@ public struct TransportBenchmark {
 
     public func run() async throws -> Report {
         var throughput: [Throughput] = []
-        var quicRuns: [Double] = [], stockRuns: [Double] = [], tcpRuns: [Double] = []
+        var ours: [TransportKind: [Double]] = [:]
+        var stockRuns: [Double] = [], tcpRuns: [Double] = []
         let stock = options.includeStockNgtcp2 ? try StockNgtcp2Download(pki: peers.pki, totalBytes: options.totalBytes,
                                                                            files: options.streams) : nil
         defer { stock?.stop() }
         // Interleave the contenders run by run so drift in machine load hits
         // all of them alike.
         for run in 1...options.runs {
-            let q = try await quicThroughput()
-            quicRuns.append(q)
-            var line = "run \(run): memreplica QUIC \(fmt(q)) MB/s"
+            var line = "run \(run):"
+            for kind in options.transports {
+                let t = try await measureThroughput(kind)
+                ours[kind, default: []].append(t)
+                line += " memreplica \(label(kind)) \(fmt(t)) MB/s,"
+            }
             if let stock {
                 let s = try stock.measure()
                 stockRuns.append(s)
-                line += ", ngtcp2 examples \(fmt(s)) MB/s"
+                line += " ngtcp2 examples \(fmt(s)) MB/s,"
             }
             if options.includeTLSOverTCP {
                 let seconds = try TLSOverTCPBaseline(tls: peers.clientTLS)
                     .measureThroughput(totalBytes: options.totalBytes)
                 let t = Double(options.totalBytes) / seconds / 1e6
                 tcpRuns.append(t)
-                line += ", TLS/TCP \(fmt(t)) MB/s"
+                line += " TLS/TCP \(fmt(t)) MB/s"
             }
-            log(line)
+            log(line.hasSuffix(",") ? String(line.dropLast()) : line)
         }
-        throughput.append(Throughput(name: "memreplica QUIC", runsMBps: quicRuns, medianMBps: median(quicRuns)))
+        for kind in options.transports {
+            let runs = ours[kind] ?? []
+            throughput.append(Throughput(name: "memreplica \(label(kind))", runsMBps: runs, medianMBps: median(runs)))
+        }
+        let quicRuns = ours[.quic] ?? []
         var ratios: [String: Double] = [:]
-        if !stockRuns.isEmpty {
+        for kind in options.transports where kind != .quic && !quicRuns.isEmpty {
+            ratios["quic_over_memreplica_\(kind.rawValue.replacingOccurrences(of: "-", with: "_"))"] =
+                median(quicRuns) / median(ours[kind] ?? [])
+        }
+        if !stockRuns.isEmpty && !quicRuns.isEmpty {
             throughput.append(Throughput(name: "ngtcp2 gtlsserver/gtlsclient HTTP/3", runsMBps: stockRuns, medianMBps: median(stockRuns)))
             ratios["quic_over_ngtcp2_examples"] = median(quicRuns) / median(stockRuns)
         }
-        if !tcpRuns.isEmpty {
+        if !tcpRuns.isEmpty && !quicRuns.isEmpty {
             throughput.append(Throughput(name: "TLS 1.3 over TCP (OpenSSL)", runsMBps: tcpRuns, medianMBps: median(tcpRuns)))
             ratios["quic_over_tls_tcp"] = median(quicRuns) / median(tcpRuns)
         }
 
-        var latency = try await quicLatency()
+        var latency: [Latency] = []
+        for kind in options.transports { latency += try await latencies(kind) }
         if options.includeTLSOverTCP {
             let samples = try TLSOverTCPBaseline(tls: peers.clientTLS)
                 .measureLatency(iterations: options.latencyIterations, request: options.requestBytes,
@@ -127,17 +143,13 @@ public struct TransportBenchmark {
                       throughput: throughput, latency: latency, handshakes: handshakes, ratios: ratios)
     }
 
-    private func endpoints() throws -> (QUICEndpoint, QUICEndpoint) {
-        try peers.endpoints(options.quic)
-    }
-
     /// MB/s for `totalBytes` over `streams` streams, connect included (as
     /// the stock client's time includes its handshake).
-    private func quicThroughput() async throws -> Double {
-        let (server, client) = try endpoints()
+    private func measureThroughput(_ kind: TransportKind) async throws -> Double {
+        let (server, client) = try peers.transports(kind, options.quic)
         defer { Task { await client.close(); await server.close() } }
         let sink = Task {
-            guard let conn = await server.acceptQUIC() else { return }
+            guard let conn = await server.accept() else { return }
             await withTaskGroup(of: Void.self) { group in
                 while let stream = try? await conn.acceptStream() {
                     group.addTask {
@@ -152,11 +164,11 @@ public struct TransportBenchmark {
         let perStream = options.totalBytes / options.streams
         let block = [UInt8](repeating: 0xa5, count: 1 << 20)
         let start = monotonicNanoseconds()
-        let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
+        let conn = try await client.connect(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<options.streams {
                 group.addTask {
-                    let stream = try await conn.openQUICStream()
+                    let stream = try await conn.openStream()
                     var sent = 0
                     while sent < perStream {
                         let n = min(block.count, perStream - sent)
@@ -176,11 +188,11 @@ public struct TransportBenchmark {
         return Double(perStream * options.streams) / seconds / 1e6
     }
 
-    private func quicLatency() async throws -> [Latency] {
-        let (server, client) = try endpoints()
+    private func latencies(_ kind: TransportKind) async throws -> [Latency] {
+        let (server, client) = try peers.transports(kind, options.quic)
         let request = options.requestBytes, response = options.responseBytes
         let responder = Task {
-            guard let conn = await server.acceptQUIC() else { return }
+            guard let conn = await server.accept() else { return }
             let reply = [UInt8](repeating: 0x33, count: response)
             await withTaskGroup(of: Void.self) { group in
                 while let stream = try? await conn.acceptStream() {
@@ -195,11 +207,11 @@ public struct TransportBenchmark {
             }
         }
         defer { responder.cancel() }
-        let conn = try await client.connectQUIC(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
+        let conn = try await client.connect(to: PeerAddress(host: "127.0.0.1", port: server.localAddress.port))
         let req = [UInt8](repeating: 0x11, count: request)
         let warmup = min(200, options.latencyIterations)
 
-        let stream = try await conn.openQUICStream()
+        let stream = try await conn.openStream()
         var longLived: [UInt64] = []
         for i in 0..<(options.latencyIterations + warmup) {
             let t0 = monotonicNanoseconds()
@@ -212,7 +224,7 @@ public struct TransportBenchmark {
         var fresh: [UInt64] = []
         for i in 0..<(options.latencyIterations + warmup) {
             let t0 = monotonicNanoseconds()
-            let s = try await conn.openQUICStream()
+            let s = try await conn.openStream()
             try await s.write(req)
             try await s.finish()
             _ = try await s.readExactly(response)
@@ -221,7 +233,16 @@ public struct TransportBenchmark {
         await conn.close(errorCode: 0, reason: "")
         await client.close()
         await server.close()
-        return [summarize("QUIC, one long-lived stream", longLived), summarize("QUIC, a new stream per request", fresh)]
+        return [summarize("\(label(kind)), one long-lived stream", longLived),
+                summarize("\(label(kind)), a new stream per request", fresh)]
+    }
+
+    private func label(_ kind: TransportKind) -> String {
+        switch kind {
+        case .quic: return "QUIC"
+        case .tcp: return "TLS/TCP mux"
+        case .tcpPerRegion: return "TLS/TCP per stream"
+        }
     }
 }
 
@@ -231,7 +252,7 @@ extension TransportBenchmark {
     /// full handshake versus when it rides in 0-RTT. Each connection is
     /// closed before the next; tickets are waited for outside the timing.
     func quicHandshakes() async throws -> [Latency] {
-        let (server, client) = try endpoints()
+        let (server, client) = try peers.endpoints(options.quic)
         let request = options.requestBytes, response = options.responseBytes
         let responder = Task {
             let reply = [UInt8](repeating: 0x33, count: response)

@@ -1,13 +1,14 @@
 import Foundation
 import Logging
 
-/// A running peer: accepts authenticated QUIC connections and serves each
+/// A running peer: accepts authenticated connections (QUIC or TLS over TCP,
+/// whichever transport it was given) and serves each
 /// stream they open by its first frame: SUBSCRIBE makes it a region stream
 /// (served from `exports`), ECHO a diagnostic echo, HELLO a control stream.
 /// A first frame that came as 0-RTT early data (replayable) is served only
 /// if it is HELLO.
 public final class PeerService: Sendable {
-    public let endpoint: QUICEndpoint
+    public let endpoint: any Transport
     public let startedAt: Date
     private let started: ContinuousClock.Instant
     private let logger: Logger
@@ -15,7 +16,7 @@ public final class PeerService: Sendable {
     public let exports: RegionExports
     public let mirrors: [MirrorRunner]
 
-    public init(endpoint: QUICEndpoint, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [], logger: Logger) {
+    public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [], logger: Logger) {
         self.mirrors = mirrors
         self.endpoint = endpoint
         self.logger = logger
@@ -33,7 +34,7 @@ public final class PeerService: Sendable {
             for mirror in mirrors {
                 group.addTask { await mirror.run() }
             }
-            while let connection = await endpoint.acceptQUIC() {
+            while let connection = await endpoint.accept() {
                 group.addTask { await self.serve(connection) }
             }
             // The endpoint is closed: stop the mirrors' reconnect loops.
@@ -41,7 +42,7 @@ public final class PeerService: Sendable {
         }
     }
 
-    private func serve(_ connection: QUICConnection) async {
+    private func serve(_ connection: any TransportConnection) async {
         let peer = "\(connection.remoteAddress)"
         await withDiscardingTaskGroup { group in
             do {
@@ -55,7 +56,7 @@ public final class PeerService: Sendable {
         }
     }
 
-    private func route(_ stream: any TransportStream, connection: QUICConnection, peer: String) async {
+    private func route(_ stream: any TransportStream, connection: any TransportConnection, peer: String) async {
         let frames = FrameStream(stream)
         do {
             let first = try await frames.receive()

@@ -12,7 +12,7 @@ import Logging
 /// `Frame.mayArriveAsEarlyData`); SUBSCRIBE follows after the handshake.
 public final class MirrorRunner: Sendable {
     public let spec: MirrorSpec
-    private let endpoint: QUICEndpoint
+    private let endpoint: any Transport
     private let logger: Logger
     private let current = Locked<ActiveMirror?>(nil)
 
@@ -41,7 +41,7 @@ public final class MirrorRunner: Sendable {
         }
     }
 
-    public init(spec: MirrorSpec, endpoint: QUICEndpoint, logger: Logger) {
+    public init(spec: MirrorSpec, endpoint: any Transport, logger: Logger) {
         self.spec = spec
         self.endpoint = endpoint
         self.logger = logger
@@ -56,11 +56,9 @@ public final class MirrorRunner: Sendable {
         }
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled {
-            var connection: QUICConnection?
+            var connection: (any TransportConnection)?
             do {
-                let me = endpoint.localIdentity
-                let hello = try Frame.hello(.init(peerName: me.commonName ?? me.subject)).encoded()
-                let (opened, control) = try await endpoint.connectQUIC(to: spec.address, replaySafeEarlyData: hello)
+                let (opened, control) = try await connectSendingHello()
                 connection = opened
                 backoff = .milliseconds(250)
                 let stats = await opened.statistics()
@@ -114,6 +112,27 @@ public final class MirrorRunner: Sendable {
         logger.info("mirroring lazily (post-copy)", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                                "geometry": "\(region.geometry)", "path": "\(spec.path)"])
         return mirror
+    }
+
+    /// Connects and sends HELLO on the control stream. Over QUIC the HELLO
+    /// rides in 0-RTT when a session ticket is at hand (it is replay-safe);
+    /// other transports send it once connected.
+    private func connectSendingHello() async throws -> (any TransportConnection, any TransportStream) {
+        let me = endpoint.localIdentity
+        let hello = try Frame.hello(.init(peerName: me.commonName ?? me.subject)).encoded()
+        if let quic = endpoint as? QUICEndpoint {
+            let (connection, control) = try await quic.connectQUIC(to: spec.address, replaySafeEarlyData: hello)
+            return (connection, control)
+        }
+        let connection = try await endpoint.connect(to: spec.address)
+        do {
+            let control = try await connection.openStream()
+            try await control.write(hello)
+            return (connection, control)
+        } catch {
+            await connection.close(errorCode: 0, reason: "mirror restarting")
+            throw error
+        }
     }
 
     /// The control stream, our HELLO already sent: the exporter's HELLO,

@@ -1,5 +1,8 @@
 /// A snapshot of one connection, taken on its event loop. The RTT, window and
 /// rate fields come from the QUIC stack; byte and packet counters are ours.
+/// Over TCP all of them are the kernel's (TCP_INFO): path figures of the
+/// first TCP connection, counters summed over all of them (segments for
+/// packets, the MSS as the largest payload).
 public struct ConnectionStatistics: Sendable, Codable, Equatable {
     public var latestRTT: Duration
     public var minRTT: Duration

@@ -1,19 +1,25 @@
 /// The seam between replication logic and the wire. QUIC is the product's
-/// transport; a TLS-over-TCP transport implements the same protocols so the
-/// benchmark suite can compare them frame for frame.
+/// transport; TLS over TCP (`TCPEndpoint`, one TCP connection or one per
+/// stream) implements the same protocols, so peers can run over either and
+/// the benchmark suite can compare them frame for frame.
 ///
 /// Streams are ordered, reliable byte streams. Writes apply backpressure:
-/// `write` suspends while the stream's unacknowledged bytes exceed the
-/// configured send buffer, so no queue grows without bound.
+/// `write` suspends while the stream's unacknowledged bytes (QUIC), or bytes
+/// not yet handed to TLS (TCP), exceed the configured send buffer, so no
+/// queue grows without bound.
 public protocol Transport: Sendable {
     /// The address this transport's socket is bound to.
     var localAddress: PeerAddress { get }
+    /// Our certificate's identity, as peers will see it.
+    var localIdentity: PeerIdentity { get }
     /// Connects to a listening peer and completes the mutual TLS handshake.
     func connect(to address: PeerAddress) async throws -> any TransportConnection
     /// Waits for the next authenticated inbound connection; nil once closed.
     func accept() async -> (any TransportConnection)?
     /// Closes every connection and releases the socket.
     func close() async
+    /// Identities and RTTs of every established connection.
+    func connectionSummaries() async -> [ConnectionSummary]
 }
 
 public protocol TransportConnection: AnyObject, Sendable {

@@ -20,6 +20,9 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case peerClosed(errorCode: UInt64, reason: String)
     /// This side closed the connection.
     case closedLocally
+    /// The connection broke without a close from the peer (a TCP reset, or
+    /// the TCP stream ending without the transport's CLOSE).
+    case connectionLost(detail: String)
     /// The local address is taken by another socket.
     case addressInUse(address: String)
     /// HOST:PORT could not be parsed or resolved.
@@ -34,7 +37,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case tlsConfiguration(String)
     /// Another TLS failure, with the alert the stack reported.
     case tlsFailure(String)
-    /// A QUIC protocol failure reported by the stack.
+    /// A transport protocol failure: reported by the QUIC stack, or a
+    /// violation of the TCP transport's record format.
     case protocolFailure(String)
     /// A system call failed.
     case system(call: String, errno: Int32)
@@ -61,6 +65,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
                 : "peer closed the connection (code \(code)): \(reason)"
         case .closedLocally:
             return "connection was closed by this side"
+        case .connectionLost(let detail):
+            return "connection lost: \(detail)"
         case .addressInUse(let address):
             return "address \(address) is already in use"
         case .badAddress(let input, let reason):
@@ -76,7 +82,7 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
         case .tlsFailure(let detail):
             return "TLS handshake failed: \(detail)"
         case .protocolFailure(let detail):
-            return "QUIC protocol error: \(detail)"
+            return "protocol error: \(detail)"
         case .system(let call, let errno):
             return "\(call) failed: \(String(cString: strerror(errno)))"
         }

@@ -5,7 +5,7 @@ import Testing
 
 /// A server that answers every stream with the SHA-256 (hex) of all bytes
 /// it read, so the sender can check integrity end to end.
-private func serveHashes(_ conn: QUICConnection) async {
+private func serveHashes(_ conn: any TransportConnection) async {
     await withTaskGroup(of: Void.self) { group in
         while let stream = try? await conn.acceptStream() {
             group.addTask {
@@ -28,8 +28,8 @@ private func serveHashes(_ conn: QUICConnection) async {
 /// Sends `blocks` blocks of `block` bytes on a new stream, each block
 /// tagged with its index so reordering would change the hash; returns
 /// (server's answer, expected answer).
-private func sendAndHash(_ conn: QUICConnection, block: [UInt8], blocks: Int, tag: UInt64) async throws -> (String, String) {
-    let stream = try await conn.openQUICStream()
+private func sendAndHash(_ conn: any TransportConnection, block: [UInt8], blocks: Int, tag: UInt64) async throws -> (String, String) {
+    let stream = try await conn.openStream()
     var hasher = SHA256()
     var chunk = block
     for i in 0..<blocks {
@@ -45,16 +45,18 @@ private func sendAndHash(_ conn: QUICConnection, block: [UInt8], blocks: Int, ta
     return (answer, expected)
 }
 
-@Suite("QUIC streams", .serialized)
-struct QUICStreamTests {
-    @Test("64 concurrent streams of 4 MiB each arrive intact")
-    func manyConcurrentStreams() async throws {
+/// Stream semantics every transport must keep: integrity, backpressure,
+/// stream credit and resets.
+@Suite("Transport streams", .serialized)
+struct TransportStreamTests {
+    @Test("64 concurrent streams of 4 MiB each arrive intact", arguments: TransportKind.allCases)
+    func manyConcurrentStreams(_ kind: TransportKind) async throws {
         let pki = try TestPKI()
         defer { pki.remove() }
-        let pair = try EndpointPair(pki: pki)
+        let pair = try TransportPair(kind, pki: pki)
         let address = try pair.serverAddress
-        let server = Task { if let c = await pair.server.acceptQUIC() { await serveHashes(c) } }
-        let conn = try await pair.client.connectQUIC(to: address)
+        let server = Task { if let c = await pair.server.accept() { await serveHashes(c) } }
+        let conn = try await pair.client.connect(to: address)
         let block = patternBytes(count: 256 << 10, seed: 42)
         let results = try await withTimeout(240, "64 × 4 MiB") {
             try await withThrowingTaskGroup(of: (String, String).self) { group in
@@ -71,14 +73,14 @@ struct QUICStreamTests {
         await pair.close()
     }
 
-    @Test("one 1 GiB stream arrives intact")
-    func oneHugeStream() async throws {
+    @Test("one 1 GiB stream arrives intact", arguments: TransportKind.allCases)
+    func oneHugeStream(_ kind: TransportKind) async throws {
         let pki = try TestPKI()
         defer { pki.remove() }
-        let pair = try EndpointPair(pki: pki)
+        let pair = try TransportPair(kind, pki: pki)
         let address = try pair.serverAddress
-        let server = Task { if let c = await pair.server.acceptQUIC() { await serveHashes(c) } }
-        let conn = try await pair.client.connectQUIC(to: address)
+        let server = Task { if let c = await pair.server.accept() { await serveHashes(c) } }
+        let conn = try await pair.client.connect(to: address)
         let block = patternBytes(count: 1 << 20, seed: 7)
         let (got, want) = try await withTimeout(600, "1 GiB stream") {
             try await sendAndHash(conn, block: block, blocks: 1024, tag: 1)
@@ -89,26 +91,26 @@ struct QUICStreamTests {
         await pair.close()
     }
 
-    @Test("10,000 short streams in sequence: stream credit is given back")
-    func tenThousandStreams() async throws {
+    @Test("10,000 short streams in sequence: stream credit is given back", arguments: TransportKind.allCases)
+    func tenThousandStreams(_ kind: TransportKind) async throws {
         let pki = try TestPKI()
         defer { pki.remove() }
         var serverConfig = quicConfig(server: true)
         serverConfig.maxConcurrentStreams = 16
-        let pair = try EndpointPair(pki: pki, serverConfig: serverConfig)
+        let pair = try TransportPair(kind, pki: pki, serverConfig: serverConfig)
         let address = try pair.serverAddress
         let server = Task {
-            guard let c = await pair.server.acceptQUIC() else { return }
+            guard let c = await pair.server.accept() else { return }
             while let s = try? await c.acceptStream() {
                 let bytes = try await s.readAll(limit: 1024)
                 try await s.write(bytes)
                 try await s.finish()
             }
         }
-        let conn = try await pair.client.connectQUIC(to: address)
+        let conn = try await pair.client.connect(to: address)
         try await withTimeout(300, "10k streams") {
             for i in 0..<10_000 {
-                let s = try await conn.openQUICStream()
+                let s = try await conn.openStream()
                 let msg = Array("request \(i)".utf8)
                 try await s.write(msg)
                 try await s.finish()
@@ -121,8 +123,8 @@ struct QUICStreamTests {
         await pair.close()
     }
 
-    @Test("a slow reader bounds the sender: write suspends instead of buffering")
-    func backpressure() async throws {
+    @Test("a slow reader bounds the sender: write suspends instead of buffering", arguments: TransportKind.allCases)
+    func backpressure(_ kind: TransportKind) async throws {
         let pki = try TestPKI()
         defer { pki.remove() }
         var clientConfig = quicConfig(server: false)
@@ -130,9 +132,9 @@ struct QUICStreamTests {
         var serverConfig = quicConfig(server: true)
         serverConfig.streamReceiveWindow = 1 << 20
         serverConfig.connectionReceiveWindow = 2 << 20
-        let pair = try EndpointPair(pki: pki, serverConfig: serverConfig, clientConfig: clientConfig)
+        let pair = try TransportPair(kind, pki: pki, serverConfig: serverConfig, clientConfig: clientConfig)
         let (conn, serverSide) = try await pair.connect()
-        let stream = try await conn.openQUICStream()
+        let stream = try await conn.openStream()
         let chunk = patternBytes(count: 64 << 10, seed: 3)
         let acceptedBytes = Locked(0)
         // Nobody reads on the server yet: after the peer's window plus our
@@ -161,13 +163,13 @@ struct QUICStreamTests {
         await pair.close()
     }
 
-    @Test("a reset stream surfaces streamReset with the code on the other side")
-    func resetStream() async throws {
+    @Test("a reset stream surfaces streamReset with the code on the other side", arguments: TransportKind.allCases)
+    func resetStream(_ kind: TransportKind) async throws {
         let pki = try TestPKI()
         defer { pki.remove() }
-        let pair = try EndpointPair(pki: pki)
+        let pair = try TransportPair(kind, pki: pki)
         let (conn, serverSide) = try await pair.connect()
-        let stream = try await conn.openQUICStream()
+        let stream = try await conn.openStream()
         try await stream.write([1, 2, 3])
         let inbound = try await serverSide.acceptStream()
         _ = try await inbound.read(maxLength: 3)

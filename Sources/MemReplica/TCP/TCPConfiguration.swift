@@ -1,0 +1,59 @@
+/// Tunables of a TLS-over-TCP endpoint. The stream and window settings mean
+/// what their namesakes in `QUICConfiguration` mean, so a comparison can run
+/// both transports with the same limits (`init(matching:)`). Every limit here
+/// is explicit and enforced.
+public struct TCPConfiguration: Sendable {
+    /// Application protocols offered (client) or accepted (server), in order.
+    public var applicationProtocols: [String] = [QUICConfiguration.memReplicaALPN]
+    /// Per-stream receive window (mux flow control).
+    public var streamReceiveWindow: UInt64 = 16 << 20
+    /// Connection receive window (all streams together).
+    public var connectionReceiveWindow: UInt64 = 64 << 20
+    /// Bytes a stream may hold not yet handed to TLS before `write` suspends.
+    public var streamSendBuffer: Int = 16 << 20
+    /// Concurrent streams the peer may open; credit is given back as they close.
+    public var maxConcurrentStreams: UInt64 = 256
+    /// A connection with nothing from the peer for this long ends.
+    public var idleTimeout: Duration = .seconds(30)
+    /// PINGs (answered by PONG) keep an idle connection alive at this interval (nil: off).
+    public var keepAliveInterval: Duration? = .seconds(10)
+    /// TCP connect plus TLS handshake (plus the mux SETTINGS answer) must finish by then.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// SO_SNDBUF/SO_RCVBUF, forced past wmem_max/rmem_max; without the
+    /// privilege to force them (not root), or with nil, the kernel's
+    /// autotuning sizes them (up to tcp_rmem/tcp_wmem).
+    public var socketBufferSize: Int? = 16 << 20
+    /// Largest DATA record we send: the round-robin quantum between streams
+    /// that share one TCP connection.
+    public var maxDataRecord: Int = 64 << 10
+    /// Whether this endpoint listens for inbound connections.
+    public var acceptsConnections: Bool = false
+    /// `tcp-per-region`: every stream this side opens gets a TCP connection of
+    /// its own (the best TCP can do against head-of-line blocking); false
+    /// multiplexes all streams over one TCP connection. Only the connecting
+    /// side chooses; a listener serves both kinds of client.
+    public var connectionPerStream: Bool = false
+
+    public init() {}
+
+    /// The same windows, buffers, timeouts and ALPN as a QUIC configuration.
+    public init(matching quic: QUICConfiguration, connectionPerStream: Bool = false) {
+        applicationProtocols = quic.applicationProtocols
+        streamReceiveWindow = quic.streamReceiveWindow
+        connectionReceiveWindow = quic.connectionReceiveWindow
+        streamSendBuffer = quic.streamSendBuffer
+        maxConcurrentStreams = quic.maxConcurrentStreams
+        idleTimeout = quic.idleTimeout
+        keepAliveInterval = quic.keepAliveInterval
+        handshakeTimeout = quic.handshakeTimeout
+        socketBufferSize = quic.socketBufferSize
+        acceptsConnections = quic.acceptsConnections
+        self.connectionPerStream = connectionPerStream
+    }
+
+    /// TCP connections (established or in handshake) one endpoint keeps at once.
+    public static let maxLinks = 1024
+    /// How long a closing TCP connection waits for the peer's end before it
+    /// is dropped.
+    public static let drainTimeout: Duration = .seconds(1)
+}

@@ -1,0 +1,81 @@
+import QuicShim  // epoll and eventfd declarations
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// epoll over a TCP endpoint's sockets (each registered under a token of
+/// its own) and an eventfd other threads use to wake the loop. Deadlines
+/// use epoll_pwait2 as the QUIC loop's `Poller` does.
+final class TCPPoller {
+    private let epoll: FileDescriptor
+    private let wakeFD: FileDescriptor
+    static let wakeToken: UInt64 = 0
+
+    init() throws {
+        let ep = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard ep >= 0 else { throw TransportError.system(call: "epoll_create1", errno: errno) }
+        epoll = FileDescriptor(rawValue: ep)
+        let ev = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard ev >= 0 else {
+            try? epoll.close()
+            throw TransportError.system(call: "eventfd", errno: errno)
+        }
+        wakeFD = FileDescriptor(rawValue: ev)
+        try add(ev, token: Self.wakeToken, events: EPOLLIN.rawValue)
+    }
+
+    func add(_ fd: Int32, token: UInt64, events: UInt32) throws {
+        var ev = epoll_event()
+        ev.events = events
+        ev.data.u64 = token
+        guard epoll_ctl(epoll.rawValue, EPOLL_CTL_ADD, fd, &ev) == 0 else {
+            throw TransportError.system(call: "epoll_ctl", errno: errno)
+        }
+    }
+
+    func modify(_ fd: Int32, token: UInt64, events: UInt32) {
+        var ev = epoll_event()
+        ev.events = events
+        ev.data.u64 = token
+        _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_MOD, fd, &ev)
+    }
+
+    func remove(_ fd: Int32) {
+        _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_DEL, fd, nil)
+    }
+
+    /// Waits until `deadline` (CLOCK_MONOTONIC ns; UInt64.max: no limit,
+    /// a past deadline only polls) and calls `body` per ready token.
+    func wait(until deadline: UInt64, _ body: (UInt64, UInt32) -> Void) {
+        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        let n: Int32
+        if deadline == UInt64.max {
+            n = epoll_wait(epoll.rawValue, &events, Int32(events.count), -1)
+        } else {
+            let now = monotonicNanoseconds()
+            let wait = deadline > now ? deadline - now : 0
+            var timeout = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
+            n = epoll_pwait2(epoll.rawValue, &events, Int32(events.count), &timeout, nil)
+        }
+        guard n > 0 else { return }
+        for i in 0..<Int(n) {
+            if events[i].data.u64 == Self.wakeToken {
+                var value: UInt64 = 0
+                _ = Glibc.read(wakeFD.rawValue, &value, 8)
+            } else {
+                body(events[i].data.u64, events[i].events)
+            }
+        }
+    }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeFD.rawValue, &one, 8)
+    }
+
+    deinit {
+        try? epoll.close()
+        try? wakeFD.close()
+    }
+}

@@ -1,0 +1,59 @@
+/// A stream of the TCP transport as user code sees it.
+///
+/// `write` copies the bytes into transport-owned memory and suspends while
+/// more than `TCPConfiguration.streamSendBuffer` bytes wait to be framed.
+/// `read` returns bytes in order and gives the peer credit for what was
+/// read, so a slow reader slows its sender, never memory, and never the
+/// other streams sharing its TCP connection.
+public final class TCPStream: TransportStream, @unchecked Sendable {
+    let core: TCPStreamCore
+    public var id: Int64 { core.id }
+
+    init(core: TCPStreamCore) { self.core = core }
+
+    public func write(_ bytes: [UInt8]) async throws {
+        guard !bytes.isEmpty else { return }
+        try await core.write(bytes.withUnsafeBytes(Self.ownedCopy))
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) async throws {
+        guard bytes.count > 0 else { return }
+        try await core.write(Self.ownedCopy(bytes))
+    }
+
+    public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
+        let total = header.count + body.count
+        guard total > 0 else { return }
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 16)
+        memory.copyBytes(from: header)
+        UnsafeMutableRawBufferPointer(rebasing: memory[header.count...]).copyMemory(from: body)
+        try await core.write(memory)
+    }
+
+    /// The transport's own copy: the caller's buffer may change as soon as
+    /// `write` returns; the loop frames from ours.
+    private static func ownedCopy(_ bytes: UnsafeRawBufferPointer) -> UnsafeMutableRawBufferPointer {
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
+        memory.copyMemory(from: bytes)
+        return memory
+    }
+
+    public func finish() async throws {
+        try core.finish()
+    }
+
+    public func read(maxLength: Int = 1 << 20) async throws -> [UInt8]? {
+        precondition(maxLength > 0, "maxLength must be positive")
+        return try await core.read(maxLength: maxLength)
+    }
+
+    public func stopReading(errorCode: UInt64) async {
+        let core = self.core
+        await core.connection.endpoint.onLoop { core.stopReadingLocally(code: errorCode) }
+    }
+
+    public func reset(errorCode: UInt64) async {
+        let core = self.core
+        await core.connection.endpoint.onLoop { core.resetLocally(code: errorCode) }
+    }
+}

@@ -1,0 +1,7 @@
+import ArgumentParser
+import MemReplica
+
+/// `--transport quic|tcp|tcp-per-region`.
+extension TransportKind: ExpressibleByArgument {
+    public static var allValueStrings: [String] { allCases.map(\.rawValue) }
+}

@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+@testable import MemReplica
+
+@Suite("Transport server with many clients", .serialized)
+struct TransportManyClientsTests {
+    @Test("eight clients on one server endpoint, concurrently, each with its own data", arguments: TransportKind.allCases)
+    func eightClients(_ kind: TransportKind) async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let server = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
+                                            configuration: quicConfig(server: true), logger: testLogger)
+        let port = server.localAddress.port
+        let echo = Task {
+            await withTaskGroup(of: Void.self) { group in
+                while let conn = await server.accept() {
+                    group.addTask {
+                        while let s = try? await conn.acceptStream() {
+                            guard let bytes = try? await s.readAll(limit: 4 << 20) else { continue }
+                            try? await s.write(bytes)
+                            try? await s.finish()
+                        }
+                    }
+                }
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<8 {
+                group.addTask {
+                    let client = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
+                                                        configuration: quicConfig(server: false), logger: testLogger)
+                    let conn = try await client.connect(to: PeerAddress(host: "127.0.0.1", port: port))
+                    let payload = patternBytes(count: 512 << 10, seed: UInt64(i + 1))
+                    let s = try await conn.openStream()
+                    try await s.write(payload)
+                    try await s.finish()
+                    let back = try await s.readAll(limit: 1 << 20)
+                    #expect(sha256Hex(back) == sha256Hex(payload))
+                    await client.close()
+                }
+            }
+            try await group.waitForAll()
+        }
+        let summaries = await server.connectionSummaries()
+        #expect(summaries.count <= 8)
+        await server.close()
+        echo.cancel()
+    }
+}
