@@ -14,17 +14,23 @@ struct BenchPeers {
 
     /// A listening server endpoint and a client endpoint on 127.0.0.1.
     func endpoints(_ quic: QUICConfiguration = QUICConfiguration()) throws -> (server: QUICEndpoint, client: QUICEndpoint) {
+        try pair(quic) { try QUICEndpoint(bind: $0, tls: $1, configuration: $2, logger: $3) }
+    }
+
+    /// A server (accepting) and a client made by `make` on 127.0.0.1, with
+    /// the bench's certificates and a quiet logger.
+    private func pair<T>(_ quic: QUICConfiguration,
+                         _ make: (PeerAddress, TLSConfiguration, QUICConfiguration, Logger) throws -> T) throws
+        -> (server: T, client: T) {
         var logger = Logger(label: "memreplica.bench")
         logger.logLevel = .warning
         var serverConfig = quic
         serverConfig.acceptsConnections = true
         var clientConfig = quic
         clientConfig.acceptsConnections = false
-        let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
-                                      configuration: serverConfig, logger: logger)
-        let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: clientTLS,
-                                      configuration: clientConfig, logger: logger)
-        return (server, client)
+        let loopback = try PeerAddress(parsing: "127.0.0.1:0")
+        return (try make(loopback, pki.files(for: "bench-server").tls, serverConfig, logger),
+                try make(loopback, clientTLS, clientConfig, logger))
     }
 
     /// A listening endpoint serving `exports` on its first connection, and a
@@ -49,16 +55,6 @@ struct BenchPeers {
     func transports(_ kind: TransportKind, _ quic: QUICConfiguration = QUICConfiguration()) throws
         -> (server: any Transport, client: any Transport) {
         if kind == .quic { return try endpoints(quic) }
-        var logger = Logger(label: "memreplica.bench")
-        logger.logLevel = .warning
-        var serverConfig = quic
-        serverConfig.acceptsConnections = true
-        var clientConfig = quic
-        clientConfig.acceptsConnections = false
-        let server = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.files(for: "bench-server").tls,
-                                            configuration: serverConfig, logger: logger)
-        let client = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: clientTLS,
-                                            configuration: clientConfig, logger: logger)
-        return (server, client)
+        return try pair(quic) { try kind.makeTransport(bind: $0, tls: $1, configuration: $2, logger: $3) }
     }
 }

@@ -172,6 +172,38 @@ public final class RegionExports: Sendable {
         }
     }
 
+    /// Armed before an initial pass copies a chunk, so a write during the
+    /// pass is sent again after it. One tracker per region, shared by its
+    /// mirrors (see RegionChangeFeed); which one, and why, is logged.
+    private func subscribeToChanges(of region: Region) -> ChangeSubscription {
+        let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
+        let tracking = changes.status
+        logger.info("dirty tracking", metadata: [
+            "region": "\(region.name)", "tracker": "\(tracking.kind)", "reason": "\(tracking.reason)",
+            "mirrors": "\(tracking.subscribers)",
+        ])
+        return changes
+    }
+
+    /// A mirror's side of a region stream: ACKs of versions (eager) or
+    /// epochs (lazy) up to what was sent; one past it is a lie.
+    private static func receiveAcks(on frames: FrameStream, upTo sent: Locked<UInt64>,
+                                    _ acknowledged: (UInt64) -> Void) async throws {
+        while let frame = try await frames.receive() {
+            switch frame {
+            case .ack(let version):
+                guard version <= sent.withLock({ $0 }) else {
+                    throw ProtocolViolation(.unexpectedFrame, "ACK of version \(version), never sent")
+                }
+                acknowledged(version)
+            case .error(let code, let message):
+                throw ReplicationError.refusedByPeer(code: code, message: message)
+            default:
+                throw ProtocolViolation(.unexpectedFrame, "a mirror sends only ACK on its region stream")
+            }
+        }
+    }
+
     /// Lazy (post-copy) mirrors: no bytes are pushed. A resuming mirror
     /// first hears DIRTY for every chunk whose hash differs from what it
     /// holds; then SYNCED; then one DIRTY per scan that found changes. The
@@ -179,31 +211,13 @@ public final class RegionExports: Sendable {
     /// DIRTY's epoch once the chunks are dropped.
     private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?,
                               record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
-        // Armed before the initial pass copies a chunk: a write during the
-        // pass is sent again after it. One tracker per region, shared by
-        // its mirrors (see RegionChangeFeed).
-        let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
+        let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
-        let tracking = changes.status
-        logger.info("dirty tracking", metadata: [
-            "region": "\(region.name)", "tracker": "\(tracking.kind)", "reason": "\(tracking.reason)",
-            "mirrors": "\(tracking.subscribers)",
-        ])
         let sent = Locked<UInt64>(0)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                while let frame = try await frames.receive() {
-                    switch frame {
-                    case .ack(let epoch):
-                        guard epoch <= sent.withLock({ $0 }) else {
-                            throw ProtocolViolation(.unexpectedFrame, "ACK of epoch \(epoch), never sent")
-                        }
-                        record { $0.acknowledgedVersion = max($0.acknowledgedVersion, epoch) }
-                    case .error(let code, let message):
-                        throw ReplicationError.refusedByPeer(code: code, message: message)
-                    default:
-                        throw ProtocolViolation(.unexpectedFrame, "a lazy mirror sends only ACK on its region stream")
-                    }
+                try await Self.receiveAcks(on: frames, upTo: sent) { epoch in
+                    record { $0.acknowledgedVersion = max($0.acknowledgedVersion, epoch) }
                 }
             }
             group.addTask { [scanInterval] in
@@ -237,33 +251,14 @@ public final class RegionExports: Sendable {
     /// hash differs), SYNCED, then every change until the mirror's side ends.
     private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?, peer: String,
                          record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
-        // Armed before the initial pass copies a chunk: a write during the
-        // pass is sent again after it. One tracker per region, shared by
-        // its mirrors (see RegionChangeFeed).
-        let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
+        let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
-        let tracking = changes.status
-        logger.info("dirty tracking", metadata: [
-            "region": "\(region.name)", "tracker": "\(tracking.kind)", "reason": "\(tracking.reason)",
-            "mirrors": "\(tracking.subscribers)",
-        ])
         let sent = Locked<UInt64>(0)
         try await withThrowingTaskGroup(of: Void.self) { [observer] group in
             group.addTask {
-                // ACKs: how far the replica has applied. One past what was sent is a lie.
-                while let frame = try await frames.receive() {
-                    switch frame {
-                    case .ack(let version):
-                        guard version <= sent.withLock({ $0 }) else {
-                            throw ProtocolViolation(.unexpectedFrame, "ACK of version \(version), never sent")
-                        }
-                        observer?.acknowledged(region: region.name, peer: peer, version: version, at: .now)
-                        record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
-                    case .error(let code, let message):
-                        throw ReplicationError.refusedByPeer(code: code, message: message)
-                    default:
-                        throw ProtocolViolation(.unexpectedFrame, "a mirror sends only ACK on a region stream")
-                    }
+                try await Self.receiveAcks(on: frames, upTo: sent) { version in
+                    observer?.acknowledged(region: region.name, peer: peer, version: version, at: .now)
+                    record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
             group.addTask { [scanInterval, logger] in
