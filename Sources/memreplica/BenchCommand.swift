@@ -74,17 +74,9 @@ struct BenchTransportCommand: AsyncParsableCommand {
         if busyPoll > 0 { options.quic.busyPoll = .microseconds(busyPoll) }
         let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: work) }
-        let quiet = json
-        let bench = try TransportBenchmark(options: options, workDirectory: work) { line in
-            if !quiet { print(line) } else { FileHandle.standardError.write(Data((line + "\n").utf8)) }
-        }
+        let bench = try TransportBenchmark(options: options, workDirectory: work, log: BenchOutput(json: json).progress)
         let report = try await bench.run()
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-            return
-        }
+        if try BenchOutput(json: json).printJSON(report) { return }
         print("")
         print("throughput, \(report.totalBytes >> 20) MiB over \(report.streams) streams, median of \(report.runs):")
         for t in report.throughput {
@@ -139,16 +131,8 @@ struct BenchSyncCommand: AsyncParsableCommand {
         options.scanInterval = .microseconds(Int(scanMs * 1000))
         let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: work) }
-        let quiet = json
-        let report = try await SyncBenchmark(options: options, workDirectory: work) { line in
-            if quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
-        }.run()
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-            return
-        }
+        let report = try await SyncBenchmark(options: options, workDirectory: work, log: BenchOutput(json: json).progress).run()
+        if try BenchOutput(json: json).printJSON(report) { return }
         print("initial sync of \(report.syncBytes >> 20) MiB: median \(String(format: "%.1f", report.syncMedianMBps)) MB/s")
         print("lag write → replica ACK, \(report.lagSamples) writes: p50 \(String(format: "%.2f", report.lagP50Milliseconds)) ms, p99 \(String(format: "%.2f", report.lagP99Milliseconds)) ms, max \(String(format: "%.2f", report.lagMaxMilliseconds)) ms")
     }

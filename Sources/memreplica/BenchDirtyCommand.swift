@@ -30,16 +30,8 @@ struct BenchDirtyCommand: ParsableCommand {
         options.chunkSize = parseByteSize(chunk)!
         options.dirtyPercent = percent
         options.rounds = rounds
-        let quiet = json
-        let report = try DirtyBenchmark(options: options) { line in
-            if quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
-        }.run()
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-            return
-        }
+        let report = try DirtyBenchmark(options: options, log: BenchOutput(json: json).progress).run()
+        if try BenchOutput(json: json).printJSON(report) { return }
         func ms(_ v: Double) -> String { String(format: "%.3f", v) }
         print("")
         print("dirty scan of \(report.regionBytes >> 20) MiB, \(report.pagesWrittenPerRound) pages (\(report.dirtyPercent) %) written per round, \(report.rounds) rounds, kernel \(report.kernel):")

@@ -28,16 +28,8 @@ struct BenchFaultsCommand: AsyncParsableCommand {
         options.faults = faults
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("memreplica-bench-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: work) }
-        let quiet = json
-        let report = try await FaultBenchmark(options: options, workDirectory: work) { line in
-            if quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
-        }.run()
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-            return
-        }
+        let report = try await FaultBenchmark(options: options, workDirectory: work, log: BenchOutput(json: json).progress).run()
+        if try BenchOutput(json: json).printJSON(report) { return }
         func us(_ v: Double) -> String { String(format: "%.1f", v) }
         func row(_ name: String, _ l: FaultBenchmark.Latency) -> String {
             "  \(name)  p50 \(us(l.p50Microseconds)) µs  p90 \(us(l.p90Microseconds))  p99 \(us(l.p99Microseconds))  p999 \(us(l.p999Microseconds))  max \(us(l.maxMicroseconds))"
