@@ -15,6 +15,13 @@ import Glibc
 /// the mapping only from threads that may block (not the Swift concurrency
 /// pool). On a primary or an eager replica the file is simply mapped.
 ///
+/// A writer of a primary (`writable: true`) registers its mapping for
+/// userfaultfd write-protection (WP_ASYNC) in this process and passes the
+/// descriptor: the peer then finds exactly the pages this process wrote
+/// (PAGEMAP_SCAN on /proc/PID/pagemap). Only stores through this mapping
+/// count; `pwrite()` to the file does not (see the README's "Dirty
+/// tracking: which writes each mode catches").
+///
 /// The session lasts while this object is attached; `detach()` (or the
 /// process's exit) ends it. Should the peer end it first (it stops), a
 /// thread blocked on a missing chunk keeps sleeping until `detach()`
@@ -26,6 +33,7 @@ public final class AttachedRegion: @unchecked Sendable {
     public let bytes: UnsafeMutableRawBufferPointer
     private let socket: UnixSocket?
     private let userfaultfd: Int32
+    private let writeTracker: WriteProtectTracker?
     private let mappedLength: Int
     private let detached = Locked(false)
 
@@ -75,12 +83,38 @@ public final class AttachedRegion: @unchecked Sendable {
         guard let p, p != MAP_FAILED else { throw Failure.system(call: "mmap", errno: Errno(rawValue: errno)) }
         mappedLength = found.size
         bytes = UnsafeMutableRawBufferPointer(start: p, count: found.size)
-        guard found.lazy else {
+        if writable, found.role != "primary" {
+            munmap(p, found.size)
+            throw ControlError.refused("region '\(region)' is a replica: only replication writes it")
+        }
+        guard found.lazy || writable else {
             answer = found
             socket = nil
             userfaultfd = -1
+            writeTracker = nil
             return
         }
+        if writable {
+            do {
+                let tracker = try WriteProtectTracker(memory: bytes, chunkSize: found.chunkSize)
+                let request = AttachRequest(region: region, role: "primary", base: UInt64(UInt(bitPattern: p)), length: length)
+                let (attachedAnswer, session) = try Self.exchange(controlPath: controlPath, request: request,
+                                                                  descriptor: tracker.userfaultfdDescriptor, timeout: timeout)
+                guard attachedAnswer.attached else {
+                    session.close()
+                    throw ControlError.malformed("the peer answered without attaching the mapping")
+                }
+                answer = attachedAnswer
+                socket = session
+                userfaultfd = -1
+                writeTracker = tracker
+                return
+            } catch {
+                munmap(p, found.size)
+                throw error
+            }
+        }
+        writeTracker = nil
         // Registered before the first touch: no read may see a hole.
         let uffd = qs_uffd_open(0)
         do {
@@ -117,11 +151,20 @@ public final class AttachedRegion: @unchecked Sendable {
         return poll(&pfd, 1, 0) == 0
     }
 
-    /// Ends the session and unmaps. Idempotent.
+    /// Ends the session (waiting, up to the timeout, until the peer is
+    /// done with the mapping: a writer's last stores are scanned) and
+    /// unmaps. Idempotent.
     public func detach() {
         let first = detached.withLock { d -> Bool in defer { d = true }; return !d }
         guard first else { return }
-        socket?.close()
+        if let socket {
+            let deadline = ContinuousClock.now + ControlServer.ioTimeout
+            if (try? socket.send(Array("detach\n".utf8), deadline: deadline)) != nil {
+                _ = try? socket.readLine(limit: 256, deadline: deadline)
+            }
+            socket.close()
+        }
+        withExtendedLifetime(writeTracker) {}
         munmap(bytes.baseAddress, mappedLength)
         if userfaultfd >= 0 { Glibc.close(userfaultfd) }
     }

@@ -128,8 +128,15 @@ public final class ControlServer: Sendable {
         }
     }
 
+    /// Ends a session. A client that says `detach` first (a line) is told
+    /// when the peer is done with its mapping (`{"detached":true}`): an
+    /// attached writer unmaps only after its last writes were scanned.
     private func end(_ session: Session) {
+        let line = try? session.socket.readLine(limit: 64, deadline: .now + .milliseconds(100))
         session.detach()
+        if line.map({ String(decoding: $0, as: UTF8.self) }) == "detach" {
+            try? session.socket.send(Array("{\"detached\":true}\n".utf8), deadline: .now + .milliseconds(200))
+        }
         session.socket.close()
         logger.debug("attach session ended")
     }

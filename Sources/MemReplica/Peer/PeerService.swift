@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SystemPackage
 
 /// A running peer: accepts authenticated QUIC connections and serves each
 /// stream they open by its first frame: SUBSCRIBE makes it a region stream
@@ -166,10 +167,7 @@ public final class PeerService: Sendable {
         if let export = exports.export(named: request.region) {
             if request.role == "replica" { return refuse("region '\(request.region)' is a primary here, not a replica") }
             let r = export.region
-            let answer = AttachAnswer(region: r.name, role: "primary", lazy: false, path: r.mappablePath, size: r.geometry.size,
-                                      chunkSize: r.geometry.chunkSize, attached: false)
-            guard process.userfaultfd != nil else { return .accepted(answer, detach: nil) }
-            return refuse("attaching a writer to primary '\(request.region)' is not supported by this peer")
+            return Self.attach(request, from: process, toPrimary: r, logger: logger)
         }
         return refuse("no region named '\(request.region)' on this peer")
     }
@@ -193,6 +191,50 @@ public final class PeerService: Sendable {
             return .accepted(answer, detach: detach)
         } catch {
             return .refused("\(error)")
+        }
+    }
+
+    /// `attach` to a primary: a one-shot lookup without a descriptor; with
+    /// one, the process registered its mapping for WP_ASYNC
+    /// write-protection and the region's change feed scans its
+    /// /proc/PID/pagemap from now on (see `RegionChangeFeed.attachWriter`).
+    static func attach(_ request: AttachRequest, from process: AttachingProcess, toPrimary r: Region,
+                       logger: Logger) -> AttachOutcome {
+        var answer = AttachAnswer(region: r.name, role: "primary", lazy: false, path: r.mappablePath, size: r.geometry.size,
+                                  chunkSize: r.geometry.chunkSize, attached: false)
+        guard let fd = process.userfaultfd else { return .accepted(answer, detach: nil) }
+        guard let base = request.base, let length = request.length else {
+            return .refused("an attach with a descriptor needs base and length (the client's mapping)")
+        }
+        guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
+        let page = Int(getpagesize())
+        guard length == r.geometry.size || length == (r.geometry.size + page - 1) / page * page else {
+            return .refused("the mapping must cover the whole region (\(r.geometry.size) bytes) from a page-aligned address")
+        }
+        let pagemap = open("/proc/\(process.pid)/pagemap", O_RDONLY | O_CLOEXEC)
+        guard pagemap >= 0 else { return .refused("cannot open /proc/\(process.pid)/pagemap: \(Errno(rawValue: errno))") }
+        let own = dup(fd)
+        guard own >= 0 else {
+            close(pagemap)
+            return .refused("dup: \(Errno(rawValue: errno))")
+        }
+        do {
+            let tracker = try WriteProtectTracker(attachedProcessFD: own, pagemap: pagemap, base: base, length: r.geometry.size,
+                                                  chunkSize: r.geometry.chunkSize)
+            let id = try RegionChangeFeed.attachWriter(tracker, to: r)
+            close(fd)
+            answer.attached = true
+            switch r.backing {
+            case .file:
+                answer.tracking = "this process's stores through its mapping are tracked exactly; the region is file-backed, "
+                    + "so the hash scanner keeps covering writers that did not attach"
+            case .memory:
+                answer.tracking = "this process's stores through its mapping are tracked exactly (PAGEMAP_SCAN on its pagemap)"
+            }
+            logger.info("process attached", metadata: ["region": "\(r.name)", "pid": "\(process.pid)", "role": "primary writer"])
+            return .accepted(answer, detach: { RegionChangeFeed.detachWriter(id, from: r) })
+        } catch {
+            return .refused("cannot track the process's writes: \(error)")
         }
     }
 
