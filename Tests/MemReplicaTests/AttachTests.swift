@@ -38,13 +38,13 @@ func runShell(_ line: String, seconds: Double = 60) async throws -> Int32 {
     return (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
 }
 
-private func fileSHA(_ path: String) throws -> String {
+func fileSHA(_ path: String) throws -> String {
     sha256Hex(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
 }
 
 /// A lazy replica served in this process (no background pull, so only
 /// faults bring chunks in) with a control socket accepting attachments.
-private struct LazyFixture {
+struct LazyFixture {
     let root: String
     let primary: Region
     let replica: Region

@@ -13,7 +13,7 @@ private func quiet() -> Logger {
 }
 
 /// A primary in this process with a control socket that accepts writers.
-private struct PrimaryFixture {
+struct PrimaryFixture {
     let root: String
     let region: Region
     let server: ControlServer
