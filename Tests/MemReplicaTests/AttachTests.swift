@@ -108,7 +108,7 @@ struct AttachTests {
         var available: UInt64 = 0
         try #require(qs_uffd_api(uffd, qs_uffd_feature_missing_shmem(), &available) == 0)
         try #require(qs_uffd_register_missing(uffd, client, 1 << 20) == 0)
-        let id = handler.addClient(uffd: uffd, base: UInt64(UInt(bitPattern: client)), length: 1 << 20)
+        let id = try #require(handler.addClient(uffd: uffd, base: UInt64(UInt(bitPattern: client)), length: 1 << 20))
         defer { handler.removeClient(id) }
 
         let offset = 5 * 65536 + 123

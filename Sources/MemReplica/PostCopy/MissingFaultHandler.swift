@@ -34,6 +34,9 @@ final class MissingFaultHandler: @unchecked Sendable {
         var active: [Client] = []
         var retired: [Int32] = []
         var nextID = 0
+        /// The handler thread has ended (`stop`): nothing may be added,
+        /// and `wakeup` is about to be closed.
+        var closed = false
         /// Bumped on each change, so the thread knows to rebuild its poll set.
         var generation = 0
     }
@@ -74,6 +77,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                 for fd in c.retired { close(fd) }
                 c.active = []
                 c.retired = []
+                c.closed = true
             }
             stopped.signal()
         }
@@ -155,16 +159,17 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// registered [base, base+length) for MISSING faults, a MAP_SHARED
     /// mapping of the whole backing file from offset 0. Returns the id for
     /// `removeClient`.
-    func addClient(uffd clientFD: Int32, base: UInt64, length: Int) -> Int {
-        let id = clients.withLock { c -> Int in
+    /// Nil (the descriptor untouched) once the handler has stopped.
+    func addClient(uffd clientFD: Int32, base: UInt64, length: Int) -> Int? {
+        clients.withLock { c -> Int? in
+            guard !c.closed else { return nil }
             c.nextID += 1
             c.active.append(.init(id: c.nextID, uffd: clientFD, base: UInt(base), length: length))
             c.generation += 1
+            var one: UInt64 = 1
+            _ = write(wakeup, &one, 8)
             return c.nextID
         }
-        var one: UInt64 = 1
-        _ = write(wakeup, &one, 8)
-        return id
     }
 
     /// Stops serving a client and closes its descriptor. What its threads
@@ -176,12 +181,12 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// than closing its descriptor behind its readers' backs.
     func removeClient(_ id: Int) {
         clients.withLock { c in
-            guard let index = c.active.firstIndex(where: { $0.id == id }) else { return }
+            guard !c.closed, let index = c.active.firstIndex(where: { $0.id == id }) else { return }
             c.retired.append(c.active.remove(at: index).uffd)
             c.generation += 1
+            var one: UInt64 = 1
+            _ = write(wakeup, &one, 8)
         }
-        var one: UInt64 = 1
-        _ = write(wakeup, &one, 8)
     }
 
     var clientCount: Int { clients.withLock { $0.active.count } }

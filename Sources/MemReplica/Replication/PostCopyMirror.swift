@@ -103,7 +103,9 @@ public final class PostCopyMirror: @unchecked Sendable {
         guard faults.clientCount < Self.maxClients else {
             throw PostCopyError.badClientMapping("too many attached processes (at most \(Self.maxClients))")
         }
-        let id = faults.addClient(uffd: userfaultfd, base: base, length: whole)
+        guard let id = faults.addClient(uffd: userfaultfd, base: base, length: whole) else {
+            throw PostCopyError.badClientMapping("the lazy replica has stopped")
+        }
         let faults = self.faults
         return { faults.removeClient(id) }
     }
