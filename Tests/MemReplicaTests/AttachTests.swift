@@ -102,7 +102,6 @@ struct AttachTests {
         try #require(fd >= 0)
         defer { close(fd) }
         let client = try #require(mmap(nil, 1 << 20, PROT_READ, MAP_SHARED, fd, 0))
-        defer { munmap(client, 1 << 20) }
         let uffd = qs_uffd_open(0)
         try #require(uffd >= 0)
         var available: UInt64 = 0
@@ -113,6 +112,10 @@ struct AttachTests {
 
         let offset = 5 * 65536 + 123
         let done = Locked<UInt8?>(nil)
+        // Unmapped only once the reader is through: a reader still asleep in
+        // its fault (the test failed) would crash the run when woken on a hole
+        // that is no longer mapped.
+        defer { if done.withLock({ $0 }) != nil { munmap(client, 1 << 20) } }
         let address = UInt(bitPattern: client)
         let thread = Thread {
             let byte = UnsafeRawPointer(bitPattern: address)!.load(fromByteOffset: offset, as: UInt8.self)
