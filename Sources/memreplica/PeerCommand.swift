@@ -96,7 +96,8 @@ struct PeerCommand: AsyncParsableCommand {
         let controlPath = configuration.control ?? stateDirectory.controlSocketPath
         let controlServer: ControlServer
         do {
-            controlServer = try ControlServer(path: controlPath, logger: logger) { await service.handle($0) }
+            controlServer = try ControlServer(path: controlPath, logger: logger,
+                                              attachHandler: { service.attach($0, from: $1) }) { await service.handle($0) }
         } catch {
             await endpoint.close()
             throw error

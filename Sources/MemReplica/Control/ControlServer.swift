@@ -15,15 +15,21 @@ import Glibc
 /// the Swift concurrency pool; only the answer is computed asynchronously.
 public final class ControlServer: Sendable {
     public typealias Handler = @Sendable (ControlRequest) async -> ControlResponse
+    /// Decides an `attach` request on the control thread; must not block.
+    public typealias AttachHandler = @Sendable (AttachRequest, AttachingProcess) -> AttachOutcome
 
     public let path: String
     public static let requestLimit = 64 << 10
     public static let ioTimeout: Duration = .seconds(2)
+    /// Open attach sessions at once, all regions together (each region
+    /// bounds its own as well).
+    public static let maxSessions = 64
 
     private let listener: UnixSocket
     private let wake: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
     private let socketFile: FileIdentity
     private let handler: Handler
+    private let attachHandler: AttachHandler?
     private let logger: Logger
     private let exit = Locked(ExitState())
 
@@ -34,10 +40,12 @@ public final class ControlServer: Sendable {
 
     /// Binds the socket (replacing a stale one left by a crashed peer) and
     /// starts serving.
-    public init(path: String, logger: Logger, handler: @escaping Handler) throws {
+    public init(path: String, logger: Logger, attachHandler: AttachHandler? = nil,
+                handler: @escaping Handler) throws {
         self.path = path
         self.logger = logger
         self.handler = handler
+        self.attachHandler = attachHandler
         try Self.clearStaleSocket(at: path, logger: logger)
         let listener = try UnixSocket.make(path: path)
         do {
@@ -75,8 +83,16 @@ public final class ControlServer: Sendable {
         }
     }
 
+    /// An attached process: its connection, and what to undo when it ends.
+    private struct Session {
+        let socket: UnixSocket
+        let detach: @Sendable () -> Void
+    }
+
     private func acceptLoop() {
+        var sessions: [Session] = []
         defer {
+            for session in sessions { end(session) }
             let waiters = exit.withLock { state -> [CheckedContinuation<Void, Never>] in
                 state.finished = true
                 defer { state.waiters.removeAll() }
@@ -84,9 +100,13 @@ public final class ControlServer: Sendable {
             }
             for w in waiters { w.resume() }
         }
-        var fds = [pollfd(fd: listener.fd.rawValue, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: wake.readEnd.rawValue, events: Int16(POLLIN), revents: 0)]
         while true {
+            // A session's socket turns readable when the client closes it
+            // (or sends something, which the protocol does not allow): either
+            // way the attachment ends.
+            var fds = [pollfd(fd: listener.fd.rawValue, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wake.readEnd.rawValue, events: Int16(POLLIN), revents: 0)]
+                + sessions.map { pollfd(fd: $0.socket.fd.rawValue, events: Int16(POLLIN), revents: 0) }
             let rc = poll(&fds, nfds_t(fds.count), -1)
             if rc < 0 {
                 if errno == EINTR { continue }
@@ -94,9 +114,13 @@ public final class ControlServer: Sendable {
                 return
             }
             if fds[1].revents != 0 { return }
+            let ended = Set(fds.indices.dropFirst(2).filter { fds[$0].revents != 0 }.map { $0 - 2 })
+            for index in ended.sorted(by: >) {
+                end(sessions.remove(at: index))
+            }
             if fds[0].revents != 0 {
                 do {
-                    serve(try listener.accept())
+                    serve(try listener.accept(), sessions: &sessions)
                 } catch {
                     logger.warning("control socket: \(error)")
                 }
@@ -104,14 +128,31 @@ public final class ControlServer: Sendable {
         }
     }
 
-    private func serve(_ client: UnixSocket) {
+    /// Ends a session. A client that says `detach` first (a line) is told
+    /// when the peer is done with its mapping (`{"detached":true}`): an
+    /// attached writer unmaps only after its last writes were scanned.
+    private func end(_ session: Session) {
+        let line = try? session.socket.readLine(limit: 64, deadline: .now + .milliseconds(100))
+        session.detach()
+        if line.map({ String(decoding: $0, as: UTF8.self) }) == "detach" {
+            try? session.socket.send(Array("{\"detached\":true}\n".utf8), deadline: .now + .milliseconds(200))
+        }
+        session.socket.close()
+        logger.debug("attach session ended")
+    }
+
+    private func serve(_ client: UnixSocket, sessions: inout [Session]) {
         let deadline = ContinuousClock.now + Self.ioTimeout
         let request: ControlRequest
+        let line: [UInt8]
+        var descriptors: [Int32]
         do {
-            let line = try client.readLine(limit: Self.requestLimit, deadline: deadline)
+            (line, descriptors) = try client.readLineWithDescriptors(limit: Self.requestLimit, deadline: deadline,
+                                                                     maxDescriptors: 1)
             do {
                 request = try JSONDecoder().decode(ControlRequest.self, from: Data(line))
             } catch {
+                for d in descriptors { Glibc.close(d) }
                 throw ControlError.malformed("expected one JSON line like {\"command\":\"status\"}")
             }
         } catch {
@@ -120,11 +161,57 @@ public final class ControlServer: Sendable {
             Self.reply(.error("\(error)"), to: client, deadline: .now + .milliseconds(200), logger: logger)
             return
         }
+        if request.command == "attach" {
+            serveAttach(line: line, descriptor: descriptors.first, client: client, sessions: &sessions)
+            return
+        }
+        for d in descriptors { Glibc.close(d) }
         let handler = self.handler
         let logger = self.logger
         Task {
             let response = await handler(request)
             Self.reply(response, to: client, deadline: ContinuousClock.now + Self.ioTimeout, logger: logger)
+        }
+    }
+
+    private func serveAttach(line: [UInt8], descriptor: Int32?, client: UnixSocket, sessions: inout [Session]) {
+        func refuse(_ message: String) {
+            if let descriptor { Glibc.close(descriptor) }
+            logger.debug("attach refused: \(message)")
+            Self.reply(.error(message), to: client, deadline: .now + .milliseconds(200), logger: logger)
+        }
+        guard let attachHandler else { return refuse("this peer does not accept attachments") }
+        let request: AttachRequest
+        do {
+            request = try JSONDecoder().decode(AttachRequest.self, from: Data(line))
+        } catch {
+            return refuse("malformed attach request: expected {\"command\":\"attach\",\"region\":NAME,"
+                          + "\"base\":ADDRESS,\"length\":BYTES} (base and length with a descriptor)")
+        }
+        guard let pid = client.peerProcessID else { return refuse("cannot tell which process is attaching") }
+        if descriptor != nil, sessions.count >= Self.maxSessions {
+            return refuse("too many attached processes (at most \(Self.maxSessions))")
+        }
+        switch attachHandler(request, AttachingProcess(pid: pid, userfaultfd: descriptor)) {
+        case .refused(let message):
+            refuse(message)
+        case .accepted(let answer, let detach):
+            var bytes = (try? Array(StatusReport.makeEncoder().encode(answer))) ?? []
+            bytes.append(UInt8(ascii: "\n"))
+            do {
+                try client.send(bytes, deadline: .now + Self.ioTimeout)
+            } catch {
+                logger.debug("attach answer not delivered: \(error)")
+                detach?()
+                client.close()
+                return
+            }
+            if let detach {
+                sessions.append(Session(socket: client, detach: detach))
+                logger.debug("process \(pid) attached to region \(answer.region)")
+            } else {
+                client.close()
+            }
         }
     }
 

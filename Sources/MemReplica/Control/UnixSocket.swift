@@ -1,3 +1,4 @@
+import QuicShim
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -91,6 +92,62 @@ struct UnixSocket: Sendable {
             line.append(contentsOf: chunk[..<n])
             if line.count > limit { throw ControlError.tooLarge(limit: limit) }
         }
+    }
+
+    /// As `readLine`, with the descriptors passed along (SCM_RIGHTS). On a
+    /// failure every descriptor received so far is closed.
+    func readLineWithDescriptors(limit: Int, deadline: ContinuousClock.Instant,
+                                 maxDescriptors: Int) throws -> (line: [UInt8], descriptors: [Int32]) {
+        var line: [UInt8] = []
+        var descriptors: [Int32] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        do {
+            while true {
+                try waitUntil(POLLIN, deadline: deadline)
+                var fds = [Int32](repeating: -1, count: 8)
+                var count: Int32 = 0
+                var truncated: Int32 = 0
+                let n = chunk.withUnsafeMutableBytes { buffer in
+                    qs_recv_with_fds(fd.rawValue, buffer.baseAddress, buffer.count, &fds, Int32(fds.count), &count, &truncated)
+                }
+                descriptors.append(contentsOf: fds.prefix(Int(count)))
+                if n < 0 {
+                    let e = Errno(rawValue: Int32(-n))
+                    if e == .interrupted || e == .wouldBlock { continue }
+                    throw ControlError.system(call: "recvmsg", path: path, errno: e)
+                }
+                if truncated != 0 || descriptors.count > maxDescriptors {
+                    throw ControlError.malformed("more descriptors than the request allows (at most \(maxDescriptors))")
+                }
+                let got = Int(n)
+                if got == 0 { return (line, descriptors) }
+                if let newline = chunk[..<got].firstIndex(of: UInt8(ascii: "\n")) {
+                    line.append(contentsOf: chunk[..<newline])
+                    if line.count > limit { throw ControlError.tooLarge(limit: limit) }
+                    return (line, descriptors)
+                }
+                line.append(contentsOf: chunk[..<got])
+                if line.count > limit { throw ControlError.tooLarge(limit: limit) }
+            }
+        } catch {
+            for d in descriptors { Glibc.close(d) }
+            throw error
+        }
+    }
+
+    /// Sends `bytes` in one message with `descriptor` attached, then the
+    /// rest (if the first send was short) without it.
+    func send(_ bytes: [UInt8], passing descriptor: Int32, deadline: ContinuousClock.Instant) throws {
+        try waitUntil(POLLOUT, deadline: deadline)
+        let n = bytes.withUnsafeBytes { qs_send_with_fd(fd.rawValue, $0.baseAddress, $0.count, descriptor) }
+        if n < 0 { throw ControlError.system(call: "sendmsg", path: path, errno: Errno(rawValue: Int32(-n))) }
+        if n < bytes.count { try send(Array(bytes[Int(n)...]), deadline: deadline) }
+    }
+
+    /// The connecting process's id, as the kernel recorded it.
+    var peerProcessID: Int32? {
+        let pid = qs_peer_pid(fd.rawValue)
+        return pid > 0 ? Int32(pid) : nil
     }
 
     /// Writes all of `bytes`; never raises SIGPIPE if the reader went away.

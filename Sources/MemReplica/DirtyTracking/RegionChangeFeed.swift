@@ -40,6 +40,78 @@ public final class RegionChangeFeed: Sendable {
     /// identity is not reused while the entry exists).
     private static let registry = Locked<[ObjectIdentifier: RegionChangeFeed]>([:])
 
+    /// Exact trackers of other processes' mappings (attached writers), by
+    /// region identity, then attachment id. They live independently of
+    /// feeds: a writer attaches whether or not a mirror follows the region,
+    /// and every scan of the region's feed scans them too. Lock order:
+    /// `registry`, a feed's `state`, then `writers`.
+    private static let writers = Locked<[ObjectIdentifier: [Int: WriterEntry]]>([:])
+    private static let nextWriterID = Locked(0)
+
+    private struct WriterEntry: @unchecked Sendable {
+        let tracker: any DirtyTracker
+        let region: Region
+    }
+
+    /// At most this many attached writers per region.
+    public static let maxWritersPerRegion = 16
+
+    /// Adds an attached process's exact tracker to `region`'s scans. Its
+    /// first scan proves it works and what it finds is reported (the
+    /// process wrote before attaching). Returns the id for `detachWriter`.
+    static func attachWriter(_ tracker: any DirtyTracker, to region: Region) throws -> Int {
+        let key = ObjectIdentifier(region)
+        return try registry.withLock { feeds in
+            let count = writers.withLock { $0[key]?.count ?? 0 }
+            guard count < maxWritersPerRegion else {
+                throw WriteProtectTracker.Failure(step: "attaching", errno: nil,
+                                                  detail: "too many attached writers (at most \(maxWritersPerRegion))")
+            }
+            let first = try tracker.changedChunks()
+            let id = nextWriterID.withLock { $0 += 1; return $0 }
+            if let feed = feeds[key] {
+                feed.state.withLock { s in
+                    for k in s.pending.keys { s.pending[k]!.insert(first) }
+                    writers.withLock { $0[key, default: [:]][id] = WriterEntry(tracker: tracker, region: region) }
+                }
+            } else {
+                writers.withLock { $0[key, default: [:]][id] = WriterEntry(tracker: tracker, region: region) }
+            }
+            return id
+        }
+    }
+
+    /// Ends an attached writer's tracking: a last scan hands what it wrote
+    /// to every subscriber. Should that scan fail (the process is gone and
+    /// its page tables with it), every chunk is reported: its last writes
+    /// are unknown, and a miss must never be silent.
+    static func detachWriter(_ id: Int, from region: Region) {
+        let key = ObjectIdentifier(region)
+        registry.withLock { feeds in
+            let feed = feeds[key]
+            let finish = { () -> [Int] in
+                guard let entry = writers.withLock({ w -> WriterEntry? in
+                    defer { w[key]?[id] = nil; if w[key]?.isEmpty == true { w[key] = nil } }
+                    return w[key]?[id]
+                }) else { return [] }
+                return (try? entry.tracker.changedChunks()) ?? Array(0..<region.geometry.chunkCount)
+            }
+            if let feed {
+                feed.state.withLock { s in
+                    let last = finish()
+                    for k in s.pending.keys { s.pending[k]!.insert(last) }
+                }
+            } else {
+                _ = finish()
+            }
+        }
+    }
+
+    /// Attached writers of `region` now.
+    public static func attachedWriters(of region: Region) -> Int {
+        writers.withLock { $0[ObjectIdentifier(region)]?.count ?? 0 }
+    }
+
     private init(region: Region, selection: DirtyTrackerSelection, logger: Logger) {
         self.region = region
         self.logger = logger
@@ -118,6 +190,20 @@ public final class RegionChangeFeed: Sendable {
                 s.reason = "the \(tracker.kind) tracker failed (\(error)): hashing instead"
                 scanned = Array(0..<chunkCount)
             }
+            // Attached writers' mappings: their trackers are exact for their
+            // own stores; one that fails reports every chunk, once.
+            let key = ObjectIdentifier(region)
+            for (writerID, entry) in Self.writers.withLock({ $0[key] ?? [:] }) {
+                do {
+                    scanned += try entry.tracker.changedChunks()
+                } catch {
+                    logger.error("an attached writer's tracker failed: every chunk is sent again",
+                                 metadata: ["region": "\(region.name)", "error": "\(error)"])
+                    Self.writers.withLock { $0[key]?[writerID] = nil }
+                    scanned = Array(0..<chunkCount)
+                }
+            }
+            scanned = Array(Set(scanned)).sorted()
             for other in s.pending.keys where other != id {
                 s.pending[other]!.insert(scanned)
             }

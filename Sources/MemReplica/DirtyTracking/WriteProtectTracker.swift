@@ -66,6 +66,10 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     private let owner: AnyObject?
     private let uffd: FileDescriptor
     private let pagemap: FileDescriptor
+    /// Tracks another process's mapping (`memory` is an address range in
+    /// that process, never dereferenced here); its registration is not
+    /// ours to undo.
+    private let remote: Bool
     /// The scan's output buffer, allocated once; a scan with more runs than
     /// it holds takes several ioctls.
     private let runs: UnsafeMutableBufferPointer<dt_page_region>
@@ -129,13 +133,46 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         }
         self.uffd = uffd
         self.pagemap = pagemap!
+        remote = false
         runs = .allocate(capacity: runCapacity)
         // Proves PAGEMAP_SCAN works here (it reports nothing: all is
         // protected). Should it throw, deinit runs and releases everything.
         try scanWrittenRuns { _ in }
     }
 
+    /// Tracks an attached process's writes: it registered `length` bytes at
+    /// `base` (in its own address space) for WP_ASYNC write-protection on
+    /// `userfaultfd` and write-protected them; `pagemap` is its
+    /// /proc/PID/pagemap. Both descriptors are owned by the tracker from
+    /// now on. The first scan proves PAGEMAP_SCAN works on that range.
+    init(attachedProcessFD userfaultfd: Int32, pagemap: Int32, base: UInt64, length: Int, chunkSize: Int,
+         runCapacity: Int = 4096) throws {
+        pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard base != 0, base % UInt64(pageSize) == 0, length > 0, chunkSize > 0 else {
+            throw Failure(step: "attaching", errno: nil, detail: "the mapping must be non-empty and page-aligned")
+        }
+        self.uffd = FileDescriptor(rawValue: userfaultfd)
+        self.pagemap = FileDescriptor(rawValue: pagemap)
+        remote = true
+        owner = nil
+        features = 0
+        self.chunkSize = chunkSize
+        trackedLength = (length + pageSize - 1) / pageSize * pageSize
+        chunkCount = (length + chunkSize - 1) / chunkSize
+        memory = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: UInt(base)), count: length)
+        runs = .allocate(capacity: runCapacity)
+    }
+
+    /// The registration's descriptor, for handing to the peer (SCM_RIGHTS).
+    var userfaultfdDescriptor: Int32 { uffd.rawValue }
+
     deinit {
+        guard !remote else {
+            try? uffd.close()
+            try? pagemap.close()
+            runs.deallocate()
+            return
+        }
         // Lifts the protection, so writes stop faulting once nobody tracks.
         var range = uffdio_range(start: UInt64(UInt(bitPattern: memory.baseAddress!)), len: UInt64(trackedLength))
         _ = dt_uffdio_unregister(uffd.rawValue, &range)

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SystemPackage
 
 /// A running peer: accepts authenticated connections (QUIC or TLS over TCP,
 /// whichever transport it was given) and serves each
@@ -143,6 +144,114 @@ public final class PeerService: Sendable {
             }
         }
         return primaries + replicas
+    }
+
+    /// Decides a control-socket `attach`: which region, and whether this
+    /// process's descriptor can be used (see `AttachRequest`).
+    public func attach(_ request: AttachRequest, from process: AttachingProcess) -> AttachOutcome {
+        func refuse(_ message: String) -> AttachOutcome { .refused(message) }
+        if let role = request.role, role != "primary", role != "replica" {
+            return refuse("role must be \"primary\" or \"replica\", not \"\(role)\"")
+        }
+        if process.userfaultfd != nil, request.base == nil || request.length == nil {
+            return refuse("an attach with a descriptor needs base and length (the client's mapping)")
+        }
+        if let runner = mirrors.first(where: { $0.spec.name == request.region }) {
+            if request.role == "primary" { return refuse("region '\(request.region)' is a replica here, not a primary") }
+            switch runner.mirror {
+            case nil:
+                return refuse("region '\(request.region)' is not ready yet (its mirror has not reached the primary)")
+            case .eager(let m)?:
+                let r = m.region
+                if process.userfaultfd != nil {
+                    return refuse("region '\(request.region)' is an eager replica: map and read it, no descriptor is needed")
+                }
+                return .accepted(.init(region: r.name, role: "replica", lazy: false, path: r.mappablePath, size: r.geometry.size,
+                                       chunkSize: r.geometry.chunkSize, attached: false), detach: nil)
+            case .lazy(let m)?:
+                return Self.attach(request, from: process, toLazy: m, logger: logger)
+            }
+        }
+        if let export = exports.export(named: request.region) {
+            if request.role == "replica" { return refuse("region '\(request.region)' is a primary here, not a replica") }
+            let r = export.region
+            return Self.attach(request, from: process, toPrimary: r, logger: logger)
+        }
+        return refuse("no region named '\(request.region)' on this peer")
+    }
+
+    /// `attach` to a lazy replica: a one-shot lookup without a descriptor,
+    /// else the process's faults are served from now on.
+    static func attach(_ request: AttachRequest, from process: AttachingProcess, toLazy mirror: PostCopyMirror,
+                       logger: Logger) -> AttachOutcome {
+        let r = mirror.region
+        var answer = AttachAnswer(region: r.name, role: "replica", lazy: true, path: r.mappablePath,
+                                  size: r.geometry.size, chunkSize: r.geometry.chunkSize, attached: false)
+        guard let fd = process.userfaultfd else { return .accepted(answer, detach: nil) }
+        guard let base = request.base, let length = request.length else {
+            return .refused("an attach with a descriptor needs base and length (the client's mapping)")
+        }
+        guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
+        do {
+            let detach = try mirror.attachClient(userfaultfd: fd, base: base, length: length)
+            answer.attached = true
+            logger.info("process attached", metadata: ["region": "\(r.name)", "pid": "\(process.pid)", "role": "lazy replica"])
+            return .accepted(answer, detach: detach)
+        } catch {
+            return .refused("\(error)")
+        }
+    }
+
+    /// `attach` to a primary: a one-shot lookup without a descriptor; with
+    /// one, the process registered its mapping for WP_ASYNC
+    /// write-protection and the region's change feed scans its
+    /// /proc/PID/pagemap from now on (see `RegionChangeFeed.attachWriter`).
+    static func attach(_ request: AttachRequest, from process: AttachingProcess, toPrimary r: Region,
+                       logger: Logger) -> AttachOutcome {
+        var answer = AttachAnswer(region: r.name, role: "primary", lazy: false, path: r.mappablePath, size: r.geometry.size,
+                                  chunkSize: r.geometry.chunkSize, attached: false)
+        guard let fd = process.userfaultfd else { return .accepted(answer, detach: nil) }
+        guard let base = request.base, let length = request.length else {
+            return .refused("an attach with a descriptor needs base and length (the client's mapping)")
+        }
+        guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
+        let page = Int(getpagesize())
+        guard length == r.geometry.size || length == (r.geometry.size + page - 1) / page * page else {
+            return .refused("the mapping must cover the whole region (\(r.geometry.size) bytes) from a page-aligned address")
+        }
+        let pagemap = open("/proc/\(process.pid)/pagemap", O_RDONLY | O_CLOEXEC)
+        guard pagemap >= 0 else { return .refused("cannot open /proc/\(process.pid)/pagemap: \(Errno(rawValue: errno))") }
+        let own = dup(fd)
+        guard own >= 0 else {
+            close(pagemap)
+            return .refused("dup: \(Errno(rawValue: errno))")
+        }
+        do {
+            let tracker = try WriteProtectTracker(attachedProcessFD: own, pagemap: pagemap, base: base, length: r.geometry.size,
+                                                  chunkSize: r.geometry.chunkSize)
+            let id = try RegionChangeFeed.attachWriter(tracker, to: r)
+            close(fd)
+            answer.attached = true
+            switch r.backing {
+            case .file:
+                answer.tracking = "this process's stores through its mapping are tracked exactly; the region is file-backed, "
+                    + "so the hash scanner keeps covering writers that did not attach"
+            case .memory:
+                answer.tracking = "this process's stores through its mapping are tracked exactly (PAGEMAP_SCAN on its pagemap)"
+            }
+            logger.info("process attached", metadata: ["region": "\(r.name)", "pid": "\(process.pid)", "role": "primary writer"])
+            return .accepted(answer, detach: { RegionChangeFeed.detachWriter(id, from: r) })
+        } catch {
+            return .refused("cannot track the process's writes: \(error)")
+        }
+    }
+
+    /// Whether `fd` is a userfaultfd (an anonymous inode of that name).
+    static func isUserfaultfd(_ fd: Int32) -> Bool {
+        var target = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
+        guard n > 0 else { return false }
+        return String(decoding: target[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == "anon_inode:[userfaultfd]"
     }
 
     /// Answers a control-socket request.

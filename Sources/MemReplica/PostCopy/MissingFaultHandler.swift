@@ -8,15 +8,39 @@ import SystemPackage
 /// faulting thread sleeps in the kernel until `install` copies the chunk in
 /// (UFFDIO_COPY, which also wakes it).
 ///
-/// Only accesses through this process's mapping are caught. Another process
-/// mapping the same file would read zeros from a hole: lazy replicas keep
-/// their regions to themselves until complete.
+/// Only accesses through registered mappings are caught: this process's,
+/// and those of attached client processes (`addClient`), each of which
+/// registered its own mapping of the whole region with a userfaultfd of its
+/// own and passed it here, as CRIU's lazy-pages daemon is handed a
+/// restored task's descriptor. A client's fault is served like one of ours:
+/// the chunk is installed through our descriptor into our mapping, which
+/// for shared memory puts the page into the file's page cache, where the
+/// client's mapping finds it once woken (UFFDIO_WAKE on its descriptor);
+/// `PostCopyClientTests` checks that reasoning. A process that maps the
+/// file without attaching reads zeros from the holes.
 final class MissingFaultHandler: @unchecked Sendable {
     let region: Region
     private let uffd: Int32
     private let wakeup: Int32
     private let stopped = DispatchSemaphore(value: 0)
     private let stopping = Locked(false)
+    private let clients: Locked<Clients>
+
+    /// Attached processes' descriptors. The handler thread polls `active`;
+    /// a removed client's descriptor is closed by that thread (never while
+    /// it may be polled), and `install` wakes under the lock, so no
+    /// descriptor is used after its close.
+    struct Clients {
+        struct Client { let id: Int; let uffd: Int32; let base: UInt; let length: Int }
+        var active: [Client] = []
+        var retired: [Int32] = []
+        var nextID = 0
+        /// The handler thread has ended (`stop`): nothing may be added,
+        /// and `wakeup` is about to be closed.
+        var closed = false
+        /// Bumped on each change, so the thread knows to rebuild its poll set.
+        var generation = 0
+    }
 
     /// `onFault` runs on the handler thread with the chunk index of each
     /// fault; it must not block. It returns false when the chunk turned out
@@ -45,35 +69,128 @@ final class MissingFaultHandler: @unchecked Sendable {
         self.region = region
         uffd = fd
         wakeup = event
+        let clients = Locked(Clients())
+        self.clients = clients
         let thread = Thread { [uffd, wakeup, stopped] in
-            Self.serve(uffd: uffd, wakeup: wakeup, region: region, onFault: onFault)
+            Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients, onFault: onFault)
+            clients.withLock { c in
+                for client in c.active { close(client.uffd) }
+                for fd in c.retired { close(fd) }
+                c.active = []
+                c.retired = []
+                c.closed = true
+            }
             stopped.signal()
         }
         thread.name = "faults \(region.name)"
         thread.start()
     }
 
-    private static func serve(uffd: Int32, wakeup: Int32, region: Region, onFault: (Int) -> Bool) {
+    /// A wake-up value the handler thread reads as "stop"; any smaller
+    /// count means "the clients changed".
+    private static let stopValue: UInt64 = 1 << 40
+
+    private static func serve(uffd: Int32, wakeup: Int32, region: Region, clients: Locked<Clients>,
+                              onFault: (Int) -> Bool) {
         let base = UInt(bitPattern: region.bytes.baseAddress)
         let chunkSize = UInt(region.geometry.chunkSize)
-        var fds = [pollfd(fd: uffd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
         var addresses = [UInt64](repeating: 0, count: 64)
+        var polled: [Clients.Client] = []
+        var generation = -1
+        var dead = Set<Int>()
         while true {
-            guard poll(&fds, 2, -1) >= 0 || errno == EINTR else { return }
-            if fds[1].revents != 0 { return }
-            guard fds[0].revents & Int16(POLLIN) != 0 else { continue }
-            let n = qs_uffd_read_faults(uffd, &addresses, Int32(addresses.count))
-            guard n >= 0 else { return }
-            for address in addresses.prefix(Int(n)) {
-                let offset = UInt(address) &- base
-                guard offset < UInt(region.geometry.size) else { continue }
-                let chunk = Int(offset / chunkSize)
-                if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
-                    _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, pageAligned(range.count))
+            let now = clients.withLock { c -> [Clients.Client]? in
+                for fd in c.retired { close(fd) }
+                c.retired = []
+                guard c.generation != generation else { return nil }
+                generation = c.generation
+                return c.active
+            }
+            if let now { polled = now; dead.formIntersection(now.map(\.id)) }
+            let live = polled.filter { !dead.contains($0.id) }
+            var fds = [pollfd(fd: uffd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
+                + live.map { pollfd(fd: $0.uffd, events: Int16(POLLIN), revents: 0) }
+            guard poll(&fds, nfds_t(fds.count), -1) >= 0 || errno == EINTR else { return }
+            if fds[1].revents != 0 {
+                var value: UInt64 = 0
+                _ = read(wakeup, &value, 8)
+                if value >= stopValue { return }
+                continue
+            }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let n = qs_uffd_read_faults(uffd, &addresses, Int32(addresses.count))
+                guard n >= 0 else { return }
+                for address in addresses.prefix(Int(n)) {
+                    let offset = UInt(address) &- base
+                    guard offset < UInt(region.geometry.size) else { continue }
+                    let chunk = Int(offset / chunkSize)
+                    if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
+                        _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, pageAligned(range.count))
+                    }
+                }
+            }
+            for (index, client) in live.enumerated() {
+                let events = fds[index + 2].revents
+                guard events != 0 else { continue }
+                guard events & Int16(POLLIN) != 0 else { dead.insert(client.id); continue }
+                let n = qs_uffd_read_faults(client.uffd, &addresses, Int32(addresses.count))
+                // The client's address space went away, or its descriptor broke:
+                // stop polling it (the session's end removes it).
+                guard n >= 0 else { dead.insert(client.id); continue }
+                for address in addresses.prefix(Int(n)) {
+                    let offset = UInt(address) &- client.base
+                    guard offset < UInt(client.length) else { continue }
+                    let chunk = Int(offset / chunkSize)
+                    if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
+                        wakeClient(client, range: range)
+                    }
                 }
             }
         }
     }
+
+    private static func wakeClient(_ client: Clients.Client, range: Range<Int>) {
+        let length = min(pageAligned(range.count), client.length - range.lowerBound)
+        guard length > 0 else { return }
+        _ = qs_uffd_wake(client.uffd, UnsafeMutableRawPointer(bitPattern: client.base + UInt(range.lowerBound)), length)
+    }
+
+    /// Serves the faults of another process's mapping of this region: `uffd`
+    /// (now owned here) is that process's userfaultfd, on which it
+    /// registered [base, base+length) for MISSING faults, a MAP_SHARED
+    /// mapping of the whole backing file from offset 0. Returns the id for
+    /// `removeClient`.
+    /// Nil (the descriptor untouched) once the handler has stopped.
+    func addClient(uffd clientFD: Int32, base: UInt64, length: Int) -> Int? {
+        clients.withLock { c -> Int? in
+            guard !c.closed else { return nil }
+            c.nextID += 1
+            c.active.append(.init(id: c.nextID, uffd: clientFD, base: UInt(base), length: length))
+            c.generation += 1
+            var one: UInt64 = 1
+            _ = write(wakeup, &one, 8)
+            return c.nextID
+        }
+    }
+
+    /// Stops serving a client and closes its descriptor. What its threads
+    /// then see: the process still holds its own descriptor, so its
+    /// registration stays and a thread faulting on a missing page keeps
+    /// sleeping until the process closes that descriptor (or exits); once
+    /// closed, the kernel wakes such threads and they read the hole, zeros.
+    /// `AttachedRegion` therefore reports the end of the session rather
+    /// than closing its descriptor behind its readers' backs.
+    func removeClient(_ id: Int) {
+        clients.withLock { c in
+            guard !c.closed, let index = c.active.firstIndex(where: { $0.id == id }) else { return }
+            c.retired.append(c.active.remove(at: index).uffd)
+            c.generation += 1
+            var one: UInt64 = 1
+            _ = write(wakeup, &one, 8)
+        }
+    }
+
+    var clientCount: Int { clients.withLock { $0.active.count } }
 
     /// Copies a chunk's bytes into the missing pages and wakes whoever
     /// faulted there. Pages already present are left as they are.
@@ -110,6 +227,10 @@ final class MissingFaultHandler: @unchecked Sendable {
         }
         // A thread that faulted on a page that turned out present still sleeps.
         _ = qs_uffd_wake(uffd, destination, length)
+        // Attached processes find the page in the page cache once woken.
+        clients.withLock { c in
+            for client in c.active { Self.wakeClient(client, range: range) }
+        }
     }
 
     private static func pageAligned(_ length: Int) -> Int {
@@ -122,8 +243,8 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// then read the file as it is: zeros where nothing was installed.
     func stop() {
         guard !stopping.withLock({ was in defer { was = true }; return was }) else { return }
-        var one: UInt64 = 1
-        _ = write(wakeup, &one, 8)
+        var stop = Self.stopValue
+        _ = write(wakeup, &stop, 8)
         stopped.wait()
         _ = qs_uffd_unregister(uffd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
         close(uffd)

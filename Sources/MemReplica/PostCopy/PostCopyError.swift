@@ -8,6 +8,8 @@ public enum PostCopyError: Error, CustomStringConvertible, Equatable {
     case missingShmemUnsupported
     /// userfaultfd MISSING faults exist only for anonymous and shared memory.
     case notSharedMemory(region: String)
+    /// An attaching process's mapping does not fit the region.
+    case badClientMapping(String)
 
     public var description: String {
         switch self {
@@ -15,6 +17,7 @@ public enum PostCopyError: Error, CustomStringConvertible, Equatable {
         case .missingShmemUnsupported: return "this kernel's userfaultfd has no MISSING faults on shared memory"
         case .notSharedMemory(let region):
             return "region '\(region)' is not shared memory: a lazy mirror needs a memfd or a file under /dev/shm"
+        case .badClientMapping(let detail): return detail
         }
     }
 }

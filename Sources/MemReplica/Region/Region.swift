@@ -136,6 +136,15 @@ public final class Region: @unchecked Sendable {
         return UnsafeRawBufferPointer(rebasing: bytes[range])
     }
 
+    /// A path another local process can open to map this region: the file,
+    /// or for a memfd its entry under this process's /proc.
+    public var mappablePath: String {
+        switch backing {
+        case .memory: return "/proc/\(getpid())/fd/\(fd.rawValue)"
+        case .file(let path): return path
+        }
+    }
+
     /// Whether the backing is shared memory (memfd or tmpfs, e.g. /dev/shm):
     /// the only file-backed memory userfaultfd MISSING faults work on.
     public var isSharedMemory: Bool {

@@ -88,6 +88,33 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// Unregisters the mapping; call once the mirror is no longer run.
     public func stop() { faults.stop() }
 
+    /// Processes attached now.
+    public var attachedClients: Int { faults.clientCount }
+
+    /// At most this many processes attached at once.
+    public static let maxClients = 16
+
+    /// Serves another process's faults too: it mapped the region's file at
+    /// `base` (all `length` bytes from offset 0) and registered that mapping
+    /// for MISSING faults on `userfaultfd`, which this mirror now owns.
+    /// Returns what ends the attachment (it closes the descriptor).
+    public func attachClient(userfaultfd: Int32, base: UInt64, length: Int) throws -> @Sendable () -> Void {
+        let page = Int(getpagesize())
+        let whole = (region.geometry.size + page - 1) / page * page
+        guard base % UInt64(page) == 0, base > 0, length == whole || length == region.geometry.size else {
+            throw PostCopyError.badClientMapping(
+                "the mapping must cover the whole region (\(region.geometry.size) bytes) from a page-aligned address")
+        }
+        guard faults.clientCount < Self.maxClients else {
+            throw PostCopyError.badClientMapping("too many attached processes (at most \(Self.maxClients))")
+        }
+        guard let id = faults.addClient(uffd: userfaultfd, base: base, length: whole) else {
+            throw PostCopyError.badClientMapping("the lazy replica has stopped")
+        }
+        let faults = self.faults
+        return { faults.removeClient(id) }
+    }
+
     public var progress: Progress {
         state.withLock { s in
             Progress(chunkCount: s.chunks.chunkCount, chunksPresent: s.chunks.presentCount, subscribed: s.subscribed,

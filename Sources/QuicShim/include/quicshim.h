@@ -29,6 +29,7 @@
 #include <sys/statfs.h>
 
 #include "qs_userfaultfd.h"
+#include "qs_unixfd.h"
 /* userfaultfd + PAGEMAP_SCAN dirty tracking (included here too, so that a
  * module cache built before this header existed is rebuilt). */
 #include "dirtytrack.h"

@@ -1,0 +1,40 @@
+import ArgumentParser
+import Foundation
+import MemReplica
+
+/// A writer process for tests and diagnostics: attaches to a primary as a
+/// registered writer, stores an 8-byte value at each offset, detaches.
+struct AttachWriteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attach-write",
+        abstract: "Attach to a primary region as a registered writer and store 8-byte values (for testing).",
+        shouldDisplay: false)
+
+    @Argument(help: "The region's name.")
+    var region: String
+
+    @Option(parsing: .upToNextOption, help: "Byte offsets to write at (8-byte aligned).")
+    var offsets: [Int]
+
+    @Option(help: "The value to store.")
+    var value: UInt64 = 0x0DDB_A11C_AFE0_0001
+
+    @Option(name: .customLong("hold-ms"), help: "Stay attached this long after writing.")
+    var holdMilliseconds = 0
+
+    @Option(help: ArgumentHelp("The peer's control socket.", valueName: "path"))
+    var control: String
+
+    func run() throws {
+        let attached = try AttachedRegion(controlPath: control, region: region, role: "primary", writable: true)
+        defer { attached.detach() }
+        for offset in offsets {
+            guard offset >= 0, offset % 8 == 0, offset + 8 <= attached.bytes.count else {
+                throw ValidationError("offset \(offset) is not an 8-byte aligned offset inside the region")
+            }
+            attached.bytes.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+        }
+        print(attached.answer.tracking ?? "")
+        if holdMilliseconds > 0 { usleep(UInt32(holdMilliseconds) * 1000) }
+    }
+}

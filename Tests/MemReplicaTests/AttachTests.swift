@@ -1,0 +1,224 @@
+import Foundation
+import Logging
+import QuicShim
+import Testing
+@testable import MemReplica
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private func quiet() -> Logger {
+    var l = Logger(label: "attach-test")
+    l.logLevel = .critical
+    return l
+}
+
+private func eventually(_ what: String, seconds: Double, _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw TimeoutError(what: what, seconds: seconds) }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
+/// Runs a shell command line as a child process; waits without blocking a
+/// pool thread (the test process may be the one serving the child's faults).
+func runShell(_ line: String, seconds: Double = 60) async throws -> Int32 {
+    let child = try ChildProcess("/bin/sh", ["-c", line], quiet: false)
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    var raw: Int32 = 0
+    while waitpid(child.pid, &raw, WNOHANG) != child.pid {
+        if ContinuousClock.now > deadline {
+            kill(child.pid, SIGKILL)
+            waitpid(child.pid, &raw, 0)
+            throw TimeoutError(what: line, seconds: seconds)
+        }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+    return (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+}
+
+func fileSHA(_ path: String) throws -> String {
+    sha256Hex(Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+}
+
+/// A lazy replica served in this process (no background pull, so only
+/// faults bring chunks in) with a control socket accepting attachments.
+struct LazyFixture {
+    let root: String
+    let primary: Region
+    let replica: Region
+    let mirror: PostCopyMirror
+    let pair: ReplicationPair
+    let running: Task<Void, any Error>
+    let server: ControlServer
+    var socket: String { root + "/c.sock" }
+
+    static func make(size: Int, seed: UInt64) async throws -> LazyFixture {
+        let root = NSTemporaryDirectory() + "mr-attach-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let primary = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
+        fillPattern(primary.bytes, seed: seed)
+        let pair = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quiet()))
+        let replica = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
+        var options = PostCopyMirror.Options()
+        options.backgroundPull = false
+        let mirror = try PostCopyMirror(region: replica, options: options)
+        let running = Task { try await mirror.run(over: pair.client) }
+        try await eventually("the lazy subscription", seconds: 10) { mirror.progress.subscribed }
+        let server = try ControlServer(path: root + "/c.sock", logger: quiet(), attachHandler: { request, process in
+            guard request.region == "lazy" else { return .refused("no region named '\(request.region)' on this peer") }
+            if request.role == "primary" { return .refused("region 'lazy' is a replica here, not a primary") }
+            return PeerService.attach(request, from: process, toLazy: mirror, logger: quiet())
+        }) { _ in .error("status-marker") }
+        return LazyFixture(root: root, primary: primary, replica: replica, mirror: mirror, pair: pair,
+                           running: running, server: server)
+    }
+
+    func close() async {
+        await server.stop()
+        running.cancel()
+        await pair.close()
+        mirror.stop()
+        try? FileManager.default.removeItem(atPath: root)
+    }
+}
+
+@Suite("Attached processes (control socket attach)", .serialized)
+struct AttachTests {
+    @Test("a second mapping with its own userfaultfd is served through the shared page cache and woken")
+    func sharedPageCache() async throws {
+        let path = "/dev/shm/mr-pagecache-\(UUID().uuidString.prefix(8))"
+        defer { unlink(path) }
+        let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
+        let faulted = Locked<[Int]>([])
+        let handler = try MissingFaultHandler(region: region) { chunk in
+            faulted.withLock { $0.append(chunk) }
+            return true
+        }
+        defer { handler.stop() }
+        // The "client": another mapping of the file, registered on a uffd of its own.
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let client = try #require(mmap(nil, 1 << 20, PROT_READ, MAP_SHARED, fd, 0))
+        let uffd = qs_uffd_open(0)
+        try #require(uffd >= 0)
+        var available: UInt64 = 0
+        try #require(qs_uffd_api(uffd, qs_uffd_feature_missing_shmem(), &available) == 0)
+        try #require(qs_uffd_register_missing(uffd, client, 1 << 20) == 0)
+        let id = try #require(handler.addClient(uffd: uffd, base: UInt64(UInt(bitPattern: client)), length: 1 << 20))
+        defer { handler.removeClient(id) }
+
+        let offset = 5 * 65536 + 123
+        let done = Locked<UInt8?>(nil)
+        // Unmapped only once the reader is through: a reader still asleep in
+        // its fault (the test failed) would crash the run when woken on a hole
+        // that is no longer mapped.
+        defer { if done.withLock({ $0 }) != nil { munmap(client, 1 << 20) } }
+        let address = UInt(bitPattern: client)
+        let thread = Thread {
+            let byte = UnsafeRawPointer(bitPattern: address)!.load(fromByteOffset: offset, as: UInt8.self)
+            done.withLock { $0 = byte }
+        }
+        thread.start()
+        try await eventually("the client's fault", seconds: 10) { faulted.withLock { $0.contains(5) } }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(done.withLock { $0 } == nil, "the client read a hole instead of waiting")
+        let chunk = [UInt8](repeating: 0xA7, count: 65536)
+        try chunk.withUnsafeBytes { try handler.install(chunk: 5, bytes: $0) }
+        try await eventually("the client's wake-up", seconds: 10) { done.withLock { $0 } != nil }
+        #expect(done.withLock { $0 } == 0xA7)
+        // The peer's own mapping holds the page too: one page in the page cache.
+        #expect(region.bytes[offset] == 0xA7)
+    }
+
+    @Test("memreplica cat, a separate process, reads a lazy replica exactly (SHA-256), faulting chunks in")
+    func catLazyReplica() async throws {
+        let size = 4 << 20
+        let f = try await LazyFixture.make(size: size, seed: 21)
+        defer { Task { await f.close() } }
+        let exe = try builtExecutable()
+        let out = f.root + "/out.bin"
+        let rc = try await runShell("'\(exe)' cat lazy --control '\(f.socket)' > '\(out)' 2>'\(f.root)/err'")
+        let err = (try? String(contentsOfFile: f.root + "/err", encoding: .utf8)) ?? ""
+        #expect(rc == 0, "cat failed: \(err)")
+        #expect(try fileSHA(out) == sha256Hex(Array(f.primary.bytes)))
+        let p = f.mirror.progress
+        #expect(p.faults >= p.chunkCount, "the chunks came in through the cat process's faults")
+        #expect(p.faultsServed == p.faults)
+
+        // A slice, and the usage and lookup errors with their exit codes.
+        let slice = f.root + "/slice.bin"
+        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset 70000 --length 5000 > '\(slice)'") == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: slice)) == Data(f.primary.bytes[70000..<75000]))
+        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset \(size + 1) >/dev/null 2>&1") == 2)
+        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset 10 --length \(size) >/dev/null 2>&1") == 2)
+        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --length -1 >/dev/null 2>&1") == 2)
+        let unknown = try await runShell("'\(exe)' cat nosuch --control '\(f.socket)' >/dev/null 2>'\(f.root)/err2'")
+        #expect(unknown == 1)
+        let line = (try? String(contentsOfFile: f.root + "/err2", encoding: .utf8)) ?? ""
+        #expect(line.contains("no region named 'nosuch'") && line.split(separator: "\n").count == 1, "\(line)")
+        // Sessions ended with the processes.
+        try await eventually("detach", seconds: 5) { f.mirror.attachedClients == 0 }
+    }
+
+    @Test("an attached reader's blocked thread is served; detach and bad attach requests get clear errors, the peer keeps serving")
+    func badRequests() async throws {
+        let f = try await LazyFixture.make(size: 1 << 20, seed: 5)
+        defer { Task { await f.close() } }
+        func ask(_ line: String, passing fd: Int32 = -1, split: Bool = false) throws -> String {
+            let s = try UnixSocket.connect(to: f.socket)
+            defer { s.close() }
+            let bytes = Array((line + "\n").utf8)
+            if split {
+                try s.send(Array(bytes[..<10]), passing: fd, deadline: .now + .seconds(2))
+                try s.send(Array(bytes[10...]), passing: fd, deadline: .now + .seconds(2))
+            } else {
+                try s.send(bytes, passing: fd, deadline: .now + .seconds(2))
+            }
+            return String(decoding: try s.readLine(limit: 1 << 16, deadline: .now + .seconds(5)), as: UTF8.self)
+        }
+        func freshUffd() throws -> Int32 {
+            let u = qs_uffd_open(0)
+            try #require(u >= 0)
+            return u
+        }
+        #expect(try ask("not json").contains("malformed control message"))
+        #expect(try ask(#"{"command":"attach"}"#).contains("malformed attach request"))
+        #expect(try ask(#"{"command":"attach","region":"nope"}"#).contains("no region named 'nope'"))
+        #expect(try ask(#"{"command":"attach","region":"lazy","role":"primary"}"#).contains("not a primary"))
+        let u1 = try freshUffd()
+        #expect(try ask(#"{"command":"attach","region":"lazy"}"#, passing: u1).contains("needs base and length"))
+        var pipeFDs: [Int32] = [0, 0]
+        try #require(pipe(&pipeFDs) == 0)
+        #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":1048576}"#, passing: pipeFDs[0])
+                    .contains("not a userfaultfd"))
+        let u2 = try freshUffd()
+        #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":8192}"#, passing: u2)
+                    .contains("whole region"))
+        let u3 = try freshUffd()
+        #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":1048576}"#, passing: u3, split: true)
+                    .contains("more descriptors"))
+        #expect(try ask(String(repeating: "x", count: ControlServer.requestLimit + 10)).contains("limit"))
+        for fd in [u1, u2, u3, pipeFDs[0], pipeFDs[1]] { close(fd) }
+        // The lookup answers geometry and a path this process can map.
+        let answer = try AttachedRegion.lookup(controlPath: f.socket, region: "lazy")
+        #expect(answer.lazy && answer.size == 1 << 20 && answer.chunkSize == 65536 && !answer.attached)
+        #expect(f.mirror.attachedClients == 0)
+
+        // A real attachment in this process: a blocked reader is served.
+        let attached = try AttachedRegion(controlPath: f.socket, region: "lazy")
+        #expect(attached.answer.attached)
+        try await eventually("attach", seconds: 5) { f.mirror.attachedClients == 1 }
+        let base = UInt(bitPattern: attached.bytes.baseAddress!)
+        let got = Locked<UInt64?>(nil)
+        Thread { got.withLock { $0 = UnsafeRawPointer(bitPattern: base)!.load(fromByteOffset: 9 * 65536 + 8, as: UInt64.self) } }.start()
+        try await eventually("the attached read", seconds: 10) { got.withLock { $0 } != nil }
+        #expect(got.withLock { $0 } == f.primary.bytes.load(fromByteOffset: 9 * 65536 + 8, as: UInt64.self))
+        attached.detach()
+        try await eventually("detach", seconds: 5) { f.mirror.attachedClients == 0 }
+        // Still serving.
+        #expect(try ask(#"{"command":"status"}"#).contains("status-marker"))
+    }
+}
