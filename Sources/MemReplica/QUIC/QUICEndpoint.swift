@@ -26,6 +26,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     private let socket: UDPSocket
     private let poller: Poller
+    private static let socketToken: UInt64 = 1
     private let commands = Locked(CommandQueue())
     /// Serializes commands run inline once the loop has exited. A bare lock:
     /// it guards no value (a `Locked<Void>`'s zero-sized value made
@@ -73,7 +74,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         secret.withUnsafeMutableBytes { fillRandom($0.baseAddress!, 32) }
         statelessResetSecret = secret
         poller = try Poller()
-        try poller.add(socket.fd, .socket, events: EPOLLIN.rawValue)
+        try poller.add(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
         transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
         vectorScratch = .allocate(capacity: 16)
         receiveBuffer = .allocate(byteCount: 65536, alignment: 16)
@@ -258,13 +259,10 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                 // tens of µs on a VM, more than a reply usually takes.
                 if poller.poll(forNanoseconds: spin) { deadline = 0 }
             }
-            poller.wait(until: deadline) { token, events in
-                switch token {
-                case .socket:
-                    if events & EPOLLOUT.rawValue != 0 { flushPendingSend() }
-                    if events & EPOLLIN.rawValue != 0 { readSocket() }
-                case .wake: poller.drainWake()
-                }
+            // The UDP socket is the only thing registered besides the wake-up.
+            poller.wait(until: deadline) { _, events in
+                if events & EPOLLOUT.rawValue != 0 { flushPendingSend() }
+                if events & EPOLLIN.rawValue != 0 { readSocket() }
             }
             runCommands()
             handleExpiries()
@@ -448,7 +446,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             return true
         case .wouldBlock:
             pendingSend = (Array(data), segmentSize, core.remote)
-            poller.modify(socket.fd, .socket, events: EPOLLIN.rawValue | EPOLLOUT.rawValue)
+            poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue | EPOLLOUT.rawValue)
             return false
         case .failed(let e):
             if e == EIO && segmentSize > 0 {
@@ -478,7 +476,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         let result = p.bytes.withUnsafeBytes { socket.send($0, segmentSize: p.segment, to: p.to) }
         if case .wouldBlock = result { return }
         pendingSend = nil
-        poller.modify(socket.fd, .socket, events: EPOLLIN.rawValue)
+        poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
     }
 }
 

@@ -29,7 +29,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     /// Outgoing connections start from this address's host (when not a wildcard).
     private let bindAddress: PeerAddress
     private let listener: Int32?
-    private let poller: TCPPoller
+    private let poller: Poller
     private let commands = Locked(CommandQueue())
     /// Serializes commands run inline once the loop has exited.
     private let afterExit = Locked(())
@@ -71,7 +71,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         // OpenSSL writes to sockets with write(2): a peer that reset the
         // connection must give EPIPE, not kill the process.
         signal(SIGPIPE, SIG_IGN)
-        poller = try TCPPoller()
+        poller = try Poller()
         if configuration.acceptsConnections {
             let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
                                                    userTimeout: configuration.idleTimeout)
