@@ -13,30 +13,19 @@ public final class TCPStream: TransportStream, @unchecked Sendable {
 
     public func write(_ bytes: [UInt8]) async throws {
         guard !bytes.isEmpty else { return }
-        try await core.write(bytes.withUnsafeBytes(Self.ownedCopy))
+        try await core.write(bytes.withUnsafeBytes(OwnedBytes.copy))
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) async throws {
         guard bytes.count > 0 else { return }
-        try await core.write(Self.ownedCopy(bytes))
+        try await core.write(OwnedBytes.copy(bytes))
     }
 
     public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
-        let total = header.count + body.count
-        guard total > 0 else { return }
-        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 16)
-        memory.copyBytes(from: header)
-        UnsafeMutableRawBufferPointer(rebasing: memory[header.count...]).copyMemory(from: body)
-        try await core.write(memory)
+        guard header.count + body.count > 0 else { return }
+        try await core.write(OwnedBytes.copy(header: header, body: body))
     }
 
-    /// The transport's own copy: the caller's buffer may change as soon as
-    /// `write` returns; the loop frames from ours.
-    private static func ownedCopy(_ bytes: UnsafeRawBufferPointer) -> UnsafeMutableRawBufferPointer {
-        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
-        memory.copyMemory(from: bytes)
-        return memory
-    }
 
     public func finish() async throws {
         try core.finish()
