@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libnghttp3-dev libssl-dev pkg-config
   ngtcp2-client ngtcp2-server   # the stock tools the transport benchmark compares against
-  python3                       # benchmark tables and plots
+  python3 python3-matplotlib    # benchmark tables and plots (bench/plot_wan.py runs on /usr/bin/python3)
+  iproute2                      # the WAN emulator's namespaces and addresses (ip netns, ip addr)
 )
 
 missing=()
