@@ -48,6 +48,7 @@ public final class WANEmulator: Sendable {
         guard available.contains(tcpCongestionControl) else {
             throw WANEmulatorError.unknownCongestionControl(tcpCongestionControl, available: available)
         }
+        try Self.allowCongestionControl(tcpCongestionControl)
         _ = try Self.removeStale()
 
         let n = Self.instances.withLock { value -> Int in
@@ -124,6 +125,18 @@ public final class WANEmulator: Sendable {
         defer { close(fd) }
         let written = value.withCString { write(fd, $0, strlen($0)) }
         if written < 0 { throw WANEmulatorError.sysctl(name: key, value: value, errno: errno) }
+    }
+
+    /// A namespace other than the host's may only default to a controller
+    /// on the host-wide allowed list (the kernel answers EPERM otherwise), so
+    /// the requested one is added to it. This outlives the emulator; it only
+    /// widens what unprivileged sockets may pick with TCP_CONGESTION.
+    private static func allowCongestionControl(_ name: String) throws {
+        let path = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+        let allowed = ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(whereSeparator: \.isWhitespace)
+        guard !allowed.contains(Substring(name)) else { return }
+        try writeSysctl("net/ipv4/tcp_allowed_congestion_control", (allowed + [Substring(name)]).joined(separator: " "),
+                        optional: false)
     }
 
     static func availableCongestionControls() -> [String] {
