@@ -558,8 +558,24 @@ final class QUICConnectionCore: @unchecked Sendable {
     func schedule(_ stream: QUICStreamCore) {
         guard !stream.scheduled, !stream.flowBlocked, stream.hasDataToSend else { return }
         stream.scheduled = true
-        sendQueue.append(stream)
+        enqueue(stream)
         endpoint.needsWrite(self)
+    }
+
+    /// Urgent streams go behind the urgent ones already queued but ahead of
+    /// the rest, so a small answer never waits for a bulk stream's turn.
+    func enqueue(_ stream: QUICStreamCore) {
+        guard stream.urgent else { return sendQueue.append(stream) }
+        sendQueue.insert(stream, at: sendQueue.firstIndex { !$0.urgent } ?? sendQueue.endIndex)
+    }
+
+    /// Makes `stream` urgent, moving it forward if it is already queued.
+    func makeUrgent(_ stream: QUICStreamCore) {
+        guard !stream.urgent else { return }
+        stream.urgent = true
+        guard stream.scheduled, let i = sendQueue.firstIndex(where: { $0 === stream }) else { return }
+        sendQueue.remove(at: i)
+        enqueue(stream)
     }
 
     /// Counts bytes a reader took; true when the caller should post a

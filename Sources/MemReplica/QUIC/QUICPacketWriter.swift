@@ -1,8 +1,9 @@
 import QuicShim
 
 /// Turns a connection's pending stream data into UDP datagrams: streams are
-/// served round-robin, a stream at a time per packet, and packets of equal
-/// size go out together as one GSO send.
+/// served round-robin, a stream at a time per packet (urgent streams first,
+/// round-robin among themselves), and packets of equal size go out together
+/// as one GSO send.
 extension QUICConnectionCore {
     enum WriteOutcome { case idle, more, blocked }
 
@@ -130,7 +131,7 @@ extension QUICConnectionCore {
             dequeue(s)
         } else if let first = sendQueue.first, first === s, sendQueue.count > 1 {
             sendQueue.removeFirst()
-            sendQueue.append(s)
+            enqueue(s)
         }
     }
 

@@ -22,6 +22,8 @@ final class QUICStreamCore: @unchecked Sendable {
     var finSent = false
     /// In the connection's round-robin queue of streams with data to send.
     var scheduled = false
+    /// Sent before every non-urgent stream (see `TransportStream.prioritize`).
+    var urgent = false
     /// Waiting for the peer to raise the stream's flow-control limit.
     var flowBlocked = false
     /// The stack will take no more data (reset, stop-sending, closed).

@@ -86,6 +86,9 @@ public final class RegionExports: Sendable {
         do {
             let export = try acceptSubscription(subscription, peer: peer)
             if subscription.mode == .reads {
+                // Someone waits on each answer (a fault, a read): it goes
+                // ahead of bulk pushes sharing the connection.
+                await frames.stream.prioritize()
                 try await serveReads(export.region, over: frames)
                 return
             }

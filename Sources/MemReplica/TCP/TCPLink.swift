@@ -262,8 +262,25 @@ final class TCPLink {
     func schedule(_ stream: TCPStreamCore) {
         guard !stream.scheduled, !stream.removed, stream.hasWork, state != .draining, state != .closed else { return }
         stream.scheduled = true
-        sendStreams.append(stream)
+        enqueue(stream)
         if state == .open { endpoint.needsWrite(self) }
+    }
+
+    /// Urgent streams go behind the urgent ones already queued but ahead of
+    /// the rest. Only the framing order changes: what is already in the
+    /// kernel's send buffer goes first regardless (TCP's head-of-line cost).
+    private func enqueue(_ stream: TCPStreamCore) {
+        guard stream.urgent else { return sendStreams.append(stream) }
+        sendStreams.insert(stream, at: sendStreams.firstIndex { !$0.urgent } ?? sendStreams.endIndex)
+    }
+
+    /// Makes `stream` urgent, moving it forward if it is already queued.
+    func makeUrgent(_ stream: TCPStreamCore) {
+        guard !stream.urgent else { return }
+        stream.urgent = true
+        guard stream.scheduled, let i = sendStreams.firstIndex(where: { $0 === stream }) else { return }
+        sendStreams.remove(at: i)
+        enqueue(stream)
     }
 
     func queueControl(_ type: MuxRecordType, stream: Int64 = 0, value: UInt64) {
@@ -361,7 +378,7 @@ final class TCPLink {
                     connection.waitForCredit(stream)
                 } else if written > 0 {
                     stream.scheduled = true
-                    sendStreams.append(stream)
+                    enqueue(stream)
                 } else {
                     // No room left in this staging round; first in the next.
                     stream.scheduled = true

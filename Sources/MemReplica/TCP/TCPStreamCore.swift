@@ -34,6 +34,8 @@ final class TCPStreamCore: @unchecked Sendable {
     private(set) var resetSent = false
     /// In its link's round-robin of streams with something to send.
     var scheduled = false
+    /// Framed before every non-urgent stream of its link (`TransportStream.prioritize`).
+    var urgent = false
     /// Waiting in the connection's list for connection-level credit.
     var waitingForConnectionCredit = false
     var sendDone: Bool { finSent || resetSent }

@@ -135,7 +135,7 @@ public struct WANBenchmark {
     private func calibrate(_ emulator: WANEmulator, scenario: WANScenario?) throws -> WANCalibrationReport? {
         guard options.calibrationProbes > 0 else { return nil }
         let report = try WANCalibration.run(emulator, probes: options.calibrationProbes)
-        log("calibration: \(report.summary)")
+        log("calibration at the first scenario's settings:\n" + report.description)
         return report
     }
 
@@ -239,7 +239,9 @@ public struct WANBenchmark {
             }
         }
         let bulkDone = Locked(false)
-        let reading = Task { try await readChunks(of: primaries.read, over: connection, until: bulkDone) }
+        let readers = options.readers
+        let read = primaries.read
+        let reading = Task { try await Self.readChunks(of: read, over: connection, readers: readers, until: bulkDone) }
 
         let deadline = bulkStart + options.bulkTimeLimit
         var completed = false
@@ -284,13 +286,14 @@ public struct WANBenchmark {
     /// `readers` streams, each with one READ of a random chunk outstanding,
     /// until `done`; seconds per READ. Every chunk read is checked against
     /// the primary.
-    private func readChunks(of primary: Region, over connection: any TransportConnection,
-                            until done: Locked<Bool>) async throws -> [Double] {
+    private static func readChunks(of primary: Region, over connection: any TransportConnection, readers: Int,
+                                   until done: Locked<Bool>) async throws -> [Double] {
         let g = primary.geometry
         return try await withThrowingTaskGroup(of: [Double].self) { group in
-            for _ in 0..<options.readers {
+            for _ in 0..<readers {
                 group.addTask {
                     let frames = FrameStream(try await connection.openStream())
+                    await frames.stream.prioritize()
                     try await frames.send(.subscribe(.init(name: primary.name, size: UInt64(g.size),
                                                            chunkSize: UInt64(g.chunkSize), mode: .reads)))
                     var samples: [Double] = []

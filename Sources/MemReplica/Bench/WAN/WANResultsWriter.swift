@@ -82,13 +82,18 @@ public struct WANResultsWriter {
                    + "Lag: \(s.lagWrites) writes at \(s.lagWritesPerSecond)/s, write → primary holds the ACK (a round trip plus the \(formatNumber(s.scanIntervalMilliseconds)) ms scan).")
         if let c = report.calibration {
             out.append("")
-            out.append("Emulator calibration: \(c.summary)")
+            out.append("Emulator calibration (first scenario's link; the RTT must agree within 5 %):")
+            out.append("")
+            out.append("```")
+            out.append(c.description)
+            out.append("```")
         }
         out.append("")
         out.append("Ratios are QUIC ÷ TCP from the same runs: below 1 QUIC is faster for latencies; above 1 QUIC moves more bytes. **TCP wins** marks a ratio where a TCP mode did better than QUIC by more than 5 %.")
         let byScenario = Dictionary(grouping: report.summaries, by: \.scenario)
         let scenarios = report.summaries.map(\.scenario).reduce(into: [WANScenario]()) { if !$0.contains($1) { $0.append($1) } }
-        for cc in scenarios.map(\.congestionControl).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } } {
+        let controllers = scenarios.map(\.congestionControl).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        for cc in controllers {
             let mine = scenarios.filter { $0.congestionControl == cc }
             out.append("")
             out.append("### Chunk-read latency while a bulk sync runs, \(cc) (ms)")
