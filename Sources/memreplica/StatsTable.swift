@@ -73,8 +73,8 @@ enum StatsTable {
                                                          ("read", r.readLatency)]
             for (name, summary) in measures {
                 guard let summary else { continue }
-                rows.append(distribution(r.name, name, "window", summary.window))
-                rows.append(distribution("", "", "since start", summary.sinceStart))
+                rows.append(distribution(r.name, name, "last \(Format.seconds(summary.windowSeconds))", summary.window))
+                rows.append(distribution(r.name, name, "since start", summary.sinceStart))
             }
         }
         guard !rows.isEmpty else { return "" }
