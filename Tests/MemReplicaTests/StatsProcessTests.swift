@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 @testable import MemReplica
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Stats: from running peer processes", .serialized)
 struct StatsProcessTests {
@@ -117,6 +120,53 @@ struct StatsProcessTests {
         }
 
         try await checkMetrics(port: metricsPort, regionSize: size)
+    }
+
+    @Test("a lazy mirror's background pull shows on the primary as chunks and bytes pulled, with READ latencies")
+    func lazyMirrorPulls() async throws {
+        let shm = "/dev/shm/mr-stats-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root); unlink(shm) }
+        let size = 8 << 20, chunks = size / (64 << 10)
+        let primaryPath = root + "/primary.bin"
+        try Data(patternBytes(count: size, seed: 8)).write(to: URL(fileURLWithPath: primaryPath))
+        let exe = try builtExecutable()
+        let port = unusedUDPPort()
+        let primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--name", "primary",
+                                             "--control", root + "/p.sock", "--export", "r=\(primaryPath)", "--log-level", "warning"])
+        defer { primary.terminate(grace: .milliseconds(500)) }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !FileManager.default.fileExists(atPath: root + "/p.sock") {
+            try #require(ContinuousClock.now < deadline, "the primary never started")
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let replica = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root,
+                                             "--name", "replica", "--control", root + "/r.sock",
+                                             "--mirror", "r@127.0.0.1:\(port)=\(shm)", "--lazy", "--log-level", "warning"])
+        defer { replica.terminate(grace: .milliseconds(500)) }
+        let replicaControl = ControlClient(path: root + "/r.sock")
+        while true {
+            let region = try? await replicaControl.stats().regions.first
+            if region?.chunksPresent == chunks { break }
+            try #require(ContinuousClock.now < deadline, "the lazy replica never filled in: \(String(describing: region))")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let mirrored = try #require(try await replicaControl.stats().regions.first)
+        #expect(mirrored.role == "replica" && mirrored.lazy == true && mirrored.size == size)
+        let faults = try #require(mirrored.faults)
+        #expect((mirrored.faultsServed ?? -1) <= faults)
+        #expect(mirrored.chunksPushed == nil, "a lazy replica is never pushed chunks")
+
+        let r = try #require(try await ControlClient(path: root + "/p.sock").stats().regions.first)
+        #expect(r.role == "primary")
+        #expect((r.chunksPulled ?? 0) >= UInt64(chunks) && (r.bytesPulled ?? 0) >= UInt64(size), "\(r)")
+        #expect(r.chunksPushed == 0 && r.bytesPushed == 0)
+        let reads = try #require(r.readLatency)
+        #expect(reads.sinceStart.count >= 1 && reads.sinceStart.count <= r.chunksPulled ?? 0)
+        #expect(reads.sinceStart.maxSeconds > 0 && reads.sinceStart.maxSeconds < 30)
+        // Lazy mirrors acknowledge DIRTY epochs, not versions: no replication lag is measured.
+        #expect(r.replicationLag == nil)
+        #expect(r.replicas?.first?.versionLag == 0)
     }
 
     /// Scrapes the primary's endpoint and parses it with the Python client's

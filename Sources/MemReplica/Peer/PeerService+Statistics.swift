@@ -37,7 +37,10 @@ extension PeerService {
         }
     }
 
-    /// Moves what is read rather than heard into the statistics.
+    /// Moves what is read rather than heard into the statistics. Fault
+    /// latencies enter the histograms here, up to `statisticsInterval`
+    /// after the fault was served: the window may hold a sample that long
+    /// past its slot, a drift far below the window's length.
     private func collectSamples() {
         for (name, status) in exports.dirtyTracking() {
             statistics.sampleDirty(region: name, total: status.statistics.totalChangedChunks)

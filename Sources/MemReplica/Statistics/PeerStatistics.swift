@@ -67,6 +67,8 @@ public final class PeerStatistics: ReplicationObserver {
 
     // MARK: Events
 
+    /// Says neither which mirror nor how many bytes, so there is nothing
+    /// to count: `RegionExports` calls the form below, which does.
     public func willSend(region: String, chunk: Int, version: UInt64, at: ContinuousClock.Instant) {}
 
     public func willSend(region: String, peer: String, chunk: Int, bytes: Int, version: UInt64, at: ContinuousClock.Instant) {
