@@ -119,6 +119,13 @@ struct StatsProcessTests {
             #expect(table.stdout.contains(needle), "the table lacks '\(needle)':\n\(table.stdout)")
         }
 
+        // --watch into a file: reports appended, no terminal escapes, until SIGINT.
+        let watch = try run("timeout -s INT 1.8 '\(exe)' stats --watch --interval 0.5 --control '\(root)/p.sock'")
+        #expect(watch.status == 124, "timeout's status when it had to interrupt the command")
+        let reports = watch.stdout.components(separatedBy: "primary  memreplica ").count - 1
+        #expect(reports >= 3 && reports <= 4, "\(reports) reports in 1.8 s at 0.5 s intervals")
+        #expect(!watch.stdout.contains("\u{1B}["))
+
         try await checkMetrics(port: metricsPort, regionSize: size)
     }
 
