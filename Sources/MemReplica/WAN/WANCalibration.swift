@@ -59,9 +59,11 @@ public enum WANCalibration {
     private static let probeSize = 64
 
     private static func probeEcho(_ emulator: WANEmulator, probes: Int, interval: Duration) throws -> EchoResult {
-        let responder = try udpSocket(in: emulator.sideB, address: emulator.addressB)
+        // Large buffers: a probe the socket had no room for would count as
+        // lost on the link.
+        let responder = try udpSocket(in: emulator.sideB, address: emulator.addressB, receiveBuffer: 8 << 20)
         defer { close(responder.fd) }
-        let prober = try udpSocket(in: emulator.sideA, address: emulator.addressA)
+        let prober = try udpSocket(in: emulator.sideA, address: emulator.addressA, receiveBuffer: 8 << 20)
         defer { close(prober.fd) }
         try connect(prober.fd, to: emulator.addressB, port: responder.port)
         setReceiveTimeout(responder.fd, .milliseconds(20))
