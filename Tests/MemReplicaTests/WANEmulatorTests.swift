@@ -250,6 +250,53 @@ struct WANEmulatorTests {
         #expect(try WANEmulator.removeStale().isEmpty)
     }
 
+    @Test("transport sockets are made inside the configured namespace, and TCP ones carry the configured controller")
+    func transportSockets() throws {
+        let emulator = try WANEmulator(aToB: .init(), bToA: .init(), tcpCongestionControl: "reno")
+        defer { emulator.shutdown() }
+        var quic = QUICConfiguration()
+        quic.congestionControl = .bbr
+        quic.networkNamespace = emulator.sideA
+        let tcp = TCPConfiguration(matching: quic)
+        #expect(tcp.congestionControl == "bbr")
+        #expect(tcp.networkNamespace == emulator.sideA)
+
+        // 198.18.0.1 exists only in side A: binding it proves where the socket is.
+        let (listener, bound) = try TCPSocket.listen(on: PeerAddress(host: emulator.addressA, port: 0), bufferSize: nil,
+                                                     userTimeout: .seconds(5), congestionControl: tcp.congestionControl,
+                                                     namespace: tcp.networkNamespace)
+        defer { close(listener) }
+        #expect(WANSockets.congestionControl(of: listener) == "bbr")
+        let client = try TCPSocket.startConnect(to: PeerAddress(host: emulator.addressA, port: bound.port).storage,
+                                                source: PeerAddress(host: emulator.addressB, port: 0), bufferSize: nil,
+                                                userTimeout: .seconds(5), congestionControl: "bbr",
+                                                namespace: emulator.sideB)
+        defer { close(client) }
+        #expect(WANSockets.congestionControl(of: client) == "bbr")
+        var accepted: (fd: Int32, remote: SocketAddressStorage)?
+        let deadline = ContinuousClock.now + .seconds(5)
+        while accepted == nil && ContinuousClock.now < deadline {
+            accepted = TCPSocket.acceptOne(listener, userTimeout: .seconds(5), congestionControl: "bbr")
+            usleep(1000)
+        }
+        let peer = try #require(accepted, "the connection from side B never arrived")
+        defer { close(peer.fd) }
+        #expect(PeerAddress(storage: peer.remote).host == emulator.addressB)
+        #expect(WANSockets.congestionControl(of: peer.fd) == "bbr")
+        // Without an explicit controller a socket takes the namespace's default.
+        let plain = try WANSockets.tcpConnect(in: emulator.sideB, to: emulator.addressA, port: bound.port)
+        defer { close(plain) }
+        #expect(WANSockets.congestionControl(of: plain) == "reno")
+
+        let udp = try UDPSocket(bindTo: PeerAddress(host: emulator.addressB, port: 0), bufferSize: 1 << 20,
+                                namespace: emulator.sideB)
+        defer { udp.close() }
+        #expect(udp.localAddress.host == emulator.addressB)
+        #expect(throws: TransportError.self) {
+            try UDPSocket(bindTo: PeerAddress(host: emulator.addressB, port: 0), bufferSize: 1 << 20)
+        }
+    }
+
     @Test("replication over a 50 ms RTT, 1 % loss WAN ends with identical regions", arguments: TransportKind.allCases)
     func replicationOverWAN(_ kind: TransportKind) async throws {
         let link = WANLinkProfile.symmetric(rtt: .milliseconds(50), lossRate: 0.01)
