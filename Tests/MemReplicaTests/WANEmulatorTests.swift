@@ -62,7 +62,8 @@ private func udpTrain(_ emulator: WANEmulator, count: Int, payload: Int = 64, ga
         var local: [(sequence: Int, at: UInt64)] = []
         // Ends after 300 ms of silence (the train plus its longest delay has passed).
         while recv(sinkFD, &buffer, buffer.count, 0) >= 8 {
-            local.append((Int(buffer.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }), monotonicNanoseconds()))
+            local.append((Int(truncatingIfNeeded: buffer.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }),
+                           monotonicNanoseconds()))
         }
         arrivals.withLock { $0 = local }
         done.signal()
