@@ -55,6 +55,11 @@ public struct WANCalibrationReport: Sendable, Codable, CustomStringConvertible {
             lines.append(String(format: "forwarder capacity: %.0f packets/s", capacity)
                 + (capacitySaturated ? " (saturated: the kernel dropped what it could not take)" : " (lower bound: the sender did not saturate it)"))
         }
+        let overload = (statistics.aToB.kernelTxDropped ?? 0) + (statistics.bToA.kernelTxDropped ?? 0)
+        if overload > 0 {
+            lines.append("the forwarder fell behind during the probes (the kernel dropped \(overload) packets, counted as loss): "
+                + "probe at a lower rate")
+        }
         lines.append(statistics.description)
         return lines.joined(separator: "\n")
     }
