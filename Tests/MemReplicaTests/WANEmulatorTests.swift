@@ -251,6 +251,24 @@ struct WANEmulatorTests {
         #expect(try WANEmulator.removeStale().isEmpty)
     }
 
+    @Test("the hidden wan-emulator command tears its namespaces down on SIGTERM")
+    func commandTeardown() async throws {
+        let child = try ChildProcess(builtExecutable(), ["wan-emulator", "--rtt", "2ms", "--hold"])
+        defer { child.terminate(grace: .milliseconds(100)) }
+        let sides = ["a", "b"].map { NetworkNamespace(name: "mrwan-\(child.pid)-1-\($0)") }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !sides.allSatisfy({ $0.exists }) {
+            try #require(child.isRunning, "the wan-emulator process exited")
+            try #require(ContinuousClock.now < deadline, "the child never created its namespaces")
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // The signal monitor is installed before the emulator, so a signal
+        // that lands mid set-up is still answered by a teardown.
+        kill(child.pid, SIGTERM)
+        #expect(child.wait() == 0)
+        #expect(!sides.contains { $0.exists })
+    }
+
     @Test("transport sockets are made inside the configured namespace, and TCP ones carry the configured controller")
     func transportSockets() throws {
         let emulator = try WANEmulator(aToB: .init(), bToA: .init(), tcpCongestionControl: "reno")
