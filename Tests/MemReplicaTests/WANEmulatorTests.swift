@@ -311,9 +311,15 @@ struct WANEmulatorTests {
                                 namespace: emulator.sideB)
         defer { udp.close() }
         #expect(udp.localAddress.host == emulator.addressB)
+        // Back in the host's namespace, where 198.18.0.2 does not exist.
         #expect(throws: TransportError.self) {
             try UDPSocket(bindTo: PeerAddress(host: emulator.addressB, port: 0), bufferSize: 1 << 20)
         }
+        // A failure inside keeps its errno across the switch back.
+        let bad = try emulator.sideA.perform { socket(AF_INET, 12345, 0) }
+        let failure = errno
+        #expect(bad == -1)
+        #expect(failure == EINVAL)
     }
 
     @Test("replication over a 50 ms RTT, 1 % loss WAN ends with identical regions", arguments: TransportKind.allCases)
