@@ -10,7 +10,8 @@
  * - cmsg handling for UDP GSO/GRO;
  * - headers for Linux calls Swift's Glibc module lacks (epoll, eventfd,
  *   getrandom, statfs);
- * - userfaultfd ioctls for post-copy replicas (qs_userfaultfd.h).
+ * - userfaultfd ioctls for post-copy replicas (qs_userfaultfd.h);
+ * - TUN devices and setns for the WAN emulator (qs_wan.h).
  *
  * Everything else (the packet loop, streams, flow control, errors users
  * see) lives in Swift.
@@ -30,6 +31,8 @@
 
 #include "qs_userfaultfd.h"
 #include "qs_unixfd.h"
+/* TUN devices and network namespaces for the WAN emulator. */
+#include "qs_wan.h"
 /* userfaultfd + PAGEMAP_SCAN dirty tracking (included here too, so that a
  * module cache built before this header existed is rebuilt). */
 #include "dirtytrack.h"
