@@ -7,6 +7,7 @@ packages=(
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libnghttp3-dev libssl-dev pkg-config
   ngtcp2-client ngtcp2-server   # the stock tools the transport benchmark compares against
   python3 python3-matplotlib    # benchmark tables and plots (bench/plot_wan.py runs on /usr/bin/python3)
+  python3-prometheus-client     # the metrics test's exposition-format parser
   iproute2                      # the WAN emulator's namespaces and addresses (ip netns, ip addr)
 )
 
@@ -27,6 +28,14 @@ else
   fi
   "${sudo[@]}" apt-get update
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+
+# The metrics test parses /metrics with the Prometheus Python client's own
+# exposition-format parser. The Debian package covers Debian's python3; a
+# python3 of its own (pyenv, a venv) earlier on PATH gets it from PyPI.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  echo "install-deps: installing the Python package prometheus-client for $(command -v python3)"
+  python3 -m pip install --quiet prometheus-client
 fi
 
 command -v swift >/dev/null || {

@@ -50,13 +50,19 @@ struct PeerCommand: AsyncParsableCommand {
         "Make the --mirror regions post-copy: usable at once, chunks pulled on first touch (PATH must be under /dev/shm)."))
     var lazy = false
 
+    @Option(help: ArgumentHelp(
+        "Serve Prometheus metrics at http://HOST:PORT/metrics. A bare :PORT means 127.0.0.1 (use 0.0.0.0:PORT or [::]:PORT to expose them). Off unless given.",
+        valueName: "host:port"))
+    var metrics: String?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
     func configuration() throws -> PeerConfiguration {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
-                                           tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy)
+                                           tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
+                                           metrics: metrics)
         return configuration
     }
 
@@ -90,15 +96,28 @@ struct PeerCommand: AsyncParsableCommand {
             await endpoint.close()
             throw error
         }
-        let runners = configuration.mirrors.map { MirrorRunner(spec: $0, endpoint: endpoint, logger: logger) }
-        let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, logger: logger),
-                                  mirrors: runners, logger: logger)
+        let statistics = PeerStatistics(metrics: configuration.metrics == nil ? nil : PrometheusStatistics())
+        let runners = configuration.mirrors.map {
+            MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, logger: logger)
+        }
+        let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
+                                  mirrors: runners, statistics: statistics, logger: logger)
+        var metricsServer: MetricsServer?
+        if let address = configuration.metrics, let metrics = statistics.metrics {
+            do {
+                metricsServer = try MetricsServer(address: address, logger: logger) { metrics.exposition() }
+            } catch {
+                await endpoint.close()
+                throw error
+            }
+        }
         let controlPath = configuration.control ?? stateDirectory.controlSocketPath
         let controlServer: ControlServer
         do {
             controlServer = try ControlServer(path: controlPath, logger: logger,
                                               attachHandler: { service.attach($0, from: $1) }) { await service.handle($0) }
         } catch {
+            metricsServer?.stop()
             await endpoint.close()
             throw error
         }
@@ -109,6 +128,7 @@ struct PeerCommand: AsyncParsableCommand {
         logger.notice("\(SignalMonitor.name(of: number)) received: shutting down")
         // Control socket first: a status query must not reach a closed endpoint.
         await controlServer.stop()
+        metricsServer?.stop()
         await endpoint.close()
         await serving.value
         logger.notice("stopped")

@@ -43,7 +43,8 @@ enum StatusTable {
         return mirrors.map { "\($0.peer) (\($0.synced ? "" : "syncing, ")lag \($0.versionLag))" }.joined(separator: ", ")
     }
 
-    private static func table(_ rows: [[String]]) -> String {
+    /// Left-aligned columns, two spaces apart, indented by two.
+    static func table(_ rows: [[String]]) -> String {
         var out = ""
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {

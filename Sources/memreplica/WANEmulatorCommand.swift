@@ -43,6 +43,12 @@ struct WANEmulatorCommand: AsyncParsableCommand {
     @Option(help: "Echo probes for --calibrate.")
     var probes: Int = 2000
 
+    @Option(help: ArgumentHelp("Time between echo probes for --calibrate.", valueName: "duration"))
+    var probeInterval: String = "100us"
+
+    @Flag(help: "With --calibrate, skip the capacity flood.")
+    var noCapacity = false
+
     @Flag(help: "Keep the emulator up until SIGINT or SIGTERM.")
     var hold = false
 
@@ -52,6 +58,7 @@ struct WANEmulatorCommand: AsyncParsableCommand {
         if probes < 1 { throw ValidationError("--probes must be at least 1") }
         _ = try Self.duration(rtt, "--rtt")
         _ = try Self.duration(jitter, "--jitter")
+        _ = try Self.duration(probeInterval, "--probe-interval")
     }
 
     func run() async throws {
@@ -66,7 +73,8 @@ struct WANEmulatorCommand: AsyncParsableCommand {
         print("each direction: \(profiles.forward)")
         fflush(nil)  // a test reads the lines through a pipe while this process lives
         if calibrate {
-            print(try WANCalibration.run(emulator, probes: probes))
+            print(try WANCalibration.run(emulator, probes: probes, interval: Self.duration(probeInterval, "--probe-interval"),
+                                         measureCapacity: !noCapacity))
             fflush(nil)
         }
         if hold {

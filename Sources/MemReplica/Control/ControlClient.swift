@@ -30,6 +30,15 @@ public struct ControlClient: Sendable {
         switch try await send(.status) {
         case .status(let report): return report
         case .error(let message): throw ControlError.refused(message)
+        case .stats: throw ControlError.malformed("the peer answered 'status' with a stats report")
+        }
+    }
+
+    public func stats() async throws -> StatsReport {
+        switch try await send(.stats) {
+        case .stats(let report): return report
+        case .error(let message): throw ControlError.refused(message)
+        case .status: throw ControlError.malformed("the peer answered 'stats' with a status report")
         }
     }
 

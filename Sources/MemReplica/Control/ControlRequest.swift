@@ -6,4 +6,5 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public init(command: String) { self.command = command }
 
     public static let status = ControlRequest(command: "status")
+    public static let stats = ControlRequest(command: "stats")
 }

@@ -3,14 +3,19 @@
 /// or `{"error": "..."}`.
 public enum ControlResponse: Codable, Sendable, Equatable {
     case status(StatusReport)
+    case stats(StatsReport)
     case error(String)
 
-    private enum Keys: String, CodingKey { case error }
+    /// `connections` is a key of a stats report only, which tells the two
+    /// reports apart.
+    private enum Keys: String, CodingKey { case error, connections }
 
     public init(from decoder: any Decoder) throws {
         let keyed = try decoder.container(keyedBy: Keys.self)
         if let message = try keyed.decodeIfPresent(String.self, forKey: .error) {
             self = .error(message)
+        } else if keyed.contains(.connections) {
+            self = .stats(try StatsReport(from: decoder))
         } else {
             self = .status(try StatusReport(from: decoder))
         }
@@ -19,6 +24,8 @@ public enum ControlResponse: Codable, Sendable, Equatable {
     public func encode(to encoder: any Encoder) throws {
         switch self {
         case .status(let report):
+            try report.encode(to: encoder)
+        case .stats(let report):
             try report.encode(to: encoder)
         case .error(let message):
             var keyed = encoder.container(keyedBy: Keys.self)

@@ -8,6 +8,8 @@ public struct DirtyScanStatistics: Sendable, Equatable {
     public private(set) var totalDuration: Duration = .zero
     /// Chunks the latest scan reported.
     public private(set) var lastChangedChunks = 0
+    /// Chunks all scans reported: its rate of change is the dirty rate.
+    public private(set) var totalChangedChunks = 0
 
     public init() {}
 
@@ -19,5 +21,6 @@ public struct DirtyScanStatistics: Sendable, Equatable {
         longestDuration = max(longestDuration, duration)
         totalDuration += duration
         lastChangedChunks = changedChunks
+        totalChangedChunks += changedChunks
     }
 }

@@ -16,9 +16,14 @@ public final class PeerService: Sendable {
     private let echo: DiagnosticEcho
     public let exports: RegionExports
     public let mirrors: [MirrorRunner]
+    /// What `memreplica stats` and the metrics endpoint report; the
+    /// exports and mirrors should have been given the same one.
+    public let statistics: PeerStatistics
 
-    public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [], logger: Logger) {
+    public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [],
+                statistics: PeerStatistics = PeerStatistics(), logger: Logger) {
         self.mirrors = mirrors
+        self.statistics = statistics
         self.endpoint = endpoint
         self.logger = logger
         self.exports = exports ?? RegionExports([], logger: logger)
@@ -35,6 +40,7 @@ public final class PeerService: Sendable {
             for mirror in mirrors {
                 group.addTask { await mirror.run() }
             }
+            group.addTask { await self.sampleStatistics() }
             while let connection = await endpoint.accept() {
                 group.addTask { await self.serve(connection) }
             }
@@ -45,6 +51,7 @@ public final class PeerService: Sendable {
 
     private func serve(_ connection: any TransportConnection) async {
         let peer = "\(connection.remoteAddress)"
+        statistics.connectionEstablished(fingerprint: connection.peerIdentity.fingerprint, initiatedLocally: false)
         await withDiscardingTaskGroup { group in
             do {
                 while true {
@@ -259,8 +266,10 @@ public final class PeerService: Sendable {
         switch request.command {
         case ControlRequest.status.command:
             return .status(await statusReport())
+        case ControlRequest.stats.command:
+            return .stats(await statsReport())
         default:
-            return .error("unknown command '\(request.command)' (this peer knows: status)")
+            return .error("unknown command '\(request.command)' (this peer knows: status, stats)")
         }
     }
 }

@@ -14,7 +14,9 @@ public final class MirrorRunner: Sendable {
     public let spec: MirrorSpec
     private let endpoint: any Transport
     private let logger: Logger
+    private let statistics: PeerStatistics?
     private let current = Locked<ActiveMirror?>(nil)
+    private let connections = Locked(0)
 
     /// The mirror of the current (or last) connection.
     public enum ActiveMirror: Sendable {
@@ -41,11 +43,15 @@ public final class MirrorRunner: Sendable {
         }
     }
 
-    public init(spec: MirrorSpec, endpoint: any Transport, logger: Logger) {
+    public init(spec: MirrorSpec, endpoint: any Transport, statistics: PeerStatistics? = nil, logger: Logger) {
         self.spec = spec
         self.endpoint = endpoint
+        self.statistics = statistics
         self.logger = logger
     }
+
+    /// Connections made to the primary after the first.
+    public var reconnects: Int { max(0, connections.withLock { $0 } - 1) }
 
     /// The mirror of the current connection, for status.
     public var mirror: ActiveMirror? { current.withLock { $0 } }
@@ -61,6 +67,8 @@ public final class MirrorRunner: Sendable {
                 let (opened, control) = try await connectSendingHello()
                 connection = opened
                 backoff = .milliseconds(250)
+                connections.withLock { $0 += 1 }
+                statistics?.connectionEstablished(fingerprint: opened.peerIdentity.fingerprint, initiatedLocally: true)
                 let stats = await opened.statistics()
                 if stats.sessionResumed {
                     logger.info("resumed session (0-RTT \(stats.earlyData.rawValue))",

@@ -35,6 +35,8 @@ public struct PeerConfiguration: Sendable, Equatable {
     public var stateDirectory: String?
     public var control: String?
     public var tls: TLSFiles?
+    /// Where to serve Prometheus metrics; nil (the default) serves none.
+    public var metrics: PeerAddress?
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -67,12 +69,13 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
-                                                              "exports", "mirrors"])
+                                                              "exports", "mirrors", "metrics"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
         control = try top["control"].map { try reader.filePath($0, at: "control") }
         tls = try top["tls"].flatMap { try reader.tls($0, at: "tls") }
+        metrics = try top["metrics"].map { try reader.metricsAddress($0, at: "metrics") }
         for (index, value) in try reader.array(top["exports"], at: "exports").enumerated() {
             let at = "exports[\(index)]"
             try add(reader.export(value, at: at), from: .file(file, at: at))
@@ -88,12 +91,19 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// (`--export`/`--mirror` texts) are added after the file's.
     public mutating func applyCommandLine(listen: String? = nil, name: String? = nil, stateDirectory: String? = nil,
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
-                                          mirrors: [String] = [], lazyMirrors: Bool = false) throws {
+                                          mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil) throws {
         if let listen {
             do {
                 self.listen = try PeerAddress(parsing: listen)
             } catch {
                 throw PeerConfigurationError("--listen: \(error)")
+            }
+        }
+        if let metrics {
+            do {
+                self.metrics = try MetricsServer.address(parsing: metrics)
+            } catch {
+                throw PeerConfigurationError("--metrics: \(error)")
             }
         }
         if let name { self.name = name }
@@ -253,6 +263,16 @@ public struct PeerConfiguration: Sendable, Equatable {
             let text = try string(value, at: path)
             do {
                 return try PeerAddress(parsing: text)
+            } catch {
+                throw failure(at: path, "\(error)")
+            }
+        }
+
+        /// As `address`, but a bare `:PORT` is the loopback address.
+        func metricsAddress(_ value: JSONValue, at path: String) throws -> PeerAddress {
+            let text = try string(value, at: path)
+            do {
+                return try MetricsServer.address(parsing: text)
             } catch {
                 throw failure(at: path, "\(error)")
             }

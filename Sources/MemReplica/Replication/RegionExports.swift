@@ -89,7 +89,7 @@ public final class RegionExports: Sendable {
                 // Someone waits on each answer (a fault, a read): it goes
                 // ahead of bulk pushes sharing the connection.
                 await frames.stream.prioritize()
-                try await serveReads(export.region, over: frames)
+                try await serveReads(export.region, over: frames, peer: peer.commonName ?? peer.subject)
                 return
             }
             let held = try await receiveHashes(frames, count: subscription.hashedChunks, of: export.region)
@@ -160,18 +160,23 @@ public final class RegionExports: Sendable {
 
     /// A reads stream: every READ is answered with one DATA per chunk, in
     /// order, each copied from the live mapping as it is sent.
-    private func serveReads(_ region: Region, over frames: FrameStream) async throws {
+    private func serveReads(_ region: Region, over frames: FrameStream, peer: String) async throws {
         let chunks = UInt64(region.geometry.chunkCount)
         while let frame = try await frames.receive() {
+            let arrived = ContinuousClock.now
             guard case .read(let first, let count) = frame else {
                 throw ProtocolViolation(.unexpectedFrame, "a reads stream carries only READ")
             }
             guard first < chunks, count <= chunks - first else {
                 throw ProtocolViolation(.chunkOutOfRange, "READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
             }
+            var bytes = 0
             for chunk in first..<(first + count) {
-                try await frames.sendData(firstChunk: chunk, bytes: region.chunkBytes(Int(chunk)))
+                let data = try region.chunkBytes(Int(chunk))
+                bytes += data.count
+                try await frames.sendData(firstChunk: chunk, bytes: data)
             }
+            observer?.servedRead(region: region.name, peer: peer, chunks: Int(count), bytes: bytes, duration: arrived.duration(to: .now))
         }
     }
 
@@ -268,7 +273,8 @@ public final class RegionExports: Sendable {
                 var version: UInt64 = 0
                 func push(_ chunk: Int) async throws {
                     version += 1
-                    observer?.willSend(region: region.name, chunk: chunk, version: version, at: .now)
+                    observer?.willSend(region: region.name, peer: peer, chunk: chunk,
+                                       bytes: region.geometry.byteRange(ofChunk: chunk)?.count ?? 0, version: version, at: .now)
                     sent.withLock { $0 = version }
                     record { $0.sentVersion = version }
                     // The region is live: the transport's copy, taken here,

@@ -8,4 +8,19 @@ public protocol ReplicationObserver: Sendable {
     func willSend(region: String, chunk: Int, version: UInt64, at: ContinuousClock.Instant)
     /// A mirror reported every version up to `version` applied in its mapping.
     func acknowledged(region: String, peer: String, version: UInt64, at: ContinuousClock.Instant)
+    /// As `willSend(region:chunk:version:at:)`, saying which mirror gets it
+    /// and how many bytes: versions count per subscription, so with two
+    /// mirrors of one region only the peer tells them apart.
+    func willSend(region: String, peer: String, chunk: Int, bytes: Int, version: UInt64, at: ContinuousClock.Instant)
+    /// A READ for `chunks` chunks (`bytes` in all) was answered: DATA queued
+    /// `duration` after the READ arrived.
+    func servedRead(region: String, peer: String, chunks: Int, bytes: Int, duration: Duration)
+}
+
+extension ReplicationObserver {
+    public func willSend(region: String, peer: String, chunk: Int, bytes: Int, version: UInt64, at: ContinuousClock.Instant) {
+        willSend(region: region, chunk: chunk, version: version, at: at)
+    }
+
+    public func servedRead(region: String, peer: String, chunks: Int, bytes: Int, duration: Duration) {}
 }

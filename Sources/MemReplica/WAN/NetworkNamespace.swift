@@ -25,25 +25,34 @@ public struct NetworkNamespace: Sendable, Equatable, CustomStringConvertible {
     /// namespace (setns), then switches back, so sockets `body` creates live
     /// in the namespace. `body` must not suspend (it is synchronous) and
     /// must not hand the thread to other work, which would run in the
-    /// namespace too.
+    /// namespace too. errno is as `body` left it, so a failed socket() can
+    /// still be reported after the switch back.
     public func perform<T>(_ body: () throws -> T) throws -> T {
         // The thread's own namespace, not the process's: a thread that is
         // already inside another namespace (nested perform) returns there.
         let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
         guard home >= 0 else { throw WANEmulatorError.system(call: "open /proc/thread-self/ns/net", errno: errno) }
-        defer { close(home) }
         let target = open(path, O_RDONLY | O_CLOEXEC)
-        guard target >= 0 else { throw WANEmulatorError.system(call: "open \(path)", errno: errno) }
-        defer { close(target) }
-        let entered = qs_setns_net(target)
-        guard entered == 0 else { throw WANEmulatorError.system(call: "setns \(name)", errno: -entered) }
-        defer {
-            // A pooled thread left in the wrong namespace would silently put
-            // unrelated sockets there; there is no safe way to continue.
-            let back = qs_setns_net(home)
-            if back != 0 { fatalError("cannot return the thread from network namespace \(name): errno \(-back)") }
+        guard target >= 0 else {
+            let e = errno
+            close(home)
+            throw WANEmulatorError.system(call: "open \(path)", errno: e)
         }
-        return try body()
+        let entered = qs_setns_net(target)
+        close(target)
+        guard entered == 0 else {
+            close(home)
+            throw WANEmulatorError.system(call: "setns \(name)", errno: -entered)
+        }
+        let result = Result { try body() }
+        let bodyErrno = errno
+        // A pooled thread left in the wrong namespace would silently put
+        // unrelated sockets there; there is no safe way to continue.
+        let back = qs_setns_net(home)
+        if back != 0 { fatalError("cannot return the thread from network namespace \(name): errno \(-back)") }
+        close(home)
+        errno = bodyErrno
+        return try result.get()
     }
 
     /// Whether the namespace's mount point exists.

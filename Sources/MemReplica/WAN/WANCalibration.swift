@@ -17,7 +17,14 @@ public enum WANCalibration {
         -> WANCalibrationReport {
         precondition(probes > 0, "calibration needs at least one probe")
         var capacity: (perSecond: Double, saturated: Bool)?
-        if measureCapacity { capacity = try measureForwarderCapacity(emulator, duration: capacityDuration) }
+        var baseline: Duration?
+        if measureCapacity {
+            (capacity, baseline) = try withZeroProfiles(emulator) {
+                let capacity = try measureForwarderCapacity(emulator, duration: capacityDuration)
+                let echo = try probeEcho(emulator, probes: 200, interval: .milliseconds(1))
+                return (capacity, echo.rtts.isEmpty ? nil : .nanoseconds(Int64(clamping: echo.rtts.sorted()[(echo.rtts.count - 1) / 2])))
+            }
+        }
 
         let (ab, ba) = emulator.profiles
         let before = emulator.statistics()
@@ -42,7 +49,7 @@ public enum WANCalibration {
             lossToleranceAToB: toleranceAB, lossToleranceBToA: toleranceBA,
             lossAgrees: abs(lossAB - ab.lossRate) <= toleranceAB && abs(lossBA - ba.lossRate) <= toleranceBA,
             capacityPacketsPerSecond: capacity?.perSecond, capacitySaturated: capacity?.saturated ?? false,
-            statistics: during)
+            baselineRTT: baseline, statistics: during)
     }
 
     /// 5 % of `rate`, or 3 binomial standard deviations over `samples` if wider.
@@ -59,9 +66,11 @@ public enum WANCalibration {
     private static let probeSize = 64
 
     private static func probeEcho(_ emulator: WANEmulator, probes: Int, interval: Duration) throws -> EchoResult {
-        let responder = try udpSocket(in: emulator.sideB, address: emulator.addressB)
+        // Large buffers: a probe the socket had no room for would count as
+        // lost on the link.
+        let responder = try udpSocket(in: emulator.sideB, address: emulator.addressB, receiveBuffer: 8 << 20)
         defer { close(responder.fd) }
-        let prober = try udpSocket(in: emulator.sideA, address: emulator.addressA)
+        let prober = try udpSocket(in: emulator.sideA, address: emulator.addressA, receiveBuffer: 8 << 20)
         defer { close(prober.fd) }
         try connect(prober.fd, to: emulator.addressB, port: responder.port)
         setReceiveTimeout(responder.fd, .milliseconds(20))
@@ -126,7 +135,7 @@ public enum WANCalibration {
             let now = monotonicNanoseconds()
             guard n >= 16 else { continue }
             let (sequence, sent) = buffer.withUnsafeBytes {
-                (Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))),
+                (Int(truncatingIfNeeded: UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))),
                  UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
             }
             guard sequence >= 0, sequence < probes, !seen[sequence] else { continue }
@@ -139,17 +148,30 @@ public enum WANCalibration {
         return EchoResult(rtts: rtts, arrived: arrived.withLock { $0 }, returned: rtts.count)
     }
 
-    /// Floods A→B with small datagrams at zero delay and counts what the
-    /// forwarder passes per second. The sink in B is never read: its small
-    /// buffer fills and the kernel discards the rest cheaply.
-    private static func measureForwarderCapacity(_ emulator: WANEmulator, duration: Duration) throws
-        -> (perSecond: Double, saturated: Bool) {
+    /// Runs `body` with both directions at zero delay, no loss and no rate limit, then restores the profiles.
+    private static func withZeroProfiles<T>(_ emulator: WANEmulator, _ body: () throws -> T) throws -> T {
         let saved = emulator.profiles
         emulator.setProfiles(aToB: WANLinkProfile(), bToA: WANLinkProfile())
         defer {
-            usleep(50_000)  // let the flood's tail drain at zero delay
+            // The flood's tail (up to a TUN queue's worth) leaves at zero
+            // delay before the probes meet the real profiles.
+            var last = emulator.statistics().aToB
+            for _ in 0..<100 {
+                usleep(10_000)
+                let now = emulator.statistics().aToB
+                if now.packetsReceived == last.packetsReceived && now.packetsInFlight == 0 { break }
+                last = now
+            }
             emulator.setProfiles(aToB: saved.aToB, bToA: saved.bToA)
         }
+        return try body()
+    }
+
+    /// Floods A→B with small datagrams and counts what the forwarder passes
+    /// per second. The sink in B is never read: its small buffer fills and
+    /// the kernel discards the rest cheaply.
+    private static func measureForwarderCapacity(_ emulator: WANEmulator, duration: Duration) throws
+        -> (perSecond: Double, saturated: Bool) {
         let sink = try udpSocket(in: emulator.sideB, address: emulator.addressB, receiveBuffer: 4096)
         defer { close(sink.fd) }
         let source = try udpSocket(in: emulator.sideA, address: emulator.addressA)

@@ -29,6 +29,10 @@ public struct WANCalibrationReport: Sendable, Codable, CustomStringConvertible {
     /// True when the kernel dropped flood packets the forwarder did not read
     /// in time, i.e. the capacity is the forwarder's limit, not the sender's.
     public var capacitySaturated: Bool
+    /// Median echo round trip with zero delay configured (measured with the
+    /// capacity): what the forwarder, both kernels and the echo threads add
+    /// to any configured RTT.
+    public var baselineRTT: Duration?
 
     /// What the forwarder did during the probes.
     public var statistics: WANEmulatorStatistics
@@ -46,9 +50,15 @@ public struct WANCalibrationReport: Sendable, Codable, CustomStringConvertible {
             "loss B→A: configured \(percent(configuredLossBToA)), measured \(percent(measuredLossBToA)) (tolerance ±\(percent(lossToleranceBToA)))",
             "loss: " + (lossAgrees ? "agrees" : "DOES NOT agree"),
         ]
+        if let baseline = baselineRTT { lines.append("baseline RTT at zero configured delay: \(ms(baseline))") }
         if let capacity = capacityPacketsPerSecond {
             lines.append(String(format: "forwarder capacity: %.0f packets/s", capacity)
                 + (capacitySaturated ? " (saturated: the kernel dropped what it could not take)" : " (lower bound: the sender did not saturate it)"))
+        }
+        let overload = (statistics.aToB.kernelTxDropped ?? 0) + (statistics.bToA.kernelTxDropped ?? 0)
+        if overload > 0 {
+            lines.append("the forwarder fell behind during the probes (the kernel dropped \(overload) packets, counted as loss): "
+                + "probe at a lower rate")
         }
         lines.append(statistics.description)
         return lines.joined(separator: "\n")

@@ -67,7 +67,7 @@ final class WANDirection {
         reorder = profile.reorder
         dropAll = profile.lossRate >= 1
         lossThreshold = profile.lossRate <= 0 || dropAll ? 0 : UInt64(profile.lossRate * 0x1p64)
-        rate = profile.rateBitsPerSecond.map(Double.init)
+        rate = profile.rateBitsPerSecond.map { Double($0) }
         queueLimit = Double(profile.queueLimitBytes)
     }
 

@@ -144,8 +144,8 @@ public final class WANEmulator: Sendable {
         return text.split(whereSeparator: \.isWhitespace).map(String.init)
     }
 
-    /// Changes both directions live. Packets already delayed keep their
-    /// release times. Invalid profiles are a programming error (check with
+    /// Changes both directions live; returns once the forwarder applies
+    /// them. Packets already delayed keep their release times. Invalid profiles are a programming error (check with
     /// `WANLinkProfile.validate()` first).
     public func setProfiles(aToB: WANLinkProfile, bToA: WANLinkProfile) {
         do {

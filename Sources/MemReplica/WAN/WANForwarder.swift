@@ -15,6 +15,8 @@ final class WANForwarder: @unchecked Sendable {
     private struct Shared {
         var profiles: (aToB: WANLinkProfile, bToA: WANLinkProfile)
         var generation = 0
+        /// The generation the thread has put in force.
+        var applied = 0
         var statistics = (aToB: WANDirectionStatistics(), bToA: WANDirectionStatistics())
         var stopping = false
     }
@@ -84,13 +86,19 @@ final class WANForwarder: @unchecked Sendable {
         finished.wait()
     }
 
+    /// Returns once the thread applies the profiles, so every packet sent
+    /// afterwards meets them (a calibration's first probes would otherwise
+    /// race the change).
     func setProfiles(aToB: WANLinkProfile, bToA: WANLinkProfile) {
-        shared.withLock {
-            $0.profiles = (aToB, bToA)
-            $0.generation += 1
+        let generation = shared.withLock { s -> Int in
+            s.profiles = (aToB, bToA)
+            s.generation += 1
+            return s.generation
         }
         var one: UInt64 = 1
         _ = write(stopEvent, &one, 8)
+        guard started.withLock({ $0 }) else { return }
+        while shared.withLock({ $0.applied < generation && !$0.stopping }) { usleep(100) }
     }
 
     var profiles: (aToB: WANLinkProfile, bToA: WANLinkProfile) { shared.withLock { $0.profiles } }
@@ -109,6 +117,7 @@ final class WANForwarder: @unchecked Sendable {
             bToA.releaseDue(now: now)
             let change = shared.withLock { s -> (Int, WANLinkProfile, WANLinkProfile)?? in
                 s.statistics = (aToB.statistics, bToA.statistics)
+                s.applied = generation
                 if s.stopping { return .some(nil) }
                 return s.generation == generation ? nil : .some((s.generation, s.profiles.aToB, s.profiles.bToA))
             }
@@ -117,6 +126,7 @@ final class WANForwarder: @unchecked Sendable {
                 generation = latest
                 aToB.apply(ab)
                 bToA.apply(ba)
+                shared.withLock { $0.applied = latest }
             }
             let deadline: UInt64? = switch (aToB.nextRelease, bToA.nextRelease) {
             case let (a?, b?): min(a, b)
