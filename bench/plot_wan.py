@@ -39,7 +39,7 @@ def main():
 def latency_plot(rows, regions, cc, path):
     rows = [s for s in rows if s["scenario"]["regions"] == regions]
     rtts = sorted({s["scenario"]["rttMilliseconds"] for s in rows})
-    fig, axes = plt.subplots(1, len(rtts), figsize=(4.2 * len(rtts), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(rtts), figsize=(max(6.5, 4.2 * len(rtts)), 4.2), squeeze=False)
     for ax, rtt in zip(axes[0], rtts):
         for transport, style in STYLE.items():
             points = sorted((s["scenario"]["lossPercent"], s["readP99Milliseconds"])
@@ -53,7 +53,7 @@ def latency_plot(rows, regions, cc, path):
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("chunk-read p99 during bulk sync (ms)")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"Chunk-read latency while {regions} region(s) sync in bulk ({cc}; dotted: the RTT)")
+    fig.suptitle(f"Chunk-read p99 while {regions} region(s) sync in bulk\n({cc}; dotted line: the RTT)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

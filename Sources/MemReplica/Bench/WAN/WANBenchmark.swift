@@ -27,14 +27,14 @@ public struct WANBenchmark {
         public var bulkBytes = 64 << 20
         public var bulkChunkBytes = 64 << 10
         /// A bulk sync still running by then is stopped and its bytes so far count.
-        public var bulkTimeLimit: Duration = .seconds(5)
+        public var bulkTimeLimit: Duration = .seconds(4)
         public var readChunkBytes = 4096
         public var readRegionBytes = 16 << 20
         /// Streams reading at once, one READ outstanding on each.
         public var readers = 8
         public var lagRegionBytes = 256 << 10
-        public var lagWrites = 20
-        public var lagWritesPerSecond = 20
+        public var lagWrites = 15
+        public var lagWritesPerSecond = 25
         public var scanInterval: Duration = .milliseconds(2)
         /// The emulated link's rate (each direction); nil: as fast as the forwarder goes.
         public var rateBitsPerSecond: UInt64? = 1_000_000_000
@@ -108,7 +108,7 @@ public struct WANBenchmark {
                     results.append(result)
                     let elapsed = (ContinuousClock.now - clockStart).seconds
                     let eta = elapsed / Double(results.count) * Double(total - results.count)
-                    log(String(format: "[%d/%d] %@, %@ run %d: read p50 %.1f p99 %.1f ms (%d), %.0f Mbit/s%@, connect %.1f ms, lag p50 %@ (%.0f s left)",
+                    log(String(format: "[%d/%d] %@, %@ run %d: read p50 %.1f p99 %.1f ms (%d), %.3g Mbit/s%@, connect %.1f ms, lag p50 %@ (%.0f s left)",
                                results.count, total, scenario.description, kind.rawValue, run,
                                result.readP50Milliseconds, result.readP99Milliseconds, result.readSamples,
                                result.throughputMbps, result.bulkCompleted ? "" : " (time limit)",

@@ -122,7 +122,7 @@ public struct WANResultsWriter {
                 func mbps(_ kind: TransportKind) -> String {
                     guard let s = summary(kind) else { return "–" }
                     let partial = s.bulkCompletedRuns < s.runs ? "*" : ""
-                    return String(format: "%.0f", s.throughputMbps) + partial
+                    return String(format: s.throughputMbps < 10 ? "%.2g" : "%.0f", s.throughputMbps) + partial
                 }
                 func ms(_ v: Double?) -> String { v.map { String(format: "%.1f", $0) } ?? "–" }
                 let lag = [TransportKind.quic, .tcp, .tcpPerRegion].map { ms(summary($0)?.lagP50Milliseconds) }.joined(separator: " / ")
