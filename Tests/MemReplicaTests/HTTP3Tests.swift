@@ -1,0 +1,235 @@
+import Foundation
+import Testing
+@testable import MemReplica
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `memreplica peer` process exporting one region of known bytes, with
+/// certificates for it, for a client ("reader") under the same CA, and for
+/// an intruder under a CA of its own.
+private struct HTTP3Peer {
+    static let size = 300_000, chunkSize = 64 << 10
+    let root: String
+    let pki: TestPKI
+    let foreign: TestPKI
+    let port: UInt16
+    let bytes: [UInt8]
+    let process: ChildProcess
+
+    init() async throws {
+        root = NSTemporaryDirectory() + "mr-h3-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        pki = try TestPKI(peers: ("primary", "reader"))
+        foreign = try TestPKI(peers: ("other", "intruder"))
+        bytes = patternBytes(count: Self.size, seed: 31)
+        try Data(bytes).write(to: URL(fileURLWithPath: root + "/region.bin"))
+        port = unusedUDPPort()
+        let control = root + "/control.sock"
+        process = try ChildProcess(builtExecutable(), [
+            "peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--control", control,
+            "--cert", pki.server.certificate, "--key", pki.server.key, "--ca", pki.server.tls.caFile,
+            "--export", "r=\(root)/region.bin,chunk=\(Self.chunkSize)", "--log-level", "warning",
+        ])
+        // The control socket comes up after the endpoint serves HTTP/3.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !FileManager.default.fileExists(atPath: control) {
+            guard ContinuousClock.now < deadline else {
+                stop()
+                throw TimeoutError(what: "starting the peer", seconds: 30)
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    func stop() {
+        process.terminate(grace: .milliseconds(500))
+        pki.remove()
+        foreign.remove()
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    func chunk(_ index: Int) -> [UInt8] {
+        Array(bytes[index * Self.chunkSize..<min(Self.size, (index + 1) * Self.chunkSize)])
+    }
+
+    /// Runs a shell command line; its exit status and stdout (stderr goes
+    /// to a file, shown on failure).
+    func run(_ command: String) throws -> (status: Int32, stdout: String, stderr: String) {
+        let id = UUID().uuidString.prefix(6)
+        let out = root + "/out-\(id)", err = root + "/err-\(id)"
+        let child = try ChildProcess("/bin/sh", ["-c", "exec \(command) >'\(out)' 2>'\(err)'"])
+        let status = child.wait()
+        return (status, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+                (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    }
+
+    /// scripts/h3get.py (aioquic) against the peer; one reply per path.
+    func aioquic(_ paths: [String], method: String = "GET", cert: CertificateAuthority.PeerFiles?,
+                 ca: String? = nil) throws -> (status: Int32, replies: [AioquicReply], output: String) {
+        try requireAioquic()
+        var command = "timeout 30 python3 '\(Self.repository)/scripts/h3get.py' --ca '\(ca ?? pki.server.tls.caFile)'"
+            + " --server-name primary --method \(method)"
+        if let cert { command += " --cert '\(cert.certificate)' --key '\(cert.key)'" }
+        command += " 127.0.0.1:\(port) " + paths.map { "'\($0)'" }.joined(separator: " ")
+        let result = try run(command)
+        let replies = result.stdout.split(separator: "\n").compactMap {
+            try? JSONDecoder().decode(AioquicReply.self, from: Data($0.utf8))
+        }
+        return (result.status, replies, result.stdout + result.stderr)
+    }
+
+    func requireAioquic() throws {
+        let probe = try run("python3 -c 'import aioquic'")
+        try #require(probe.status == 0, "aioquic is missing (scripts/install-deps.sh installs it): \(probe.stderr)")
+    }
+
+    /// Debian's ngtcp2 example client; bodies land in `directory`, named
+    /// after each path's last component. Not `quiet`, its log shows frames
+    /// (the CONNECTION_CLOSE that refuses it).
+    func gtlsclient(_ paths: [String], cert: CertificateAuthority.PeerFiles?, into directory: String,
+                    quiet: Bool = true) throws
+        -> (status: Int32, output: String) {
+        let which = try run("sh -c 'command -v gtlsclient'")
+        try #require(which.status == 0, "gtlsclient is missing: install Debian's ngtcp2-client (scripts/install-deps.sh)")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var command = "timeout 30 gtlsclient \(quiet ? "--quiet" : "--no-quic-dump --no-http-dump")"
+            + " --exit-on-all-streams-close --timeout=10s --download '\(directory)'"
+        if let cert { command += " --cert '\(cert.certificate)' --key '\(cert.key)'" }
+        command += " 127.0.0.1 \(port) " + paths.map { "'https://127.0.0.1:\(port)\($0)'" }.joined(separator: " ")
+        let result = try run(command)
+        return (result.status, result.stdout + result.stderr)
+    }
+
+    static let repository: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+}
+
+private struct AioquicReply: Decodable {
+    var path: String?
+    var status: Int?
+    var contentType: String?
+    var length: Int?
+    var sha256: String?
+    var text: String?
+    var refused: String?
+}
+
+@Suite("HTTP3: the peer's HTTP/3 face, fetched by clients nobody here wrote", .serialized)
+struct HTTP3Tests {
+    /// The documented top-level keys of `stats --json` (README, Statistics).
+    static let statsKeys = ["version", "peer", "takenAt", "uptimeSeconds", "windowSeconds", "connections", "regions"]
+
+    @Test("aioquic fetches /stats (stats --json), /regions and chunks whose SHA-256 equals the region's")
+    func aioquicFetches() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        let last = (HTTP3Peer.size - 1) / HTTP3Peer.chunkSize
+        let result = try peer.aioquic(["/stats", "/regions", "/regions/r/chunks/1", "/regions/r/chunks/\(last)"],
+                                      cert: peer.pki.client)
+        try #require(result.status == 0 && result.replies.count == 4, "h3get.py failed: \(result.output)")
+        let (stats, regions, chunk, tail) = (result.replies[0], result.replies[1], result.replies[2], result.replies[3])
+
+        #expect(stats.status == 200)
+        #expect(stats.contentType == "application/json")
+        let statsJSON = Data((stats.text ?? "").utf8)
+        let object = try #require(try JSONSerialization.jsonObject(with: statsJSON) as? [String: Any])
+        for key in Self.statsKeys { #expect(object[key] != nil, "stats JSON lacks \(key)") }
+        let report = try StatusReport.makeDecoder().decode(StatsReport.self, from: statsJSON)
+        #expect(report.peer == "primary")
+        #expect(report.regions.map(\.name) == ["r"])
+        #expect(report.regions.first?.size == HTTP3Peer.size)
+        // The HTTP/3 connection asking is itself one of the peer's connections.
+        #expect(report.connections.contains { $0.peer == "reader" })
+
+        #expect(regions.status == 200)
+        let listing = try JSONDecoder().decode([RegionListing].self, from: Data((regions.text ?? "").utf8))
+        #expect(listing == [RegionListing(name: "r", role: "primary", size: HTTP3Peer.size, chunkSize: HTTP3Peer.chunkSize,
+                                          chunks: last + 1)])
+
+        #expect(chunk.status == 200)
+        #expect(chunk.contentType == "application/octet-stream")
+        #expect(chunk.length == HTTP3Peer.chunkSize)
+        #expect(chunk.sha256 == sha256Hex(peer.chunk(1)))
+        // The last chunk is short: only the region's bytes, no padding.
+        #expect(tail.status == 200)
+        #expect(tail.length == HTTP3Peer.size - last * HTTP3Peer.chunkSize)
+        #expect(tail.sha256 == sha256Hex(peer.chunk(last)))
+    }
+
+    @Test("gtlsclient (ngtcp2's client, nghttp3) downloads /stats and a chunk equal to the region's")
+    func gtlsclientFetches() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        let directory = peer.root + "/download"
+        let result = try peer.gtlsclient(["/stats", "/regions/r/chunks/2"], cert: peer.pki.client, into: directory)
+        #expect(result.status == 0, "gtlsclient: \(result.output)")
+        let chunk = try #require(FileManager.default.contents(atPath: directory + "/2"), "no chunk downloaded: \(result.output)")
+        #expect(sha256Hex(Array(chunk)) == sha256Hex(peer.chunk(2)))
+        let stats = try #require(FileManager.default.contents(atPath: directory + "/stats"), "no stats downloaded: \(result.output)")
+        let report = try StatusReport.makeDecoder().decode(StatsReport.self, from: stats)
+        #expect(report.peer == "primary")
+        #expect(report.regions.first?.chunkSize == HTTP3Peer.chunkSize)
+    }
+
+    @Test("a client without a certificate, or with one from another CA, is refused by both clients' accounts")
+    func refusesClientsWithoutValidCertificate() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        // TLS alert 116 (certificate_required) is QUIC error 0x100 + 116.
+        let anonymous = try peer.aioquic(["/stats"], cert: nil)
+        #expect(anonymous.status == 2, "\(anonymous.output)")
+        #expect(anonymous.replies.first?.refused == "0x174", "\(anonymous.output)")
+        #expect(!anonymous.replies.contains { $0.status != nil })
+
+        // The intruder trusts our CA for the server, but its own CA signed its certificate.
+        let intruder = try peer.aioquic(["/stats"], cert: peer.foreign.client)
+        #expect(intruder.status == 2, "\(intruder.output)")
+        // Alert 42 (bad_certificate): the chain does not verify against our CA.
+        #expect(intruder.replies.first?.refused == "0x12a", "\(intruder.output)")
+        #expect(!intruder.replies.contains { $0.status != nil })
+
+        // (The same alerts as for aioquic: 116 without a certificate, 42 for
+        // another CA's.) gtlsclient sends its request in its first 1-RTT flight, before the
+        // server has checked its certificate, and creates the download file
+        // then: the file must stay empty, and the peer must close the
+        // connection with a TLS alert (CRYPTO_ERROR 0x100 + alert).
+        for (name, cert, alert) in [("anonymous", nil, "0x174"), ("intruder", peer.foreign.client, "0x12a")]
+            as [(String, CertificateAuthority.PeerFiles?, String)] {
+            let directory = peer.root + "/download-\(name)"
+            let result = try peer.gtlsclient(["/regions/r/chunks/0"], cert: cert, into: directory, quiet: false)
+            let files = try FileManager.default.contentsOfDirectory(atPath: directory)
+            let received = try files.map { try FileManager.default.attributesOfItem(atPath: directory + "/" + $0)[.size] as? Int ?? -1 }
+            #expect(received.allSatisfy { $0 == 0 }, "gtlsclient as \(name) received \(received) bytes: \(result.output)")
+            let closes = result.output.split(separator: "\n").filter { $0.contains("frm rx") && $0.contains("CONNECTION_CLOSE") }
+            #expect(closes.contains { $0.contains("CRYPTO_ERROR(\(alert)") },
+                    "gtlsclient as \(name) was not refused with a TLS alert: \(closes)")
+        }
+
+        // The same client with its certificate is served: the refusals were about the certificate.
+        let reader = try peer.aioquic(["/regions/r/chunks/0"], cert: peer.pki.client)
+        #expect(reader.replies.first?.sha256 == sha256Hex(peer.chunk(0)), "\(reader.output)")
+    }
+
+    @Test("404 for an unknown region, a chunk out of range or an unknown path; 405 for POST; 414 for a long path")
+    func badRequests() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        let chunks = (HTTP3Peer.size + HTTP3Peer.chunkSize - 1) / HTTP3Peer.chunkSize
+        let longPath = "/regions/" + String(repeating: "x", count: HTTP3Limits.maxPathBytes) + "/chunks/0"
+        let paths = ["/regions/nope/chunks/0", "/regions/r/chunks/\(chunks)", "/regions/r/chunks/-1", "/regions/r/chunks/one",
+                     "/metrics", "/", longPath, "/stats"]
+        let result = try peer.aioquic(paths, cert: peer.pki.client)
+        try #require(result.replies.count == paths.count, "h3get.py: \(result.output)")
+        #expect(result.replies.map(\.status) == [404, 404, 404, 404, 404, 404, 414, 200])
+        #expect(result.replies[0].text?.contains("no region named 'nope'") == true)
+        #expect(result.replies[1].text?.contains("outside 'r' (\(chunks) chunks)") == true)
+
+        let post = try peer.aioquic(["/stats", "/regions/r/chunks/0"], method: "POST", cert: peer.pki.client)
+        #expect(post.replies.map(\.status) == [405, 405], "\(post.output)")
+        #expect(post.replies.first?.text?.contains("read-only") == true)
+    }
+}
