@@ -5,10 +5,12 @@
         --server-name primary 127.0.0.1:4433 /stats /regions/r/chunks/0
 
 Prints one JSON object per request on stdout: status, content type, body
-length and SHA-256, and the body itself when it is text or JSON. With -o
+length and SHA-256, the other response headers, and the body itself when
+it is text or JSON. With -o
 DIR each body is also written to DIR/<n> (n counts requests from 0).
 Exit status 2 when the peer refuses the connection (the reason on stdout
-as {"refused": ...}).
+as {"refused": ...}). --parallel sends every request before reading any
+answer (replies are printed in request order all the same).
 """
 import argparse
 import asyncio
@@ -32,10 +34,11 @@ class Client(QuicConnectionProtocol):
         self.h3 = H3Connection(self._quic)
         self.pending = {}
 
-    async def request(self, method, authority, path):
+    async def request(self, method, authority, path, extra=()):
         stream_id = self._quic.get_next_available_stream_id()
         headers = [(b":method", method.encode()), (b":scheme", b"https"),
                    (b":authority", authority.encode()), (b":path", path.encode())]
+        headers += [(name.lower().encode(), value.encode()) for name, value in extra]
         body = b"x" if method == "POST" else None
         self.h3.send_headers(stream_id, headers, end_stream=body is None)
         if body is not None:
@@ -71,6 +74,9 @@ async def main():
     parser.add_argument("--key", help="our private key (PEM)")
     parser.add_argument("--server-name", help="name to check in the peer's certificate (default: HOST)")
     parser.add_argument("--method", default="GET")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="NAME:VALUE",
+                        help="an extra request header (repeatable)")
+    parser.add_argument("--parallel", action="store_true", help="send all requests at once")
     parser.add_argument("-o", "--output-dir")
     args = parser.parse_args()
     host, _, port = args.address.rpartition(":")
@@ -84,12 +90,17 @@ async def main():
     try:
         async with connect(host, int(port), configuration=config, create_protocol=Client,
                            wait_connected=True) as client:
-            for n, path in enumerate(args.paths):
-                reply = await client.request(args.method, args.address, path)
+            extra = [tuple(h.split(":", 1)) for h in args.header]
+            if args.parallel:
+                replies = await asyncio.gather(*(client.request(args.method, args.address, p, extra) for p in args.paths))
+            else:
+                replies = [await client.request(args.method, args.address, p, extra) for p in args.paths]
+            for n, (path, reply) in enumerate(zip(args.paths, replies)):
                 body = bytes(reply["body"])
                 kind = reply["headers"].get("content-type", "")
                 out = {"path": path, "status": int(reply["headers"].get(":status", "0")), "contentType": kind,
-                       "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+                       "length": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                       "headers": {k: v for k, v in reply["headers"].items() if not k.startswith(":")}}
                 if kind.startswith("application/json") or kind.startswith("text/"):
                     out["text"] = body.decode()
                 if args.output_dir:

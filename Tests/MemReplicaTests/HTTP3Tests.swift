@@ -17,7 +17,8 @@ private struct HTTP3Peer {
     let bytes: [UInt8]
     let process: ChildProcess
 
-    init() async throws {
+    /// `arguments` go to `memreplica peer` after the export of "r".
+    init(arguments: [String] = []) async throws {
         root = NSTemporaryDirectory() + "mr-h3-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         pki = try TestPKI(peers: ("primary", "reader"))
@@ -30,7 +31,7 @@ private struct HTTP3Peer {
             "peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--control", control,
             "--cert", pki.server.certificate, "--key", pki.server.key, "--ca", pki.server.tls.caFile,
             "--export", "r=\(root)/region.bin,chunk=\(Self.chunkSize)", "--log-level", "warning",
-        ])
+        ] + arguments)
         // The control socket comes up after the endpoint serves HTTP/3.
         let deadline = ContinuousClock.now + .seconds(30)
         while !FileManager.default.fileExists(atPath: control) {
@@ -65,13 +66,13 @@ private struct HTTP3Peer {
     }
 
     /// scripts/h3get.py (aioquic) against the peer; one reply per path.
-    func aioquic(_ paths: [String], method: String = "GET", cert: CertificateAuthority.PeerFiles?,
-                 ca: String? = nil) throws -> (status: Int32, replies: [AioquicReply], output: String) {
+    func aioquic(_ paths: [String], method: String = "GET", cert: CertificateAuthority.PeerFiles?, port: UInt16? = nil,
+                 options: String = "") throws -> (status: Int32, replies: [AioquicReply], output: String) {
         try requireAioquic()
-        var command = "timeout 30 python3 '\(Self.repository)/scripts/h3get.py' --ca '\(ca ?? pki.server.tls.caFile)'"
-            + " --server-name primary --method \(method)"
+        var command = "timeout 30 python3 '\(Self.repository)/scripts/h3get.py' --ca '\(pki.server.tls.caFile)'"
+            + " --server-name primary --method \(method) \(options)"
         if let cert { command += " --cert '\(cert.certificate)' --key '\(cert.key)'" }
-        command += " 127.0.0.1:\(port) " + paths.map { "'\($0)'" }.joined(separator: " ")
+        command += " 127.0.0.1:\(port ?? self.port) " + paths.map { "'\($0)'" }.joined(separator: " ")
         let result = try run(command)
         let replies = result.stdout.split(separator: "\n").compactMap {
             try? JSONDecoder().decode(AioquicReply.self, from: Data($0.utf8))
@@ -115,6 +116,7 @@ private struct AioquicReply: Decodable {
     var length: Int?
     var sha256: String?
     var text: String?
+    var headers: [String: String]?
     var refused: String?
 }
 
@@ -154,6 +156,8 @@ struct HTTP3Tests {
         #expect(chunk.contentType == "application/octet-stream")
         #expect(chunk.length == HTTP3Peer.chunkSize)
         #expect(chunk.sha256 == sha256Hex(peer.chunk(1)))
+        #expect(chunk.headers?["content-length"] == String(HTTP3Peer.chunkSize))
+        #expect(chunk.headers?["cache-control"] == "no-store")
         // The last chunk is short: only the region's bytes, no padding.
         #expect(tail.status == 200)
         #expect(tail.length == HTTP3Peer.size - last * HTTP3Peer.chunkSize)
@@ -231,5 +235,85 @@ struct HTTP3Tests {
         let post = try peer.aioquic(["/stats", "/regions/r/chunks/0"], method: "POST", cert: peer.pki.client)
         #expect(post.replies.map(\.status) == [405, 405], "\(post.output)")
         #expect(post.replies.first?.text?.contains("read-only") == true)
+        #expect(post.replies.allSatisfy { $0.headers?["allow"] == "GET" })
+    }
+}
+
+@Suite("HTTP3: limits, allow lists and replicas", .serialized)
+struct HTTP3LimitTests {
+    @Test("past 16 requests open at once on a connection: 503 with Retry-After, the rest served; a header section over 16 KiB: 431")
+    func requestLimits() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        let count = HTTP3Limits.maxConcurrentRequests + 8
+        // All sent before any answer is read: every request is open at once.
+        let result = try peer.aioquic(Array(repeating: "/regions/r/chunks/0", count: count), cert: peer.pki.client,
+                                      options: "--parallel")
+        try #require(result.replies.count == count, "h3get.py: \(result.output)")
+        let served = result.replies.filter { $0.status == 200 }, refused = result.replies.filter { $0.status == 503 }
+        #expect(served.count + refused.count == count)
+        #expect(served.count >= HTTP3Limits.maxConcurrentRequests)
+        #expect(!refused.isEmpty, "\(count) requests at once were all served")
+        #expect(served.allSatisfy { $0.sha256 == sha256Hex(peer.chunk(0)) })
+        #expect(refused.allSatisfy { $0.text?.contains("too many concurrent requests") == true })
+        #expect(refused.allSatisfy { $0.headers?["retry-after"] == "1" })
+
+        let big = String(repeating: "a", count: HTTP3Limits.maxHeaderSectionBytes)
+        let fits = String(repeating: "a", count: HTTP3Limits.maxHeaderSectionBytes - 1024)
+        let headers = try peer.aioquic(["/stats"], cert: peer.pki.client, options: "-H 'x-padding:\(big)'")
+        #expect(headers.replies.map(\.status) == [431], "\(headers.output)")
+        let near = try peer.aioquic(["/stats"], cert: peer.pki.client, options: "-H 'x-padding:\(fits)'")
+        #expect(near.replies.map(\.status) == [200], "\(near.output)")
+    }
+
+    @Test("an export's allow= list applies to chunks: 403 for a certificate name not on it; /regions still lists it")
+    func allowList() async throws {
+        let privatePath = NSTemporaryDirectory() + "mr-h3-private-\(UUID().uuidString.prefix(6)).bin"
+        defer { try? FileManager.default.removeItem(atPath: privatePath) }
+        let peer = try await HTTP3Peer(arguments: ["--export", "private=\(privatePath),size=65536,allow=someone-else"])
+        defer { peer.stop() }
+        let result = try peer.aioquic(["/regions/private/chunks/0", "/regions/r/chunks/0", "/regions"], cert: peer.pki.client)
+        try #require(result.replies.count == 3, "h3get.py: \(result.output)")
+        #expect(result.replies[0].status == 403)
+        #expect(result.replies[0].text?.contains("'reader' may not read 'private'") == true)
+        #expect(result.replies[1].status == 200)
+        let listing = try JSONDecoder().decode([RegionListing].self, from: Data((result.replies[2].text ?? "").utf8))
+        #expect(Set(listing.map(\.name)) == ["r", "private"])
+    }
+
+    @Test("an eager replica serves the chunks it mirrored: equal to the primary's, listed as a replica")
+    func eagerReplicaServesChunks() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        let replicaFiles = try CertificateAuthority.initialize(directory: peer.pki.directory, peers: ["replica"])[0]
+        let replicaPort = unusedUDPPort()
+        let replica = try ChildProcess(builtExecutable(), [
+            "peer", "--listen", "127.0.0.1:\(replicaPort)", "--state-dir", peer.root + "/replica-state",
+            "--control", peer.root + "/replica.sock", "--cert", replicaFiles.certificate, "--key", replicaFiles.key,
+            "--ca", replicaFiles.tls.caFile, "--mirror", "r@127.0.0.1:\(peer.port)=\(peer.root)/replica.bin",
+            "--log-level", "warning",
+        ])
+        defer { replica.terminate(grace: .milliseconds(500)) }
+        let chunks = (HTTP3Peer.size + HTTP3Peer.chunkSize - 1) / HTTP3Peer.chunkSize
+        // Synced when the replica's own listing says every chunk is present.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            let listing = try? peer.aioquic(["/regions"], cert: peer.pki.client, port: replicaPort, options: "--server-name replica")
+            let regions = listing?.replies.first?.text.flatMap { try? JSONDecoder().decode([RegionListing].self, from: Data($0.utf8)) }
+            if let r = regions?.first, r.chunksPresent == chunks {
+                #expect(r == RegionListing(name: "r", role: "replica", size: HTTP3Peer.size, chunkSize: HTTP3Peer.chunkSize,
+                                           chunks: chunks, chunksPresent: chunks, lazy: false))
+                break
+            }
+            try #require(ContinuousClock.now < deadline, "the replica never synced: \(listing?.output ?? "")")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let paths = (0..<chunks).map { "/regions/r/chunks/\($0)" }
+        let result = try peer.aioquic(paths, cert: peer.pki.client, port: replicaPort, options: "--server-name replica")
+        try #require(result.replies.count == chunks, "h3get.py: \(result.output)")
+        for (i, reply) in result.replies.enumerated() {
+            #expect(reply.status == 200)
+            #expect(reply.sha256 == sha256Hex(peer.chunk(i)), "chunk \(i)")
+        }
     }
 }

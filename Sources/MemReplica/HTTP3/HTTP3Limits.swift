@@ -11,7 +11,9 @@ public enum HTTP3Limits {
     /// chunk, at most 1 MiB, until the client acknowledges it). A request
     /// beyond it is answered 503 with Retry-After.
     public static let maxConcurrentRequests = 16
-    /// Request body bytes taken before the stream is refused: the face is
-    /// read-only, a body is never used (its method gets 405).
+    /// Request body bytes read before the request is answered anyway: the
+    /// face is read-only and no route takes a body (its method gets 405),
+    /// so a client streaming one gets its answer without waiting for the
+    /// end. Body bytes are dropped as they arrive, never buffered.
     public static let maxRequestBodyBytes = 64 << 10
 }
