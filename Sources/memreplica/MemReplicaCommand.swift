@@ -10,5 +10,5 @@ struct MemReplicaCommand: AsyncParsableCommand {
             """,
         version: memReplicaVersion,
         subcommands: [PeerCommand.self, StatusCommand.self, StatsCommand.self, CatCommand.self, PingCommand.self, CertsCommand.self, BenchCommand.self,
-                      VersionCommand.self, AttachWriteCommand.self])
+                      VersionCommand.self, AttachWriteCommand.self, WANEmulatorCommand.self])
 }

@@ -43,6 +43,9 @@ public struct QUICConfiguration: Sendable {
     public var acceptsConnections: Bool = false
     /// ngtcp2's own packet trace to stderr (very verbose).
     public var debugLog: Bool = false
+    /// Create the UDP socket inside this network namespace (e.g. a side of
+    /// a `WANEmulator`); nil: the process's own.
+    public var networkNamespace: NetworkNamespace? = nil
 
     public enum CongestionControl: String, Sendable, CaseIterable {
         case cubic, bbr, reno

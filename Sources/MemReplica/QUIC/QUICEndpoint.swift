@@ -69,7 +69,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         self.logger = logger
         tls = try TLSContext(tlsConfiguration, replayWindow: configuration.earlyDataReplayWindow)
         localIdentity = tls.localIdentity
-        socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize)
+        socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize,
+                               namespace: configuration.networkNamespace)
         localAddress = socket.localAddress
         localStorage = socket.boundStorage
         var secret = [UInt8](repeating: 0, count: 32)

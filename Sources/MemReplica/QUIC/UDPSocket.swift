@@ -15,9 +15,11 @@ final class UDPSocket {
     /// The bound address exactly as the kernel reports it.
     let boundStorage: SocketAddressStorage
 
-    init(bindTo address: PeerAddress, bufferSize: Int) throws {
+    /// `namespace`: the network namespace the socket is created in (nil: the thread's own).
+    init(bindTo address: PeerAddress, bufferSize: Int, namespace: NetworkNamespace? = nil) throws {
         let family = address.storage.family
-        let raw = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let create = { socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let raw = try namespace?.perform(create) ?? create()
         guard raw >= 0 else { throw TransportError.system(call: "socket", errno: errno) }
         fd = FileDescriptor(rawValue: raw)
         var dual = false

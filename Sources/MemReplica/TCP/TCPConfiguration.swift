@@ -33,10 +33,19 @@ public struct TCPConfiguration: Sendable {
     /// multiplexes all streams over one TCP connection. Only the connecting
     /// side chooses; a listener serves both kinds of client.
     public var connectionPerStream: Bool = false
+    /// TCP_CONGESTION on every socket (listening, connecting, accepted), so
+    /// the comparison with QUIC does not depend on the host's default;
+    /// nil: the kernel's default. Best effort: a controller the kernel lacks
+    /// or refuses leaves the default in place.
+    public var congestionControl: String? = nil
+    /// Create the sockets inside this network namespace (e.g. a side of a
+    /// `WANEmulator`); nil: the process's own.
+    public var networkNamespace: NetworkNamespace? = nil
 
     public init() {}
 
-    /// The same windows, buffers, timeouts and ALPN as a QUIC configuration.
+    /// The same windows, buffers, timeouts, ALPN, congestion controller
+    /// family and network namespace as a QUIC configuration.
     public init(matching quic: QUICConfiguration, connectionPerStream: Bool = false) {
         applicationProtocols = quic.applicationProtocols
         streamReceiveWindow = quic.streamReceiveWindow
@@ -48,6 +57,8 @@ public struct TCPConfiguration: Sendable {
         handshakeTimeout = quic.handshakeTimeout
         socketBufferSize = quic.socketBufferSize
         acceptsConnections = quic.acceptsConnections
+        congestionControl = quic.congestionControl.rawValue
+        networkNamespace = quic.networkNamespace
         self.connectionPerStream = connectionPerStream
     }
 

@@ -74,7 +74,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         poller = try Poller()
         if configuration.acceptsConnections {
             let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
-                                                   userTimeout: configuration.idleTimeout)
+                                                   userTimeout: configuration.idleTimeout,
+                                                   congestionControl: configuration.congestionControl,
+                                                   namespace: configuration.networkNamespace)
             listener = fd
             localAddress = bound
             do {
@@ -267,7 +269,8 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         guard let listener else { return }
         // Bounded so a connection flood cannot starve the other links.
         for _ in 0..<64 {
-            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.idleTimeout) else { return }
+            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.idleTimeout,
+                                                         congestionControl: configuration.congestionControl) else { return }
             let address = PeerAddress(storage: remote)
             guard !stopping, links.count < TCPConfiguration.maxLinks else {
                 logger.warning("refusing a TCP connection: \(TCPConfiguration.maxLinks) already open", metadata: ["peer": "\(address)"])
@@ -341,7 +344,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             throw TransportError.protocolFailure("this endpoint already has \(TCPConfiguration.maxLinks) TCP connections")
         }
         let fd = try TCPSocket.startConnect(to: address.storage, source: bindAddress,
-                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.idleTimeout)
+                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.idleTimeout,
+                                            congestionControl: configuration.congestionControl,
+                                            namespace: configuration.networkNamespace)
         do {
             let ssl = try tls.makeSSL(server: false, fd: fd)
             if let session = core.resumableSession { SSL_set_session(ssl, session) }

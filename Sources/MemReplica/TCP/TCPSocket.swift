@@ -7,9 +7,11 @@ import Glibc
 /// (mux records are sent as soon as they are framed) and large buffers.
 enum TCPSocket {
     /// A listening socket on `address` (dual-stack for an IPv6 wildcard).
-    static func listen(on address: PeerAddress, bufferSize: Int?, userTimeout: Duration) throws -> (fd: Int32, localAddress: PeerAddress) {
+    /// `namespace`: the network namespace the socket is created in (nil: the thread's own).
+    static func listen(on address: PeerAddress, bufferSize: Int?, userTimeout: Duration, congestionControl: String? = nil,
+                       namespace: NetworkNamespace? = nil) throws -> (fd: Int32, localAddress: PeerAddress) {
         let family = address.storage.family
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = try makeSocket(family, in: namespace)
         guard fd >= 0 else { throw TransportError.system(call: "socket", errno: errno) }
         do {
             var one: Int32 = 1, off: Int32 = 0
@@ -18,7 +20,7 @@ enum TCPSocket {
             if family == AF_INET6 { _ = setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &off, len) }
             // Accepted sockets inherit these; the receive buffer must be set
             // before the handshake, as it fixes the TCP window scale.
-            configure(fd, bufferSize: bufferSize, userTimeout: userTimeout)
+            configure(fd, bufferSize: bufferSize, userTimeout: userTimeout, congestionControl: congestionControl)
             if address.storage.withSockaddr({ bind(fd, $0, $1) }) != 0 {
                 let e = errno
                 if e == EADDRINUSE { throw TransportError.addressInUse(address: address.description) }
@@ -36,10 +38,11 @@ enum TCPSocket {
     /// Starts connecting to `remote`; the caller waits for writability and
     /// then reads `pendingError`. `source` pins the local address (port 0).
     static func startConnect(to remote: SocketAddressStorage, source: PeerAddress?, bufferSize: Int?,
-                             userTimeout: Duration) throws -> Int32 {
-        let fd = socket(remote.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                             userTimeout: Duration, congestionControl: String? = nil,
+                             namespace: NetworkNamespace? = nil) throws -> Int32 {
+        let fd = try makeSocket(remote.family, in: namespace)
         guard fd >= 0 else { throw TransportError.system(call: "socket", errno: errno) }
-        configure(fd, bufferSize: bufferSize, userTimeout: userTimeout)
+        configure(fd, bufferSize: bufferSize, userTimeout: userTimeout, congestionControl: congestionControl)
         if let source, !source.isWildcard, source.storage.family == remote.family,
            let local = try? PeerAddress(host: source.host, port: 0) {
             _ = local.storage.withSockaddr { bind(fd, $0, $1) }
@@ -73,7 +76,8 @@ enum TCPSocket {
 
     /// The next pending connection: nil when there is none (or on a
     /// transient error, which the caller retries on the next wake-up).
-    static func acceptOne(_ listener: Int32, userTimeout: Duration) -> (fd: Int32, remote: SocketAddressStorage)? {
+    static func acceptOne(_ listener: Int32, userTimeout: Duration,
+                          congestionControl: String? = nil) -> (fd: Int32, remote: SocketAddressStorage)? {
         var from = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let fd = withUnsafeMutablePointer(to: &from) {
@@ -88,16 +92,19 @@ enum TCPSocket {
         let storage = withUnsafePointer(to: &from) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddressStorage($0, length: len) }
         }
-        configure(fd, bufferSize: nil, userTimeout: userTimeout)
+        configure(fd, bufferSize: nil, userTimeout: userTimeout, congestionControl: congestionControl)
         return (fd, storage)
     }
 
     /// TCP_NODELAY, TCP_USER_TIMEOUT (data unacknowledged that long ends
     /// the connection, as the idle timeout does for QUIC) and the buffers.
-    static func configure(_ fd: Int32, bufferSize: Int?, userTimeout: Duration) {
+    static func configure(_ fd: Int32, bufferSize: Int?, userTimeout: Duration, congestionControl: String? = nil) {
         var one: Int32 = 1
         let len = socklen_t(MemoryLayout<Int32>.size)
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, len)
+        if let congestionControl {
+            _ = congestionControl.withCString { setsockopt(fd, Int32(IPPROTO_TCP), TCP_CONGESTION, $0, socklen_t(strlen($0))) }
+        }
         var milliseconds = UInt32(clamping: Int(userTimeout.seconds * 1000))
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &milliseconds, len)
         guard let bufferSize else { return }
@@ -108,6 +115,12 @@ enum TCPSocket {
         for option in [SO_RCVBUFFORCE, SO_SNDBUFFORCE] {
             _ = setsockopt(fd, SOL_SOCKET, option, &value, len)
         }
+    }
+
+    /// A non-blocking TCP socket, made inside `namespace` when one is given.
+    private static func makeSocket(_ family: Int32, in namespace: NetworkNamespace?) throws -> Int32 {
+        let create = { socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        return try namespace?.perform(create) ?? create()
     }
 
     static func localStorage(_ fd: Int32) -> SocketAddressStorage {

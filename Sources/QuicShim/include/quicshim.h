@@ -11,6 +11,7 @@
  * - headers for Linux calls Swift's Glibc module lacks (epoll, eventfd,
  *   getrandom, statfs);
  * - userfaultfd ioctls for post-copy replicas (qs_userfaultfd.h);
+ * - TUN devices and setns for the WAN emulator (qs_wan.h);
  * - nghttp3's versioned constructors for the HTTP/3 face (qs_h3.h).
  *
  * Everything else (the packet loop, streams, flow control, errors users
@@ -31,6 +32,8 @@
 
 #include "qs_userfaultfd.h"
 #include "qs_unixfd.h"
+/* TUN devices and network namespaces for the WAN emulator. */
+#include "qs_wan.h"
 /* userfaultfd + PAGEMAP_SCAN dirty tracking (included here too, so that a
  * module cache built before this header existed is rebuilt). */
 #include "dirtytrack.h"
