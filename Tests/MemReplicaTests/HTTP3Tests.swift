@@ -50,6 +50,22 @@ private struct HTTP3Peer {
         try? FileManager.default.removeItem(atPath: root)
     }
 
+    /// A second peer process ("replica", same CA) mirroring "r" into
+    /// `path` (through `primaryPort`, a relay, when given); returns it, its
+    /// port and its control socket.
+    func startReplica(into path: String, lazy: Bool, primaryPort: UInt16? = nil) throws
+        -> (process: ChildProcess, port: UInt16, control: String) {
+        let files = try CertificateAuthority.initialize(directory: pki.directory, peers: ["replica"])[0]
+        let replicaPort = unusedUDPPort()
+        let control = root + "/replica.sock"
+        let process = try ChildProcess(builtExecutable(), [
+            "peer", "--listen", "127.0.0.1:\(replicaPort)", "--state-dir", root + "/replica-state", "--control", control,
+            "--cert", files.certificate, "--key", files.key, "--ca", files.tls.caFile,
+            "--mirror", "r@127.0.0.1:\(primaryPort ?? port)=\(path)", "--log-level", "warning",
+        ] + (lazy ? ["--lazy"] : []))
+        return (process, replicaPort, control)
+    }
+
     func chunk(_ index: Int) -> [UInt8] {
         Array(bytes[index * Self.chunkSize..<min(Self.size, (index + 1) * Self.chunkSize)])
     }
@@ -285,14 +301,7 @@ struct HTTP3LimitTests {
     func eagerReplicaServesChunks() async throws {
         let peer = try await HTTP3Peer()
         defer { peer.stop() }
-        let replicaFiles = try CertificateAuthority.initialize(directory: peer.pki.directory, peers: ["replica"])[0]
-        let replicaPort = unusedUDPPort()
-        let replica = try ChildProcess(builtExecutable(), [
-            "peer", "--listen", "127.0.0.1:\(replicaPort)", "--state-dir", peer.root + "/replica-state",
-            "--control", peer.root + "/replica.sock", "--cert", replicaFiles.certificate, "--key", replicaFiles.key,
-            "--ca", replicaFiles.tls.caFile, "--mirror", "r@127.0.0.1:\(peer.port)=\(peer.root)/replica.bin",
-            "--log-level", "warning",
-        ])
+        let (replica, replicaPort, _) = try peer.startReplica(into: peer.root + "/replica.bin", lazy: false)
         defer { replica.terminate(grace: .milliseconds(500)) }
         let chunks = (HTTP3Peer.size + HTTP3Peer.chunkSize - 1) / HTTP3Peer.chunkSize
         // Synced when the replica's own listing says every chunk is present.
@@ -315,5 +324,62 @@ struct HTTP3LimitTests {
             #expect(reply.status == 200)
             #expect(reply.sha256 == sha256Hex(peer.chunk(i)), "chunk \(i)")
         }
+    }
+}
+
+@Suite("HTTP3: a lazy replica's face", .serialized)
+struct HTTP3LazyReplicaTests {
+    @Test("a lazy replica answers 503 with Retry-After for chunks it does not hold, never waiting on the primary; once pulled, the primary's bytes")
+    func lazyReplicaServesPresentChunks() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        let shm = "/dev/shm/mr-h3-\(UUID().uuidString.prefix(8))"
+        defer { unlink(shm) }
+        // A long path, so that between the mirror learning the region's
+        // geometry and the first chunk arriving there are round trips in
+        // which to cut the cable.
+        let relay = UDPRelay(toServerPort: peer.port, oneWayDelay: .milliseconds(300))
+        defer { relay.stop() }
+        let (replica, replicaPort, control) = try peer.startReplica(into: shm, lazy: true, primaryPort: relay.port)
+        defer { replica.terminate(grace: .milliseconds(500)) }
+        let chunks = (HTTP3Peer.size + HTTP3Peer.chunkSize - 1) / HTTP3Peer.chunkSize
+        let paths = (0..<chunks).map { "/regions/r/chunks/\($0)" }
+        let replicaControl = ControlClient(path: control)
+        let deadline = ContinuousClock.now + .seconds(30)
+        while (try? await replicaControl.stats().regions.first?.size) ?? 0 == 0 {
+            try #require(ContinuousClock.now < deadline, "the lazy replica never learnt the region")
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        relay.cut()
+        let present = try #require(try await replicaControl.stats().regions.first?.chunksPresent)
+        try #require(present < chunks, "every chunk arrived before the cut (\(present))")
+
+        let cutOff = try peer.aioquic(paths, cert: peer.pki.client, port: replicaPort, options: "--server-name replica")
+        try #require(cutOff.replies.count == chunks, "h3get.py: \(cutOff.output)")
+        let missing = cutOff.replies.filter { $0.status == 503 }
+        #expect(missing.count >= chunks - present, "\(cutOff.replies.map(\.status))")
+        for reply in missing {
+            #expect(reply.headers?["retry-after"] == "1")
+            #expect(reply.text?.contains("of lazy replica 'r' is not here yet") == true, "\(reply.text ?? "")")
+        }
+        for (i, reply) in cutOff.replies.enumerated() where reply.status != 503 {
+            #expect(reply.status == 200 && reply.sha256 == sha256Hex(peer.chunk(i)), "chunk \(i)")
+        }
+
+        relay.restore()
+        while true {
+            let result = try peer.aioquic(paths, cert: peer.pki.client, port: replicaPort, options: "--server-name replica")
+            try #require(result.replies.count == chunks, "h3get.py: \(result.output)")
+            for (i, reply) in result.replies.enumerated() where reply.status != 503 {
+                #expect(reply.status == 200 && reply.sha256 == sha256Hex(peer.chunk(i)), "chunk \(i)")
+            }
+            if result.replies.allSatisfy({ $0.status == 200 }) { break }
+            try #require(ContinuousClock.now < deadline, "the lazy replica never served every chunk")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let listing = try peer.aioquic(["/regions"], cert: peer.pki.client, port: replicaPort, options: "--server-name replica")
+        let regions = try JSONDecoder().decode([RegionListing].self, from: Data((listing.replies.first?.text ?? "").utf8))
+        #expect(regions == [RegionListing(name: "r", role: "replica", size: HTTP3Peer.size, chunkSize: HTTP3Peer.chunkSize,
+                                          chunks: chunks, chunksPresent: chunks, lazy: true)])
     }
 }
