@@ -234,6 +234,52 @@ struct HTTP3Tests {
         #expect(reader.replies.first?.sha256 == sha256Hex(peer.chunk(0)), "\(reader.output)")
     }
 
+    @Test("a client that closes its control stream gets CONNECTION_CLOSE with H3_CLOSED_CRITICAL_STREAM; the peer serves the next client")
+    func criticalStreamClosed() async throws {
+        let peer = try await HTTP3Peer()
+        defer { peer.stop() }
+        try peer.requireAioquic()
+        // RFC 9114 §6.2.1: closing a control stream is a connection error.
+        let script = peer.root + "/close-control.py"
+        try Data("""
+            import asyncio, ssl, sys
+            from aioquic.asyncio import connect
+            from aioquic.asyncio.protocol import QuicConnectionProtocol
+            from aioquic.h3.connection import H3_ALPN, H3Connection
+            from aioquic.quic.configuration import QuicConfiguration
+            from aioquic.quic.events import ConnectionTerminated
+
+            class Client(QuicConnectionProtocol):
+                def __init__(self, *a, **k):
+                    super().__init__(*a, **k)
+                    self.h3 = H3Connection(self._quic)
+                    self.closed = self._loop.create_future()
+                def quic_event_received(self, event):
+                    if isinstance(event, ConnectionTerminated) and not self.closed.done():
+                        self.closed.set_result(event.error_code)
+                    self.h3.handle_event(event)
+
+            async def main():
+                ca, cert, key, port = sys.argv[1:5]
+                config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="primary")
+                config.load_verify_locations(cafile=ca)
+                config.verify_mode = ssl.CERT_REQUIRED
+                config.load_cert_chain(cert, key)
+                async with connect("127.0.0.1", int(port), configuration=config, create_protocol=Client) as client:
+                    client._quic.send_stream_data(client.h3._local_control_stream_id, b"", end_stream=True)
+                    client.transmit()
+                    print(hex(await asyncio.wait_for(client.closed, timeout=10)))
+
+            asyncio.run(main())
+            """.utf8).write(to: URL(fileURLWithPath: script))
+        let result = try peer.run("timeout 30 python3 '\(script)' '\(peer.pki.server.tls.caFile)' '\(peer.pki.client.certificate)' "
+                                  + "'\(peer.pki.client.key)' \(peer.port)")
+        #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0x104", "\(result.stdout)\(result.stderr)")
+
+        let next = try peer.aioquic(["/regions/r/chunks/0"], cert: peer.pki.client)
+        #expect(next.replies.first?.sha256 == sha256Hex(peer.chunk(0)), "\(next.output)")
+    }
+
     @Test("404 for an unknown region, a chunk out of range or an unknown path; 405 for POST; 414 for a long path")
     func badRequests() async throws {
         let peer = try await HTTP3Peer()

@@ -24,8 +24,7 @@ extension HTTP3Connection {
             if ngtcp2_conn_get_max_data_left(conn) > 0 {
                 let n = nghttp3_conn_writev_stream(h3, &streamID, &fin, vectors.baseAddress, vectors.count)
                 guard n >= 0 else {
-                    core.callbackError = .protocolFailure("HTTP/3: \(String(cString: nghttp3_strerror(Int32(n))))")
-                    core.handleFatal(NGTCP2_ERR_CALLBACK_FAILURE, now: now)
+                    core.handleFatal(failed(Int32(n)), now: now)
                     return .idle
                 }
                 count = Int(n)
@@ -74,8 +73,7 @@ extension HTTP3Connection {
         guard streamID >= 0, accepted >= 0 else { return true }
         let rc = nghttp3_conn_add_write_offset(h3, streamID, Int(accepted))
         guard rc == 0 else {
-            core.callbackError = .protocolFailure("HTTP/3: \(String(cString: nghttp3_strerror(rc)))")
-            core.handleFatal(NGTCP2_ERR_CALLBACK_FAILURE, now: now)
+            core.handleFatal(failed(rc), now: now)
             return false
         }
         return true

@@ -19,6 +19,9 @@ final class HTTP3Connection: @unchecked Sendable {
     /// Scratch for nghttp3_conn_writev_stream.
     let vectors: UnsafeMutableBufferPointer<nghttp3_vec>
     private(set) var closed = false
+    /// The HTTP/3 error code to close the connection with, once nghttp3
+    /// returned a fatal error (the connection closes with it).
+    private(set) var failureCode: UInt64?
 
     init(core: QUICConnectionCore, responder: any HTTP3Responder) throws {
         self.core = core
@@ -77,14 +80,19 @@ final class HTTP3Connection: @unchecked Sendable {
 
     /// Stream bytes from the client, for nghttp3 to parse.
     func receive(stream id: Int64, _ data: UnsafePointer<UInt8>?, _ count: Int, fin: Bool) -> Int32 {
-        guard let h3, let core else { return 0 }
+        guard let h3 else { return 0 }
         let consumed = nghttp3_conn_read_stream(h3, id, data, count, fin ? 1 : 0)
-        guard consumed >= 0 else {
-            core.callbackError = .protocolFailure("HTTP/3: \(String(cString: nghttp3_strerror(Int32(consumed))))")
-            return NGTCP2_ERR_CALLBACK_FAILURE
-        }
+        guard consumed >= 0 else { return failed(Int32(consumed)) }
         giveCredit(stream: id, Int(consumed))
         return 0
+    }
+
+    /// Records why nghttp3 failed (for the log and the CONNECTION_CLOSE
+    /// code) and returns what makes ngtcp2 end the connection.
+    func failed(_ liberr: Int32) -> Int32 {
+        failureCode = nghttp3_err_infer_quic_app_error_code(liberr)
+        core?.callbackError = .protocolFailure("HTTP/3: \(String(cString: nghttp3_strerror(liberr)))")
+        return NGTCP2_ERR_CALLBACK_FAILURE
     }
 
     /// Flow-control credit for bytes nghttp3 took (frame headers, QPACK,
@@ -97,17 +105,15 @@ final class HTTP3Connection: @unchecked Sendable {
 
     func acknowledged(stream id: Int64, _ count: UInt64) -> Int32 {
         guard let h3 else { return 0 }
-        return nghttp3_conn_add_ack_offset(h3, id, count) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE
+        let rc = nghttp3_conn_add_ack_offset(h3, id, count)
+        return rc == 0 ? 0 : failed(rc)
     }
 
     func streamClosed(_ id: Int64, appErrorCode: UInt64?) -> Int32 {
         guard let h3, let core else { return 0 }
         let rc = nghttp3_conn_close_stream(h3, id, appErrorCode ?? UInt64(NGHTTP3_H3_NO_ERROR))
         // NOT_FOUND: a stream nghttp3 never saw data on (reset at once).
-        if rc != 0 && rc != NGHTTP3_ERR_STREAM_NOT_FOUND {
-            core.callbackError = .protocolFailure("HTTP/3: \(String(cString: nghttp3_strerror(rc)))")
-            return NGTCP2_ERR_CALLBACK_FAILURE
-        }
+        if rc != 0 && rc != NGHTTP3_ERR_STREAM_NOT_FOUND { return failed(rc) }
         requests[id] = nil
         // A request stream's slot goes back to the client as it closes.
         if ngtcp2_conn_is_local_stream(core.conn, id) == 0 && id & 0x2 == 0 {

@@ -277,7 +277,12 @@ final class QUICConnectionCore: @unchecked Sendable {
                 // A resumed session whose stored certificate no longer verifies.
                 ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, 42, nil, 0)
             default:
-                ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rc, nil, 0)
+                if let code = http3?.failureCode {
+                    // HTTP/3 broke: close with its error code (RFC 9114 §8.1).
+                    ngtcp2_connection_close_error_set_application_error(&ccerr, code, nil, 0)
+                } else {
+                    ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rc, nil, 0)
+                }
             }
             sendClose(&ccerr, now: now)
             finish(callbackError ?? .protocolFailure(String(cString: ngtcp2_strerror(rc))))
@@ -358,8 +363,10 @@ final class QUICConnectionCore: @unchecked Sendable {
         guard !isClosed else { return }
         var ccerr = ngtcp2_connection_close_error()
         var reasonBytes = Array(reason.utf8.prefix(256))
+        // HTTP/3 has no code 0: its "no error" is H3_NO_ERROR.
+        let code = http3 != nil && errorCode == 0 ? UInt64(NGHTTP3_H3_NO_ERROR) : errorCode
         reasonBytes.withUnsafeMutableBufferPointer { r in
-            ngtcp2_connection_close_error_set_application_error(&ccerr, errorCode, r.baseAddress, r.count)
+            ngtcp2_connection_close_error_set_application_error(&ccerr, code, r.baseAddress, r.count)
             sendClose(&ccerr, now: now)
         }
         finish(.closedLocally)
