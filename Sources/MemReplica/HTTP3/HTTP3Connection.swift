@@ -35,7 +35,7 @@ final class HTTP3Connection: @unchecked Sendable {
         var conn: OpaquePointer?
         let rc = qs_h3_conn_server_new(&conn, &callbacks, &settings, Unmanaged.passUnretained(self).toOpaque())
         guard rc == 0, let conn else {
-            vectors.deallocate()
+            // Every property is set: deinit runs and frees `vectors`.
             throw TransportError.protocolFailure("HTTP/3 set-up: \(String(cString: nghttp3_strerror(rc)))")
         }
         h3 = conn
@@ -59,7 +59,8 @@ final class HTTP3Connection: @unchecked Sendable {
               ngtcp2_conn_open_uni_stream(core.conn, &encoder, nil) == 0,
               ngtcp2_conn_open_uni_stream(core.conn, &decoder, nil) == 0,
               nghttp3_conn_bind_qpack_streams(h3, encoder, decoder) == 0 else {
-            core.callbackError = .protocolFailure("HTTP/3: the client allows fewer than 3 unidirectional streams")
+            // The usual cause: the client allows us fewer than 3.
+            core.callbackError = .protocolFailure("HTTP/3: cannot open the control and QPACK streams")
             return false
         }
         endpoint.logger.info("HTTP/3 client connected",
@@ -122,8 +123,9 @@ final class HTTP3Connection: @unchecked Sendable {
         return 0
     }
 
-    /// The client reset its side, or asked us to stop sending: nghttp3
-    /// stops reading the stream (and answers STOP_SENDING/RESET itself).
+    /// The client reset its side, or asked us to stop sending (ngtcp2
+    /// then resets ours): nghttp3 stops reading the stream; its request,
+    /// if answered late, is dropped when the stream closes.
     func streamAborted(_ id: Int64) {
         guard let h3 else { return }
         _ = nghttp3_conn_shutdown_stream_read(h3, id)
