@@ -26,6 +26,7 @@ let package = Package(
             linkerSettings: [
                 .linkedLibrary("ngtcp2_crypto_gnutls"),
                 .linkedLibrary("ngtcp2"),
+                .linkedLibrary("nghttp3"),
                 .linkedLibrary("gnutls"),
             ]
         ),

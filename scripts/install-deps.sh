@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libnghttp3-dev libssl-dev pkg-config
-  ngtcp2-client ngtcp2-server   # the stock tools the transport benchmark compares against
+  ngtcp2-client ngtcp2-server   # the stock tools the transport benchmark compares against;
+                                # gtlsclient also fetches from the HTTP/3 face in tests
   python3 python3-matplotlib    # benchmark tables and plots (bench/plot_wan.py runs on /usr/bin/python3)
   python3-prometheus-client     # the metrics test's exposition-format parser
   iproute2                      # the WAN emulator's namespaces and addresses (ip netns, ip addr)
@@ -36,6 +37,14 @@ fi
 if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   echo "install-deps: installing the Python package prometheus-client for $(command -v python3)"
   python3 -m pip install --quiet prometheus-client
+fi
+
+# The HTTP/3 tests fetch from a peer with aioquic (scripts/h3get.py), an
+# HTTP/3 client written independently of ngtcp2/nghttp3. Debian has no
+# package for it: PyPI, only when missing.
+if ! python3 -c 'import aioquic' 2>/dev/null; then
+  echo "install-deps: installing the Python package aioquic for $(command -v python3)"
+  python3 -m pip install --quiet aioquic
 fi
 
 command -v swift >/dev/null || {

@@ -102,6 +102,10 @@ struct PeerCommand: AsyncParsableCommand {
         }
         let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
                                   mirrors: runners, statistics: statistics, logger: logger)
+        // The HTTP/3 face shares the QUIC port (ALPN h3) and its mutual TLS.
+        if let quicEndpoint = endpoint as? QUICEndpoint {
+            await quicEndpoint.serveHTTP3(PeerHTTP3Responder(service: service))
+        }
         var metricsServer: MetricsServer?
         if let address = configuration.metrics, let metrics = statistics.metrics {
             do {

@@ -57,7 +57,13 @@ enum QUICCallbacks {
         }
         cb.recv_rx_key = { _, level, user in
             // A server gets 0-RTT keys only when TLS accepted early data.
-            if level == NGTCP2_CRYPTO_LEVEL_EARLY { QUICCallbacks.core(user).earlyKeysInstalled = true }
+            let core = QUICCallbacks.core(user)
+            if level == NGTCP2_CRYPTO_LEVEL_EARLY { core.earlyKeysInstalled = true }
+            // A server knows the ALPN once it has keys past Initial, before
+            // any stream data can arrive.
+            if level == NGTCP2_CRYPTO_LEVEL_EARLY || level == NGTCP2_CRYPTO_LEVEL_HANDSHAKE {
+                return core.applicationProtocolKnown() ? 0 : NGTCP2_ERR_CALLBACK_FAILURE
+            }
             return 0
         }
         cb.recv_tx_key = { _, level, user in
@@ -70,32 +76,45 @@ enum QUICCallbacks {
             return 0
         }
         cb.stream_open = { _, id, user in
-            QUICCallbacks.core(user).streamOpenedByPeer(id)
+            let core = QUICCallbacks.core(user)
+            // nghttp3 learns of HTTP/3 streams from their data. memreplica
+            // uses no unidirectional stream: one a peer opens anyway (the
+            // endpoint allows 3 when it serves HTTP/3) is left without a
+            // reader and without credit beyond its first window.
+            if core.http3 != nil || id & 0x2 != 0 { return 0 }
+            core.streamOpenedByPeer(id)
             return 0
         }
-        cb.recv_stream_data = { _, flags, _, _, data, len, _, streamUser in
+        cb.recv_stream_data = { _, flags, id, _, data, len, user, streamUser in
+            if let h3 = QUICCallbacks.core(user).http3 {
+                return h3.receive(stream: id, data, len, fin: flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0)
+            }
             guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
             let fin = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0
             let early = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_EARLY) != 0
             stream.deliver(UnsafeRawBufferPointer(start: data, count: len), fin: fin, early: early)
             return 0
         }
-        cb.acked_stream_data_offset = { _, _, offset, len, _, streamUser in
+        cb.acked_stream_data_offset = { _, id, offset, len, user, streamUser in
+            if let h3 = QUICCallbacks.core(user).http3 { return h3.acknowledged(stream: id, len) }
             guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
             stream.acknowledged(upTo: offset + len)
             return 0
         }
-        cb.stream_close = { _, flags, _, code, user, streamUser in
-            guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
+        cb.stream_close = { _, flags, id, code, user, streamUser in
             let hasCode = flags & UInt32(NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) != 0
+            if let h3 = QUICCallbacks.core(user).http3 { return h3.streamClosed(id, appErrorCode: hasCode ? code : nil) }
+            guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
             QUICCallbacks.core(user).streamClosed(stream, appErrorCode: hasCode ? code : nil)
             return 0
         }
-        cb.stream_reset = { _, _, _, code, _, streamUser in
+        cb.stream_reset = { _, id, _, code, user, streamUser in
+            if let h3 = QUICCallbacks.core(user).http3 { h3.streamAborted(id); return 0 }
             QUICCallbacks.stream(streamUser)?.failReceive(.streamReset(errorCode: code))
             return 0
         }
-        cb.stream_stop_sending = { _, _, code, _, streamUser in
+        cb.stream_stop_sending = { _, id, code, user, streamUser in
+            if let h3 = QUICCallbacks.core(user).http3 { h3.streamAborted(id); return 0 }
             QUICCallbacks.stream(streamUser)?.failSend(.streamReset(errorCode: code))
             return 0
         }
@@ -103,7 +122,16 @@ enum QUICCallbacks {
             QUICCallbacks.core(user).streamCreditAvailable()
             return 0
         }
-        cb.extend_max_stream_data = { _, _, _, user, streamUser in
+        cb.extend_max_remote_streams_bidi = { _, max, user in
+            QUICCallbacks.core(user).http3?.clientStreamLimitRaised(to: max)
+            return 0
+        }
+        cb.extend_max_stream_data = { _, id, _, user, streamUser in
+            if let h3 = QUICCallbacks.core(user).http3 {
+                h3.flowCreditAvailable(id)
+                QUICCallbacks.core(user).endpoint.needsWrite(QUICCallbacks.core(user))
+                return 0
+            }
             guard let stream = QUICCallbacks.stream(streamUser), stream.flowBlocked else { return 0 }
             stream.flowBlocked = false
             QUICCallbacks.core(user).schedule(stream)

@@ -24,6 +24,9 @@ final class QUICConnectionCore: @unchecked Sendable {
 
     /// Connection IDs routed to this connection by the endpoint.
     var routedIDs: Set<ConnectionID> = []
+    /// Set when a server connection negotiated ALPN `h3`: HTTP/3 owns its
+    /// streams, and the memreplica acceptor never sees it.
+    var http3: HTTP3Connection?
     var streams: [Int64: QUICStreamCore] = [:]
     /// Streams with data to send, served round-robin one packet at a time.
     var sendQueue = Deque<QUICStreamCore>()
@@ -150,7 +153,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         params.initial_max_stream_data_uni = config.streamReceiveWindow
         params.initial_max_data = config.connectionReceiveWindow
         params.initial_max_streams_bidi = config.maxConcurrentStreams
-        params.initial_max_streams_uni = 0
+        // An HTTP/3 client opens its control and QPACK streams (3).
+        params.initial_max_streams_uni = acceptedProtocols.contains(HTTP3Connection.alpn) ? 3 : 0
         params.max_idle_timeout = UInt64(config.idleTimeout.seconds * 1e9)
         params.active_connection_id_limit = 4
         // Peers do not migrate; a path change is not something we follow.
@@ -172,7 +176,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         conn = c
 
         var err = [CChar](repeating: 0, count: 256)
-        let alpn = config.applicationProtocols.map { strdup($0) }
+        let alpn = acceptedProtocols.map { strdup($0) }
         defer { alpn.forEach { free($0) } }
         let resumeData = resume?.session ?? []
         let tlsRC = alpn.map { UnsafePointer<CChar>($0) }.withUnsafeBufferPointer { list in
@@ -273,7 +277,12 @@ final class QUICConnectionCore: @unchecked Sendable {
                 // A resumed session whose stored certificate no longer verifies.
                 ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, 42, nil, 0)
             default:
-                ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rc, nil, 0)
+                if let code = http3?.failureCode {
+                    // HTTP/3 broke: close with its error code (RFC 9114 §8.1).
+                    ngtcp2_connection_close_error_set_application_error(&ccerr, code, nil, 0)
+                } else {
+                    ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rc, nil, 0)
+                }
             }
             sendClose(&ccerr, now: now)
             finish(callbackError ?? .protocolFailure(String(cString: ngtcp2_strerror(rc))))
@@ -354,8 +363,10 @@ final class QUICConnectionCore: @unchecked Sendable {
         guard !isClosed else { return }
         var ccerr = ngtcp2_connection_close_error()
         var reasonBytes = Array(reason.utf8.prefix(256))
+        // HTTP/3 has no code 0: its "no error" is H3_NO_ERROR.
+        let code = http3 != nil && errorCode == 0 ? UInt64(NGHTTP3_H3_NO_ERROR) : errorCode
         reasonBytes.withUnsafeMutableBufferPointer { r in
-            ngtcp2_connection_close_error_set_application_error(&ccerr, errorCode, r.baseAddress, r.count)
+            ngtcp2_connection_close_error_set_application_error(&ccerr, code, r.baseAddress, r.count)
             sendClose(&ccerr, now: now)
         }
         finish(.closedLocally)
@@ -382,6 +393,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         sendQueue.removeAll()
         streams.removeAll()
         endpoint.forget(self)
+        http3?.close()
+        http3 = nil
         ngtcp2_conn_del(conn)
         conn = nil
         qs_tls_session_free(tls)
@@ -401,7 +414,7 @@ final class QUICConnectionCore: @unchecked Sendable {
     private func verifyPeer() -> Bool {
         var alpn = [CChar](repeating: 0, count: 64)
         guard qs_tls_selected_alpn(tls, &alpn, alpn.count) == 0,
-              endpoint.configuration.applicationProtocols.contains(stringFromCBuffer(alpn)) else {
+              acceptedProtocols.contains(stringFromCBuffer(alpn)) else {
             callbackError = .alpnMismatch(offered: endpoint.configuration.applicationProtocols)
             return false
         }
@@ -440,7 +453,11 @@ final class QUICConnectionCore: @unchecked Sendable {
             if qs_tls_early_data_accepted(tls) != 0 { earlyDataOutcome = .accepted }
             state = .established
             handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))
-            if !deliveredEarly { endpoint.connectionEstablished(self) }
+            if let http3 {
+                guard http3.start() else { return false }
+            } else if !deliveredEarly {
+                endpoint.connectionEstablished(self)
+            }
             return true
         }
         if earlyStreamBeforeHandshake {
@@ -496,7 +513,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         guard verifyPeer() else { return false }
         earlyDataOutcome = .accepted
         deliveredEarly = true
-        endpoint.connectionEstablished(self)
+        if http3 == nil { endpoint.connectionEstablished(self) }
         return true
     }
 

@@ -49,6 +49,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Tickets from servers we connected to, for the next `connect`.
     private var sessionTickets = SessionTicketCache()
     private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
+    /// Set by `serveHTTP3`: connections made after it accept ALPN `h3` too.
+    var http3Responder: (any HTTP3Responder)?
     private var stopping = false
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     /// Bytes the kernel would not take yet (EAGAIN); everything waits on them.

@@ -11,6 +11,9 @@ extension QUICConnectionCore {
     /// filled up and the caller should come back after other work.
     func writePackets(now: UInt64) -> WriteOutcome {
         guard !isClosed else { return .idle }
+        // HTTP/3 picks its own streams; until the client is verified only
+        // handshake packets and ACKs go out, written below.
+        if let http3, case .established = state { return http3.writePackets(now: now) }
         let config = endpoint.configuration
         let maxPayload = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
         let pathMaxPayload = ngtcp2_conn_get_path_max_tx_udp_payload_size(conn)

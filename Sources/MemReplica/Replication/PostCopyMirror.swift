@@ -125,6 +125,12 @@ public final class PostCopyMirror: @unchecked Sendable {
         }
     }
 
+    /// Whether `chunk` is installed now (the HTTP/3 face serves only those:
+    /// reading a missing one would fault and wait on the network).
+    public func isChunkPresent(_ chunk: Int) -> Bool {
+        state.withLock { s in chunk >= 0 && chunk < s.chunks.chunkCount && s.chunks.present[chunk] }
+    }
+
     /// Time from each served fault to its chunk's install, since the last call.
     public func takeFaultLatencies() -> [Duration] {
         state.withLock { s in defer { s.faultLatencies = [] }; return s.faultLatencies }

@@ -11,7 +11,8 @@
  * - headers for Linux calls Swift's Glibc module lacks (epoll, eventfd,
  *   getrandom, statfs);
  * - userfaultfd ioctls for post-copy replicas (qs_userfaultfd.h);
- * - TUN devices and setns for the WAN emulator (qs_wan.h).
+ * - TUN devices and setns for the WAN emulator (qs_wan.h);
+ * - nghttp3's versioned constructors for the HTTP/3 face (qs_h3.h).
  *
  * Everything else (the packet loop, streams, flow control, errors users
  * see) lives in Swift.
@@ -36,6 +37,7 @@
 /* userfaultfd + PAGEMAP_SCAN dirty tracking (included here too, so that a
  * module cache built before this header existed is rebuilt). */
 #include "dirtytrack.h"
+#include "qs_h3.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>

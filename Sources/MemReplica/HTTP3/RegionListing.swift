@@ -1,0 +1,14 @@
+/// One entry of the HTTP/3 face's `GET /regions`: what a client needs to
+/// ask for chunks.
+public struct RegionListing: Sendable, Codable, Equatable {
+    public var name: String
+    /// "primary" (exported here) or "replica" (mirrored here).
+    public var role: String
+    public var size: Int
+    public var chunkSize: Int
+    public var chunks: Int
+    /// Replicas: chunks held now (a lazy replica serves only these).
+    public var chunksPresent: Int?
+    /// Replicas: post-copy.
+    public var lazy: Bool?
+}
