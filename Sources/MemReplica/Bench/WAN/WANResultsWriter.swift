@@ -79,7 +79,7 @@ public struct WANResultsWriter {
                    + "\(s.queueLimitBytes >> 10) KiB tail-drop queue, loss applied to \(s.lossAppliedTo). "
                    + "Reads: \(s.readers) streams, one random \(s.readChunkBytes >> 10) KiB READ outstanding on each, timed while "
                    + "\(s.bulkBytes >> 20) MiB in \(s.bulkChunkBytes >> 10) KiB chunks sync in bulk (stopped after \(formatNumber(s.bulkTimeLimitSeconds)) s). "
-                   + "Lag: \(s.lagWrites) writes at \(s.lagWritesPerSecond)/s, write → primary holds the ACK (a round trip plus the \(formatNumber(s.scanIntervalMilliseconds)) ms scan).")
+                   + "Lag: \(s.lagWrites) writes at \(s.lagWritesPerSecond)/s, each timed from the store in the primary until the replica's mapping holds it (one way plus the \(formatNumber(s.scanIntervalMilliseconds)) ms scan), on a fresh connection after the bulk phase.")
         if let c = report.calibration {
             out.append("")
             out.append("Emulator calibration (first scenario's link; the RTT must agree within 5 %):")

@@ -26,8 +26,8 @@ public struct WANRunResult: Codable, Sendable {
     public var bulkCompleted: Bool
     public var throughputMbps: Double
 
-    /// Write in the primary → the primary holds the replica's ACK of a
-    /// version carrying it (one round trip plus the dirty scan interval).
+    /// Write in the primary → the replica's mapping holds it (one way plus
+    /// the dirty scan interval; ARCHITECTURE's "write → replica ACK").
     /// Nil when the lag region's initial sync did not finish in time.
     public var lagSamples: Int
     public var lagP50Milliseconds: Double?
