@@ -156,20 +156,43 @@ public final class RegionExports: Sendable {
     }
 
     /// A reads stream: every READ is answered with one DATA per chunk, in
-    /// order, each copied from the live mapping as it is sent.
+    /// order, each copied from the live mapping as it is sent. Over QUIC the
+    /// answers are made on the loop thread as READs arrive, so a fault's
+    /// request is answered without waking a task; elsewhere by this task.
     private func serveReads(_ region: Region, over frames: FrameStream) async throws {
-        let chunks = UInt64(region.geometry.chunkCount)
+        if let quic = frames.stream as? QUICStream, let leftover = frames.handOverReading() {
+            try await quic.readOnLoop(LoopFrameReader(leftover: leftover) { frame, stream in
+                let asked = try Self.chunks(askedBy: frame, of: region)
+                for chunk in asked {
+                    if stream.sendBacklogged {
+                        return .read(firstChunk: chunk, count: asked.upperBound - chunk)
+                    }
+                    let bytes = try region.chunkBytes(Int(chunk))
+                    let header = try Frame.dataHeader(firstChunk: chunk, byteCount: bytes.count)
+                    try stream.sendOnLoop(OwnedBytes.copy(header: header, body: bytes))
+                }
+                return nil
+            })
+            return
+        }
         while let frame = try await frames.receive() {
-            guard case .read(let first, let count) = frame else {
-                throw ProtocolViolation(.unexpectedFrame, "a reads stream carries only READ")
-            }
-            guard first < chunks, count <= chunks - first else {
-                throw ProtocolViolation(.chunkOutOfRange, "READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
-            }
-            for chunk in first..<(first + count) {
+            for chunk in try Self.chunks(askedBy: frame, of: region) {
                 try await frames.sendData(firstChunk: chunk, bytes: region.chunkBytes(Int(chunk)))
             }
         }
+    }
+
+    /// The chunks a frame on a reads stream asks for: it must be a READ
+    /// within the region.
+    private static func chunks(askedBy frame: Frame, of region: Region) throws -> Range<UInt64> {
+        let chunks = UInt64(region.geometry.chunkCount)
+        guard case .read(let first, let count) = frame else {
+            throw ProtocolViolation(.unexpectedFrame, "a reads stream carries only READ")
+        }
+        guard first < chunks, count <= chunks - first else {
+            throw ProtocolViolation(.chunkOutOfRange, "READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
+        }
+        return first..<(first + count)
     }
 
     /// Armed before an initial pass copies a chunk, so a write during the
