@@ -34,7 +34,12 @@ enum StatusTable {
              r.chunksPresent.map { "\($0)/\(r.chunks)" } ?? "-", r.lastAppliedVersion.map(String.init) ?? "-",
              r.source ?? mirrorList(r.mirrors ?? []), r.path]
         }
-        return "regions    \(regions.count)\n" + table(rows)
+        var out = "regions    \(regions.count)\n" + table(rows)
+        let attached = regions.flatMap { r in (r.attached ?? []).map { (r.name, $0) } }
+        guard !attached.isEmpty else { return out }
+        out += "attached   \(attached.count) process\(attached.count == 1 ? "" : "es")\n"
+        out += table([["REGION", "PID", "MODE"]] + attached.map { [$0.0, String($0.1.pid), $0.1.mode] })
+        return out
     }
 
     /// "peer-b (lag 0), peer-c (syncing, lag 12)" — versions sent, not yet acknowledged.

@@ -133,6 +133,36 @@ struct AttachTests {
         #expect(region.bytes[offset] == 0xA7)
     }
 
+    @Test("detach while a thread sleeps in a fault nobody can serve: it wakes reading zeros, and the replica's file is left alone")
+    func detachWakesBlockedReader() async throws {
+        let f = try await LazyFixture.make(size: 1 << 20, seed: 31)
+        let attached = try AttachedRegion(controlPath: f.socket, region: "lazy")
+        try await eventually("attach", seconds: 5) { f.mirror.attachedClients == 1 }
+        // The primary goes away: the fault below waits for a reconnect.
+        f.running.cancel()
+        await f.pair.close()
+        let offset = 6 * 65536 + 40
+        let base = UInt(bitPattern: attached.bytes.baseAddress!)
+        let got = Locked<UInt64?>(nil)
+        Thread {
+            let word = UnsafeRawPointer(bitPattern: base)!.load(fromByteOffset: offset, as: UInt64.self)
+            got.withLock { $0 = word }
+        }.start()
+        try await eventually("the fault", seconds: 10) { f.mirror.progress.faults >= 1 }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(got.withLock { $0 } == nil, "nothing can serve the fault")
+        attached.detach()
+        try await eventually("the woken read", seconds: 10) { got.withLock { $0 } != nil }
+        #expect(got.withLock { $0 } == 0)
+        // Still missing in the replica, not a page of zeros it would trust.
+        #expect(f.mirror.progress.chunksPresent == 0)
+        var residency: UInt8 = 1
+        let page = UnsafeMutableRawPointer(mutating: f.replica.bytes.baseAddress! + 6 * 65536)
+        #expect(mincore(page, Int(getpagesize()), &residency) == 0)
+        #expect(residency & 1 == 0, "the woken read must not have put a page into the replica's file")
+        await f.close()
+    }
+
     @Test("memreplica cat, a separate process, reads a lazy replica exactly (SHA-256), faulting chunks in")
     func catLazyReplica() async throws {
         let size = 4 << 20

@@ -114,4 +114,33 @@ struct AttachedWriterTests {
         feed.cancel()
         await f.close()
     }
+
+    @Test("status lists each attached process with its PID and mode, until it detaches")
+    func statusListsAttachedProcesses() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let root = NSTemporaryDirectory() + "mr-status-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let region = try Region(name: "p", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        let endpoint = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
+                                        configuration: quicConfig(server: true), logger: quiet())
+        let service = PeerService(endpoint: endpoint, exports: RegionExports([.init(region: region)], logger: quiet()),
+                                  logger: quiet())
+        let server = try ControlServer(path: root + "/c.sock", logger: quiet(),
+                                       attachHandler: { service.attach($0, from: $1) }) { _ in .error("no status here") }
+        func attached() async -> [StatusReport.Region.AttachedProcess]? {
+            await service.statusReport().regions.first { $0.name == "p" }?.attached
+        }
+        #expect(await attached() == [])
+        // A lookup without a descriptor is no session: nothing to list.
+        _ = try AttachedRegion.lookup(controlPath: root + "/c.sock", region: "p")
+        #expect(await attached() == [])
+        let writer = try AttachedRegion(controlPath: root + "/c.sock", region: "p", writable: true)
+        #expect(await attached() == [.init(pid: getpid(), mode: "writer")])
+        writer.detach()
+        #expect(await attached() == [])
+        await server.stop()
+        await endpoint.close()
+    }
 }

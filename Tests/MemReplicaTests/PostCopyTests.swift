@@ -212,6 +212,124 @@ struct PostCopyTests {
         }
     }
 
+    @Test("READs sent with the SUBSCRIBE, and one asking for more than the send buffer holds, are answered in order")
+    func readsStreamBatchedAndBackpressured() async throws {
+        let chunkSize = 65536
+        let primary = try Region(name: "big", backing: .memory, size: 96 * chunkSize, chunkSize: chunkSize)
+        fillPattern(primary.bytes, seed: 9)
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        // A send buffer of two chunks: a 64-chunk READ is answered a little
+        // at a time, as the replica acknowledges.
+        var serverConfig = quicConfig(server: true)
+        serverConfig.streamSendBuffer = 2 * chunkSize
+        let pair = try EndpointPair(pki: pki, serverConfig: serverConfig)
+        let (client, server) = try await pair.connect()
+        let exports = RegionExports([.init(region: primary)], logger: quietLogger())
+        let serving = Task {
+            while let stream = try? await server.acceptStream() {
+                Task { await exports.serve(stream, peer: server.peerIdentity) }
+            }
+        }
+        defer { serving.cancel() }
+        let frames = FrameStream(try await client.openStream())
+        let subscribe = Frame.subscribe(.init(name: "big", size: UInt64(96 * chunkSize), chunkSize: UInt64(chunkSize),
+                                              mode: .reads))
+        // One write: the primary reads the READs with the SUBSCRIBE.
+        try await frames.stream.write(try subscribe.encoded() + Frame.read(firstChunk: 5, count: 1).encoded()
+            + Frame.read(firstChunk: 30, count: 64).encoded() + Frame.read(firstChunk: 0, count: 2).encoded())
+        for chunk in [5] + Array(30..<94) + [0, 1] {
+            let frame = try await withTimeout(10, "DATA for chunk \(chunk)") { try await frames.receive() }
+            guard case .data(let first, let bytes)? = frame else {
+                Issue.record("expected DATA for chunk \(chunk), got \(String(describing: frame))")
+                break
+            }
+            #expect(first == UInt64(chunk))
+            #expect(bytes == (try primary.copyChunk(chunk)))
+        }
+        // A READ of more chunks than a frame may ask for is refused by size.
+        let oversize = FrameStream(try await client.openStream())
+        try await oversize.send(subscribe)
+        // Encoding refuses such a READ: its bytes are made by hand.
+        var payload: [UInt8] = []
+        VarInt.encode(0, into: &payload)
+        VarInt.encode(FrameLimits.maxReadChunks + 1, into: &payload)
+        try await oversize.stream.write([Frame.TypeCode.read.rawValue, UInt8(payload.count)] + payload)
+        let answer = try await withTimeout(10, "ERROR") { try await oversize.receive() }
+        guard case .error(let code, _)? = answer else {
+            Issue.record("expected ERROR, got \(String(describing: answer))")
+            await pair.close()
+            return
+        }
+        #expect(code == ProtocolErrorCode.frameTooLarge.rawValue)
+        await pair.close()
+    }
+
+    /// A lazy mirror against a primary whose reads stream answers the first
+    /// READ with `answer(chunk)`; a thread faults on chunk 1. Returns the
+    /// code the mirror ended with and how many chunks it installed.
+    private func lazyMirrorAgainstLyingReads(_ answer: @escaping @Sendable (UInt64) -> [UInt8]) async throws
+        -> (code: ProtocolErrorCode?, installed: Int) {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try EndpointPair(pki: pki)
+        let (client, server) = try await pair.connect()
+        let liar = Task {
+            var held: [FrameStream] = []
+            while let stream = try? await server.acceptStream() {
+                let frames = FrameStream(stream)
+                held.append(frames)
+                Task {
+                    guard case .subscribe(let s)? = try? await frames.receive() else { return }
+                    switch s.mode {
+                    case .lazy: try? await frames.send(.synced(version: 0))
+                    case .reads:
+                        guard case .read(let first, _)? = try? await frames.receive() else { return }
+                        try? await frames.stream.write(answer(first))
+                    case .eager: return
+                    }
+                }
+            }
+            _ = held
+        }
+        defer { liar.cancel() }
+        let replica = try Region(name: "r", backing: .memory, size: 4 * 4096, chunkSize: 4096)
+        var options = PostCopyMirror.Options()
+        options.backgroundPull = false
+        let mirror = try PostCopyMirror(region: replica, options: options)
+        let running = Task { try await mirror.run(over: client) }
+        try await waitUntil("the lazy subscription", seconds: 10) { mirror.progress.subscribed }
+        let read = BlockingRead<UInt64> { replica.bytes.load(fromByteOffset: 4096, as: UInt64.self) }
+        var code: ProtocolErrorCode?
+        do {
+            try await withTimeout(10, "lazy mirror") { try await running.value }
+        } catch ReplicationError.violation(let v) {
+            code = v.code
+        }
+        let installed = mirror.progress.chunksPresent
+        // The faulting thread wakes once the mirror stops, reading the hole.
+        mirror.stop()
+        #expect(try await read.wait(seconds: 10) == 0)
+        await pair.close()
+        return (code, installed)
+    }
+
+    @Test("DATA for another chunk, of the wrong length, or any other frame on a fault's reads stream ends the mirror with its code")
+    func lyingReadsStream() async throws {
+        let chunk = [UInt8](repeating: 0xab, count: 4096)
+        let cases: [(String, @Sendable (UInt64) -> [UInt8], ProtocolErrorCode)] = [
+            ("another chunk", { first in try! Frame.data(firstChunk: first + 1, bytes: chunk).encoded() }, .unexpectedFrame),
+            ("short", { first in try! Frame.data(firstChunk: first, bytes: Array(chunk.prefix(100))).encoded() }, .malformedFrame),
+            ("not DATA", { _ in try! Frame.ack(version: 1).encoded() }, .unexpectedFrame),
+            ("unknown type", { _ in [0x7f, 0x00] }, .unknownFrameType),
+        ]
+        for (what, answer, expected) in cases {
+            let (code, installed) = try await lazyMirrorAgainstLyingReads(answer)
+            #expect(code == expected, "\(what)")
+            #expect(installed == 0, "\(what): nothing may be installed from a lying answer")
+        }
+    }
+
     @Test("a DIRTY past the end, an epoch going backwards and a WRITE to a lazy mirror end it with their codes")
     func badLazyPrimary() async throws {
         #expect(try await lazyMirrorAgainstScript([.synced(version: 0), .dirty(epoch: 1, chunks: [2])]) == .chunkOutOfRange)

@@ -245,7 +245,18 @@ int memreplica_detach(memreplica_region *r) {
         close(r->session);
         r->session = -1;
     }
-    if (r->base) munmap(r->base, r->size);
+    if (r->base && r->lazy && r->uffd >= 0) {
+        /* A thread may still sleep in a fault the peer could not serve;
+         * closing the descriptor wakes it to fault again. Unmapped, that is
+         * a SIGSEGV; still mapped, its read would plant a page of zeros in
+         * the region's page cache, which the peer's later install would
+         * take for the real bytes. So the mapping becomes private zero
+         * pages in place first (nothing committed), kept for good. */
+        if (mmap(r->base, r->size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+            munmap(r->base, r->size);
+    } else if (r->base) {
+        munmap(r->base, r->size);
+    }
     r->base = NULL;
     if (r->uffd >= 0) close(r->uffd);
     r->uffd = -1;

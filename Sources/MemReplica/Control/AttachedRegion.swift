@@ -25,8 +25,9 @@ import Glibc
 /// The session lasts while this object is attached; `detach()` (or the
 /// process's exit) ends it. Should the peer end it first (it stops), a
 /// thread blocked on a missing chunk keeps sleeping until `detach()`
-/// closes the descriptor; it then reads zeros from the hole, so check
-/// `sessionAlive` before trusting bytes read across a peer restart.
+/// closes the descriptor; it then reads zeros, so check `sessionAlive`
+/// before trusting bytes read across a peer restart. A lazy mapping's
+/// address range stays reserved after `detach()` (see there).
 public final class AttachedRegion: @unchecked Sendable {
     public let answer: AttachAnswer
     /// The whole region in this process.
@@ -146,14 +147,20 @@ public final class AttachedRegion: @unchecked Sendable {
     /// Whether the peer still serves this mapping (false once it closed the
     /// session, e.g. because it stopped). Always true without a session.
     public var sessionAlive: Bool {
-        guard let socket, !detached.withLock({ $0 }) else { return socket == nil }
-        var pfd = pollfd(fd: socket.fd.rawValue, events: Int16(POLLIN), revents: 0)
-        return poll(&pfd, 1, 0) == 0
+        guard let socket else { return true }
+        // Polled under the lock `detach` takes before closing the socket: a
+        // descriptor number closed meanwhile may already name another file.
+        return detached.withLock { detached in
+            guard !detached else { return false }
+            var pfd = pollfd(fd: socket.fd.rawValue, events: Int16(POLLIN), revents: 0)
+            return poll(&pfd, 1, 0) == 0
+        }
     }
 
     /// Ends the session (waiting, up to the timeout, until the peer is
     /// done with the mapping: a writer's last stores are scanned) and
-    /// unmaps. Idempotent.
+    /// unmaps; a lazy mapping becomes read-only zeros instead, its address
+    /// range reserved for good. Idempotent.
     public func detach() {
         let first = detached.withLock { d -> Bool in defer { d = true }; return !d }
         guard first else { return }
@@ -165,8 +172,23 @@ public final class AttachedRegion: @unchecked Sendable {
             socket.close()
         }
         withExtendedLifetime(writeTracker) {}
-        munmap(bytes.baseAddress, mappedLength)
-        if userfaultfd >= 0 { Glibc.close(userfaultfd) }
+        guard userfaultfd >= 0 else {
+            munmap(bytes.baseAddress, mappedLength)
+            return
+        }
+        // A thread may still sleep in a fault here (the peer could not
+        // serve it). Closing the descriptor wakes it to fault again: with
+        // the range unmapped that is a SIGSEGV, and with the file still
+        // mapped its read would put a page of zeros into the region's page
+        // cache, where the peer's later install of the real bytes finds a
+        // page present and skips it. So the file mapping is first replaced,
+        // in place, by private zero pages (no memory is committed), and
+        // those stay: a woken thread reads zeros and nothing else changes.
+        // Only the address range is kept; no thread can be known to be gone.
+        let zeros = mmap(bytes.baseAddress, mappedLength, PROT_READ,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        if zeros == MAP_FAILED { munmap(bytes.baseAddress, mappedLength) }
+        Glibc.close(userfaultfd)
     }
 
     private static func exchange(controlPath: String, request: AttachRequest, descriptor: Int32,

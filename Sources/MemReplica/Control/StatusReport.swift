@@ -85,6 +85,16 @@ public struct StatusReport: Codable, Sendable, Equatable {
         /// For a lazy (post-copy) replica: its faults. `lastAppliedVersion`
         /// is then the last DIRTY epoch applied.
         public var lazy: Lazy?
+        /// Processes of this host attached through the control socket now.
+        public var attached: [AttachedProcess]?
+
+        public struct AttachedProcess: Codable, Sendable, Equatable {
+            public var pid: Int32
+            /// "writer": its stores to a primary are tracked; "lazy reader":
+            /// its faults on a lazy replica are served.
+            public var mode: String
+            public init(pid: Int32, mode: String) { self.pid = pid; self.mode = mode }
+        }
 
         public struct Lazy: Codable, Sendable, Equatable {
             public var faults: Int

@@ -19,6 +19,8 @@ public final class PeerService: Sendable {
     /// What `memreplica stats` and the metrics endpoint report; the
     /// exports and mirrors should have been given the same one.
     public let statistics: PeerStatistics
+    /// Attach sessions open now, by a number of their own: region and process.
+    private let attachments = Locked((next: 0, open: [Int: (region: String, process: StatusReport.Region.AttachedProcess)]()))
 
     public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [],
                 statistics: PeerStatistics = PeerStatistics(), logger: Logger) {
@@ -150,12 +152,35 @@ public final class PeerService: Sendable {
                 return region
             }
         }
-        return primaries + replicas
+        let attached = attachments.withLock { Array($0.open.values) }
+        return (primaries + replicas).map { region in
+            var region = region
+            region.attached = attached.filter { $0.region == region.name }.map(\.process)
+                .sorted { ($0.pid, $0.mode) < ($1.pid, $1.mode) }
+            return region
+        }
     }
 
     /// Decides a control-socket `attach`: which region, and whether this
     /// process's descriptor can be used (see `AttachRequest`).
     public func attach(_ request: AttachRequest, from process: AttachingProcess) -> AttachOutcome {
+        let outcome = decideAttach(request, from: process)
+        guard case .accepted(let answer, let detach?) = outcome else { return outcome }
+        // A session: listed in status until it ends.
+        let entry = (region: answer.region,
+                     process: StatusReport.Region.AttachedProcess(pid: process.pid, mode: answer.lazy ? "lazy reader" : "writer"))
+        let id = attachments.withLock { a -> Int in
+            a.next += 1
+            a.open[a.next] = entry
+            return a.next
+        }
+        return .accepted(answer, detach: { [attachments] in
+            detach()
+            attachments.withLock { _ = $0.open.removeValue(forKey: id) }
+        })
+    }
+
+    private func decideAttach(_ request: AttachRequest, from process: AttachingProcess) -> AttachOutcome {
         func refuse(_ message: String) -> AttachOutcome { .refused(message) }
         if let role = request.role, role != "primary", role != "replica" {
             return refuse("role must be \"primary\" or \"replica\", not \"\(role)\"")

@@ -54,6 +54,12 @@ public struct FrameDecoder: Sendable {
         return frame
     }
 
+    /// Removes and returns the bytes not yet decoded.
+    public mutating func takePending() -> [UInt8] {
+        defer { buffer = []; consumed = 0 }
+        return Array(buffer[consumed...])
+    }
+
     /// True when the stream may end here (no partial frame buffered).
     public var atFrameBoundary: Bool { pendingBytes == 0 }
 }

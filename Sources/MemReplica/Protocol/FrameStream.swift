@@ -42,6 +42,13 @@ public final class FrameStream: @unchecked Sendable {
         }
     }
 
+    /// For a reader that takes over the stream (`LoopFrameReader`): the
+    /// bytes read but not yet decoded; nil once the stream has ended, when
+    /// there is nothing to take over. This stream must not receive again.
+    func handOverReading() -> [UInt8]? {
+        finished ? nil : decoder.takePending()
+    }
+
     /// Received bytes not yet returned as frames (more may be decodable).
     public var hasBufferedBytes: Bool { !decoder.atFrameBoundary }
 

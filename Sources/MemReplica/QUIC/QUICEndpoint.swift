@@ -45,6 +45,9 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
     private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map { UInt64($0.seconds * 1e9) }
+    /// Until when the loop polls instead of sleeping, asked for by
+    /// `keepPolling` (0: not asked).
+    private var pollUntil: UInt64 = 0
     private var accepted = Deque<QUICConnectionCore>()
     /// Tickets from servers we connected to, for the next `connect`.
     private var sessionTickets = SessionTicketCache()
@@ -257,7 +260,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             if stopping && live.isEmpty { break }
             var deadline = writeQueue.isEmpty && pendingSend == nil ? nextDeadline() : 0
             let now = monotonicNanoseconds()
-            if deadline > now, let spin = busyPollNanoseconds, deadline - now > spin {
+            let spin = max(busyPollNanoseconds ?? 0, pollUntil > now ? pollUntil - now : 0)
+            if deadline > now, spin > 0, deadline - now > spin {
                 // Poll a little before sleeping: a wake-up from epoll costs
                 // tens of µs on a VM, more than a reply usually takes.
                 if poller.poll(forNanoseconds: spin) { deadline = 0 }
@@ -298,6 +302,15 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             return b
         }
         for c in batch { c() }
+    }
+
+    /// Called on the loop by work whose next message is expected within
+    /// `nanoseconds` and whose latency matters more than the CPU spent
+    /// polling for it (a faulting thread sleeps until the answer): the loop
+    /// polls instead of sleeping until that long from now. Bounded, unlike
+    /// `QUICConfiguration.busyPoll`, to the moments such work is under way.
+    func keepPolling(forNanoseconds nanoseconds: UInt64) {
+        pollUntil = max(pollUntil, monotonicNanoseconds() + nanoseconds)
     }
 
     func wakeLater(_ stream: QUICStreamCore) {

@@ -32,6 +32,12 @@ final class QUICStreamCore: @unchecked Sendable {
     var closedByStack = false
     /// Queued on the endpoint to wake its reader after this batch.
     var wakePending = false
+    /// Takes received bytes on this thread instead of a reading task
+    /// (`QUICStream.readOnLoop`), with what ends the task's wait.
+    private var loopReader: (any LoopStreamReader)?
+    private var loopReaderDone: Delivery<Void>?
+    /// The loop reader stopped because too much of its output is unacknowledged.
+    private var loopReaderWantsRoom = false
     static let receiveChunk = 256 << 10
 
     struct Mailbox {
@@ -235,6 +241,13 @@ final class QUICStreamCore: @unchecked Sendable {
 
     func acknowledged(upTo offset: UInt64) {
         sendBuffer.acknowledge(upTo: offset)
+        if loopReaderWantsRoom, !sendBacklogged, !wakePending {
+            // Called inside ngtcp2's packet processing: resume the reader
+            // once the batch is done, as for bytes that arrive.
+            loopReaderWantsRoom = false
+            wakePending = true
+            connection.endpoint.wakeLater(self)
+        }
         let acked = sendBuffer.ackedOffset
         let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
             m.acknowledged = acked
@@ -268,7 +281,7 @@ final class QUICStreamCore: @unchecked Sendable {
             if fin { m.finReceived = true }
             return m.readWaiter != nil
         }
-        if readerWaiting && !wakePending {
+        if (readerWaiting || loopReader != nil) && !wakePending {
             wakePending = true
             connection.endpoint.wakeLater(self)
         }
@@ -277,6 +290,10 @@ final class QUICStreamCore: @unchecked Sendable {
     /// Hands what arrived to a waiting reader (loop thread).
     func wakeReader() {
         wakePending = false
+        if let reader = loopReader {
+            reader.streamReadable(self)
+            return
+        }
         let handoff = mailbox.withLock { m -> (CheckedContinuation<[UInt8]?, any Error>, [UInt8]?)? in
             guard let waiter = m.readWaiter else { return nil }
             if let out = m.take(maxLength: waiter.maxLength) {
@@ -319,6 +336,9 @@ final class QUICStreamCore: @unchecked Sendable {
     }
 
     func failReceive(_ error: TransportError) {
+        // A loop reader answers requests: what is still buffered has no
+        // one to answer to any more.
+        endLoopReading(error)
         let waiter = mailbox.withLock { m -> CheckedContinuation<[UInt8]?, any Error>? in
             if m.receiveError == nil { m.receiveError = error }
             // Bytes already here and a FIN still reach the reader first.
@@ -351,6 +371,67 @@ final class QUICStreamCore: @unchecked Sendable {
         }
         waiters.forEach { $0.resume() }
     }
+
+    // MARK: reading on the loop thread
+
+    /// Hands received bytes to `reader` on this thread from now on, starting
+    /// with those buffered already; `done` is completed once, when the
+    /// reader ends (`endLoopReading`) or the stream fails.
+    func startLoopReading(_ reader: any LoopStreamReader, done: Delivery<Void>) {
+        let failed = mailbox.withLock { m -> TransportError? in
+            if m.readWaiter != nil { return .protocolFailure("stream \(id) already has a reader") }
+            return m.receiveError ?? connection.closeError
+        }
+        if let failed { done.fail(failed); return }
+        loopReader = reader
+        loopReaderDone = done
+        reader.streamReadable(self)
+    }
+
+    /// Ends loop reading (nil: cleanly) and resumes the waiting task. Bytes
+    /// arriving later stay buffered for a task's `read`.
+    func endLoopReading(_ error: (any Error)?) {
+        guard let done = loopReaderDone else { return }
+        loopReader = nil
+        loopReaderDone = nil
+        loopReaderWantsRoom = false
+        if let error { done.fail(error) } else { done.succeed(()) }
+    }
+
+    /// Up to `maxLength` received bytes for the loop reader; the peer gets
+    /// the credit back at once.
+    func takeOnLoop(maxLength: Int) -> [UInt8]? {
+        guard let bytes = mailbox.withLock({ $0.take(maxLength: maxLength) }) else { return nil }
+        _ = connection.noteCreditTaken(bytes.count)
+        returnCredit()
+        return bytes
+    }
+
+    /// Whether the peer finished the stream (every byte has been taken).
+    var receivedAllOnLoop: Bool { mailbox.withLock { $0.finReceived && $0.buffered == 0 } }
+
+    /// Queues owned memory from the loop thread; it goes out in this loop
+    /// turn. Throws (freeing it) if the stream can no longer send.
+    func sendOnLoop(_ memory: UnsafeMutableRawBufferPointer) throws {
+        let refused = mailbox.withLock { m -> TransportError? in
+            if let error = m.sendError ?? connection.closeError { return error }
+            if m.finRequested || finQueued { return .protocolFailure("write after finish on stream \(id)") }
+            m.written += UInt64(memory.count)
+            return nil
+        }
+        if let refused {
+            memory.deallocate()
+            throw refused
+        }
+        sendBuffer.append(owning: memory)
+        connection.schedule(self)
+    }
+
+    /// More unacknowledged output than a task's `write` would allow.
+    var sendBacklogged: Bool { sendBuffer.unacknowledged > sendLimit }
+
+    /// The loop reader waits for acknowledgments before reading on.
+    func waitForSendRoom() { loopReaderWantsRoom = true }
 
     var finReceived: Bool { mailbox.withLock { $0.finReceived } }
     var receivedEarlyData: Bool { mailbox.withLock { $0.receivedEarlyData } }

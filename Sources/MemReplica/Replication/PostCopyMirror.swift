@@ -52,11 +52,17 @@ public final class PostCopyMirror: @unchecked Sendable {
         var invalidated = 0
         var lastEpoch: UInt64 = 0
         var faultLatencies: [Duration] = []
-        var faultQueue: Locked<Deque<(chunk: Int, generation: UInt32)>>?
-        var pullQueue: Locked<Deque<(chunk: Int, generation: UInt32)>>?
+        var faultQueue: Locked<Deque<FaultRequest>>?
+        var pullQueue: Locked<Deque<FaultRequest>>?
         var wakeFaultRequests: AsyncStream<Void>.Continuation?
         var wakePuller: AsyncStream<Void>.Continuation?
+        /// Sends READs for faults straight from the thread that took them
+        /// (over QUIC); nil when a task sends them (`wakeFaultRequests`).
+        var faultRequester: FaultRequester?
     }
+
+    private typealias FaultRequest = (chunk: Int, generation: UInt32)
+    private typealias FaultRequester = @Sendable ([FaultRequest]) -> Void
 
     public let region: Region
     public let remoteName: String
@@ -75,11 +81,16 @@ public final class PostCopyMirror: @unchecked Sendable {
         self.state = state
         try region.discard(0..<region.geometry.size)
         faults = try MissingFaultHandler(region: region) { chunk in
-            let (fresh, wake) = state.withLock { s -> (Bool, [AsyncStream<Void>.Continuation]) in
-                guard s.chunks.faulted(chunk, at: .now) else { return (false, []) }
+            let (fresh, due, requester, wake) = state.withLock {
+                s -> (Bool, [FaultRequest], FaultRequester?, [AsyncStream<Void>.Continuation]) in
+                guard s.chunks.faulted(chunk, at: .now) else { return (false, [], nil, []) }
                 s.faults += 1
-                return (true, [s.wakeFaultRequests, s.wakePuller].compactMap { $0 })
+                if let requester = s.faultRequester {
+                    return (true, s.chunks.takeFaultRequests(), requester, [s.wakePuller].compactMap { $0 })
+                }
+                return (true, [], nil, [s.wakeFaultRequests, s.wakePuller].compactMap { $0 })
             }
+            if !due.isEmpty { requester?(due) }
             for w in wake { w.yield() }
             return fresh
         }
@@ -152,30 +163,49 @@ public final class PostCopyMirror: @unchecked Sendable {
         let pulls = options.backgroundPull ? try await openReads(on: connection) : nil
         let (faultSignals, faultWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let (pullSignals, pullWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let faultQueue = Locked(Deque<FaultRequest>())
+        let loopReads = (reads.stream as? QUICStream).flatMap { quic in
+            reads.handOverReading().map { (quic, $0) }
+        }
         state.withLock { s in
             s.chunks.connectionChanged()
             s.subscribed = false
             s.wakeFaultRequests = faultWake
             s.wakePuller = pulls == nil ? nil : pullWake
+            s.faultQueue = faultQueue
+            s.faultRequester = loopReads.map { Self.requester(on: $0.0.core, queue: faultQueue) }
         }
         defer {
-            state.withLock { s in s.wakeFaultRequests = nil; s.wakePuller = nil; s.faultQueue = nil; s.pullQueue = nil }
+            state.withLock { s in
+                s.wakeFaultRequests = nil; s.wakePuller = nil; s.faultRequester = nil; s.faultQueue = nil; s.pullQueue = nil
+            }
             faultWake.finish()
             pullWake.finish()
         }
         // Faults that waited through a reconnect are asked for first.
-        faultWake.yield()
+        requestWaitingFaults()
         pullWake.yield()
         let streams = [control, reads] + (pulls.map { [$0] } ?? [])
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await self.followInvalidations(control) }
-                let faultQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
-                state.withLock { $0.faultQueue = faultQueue }
-                group.addTask { try await self.requestFaults(on: reads, queue: faultQueue, signals: faultSignals) }
-                group.addTask { try await self.receiveChunks(on: reads, queue: faultQueue, forFaults: true, onEach: nil) }
+                if let (quic, leftover) = loopReads {
+                    // Fault reads over QUIC: READs go from the fault thread
+                    // to the loop, DATA is installed on the loop.
+                    let reader = LoopFrameReader(leftover: leftover) { [self] frame, _ in
+                        if try accept(frame, queue: faultQueue, forFaults: true) { requestWaitingFaults() }
+                        return nil
+                    }
+                    group.addTask {
+                        try await quic.readOnLoop(reader)
+                        throw ReplicationError.streamEnded
+                    }
+                } else {
+                    group.addTask { try await self.requestFaults(on: reads, queue: faultQueue, signals: faultSignals) }
+                    group.addTask { try await self.receiveChunks(on: reads, queue: faultQueue, forFaults: true, onEach: nil) }
+                }
                 if let pulls {
-                    let pullQueue = Locked(Deque<(chunk: Int, generation: UInt32)>())
+                    let pullQueue = Locked(Deque<FaultRequest>())
                     state.withLock { $0.pullQueue = pullQueue }
                     group.addTask { try await self.pull(on: pulls, queue: pullQueue, signals: pullSignals) }
                     group.addTask { try await self.receiveChunks(on: pulls, queue: pullQueue, forFaults: false, onEach: pullWake) }
@@ -248,8 +278,44 @@ public final class PostCopyMirror: @unchecked Sendable {
         throw ReplicationError.streamEnded
     }
 
+    /// Sends READs for faults from any thread: the loop queues each and its
+    /// READ in one step, so the queue's order is the stream's. A stream
+    /// that can no longer send means the run is ending; the next run asks
+    /// again for whatever still waits.
+    private static func requester(on stream: QUICStreamCore, queue: Locked<Deque<FaultRequest>>) -> FaultRequester {
+        { due in
+            stream.connection.endpoint.post {
+                for request in due {
+                    queue.withLock { $0.append(request) }
+                    guard let frame = try? Frame.read(firstChunk: UInt64(request.chunk), count: 1).encoded(),
+                          (try? stream.sendOnLoop(frame.withUnsafeBytes(OwnedBytes.copy))) != nil else { return }
+                }
+                stream.connection.endpoint.keepPolling(forNanoseconds: faultReplyPoll)
+            }
+        }
+    }
+
+    /// How long the replica's QUIC loop polls for the DATA after sending a
+    /// fault's READ, instead of sleeping: on a VM each sleep and wake-up on
+    /// the way costs tens of µs, and the faulting thread waits for all of
+    /// them. A loopback or LAN round trip fits; past it the loop sleeps.
+    /// (Polling on the primary too, for the next READ, was measured: with
+    /// both peers on one 2-core machine the two spinning loops starve the
+    /// threads that do the work, and latency got worse and erratic.)
+    static let faultReplyPoll: UInt64 = 300_000
+
+    /// Asks for every faulted chunk not asked for on this connection yet.
+    private func requestWaitingFaults() {
+        let (due, requester, wake) = state.withLock { s -> ([FaultRequest], FaultRequester?, AsyncStream<Void>.Continuation?) in
+            guard let requester = s.faultRequester else { return ([], nil, s.wakeFaultRequests) }
+            return (s.chunks.takeFaultRequests(), requester, nil)
+        }
+        if !due.isEmpty { requester?(due) }
+        wake?.yield()
+    }
+
     /// One READ per faulted chunk, as faults come in.
-    private func requestFaults(on frames: FrameStream, queue: Locked<Deque<(chunk: Int, generation: UInt32)>>,
+    private func requestFaults(on frames: FrameStream, queue: Locked<Deque<FaultRequest>>,
                                signals: AsyncStream<Void>) async throws {
         for await _ in signals {
             let due = state.withLock { $0.chunks.takeFaultRequests() }
@@ -261,7 +327,7 @@ public final class PostCopyMirror: @unchecked Sendable {
     }
 
     /// Background READs of runs of missing chunks, a window's worth in flight.
-    private func pull(on frames: FrameStream, queue: Locked<Deque<(chunk: Int, generation: UInt32)>>,
+    private func pull(on frames: FrameStream, queue: Locked<Deque<FaultRequest>>,
                       signals: AsyncStream<Void>) async throws {
         let chunkSize = region.geometry.chunkSize
         let window = max(1, options.pullWindowBytes / chunkSize)
@@ -279,38 +345,42 @@ public final class PostCopyMirror: @unchecked Sendable {
     }
 
     /// DATA, in the order READs were sent on this stream.
-    private func receiveChunks(on frames: FrameStream, queue: Locked<Deque<(chunk: Int, generation: UInt32)>>,
+    private func receiveChunks(on frames: FrameStream, queue: Locked<Deque<FaultRequest>>,
                                forFaults: Bool, onEach: AsyncStream<Void>.Continuation?) async throws {
-        let g = region.geometry
         while let frame = try await frames.receive() {
-            guard case .data(let first, let bytes) = frame else {
-                throw ProtocolViolation(.unexpectedFrame, "a reads stream answers with DATA only")
-            }
-            guard let expected = queue.withLock({ $0.popFirst() }), UInt64(expected.chunk) == first else {
-                throw ProtocolViolation(.unexpectedFrame, "DATA for chunk \(first) that was not asked for next")
-            }
-            guard bytes.count == g.byteRange(ofChunk: expected.chunk)!.count else {
-                throw ProtocolViolation(.malformedFrame, "DATA for chunk \(first) carries \(bytes.count) bytes")
-            }
-            let refault = try state.withLock { s -> AsyncStream<Void>.Continuation? in
-                switch s.chunks.arrived(expected.chunk, askedAt: expected.generation, forFault: forFaults) {
-                case .stale:
-                    // Asked before a DIRTY: a waiting fault must ask again.
-                    return s.chunks.waiting[expected.chunk] != nil ? s.wakeFaultRequests : nil
-                case .alreadyPresent:
-                    break
-                case .install:
-                    try bytes.withUnsafeBytes { try faults.install(chunk: expected.chunk, bytes: $0) }
-                }
-                if let waited = s.chunks.installed(expected.chunk) {
-                    s.faultsServed += waited.faults
-                    if s.faultLatencies.count < 1 << 20 { s.faultLatencies.append(.now - waited.since) }
-                }
-                return nil
-            }
-            refault?.yield()
+            if try accept(frame, queue: queue, forFaults: forFaults) { requestWaitingFaults() }
             onEach?.yield()
         }
         throw ReplicationError.streamEnded
+    }
+
+    /// Checks that a frame on a reads stream is the DATA asked for next and
+    /// installs it, unless it is stale or the chunk is present. True when a
+    /// fault waiting on that chunk must ask again (the bytes predate a DIRTY).
+    private func accept(_ frame: Frame, queue: Locked<Deque<FaultRequest>>, forFaults: Bool) throws -> Bool {
+        guard case .data(let first, let bytes) = frame else {
+            throw ProtocolViolation(.unexpectedFrame, "a reads stream answers with DATA only")
+        }
+        guard let expected = queue.withLock({ $0.popFirst() }), UInt64(expected.chunk) == first else {
+            throw ProtocolViolation(.unexpectedFrame, "DATA for chunk \(first) that was not asked for next")
+        }
+        guard bytes.count == region.geometry.byteRange(ofChunk: expected.chunk)!.count else {
+            throw ProtocolViolation(.malformedFrame, "DATA for chunk \(first) carries \(bytes.count) bytes")
+        }
+        return try state.withLock { s -> Bool in
+            switch s.chunks.arrived(expected.chunk, askedAt: expected.generation, forFault: forFaults) {
+            case .stale:
+                return s.chunks.waiting[expected.chunk] != nil
+            case .alreadyPresent:
+                break
+            case .install:
+                try bytes.withUnsafeBytes { try faults.install(chunk: expected.chunk, bytes: $0) }
+            }
+            if let waited = s.chunks.installed(expected.chunk) {
+                s.faultsServed += waited.faults
+                if s.faultLatencies.count < 1 << 20 { s.faultLatencies.append(.now - waited.since) }
+            }
+            return false
+        }
     }
 }

@@ -159,25 +159,59 @@ public final class RegionExports: Sendable {
     }
 
     /// A reads stream: every READ is answered with one DATA per chunk, in
-    /// order, each copied from the live mapping as it is sent.
+    /// order, each copied from the live mapping as it is sent. Over QUIC the
+    /// answers are made on the loop thread as READs arrive, so a fault's
+    /// request is answered without waking a task; elsewhere by this task.
     private func serveReads(_ region: Region, over frames: FrameStream, peer: String) async throws {
-        let chunks = UInt64(region.geometry.chunkCount)
+        let observer = self.observer
+        if let quic = frames.stream as? QUICStream, let leftover = frames.handOverReading() {
+            try await quic.readOnLoop(LoopFrameReader(leftover: leftover) { frame, stream in
+                let arrived = ContinuousClock.now
+                let asked = try Self.chunks(askedBy: frame, of: region)
+                var bytes = 0
+                for chunk in asked {
+                    if stream.sendBacklogged {
+                        // The rest comes back as a READ of its own once ACKs make room.
+                        observer?.servedRead(region: region.name, peer: peer, chunks: Int(chunk - asked.lowerBound),
+                                             bytes: bytes, duration: arrived.duration(to: .now))
+                        return .read(firstChunk: chunk, count: asked.upperBound - chunk)
+                    }
+                    let data = try region.chunkBytes(Int(chunk))
+                    let header = try Frame.dataHeader(firstChunk: chunk, byteCount: data.count)
+                    try stream.sendOnLoop(OwnedBytes.copy(header: header, body: data))
+                    bytes += data.count
+                }
+                observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
+                                     duration: arrived.duration(to: .now))
+                return nil
+            })
+            return
+        }
         while let frame = try await frames.receive() {
             let arrived = ContinuousClock.now
-            guard case .read(let first, let count) = frame else {
-                throw ProtocolViolation(.unexpectedFrame, "a reads stream carries only READ")
-            }
-            guard first < chunks, count <= chunks - first else {
-                throw ProtocolViolation(.chunkOutOfRange, "READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
-            }
+            let asked = try Self.chunks(askedBy: frame, of: region)
             var bytes = 0
-            for chunk in first..<(first + count) {
+            for chunk in asked {
                 let data = try region.chunkBytes(Int(chunk))
                 bytes += data.count
                 try await frames.sendData(firstChunk: chunk, bytes: data)
             }
-            observer?.servedRead(region: region.name, peer: peer, chunks: Int(count), bytes: bytes, duration: arrived.duration(to: .now))
+            observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
+                                 duration: arrived.duration(to: .now))
         }
+    }
+
+    /// The chunks a frame on a reads stream asks for: it must be a READ
+    /// within the region.
+    private static func chunks(askedBy frame: Frame, of region: Region) throws -> Range<UInt64> {
+        let chunks = UInt64(region.geometry.chunkCount)
+        guard case .read(let first, let count) = frame else {
+            throw ProtocolViolation(.unexpectedFrame, "a reads stream carries only READ")
+        }
+        guard first < chunks, count <= chunks - first else {
+            throw ProtocolViolation(.chunkOutOfRange, "READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
+        }
+        return first..<(first + count)
     }
 
     /// Armed before an initial pass copies a chunk, so a write during the

@@ -51,7 +51,9 @@ int memreplica_attach(const char *control_path, const char *region, int writable
                       char *error, size_t error_length);
 
 /* Ends the attachment (waiting until the peer is done with the mapping) and
- * unmaps. Returns 0. */
+ * unmaps; a lazy replica's mapping becomes read-only zeros instead, its
+ * address range reserved for good, so a thread still asleep in a fault wakes
+ * reading zeros rather than crashing. Returns 0. */
 int memreplica_detach(memreplica_region *r);
 
 #ifdef __cplusplus
