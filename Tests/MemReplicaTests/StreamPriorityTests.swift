@@ -21,14 +21,8 @@ struct StreamPriorityTests {
         defer { emulator.shutdown() }
         let pki = try TestPKI()
         defer { pki.remove() }
-        var serverConfig = quicConfig(server: true)
-        serverConfig.networkNamespace = emulator.sideA
-        var clientConfig = quicConfig(server: false)
-        clientConfig.networkNamespace = emulator.sideB
-        let server = try kind.makeTransport(bind: PeerAddress(host: emulator.addressA, port: 0), tls: pki.server.tls,
-                                            configuration: serverConfig, logger: testLogger)
-        let client = try kind.makeTransport(bind: PeerAddress(host: emulator.addressB, port: 0), tls: pki.client.tls,
-                                            configuration: clientConfig, logger: testLogger)
+        let pair = try WANTransportPair(kind, over: emulator, pki: pki)
+        let (server, client) = (pair.server, pair.client)
 
         // The server reads every stream to its end; the urgent one starts with 'U'.
         let urgentArrived = Locked<ContinuousClock.Instant?>(nil)
@@ -49,8 +43,7 @@ struct StreamPriorityTests {
             }
         }
         defer { serving.cancel() }
-        let target = try PeerAddress(host: emulator.addressA, port: server.localAddress.port)
-        let connection = try await withTimeout(15, "connecting over the WAN") { try await client.connect(to: target) }
+        let connection = try await withTimeout(15, "connecting over the WAN") { try await client.connect(to: pair.serverAddress) }
 
         let bulk = [UInt8](repeating: UInt8(ascii: "B"), count: Self.bulkBytes)
         for _ in 0..<Self.bulkStreams {

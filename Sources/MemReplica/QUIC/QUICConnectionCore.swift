@@ -579,21 +579,9 @@ final class QUICConnectionCore: @unchecked Sendable {
         endpoint.needsWrite(self)
     }
 
-    /// Urgent streams go behind the urgent ones already queued but ahead of
-    /// the rest, so a small answer never waits for a bulk stream's turn.
-    func enqueue(_ stream: QUICStreamCore) {
-        guard stream.urgent else { return sendQueue.append(stream) }
-        sendQueue.insert(stream, at: sendQueue.firstIndex { !$0.urgent } ?? sendQueue.endIndex)
-    }
+    func enqueue(_ stream: QUICStreamCore) { sendQueue.enqueue(stream) }
 
-    /// Makes `stream` urgent, moving it forward if it is already queued.
-    func makeUrgent(_ stream: QUICStreamCore) {
-        guard !stream.urgent else { return }
-        stream.urgent = true
-        guard stream.scheduled, let i = sendQueue.firstIndex(where: { $0 === stream }) else { return }
-        sendQueue.remove(at: i)
-        enqueue(stream)
-    }
+    func makeUrgent(_ stream: QUICStreamCore) { sendQueue.makeUrgent(stream) }
 
     /// Counts bytes a reader took; true when the caller should post a
     /// connection-wide credit sweep.

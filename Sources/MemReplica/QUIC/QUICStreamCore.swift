@@ -7,7 +7,7 @@ import QuicShim
 /// a write below the buffer limit and a read of bytes already here finish
 /// without a round trip through the loop: on a request/response exchange
 /// that halves the thread wake-ups.
-final class QUICStreamCore: @unchecked Sendable {
+final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     let id: Int64
     /// Strong: a stream handle may outlive its connection's entry in the
     /// endpoint and must still answer (with the connection's error).

@@ -266,22 +266,11 @@ final class TCPLink {
         if state == .open { endpoint.needsWrite(self) }
     }
 
-    /// Urgent streams go behind the urgent ones already queued but ahead of
-    /// the rest. Only the framing order changes: what is already in the
-    /// kernel's send buffer goes first regardless (TCP's head-of-line cost).
-    private func enqueue(_ stream: TCPStreamCore) {
-        guard stream.urgent else { return sendStreams.append(stream) }
-        sendStreams.insert(stream, at: sendStreams.firstIndex { !$0.urgent } ?? sendStreams.endIndex)
-    }
+    private func enqueue(_ stream: TCPStreamCore) { sendStreams.enqueue(stream) }
 
-    /// Makes `stream` urgent, moving it forward if it is already queued.
-    func makeUrgent(_ stream: TCPStreamCore) {
-        guard !stream.urgent else { return }
-        stream.urgent = true
-        guard stream.scheduled, let i = sendStreams.firstIndex(where: { $0 === stream }) else { return }
-        sendStreams.remove(at: i)
-        enqueue(stream)
-    }
+    /// Only the framing order changes: what is already in the kernel's send
+    /// buffer goes first regardless (TCP's head-of-line cost).
+    func makeUrgent(_ stream: TCPStreamCore) { sendStreams.makeUrgent(stream) }
 
     func queueControl(_ type: MuxRecordType, stream: Int64 = 0, value: UInt64) {
         var payload: [UInt8] = []
