@@ -92,13 +92,21 @@ public struct WANBenchmark {
         defer { emulator.shutdown() }
         log("emulator up: primary \(emulator.addressA) in \(emulator.sideA.name), replica \(emulator.addressB) in \(emulator.sideB.name)")
 
-        let calibration = try calibrate(emulator, scenario: scenarios.first)
-
+        var calibrations: [WANCalibrationReport] = []
         let total = scenarios.count * options.runs * options.transports.count
         var results: [WANRunResult] = []
         for scenario in scenarios {
             let link = scenario.linkProfiles(rateBitsPerSecond: options.rateBitsPerSecond, queueLimitBytes: options.queueLimitBytes)
             emulator.setProfiles(aToB: link.aToB, bToA: link.bToA)
+            // Each link the matrix uses is checked against its profile once,
+            // before its first run (the forwarder's capacity only the first time).
+            if options.calibrationProbes > 0, !calibrations.contains(where: { $0.configuredLossAToB == link.aToB.lossRate
+                                                                          && $0.configuredRTT == link.aToB.delay + link.bToA.delay }) {
+                let report = try WANCalibration.run(emulator, probes: options.calibrationProbes,
+                                                    measureCapacity: calibrations.isEmpty)
+                log("calibration, \(scenario.description):\n" + report.description)
+                calibrations.append(report)
+            }
             let primaries = try makePrimaries(scenario)
             for run in 1...options.runs {
                 // Transports alternate their order between runs, so neither
@@ -130,14 +138,7 @@ public struct WANBenchmark {
                             scanIntervalMilliseconds: options.scanInterval.milliseconds,
                             rateBitsPerSecond: options.rateBitsPerSecond, queueLimitBytes: options.queueLimitBytes,
                             lossAppliedTo: "each direction independently"),
-            calibration: calibration, results: results, summaries: summaries, ratios: ratios, targets: targets)
-    }
-
-    private func calibrate(_ emulator: WANEmulator, scenario: WANScenario?) throws -> WANCalibrationReport? {
-        guard options.calibrationProbes > 0 else { return nil }
-        let report = try WANCalibration.run(emulator, probes: options.calibrationProbes)
-        log("calibration at the first scenario's settings:\n" + report.description)
-        return report
+            calibrations: calibrations, results: results, summaries: summaries, ratios: ratios, targets: targets)
     }
 
     /// The scenario's primaries: bulk regions, the read region and the lag

@@ -57,7 +57,8 @@ public struct WANBenchmarkReport: Codable, Sendable {
     public var seconds: Double
     public var quick: Bool
     public var settings: Settings
-    public var calibration: WANCalibrationReport?
+    /// One per distinct link (RTT and loss) of the matrix, before its first run.
+    public var calibrations: [WANCalibrationReport]
     public var results: [WANRunResult]
     public var summaries: [Summary]
     public var ratios: [Ratio]

@@ -80,13 +80,24 @@ public struct WANResultsWriter {
                    + "Reads: \(s.readers) streams, one random \(s.readChunkBytes >> 10) KiB READ outstanding on each, timed while "
                    + "\(s.bulkBytes >> 20) MiB in \(s.bulkChunkBytes >> 10) KiB chunks sync in bulk (stopped after \(formatNumber(s.bulkTimeLimitSeconds)) s). "
                    + "Lag: \(s.lagWrites) writes at \(s.lagWritesPerSecond)/s, each timed from the store in the primary until the replica's mapping holds it (one way plus the \(formatNumber(s.scanIntervalMilliseconds)) ms scan), on a fresh connection after the bulk phase.")
-        if let c = report.calibration {
+        if !report.calibrations.isEmpty {
             out.append("")
-            out.append("Emulator calibration (first scenario's link; the RTT must agree within 5 %):")
+            out.append("Emulator calibration, before each link's first run (UDP echoes; RTT within 5 % of the configured one, "
+                       + "loss within 5 % or three binomial standard deviations when the probes are too few):")
             out.append("")
-            out.append("```")
-            out.append(c.description)
-            out.append("```")
+            out.append("| configured RTT ms | measured median ms | RTT agrees | loss % each way | measured A→B / B→A % | loss agrees |")
+            out.append("|---:|---:|---|---:|---|---|")
+            for c in report.calibrations {
+                out.append(String(format: "| %@ | %.3f | %@ | %@ | %.2f / %.2f | %@ |",
+                                  formatNumber(c.configuredRTT.milliseconds), c.measuredRTT.milliseconds,
+                                  c.rttAgrees ? "yes" : "**no**", formatNumber(c.configuredLossAToB * 100),
+                                  c.measuredLossAToB * 100, c.measuredLossBToA * 100, c.lossAgrees ? "yes" : "**no**"))
+            }
+            if let capacity = report.calibrations.first?.capacityPacketsPerSecond {
+                out.append("")
+                out.append(String(format: "Forwarder capacity: %.0f packets/s (92-byte packets)", capacity)
+                           + (report.calibrations.first?.baselineRTT.map { String(format: "; the host path adds %.3f ms to every RTT, which is why sub-millisecond RTTs do not agree within 5 %%.", $0.milliseconds) } ?? "."))
+            }
         }
         out.append("")
         out.append("Ratios are QUIC ÷ TCP from the same runs: below 1 QUIC is faster for latencies; above 1 QUIC moves more bytes. **TCP wins** marks a ratio where a TCP mode did better than QUIC by more than 5 %.")
