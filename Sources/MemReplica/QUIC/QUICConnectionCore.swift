@@ -30,6 +30,8 @@ final class QUICConnectionCore: @unchecked Sendable {
     var streams: [Int64: QUICStreamCore] = [:]
     /// Streams with data to send, served round-robin one packet at a time.
     var sendQueue = Deque<QUICStreamCore>()
+    /// Packets in a row that carried urgent streams' bytes (QUICPacketWriter).
+    var urgentPacketsInARow = 0
     var acceptQueue = Deque<QUICStreamCore>()
     var acceptWaiters = Deque<Delivery<QUICStreamCore>>()
     var openWaiters = Deque<Delivery<QUICStreamCore>>()

@@ -49,6 +49,13 @@ extension QUICConnectionCore {
                     head.scheduled = false
                     sendQueue.removeFirst()
                 }
+                // Urgent first, but not only: with a small congestion window
+                // (a lossy path) steady reads could take every packet and
+                // stall the bulk streams for as long as they last.
+                if let s = stream, s.urgent, urgentPacketsInARow >= Self.urgentPacketsBeforeBulk,
+                   let bulk = sendQueue.first(where: { !$0.urgent && $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }) {
+                    stream = bulk
+                }
             }
             if let s = stream {
                 vecCount = s.sendBuffer.unsentVectors(into: vecs)
@@ -122,10 +129,15 @@ extension QUICConnectionCore {
         return total
     }
 
+    /// Packets urgent streams may send in a row while a bulk stream waits:
+    /// bulk keeps at least a fifth of the connection.
+    static let urgentPacketsBeforeBulk = 4
+
     /// Records what ngtcp2 took from the stream and rotates it to the back
     /// of the queue so the next packet serves the next stream.
     private func consume(_ stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32) {
         guard let s = stream, accepted >= 0 else { return }
+        urgentPacketsInARow = s.urgent ? urgentPacketsInARow + 1 : 0
         let took = Int(accepted)
         let finWanted = flags & UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) != 0
         if finWanted && took == s.sendBuffer.unsent { s.finSent = true }
@@ -135,6 +147,10 @@ extension QUICConnectionCore {
         } else if let first = sendQueue.first, first === s, sendQueue.count > 1 {
             sendQueue.removeFirst()
             enqueue(s)
+        } else if !s.urgent, let i = sendQueue.firstIndex(where: { $0 === s }), i > 0 {
+            // A bulk stream served out of turn goes to the back of the bulk ones.
+            sendQueue.remove(at: i)
+            sendQueue.append(s)
         }
     }
 
