@@ -7,8 +7,9 @@ packages=(
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libnghttp3-dev libssl-dev pkg-config
   ngtcp2-client ngtcp2-server   # the stock tools the transport benchmark compares against;
                                 # gtlsclient also fetches from the HTTP/3 face in tests
-  python3                       # benchmark tables and plots
+  python3 python3-matplotlib    # benchmark tables and plots (bench/plot_wan.py runs on /usr/bin/python3)
   python3-prometheus-client     # the metrics test's exposition-format parser
+  iproute2                      # the WAN emulator's namespaces and addresses (ip netns, ip addr)
 )
 
 missing=()

@@ -6,7 +6,8 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Run a benchmark scenario (figures are ratios measured side by side in one run).",
-        subcommands: [BenchTransportCommand.self, BenchSyncCommand.self, BenchDirtyCommand.self, BenchFaultsCommand.self])
+        subcommands: [BenchTransportCommand.self, BenchSyncCommand.self, BenchDirtyCommand.self, BenchFaultsCommand.self,
+                      BenchWANCommand.self])
 }
 
 struct BenchTransportCommand: AsyncParsableCommand {

@@ -8,7 +8,10 @@ struct BenchOutput {
     var progress: @Sendable (String) -> Void {
         let toStandardError = json
         return { line in
-            if toStandardError { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+            // Written through at once: a long run piped to a file or a CI
+            // log shows its progress as it goes, not at exit.
+            let handle = toStandardError ? FileHandle.standardError : FileHandle.standardOutput
+            handle.write(Data((line + "\n").utf8))
         }
     }
 

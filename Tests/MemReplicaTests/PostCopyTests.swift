@@ -283,7 +283,7 @@ struct PostCopyTests {
                     guard case .subscribe(let s)? = try? await frames.receive() else { return }
                     switch s.mode {
                     case .lazy: try? await frames.send(.synced(version: 0))
-                    case .reads:
+                    case .reads, .pull:
                         guard case .read(let first, _)? = try? await frames.receive() else { return }
                         try? await frames.stream.write(answer(first))
                     case .eager: return

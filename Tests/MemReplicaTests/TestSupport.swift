@@ -131,3 +131,23 @@ let testLogger: Logger = {
     l.logLevel = .warning
     return l
 }()
+
+/// A listening server of `kind` in the emulator's side A and a client in
+/// side B, so that everything between them crosses the emulated link.
+struct WANTransportPair {
+    let server: any Transport
+    let client: any Transport
+    let serverAddress: PeerAddress
+
+    init(_ kind: TransportKind, over emulator: WANEmulator, pki: TestPKI) throws {
+        var serverConfig = quicConfig(server: true)
+        serverConfig.networkNamespace = emulator.sideA
+        var clientConfig = quicConfig(server: false)
+        clientConfig.networkNamespace = emulator.sideB
+        server = try kind.makeTransport(bind: PeerAddress(host: emulator.addressA, port: 0), tls: pki.server.tls,
+                                        configuration: serverConfig, logger: testLogger)
+        client = try kind.makeTransport(bind: PeerAddress(host: emulator.addressB, port: 0), tls: pki.client.tls,
+                                        configuration: clientConfig, logger: testLogger)
+        serverAddress = try PeerAddress(host: emulator.addressA, port: server.localAddress.port)
+    }
+}

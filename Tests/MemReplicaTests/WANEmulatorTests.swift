@@ -337,14 +337,8 @@ struct WANEmulatorTests {
             return region
         }
         let exports = RegionExports(primaries.map { .init(region: $0) }, scanInterval: .milliseconds(5), logger: testLogger)
-        var serverConfig = quicConfig(server: true)
-        serverConfig.networkNamespace = emulator.sideA
-        var clientConfig = quicConfig(server: false)
-        clientConfig.networkNamespace = emulator.sideB
-        let server = try kind.makeTransport(bind: PeerAddress(host: emulator.addressA, port: 0), tls: pki.server.tls,
-                                            configuration: serverConfig, logger: testLogger)
-        let client = try kind.makeTransport(bind: PeerAddress(host: emulator.addressB, port: 0), tls: pki.client.tls,
-                                            configuration: clientConfig, logger: testLogger)
+        let pair = try WANTransportPair(kind, over: emulator, pki: pki)
+        let (server, client) = (pair.server, pair.client)
         let serving = Task {
             guard let connection = await server.accept() else { return }
             await withDiscardingTaskGroup { group in
@@ -353,8 +347,7 @@ struct WANEmulatorTests {
                 }
             }
         }
-        let target = try PeerAddress(host: emulator.addressA, port: server.localAddress.port)
-        let connection = try await withTimeout(15, "connecting over the WAN") { try await client.connect(to: target) }
+        let connection = try await withTimeout(15, "connecting over the WAN") { try await client.connect(to: pair.serverAddress) }
         let stats = await connection.statistics()
         #expect(stats.smoothedRTT >= .milliseconds(45), "the connection's RTT is \(stats.smoothedRTT)")
 

@@ -20,17 +20,20 @@ struct BenchPeers {
     /// A server (accepting) and a client made by `make` on 127.0.0.1, with
     /// the bench's certificates and a quiet logger.
     private func pair<T>(_ quic: QUICConfiguration,
+                         server: (host: String, namespace: NetworkNamespace?) = ("127.0.0.1", nil),
+                         client: (host: String, namespace: NetworkNamespace?) = ("127.0.0.1", nil),
                          _ make: (PeerAddress, TLSConfiguration, QUICConfiguration, Logger) throws -> T) throws
         -> (server: T, client: T) {
         var logger = Logger(label: "memreplica.bench")
         logger.logLevel = .warning
         var serverConfig = quic
         serverConfig.acceptsConnections = true
+        serverConfig.networkNamespace = server.namespace
         var clientConfig = quic
         clientConfig.acceptsConnections = false
-        let loopback = try PeerAddress(parsing: "127.0.0.1:0")
-        return (try make(loopback, pki.files(for: "bench-server").tls, serverConfig, logger),
-                try make(loopback, clientTLS, clientConfig, logger))
+        clientConfig.networkNamespace = client.namespace
+        return (try make(try PeerAddress(host: server.host, port: 0), pki.files(for: "bench-server").tls, serverConfig, logger),
+                try make(try PeerAddress(host: client.host, port: 0), clientTLS, clientConfig, logger))
     }
 
     /// A listening endpoint serving `exports` on its first connection, and a
@@ -56,5 +59,17 @@ struct BenchPeers {
         -> (server: any Transport, client: any Transport) {
         if kind == .quic { return try endpoints(quic) }
         return try pair(quic) { try kind.makeTransport(bind: $0, tls: $1, configuration: $2, logger: $3) }
+    }
+
+    /// A listening server and a client of `kind` bound to the given hosts,
+    /// each creating its sockets in its network namespace (the WAN
+    /// emulator's two sides).
+    func transports(_ kind: TransportKind, _ quic: QUICConfiguration,
+                    server: (host: String, namespace: NetworkNamespace?),
+                    client: (host: String, namespace: NetworkNamespace?)) throws
+        -> (server: any Transport, client: any Transport) {
+        try pair(quic, server: server, client: client) {
+            try kind.makeTransport(bind: $0, tls: $1, configuration: $2, logger: $3)
+        }
     }
 }

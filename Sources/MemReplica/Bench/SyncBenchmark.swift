@@ -88,7 +88,7 @@ public struct SyncBenchmark {
     /// replica's ACK of a version that carries it.
     private func measureLag() async throws -> [Double] {
         let primary = try Region(name: "lag", backing: .memory, size: options.lagRegionBytes, chunkSize: options.chunkSize)
-        let probe = LagProbe()
+        let probe = LagProbe(region: "lag")
         let exports = RegionExports([.init(region: primary)], scanInterval: options.scanInterval, observer: probe,
                                     logger: quietLogger())
         let (server, client, conn, serving) = try await peers.connectServing(exports)
@@ -129,41 +129,6 @@ public struct SyncBenchmark {
         await server.close()
         log("lag: \(lags.count) writes at \(options.writesPerSecond)/s into \(options.lagRegionBytes >> 20) MiB, scan every \(options.scanInterval)")
         return lags
-    }
-}
-
-/// Follows one write at a time: the first version of its chunk copied after
-/// the store completed, then the first ACK that covers that version. (The
-/// userfaultfd tracker may report a page as soon as the store faults, before
-/// it lands; the chunk is then reported again and sent in a later version.)
-private final class LagProbe: ReplicationObserver {
-    private struct Expectation {
-        var chunk: Int
-        var writtenAt: ContinuousClock.Instant
-        var landedAt: ContinuousClock.Instant
-        var carriedBy: UInt64?
-        var acknowledgedAt: ContinuousClock.Instant?
-    }
-    private let state = Locked<Expectation?>(nil)
-
-    func expect(chunk: Int, writtenAt: ContinuousClock.Instant, landedAt: ContinuousClock.Instant) {
-        state.withLock { $0 = Expectation(chunk: chunk, writtenAt: writtenAt, landedAt: landedAt) }
-    }
-
-    func lag() -> Duration? {
-        state.withLock { e in e?.acknowledgedAt.map { $0 - e!.writtenAt } }
-    }
-
-    func willSend(region: String, chunk: Int, version: UInt64, at: ContinuousClock.Instant) {
-        state.withLock { e in
-            if e?.chunk == chunk, e?.carriedBy == nil, let landed = e?.landedAt, at >= landed { e?.carriedBy = version }
-        }
-    }
-
-    func acknowledged(region: String, peer: String, version: UInt64, at: ContinuousClock.Instant) {
-        state.withLock { e in
-            if let carried = e?.carriedBy, e?.acknowledgedAt == nil, version >= carried { e?.acknowledgedAt = at }
-        }
     }
 }
 

@@ -58,9 +58,17 @@ public enum Frame: Equatable, Sendable {
             case eager = 0
             /// The primary names changed chunks (DIRTY); the replica pulls.
             case lazy = 1
-            /// A stream that only carries READ → DATA for the region, so
-            /// fault-driven reads never queue behind bulk pulls.
+            /// A stream that only carries READ → DATA for the region, for
+            /// reads someone waits on (faults): the exporter sends its answers
+            /// ahead of other streams.
             case reads = 2
+            /// READ → DATA like `reads`, for a background pull: answered at
+            /// the same pace as other bulk streams, so it never holds up
+            /// faults or the region stream's DIRTY and SYNCED.
+            case pull = 3
+
+            /// READ → DATA streams (`reads` and `pull`).
+            public var isReads: Bool { self == .reads || self == .pull }
         }
         public var name: String
         public var size: UInt64

@@ -30,6 +30,8 @@ final class QUICConnectionCore: @unchecked Sendable {
     var streams: [Int64: QUICStreamCore] = [:]
     /// Streams with data to send, served round-robin one packet at a time.
     var sendQueue = Deque<QUICStreamCore>()
+    /// Packets in a row that carried urgent streams' bytes (QUICPacketWriter).
+    var urgentPacketsInARow = 0
     var acceptQueue = Deque<QUICStreamCore>()
     var acceptWaiters = Deque<Delivery<QUICStreamCore>>()
     var openWaiters = Deque<Delivery<QUICStreamCore>>()
@@ -575,9 +577,13 @@ final class QUICConnectionCore: @unchecked Sendable {
     func schedule(_ stream: QUICStreamCore) {
         guard !stream.scheduled, !stream.flowBlocked, stream.hasDataToSend else { return }
         stream.scheduled = true
-        sendQueue.append(stream)
+        enqueue(stream)
         endpoint.needsWrite(self)
     }
+
+    func enqueue(_ stream: QUICStreamCore) { sendQueue.enqueue(stream) }
+
+    func makeUrgent(_ stream: QUICStreamCore) { sendQueue.makeUrgent(stream) }
 
     /// Counts bytes a reader took; true when the caller should post a
     /// connection-wide credit sweep.

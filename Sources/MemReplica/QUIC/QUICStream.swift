@@ -41,6 +41,11 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
         return try await core.read(maxLength: maxLength)
     }
 
+    public func prioritize() async {
+        let core = self.core
+        await core.connection.endpoint.onLoop { core.connection.makeUrgent(core) }
+    }
+
     public func stopReading(errorCode: UInt64) async {
         let core = self.core
         await core.connection.endpoint.onLoop {

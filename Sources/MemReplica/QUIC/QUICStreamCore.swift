@@ -7,7 +7,7 @@ import QuicShim
 /// a write below the buffer limit and a read of bytes already here finish
 /// without a round trip through the loop: on a request/response exchange
 /// that halves the thread wake-ups.
-final class QUICStreamCore: @unchecked Sendable {
+final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     let id: Int64
     /// Strong: a stream handle may outlive its connection's entry in the
     /// endpoint and must still answer (with the connection's error).
@@ -22,6 +22,8 @@ final class QUICStreamCore: @unchecked Sendable {
     var finSent = false
     /// In the connection's round-robin queue of streams with data to send.
     var scheduled = false
+    /// Sent before every non-urgent stream (see `TransportStream.prioritize`).
+    var urgent = false
     /// Waiting for the peer to raise the stream's flow-control limit.
     var flowBlocked = false
     /// The stack will take no more data (reset, stop-sending, closed).

@@ -159,8 +159,8 @@ public final class PostCopyMirror: @unchecked Sendable {
             let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
             try await control.send(.have(firstChunk: UInt64(start), hashes: part))
         }
-        let reads = try await openReads(on: connection)
-        let pulls = options.backgroundPull ? try await openReads(on: connection) : nil
+        let reads = try await openReads(on: connection, mode: .reads)
+        let pulls = options.backgroundPull ? try await openReads(on: connection, mode: .pull) : nil
         let (faultSignals, faultWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let (pullSignals, pullWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let faultQueue = Locked(Deque<FaultRequest>())
@@ -227,11 +227,11 @@ public final class PostCopyMirror: @unchecked Sendable {
         }
     }
 
-    private func openReads(on connection: any TransportConnection) async throws -> FrameStream {
+    private func openReads(on connection: any TransportConnection, mode: Frame.Subscribe.Mode) async throws -> FrameStream {
         let g = region.geometry
         let frames = FrameStream(try await connection.openStream())
         try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                               mode: .reads)))
+                                               mode: mode)))
         return frames
     }
 

@@ -85,7 +85,12 @@ public final class RegionExports: Sendable {
     public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity) async {
         do {
             let export = try acceptSubscription(subscription, peer: peer)
-            if subscription.mode == .reads {
+            if subscription.mode.isReads {
+                // Someone waits on each answer (a fault, a read): it goes
+                // ahead of bulk pushes sharing the connection. A pull is a
+                // bulk push of its own: urgent, it would starve the region
+                // stream's SYNCED and DIRTY.
+                if subscription.mode == .reads { await frames.stream.prioritize() }
                 try await serveReads(export.region, over: frames, peer: peer.commonName ?? peer.subject)
                 return
             }

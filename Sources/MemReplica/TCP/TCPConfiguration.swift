@@ -64,6 +64,12 @@ public struct TCPConfiguration: Sendable {
 
     /// TCP connections (established or in handshake) one endpoint keeps at once.
     public static let maxLinks = 1024
+    /// Bytes not yet sent that the kernel may hold per socket
+    /// (TCP_NOTSENT_LOWAT). The rest waits in the mux, where urgent streams
+    /// (chunk reads) can still overtake bulk ones; without it a 16 MiB
+    /// socket buffer full of bulk bytes would make a read wait for all of
+    /// them. 128 KiB keeps a 1 Gbit/s path busy between two wake-ups.
+    public static let unsentLowWatermark = 128 << 10
     /// How long a closing TCP connection waits for the peer's end before it
     /// is dropped.
     public static let drainTimeout: Duration = .seconds(1)

@@ -262,9 +262,15 @@ final class TCPLink {
     func schedule(_ stream: TCPStreamCore) {
         guard !stream.scheduled, !stream.removed, stream.hasWork, state != .draining, state != .closed else { return }
         stream.scheduled = true
-        sendStreams.append(stream)
+        enqueue(stream)
         if state == .open { endpoint.needsWrite(self) }
     }
+
+    private func enqueue(_ stream: TCPStreamCore) { sendStreams.enqueue(stream) }
+
+    /// Only the framing order changes: what is already in the kernel's send
+    /// buffer goes first regardless (TCP's head-of-line cost).
+    func makeUrgent(_ stream: TCPStreamCore) { sendStreams.makeUrgent(stream) }
 
     func queueControl(_ type: MuxRecordType, stream: Int64 = 0, value: UInt64) {
         var payload: [UInt8] = []
@@ -361,7 +367,7 @@ final class TCPLink {
                     connection.waitForCredit(stream)
                 } else if written > 0 {
                     stream.scheduled = true
-                    sendStreams.append(stream)
+                    enqueue(stream)
                 } else {
                     // No room left in this staging round; first in the next.
                     stream.scheduled = true

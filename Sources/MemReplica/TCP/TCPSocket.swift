@@ -107,6 +107,8 @@ enum TCPSocket {
         }
         var milliseconds = UInt32(clamping: Int(userTimeout.seconds * 1000))
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &milliseconds, len)
+        var unsent = Int32(TCPConfiguration.unsentLowWatermark)
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NOTSENT_LOWAT, &unsent, len)
         guard let bufferSize else { return }
         var value = Int32(clamping: bufferSize)
         // Only when the size can be forced (root). A fixed buffer turns the

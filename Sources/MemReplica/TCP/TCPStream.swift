@@ -36,6 +36,11 @@ public final class TCPStream: TransportStream, @unchecked Sendable {
         return try await core.read(maxLength: maxLength)
     }
 
+    public func prioritize() async {
+        let core = self.core
+        await core.connection.endpoint.onLoop { core.link.makeUrgent(core) }
+    }
+
     public func stopReading(errorCode: UInt64) async {
         let core = self.core
         await core.connection.endpoint.onLoop { core.stopReadingLocally(code: errorCode) }

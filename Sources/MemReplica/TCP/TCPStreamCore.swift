@@ -10,7 +10,7 @@ import DequeModule
 /// (SETTINGS, then WINDOW records as its reader takes bytes), so a slow
 /// reader stops its sender, never the TCP connection or memory. `write`
 /// suspends while more than `streamSendBuffer` bytes wait to be framed.
-final class TCPStreamCore: @unchecked Sendable {
+final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     let id: Int64
     /// Strong: a stream handle may outlive its connection's tables and must
     /// still answer (with the connection's error).
@@ -34,6 +34,8 @@ final class TCPStreamCore: @unchecked Sendable {
     private(set) var resetSent = false
     /// In its link's round-robin of streams with something to send.
     var scheduled = false
+    /// Framed before every non-urgent stream of its link (`TransportStream.prioritize`).
+    var urgent = false
     /// Waiting in the connection's list for connection-level credit.
     var waitingForConnectionCredit = false
     var sendDone: Bool { finSent || resetSent }

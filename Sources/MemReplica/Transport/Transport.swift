@@ -59,6 +59,11 @@ public protocol TransportStream: AnyObject, Sendable {
     /// True once any bytes of this stream arrived as 0-RTT early data (which
     /// can be replayed); such bytes must only ask for replay-safe things.
     var receivedEarlyData: Bool { get }
+    /// From now on this stream's bytes are sent before those of streams not
+    /// so marked (still in order within the stream): for small answers that
+    /// someone waits on, such as chunk reads, next to bulk transfers. Only
+    /// the sending side's order changes; nothing goes on the wire.
+    func prioritize() async
 }
 
 extension TransportStream {
