@@ -92,7 +92,7 @@ struct AttachTests {
         defer { unlink(path) }
         let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
         let faulted = Locked<[Int]>([])
-        let handler = try MissingFaultHandler(region: region) { chunk in
+        let handler = try MissingFaultHandler(region: region) { chunk, _ in
             faulted.withLock { $0.append(chunk) }
             return true
         }

@@ -18,6 +18,11 @@ import SystemPackage
 /// client's mapping finds it once woken (UFFDIO_WAKE on its descriptor);
 /// `PostCopyClientTests` checks that reasoning. A process that maps the
 /// file without attaching reads zeros from the holes.
+///
+/// While a lazy replica runs over QUIC, its connection's loop thread reads
+/// this process's fault events instead (`lendToLoop`, `serveOnLoop`) and
+/// sends the READ in the same turn: each wake-up of the handler thread and
+/// its hand-off to the loop cost tens of µs on a VM, on every fault.
 final class MissingFaultHandler: @unchecked Sendable {
     let region: Region
     private let uffd: Int32
@@ -25,6 +30,10 @@ final class MissingFaultHandler: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let stopping = Locked(false)
     private let clients: Locked<Clients>
+    private let onFault: @Sendable (Int, ObjectIdentifier?) -> Bool
+    /// False once `stop` is about to close `uffd`: the loop reads and wakes
+    /// through it only under this lock, so never after its close.
+    private let uffdOpen = Locked(true)
 
     /// Attached processes' descriptors. The handler thread polls `active`;
     /// a removed client's descriptor is closed by that thread (never while
@@ -40,12 +49,18 @@ final class MissingFaultHandler: @unchecked Sendable {
         var closed = false
         /// Bumped on each change, so the thread knows to rebuild its poll set.
         var generation = 0
+        /// A loop thread reads our own descriptor's faults: the handler
+        /// thread leaves it out of its poll set.
+        var lentToLoop = false
     }
 
-    /// `onFault` runs on the handler thread with the chunk index of each
-    /// fault; it must not block. It returns false when the chunk turned out
-    /// to be present already, and the faulting thread is woken here.
-    init(region: Region, onFault: @escaping @Sendable (Int) -> Bool) throws {
+    /// `onFault` runs with the chunk index of each fault, on the handler
+    /// thread (second argument nil) or, for our own faults while lent, on
+    /// the loop thread in `serveOnLoop` (that loop's identity); it must not
+    /// block. It
+    /// returns false when the chunk turned out to be present already, and
+    /// the faulting thread is woken here.
+    init(region: Region, onFault: @escaping @Sendable (Int, ObjectIdentifier?) -> Bool) throws {
         guard region.isSharedMemory else { throw PostCopyError.notSharedMemory(region: region.name) }
         let fd = qs_uffd_open(0)
         guard fd >= 0 else { throw PostCopyError.userfaultfd(call: "open", errno: Errno(rawValue: -fd)) }
@@ -71,8 +86,9 @@ final class MissingFaultHandler: @unchecked Sendable {
         wakeup = event
         let clients = Locked(Clients())
         self.clients = clients
+        self.onFault = onFault
         let thread = Thread { [uffd, wakeup, stopped] in
-            Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients, onFault: onFault)
+            Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients) { onFault($0, nil) }
             clients.withLock { c in
                 for client in c.active { close(client.uffd) }
                 for fd in c.retired { close(fd) }
@@ -97,6 +113,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         var addresses = [UInt64](repeating: 0, count: 64)
         var polled: [Clients.Client] = []
         var generation = -1
+        var lent = false
         var dead = Set<Int>()
         while true {
             let now = clients.withLock { c -> [Clients.Client]? in
@@ -104,11 +121,14 @@ final class MissingFaultHandler: @unchecked Sendable {
                 c.retired = []
                 guard c.generation != generation else { return nil }
                 generation = c.generation
+                lent = c.lentToLoop
                 return c.active
             }
             if let now { polled = now; dead.formIntersection(now.map(\.id)) }
             let live = polled.filter { !dead.contains($0.id) }
-            var fds = [pollfd(fd: uffd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
+            // poll skips a negative descriptor: ours, while the loop reads it.
+            var fds = [pollfd(fd: lent ? -1 : uffd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
                 + live.map { pollfd(fd: $0.uffd, events: Int16(POLLIN), revents: 0) }
             guard poll(&fds, nfds_t(fds.count), -1) >= 0 || errno == EINTR else { return }
             if fds[1].revents != 0 {
@@ -192,6 +212,50 @@ final class MissingFaultHandler: @unchecked Sendable {
 
     var clientCount: Int { clients.withLock { $0.active.count } }
 
+    /// Our own descriptor, for a loop to watch between `lendToLoop(true)`
+    /// and `lendToLoop(false)`. Valid until `stop`, which the loop learns
+    /// from `serveOnLoop` returning false.
+    var descriptor: Int32 { uffd }
+
+    /// Whether a loop reads our own faults (`serveOnLoop`) rather than the
+    /// handler thread. Both may read for a moment around a change; each
+    /// event goes to one reader (the descriptor does not block).
+    func lendToLoop(_ lent: Bool) {
+        clients.withLock { c in
+            guard !c.closed, c.lentToLoop != lent else { return }
+            c.lentToLoop = lent
+            c.generation += 1
+            var one: UInt64 = 1
+            _ = write(wakeup, &one, 8)
+        }
+    }
+
+    /// On the loop thread that watches `descriptor` (`loop` names it), when
+    /// it is readable: reads every pending fault of ours and hands each to
+    /// `onFault`. False once the handler has stopped (stop watching).
+    func serveOnLoop(_ loop: ObjectIdentifier) -> Bool {
+        let base = UInt(bitPattern: region.bytes.baseAddress)
+        let chunkSize = UInt(region.geometry.chunkSize)
+        var addresses = [UInt64](repeating: 0, count: 64)
+        while true {
+            let n = uffdOpen.withLock { open in open ? Int(qs_uffd_read_faults(uffd, &addresses, Int32(addresses.count))) : -1 }
+            guard n > 0 else { return n == 0 }
+            for address in addresses.prefix(n) {
+                let offset = UInt(address) &- base
+                guard offset < UInt(region.geometry.size) else { continue }
+                let chunk = Int(offset / chunkSize)
+                if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    uffdOpen.withLock { open in
+                        guard open else { return }
+                        _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, Self.pageAligned(range.count))
+                    }
+                }
+            }
+            // Fewer than asked for: nothing more was pending.
+            if n < addresses.count { return true }
+        }
+    }
+
     /// Copies a chunk's bytes into the missing pages and wakes whoever
     /// faulted there. Pages already present are left as they are.
     func install(chunk: Int, bytes: UnsafeRawBufferPointer) throws {
@@ -246,6 +310,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         var stop = Self.stopValue
         _ = write(wakeup, &stop, 8)
         stopped.wait()
+        uffdOpen.withLock { $0 = false }
         _ = qs_uffd_unregister(uffd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
         close(uffd)
         close(wakeup)

@@ -48,6 +48,10 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Until when the loop polls instead of sleeping, asked for by
     /// `keepPolling` (0: not asked).
     private var pollUntil: UInt64 = 0
+    /// Descriptors other than the socket that the loop watches
+    /// (`watchOnLoop`), by token; a handler returning false is dropped.
+    private var watchers: [UInt64: (fd: Int32, handler: () -> Bool)] = [:]
+    private var nextWatchToken: UInt64 = socketToken + 1
     private var accepted = Deque<QUICConnectionCore>()
     /// Tickets from servers we connected to, for the next `connect`.
     private var sessionTickets = SessionTicketCache()
@@ -266,13 +270,21 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                 // tens of µs on a VM, more than a reply usually takes.
                 if poller.poll(forNanoseconds: spin) { deadline = 0 }
             }
-            // The UDP socket is the only thing registered besides the wake-up.
-            poller.wait(until: deadline) { _, events in
-                if events & EPOLLOUT.rawValue != 0 { flushPendingSend() }
-                if events & EPOLLIN.rawValue != 0 { readSocket() }
+            poller.wait(until: deadline) { token, events in
+                if token == Self.socketToken {
+                    if events & EPOLLOUT.rawValue != 0 { flushPendingSend() }
+                    if events & EPOLLIN.rawValue != 0 { readSocket() }
+                } else if let watcher = watchers[token], !watcher.handler() {
+                    unwatchOnLoop(token)
+                }
             }
             runCommands()
             handleExpiries()
+            // What a watched descriptor got while this turn read the socket
+            // (a busy one takes a while) still goes out in this turn's
+            // writes, rather than after the next wait: a handler reads
+            // until empty, so this costs one read when nothing came.
+            if !watchers.isEmpty { serveWatchers() }
             writeAll()
         }
         let late = commands.withLock { q -> [@Sendable () -> Void] in
@@ -289,6 +301,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         live.removeAll()
         writeQueue.removeAll()
         readersToWake.removeAll()
+        watchers.removeAll()
         // The port is free by the time `close()` returns.
         socket.close()
         for s in stopWaiters { s.resume() }
@@ -311,6 +324,31 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// `QUICConfiguration.busyPoll`, to the moments such work is under way.
     func keepPolling(forNanoseconds nanoseconds: UInt64) {
         pollUntil = max(pollUntil, monotonicNanoseconds() + nanoseconds)
+    }
+
+    /// On the loop: calls `handler` on the loop whenever `fd` is readable
+    /// (level-triggered, so it must read until empty), so that what it
+    /// reads can be answered in the same turn, with no thread of its own
+    /// woken and no hand-off. A lazy replica's userfaultfd is watched this
+    /// way. `handler` returns false to stop being called. The caller keeps
+    /// `fd` open until `unwatchOnLoop`, or knows the kernel dropped it from
+    /// the epoll set by closing it. Returns the token for `unwatchOnLoop`.
+    func watchOnLoop(_ fd: Int32, handler: @escaping () -> Bool) throws -> UInt64 {
+        let token = nextWatchToken
+        nextWatchToken += 1
+        try poller.add(fd, token: token, events: EPOLLIN.rawValue)
+        watchers[token] = (fd, handler)
+        return token
+    }
+
+    private func serveWatchers() {
+        for (token, watcher) in watchers where !watcher.handler() { unwatchOnLoop(token) }
+    }
+
+    /// On the loop: stops watching (nothing if already stopped).
+    func unwatchOnLoop(_ token: UInt64) {
+        guard let watcher = watchers.removeValue(forKey: token) else { return }
+        poller.remove(watcher.fd)
     }
 
     func wakeLater(_ stream: QUICStreamCore) {

@@ -62,7 +62,9 @@ public final class PostCopyMirror: @unchecked Sendable {
     }
 
     private typealias FaultRequest = (chunk: Int, generation: UInt32)
-    private typealias FaultRequester = @Sendable ([FaultRequest]) -> Void
+    /// The second argument names the loop thread it is called on, if any:
+    /// on the connection's own loop the READs are sent at once.
+    private typealias FaultRequester = @Sendable ([FaultRequest], ObjectIdentifier?) -> Void
 
     public let region: Region
     public let remoteName: String
@@ -80,7 +82,7 @@ public final class PostCopyMirror: @unchecked Sendable {
         let state = Locked(State(chunks: ChunkPresence(chunkCount: region.geometry.chunkCount)))
         self.state = state
         try region.discard(0..<region.geometry.size)
-        faults = try MissingFaultHandler(region: region) { chunk in
+        faults = try MissingFaultHandler(region: region) { chunk, loop in
             let (fresh, due, requester, wake) = state.withLock {
                 s -> (Bool, [FaultRequest], FaultRequester?, [AsyncStream<Void>.Continuation]) in
                 guard s.chunks.faulted(chunk, at: .now) else { return (false, [], nil, []) }
@@ -90,7 +92,7 @@ public final class PostCopyMirror: @unchecked Sendable {
                 }
                 return (true, [], nil, [s.wakeFaultRequests, s.wakePuller].compactMap { $0 })
             }
-            if !due.isEmpty { requester?(due) }
+            if !due.isEmpty { requester?(due, loop) }
             for w in wake { w.yield() }
             return fresh
         }
@@ -175,12 +177,34 @@ public final class PostCopyMirror: @unchecked Sendable {
             s.faultQueue = faultQueue
             s.faultRequester = loopReads.map { Self.requester(on: $0.0.core, queue: faultQueue) }
         }
+        // Over QUIC the connection's loop reads our faults itself and sends
+        // each READ in the same turn; the fault thread keeps attached
+        // processes' faults, and ours again once this run ends. Both steps
+        // run on the loop, in the order posted.
+        let watch = Locked<UInt64?>(nil)
+        if let endpoint = loopReads?.0.core.connection.endpoint {
+            let faults = self.faults
+            endpoint.post {
+                let loop = ObjectIdentifier(endpoint)
+                guard let token = try? endpoint.watchOnLoop(faults.descriptor, handler: { faults.serveOnLoop(loop) }) else { return }
+                watch.withLock { $0 = token }
+                faults.lendToLoop(true)
+            }
+        }
         defer {
             state.withLock { s in
                 s.wakeFaultRequests = nil; s.wakePuller = nil; s.faultRequester = nil; s.faultQueue = nil; s.pullQueue = nil
             }
             faultWake.finish()
             pullWake.finish()
+            if let endpoint = loopReads?.0.core.connection.endpoint {
+                let faults = self.faults
+                endpoint.post {
+                    guard let token = watch.withLock({ $0 }) else { return }
+                    faults.lendToLoop(false)
+                    endpoint.unwatchOnLoop(token)
+                }
+            }
         }
         // Faults that waited through a reconnect are asked for first.
         requestWaitingFaults()
@@ -190,10 +214,12 @@ public final class PostCopyMirror: @unchecked Sendable {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await self.followInvalidations(control) }
                 if let (quic, leftover) = loopReads {
-                    // Fault reads over QUIC: READs go from the fault thread
-                    // to the loop, DATA is installed on the loop.
-                    let reader = LoopFrameReader(leftover: leftover) { [self] frame, _ in
-                        if try accept(frame, queue: faultQueue, forFaults: true) { requestWaitingFaults() }
+                    // Fault reads over QUIC: the loop reads faults and sends
+                    // READs, and installs DATA.
+                    let reader = LoopFrameReader(leftover: leftover) { [self] frame, stream in
+                        if try accept(frame, queue: faultQueue, forFaults: true) {
+                            requestWaitingFaults(onLoop: ObjectIdentifier(stream.connection.endpoint))
+                        }
                         return nil
                     }
                     group.addTask {
@@ -283,8 +309,8 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// that can no longer send means the run is ending; the next run asks
     /// again for whatever still waits.
     private static func requester(on stream: QUICStreamCore, queue: Locked<Deque<FaultRequest>>) -> FaultRequester {
-        { due in
-            stream.connection.endpoint.post {
+        { due, loop in
+            let send: @Sendable () -> Void = {
                 for request in due {
                     queue.withLock { $0.append(request) }
                     guard let frame = try? Frame.read(firstChunk: UInt64(request.chunk), count: 1).encoded(),
@@ -292,6 +318,12 @@ public final class PostCopyMirror: @unchecked Sendable {
                 }
                 stream.connection.endpoint.keepPolling(forNanoseconds: faultReplyPoll)
             }
+            // On this connection's loop (a fault read there, or DATA that
+            // must be asked again) the READ leaves in this turn's writes.
+            // Any other thread, or another endpoint's loop still watching
+            // the faults for a moment after a reconnect, posts.
+            let endpoint = stream.connection.endpoint
+            if loop == ObjectIdentifier(endpoint) { send() } else { endpoint.post(send) }
         }
     }
 
@@ -305,12 +337,12 @@ public final class PostCopyMirror: @unchecked Sendable {
     static let faultReplyPoll: UInt64 = 300_000
 
     /// Asks for every faulted chunk not asked for on this connection yet.
-    private func requestWaitingFaults() {
+    private func requestWaitingFaults(onLoop loop: ObjectIdentifier? = nil) {
         let (due, requester, wake) = state.withLock { s -> ([FaultRequest], FaultRequester?, AsyncStream<Void>.Continuation?) in
             guard let requester = s.faultRequester else { return ([], nil, s.wakeFaultRequests) }
             return (s.chunks.takeFaultRequests(), requester, nil)
         }
-        if !due.isEmpty { requester?(due) }
+        if !due.isEmpty { requester?(due, loop) }
         wake?.yield()
     }
 

@@ -10,7 +10,7 @@ import Histogram
 /// Values are nanoseconds from 1 µs to one hour at three significant
 /// digits; longer samples are clamped to an hour (a lag that long is an
 /// outage, and the exact figure no longer matters). Thread-safe: fed from
-/// replication tasks and the fault thread, read by the control socket.
+/// replication tasks and the fault-handling threads, read by the control socket.
 public final class LatencyHistogram: Sendable {
     public let slots: Int
     public let slotDuration: Duration
