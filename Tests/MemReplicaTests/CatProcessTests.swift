@@ -17,19 +17,9 @@ struct CatProcessTests {
         let bytes = patternBytes(count: 8 << 20, seed: 4242)
         try Data(bytes).write(to: URL(fileURLWithPath: primaryPath))
         let exe = try builtExecutable()
-        let port = unusedUDPPort()
-        let primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--name", "primary",
-                                             "--control", root + "/p.sock", "--export", "r=\(primaryPath)", "--log-level", "warning"])
-        defer { primary.terminate(grace: .milliseconds(300)) }
+        let peers = try await PeerProcessPair(root: root, primaryPath: primaryPath, replicaPath: shm, lazy: true)
+        defer { peers.terminate(grace: .milliseconds(300)) }
         let deadline = ContinuousClock.now + .seconds(60)
-        while !FileManager.default.fileExists(atPath: root + "/p.sock") {
-            try #require(ContinuousClock.now < deadline, "the primary never started")
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        let replica = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root,
-                                             "--name", "replica", "--control", root + "/r.sock",
-                                             "--mirror", "r@127.0.0.1:\(port)=\(shm)", "--lazy", "--log-level", "warning"])
-        defer { replica.terminate(grace: .milliseconds(300)) }
         let out = root + "/out.bin"
         var rc: Int32 = -1
         // Until the mirror has reached the primary, the region is "not ready yet" (exit 1).

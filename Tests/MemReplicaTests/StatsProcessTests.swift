@@ -34,21 +34,11 @@ struct StatsProcessTests {
         let primaryPath = root + "/primary.bin"
         try Data(patternBytes(count: size, seed: 7)).write(to: URL(fileURLWithPath: primaryPath))
         let exe = try builtExecutable()
-        let port = unusedUDPPort()
         let metricsPort = unusedTCPPort()
-        let primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--name", "primary",
-                                             "--control", root + "/p.sock", "--export", "r=\(primaryPath)",
-                                             "--metrics", ":\(metricsPort)", "--log-level", "warning"])
-        defer { primary.terminate(grace: .milliseconds(500)) }
+        let peers = try await PeerProcessPair(root: root, primaryPath: primaryPath, replicaPath: root + "/replica.bin",
+                                              lazy: false, primaryArguments: ["--metrics", ":\(metricsPort)"])
+        defer { peers.terminate(grace: .milliseconds(500)) }
         let deadline = ContinuousClock.now + .seconds(60)
-        while !FileManager.default.fileExists(atPath: root + "/dev-pki/primary.pem") {
-            try #require(ContinuousClock.now < deadline, "the primary never started")
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        let replica = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root,
-                                             "--name", "replica", "--control", root + "/r.sock",
-                                             "--mirror", "r@127.0.0.1:\(port)=\(root)/replica.bin", "--log-level", "warning"])
-        defer { replica.terminate(grace: .milliseconds(500)) }
 
         // Replicated and acknowledged, as the primary sees it.
         let primaryControl = ControlClient(path: root + "/p.sock")
@@ -137,20 +127,9 @@ struct StatsProcessTests {
         let size = 8 << 20, chunks = size / (64 << 10)
         let primaryPath = root + "/primary.bin"
         try Data(patternBytes(count: size, seed: 8)).write(to: URL(fileURLWithPath: primaryPath))
-        let exe = try builtExecutable()
-        let port = unusedUDPPort()
-        let primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--name", "primary",
-                                             "--control", root + "/p.sock", "--export", "r=\(primaryPath)", "--log-level", "warning"])
-        defer { primary.terminate(grace: .milliseconds(500)) }
+        let peers = try await PeerProcessPair(root: root, primaryPath: primaryPath, replicaPath: shm, lazy: true)
+        defer { peers.terminate(grace: .milliseconds(500)) }
         let deadline = ContinuousClock.now + .seconds(60)
-        while !FileManager.default.fileExists(atPath: root + "/p.sock") {
-            try #require(ContinuousClock.now < deadline, "the primary never started")
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        let replica = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root,
-                                             "--name", "replica", "--control", root + "/r.sock",
-                                             "--mirror", "r@127.0.0.1:\(port)=\(shm)", "--lazy", "--log-level", "warning"])
-        defer { replica.terminate(grace: .milliseconds(500)) }
         let replicaControl = ControlClient(path: root + "/r.sock")
         while true {
             let region = try? await replicaControl.stats().regions.first

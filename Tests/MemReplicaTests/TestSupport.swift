@@ -151,3 +151,40 @@ struct WANTransportPair {
         serverAddress = try PeerAddress(host: emulator.addressA, port: server.localAddress.port)
     }
 }
+
+/// Two `memreplica peer` processes on loopback sharing the state folder
+/// `root` (and so its development CA): "primary" exports region `r` from
+/// `primaryPath` (control socket root/p.sock), "replica" mirrors it to
+/// `replicaPath` (root/r.sock). Returns once the primary's control socket
+/// exists, with the replica started.
+struct PeerProcessPair {
+    let primary: ChildProcess
+    let replica: ChildProcess
+
+    init(root: String, primaryPath: String, replicaPath: String, lazy: Bool,
+         primaryArguments: [String] = []) async throws {
+        let exe = try builtExecutable()
+        let port = unusedUDPPort()
+        primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--name", "primary",
+                                         "--control", root + "/p.sock", "--export", "r=\(primaryPath)",
+                                         "--log-level", "warning"] + primaryArguments)
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !FileManager.default.fileExists(atPath: root + "/p.sock") {
+            guard ContinuousClock.now < deadline else {
+                primary.terminate(grace: .milliseconds(100))
+                throw TimeoutError(what: "the primary peer's start", seconds: 60)
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        replica = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root,
+                                         "--name", "replica", "--control", root + "/r.sock",
+                                         "--mirror", "r@127.0.0.1:\(port)=\(replicaPath)", "--log-level", "warning"]
+                                        + (lazy ? ["--lazy"] : []))
+    }
+
+    /// Stops the replica, then the primary.
+    func terminate(grace: Duration) {
+        replica.terminate(grace: grace)
+        primary.terminate(grace: grace)
+    }
+}

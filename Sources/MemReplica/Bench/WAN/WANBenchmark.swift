@@ -321,16 +321,27 @@ public struct WANBenchmark {
         }
     }
 
-    /// A new connection (timed: the reconnect), then writes into the lag
-    /// region, each timed until the primary holds the ACK of a version
-    /// carrying it; at the end the replica must equal the primary.
+    /// A new connection (timed: the reconnect), then the lag measurement on
+    /// it; the connection is closed either way.
     private func reconnectAndLag(_ result: inout WANRunResult, client: any Transport, address: PeerAddress,
                                  primaries: Primaries) async throws {
         let start = ContinuousClock.now
         let connection = try await client.connect(to: address)
         result.reconnectMilliseconds = (ContinuousClock.now - start).milliseconds
-        defer { Task { await connection.close(errorCode: 0, reason: "bench run done") } }
+        do {
+            try await measureLag(&result, over: connection, primaries: primaries)
+        } catch {
+            await connection.close(errorCode: 0, reason: "bench run failed")
+            throw error
+        }
+        await connection.close(errorCode: 0, reason: "bench run done")
+    }
 
+    /// Writes into the lag region, each timed until the replica's mapping
+    /// holds it; at the end the replica must equal the primary. Leaves the
+    /// lag unset if the region's initial sync does not finish in 30 s.
+    private func measureLag(_ result: inout WANRunResult, over connection: any TransportConnection,
+                            primaries: Primaries) async throws {
         let primary = primaries.lag
         let replica = try Region(name: primary.name, backing: .memory, size: primary.geometry.size,
                                  chunkSize: primary.geometry.chunkSize)
