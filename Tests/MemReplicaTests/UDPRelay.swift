@@ -27,6 +27,9 @@ final class UDPRelay: @unchecked Sendable {
         /// Client datagrams kept for a replay, while recording.
         var recording = false
         var recorded: [[UInt8]] = []
+        /// The largest datagram forwarded since the last `resetLargestDatagram`.
+        var largestDatagram = 0
+        var sizes: [Int] = []
     }
 
     init(toServerPort serverPort: UInt16, oneWayDelay: Duration = .zero) {
@@ -39,6 +42,9 @@ final class UDPRelay: @unchecked Sendable {
         _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(sock, $0, &len) } }
+        // Room for a burst of 64 KiB datagrams between peers on this host.
+        var buffer: Int32 = 4 << 20
+        setsockopt(sock, SOL_SOCKET, SO_RCVBUF, &buffer, socklen_t(MemoryLayout<Int32>.size))
         var tv = timeval(tv_sec: 0, tv_usec: 50_000)
         setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         fd = sock
@@ -55,6 +61,9 @@ final class UDPRelay: @unchecked Sendable {
     /// Keeps a copy of every client datagram from now on (an eavesdropper).
     func recordClientDatagrams() { state.withLock { $0.recording = true } }
     var recordedClientDatagrams: [[UInt8]] { state.withLock { $0.recorded } }
+    var largestDatagram: Int { state.withLock { $0.largestDatagram } }
+    var sizes: [Int] { state.withLock { $0.sizes } }
+    func resetLargestDatagram() { state.withLock { $0.largestDatagram = 0 } }
 
     func stop() {
         state.withLock { $0.stop = true }
@@ -85,6 +94,8 @@ final class UDPRelay: @unchecked Sendable {
             let fromPort = UInt16(bigEndian: from.sin_port)
             let target: UInt16? = state.withLock { s in
                 if s.cut { return nil }
+                s.largestDatagram = max(s.largestDatagram, n)
+                if s.sizes.count < 40 { s.sizes.append(fromPort == serverPort ? -n : n) }
                 if fromPort == serverPort {
                     guard s.serverDatagramsAllowed > 0, s.clientPort != 0 else { return nil }
                     s.serverDatagramsAllowed -= 1

@@ -50,6 +50,10 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var bytesReceived: UInt64
         public var packetsSent: UInt64
         public var packetsReceived: UInt64
+        /// Largest payload per packet: QUIC's UDP payload limit (up to
+        /// `QUICConfiguration.hostLocalUDPPayloadSize` to a peer on this
+        /// host, else `maxUDPPayloadSize`), TCP's MSS.
+        public var maxPacketPayloadBytes: Int
         /// Connect call to confirmed handshake; only for connections we made.
         public var handshakeSeconds: Double?
         /// Connections with the same peer in the same direction before this one.
@@ -73,6 +77,7 @@ public struct StatsReport: Codable, Sendable, Equatable {
             bytesReceived = s.bytesReceived
             packetsSent = s.packetsSent
             packetsReceived = s.packetsReceived
+            maxPacketPayloadBytes = s.maxUDPPayloadSize
             handshakeSeconds = s.handshakeDuration?.seconds
             self.reconnects = reconnects
         }

@@ -10,7 +10,7 @@ extension HTTP3Connection {
 
     func writePackets(now: UInt64) -> QUICConnectionCore.WriteOutcome {
         guard let core, let conn = core.conn, let h3, !closed else { return .idle }
-        let maxPayload = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
+        let maxPayload = core.datagramSizeLimit
         let base = endpoint.transmitBuffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
         var ps = ngtcp2_path_storage()
         ngtcp2_path_storage_zero(&ps)

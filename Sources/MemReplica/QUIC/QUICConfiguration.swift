@@ -22,6 +22,13 @@ public struct QUICConfiguration: Sendable {
     /// Largest UDP payload we send. 1452 fits a 1500-byte Ethernet MTU with
     /// IPv6 headers; raise it only on paths known to carry more.
     public var maxUDPPayloadSize: Int = 1452
+    /// Largest UDP payload for a peer on this same host (its address is
+    /// one of ours, so the route is the loopback device and the kernel
+    /// knows its MTU exactly): packets up to that MTU, without path MTU
+    /// discovery, as TCP uses 64 KiB segments there. ngtcp2 0.12's
+    /// discovery stops at 1406 bytes. nil: such peers get
+    /// `maxUDPPayloadSize` like any other.
+    public var hostLocalUDPPayloadSize: Int? = 65_000
     /// Datagrams per GSO send (the kernel caps a GSO send at 64 KiB).
     public var maxDatagramsPerSend: Int = 32
     /// UDP socket buffer sizes (forced past rmem_max/wmem_max when root).
@@ -34,6 +41,12 @@ public struct QUICConfiguration: Sendable {
     /// Before sleeping, the loop polls this long for new work (nil: never).
     /// Cuts request/response latency at the price of CPU.
     public var busyPoll: Duration? = nil
+    /// After a post-copy fault's READ goes out (replica), or its DATA
+    /// (primary), the loop polls this long for what comes next instead of
+    /// sleeping: a faulting thread waits through every wake-up on the way,
+    /// and each costs tens of µs on a VM. It yields the CPU while it polls,
+    /// so a faulting thread on the same core still runs. nil: never.
+    public var faultReadPollWindow: Duration? = .microseconds(300)
     /// Server: 0-RTT anti-replay window (RFC 8446 §8.2). Early data is
     /// taken only from a ticket issued after the window's start, whose age
     /// the client states to within the window, and whose ClientHello was

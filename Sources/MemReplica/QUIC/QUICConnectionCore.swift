@@ -62,6 +62,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         return startedAt + UInt64(endpoint.configuration.handshakeTimeout.seconds * 1e9)
     }
     var handshakeDuration: Duration?
+    /// Initial and Handshake keys are gone: no datagram is padded any more.
+    private(set) var isHandshakeConfirmed = false
 
     // Resumption and 0-RTT (loop thread).
     var sessionResumed = false
@@ -138,6 +140,15 @@ final class QUICConnectionCore: @unchecked Sendable {
         qs_settings_default(&settings)
         settings.initial_ts = monotonicNanoseconds()
         settings.max_tx_udp_payload_size = config.maxUDPPayloadSize
+        if let cap = config.hostLocalUDPPayloadSize,
+           let routePayload = HostLocalRoute.payloadSize(to: remote, namespace: config.networkNamespace) {
+            // A peer on this host: the loopback MTU is certain, nothing to
+            // discover. A 4 KiB fault answer becomes one packet instead of
+            // three, and bulk moves in far fewer.
+            settings.max_tx_udp_payload_size = max(config.maxUDPPayloadSize, min(cap, routePayload))
+            settings.no_tx_udp_payload_size_shaping = 1
+            settings.no_pmtud = 1
+        }
         settings.handshake_timeout = UInt64(config.handshakeTimeout.seconds * 1e9)
         settings.max_window = config.connectionReceiveWindow
         settings.max_stream_window = config.streamReceiveWindow
@@ -521,8 +532,10 @@ final class QUICConnectionCore: @unchecked Sendable {
 
     /// Client side: HANDSHAKE_DONE arrived, so the server accepted our
     /// certificate too. Only now does `connect` return (a resumed session
-    /// returned at `handshakeCompleted`).
+    /// returned at `handshakeCompleted`). A server's is confirmed as it
+    /// completes.
     func handshakeConfirmed() {
+        isHandshakeConfirmed = true
         guard isClient, case .handshaking = state else { return }
         state = .established
         handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))

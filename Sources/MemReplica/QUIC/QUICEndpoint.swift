@@ -45,8 +45,9 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
     private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map { UInt64($0.seconds * 1e9) }
+    private lazy var faultReadPollNanoseconds: UInt64? = configuration.faultReadPollWindow.map { UInt64($0.seconds * 1e9) }
     /// Until when the loop polls instead of sleeping, asked for by
-    /// `keepPolling` (0: not asked).
+    /// `keepPollingForFaultReads` (0: not asked).
     private var pollUntil: UInt64 = 0
     /// Descriptors other than the socket that the loop watches
     /// (`watchOnLoop`), by token; a handler returning false is dropped.
@@ -317,13 +318,15 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         for c in batch { c() }
     }
 
-    /// Called on the loop by work whose next message is expected within
-    /// `nanoseconds` and whose latency matters more than the CPU spent
-    /// polling for it (a faulting thread sleeps until the answer): the loop
-    /// polls instead of sleeping until that long from now. Bounded, unlike
-    /// `QUICConfiguration.busyPoll`, to the moments such work is under way.
-    func keepPolling(forNanoseconds nanoseconds: UInt64) {
-        pollUntil = max(pollUntil, monotonicNanoseconds() + nanoseconds)
+    /// Called on the loop as a post-copy fault's READ or DATA goes out:
+    /// the next message of that exchange (the DATA, or the next fault's
+    /// READ) comes within µs, and a thread sleeps in a fault until it is
+    /// answered, so the loop polls instead of sleeping for
+    /// `QUICConfiguration.faultReadPollWindow` from now. Bounded, unlike
+    /// `busyPoll`, to the moments faults are being served.
+    func keepPollingForFaultReads() {
+        guard let window = faultReadPollNanoseconds else { return }
+        pollUntil = max(pollUntil, monotonicNanoseconds() + window)
     }
 
     /// On the loop: calls `handler` on the loop whenever `fd` is readable
@@ -379,7 +382,18 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                 handleDatagram(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<offset + len]), from: from, now: now)
                 offset += len
             }
+            wakeLoopReaders()
         }
+    }
+
+    /// Streams read on the loop (fault reads) take what arrived before the
+    /// next receive, not after the batch: the next receive is usually an
+    /// empty one, and a faulting thread would wait through it.
+    private func wakeLoopReaders() {
+        guard readersToWake.contains(where: \.readsOnLoop) else { return }
+        let now = readersToWake.filter(\.readsOnLoop)
+        readersToWake.removeAll(where: \.readsOnLoop)
+        for s in now { s.wakeReader() }
     }
 
     private func handleDatagram(_ data: UnsafeRawBufferPointer, from: SocketAddressStorage, now: UInt64) {

@@ -15,8 +15,8 @@ extension QUICConnectionCore {
         // handshake packets and ACKs go out, written below.
         if let http3, case .established = state { return http3.writePackets(now: now) }
         let config = endpoint.configuration
-        let maxPayload = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
-        let pathMaxPayload = ngtcp2_conn_get_path_max_tx_udp_payload_size(conn)
+        let maxPayload = datagramSizeLimit
+        let pathMaxPayload = min(ngtcp2_conn_get_path_max_tx_udp_payload_size(conn), maxPayload)
         let quantum = ngtcp2_conn_get_send_quantum(conn)
         // The kernel takes at most 64 KiB in one GSO send.
         let maxPackets = max(1, min(quantum / max(maxPayload, 1), config.maxDatagramsPerSend, 65_000 / max(maxPayload, 1)))
@@ -25,6 +25,12 @@ extension QUICConnectionCore {
         let base = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
         let vecs = endpoint.vectorScratch
 
+        // Batches end at a packet of another size; the call goes on to the
+        // next batch until a quantum is written, so that finding nothing
+        // more to send (the usual end of a small answer) costs no extra
+        // loop turn. ngtcp2's pacing still stops it when due.
+        let budget = max(Int(quantum), 2 * maxPayload)
+        var written = 0
         var used = 0
         var packets = 0
         var segmentSize = 0
@@ -96,22 +102,36 @@ extension QUICConnectionCore {
             packets += 1
             packetsSent += 1
             bytesSent += UInt64(size)
-            if packets == 1 {
-                segmentSize = size
-            } else if size > segmentSize || (segmentSize > pathMaxPayload && size != segmentSize) {
+            if packets == 1 { segmentSize = size }
+            if packets > 1 && (size > segmentSize || (segmentSize > pathMaxPayload && size != segmentSize)) {
                 // A GSO batch needs equal sizes (only the last may be shorter).
                 let ok = flush(used - size, segment: segmentSize)
                     && endpoint.sendDatagrams(UnsafeRawBufferPointer(start: base + used - size, count: size),
                                               segmentSize: 0, for: self)
                 pace(now)
-                return ok ? .more : .blocked
-            }
-            if packets == maxPackets || size < segmentSize {
+                guard ok else { return .blocked }
+            } else if packets == maxPackets || size < segmentSize {
                 let ok = flush(used, segment: segmentSize)
                 pace(now)
-                return ok ? .more : .blocked
+                guard ok else { return .blocked }
+            } else {
+                continue
             }
+            written += used
+            used = 0
+            packets = 0
+            if written >= budget { return .more }
         }
+    }
+
+    /// The largest datagram to write now. Until the handshake is confirmed
+    /// no more than `maxUDPPayloadSize`, even to a peer on this host:
+    /// ngtcp2 pads every datagram holding a client's Initial to the whole
+    /// buffer it is given (the Finished flight too).
+    var datagramSizeLimit: Int {
+        let limit = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
+        guard !isHandshakeConfirmed else { return limit }
+        return min(limit, endpoint.configuration.maxUDPPayloadSize)
     }
 
     /// Starts the pacing interval for what was just sent. Not before the

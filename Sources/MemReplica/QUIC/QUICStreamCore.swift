@@ -287,6 +287,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         }
     }
 
+    /// A `LoopStreamReader` reads this stream on the loop thread.
+    var readsOnLoop: Bool { loopReader != nil }
+
     /// Hands what arrived to a waiting reader (loop thread).
     func wakeReader() {
         wakePending = false

@@ -316,7 +316,7 @@ public final class PostCopyMirror: @unchecked Sendable {
                     guard let frame = try? Frame.read(firstChunk: UInt64(request.chunk), count: 1).encoded(),
                           (try? stream.sendOnLoop(frame.withUnsafeBytes(OwnedBytes.copy))) != nil else { return }
                 }
-                stream.connection.endpoint.keepPolling(forNanoseconds: faultReplyPoll)
+                stream.connection.endpoint.keepPollingForFaultReads()
             }
             // On this connection's loop (a fault read there, or DATA that
             // must be asked again) the READ leaves in this turn's writes.
@@ -326,15 +326,6 @@ public final class PostCopyMirror: @unchecked Sendable {
             if loop == ObjectIdentifier(endpoint) { send() } else { endpoint.post(send) }
         }
     }
-
-    /// How long the replica's QUIC loop polls for the DATA after sending a
-    /// fault's READ, instead of sleeping: on a VM each sleep and wake-up on
-    /// the way costs tens of µs, and the faulting thread waits for all of
-    /// them. A loopback or LAN round trip fits; past it the loop sleeps.
-    /// (Polling on the primary too, for the next READ, was measured: with
-    /// both peers on one 2-core machine the two spinning loops starve the
-    /// threads that do the work, and latency got worse and erratic.)
-    static let faultReplyPoll: UInt64 = 300_000
 
     /// Asks for every faulted chunk not asked for on this connection yet.
     private func requestWaitingFaults(onLoop loop: ObjectIdentifier? = nil) {

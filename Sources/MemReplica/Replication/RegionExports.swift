@@ -90,8 +90,9 @@ public final class RegionExports: Sendable {
                 // ahead of bulk pushes sharing the connection. A pull is a
                 // bulk push of its own: urgent, it would starve the region
                 // stream's SYNCED and DIRTY.
-                if subscription.mode == .reads { await frames.stream.prioritize() }
-                try await serveReads(export.region, over: frames, peer: peer.commonName ?? peer.subject)
+                let forFaults = subscription.mode == .reads
+                if forFaults { await frames.stream.prioritize() }
+                try await serveReads(export.region, over: frames, peer: peer.commonName ?? peer.subject, forFaults: forFaults)
                 return
             }
             let held = try await receiveHashes(frames, count: subscription.hashedChunks, of: export.region)
@@ -164,7 +165,10 @@ public final class RegionExports: Sendable {
     /// order, each copied from the live mapping as it is sent. Over QUIC the
     /// answers are made on the loop thread as READs arrive, so a fault's
     /// request is answered without waking a task; elsewhere by this task.
-    private func serveReads(_ region: Region, over frames: FrameStream, peer: String) async throws {
+    /// On a fault stream (`forFaults`) the loop then polls a moment for the
+    /// next fault's READ: a faulting thread often touches its next missing
+    /// page within µs.
+    private func serveReads(_ region: Region, over frames: FrameStream, peer: String, forFaults: Bool) async throws {
         let observer = self.observer
         if let quic = frames.stream as? QUICStream, let leftover = frames.handOverReading() {
             try await quic.readOnLoop(LoopFrameReader(leftover: leftover) { frame, stream in
@@ -185,6 +189,7 @@ public final class RegionExports: Sendable {
                 }
                 observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
                                      duration: arrived.duration(to: .now))
+                if forFaults { stream.connection.endpoint.keepPollingForFaultReads() }
                 return nil
             })
             return

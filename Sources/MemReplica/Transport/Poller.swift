@@ -79,12 +79,18 @@ final class Poller {
 
     /// Spins on a zero-timeout epoll for up to `nanoseconds`; true as soon
     /// as something is ready (the caller then handles it without sleeping).
+    /// Between peeks it yields: a thread woken on this core (a faulting
+    /// thread whose page just arrived) runs at once instead of waiting for
+    /// the scheduler to preempt the spinner. Measured on this 2-core VM with
+    /// both peers and the faulting thread on it: post-copy fault p99 was
+    /// 97–421 µs without the yield, 79–98 µs with it.
     func poll(forNanoseconds nanoseconds: UInt64) -> Bool {
         let end = monotonicNanoseconds() + nanoseconds
         var event = epoll_event()
         repeat {
             // Level-triggered: peeking leaves the event for the real wait.
             if epoll_wait(epoll.rawValue, &event, 1, 0) > 0 { return true }
+            sched_yield()
         } while monotonicNanoseconds() < end
         return false
     }
