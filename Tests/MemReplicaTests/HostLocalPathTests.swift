@@ -12,11 +12,10 @@ import Glibc
 struct HostLocalPathTests {
     @Test("the route to one of this host's addresses is recognised, with the loopback MTU; another host's is not")
     func routeProbe() throws {
-        let v4 = try PeerAddress(host: "127.0.0.1", port: 4433).storage
         // lo's MTU is 65536; IP_MTU reports at most 65535 for IPv4.
+        let v4 = try PeerAddress(host: "127.0.0.1", port: 4433).storage
         #expect((HostLocalRoute.payloadSize(to: v4, namespace: nil) ?? 0) >= 65_000)
-        let mapped = v4.mappedToIPv6
-        #expect(HostLocalRoute.payloadSize(to: mapped, namespace: nil) != nil)
+        #expect(HostLocalRoute.payloadSize(to: v4.mappedToIPv6, namespace: nil) != nil)
         if let v6 = try? PeerAddress(host: "::1", port: 4433).storage {
             #expect((HostLocalRoute.payloadSize(to: v6, namespace: nil) ?? 0) >= 65_000)
         }
@@ -25,7 +24,7 @@ struct HostLocalPathTests {
         #expect(HostLocalRoute.payloadSize(to: remote, namespace: nil) == nil)
     }
 
-    @Test("handshake datagrams stay within maxUDPPayloadSize; then a 4 MiB stream goes in loopback-sized packets, intact",
+    @Test("handshake datagrams stay within maxUDPPayloadSize; then 4 MiB each way go in host-local-sized packets, intact",
           arguments: [true, false])
     func packetSizes(hostLocal: Bool) async throws {
         let pki = try TestPKI()
@@ -36,6 +35,8 @@ struct HostLocalPathTests {
             clientConfig.hostLocalUDPPayloadSize = nil
             serverConfig.hostLocalUDPPayloadSize = nil
         }
+        let limit = clientConfig.maxUDPPayloadSize
+        let local = try #require(QUICConfiguration().hostLocalUDPPayloadSize)
         let pair = try EndpointPair(pki: pki, serverConfig: serverConfig, clientConfig: clientConfig)
         let relay = UDPRelay(toServerPort: pair.server.localAddress.port)
         defer { relay.stop() }
@@ -43,28 +44,38 @@ struct HostLocalPathTests {
         async let accepted = pair.server.acceptQUIC()
         let client = try await withTimeout(10, "connect") { try await pair.client.connectQUIC(to: address) }
         let server = try #require(await accepted)
-        // ngtcp2 pads a client Initial to the buffer it is given: the
-        // handshake must not be handed a 64 KiB one.
-        #expect(relay.largestDatagram <= clientConfig.maxUDPPayloadSize, "\(relay.sizes)")
+        // ngtcp2 pads every datagram holding a client Initial to the buffer
+        // it is given: the handshake must not be handed a 64 KiB one.
+        let handshake = relay.largestDatagrams
+        #expect(handshake.fromClient <= limit && handshake.fromServer <= limit, "\(relay.firstDatagramSizes)")
 
+        // The server echoes the bytes back: both sides send in bulk.
         let payload = patternBytes(count: 4 << 20, seed: 77)
-        let reading = Task {
+        let echoing = Task {
             let stream = try await server.acceptStream()
-            return try await stream.readAll(limit: payload.count + 1)
+            let bytes = try await stream.readAll(limit: payload.count + 1)
+            try await stream.write(bytes)
+            try await stream.finish()
         }
         let stream = try await client.openStream()
         try await stream.write(payload)
         try await stream.finish()
-        let received = try await withTimeout(30, "4 MiB over the relay") { try await reading.value }
-        #expect(sha256Hex(received) == sha256Hex(payload))
+        let echoed = try await withTimeout(30, "4 MiB each way over the relay") { () async throws -> [UInt8] in
+            try await echoing.value
+            return try await stream.readAll(limit: payload.count + 1)
+        }
+        #expect(sha256Hex(echoed) == sha256Hex(payload))
 
-        let stats = await client.statistics()
+        let largest = relay.largestDatagrams
+        let clientStats = await client.statistics()
+        let serverStats = await server.statistics()
         if hostLocal {
-            #expect(stats.maxUDPPayloadSize == 65_000)
-            #expect(relay.largestDatagram > clientConfig.maxUDPPayloadSize && relay.largestDatagram <= 65_000)
+            #expect(clientStats.maxUDPPayloadSize == local && serverStats.maxUDPPayloadSize == local)
+            #expect(largest.fromClient > limit && largest.fromClient <= local, "client: \(largest.fromClient)")
+            #expect(largest.fromServer > limit && largest.fromServer <= local, "server: \(largest.fromServer)")
         } else {
-            #expect(stats.maxUDPPayloadSize == clientConfig.maxUDPPayloadSize)
-            #expect(relay.largestDatagram <= clientConfig.maxUDPPayloadSize)
+            #expect(clientStats.maxUDPPayloadSize == limit && serverStats.maxUDPPayloadSize == limit)
+            #expect(largest.fromClient <= limit && largest.fromServer <= limit, "\(largest)")
         }
         await client.close(errorCode: 0, reason: "")
         await pair.close()

@@ -27,9 +27,11 @@ final class UDPRelay: @unchecked Sendable {
         /// Client datagrams kept for a replay, while recording.
         var recording = false
         var recorded: [[UInt8]] = []
-        /// The largest datagram forwarded since the last `resetLargestDatagram`.
-        var largestDatagram = 0
-        var sizes: [Int] = []
+        /// The largest datagram forwarded each way.
+        var largestFromClient = 0
+        var largestFromServer = 0
+        /// The first datagrams' sizes, negative from the server.
+        var firstSizes: [Int] = []
     }
 
     init(toServerPort serverPort: UInt16, oneWayDelay: Duration = .zero) {
@@ -61,9 +63,10 @@ final class UDPRelay: @unchecked Sendable {
     /// Keeps a copy of every client datagram from now on (an eavesdropper).
     func recordClientDatagrams() { state.withLock { $0.recording = true } }
     var recordedClientDatagrams: [[UInt8]] { state.withLock { $0.recorded } }
-    var largestDatagram: Int { state.withLock { $0.largestDatagram } }
-    var sizes: [Int] { state.withLock { $0.sizes } }
-    func resetLargestDatagram() { state.withLock { $0.largestDatagram = 0 } }
+    var largestDatagrams: (fromClient: Int, fromServer: Int) {
+        state.withLock { ($0.largestFromClient, $0.largestFromServer) }
+    }
+    var firstDatagramSizes: [Int] { state.withLock { $0.firstSizes } }
 
     func stop() {
         state.withLock { $0.stop = true }
@@ -94,8 +97,12 @@ final class UDPRelay: @unchecked Sendable {
             let fromPort = UInt16(bigEndian: from.sin_port)
             let target: UInt16? = state.withLock { s in
                 if s.cut { return nil }
-                s.largestDatagram = max(s.largestDatagram, n)
-                if s.sizes.count < 40 { s.sizes.append(fromPort == serverPort ? -n : n) }
+                if fromPort == serverPort {
+                    s.largestFromServer = max(s.largestFromServer, n)
+                } else {
+                    s.largestFromClient = max(s.largestFromClient, n)
+                }
+                if s.firstSizes.count < 40 { s.firstSizes.append(fromPort == serverPort ? -n : n) }
                 if fromPort == serverPort {
                     guard s.serverDatagramsAllowed > 0, s.clientPort != 0 else { return nil }
                     s.serverDatagramsAllowed -= 1

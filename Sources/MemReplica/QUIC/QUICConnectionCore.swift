@@ -144,7 +144,7 @@ final class QUICConnectionCore: @unchecked Sendable {
            let routePayload = HostLocalRoute.payloadSize(to: remote, namespace: config.networkNamespace) {
             // A peer on this host: the loopback MTU is certain, nothing to
             // discover. A 4 KiB fault answer becomes one packet instead of
-            // three, and bulk moves in far fewer.
+            // three, and bulk moves in fewer.
             settings.max_tx_udp_payload_size = max(config.maxUDPPayloadSize, min(cap, routePayload))
             settings.no_tx_udp_payload_size_shaping = 1
             settings.no_pmtud = 1
