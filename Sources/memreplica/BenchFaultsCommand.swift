@@ -37,6 +37,7 @@ struct BenchFaultsCommand: AsyncParsableCommand {
         print("")
         print("post-copy faults, \(report.chunkSize >> 10) KiB chunks, \(report.idle.samples) per phase:")
         print(row("idle      ", report.idle))
+        print(row("attached  ", report.attached))
         print(row("under bulk", report.underBulk))
         print("  bulk sync of \(report.bulkBytes >> 20) MiB \(report.bulkRanThroughout ? "ran throughout" : "FINISHED before the last fault")")
         print("  target idle p50 ≤ 50 µs, p99 ≤ 150 µs: \(report.meetsIdleTarget ? "met" : "MISSED")")

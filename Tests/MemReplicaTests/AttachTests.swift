@@ -133,6 +133,61 @@ struct AttachTests {
         #expect(region.bytes[offset] == 0xA7)
     }
 
+    @Test("while lent to a loop, the loop reads attached processes' faults (and ours) through one descriptor; the handler thread leaves them")
+    func clientFaultsOnTheLoop() async throws {
+        let path = "/dev/shm/mr-loopfaults-\(UUID().uuidString.prefix(8))"
+        defer { unlink(path) }
+        let size = 1 << 20, chunk = 65536
+        let region = try Region(name: "lf", backing: .file(path: path), size: size, chunkSize: chunk)
+        // (chunk, read on a loop)
+        let faulted = Locked<[(Int, Bool)]>([])
+        let handler = try MissingFaultHandler(region: region) { index, loop in
+            faulted.withLock { $0.append((index, loop != nil)) }
+            return true
+        }
+        defer { handler.stop() }
+        handler.lendToLoop(true)
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let client = try #require(mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0))
+        let uffd = qs_uffd_open(0)
+        try #require(uffd >= 0)
+        var available: UInt64 = 0
+        try #require(qs_uffd_api(uffd, qs_uffd_feature_missing_shmem(), &available) == 0)
+        try #require(qs_uffd_register_missing(uffd, client, size) == 0)
+        let id = try #require(handler.addClient(uffd: uffd, base: UInt64(UInt(bitPattern: client)), length: size))
+        defer { handler.removeClient(id) }
+
+        let loopIdentity = ObjectIdentifier(region)
+        /// What the loop does: wait for the descriptor, then serve.
+        func serveLikeALoop() -> Bool {
+            var pfd = pollfd(fd: handler.descriptor, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 5000) == 1 else { return false }
+            return handler.serveOnLoop(loopIdentity)
+        }
+
+        let clientByte = Locked<UInt8?>(nil)
+        defer { if clientByte.withLock({ $0 }) != nil { munmap(client, size) } }
+        let address = UInt(bitPattern: client)
+        Thread { clientByte.withLock { $0 = UnsafeRawPointer(bitPattern: address)!.load(fromByteOffset: 5 * chunk + 7, as: UInt8.self) } }.start()
+        #expect(serveLikeALoop(), "the client's fault never made the loop's descriptor readable")
+        #expect(faulted.withLock { $0.map { "\($0.0)/\($0.1)" } } == ["5/true"])
+        try [UInt8](repeating: 0xA7, count: chunk).withUnsafeBytes { try handler.install(chunk: 5, bytes: $0) }
+        try await eventually("the client's wake-up", seconds: 10) { clientByte.withLock { $0 } != nil }
+        #expect(clientByte.withLock { $0 } == 0xA7)
+
+        // Our own mapping's faults arrive on the same descriptor.
+        let ownByte = Locked<UInt8?>(nil)
+        let own = UInt(bitPattern: region.bytes.baseAddress)
+        Thread { ownByte.withLock { $0 = UnsafeRawPointer(bitPattern: own)!.load(fromByteOffset: 9 * chunk, as: UInt8.self) } }.start()
+        #expect(serveLikeALoop(), "our own fault never made the loop's descriptor readable")
+        #expect(faulted.withLock { $0.map { "\($0.0)/\($0.1)" } } == ["5/true", "9/true"])
+        try [UInt8](repeating: 0x3C, count: chunk).withUnsafeBytes { try handler.install(chunk: 9, bytes: $0) }
+        try await eventually("our own wake-up", seconds: 10) { ownByte.withLock { $0 } != nil }
+        #expect(ownByte.withLock { $0 } == 0x3C)
+    }
+
     @Test("detach while a thread sleeps in a fault nobody can serve: it wakes reading zeros, and the replica's file is left alone")
     func detachWakesBlockedReader() async throws {
         let f = try await LazyFixture.make(size: 1 << 20, seed: 31)

@@ -20,25 +20,32 @@ import SystemPackage
 /// file without attaching reads zeros from the holes.
 ///
 /// While a lazy replica runs over QUIC, its connection's loop thread reads
-/// this process's fault events instead (`lendToLoop`, `serveOnLoop`) and
-/// sends the READ in the same turn: each wake-up of the handler thread and
-/// its hand-off to the loop cost tens of µs on a VM, on every fault.
+/// the fault events instead (`lendToLoop`, `serveOnLoop`), ours and the
+/// attached processes', and sends the READ in the same turn: each wake-up
+/// of the handler thread and its hand-off to the loop cost tens of µs on a
+/// VM, on every fault. The loop watches one descriptor, `faultSet`, an
+/// epoll set holding ours and every client's, so clients come and go
+/// without the loop's watch changing.
 final class MissingFaultHandler: @unchecked Sendable {
     let region: Region
     private let uffd: Int32
+    private let faultSet: Int32
+    /// `faultSet`'s token for our own descriptor; clients use their ids (≥ 1).
+    private static let ownToken: UInt64 = 0
     private let wakeup: Int32
     private let stopped = DispatchSemaphore(value: 0)
     private let stopping = Locked(false)
     private let clients: Locked<Clients>
     private let onFault: @Sendable (Int, ObjectIdentifier?) -> Bool
-    /// False once `stop` is about to close `uffd`: the loop reads and wakes
-    /// through it only under this lock, so never after its close.
+    /// False once `stop` is about to close `uffd` and `faultSet`: the loop
+    /// reads and wakes through them only under this lock, so never after
+    /// their close.
     private let uffdOpen = Locked(true)
 
     /// Attached processes' descriptors. The handler thread polls `active`;
     /// a removed client's descriptor is closed by that thread (never while
-    /// it may be polled), and `install` wakes under the lock, so no
-    /// descriptor is used after its close.
+    /// it may be polled), and `install` and the loop read and wake under
+    /// the lock, so no descriptor is used after its close.
     struct Clients {
         struct Client { let id: Int; let uffd: Int32; let base: UInt; let length: Int }
         var active: [Client] = []
@@ -49,8 +56,8 @@ final class MissingFaultHandler: @unchecked Sendable {
         var closed = false
         /// Bumped on each change, so the thread knows to rebuild its poll set.
         var generation = 0
-        /// A loop thread reads our own descriptor's faults: the handler
-        /// thread leaves it out of its poll set.
+        /// A loop thread reads the faults (`faultSet`): the handler thread
+        /// leaves every descriptor but its wake-up out of its poll set.
         var lentToLoop = false
     }
 
@@ -76,13 +83,24 @@ final class MissingFaultHandler: @unchecked Sendable {
             close(fd)
             throw PostCopyError.userfaultfd(call: "UFFDIO_REGISTER", errno: Errno(rawValue: -rc))
         }
+        let set = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard set >= 0 else {
+            close(fd)
+            throw PostCopyError.userfaultfd(call: "epoll_create1", errno: Errno(rawValue: errno))
+        }
+        guard Self.watch(fd, token: Self.ownToken, in: set) else {
+            let e = errno
+            close(set); close(fd)
+            throw PostCopyError.userfaultfd(call: "epoll_ctl", errno: Errno(rawValue: e))
+        }
         let event = eventfd(0, Int32(EFD_CLOEXEC))
         guard event >= 0 else {
-            close(fd)
+            close(set); close(fd)
             throw PostCopyError.userfaultfd(call: "eventfd", errno: Errno(rawValue: errno))
         }
         self.region = region
         uffd = fd
+        faultSet = set
         wakeup = event
         let clients = Locked(Clients())
         self.clients = clients
@@ -125,7 +143,8 @@ final class MissingFaultHandler: @unchecked Sendable {
                 return c.active
             }
             if let now { polled = now; dead.formIntersection(now.map(\.id)) }
-            let live = polled.filter { !dead.contains($0.id) }
+            // While a loop reads the faults, only the wake-up is polled here.
+            let live = lent ? [] : polled.filter { !dead.contains($0.id) }
             // poll skips a negative descriptor: ours, while the loop reads it.
             var fds = [pollfd(fd: lent ? -1 : uffd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
@@ -169,6 +188,13 @@ final class MissingFaultHandler: @unchecked Sendable {
         }
     }
 
+    private static func watch(_ fd: Int32, token: UInt64, in set: Int32) -> Bool {
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.u64 = token
+        return epoll_ctl(set, EPOLL_CTL_ADD, fd, &event) == 0
+    }
+
     private static func wakeClient(_ client: Clients.Client, range: Range<Int>) {
         let length = min(pageAligned(range.count), client.length - range.lowerBound)
         guard length > 0 else { return }
@@ -186,6 +212,9 @@ final class MissingFaultHandler: @unchecked Sendable {
             guard !c.closed else { return nil }
             c.nextID += 1
             c.active.append(.init(id: c.nextID, uffd: clientFD, base: UInt(base), length: length))
+            // Not in the set (epoll refused it): the handler thread still
+            // serves it whenever no loop reads the faults.
+            _ = Self.watch(clientFD, token: UInt64(c.nextID), in: faultSet)
             c.generation += 1
             var one: UInt64 = 1
             _ = write(wakeup, &one, 8)
@@ -203,7 +232,9 @@ final class MissingFaultHandler: @unchecked Sendable {
     func removeClient(_ id: Int) {
         clients.withLock { c in
             guard !c.closed, let index = c.active.firstIndex(where: { $0.id == id }) else { return }
-            c.retired.append(c.active.remove(at: index).uffd)
+            let client = c.active.remove(at: index)
+            _ = epoll_ctl(faultSet, EPOLL_CTL_DEL, client.uffd, nil)
+            c.retired.append(client.uffd)
             c.generation += 1
             var one: UInt64 = 1
             _ = write(wakeup, &one, 8)
@@ -212,14 +243,14 @@ final class MissingFaultHandler: @unchecked Sendable {
 
     var clientCount: Int { clients.withLock { $0.active.count } }
 
-    /// Our own descriptor, for a loop to watch between `lendToLoop(true)`
-    /// and `lendToLoop(false)`. Valid until `stop`, which the loop learns
-    /// from `serveOnLoop` returning false.
-    var descriptor: Int32 { uffd }
+    /// The fault set (ours and the clients' descriptors), for a loop to
+    /// watch between `lendToLoop(true)` and `lendToLoop(false)`. Valid
+    /// until `stop`, which the loop learns from `serveOnLoop` returning false.
+    var descriptor: Int32 { faultSet }
 
-    /// Whether a loop reads our own faults (`serveOnLoop`) rather than the
+    /// Whether a loop reads the faults (`serveOnLoop`) rather than the
     /// handler thread. Both may read for a moment around a change; each
-    /// event goes to one reader (the descriptor does not block).
+    /// event goes to one reader (the descriptors do not block).
     func lendToLoop(_ lent: Bool) {
         clients.withLock { c in
             guard !c.closed, c.lentToLoop != lent else { return }
@@ -230,29 +261,84 @@ final class MissingFaultHandler: @unchecked Sendable {
         }
     }
 
-    /// On the loop thread that watches `descriptor` (`loop` names it), when
-    /// it is readable: reads every pending fault of ours and hands each to
-    /// `onFault`. False once the handler has stopped (stop watching).
+    /// On the loop thread that watches `descriptor` (`loop` names it): reads
+    /// every pending fault, ours and the attached processes', and hands each
+    /// to `onFault`. The loop also calls it once a turn unasked, so with no
+    /// client attached it costs one read of our descriptor, as before there
+    /// were clients to look for. False once the handler has stopped (stop
+    /// watching).
     func serveOnLoop(_ loop: ObjectIdentifier) -> Bool {
+        guard serveOwnFaultsOnLoop(loop) else { return false }
+        guard clients.withLock({ !$0.active.isEmpty }) else { return true }
+        return withUnsafeTemporaryAllocation(of: epoll_event.self, capacity: 8) { ready in
+            let count: Int? = uffdOpen.withLock { open in
+                open ? Int(epoll_wait(faultSet, ready.baseAddress, Int32(ready.count), 0)) : nil
+            }
+            guard let count else { return false }
+            for event in ready.prefix(max(count, 0)) where event.data.u64 != Self.ownToken {
+                serveClientFaultsOnLoop(Int(event.data.u64), events: event.events, loop: loop)
+            }
+            return true
+        }
+    }
+
+    private func serveOwnFaultsOnLoop(_ loop: ObjectIdentifier) -> Bool {
         let base = UInt(bitPattern: region.bytes.baseAddress)
         let chunkSize = UInt(region.geometry.chunkSize)
-        var addresses = [UInt64](repeating: 0, count: 64)
-        while true {
-            let n = uffdOpen.withLock { open in open ? Int(qs_uffd_read_faults(uffd, &addresses, Int32(addresses.count))) : -1 }
-            guard n > 0 else { return n == 0 }
-            for address in addresses.prefix(n) {
-                let offset = UInt(address) &- base
-                guard offset < UInt(region.geometry.size) else { continue }
-                let chunk = Int(offset / chunkSize)
-                if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
-                    uffdOpen.withLock { open in
-                        guard open else { return }
-                        _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, Self.pageAligned(range.count))
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 64) { addresses in
+            while true {
+                let n = uffdOpen.withLock { open in
+                    open ? Int(qs_uffd_read_faults(uffd, addresses.baseAddress, Int32(addresses.count))) : -1
+                }
+                guard n > 0 else { return n == 0 }
+                for address in addresses.prefix(n) {
+                    let offset = UInt(address) &- base
+                    guard offset < UInt(region.geometry.size) else { continue }
+                    let chunk = Int(offset / chunkSize)
+                    if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
+                        uffdOpen.withLock { open in
+                            guard open else { return }
+                            _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, Self.pageAligned(range.count))
+                        }
                     }
                 }
+                // Fewer than asked for: nothing more was pending.
+                if n < addresses.count { return true }
             }
-            // Fewer than asked for: nothing more was pending.
-            if n < addresses.count { return true }
+        }
+    }
+
+    /// An attached process's faults. Its descriptor is read under the
+    /// clients' lock, since a removed client's is closed after; `onFault`
+    /// runs outside it (it takes the mirror's state lock, which `install`
+    /// holds while it takes this one).
+    private func serveClientFaultsOnLoop(_ id: Int, events: UInt32, loop: ObjectIdentifier) {
+        let chunkSize = UInt(region.geometry.chunkSize)
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 64) { addresses in
+            while true {
+                let read = clients.withLock { c -> (count: Int, base: UInt, length: Int)? in
+                    guard let client = c.active.first(where: { $0.id == id }) else { return nil }
+                    let n = events & EPOLLIN.rawValue == 0
+                        ? -1 : Int(qs_uffd_read_faults(client.uffd, addresses.baseAddress, Int32(addresses.count)))
+                    // The descriptor broke: stop watching it, or the set would
+                    // stay ready and the loop spin (the session's end removes
+                    // the client).
+                    if n < 0 { _ = epoll_ctl(faultSet, EPOLL_CTL_DEL, client.uffd, nil) }
+                    return (n, client.base, client.length)
+                }
+                guard let read, read.count > 0 else { return }
+                for address in addresses.prefix(read.count) {
+                    let offset = UInt(address) &- read.base
+                    guard offset < UInt(read.length) else { continue }
+                    let chunk = Int(offset / chunkSize)
+                    if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
+                        clients.withLock { c in
+                            if let client = c.active.first(where: { $0.id == id }) { Self.wakeClient(client, range: range) }
+                        }
+                    }
+                }
+                if read.count < addresses.count { return }
+            }
         }
     }
 
@@ -312,6 +398,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         stopped.wait()
         uffdOpen.withLock { $0 = false }
         _ = qs_uffd_unregister(uffd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
+        close(faultSet)
         close(uffd)
         close(wakeup)
     }

@@ -458,6 +458,9 @@ final class QUICConnectionCore: @unchecked Sendable {
         // identity may be read on other threads now: never rewrite it.
         guard deliveredEarly || verifyPeer() else { return false }
         if !isClient {
+            // ngtcp2 confirms a server's handshake as it completes, without
+            // the callback.
+            isHandshakeConfirmed = true
             // The client's certificate is verified (or, resumed, restored
             // from our own ticket): only now may a ticket carry it.
             if qs_tls_send_ticket(tls) != 0 {
@@ -532,8 +535,7 @@ final class QUICConnectionCore: @unchecked Sendable {
 
     /// Client side: HANDSHAKE_DONE arrived, so the server accepted our
     /// certificate too. Only now does `connect` return (a resumed session
-    /// returned at `handshakeCompleted`). A server's is confirmed as it
-    /// completes.
+    /// returned at `handshakeCompleted`).
     func handshakeConfirmed() {
         isHandshakeConfirmed = true
         guard isClient, case .handshaking = state else { return }
