@@ -27,8 +27,10 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var handshakes: Int = 200
     @Option(help: "Congestion controller for QUIC: cubic, bbr or reno.")
     var cc: String = "cubic"
-    @Option(help: "Largest UDP payload QUIC sends (1452 fits Ethernet; loopback carries up to 65527).")
+    @Option(help: "Largest UDP payload QUIC sends on a path of unknown MTU (1452 fits Ethernet).")
     var maxUdpPayload: Int = 1452
+    @Option(help: "Largest UDP payload QUIC sends to a peer on this host, as here (0: size packets as for any path).")
+    var hostLocalPayload: Int = QUICConfiguration().hostLocalUDPPayloadSize ?? 0
     @Option(help: "Microseconds the QUIC loop polls before sleeping (0: off).")
     var busyPoll: Int = 0
     @Flag(help: "Send without pacing (bursts as the window allows).")
@@ -52,6 +54,9 @@ struct BenchTransportCommand: AsyncParsableCommand {
             throw ValidationError("--cc must be cubic, bbr or reno")
         }
         guard (1200...65527).contains(maxUdpPayload) else { throw ValidationError("--max-udp-payload must be 1200...65527") }
+        guard hostLocalPayload == 0 || (1200...65527).contains(hostLocalPayload) else {
+            throw ValidationError("--host-local-payload must be 0 or 1200...65527")
+        }
         guard !kinds.isEmpty, kinds.count == transports.split(separator: ",").count else {
             throw ValidationError("--transports takes quic, tcp and tcp-per-region, comma-separated")
         }
@@ -71,6 +76,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         options.transports = kinds
         options.quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
         options.quic.maxUDPPayloadSize = maxUdpPayload
+        options.quic.hostLocalUDPPayloadSize = hostLocalPayload > 0 ? hostLocalPayload : nil
         options.quic.pacing = !noPacing
         if busyPoll > 0 { options.quic.busyPoll = .microseconds(busyPoll) }
         let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"

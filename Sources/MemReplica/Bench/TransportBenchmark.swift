@@ -47,6 +47,9 @@ public struct TransportBenchmark {
         public var runs: Int
         public var congestionControl: String
         public var maxUDPPayloadSize: Int
+        /// What the peers here (both on this host) actually send: nil means
+        /// `maxUDPPayloadSize`, as to a peer elsewhere.
+        public var hostLocalUDPPayloadSize: Int?
         public var ngtcp2Version: String
         public var throughput: [Throughput]
         public var latency: [Latency]
@@ -139,6 +142,7 @@ public struct TransportBenchmark {
         return Report(totalBytes: options.totalBytes, streams: options.streams, runs: options.runs,
                       congestionControl: options.quic.congestionControl.rawValue,
                       maxUDPPayloadSize: options.quic.maxUDPPayloadSize,
+                      hostLocalUDPPayloadSize: options.quic.hostLocalUDPPayloadSize,
                       ngtcp2Version: String(cString: ngtcp2_version(0).pointee.version_str),
                       throughput: throughput, latency: latency, handshakes: handshakes, ratios: ratios)
     }

@@ -177,10 +177,10 @@ public final class PostCopyMirror: @unchecked Sendable {
             s.faultQueue = faultQueue
             s.faultRequester = loopReads.map { Self.requester(on: $0.0.core, queue: faultQueue) }
         }
-        // Over QUIC the connection's loop reads our faults itself and sends
-        // each READ in the same turn; the fault thread keeps attached
-        // processes' faults, and ours again once this run ends. Both steps
-        // run on the loop, in the order posted.
+        // Over QUIC the connection's loop reads the faults itself (ours and
+        // attached processes') and sends each READ in the same turn; the
+        // fault thread takes them back once this run ends. Both steps run
+        // on the loop, in the order posted.
         let watch = Locked<UInt64?>(nil)
         if let endpoint = loopReads?.0.core.connection.endpoint {
             let faults = self.faults
