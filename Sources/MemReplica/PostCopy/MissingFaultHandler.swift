@@ -206,15 +206,15 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// registered [base, base+length) for MISSING faults, a MAP_SHARED
     /// mapping of the whole backing file from offset 0. Returns the id for
     /// `removeClient`.
-    /// Nil (the descriptor untouched) once the handler has stopped.
+    /// Nil (the descriptor untouched) once the handler has stopped, or when
+    /// epoll will not take the descriptor (e.g. fs.epoll.max_user_watches).
     func addClient(uffd clientFD: Int32, base: UInt64, length: Int) -> Int? {
         clients.withLock { c -> Int? in
-            guard !c.closed else { return nil }
+            // A client the loop could not watch would go unserved while
+            // the loop reads the faults: refuse it instead.
+            guard !c.closed, Self.watch(clientFD, token: UInt64(c.nextID + 1), in: faultSet) else { return nil }
             c.nextID += 1
             c.active.append(.init(id: c.nextID, uffd: clientFD, base: UInt(base), length: length))
-            // Not in the set (epoll refused it): the handler thread still
-            // serves it whenever no loop reads the faults.
-            _ = Self.watch(clientFD, token: UInt64(c.nextID), in: faultSet)
             c.generation += 1
             var one: UInt64 = 1
             _ = write(wakeup, &one, 8)

@@ -122,7 +122,7 @@ public final class PostCopyMirror: @unchecked Sendable {
             throw PostCopyError.badClientMapping("too many attached processes (at most \(Self.maxClients))")
         }
         guard let id = faults.addClient(uffd: userfaultfd, base: base, length: whole) else {
-            throw PostCopyError.badClientMapping("the lazy replica has stopped")
+            throw PostCopyError.badClientMapping("the lazy replica has stopped, or cannot watch another userfaultfd (epoll_ctl)")
         }
         let faults = self.faults
         return { faults.removeClient(id) }
