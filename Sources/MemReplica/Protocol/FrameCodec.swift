@@ -155,9 +155,7 @@ extension Frame {
         case .error(let code, let message):
             type = .error
             VarInt.encode(code, into: &payload)
-            // Cut to the limit; a split character becomes U+FFFD (3 bytes).
-            try putString(String(decoding: message.utf8.prefix(FrameLimits.maxMessage - 3), as: UTF8.self),
-                          limit: FrameLimits.maxMessage, into: &payload)
+            try putString(Self.cut(message, toUTF8Bytes: FrameLimits.maxMessage), limit: FrameLimits.maxMessage, into: &payload)
         }
         guard payload.count <= FrameLimits.maxPayload else {
             throw ProtocolViolation(.frameTooLarge, "payload of \(payload.count) bytes (limit \(FrameLimits.maxPayload))")
@@ -202,6 +200,18 @@ extension Frame {
         VarInt.encode(chunk, into: &fields)
         VarInt.encode(version, into: &fields)
         return try bulkHeader(.write, fields: fields, byteCount: byteCount)
+    }
+
+    /// `message` cut to at most `limit` UTF-8 bytes, at a character
+    /// boundary: one that fits is sent whole (so a decoded ERROR encodes to
+    /// the same frame), a longer one loses only its end.
+    static func cut(_ message: String, toUTF8Bytes limit: Int) -> String {
+        let utf8 = Array(message.utf8)
+        guard utf8.count > limit else { return message }
+        var end = limit
+        // Back off continuation bytes (10xxxxxx) to the start of the character.
+        while end > 0 && utf8[end] & 0xc0 == 0x80 { end -= 1 }
+        return String(decoding: utf8[..<end], as: UTF8.self)
     }
 
     private func putString(_ s: String, limit: Int, into out: inout [UInt8]) throws(ProtocolViolation) {
