@@ -79,8 +79,22 @@ struct LazyFixture {
         await server.stop()
         running.cancel()
         await pair.close()
+        _ = await running.result
         mirror.stop()
         try? FileManager.default.removeItem(atPath: root)
+    }
+
+    /// Runs `body` with a fixture that is closed (and awaited) however the
+    /// body ends, so nothing of it spills into the next test.
+    static func with(size: Int, seed: UInt64, _ body: (LazyFixture) async throws -> Void) async throws {
+        let f = try await make(size: size, seed: seed)
+        do {
+            try await body(f)
+        } catch {
+            await f.close()
+            throw error
+        }
+        await f.close()
     }
 }
 
@@ -111,24 +125,18 @@ struct AttachTests {
         defer { handler.removeClient(id) }
 
         let offset = 5 * 65536 + 123
-        let done = Locked<UInt8?>(nil)
+        let address = UInt(bitPattern: client)
+        let read = BlockingRead<UInt8> { UnsafeRawPointer(bitPattern: address)!.load(fromByteOffset: offset, as: UInt8.self) }
         // Unmapped only once the reader is through: a reader still asleep in
         // its fault (the test failed) would crash the run when woken on a hole
         // that is no longer mapped.
-        defer { if done.withLock({ $0 }) != nil { munmap(client, 1 << 20) } }
-        let address = UInt(bitPattern: client)
-        let thread = Thread {
-            let byte = UnsafeRawPointer(bitPattern: address)!.load(fromByteOffset: offset, as: UInt8.self)
-            done.withLock { $0 = byte }
-        }
-        thread.start()
+        defer { if read.value != nil { munmap(client, 1 << 20) } }
         try await eventually("the client's fault", seconds: 10) { faulted.withLock { $0.contains(5) } }
-        try await Task.sleep(for: .milliseconds(50))
-        #expect(done.withLock { $0 } == nil, "the client read a hole instead of waiting")
+        try await read.waitUntilAsleepInFault()
+        #expect(read.value == nil, "the client read a hole instead of waiting")
         let chunk = [UInt8](repeating: 0xA7, count: 65536)
         try chunk.withUnsafeBytes { try handler.install(chunk: 5, bytes: $0) }
-        try await eventually("the client's wake-up", seconds: 10) { done.withLock { $0 } != nil }
-        #expect(done.withLock { $0 } == 0xA7)
+        #expect(try await read.wait(seconds: 10) == 0xA7)
         // The peer's own mapping holds the page too: one page in the page cache.
         #expect(region.bytes[offset] == 0xA7)
     }
@@ -198,17 +206,12 @@ struct AttachTests {
         await f.pair.close()
         let offset = 6 * 65536 + 40
         let base = UInt(bitPattern: attached.bytes.baseAddress!)
-        let got = Locked<UInt64?>(nil)
-        Thread {
-            let word = UnsafeRawPointer(bitPattern: base)!.load(fromByteOffset: offset, as: UInt64.self)
-            got.withLock { $0 = word }
-        }.start()
+        let read = BlockingRead<UInt64> { UnsafeRawPointer(bitPattern: base)!.load(fromByteOffset: offset, as: UInt64.self) }
         try await eventually("the fault", seconds: 10) { f.mirror.progress.faults >= 1 }
-        try await Task.sleep(for: .milliseconds(50))
-        #expect(got.withLock { $0 } == nil, "nothing can serve the fault")
+        try await read.waitUntilAsleepInFault()
+        #expect(read.value == nil, "nothing can serve the fault")
         attached.detach()
-        try await eventually("the woken read", seconds: 10) { got.withLock { $0 } != nil }
-        #expect(got.withLock { $0 } == 0)
+        #expect(try await read.wait(seconds: 10) == 0)
         // Still missing in the replica, not a page of zeros it would trust.
         #expect(f.mirror.progress.chunksPresent == 0)
         var residency: UInt8 = 1
@@ -221,89 +224,89 @@ struct AttachTests {
     @Test("memreplica cat, a separate process, reads a lazy replica exactly (SHA-256), faulting chunks in")
     func catLazyReplica() async throws {
         let size = 4 << 20
-        let f = try await LazyFixture.make(size: size, seed: 21)
-        defer { Task { await f.close() } }
-        let exe = try builtExecutable()
-        let out = f.root + "/out.bin"
-        let rc = try await runShell("'\(exe)' cat lazy --control '\(f.socket)' > '\(out)' 2>'\(f.root)/err'")
-        let err = (try? String(contentsOfFile: f.root + "/err", encoding: .utf8)) ?? ""
-        #expect(rc == 0, "cat failed: \(err)")
-        #expect(try fileSHA(out) == sha256Hex(Array(f.primary.bytes)))
-        let p = f.mirror.progress
-        #expect(p.faults >= p.chunkCount, "the chunks came in through the cat process's faults")
-        #expect(p.faultsServed == p.faults)
+        try await LazyFixture.with(size: size, seed: 21) { f in
+            let exe = try builtExecutable()
+            let out = f.root + "/out.bin"
+            let rc = try await runShell("'\(exe)' cat lazy --control '\(f.socket)' > '\(out)' 2>'\(f.root)/err'")
+            let err = (try? String(contentsOfFile: f.root + "/err", encoding: .utf8)) ?? ""
+            #expect(rc == 0, "cat failed: \(err)")
+            #expect(try fileSHA(out) == sha256Hex(Array(f.primary.bytes)))
+            let p = f.mirror.progress
+            #expect(p.faults >= p.chunkCount, "the chunks came in through the cat process's faults")
+            #expect(p.faultsServed == p.faults)
 
-        // A slice, and the usage and lookup errors with their exit codes.
-        let slice = f.root + "/slice.bin"
-        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset 70000 --length 5000 > '\(slice)'") == 0)
-        #expect(try Data(contentsOf: URL(fileURLWithPath: slice)) == Data(f.primary.bytes[70000..<75000]))
-        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset \(size + 1) >/dev/null 2>&1") == 2)
-        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset 10 --length \(size) >/dev/null 2>&1") == 2)
-        #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --length -1 >/dev/null 2>&1") == 2)
-        let unknown = try await runShell("'\(exe)' cat nosuch --control '\(f.socket)' >/dev/null 2>'\(f.root)/err2'")
-        #expect(unknown == 1)
-        let line = (try? String(contentsOfFile: f.root + "/err2", encoding: .utf8)) ?? ""
-        #expect(line.contains("no region named 'nosuch'") && line.split(separator: "\n").count == 1, "\(line)")
-        // Sessions ended with the processes.
-        try await eventually("detach", seconds: 5) { f.mirror.attachedClients == 0 }
+            // A slice, and the usage and lookup errors with their exit codes.
+            let slice = f.root + "/slice.bin"
+            #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset 70000 --length 5000 > '\(slice)'") == 0)
+            #expect(try Data(contentsOf: URL(fileURLWithPath: slice)) == Data(f.primary.bytes[70000..<75000]))
+            #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset \(size + 1) >/dev/null 2>&1") == 2)
+            #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --offset 10 --length \(size) >/dev/null 2>&1") == 2)
+            #expect(try await runShell("'\(exe)' cat lazy --control '\(f.socket)' --length -1 >/dev/null 2>&1") == 2)
+            let unknown = try await runShell("'\(exe)' cat nosuch --control '\(f.socket)' >/dev/null 2>'\(f.root)/err2'")
+            #expect(unknown == 1)
+            let line = (try? String(contentsOfFile: f.root + "/err2", encoding: .utf8)) ?? ""
+            #expect(line.contains("no region named 'nosuch'") && line.split(separator: "\n").count == 1, "\(line)")
+            // Sessions ended with the processes.
+            try await eventually("detach", seconds: 5) { f.mirror.attachedClients == 0 }
+        }
     }
 
     @Test("an attached reader's blocked thread is served; detach and bad attach requests get clear errors, the peer keeps serving")
     func badRequests() async throws {
-        let f = try await LazyFixture.make(size: 1 << 20, seed: 5)
-        defer { Task { await f.close() } }
-        func ask(_ line: String, passing fd: Int32 = -1, split: Bool = false) throws -> String {
-            let s = try UnixSocket.connect(to: f.socket)
-            defer { s.close() }
-            let bytes = Array((line + "\n").utf8)
-            if split {
-                try s.send(Array(bytes[..<10]), passing: fd, deadline: .now + .seconds(2))
-                try s.send(Array(bytes[10...]), passing: fd, deadline: .now + .seconds(2))
-            } else {
-                try s.send(bytes, passing: fd, deadline: .now + .seconds(2))
+        try await LazyFixture.with(size: 1 << 20, seed: 5) { f in
+            func ask(_ line: String, passing fd: Int32 = -1, split: Bool = false) throws -> String {
+                let s = try UnixSocket.connect(to: f.socket)
+                defer { s.close() }
+                let bytes = Array((line + "\n").utf8)
+                if split {
+                    try s.send(Array(bytes[..<10]), passing: fd, deadline: .now + .seconds(2))
+                    try s.send(Array(bytes[10...]), passing: fd, deadline: .now + .seconds(2))
+                } else {
+                    try s.send(bytes, passing: fd, deadline: .now + .seconds(2))
+                }
+                return String(decoding: try s.readLine(limit: 1 << 16, deadline: .now + .seconds(5)), as: UTF8.self)
             }
-            return String(decoding: try s.readLine(limit: 1 << 16, deadline: .now + .seconds(5)), as: UTF8.self)
-        }
-        func freshUffd() throws -> Int32 {
-            let u = qs_uffd_open(0)
-            try #require(u >= 0)
-            return u
-        }
-        #expect(try ask("not json").contains("malformed control message"))
-        #expect(try ask(#"{"command":"attach"}"#).contains("malformed attach request"))
-        #expect(try ask(#"{"command":"attach","region":"nope"}"#).contains("no region named 'nope'"))
-        #expect(try ask(#"{"command":"attach","region":"lazy","role":"primary"}"#).contains("not a primary"))
-        let u1 = try freshUffd()
-        #expect(try ask(#"{"command":"attach","region":"lazy"}"#, passing: u1).contains("needs base and length"))
-        var pipeFDs: [Int32] = [0, 0]
-        try #require(pipe(&pipeFDs) == 0)
-        #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":1048576}"#, passing: pipeFDs[0])
-                    .contains("not a userfaultfd"))
-        let u2 = try freshUffd()
-        #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":8192}"#, passing: u2)
-                    .contains("whole region"))
-        let u3 = try freshUffd()
-        #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":1048576}"#, passing: u3, split: true)
-                    .contains("more descriptors"))
-        #expect(try ask(String(repeating: "x", count: ControlServer.requestLimit + 10)).contains("limit"))
-        for fd in [u1, u2, u3, pipeFDs[0], pipeFDs[1]] { close(fd) }
-        // The lookup answers geometry and a path this process can map.
-        let answer = try AttachedRegion.lookup(controlPath: f.socket, region: "lazy")
-        #expect(answer.lazy && answer.size == 1 << 20 && answer.chunkSize == 65536 && !answer.attached)
-        #expect(f.mirror.attachedClients == 0)
+            func freshUffd() throws -> Int32 {
+                let u = qs_uffd_open(0)
+                try #require(u >= 0)
+                return u
+            }
+            #expect(try ask("not json").contains("malformed control message"))
+            #expect(try ask(#"{"command":"attach"}"#).contains("malformed attach request"))
+            #expect(try ask(#"{"command":"attach","region":"nope"}"#).contains("no region named 'nope'"))
+            #expect(try ask(#"{"command":"attach","region":"lazy","role":"primary"}"#).contains("not a primary"))
+            let u1 = try freshUffd()
+            #expect(try ask(#"{"command":"attach","region":"lazy"}"#, passing: u1).contains("needs base and length"))
+            var pipeFDs: [Int32] = [0, 0]
+            try #require(pipe(&pipeFDs) == 0)
+            #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":1048576}"#, passing: pipeFDs[0])
+                        .contains("not a userfaultfd"))
+            let u2 = try freshUffd()
+            #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":8192}"#, passing: u2)
+                        .contains("whole region"))
+            let u3 = try freshUffd()
+            #expect(try ask(#"{"command":"attach","region":"lazy","base":4096,"length":1048576}"#, passing: u3, split: true)
+                        .contains("more descriptors"))
+            #expect(try ask(String(repeating: "x", count: ControlServer.requestLimit + 10)).contains("limit"))
+            for fd in [u1, u2, u3, pipeFDs[0], pipeFDs[1]] { close(fd) }
+            // The lookup answers geometry and a path this process can map.
+            let answer = try AttachedRegion.lookup(controlPath: f.socket, region: "lazy")
+            #expect(answer.lazy && answer.size == 1 << 20 && answer.chunkSize == 65536 && !answer.attached)
+            #expect(f.mirror.attachedClients == 0)
 
-        // A real attachment in this process: a blocked reader is served.
-        let attached = try AttachedRegion(controlPath: f.socket, region: "lazy")
-        #expect(attached.answer.attached)
-        try await eventually("attach", seconds: 5) { f.mirror.attachedClients == 1 }
-        let base = UInt(bitPattern: attached.bytes.baseAddress!)
-        let got = Locked<UInt64?>(nil)
-        Thread { got.withLock { $0 = UnsafeRawPointer(bitPattern: base)!.load(fromByteOffset: 9 * 65536 + 8, as: UInt64.self) } }.start()
-        try await eventually("the attached read", seconds: 10) { got.withLock { $0 } != nil }
-        #expect(got.withLock { $0 } == f.primary.bytes.load(fromByteOffset: 9 * 65536 + 8, as: UInt64.self))
-        attached.detach()
-        try await eventually("detach", seconds: 5) { f.mirror.attachedClients == 0 }
-        // Still serving.
-        #expect(try ask(#"{"command":"status"}"#).contains("status-marker"))
+            // A real attachment in this process: a blocked reader is served.
+            let attached = try AttachedRegion(controlPath: f.socket, region: "lazy")
+            #expect(attached.answer.attached)
+            try await eventually("attach", seconds: 5) { f.mirror.attachedClients == 1 }
+            let base = UInt(bitPattern: attached.bytes.baseAddress!)
+            let got = Locked<UInt64?>(nil)
+            Thread { got.withLock { $0 = UnsafeRawPointer(bitPattern: base)!.load(fromByteOffset: 9 * 65536 + 8, as: UInt64.self) } }.start()
+            try await eventually("the attached read", seconds: 10) { got.withLock { $0 } != nil }
+            #expect(got.withLock { $0 } == f.primary.bytes.load(fromByteOffset: 9 * 65536 + 8, as: UInt64.self))
+            attached.detach()
+            try await eventually("detach", seconds: 5) { f.mirror.attachedClients == 0 }
+            // Still serving.
+            #expect(try ask(#"{"command":"status"}"#).contains("status-marker"))
+        }
     }
 }

@@ -110,9 +110,8 @@ struct PeerProcessReplicationTests {
         try Data(patternBytes(count: 256 << 20, seed: 99)).write(to: URL(fileURLWithPath: primaryPath))
         let exe = try builtExecutable()
         let primaryPort = unusedUDPPort()
-        let primaryLog = root + "/primary.log"
-        // The primary logs at info: the test reads how many chunks each sync sent.
-        let primary = try ChildProcess("/bin/sh", ["-c", "exec '\(exe)' peer --listen 127.0.0.1:\(primaryPort) --state-dir '\(root)' --name primary --control '\(root)/p.sock' --export 'r=\(primaryPath)' --log-level info 2>'\(primaryLog)'"])
+        let primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(primaryPort)", "--state-dir", root, "--name", "primary",
+                                             "--control", root + "/p.sock", "--export", "r=\(primaryPath)", "--log-level", "warning"])
         defer { primary.terminate(grace: .milliseconds(200)) }
         func startReplica() throws -> ChildProcess {
             try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root, "--name", "replica",
@@ -138,24 +137,34 @@ struct PeerProcessReplicationTests {
             }
         }
         #expect(first.wait() == 128 + SIGKILL)
+        // What the killed replica left: chunks that differ from the primary's
+        // (not arrived, or cut off mid-copy) are what a resume must send.
+        let chunkSize = 64 << 10
+        let primaryBytes = try Data(contentsOf: URL(fileURLWithPath: primaryPath))
+        let leftBytes = try Data(contentsOf: URL(fileURLWithPath: replicaPath))
+        let missing = (0..<4096).filter { chunk in
+            let range = chunk * chunkSize..<(chunk + 1) * chunkSize
+            return leftBytes.count < range.upperBound || primaryBytes[range] != leftBytes[range]
+        }.count
+        // Some arrived (it was cut at 32 MiB or later), not all.
+        #expect(missing > 0 && missing < 4096 - 512, "\(missing) chunks missing after the kill")
         let second = try startReplica()
         defer { second.terminate(grace: .milliseconds(200)) }
         while try sha(primaryPath) != (try? sha(replicaPath)) {
             try #require(ContinuousClock.now < deadline, "the restarted replica never converged")
             try await Task.sleep(for: .milliseconds(100))
         }
-        // The primary logged each initial pass: the resumed one sent less.
-        var resumed: String?
-        while resumed == nil && ContinuousClock.now < deadline {
-            let log = (try? String(contentsOfFile: primaryLog, encoding: .utf8)) ?? ""
-            resumed = log.split(separator: "\n").last { $0.contains("initial sync sent") && $0.contains("resumed=true") }.map(String.init)
-            if resumed == nil { try await Task.sleep(for: .milliseconds(50)) }
+        // The restarted replica's own counters: one connection, which brought
+        // exactly the chunks that were missing, no more.
+        // SYNCED (every chunk present) follows the pass's last WRITE.
+        var reported: StatsReport.Region?
+        while reported?.chunksPresent != 4096 {
+            try #require(ContinuousClock.now < deadline, "the restarted replica never reported synced: \(String(describing: reported))")
+            try await Task.sleep(for: .milliseconds(20))
+            reported = try await ControlClient(path: root + "/r.sock").stats().regions.first { $0.name == "r" }
         }
-        let line = try #require(resumed, "no resumed initial sync in the primary's log")
-        let match = try #require(line.firstMatch(of: /chunks=(\d+) of (\d+)/))
-        let sent = Int(match.1)!, total = Int(match.2)!
-        #expect(total == 4096)
-        // Some sent (the first sync was cut short), not all (it resumed).
-        #expect(sent > 0 && sent < total, "the resume sent \(sent) of \(total) chunks")
+        let region = try #require(reported)
+        #expect(region.reconnects == 0)
+        #expect(region.chunksPushed == UInt64(missing), "the resume sent \(region.chunksPushed ?? 0) chunks for \(missing) missing")
     }
 }

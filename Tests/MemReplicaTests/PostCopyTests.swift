@@ -9,30 +9,6 @@ private func quietLogger() -> Logger {
     return l
 }
 
-/// Runs `body` on a thread of its own: a thread that touches a lazy
-/// replica may sleep in a page fault, which must never happen on the
-/// cooperative pool whose tasks serve those faults.
-private final class BlockingRead<T: Sendable>: @unchecked Sendable {
-    private let result = Locked<T?>(nil)
-    init(_ body: @escaping @Sendable () -> T) {
-        let thread = Thread { [result] in
-            let value = body()
-            result.withLock { $0 = value }
-        }
-        thread.start()
-    }
-    var value: T? { result.withLock { $0 } }
-
-    func wait(seconds: Double) async throws -> T {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while true {
-            if let v = value { return v }
-            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "a read of the lazy replica", seconds: seconds) }
-            try await Task.sleep(for: .milliseconds(2))
-        }
-    }
-}
-
 private func waitUntil(_ what: String, seconds: Double, _ condition: () -> Bool) async throws {
     let deadline = ContinuousClock.now + .seconds(seconds)
     while !condition() {
@@ -56,12 +32,13 @@ private func compareRandomWords(_ replica: Region, _ primary: Region, count: Int
 
 @Suite("Post-copy (lazy) mirrors", .serialized)
 struct PostCopyTests {
-    @Test("a 256 MiB lazy replica answers random reads from 4 threads before the pull ends; SHA-256 equal at the end")
-    func randomReadsBeforePullEnds() async throws {
+    @Test("a 256 MiB lazy replica answers random reads from 4 threads before the pull ends; SHA-256 equal at the end",
+          arguments: TransportKind.allCases)
+    func randomReadsBeforePullEnds(_ kind: TransportKind) async throws {
         let size = 256 << 20
         let primary = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
         fillPattern(primary.bytes, seed: 11)
-        let rp = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quietLogger()))
+        let rp = try await TransportReplicationPair(kind, exports: RegionExports([.init(region: primary)], logger: quietLogger()))
         let replica = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
         let mirror = try PostCopyMirror(region: replica)
         let running = Task { try await mirror.run(over: rp.client) }
@@ -84,16 +61,18 @@ struct PostCopyTests {
         #expect(end.faultsServed == end.faults)
         running.cancel()
         await rp.close()
+        _ = await running.result
         mirror.stop()
     }
 
-    @Test("after the primary writes, the notified replica returns the new bytes on the next read and refills")
-    func dirtyInvalidates() async throws {
+    @Test("after the primary writes, the notified replica returns the new bytes on the next read and refills",
+          arguments: TransportKind.allCases)
+    func dirtyInvalidates(_ kind: TransportKind) async throws {
         let size = 4 << 20
         let primary = try Region(name: "notify", backing: .memory, size: size, chunkSize: 65536)
         fillPattern(primary.bytes, seed: 3)
         let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), logger: quietLogger())
-        let rp = try await ReplicationPair(exports: exports)
+        let rp = try await TransportReplicationPair(kind, exports: exports)
         let replica = try Region(name: "notify", backing: .memory, size: size, chunkSize: 65536)
         let mirror = try PostCopyMirror(region: replica)
         let running = Task { try await mirror.run(over: rp.client) }
@@ -111,11 +90,13 @@ struct PostCopyTests {
         #expect(regionSHA(replica) == regionSHA(primary))
         running.cancel()
         await rp.close()
+        _ = await running.result
         mirror.stop()
     }
 
-    @Test("a thread faulting while the primary is gone waits, and is served once a new connection runs")
-    func faultWaitsForReconnect() async throws {
+    @Test("a thread faulting while the primary is gone waits, and is served once a new connection runs",
+          arguments: TransportKind.allCases)
+    func faultWaitsForReconnect(_ kind: TransportKind) async throws {
         let size = 16 << 20
         let primary = try Region(name: "gone", backing: .memory, size: size, chunkSize: 65536)
         fillPattern(primary.bytes, seed: 8)
@@ -125,7 +106,7 @@ struct PostCopyTests {
         let replica = try Region(name: "gone", backing: .memory, size: size, chunkSize: 65536)
         let mirror = try PostCopyMirror(region: replica, options: options)
 
-        let first = try await ReplicationPair(exports: exports)
+        let first = try await TransportReplicationPair(kind, exports: exports)
         let running = Task { try await mirror.run(over: first.client) }
         try await waitUntil("the lazy subscription", seconds: 10) { mirror.progress.subscribed }
         await first.close()
@@ -133,11 +114,11 @@ struct PostCopyTests {
 
         let offset = 7 * 65536 + 8
         let read = BlockingRead<UInt64> { replica.bytes.load(fromByteOffset: offset, as: UInt64.self) }
-        try await Task.sleep(for: .milliseconds(500))
+        try await read.waitUntilAsleepInFault()
+        try await waitUntil("the fault to be counted as waiting", seconds: 10) { mirror.progress.oldestFaultWaiting != nil }
         #expect(read.value == nil, "nothing can serve the fault while the primary is gone")
-        #expect(mirror.progress.oldestFaultWaiting != nil)
 
-        let second = try await ReplicationPair(exports: exports)
+        let second = try await TransportReplicationPair(kind, exports: exports)
         let resumed = Task { try await mirror.run(over: second.client) }
         let served = try await read.wait(seconds: 10)
         let expected = primary.bytes.load(fromByteOffset: offset, as: UInt64.self)
@@ -145,6 +126,7 @@ struct PostCopyTests {
         #expect(mirror.progress.oldestFaultWaiting == nil)
         resumed.cancel()
         await second.close()
+        _ = await resumed.result
         mirror.stop()
     }
 

@@ -38,9 +38,42 @@ struct ReplicationPair {
         }
     }
 
+    /// Closes both ends and waits until every stream the server served has
+    /// ended, so nothing of this pair outlives the test.
     func close() async {
-        serving.cancel()
         await pair.close()
+        _ = await serving.value
+        pki.remove()
+    }
+}
+
+/// `ReplicationPair` over any transport: an exporting server of `kind`
+/// and a client connected to it.
+struct TransportReplicationPair {
+    let pki: TestPKI
+    let pair: TransportPair
+    let client: any TransportConnection
+    let serving: Task<Void, Never>
+
+    init(_ kind: TransportKind, exports: RegionExports, serverConfig: QUICConfiguration = quicConfig(server: true)) async throws {
+        pki = try TestPKI()
+        pair = try TransportPair(kind, pki: pki, serverConfig: serverConfig)
+        let (client, server) = try await pair.connect()
+        self.client = client
+        serving = Task {
+            await withDiscardingTaskGroup { group in
+                while let stream = try? await server.acceptStream() {
+                    group.addTask { await exports.serve(stream, peer: server.peerIdentity) }
+                }
+            }
+        }
+    }
+
+    /// Closes both ends and waits until every stream the server served has
+    /// ended, so nothing of this pair outlives the test.
+    func close() async {
+        await pair.close()
+        _ = await serving.value
         pki.remove()
     }
 }

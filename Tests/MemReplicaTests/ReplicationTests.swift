@@ -186,15 +186,20 @@ struct ReplicationTests {
 
     private func refusal(_ exports: RegionExports, mirrorOf replica: Region, remoteName: String? = nil) async throws -> ReplicationError? {
         let rp = try await ReplicationPair(exports: exports)
-        defer { Task { await rp.close() } }
+        let outcome: ReplicationError?
         do {
             try await withTimeout(10, "refusal") {
                 try await RegionMirror(region: replica, remoteName: remoteName).run(over: rp.client)
             }
-            return nil
+            outcome = nil
         } catch let e as ReplicationError {
-            return e
+            outcome = e
+        } catch {
+            await rp.close()
+            throw error
         }
+        await rp.close()
+        return outcome
     }
 
     @Test("unknown region and geometry mismatch are refused with their codes")

@@ -24,7 +24,9 @@ struct TransportManyClientsTests {
                 }
             }
         }
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        // Every client exchanges its data and stays connected until all
+        // have: then the server must hold exactly their eight connections.
+        let clients = try await withThrowingTaskGroup(of: (transport: any Transport, connection: any TransportConnection).self) { group in
             for i in 0..<8 {
                 group.addTask {
                     let client = try kind.makeTransport(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
@@ -36,13 +38,24 @@ struct TransportManyClientsTests {
                     try await s.finish()
                     let back = try await s.readAll(limit: 1 << 20)
                     #expect(sha256Hex(back) == sha256Hex(payload))
-                    await client.close()
+                    return (client, conn)
                 }
             }
-            try await group.waitForAll()
+            var all: [(transport: any Transport, connection: any TransportConnection)] = []
+            for try await client in group { all.append(client) }
+            return all
         }
+        #expect(clients.count == 8)
         let summaries = await server.connectionSummaries()
-        #expect(summaries.count <= 8)
+        #expect(summaries.count == 8)
+        #expect(Set(summaries.map(\.remoteAddress)).count == 8, "one connection per client: \(summaries.map(\.remoteAddress))")
+        #expect(summaries.allSatisfy { $0.identity.commonName == "client" && !$0.initiatedLocally })
+        #expect(summaries.allSatisfy { $0.statistics.bytesReceived >= 512 << 10 }, "each brought its 512 KiB")
+        // Once the clients close, the server holds none of their connections.
+        for client in clients { await client.transport.close() }
+        try await withTimeout(10, "the server dropping closed connections") {
+            while await !server.connectionSummaries().isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        }
         await server.close()
         echo.cancel()
     }
