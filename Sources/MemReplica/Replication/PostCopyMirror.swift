@@ -277,7 +277,11 @@ public final class PostCopyMirror: @unchecked Sendable {
         while let frame = try await control.receive() {
             switch frame {
             case .synced:
-                state.withLock { $0.subscribed = true }
+                let wake = state.withLock { s -> AsyncStream<Void>.Continuation? in
+                    s.subscribed = true
+                    return s.wakePuller
+                }
+                wake?.yield()
             case .dirty(let epoch, let chunks):
                 guard let last = chunks.last, last < chunkCount else {
                     throw ProtocolViolation(.chunkOutOfRange, "DIRTY names chunk \(chunks.last ?? 0) of a \(chunkCount)-chunk region")
@@ -358,7 +362,11 @@ public final class PostCopyMirror: @unchecked Sendable {
         var wakeups = signals.makeAsyncIterator()
         while !Task.isCancelled {
             let room = window - queue.withLock { $0.count }
-            if room > 0, let run = state.withLock({ $0.chunks.takePullRun(limit: min(batch, room)) }) {
+            // Not before SYNCED: by then the primary has named in DIRTY each
+            // chunk held from an earlier connection that changed, and tracks
+            // every later write, so a chunk pulled from here on is never
+            // dropped by that DIRTY and pulled twice.
+            if room > 0, let run = state.withLock({ $0.subscribed ? $0.chunks.takePullRun(limit: min(batch, room)) : nil }) {
                 queue.withLock { $0.append(contentsOf: run) }
                 try await frames.send(.read(firstChunk: UInt64(run[0].chunk), count: UInt64(run.count)))
                 continue
