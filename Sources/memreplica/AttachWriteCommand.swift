@@ -22,8 +22,15 @@ struct AttachWriteCommand: ParsableCommand {
     @Option(name: .customLong("hold-ms"), help: "Stay attached this long after writing.")
     var holdMilliseconds = 0
 
+    @Option(help: "Rounds of writes, 1 ms apart; round N stores value + N at every offset (0: until killed).")
+    var rounds = 1
+
     @Option(help: ArgumentHelp("The peer's control socket.", valueName: "path"))
     var control: String
+
+    func validate() throws {
+        guard rounds >= 0 else { throw ValidationError("--rounds must be 0 (until killed) or more") }
+    }
 
     func run() throws {
         let attached = try AttachedRegion(controlPath: control, region: region, role: "primary", writable: true)
@@ -32,9 +39,16 @@ struct AttachWriteCommand: ParsableCommand {
             guard offset >= 0, offset % 8 == 0, offset + 8 <= attached.bytes.count else {
                 throw ValidationError("offset \(offset) is not an 8-byte aligned offset inside the region")
             }
-            attached.bytes.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
         }
         print(attached.answer.tracking ?? "")
+        var round = 0
+        while rounds == 0 || round < rounds {
+            if round > 0 { usleep(1000) }
+            for offset in offsets {
+                attached.bytes.storeBytes(of: value &+ UInt64(round), toByteOffset: offset, as: UInt64.self)
+            }
+            round += 1
+        }
         if holdMilliseconds > 0 { usleep(UInt32(holdMilliseconds) * 1000) }
     }
 }
