@@ -57,7 +57,9 @@ let package = Package(
         ),
         .testTarget(
             name: "MemReplicaTests",
-            dependencies: ["MemReplica", "QuicShim", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["MemReplica", "QuicShim", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")],
+            // Expected outputs the tests compare with (bench wan's result files).
+            resources: [.copy("Golden")]
         ),
     ],
     swiftLanguageModes: [.v6]
