@@ -64,3 +64,15 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets (Fuzz/), declared only when MEMREPLICA_FUZZ is set:
+// scripts/fuzz.sh sets it and builds them with -sanitize=fuzzer,address in
+// .build-fuzz, so the normal build and test run never compile them.
+if Context.environment["MEMREPLICA_FUZZ"] != nil {
+    package.targets.append(.executableTarget(
+        name: "memreplica-fuzz",
+        dependencies: ["MemReplica", "QuicShim", .product(name: "Logging", package: "swift-log")],
+        path: "Fuzz/Sources"
+    ))
+    package.products.append(.executable(name: "memreplica-fuzz", targets: ["memreplica-fuzz"]))
+}
