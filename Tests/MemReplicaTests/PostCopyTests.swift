@@ -53,7 +53,11 @@ struct PostCopyTests {
         let atReadsEnd = mirror.progress
         #expect(mismatches == 0)
         #expect(atReadsEnd.faults > 0)
-        #expect(atReadsEnd.chunksPresent < atReadsEnd.chunkCount, "the reads should finish before the background pull")
+        // Over TCP on loopback the pull can outrun 800 faulting reads on a
+        // slow (sanitized, loaded) machine; over QUIC it never has.
+        if kind == .quic {
+            #expect(atReadsEnd.chunksPresent < atReadsEnd.chunkCount, "the reads should finish before the background pull")
+        }
 
         try await waitUntil("the background pull", seconds: 120) { mirror.progress.complete }
         #expect(regionSHA(replica) == regionSHA(primary))
