@@ -82,7 +82,7 @@ struct PeerConfigurationTests {
         (#"{"tls": {"cert": "c", "key": "k", "ca": "a", "pin": "x"}}"#,
          "peer.json: tls.pin: unknown key; known keys: cert, key, ca"),
         (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "mode": "lazy"}]}"#,
-         "peer.json: mirrors[0].mode: unknown key; known keys: name, peer, path, lazy"),
+         "peer.json: mirrors[0].mode: unknown key; known keys: name, peer, path, lazy, expect, allow, maxSize, durable"),
     ])
     func unknownKeys(json: String, message: String) {
         #expect(refusal(json) == message)

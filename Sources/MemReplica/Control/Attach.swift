@@ -37,6 +37,10 @@ public struct AttachAnswer: Codable, Sendable, Equatable {
     public var attached: Bool
     /// For an attached writer of a primary: which writes the peer now sees.
     public var tracking: String?
+    /// For a replica: whether its bytes are the primary's current ones now
+    /// (false: incomplete or possibly stale, e.g. the primary is gone or a
+    /// durable replica restarted before converging again).
+    public var synced: Bool?
 
     public init(region: String, role: String, lazy: Bool, path: String, size: Int, chunkSize: Int,
                 attached: Bool, tracking: String? = nil) {

@@ -106,6 +106,16 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var scan: Scan?
         /// Primary: each mirror served now.
         public var replicas: [Replica]?
+        /// The region's id and owner generation (a primary's own; a
+        /// replica's as its primary's last catalog gave them).
+        public var regionID: String?
+        public var generation: UInt64?
+        /// Replica: true only while its copy is the primary's current bytes
+        /// (connected, initial pass applied and self-checked); false
+        /// whenever it may be stale or incomplete.
+        public var synced: Bool?
+        /// Replica: why the last attempt to mirror failed, if it did.
+        public var problem: String?
         /// Replica: where it mirrors from, what it holds, how often it reconnected.
         public var source: String?
         public var chunksPresent: Int?

@@ -80,6 +80,13 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var chunks: Int
         public var lastAppliedVersion: UInt64?
         public var source: String?
+        /// The region's id and owner generation (see `StatsReport.Region`).
+        public var regionID: String?
+        public var generation: UInt64?
+        /// Replica: whether its copy is the primary's current bytes now.
+        public var synced: Bool?
+        /// Replica: why the last attempt to mirror failed, if it did.
+        public var problem: String?
         /// For a primary: the mirrors it serves now.
         public var mirrors: [Mirror]?
         /// For a lazy (post-copy) replica: its faults. `lastAppliedVersion`

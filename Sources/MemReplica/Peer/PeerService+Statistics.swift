@@ -9,6 +9,21 @@ extension PeerService {
     /// Prometheus series refreshed.
     public static let statisticsInterval: Duration = .seconds(1)
 
+    /// The report as `peer` may see it over HTTP/3: only the regions the
+    /// allow rules let it see (the control socket's report has them all).
+    public func statsReport(visibleTo peer: PeerIdentity) async -> StatsReport {
+        var report = await statsReport()
+        report.regions = report.regions.filter { mayRead($0.name, role: $0.role, peer: peer) }
+        return report
+    }
+
+    /// Whether `peer` may learn of or read region `name` here: an export's
+    /// allow list, or for a replica its primary's list narrowed by its own.
+    public func mayRead(_ name: String, role: String, peer: PeerIdentity) -> Bool {
+        if role == "primary" { return exports.export(named: name)?.allow.permits(peer) ?? false }
+        return mirrors.first { $0.spec.name == name }?.servingRule.permits(peer) ?? false
+    }
+
     public func statsReport() async -> StatsReport {
         collectSamples()
         let summaries = await endpoint.connectionSummaries()
@@ -59,6 +74,8 @@ extension PeerService {
         return exports.catalog().compactMap { entry -> StatsReport.Region? in
             guard let r = exports.export(named: entry.name)?.region else { return nil }
             var region = StatsReport.Region(name: r.name, role: "primary", size: r.geometry.size, chunkSize: r.geometry.chunkSize)
+            region.regionID = entry.identity.id
+            region.generation = entry.identity.generation
             let moved = statistics.transfers(region: r.name)
             region.chunksPushed = moved.chunksPushed
             region.bytesPushed = moved.bytesPushed
@@ -88,6 +105,10 @@ extension PeerService {
             region.lazy = runner.spec.lazy
             region.source = runner.spec.address.description
             region.reconnects = runner.reconnects
+            region.regionID = runner.followedIdentity?.id
+            region.generation = runner.followedIdentity?.generation
+            region.synced = runner.synced
+            region.problem = runner.problem
             switch runner.mirror {
             case nil:
                 break

@@ -78,7 +78,7 @@ public final class PeerService: Sendable {
             case .subscribe(let subscription)?:
                 await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity)
             case .hello(let hello)?:
-                try await answerHello(hello, on: frames)
+                try await answerHello(hello, on: frames, peer: connection.peerIdentity)
             case .echo(let bytes)?:
                 try await echo.serve(frames, first: bytes, peer: peer)
             case let other?:
@@ -94,14 +94,15 @@ public final class PeerService: Sendable {
         }
     }
 
-    /// Control stream: our HELLO, then the catalog of what we export.
-    private func answerHello(_ hello: Frame.Hello, on frames: FrameStream) async throws {
+    /// Control stream: our HELLO, then the catalog of what we export to
+    /// this peer (regions its allow lists leave it out of are not named).
+    private func answerHello(_ hello: Frame.Hello, on frames: FrameStream, peer: PeerIdentity) async throws {
         guard hello.protocolVersion == Frame.protocolVersion else {
             throw ProtocolViolation(.unsupportedVersion, "this peer speaks protocol \(Frame.protocolVersion), not \(hello.protocolVersion)")
         }
         let me = endpoint.localIdentity
         try await frames.send(.hello(.init(peerName: me.commonName ?? me.subject)))
-        try await frames.send(.catalog(exports.catalog()))
+        try await frames.send(.catalog(exports.catalog(for: peer)))
         try await frames.stream.finish()
     }
 
@@ -123,6 +124,8 @@ public final class PeerService: Sendable {
             guard let r = exports.export(named: entry.name)?.region else { return nil }
             var region = StatusReport.Region(name: r.name, role: "primary", path: r.backing.description, size: r.geometry.size,
                                              chunkSize: r.geometry.chunkSize, chunks: r.geometry.chunkCount)
+            region.regionID = entry.identity.id
+            region.generation = entry.identity.generation
             region.mirrors = states.filter { $0.region == r.name }.map {
                 .init(peer: $0.peer, sentVersion: $0.sentVersion, acknowledgedVersion: $0.acknowledgedVersion,
                       versionLag: $0.versionLag, synced: $0.synced)
@@ -130,27 +133,12 @@ public final class PeerService: Sendable {
             return region
         }
         let replicas = mirrors.map { runner -> StatusReport.Region in
-            switch runner.mirror {
-            case nil:
-                return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: 0, chunkSize: 0,
-                             chunks: 0, chunksPresent: 0, source: runner.spec.address.description)
-            case .eager(let m)?:
-                let p = m.currentProgress
-                return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
-                             chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
-                             chunksPresent: p.synced ? m.region.geometry.chunkCount : p.chunksPresent,
-                             lastAppliedVersion: p.lastAppliedVersion,
-                             source: runner.spec.address.description)
-            case .lazy(let m)?:
-                let p = m.progress
-                var region = StatusReport.Region(name: runner.spec.name, role: "replica", path: runner.spec.path,
-                                                 size: m.region.geometry.size, chunkSize: m.region.geometry.chunkSize,
-                                                 chunks: p.chunkCount, chunksPresent: p.chunksPresent,
-                                                 lastAppliedVersion: p.lastEpoch, source: runner.spec.address.description)
-                region.lazy = .init(faults: p.faults, faultsServed: p.faultsServed, chunksInvalidated: p.chunksInvalidated,
-                                    oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds })
-                return region
-            }
+            var region = replicaStatus(runner)
+            region.regionID = runner.followedIdentity?.id
+            region.generation = runner.followedIdentity?.generation
+            region.synced = runner.synced
+            region.problem = runner.problem
+            return region
         }
         let attached = attachments.withLock { Array($0.open.values) }
         return (primaries + replicas).map { region in
@@ -159,6 +147,30 @@ public final class PeerService: Sendable {
                 .sorted { ($0.pid, $0.mode) < ($1.pid, $1.mode) }
             return region
         }
+    }
+
+    private func replicaStatus(_ runner: MirrorRunner) -> StatusReport.Region {
+        switch runner.mirror {
+        case nil:
+            return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: 0, chunkSize: 0,
+                         chunks: 0, chunksPresent: 0, source: runner.spec.address.description)
+        case .eager(let m)?:
+            let p = m.currentProgress
+            return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
+                         chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
+                         chunksPresent: p.synced ? m.region.geometry.chunkCount : p.chunksPresent,
+                         lastAppliedVersion: p.lastAppliedVersion,
+                         source: runner.spec.address.description)
+        case .lazy(let m)?:
+            let p = m.progress
+            var region = StatusReport.Region(name: runner.spec.name, role: "replica", path: runner.spec.path,
+                                             size: m.region.geometry.size, chunkSize: m.region.geometry.chunkSize,
+                                             chunks: p.chunkCount, chunksPresent: p.chunksPresent,
+                                             lastAppliedVersion: p.lastEpoch, source: runner.spec.address.description)
+            region.lazy = .init(faults: p.faults, faultsServed: p.faultsServed, chunksInvalidated: p.chunksInvalidated,
+                                oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds })
+            return region
+            }
     }
 
     /// Decides a control-socket `attach`: which region, and whether this
@@ -198,10 +210,15 @@ public final class PeerService: Sendable {
                 if process.userfaultfd != nil {
                     return refuse("region '\(request.region)' is an eager replica: map and read it, no descriptor is needed")
                 }
-                return .accepted(.init(region: r.name, role: "replica", lazy: false, path: r.mappablePath, size: r.geometry.size,
-                                       chunkSize: r.geometry.chunkSize, attached: false), detach: nil)
+                var answer = AttachAnswer(region: r.name, role: "replica", lazy: false, path: r.mappablePath,
+                                          size: r.geometry.size, chunkSize: r.geometry.chunkSize, attached: false)
+                answer.synced = runner.synced
+                return .accepted(answer, detach: nil)
             case .lazy(let m)?:
-                return Self.attach(request, from: process, toLazy: m, logger: logger)
+                let outcome = Self.attach(request, from: process, toLazy: m, logger: logger)
+                guard case .accepted(var answer, let detach) = outcome else { return outcome }
+                answer.synced = runner.synced
+                return .accepted(answer, detach: detach)
             }
         }
         if let export = exports.export(named: request.region) {

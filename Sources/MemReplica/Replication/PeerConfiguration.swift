@@ -306,12 +306,25 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
 
         func mirror(_ value: JSONValue, at path: String) throws -> MirrorSpec {
-            let fields = try object(value, at: path, keys: ["name", "peer", "path", "lazy"])
+            let fields = try object(value, at: path, keys: ["name", "peer", "path", "lazy", "expect", "allow", "maxSize",
+                                                            "durable"])
             let name = try string(required(fields, "name", at: path), at: path + ".name")
             let peer = try address(required(fields, "peer", at: path), at: path + ".peer")
             let regionFile = try filePath(required(fields, "path", at: path), at: path + ".path")
             let lazy = try fields["lazy"].map { try bool($0, at: path + ".lazy") } ?? false
-            return try checked(at: path) { try MirrorSpec(name: name, address: peer, path: regionFile, lazy: lazy) }
+            let expected = try fields["expect"].map { value in
+                let text = try string(value, at: path + ".expect")
+                do { return try ExpectedPeer(parsing: text) } catch { throw failure(at: path + ".expect", "\(error)") }
+            }
+            let allow = try fields["allow"].map { list in
+                try Set(array(list, at: path + ".allow").enumerated().map { try string($1, at: "\(path).allow[\($0)]") })
+            }
+            let maxSize = try fields["maxSize"].map { try byteCount($0, at: path + ".maxSize") }
+            let durable = try fields["durable"].map { try bool($0, at: path + ".durable") } ?? false
+            return try checked(at: path) {
+                try MirrorSpec(name: name, address: peer, path: regionFile, lazy: lazy, expectedPrimary: expected,
+                               allowedPeers: allow, maxSize: maxSize, durable: durable)
+            }
         }
 
         /// A spec's own rules, reported at the field they name (`exports[1].chunk`).

@@ -51,6 +51,9 @@ public final class PostCopyMirror: @unchecked Sendable {
         var faultsServed = 0
         var invalidated = 0
         var lastEpoch: UInt64 = 0
+        /// The region identity the last subscription followed: epochs count
+        /// within its generation.
+        var identity: RegionIdentity?
         var faultLatencies: [Duration] = []
         var faultQueue: Locked<Deque<FaultRequest>>?
         var pullQueue: Locked<Deque<FaultRequest>>?
@@ -149,14 +152,29 @@ public final class PostCopyMirror: @unchecked Sendable {
         state.withLock { s in defer { s.faultLatencies = [] }; return s.faultLatencies }
     }
 
+    /// The region identity the last subscription followed.
+    public var followedIdentity: RegionIdentity? { state.withLock { $0.identity } }
+
     /// Mirrors until the connection or a stream ends; throws why. Call again
-    /// with a new connection to resume.
-    public func run(over connection: any TransportConnection) async throws {
+    /// with a new connection to resume. `identity` is what the exporter's
+    /// CATALOG says of the region now: another id or generation than last
+    /// time restarts the epoch count, and the resume's hashes revalidate
+    /// every chunk held (the primary names those that differ in DIRTY).
+    public func run(over connection: any TransportConnection, identity: RegionIdentity = .fresh()) async throws {
         let g = region.geometry
         let control = FrameStream(try await connection.openStream())
-        let held = try heldChunkHashes()
+        let key = ChunkHashKey.random()
+        let held = try heldChunkHashes(key: key)
+        let known = state.withLock { s -> RegionIdentity? in
+            defer {
+                if s.identity != identity { s.lastEpoch = 0 }
+                s.identity = identity
+            }
+            return s.identity
+        }
         try await control.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                                mode: .lazy, hashedChunks: UInt64(held.count))))
+                                                mode: .lazy, hashedChunks: UInt64(held.count), hashKey: key.bytes,
+                                                knownRegionID: known?.id ?? "", knownGeneration: known?.generation ?? 0)))
         for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
             let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
             try await control.send(.have(firstChunk: UInt64(start), hashes: part))
@@ -263,12 +281,13 @@ public final class PostCopyMirror: @unchecked Sendable {
 
     /// For a resume: hashes of the chunks held, read from the file so that
     /// no fault is raised; 0 for a missing chunk (it is pulled anyway).
-    private func heldChunkHashes() throws -> [UInt64] {
+    private func heldChunkHashes(key: ChunkHashKey) throws -> [ChunkHash] {
         let present = state.withLock { $0.chunks.present }
         guard present.contains(true) else { return [] }
+        let hasher = ChunkHasher(key: key)
         return try (0..<present.count).map { chunk in
-            guard present[chunk] else { return 0 }
-            return try region.readChunkFromFile(chunk).withUnsafeBytes { ChunkHashScanner.hash($0) }
+            guard present[chunk] else { return .none }
+            return hasher.hash(try region.readChunkFromFile(chunk))
         }
     }
 

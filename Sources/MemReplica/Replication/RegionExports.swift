@@ -9,13 +9,21 @@ public final class RegionExports: Sendable {
         /// Common names of the peers that may mirror it; nil lets any peer
         /// signed by the CA.
         public let allowedPeers: Set<String>?
-        public init(region: Region, allowedPeers: Set<String>? = nil) {
+        /// The region's id and owner generation in this run.
+        public let identity: RegionIdentity
+        public init(region: Region, allowedPeers: Set<String>? = nil, identity: RegionIdentity = .fresh()) {
             self.region = region
             self.allowedPeers = allowedPeers
+            self.identity = identity
         }
+        public var allow: AllowList { AllowList(names: allowedPeers) }
     }
 
     private let exports: [String: Export]
+    /// The last DIRTY epoch announced per region, across its subscriptions:
+    /// epochs only grow within a generation, so a lazy mirror that comes
+    /// back on a new stream never sees one go backwards.
+    private let epochs: [String: Locked<UInt64>]
     /// Mirrors being served now, for status.
     private let subscriptions = Locked<[Int: MirrorState]>([:])
     private let nextSubscription = Locked(0)
@@ -43,6 +51,7 @@ public final class RegionExports: Sendable {
     public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
                 observer: (any ReplicationObserver)? = nil, logger: Logger) {
         self.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
+        epochs = self.exports.mapValues { _ in Locked(0) }
         self.scanInterval = scanInterval
         self.observer = observer
         self.logger = logger
@@ -56,12 +65,18 @@ public final class RegionExports: Sendable {
         exports.compactMapValues { RegionChangeFeed.status(of: $0.region) }
     }
 
-    /// What a CATALOG frame lists: every export, by name.
+    /// Every export, by name (for this peer's own reports).
     public func catalog() -> [Frame.CatalogEntry] {
         exports.values.sorted { $0.region.name < $1.region.name }.map {
             .init(name: $0.region.name, size: UInt64($0.region.geometry.size),
-                  chunkSize: UInt64($0.region.geometry.chunkSize), version: 0)
+                  chunkSize: UInt64($0.region.geometry.chunkSize), identity: $0.identity,
+                  allowedPeers: $0.allow.catalogForm)
         }
+    }
+
+    /// What a CATALOG frame to `peer` lists: the exports it may see.
+    public func catalog(for peer: PeerIdentity) -> [Frame.CatalogEntry] {
+        catalog().filter { exports[$0.name]?.allow.permits(peer) ?? false }
     }
 
     /// Serves one region stream until the mirror goes away or breaks the
@@ -85,6 +100,10 @@ public final class RegionExports: Sendable {
     public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity) async {
         do {
             let export = try acceptSubscription(subscription, peer: peer)
+            if subscription.mode == .verify {
+                try await serveDigests(export.region, over: frames)
+                return
+            }
             if subscription.mode.isReads {
                 // Someone waits on each answer (a fault, a read): it goes
                 // ahead of bulk pushes sharing the connection. A pull is a
@@ -112,10 +131,12 @@ public final class RegionExports: Sendable {
                     }
                 }
             }
+            let key = ChunkHashKey(bytes: subscription.hashKey)!
             if subscription.mode == .lazy {
-                try await publishDirty(export.region, over: frames, mirrorHolds: held, record: record)
+                try await publishDirty(export.region, over: frames, mirrorHolds: held, key: key,
+                                       epoch: epochs[export.region.name]!, record: record)
             } else {
-                try await publish(export.region, over: frames, mirrorHolds: held, peer: peerName, record: record)
+                try await publish(export.region, over: frames, mirrorHolds: held, key: key, peer: peerName, record: record)
             }
         } catch let violation as ProtocolViolation {
             logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
@@ -126,28 +147,35 @@ public final class RegionExports: Sendable {
     }
 
     private func acceptSubscription(_ s: Frame.Subscribe, peer: PeerIdentity) throws -> Export {
-        guard let export = exports[s.name] else {
-            throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported")
-        }
-        if let allowed = export.allowedPeers, !allowed.contains(peer.commonName ?? "") {
-            throw ProtocolViolation(.notAllowed, "'\(peer.commonName ?? peer.subject)' may not mirror '\(s.name)'")
+        // A peer the allow list leaves out learns nothing, not even that
+        // the region exists.
+        guard let export = exports[s.name], export.allow.permits(peer) else {
+            throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported to this peer")
         }
         let g = export.region.geometry
         guard s.size == UInt64(g.size), s.chunkSize == UInt64(g.chunkSize) else {
             throw ProtocolViolation(.geometryMismatch,
                                     "'\(s.name)' is \(g.size) bytes in \(g.chunkSize)-byte chunks, not \(s.size) in \(s.chunkSize)")
         }
+        if s.knownRegionID == export.identity.id, s.knownGeneration > export.identity.generation {
+            throw ProtocolViolation(.staleGeneration,
+                                    "'\(s.name)' is at generation \(export.identity.generation) here, but the mirror "
+                                    + "followed generation \(s.knownGeneration): a newer owner exists")
+        }
+        if s.mode == .eager || s.mode == .lazy, ChunkHashKey(bytes: s.hashKey) == nil {
+            throw ProtocolViolation(.malformedFrame, "a \(s.mode) SUBSCRIBE carries a \(ChunkHashKey.byteCount)-byte hash key")
+        }
         return export
     }
 
     /// The hashes a resuming mirror sends in HAVE frames, in chunk order.
-    private func receiveHashes(_ frames: FrameStream, count: UInt64, of region: Region) async throws -> [UInt64]? {
+    private func receiveHashes(_ frames: FrameStream, count: UInt64, of region: Region) async throws -> [ChunkHash]? {
         guard count > 0 else { return nil }
         let chunks = region.geometry.chunkCount
         guard count == UInt64(chunks) else {
             throw ProtocolViolation(.malformedFrame, "SUBSCRIBE announces \(count) chunk hashes for a \(chunks)-chunk region")
         }
-        var hashes: [UInt64] = []
+        var hashes: [ChunkHash] = []
         hashes.reserveCapacity(chunks)
         while hashes.count < chunks {
             guard case .have(let first, let part)? = try await frames.receive() else {
@@ -208,6 +236,26 @@ public final class RegionExports: Sendable {
         }
     }
 
+    /// A verify stream: every DIGEST_READ is answered with DIGESTS, SHA-256
+    /// of the live bytes of each group of chunks (`RegionDigest.group`).
+    private func serveDigests(_ region: Region, over frames: FrameStream) async throws {
+        let chunks = UInt64(region.geometry.chunkCount)
+        while let frame = try await frames.receive() {
+            guard case .digestRead(let first, let count, let group) = frame else {
+                throw ProtocolViolation(.unexpectedFrame, "a verify stream carries only DIGEST_READ")
+            }
+            guard first < chunks, count <= chunks - first else {
+                throw ProtocolViolation(.chunkOutOfRange, "DIGEST_READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
+            }
+            var digests: [UInt8] = []
+            for start in stride(from: Int(first), to: Int(first + count), by: Int(group)) {
+                digests += try RegionDigest.group(first: start, group: min(Int(group), Int(first + count) - start),
+                                              chunkCount: Int(chunks)) { try region.copyChunk($0) }
+            }
+            try await frames.send(.digests(firstChunk: first, group: group, digests: digests))
+        }
+    }
+
     /// The chunks a frame on a reads stream asks for: it must be a READ
     /// within the region.
     private static func chunks(askedBy frame: Frame, of region: Region) throws -> Range<UInt64> {
@@ -258,7 +306,8 @@ public final class RegionExports: Sendable {
     /// holds; then SYNCED; then one DIRTY per scan that found changes. The
     /// mirror drops those chunks and pulls them when touched; it ACKs each
     /// DIRTY's epoch once the chunks are dropped.
-    private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?,
+    private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [ChunkHash]?,
+                              key: ChunkHashKey, epoch regionEpoch: Locked<UInt64>,
                               record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
@@ -270,10 +319,11 @@ public final class RegionExports: Sendable {
                 }
             }
             group.addTask { [scanInterval] in
-                var epoch: UInt64 = 0
+                let hasher = ChunkHasher(key: key)
+                var epoch = regionEpoch.withLock { $0 }
                 func announce(_ chunks: [Int]) async throws {
                     guard !chunks.isEmpty else { return }
-                    epoch += 1
+                    epoch = regionEpoch.withLock { $0 += 1; return $0 }
                     sent.withLock { $0 = epoch }
                     record { $0.sentVersion = epoch }
                     for start in stride(from: 0, to: chunks.count, by: FrameLimits.maxDirtyChunks) {
@@ -282,7 +332,7 @@ public final class RegionExports: Sendable {
                     }
                 }
                 if let held {
-                    try await announce((0..<region.geometry.chunkCount).filter { held[$0] != ChunkHashScanner.hash(region, chunk: $0) })
+                    try await announce((0..<region.geometry.chunkCount).filter { held[$0] != hasher.hash(region, chunk: $0) })
                 }
                 try await frames.send(.synced(version: epoch))
                 record { $0.synced = true }
@@ -298,8 +348,8 @@ public final class RegionExports: Sendable {
 
     /// Initial pass (every chunk, or for a resuming mirror only those whose
     /// hash differs), SYNCED, then every change until the mirror's side ends.
-    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?, peer: String,
-                         record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
+    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
+                         peer: String, record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
         let sent = Locked<UInt64>(0)
@@ -311,27 +361,47 @@ public final class RegionExports: Sendable {
                 }
             }
             group.addTask { [scanInterval, logger] in
+                let hasher = ChunkHasher(key: key)
                 var version: UInt64 = 0
-                func push(_ chunk: Int) async throws {
+                /// Sends the chunk; in the initial pass (`snapshot` given)
+                /// from a copy whose hash goes into SYNCED's digest.
+                func push(_ chunk: Int, snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
                     version += 1
-                    observer?.willSend(region: region.name, peer: peer, chunk: chunk,
-                                       bytes: region.geometry.byteRange(ofChunk: chunk)?.count ?? 0, version: version, at: .now)
+                    let live = try region.chunkBytes(chunk)
+                    observer?.willSend(region: region.name, peer: peer, chunk: chunk, bytes: live.count, version: version, at: .now)
                     sent.withLock { $0 = version }
                     record { $0.sentVersion = version }
-                    // The region is live: the transport's copy, taken here,
-                    // is the snapshot it retransmits from. A write racing
-                    // the copy marks the chunk changed again for the next pass.
-                    try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: region.chunkBytes(chunk))
+                    guard let snapshot else {
+                        // The region is live: the transport's copy, taken here,
+                        // is the snapshot it retransmits from. A write racing
+                        // the copy marks the chunk changed again for the next pass.
+                        try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: live)
+                        return nil
+                    }
+                    let copy = UnsafeRawBufferPointer(rebasing: snapshot[..<live.count])
+                    UnsafeMutableRawBufferPointer(rebasing: snapshot[..<live.count]).copyMemory(from: live)
+                    try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
+                    return hasher.hash(copy)
                 }
+                let snapshot = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
+                defer { snapshot.deallocate() }
                 var sentInitially = 0
+                // What the mirror holds once the pass is applied, chunk by chunk.
+                var expected = [ChunkHash](repeating: .none, count: region.geometry.chunkCount)
                 // A resuming mirror gets the chunks whose hash differs now;
                 // a later write is the tracker's.
-                for chunk in 0..<region.geometry.chunkCount
-                where held.map({ $0[chunk] != ChunkHashScanner.hash(region, chunk: chunk) }) ?? true {
-                    try await push(chunk)
+                for chunk in 0..<region.geometry.chunkCount {
+                    if let held {
+                        let now = hasher.hash(region, chunk: chunk)
+                        if held[chunk] == now {
+                            expected[chunk] = now
+                            continue
+                        }
+                    }
+                    expected[chunk] = try await push(chunk, snapshot: snapshot)!
                     sentInitially += 1
                 }
-                try await frames.send(.synced(version: version))
+                try await frames.send(.synced(version: version, digest: RegionDigest.synced(expected)))
                 record { $0.synced = true }
                 logger.info("initial sync sent", metadata: [
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
@@ -339,7 +409,7 @@ public final class RegionExports: Sendable {
                 ])
                 while true {
                     try await Task.sleep(for: scanInterval)
-                    for chunk in changes.changedChunks() { try await push(chunk) }
+                    for chunk in changes.changedChunks() { _ = try await push(chunk) }
                 }
             }
             // Whichever side ends first ends the subscription.

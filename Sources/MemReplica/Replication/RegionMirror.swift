@@ -15,16 +15,25 @@ public final class RegionMirror: @unchecked Sendable {
         public var synced = false
         public var chunksApplied = 0
         public var lastAppliedVersion: UInt64 = 0
+        /// The replica's own check at SYNCED: its copy hashed to the digest
+        /// the primary sent (nil before SYNCED, or when none was sent).
+        public var selfCheckPassed: Bool?
     }
 
     /// False when the local region was just created: its content is known
     /// to be zeros, nothing to offer for a resume, so hashing it is skipped.
     public let offersHeldChunks: Bool
+    /// The region identity the mirror followed before, if any (SUBSCRIBE
+    /// names it, so a stale primary refuses).
+    public let known: RegionIdentity?
+    /// Hashes chunks for this subscription only (SUBSCRIBE carries it).
+    private let key = ChunkHashKey.random()
 
-    public init(region: Region, remoteName: String? = nil, offersHeldChunks: Bool = true) {
+    public init(region: Region, remoteName: String? = nil, offersHeldChunks: Bool = true, known: RegionIdentity? = nil) {
         self.region = region
         self.remoteName = remoteName ?? region.name
         self.offersHeldChunks = offersHeldChunks
+        self.known = known
     }
 
     public var currentProgress: Progress { progress.withLock { $0 } }
@@ -51,10 +60,12 @@ public final class RegionMirror: @unchecked Sendable {
         let g = region.geometry
         // What we hold already (zeros for a new file): the primary sends
         // only chunks that differ, as rsync does.
-        let held = offersHeldChunks ? (0..<g.chunkCount).map { ChunkHashScanner.hash(region, chunk: $0) } : []
+        let hasher = ChunkHasher(key: key)
+        let held = offersHeldChunks ? (0..<g.chunkCount).map { hasher.hash(region, chunk: $0) } : []
         do {
             try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                                   mode: .eager, hashedChunks: UInt64(held.count))))
+                                                   mode: .eager, hashedChunks: UInt64(held.count), hashKey: key.bytes,
+                                                   knownRegionID: known?.id ?? "", knownGeneration: known?.generation ?? 0)))
             for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
                 let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
                 try await frames.send(.have(firstChunk: UInt64(start), hashes: part))
@@ -94,8 +105,17 @@ public final class RegionMirror: @unchecked Sendable {
                         p.lastAppliedVersion = max(p.lastAppliedVersion, version)
                     }
                     unacknowledged = true
-                case .synced:
+                case .synced(_, let digest):
                     // Everything not sent in the initial pass was identical.
+                    // What we hold now must hash to the primary's digest;
+                    // later WRITEs wait until it has been checked.
+                    if !digest.isEmpty {
+                        let ours = RegionDigest.synced((0..<g.chunkCount).map { hasher.hash(region, chunk: $0) })
+                        progress.withLock { $0.selfCheckPassed = ours == digest }
+                        guard ours == digest else {
+                            throw ReplicationError.selfCheckFailed(region: region.name)
+                        }
+                    }
                     progress.withLock { $0.synced = true }
                 case .error(let code, let message):
                     throw ReplicationError.refusedByPeer(code: code, message: message)
