@@ -43,7 +43,8 @@ struct PeerCommand: AsyncParsableCommand {
     var exports: [String] = []
 
     @Option(name: .customLong("mirror"), help: ArgumentHelp(
-        "Mirror a region another peer exports into a local file: NAME@HOST:PORT=PATH.", valueName: "spec"))
+        "Mirror a region another peer exports into a local file: NAME@HOST:PORT=PATH[,peer=CN|sha256=FINGERPRINT][,allow=CN+CN][,max-size=BYTES][,durable=true].",
+        valueName: "spec"))
     var mirrors: [String] = []
 
     @Flag(help: ArgumentHelp(
@@ -85,16 +86,25 @@ struct PeerCommand: AsyncParsableCommand {
         quic.acceptsConnections = true
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
+        let identities = RegionIdentityStore(stateDirectory: stateDirectory)
         do {
             exported = try configuration.exports.map { spec in
                 let region = try Region(name: spec.name, backing: .file(path: spec.path), size: spec.size,
                                         chunkSize: spec.chunkSize)
-                logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry)")
-                return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers)
+                // A new generation per start: writes made while no peer
+                // tracked the file are unknown to every mirror.
+                let identity = try identities.advance(region: spec.name, path: spec.path)
+                logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry), generation \(identity.generation)")
+                return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers, identity: identity)
             }
         } catch {
             await endpoint.close()
             throw error
+        }
+        let trusting = configuration.mirrors.filter { $0.expectedPrimary == nil }.map(\.name)
+        if !trusting.isEmpty {
+            let names = trusting.joined(separator: ", ")
+            logger.warning("mirrors \(names) accept any peer the CA signed as their primary; name the expected one with peer=CN or sha256=FINGERPRINT in --mirror (config: \"expect\")")
         }
         let statistics = PeerStatistics(metrics: configuration.metrics == nil ? nil : PrometheusStatistics())
         let runners = configuration.mirrors.map {

@@ -1,0 +1,173 @@
+import Foundation
+import Testing
+@testable import MemReplica
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Two peer processes sharing a development CA, started by hand so that each
+/// test can give the mirror its own options.
+private struct TrustPeers {
+    let root: String
+    let primaryPath: String
+    let port: UInt16
+    let primary: ChildProcess
+    let exe: String
+
+    init(size: Int, lazy: Bool = false) async throws {
+        root = NSTemporaryDirectory() + "mr-trust-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        primaryPath = lazy ? "/dev/shm/mr-trust-\(UUID().uuidString.prefix(8))" : root + "/primary.bin"
+        try Data(patternBytes(count: size, seed: 5)).write(to: URL(fileURLWithPath: primaryPath))
+        exe = try builtExecutable()
+        port = unusedUDPPort()
+        primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--name", "primary",
+                                         "--control", root + "/p.sock", "--export", "r=\(primaryPath)", "--log-level", "warning"])
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !FileManager.default.fileExists(atPath: root + "/p.sock") {
+            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "the primary's start", seconds: 60) }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    /// A replica peer mirroring r into `path` with `options` appended to --mirror.
+    func replica(into path: String, options: String = "", lazy: Bool = false) throws -> ChildProcess {
+        try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(unusedUDPPort())", "--state-dir", root, "--name", "replica",
+                               "--control", root + "/r.sock", "--mirror", "r@127.0.0.1:\(port)=\(path)" + options,
+                               "--log-level", "critical"] + (lazy ? ["--lazy"] : []))
+    }
+
+    /// The replica's region entry once `condition` holds for it.
+    func waitReplica(_ what: String, seconds: Double = 30,
+                     _ condition: (StatusReport.Region) -> Bool) async throws -> StatusReport.Region {
+        let client = ControlClient(path: root + "/r.sock")
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while true {
+            if let region = try? await client.status().regions.first(where: { $0.role == "replica" }), condition(region) {
+                return region
+            }
+            guard ContinuousClock.now < deadline else { throw TimeoutError(what: what, seconds: seconds) }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    func stop() {
+        primary.terminate(grace: .milliseconds(300))
+        if primaryPath.hasPrefix("/dev/shm/") { unlink(primaryPath) }
+        try? FileManager.default.removeItem(atPath: root)
+    }
+}
+
+@Suite("A mirror trusts only its expected primary, and only a region that fits", .serialized)
+struct MirrorTrustTests {
+    private func sha(_ path: String) -> String? {
+        (try? Data(contentsOf: URL(fileURLWithPath: path))).map { sha256Hex(Array($0)) }
+    }
+
+    @Test("peer=CN of another peer: refused with a reason, no file made; sha256= of the primary's certificate: mirrored, SHA equal")
+    func expectedPrimary() async throws {
+        let peers = try await TrustPeers(size: 1 << 20)
+        defer { peers.stop() }
+        let wrongPath = peers.root + "/wrong.bin"
+        let wrong = try peers.replica(into: wrongPath, options: ",peer=someone-else")
+        let refused = try await peers.waitReplica("the refusal") { $0.problem != nil }
+        #expect(refused.problem?.contains("not the expected primary (peer=someone-else)") == true, "\(refused.problem ?? "")")
+        #expect(refused.synced == false)
+        #expect(!FileManager.default.fileExists(atPath: wrongPath))
+        wrong.terminate(grace: .milliseconds(300))
+
+        let fingerprint = try await ControlClient(path: peers.root + "/p.sock").status().identity.fingerprint
+        let rightPath = peers.root + "/right.bin"
+        let right = try peers.replica(into: rightPath, options: ",sha256=\(fingerprint)")
+        defer { right.terminate(grace: .milliseconds(300)) }
+        let synced = try await peers.waitReplica("the sync") { $0.synced == true }
+        #expect(synced.problem == nil)
+        #expect(sha(rightPath) == sha(peers.primaryPath))
+    }
+
+    @Test("a catalog larger than max-size is refused before the file is created")
+    func maxSize() async throws {
+        let peers = try await TrustPeers(size: 1 << 20)
+        defer { peers.stop() }
+        let path = peers.root + "/small.bin"
+        let replica = try peers.replica(into: path, options: ",max-size=64K")
+        defer { replica.terminate(grace: .milliseconds(300)) }
+        let refused = try await peers.waitReplica("the refusal") { $0.problem != nil }
+        #expect(refused.problem?.contains("the primary's region is 1048576 bytes, but at most 65536 fit") == true,
+                "\(refused.problem ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
+    @Test("by default a region larger than the free space where the mirror's file lives is refused, and no file grown",
+          .enabled(if: getuid() == 0, "mounts a small tmpfs (root only)"))
+    func freeSpace() async throws {
+        let peers = try await TrustPeers(size: 4 << 20)
+        defer { peers.stop() }
+        let mountPoint = peers.root + "/tiny"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try #require(mount("tmpfs", mountPoint, "tmpfs", 0, "size=1m") == 0, "mount: \(String(cString: strerror(errno)))")
+        defer { umount2(mountPoint, Int32(MNT_DETACH)) }
+        let path = mountPoint + "/replica.bin"
+        let replica = try peers.replica(into: path)
+        defer { replica.terminate(grace: .milliseconds(300)) }
+        let refused = try await peers.waitReplica("the refusal") { $0.problem != nil }
+        #expect(refused.problem?.contains("where \(path) lives (free space") == true, "\(refused.problem ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
+    @Test("a lazy mirror that saw several DIRTY epochs follows a primary restarted on the same file: cat returns the new bytes of chunk K")
+    func lazyMirrorAcrossPrimaryRestart() async throws {
+        let chunk = 65536, size = 1 << 20
+        var peers = try await TrustPeers(size: size, lazy: true)
+        defer { peers.stop() }
+        let shm = "/dev/shm/mr-trust-replica-\(UUID().uuidString.prefix(8))"
+        defer { unlink(shm) }
+        let replica = try peers.replica(into: shm, lazy: true)
+        defer { replica.terminate(grace: .milliseconds(300)) }
+        _ = try await peers.waitReplica("the lazy replica's pull") { $0.chunksPresent == size / chunk && $0.synced == true }
+        // Several DIRTY epochs: the primary's hash scanner sees each write.
+        let file = try #require(FileHandle(forWritingAtPath: peers.primaryPath))
+        defer { try? file.close() }
+        for round in 1...4 {
+            try file.seek(toOffset: UInt64(round * chunk))
+            try file.write(contentsOf: Data(repeating: UInt8(round), count: 64))
+            _ = try await peers.waitReplica("DIRTY epoch \(round)") { ($0.lastAppliedVersion ?? 0) >= UInt64(round) }
+        }
+        // The primary restarts on the same file and state folder; its
+        // epochs start over, in a new generation.
+        let before = try await peers.waitReplica("the generation") { $0.generation != nil }
+        peers.primary.terminate(grace: .seconds(5))
+        peers = try await TrustPeers(restarting: peers)
+        let k = 9
+        let fresh = [UInt8](repeating: 0xA5, count: chunk)
+        try file.seek(toOffset: UInt64(k * chunk))
+        try file.write(contentsOf: Data(fresh))
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            let out = peers.root + "/cat.out"
+            let cat = try ChildProcess("/bin/sh", ["-c", "exec '\(peers.exe)' cat r --offset \(k * chunk) --length \(chunk) --control '\(peers.root)/r.sock' >'\(out)'"])
+            if cat.wait() == 0, let bytes = FileManager.default.contents(atPath: out), Array(bytes) == fresh { break }
+            try #require(ContinuousClock.now < deadline, "cat never returned the new bytes of chunk \(k)")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let after = try await peers.waitReplica("the new generation") { $0.generation == (before.generation ?? 0) + 1 }
+        #expect(after.regionID == before.regionID)
+    }
+}
+
+extension TrustPeers {
+    /// The same primary started again (same port, file, state folder).
+    init(restarting old: TrustPeers) async throws {
+        root = old.root
+        primaryPath = old.primaryPath
+        port = old.port
+        exe = old.exe
+        primary = try ChildProcess(exe, ["peer", "--listen", "127.0.0.1:\(port)", "--state-dir", root, "--name", "primary",
+                                         "--control", root + "/p.sock", "--export", "r=\(primaryPath)", "--log-level", "warning"])
+        let deadline = ContinuousClock.now + .seconds(60)
+        while (try? await ControlClient(path: root + "/p.sock").status()) == nil {
+            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "the primary's restart", seconds: 60) }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}
