@@ -56,6 +56,11 @@ struct PeerCommand: AsyncParsableCommand {
         valueName: "host:port"))
     var metrics: String?
 
+    @Option(help: ArgumentHelp(
+        "Seconds a process attached to a lazy replica may wait on a chunk that cannot come (primary out of reach, install failing) before its read fails (default 10).",
+        valueName: "seconds"))
+    var faultTimeout: Double?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
@@ -63,7 +68,7 @@ struct PeerCommand: AsyncParsableCommand {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
-                                           metrics: metrics)
+                                           metrics: metrics, faultTimeout: faultTimeout)
         return configuration
     }
 
@@ -107,8 +112,10 @@ struct PeerCommand: AsyncParsableCommand {
             logger.warning("mirrors \(names) accept any peer the CA signed as their primary; name the expected one with peer=CN or sha256=FINGERPRINT in --mirror (config: \"expect\")")
         }
         let statistics = PeerStatistics(metrics: configuration.metrics == nil ? nil : PrometheusStatistics())
+        var lazyOptions = PostCopyMirror.Options()
+        if let limit = configuration.faultTimeout { lazyOptions.faultWaitLimit = limit }
         let runners = configuration.mirrors.map {
-            MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, logger: logger)
+            MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, lazyOptions: lazyOptions, logger: logger)
         }
         let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
                                   mirrors: runners, statistics: statistics, logger: logger)

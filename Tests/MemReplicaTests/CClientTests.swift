@@ -4,7 +4,7 @@ import Testing
 @testable import MemReplica
 
 /// Builds clients/c (the C client API and its test program) with cc.
-private func buildCClient(into directory: String) async throws -> String {
+func buildCClient(into directory: String) async throws -> String {
     let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
     let c = package + "/clients/c"

@@ -210,6 +210,34 @@ struct PostCopyTests {
         await rp.close()
     }
 
+    @Test("a lazy mirror stopped under a thread asleep in a fault: it wakes onto private zeros, and no page lands in the file")
+    func stopNeverPlantsZeros() async throws {
+        let path = "/dev/shm/mr-stop-\(UUID().uuidString.prefix(8))"
+        defer { unlink(path) }
+        let primary = try Region(name: "stop", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        fillPattern(primary.bytes, seed: 12)
+        let rp = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quietLogger()))
+        var options = PostCopyMirror.Options()
+        options.backgroundPull = false
+        let replica = try Region(name: "stop", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
+        let mirror = try PostCopyMirror(region: replica, options: options)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await waitUntil("the lazy subscription", seconds: 10) { mirror.progress.subscribed }
+        running.cancel()
+        await rp.close()
+        let read = BlockingRead<UInt64> { replica.bytes.load(fromByteOffset: 3 * 65536 + 8, as: UInt64.self) }
+        try await waitUntil("the fault", seconds: 10) { mirror.progress.faults >= 1 }
+        mirror.stop()
+        #expect(try await read.wait(seconds: 10) == 0)
+        #expect(mirror.progress.stopped && !mirror.isChunkPresent(3))
+        // The file itself: still a hole where nothing arrived.
+        let fd = open(path, O_RDONLY)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let SEEK_DATA: Int32 = 3
+        #expect(lseek(fd, 0, SEEK_DATA) == -1, "the file must hold no page the primary never sent")
+    }
+
     @Test("a reads stream answers READ with one DATA per chunk, and refuses a READ past the end or another frame")
     func readsStream() async throws {
         let primary = try Region(name: "r", backing: .memory, size: 4 * 65536, chunkSize: 65536)

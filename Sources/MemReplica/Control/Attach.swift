@@ -54,6 +54,16 @@ public struct AttachAnswer: Codable, Sendable, Equatable {
 public struct AttachingProcess: Sendable {
     public let pid: Int32
     public let userfaultfd: Int32?
+    /// Ends this process's session from any thread, telling it why (one
+    /// `{"error": ...}` line, then the socket closes): for a lazy reader
+    /// whose chunk cannot come. Nil for a one-shot lookup.
+    public let endSession: (@Sendable (String) -> Void)?
+
+    public init(pid: Int32, userfaultfd: Int32?, endSession: (@Sendable (String) -> Void)? = nil) {
+        self.pid = pid
+        self.userfaultfd = userfaultfd
+        self.endSession = endSession
+    }
 }
 
 /// What an attach handler decides.

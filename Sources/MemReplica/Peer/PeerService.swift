@@ -242,7 +242,7 @@ public final class PeerService: Sendable {
         }
         guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
         do {
-            let detach = try mirror.attachClient(userfaultfd: fd, base: base, length: length)
+            let detach = try mirror.attachClient(userfaultfd: fd, base: base, length: length, end: process.endSession)
             answer.attached = true
             logger.info("process attached", metadata: ["region": "\(r.name)", "pid": "\(process.pid)", "role": "lazy replica"])
             return .accepted(answer, detach: detach)

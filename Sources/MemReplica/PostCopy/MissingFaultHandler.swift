@@ -36,7 +36,7 @@ final class MissingFaultHandler: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let stopping = Locked(false)
     private let clients: Locked<Clients>
-    private let onFault: @Sendable (Int, ObjectIdentifier?) -> Bool
+    private let onFault: @Sendable (Int, ObjectIdentifier?, Int?) -> Bool
     /// False once `stop` is about to close `uffd` and `faultSet`: the loop
     /// reads and wakes through them only under this lock, so never after
     /// their close.
@@ -62,12 +62,12 @@ final class MissingFaultHandler: @unchecked Sendable {
     }
 
     /// `onFault` runs with the chunk index of each fault, on the handler
-    /// thread (second argument nil) or, for our own faults while lent, on
-    /// the loop thread in `serveOnLoop` (that loop's identity); it must not
-    /// block. It
+    /// thread (second argument nil) or, while lent, on the loop thread in
+    /// `serveOnLoop` (that loop's identity), with the attached client's id
+    /// (third argument; nil for our own mapping); it must not block. It
     /// returns false when the chunk turned out to be present already, and
     /// the faulting thread is woken here.
-    init(region: Region, onFault: @escaping @Sendable (Int, ObjectIdentifier?) -> Bool) throws {
+    init(region: Region, onFault: @escaping @Sendable (Int, ObjectIdentifier?, Int?) -> Bool) throws {
         guard region.isSharedMemory else { throw PostCopyError.notSharedMemory(region: region.name) }
         let fd = qs_uffd_open(0)
         guard fd >= 0 else { throw PostCopyError.userfaultfd(call: "open", errno: Errno(rawValue: -fd)) }
@@ -106,7 +106,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         self.clients = clients
         self.onFault = onFault
         let thread = Thread { [uffd, wakeup, stopped] in
-            Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients) { onFault($0, nil) }
+            Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients) { onFault($0, nil, $1) }
             clients.withLock { c in
                 for client in c.active { close(client.uffd) }
                 for fd in c.retired { close(fd) }
@@ -125,7 +125,7 @@ final class MissingFaultHandler: @unchecked Sendable {
     private static let stopValue: UInt64 = 1 << 40
 
     private static func serve(uffd: Int32, wakeup: Int32, region: Region, clients: Locked<Clients>,
-                              onFault: (Int) -> Bool) {
+                              onFault: (Int, Int?) -> Bool) {
         let base = UInt(bitPattern: region.bytes.baseAddress)
         let chunkSize = UInt(region.geometry.chunkSize)
         var addresses = [UInt64](repeating: 0, count: 64)
@@ -163,7 +163,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- base
                     guard offset < UInt(region.geometry.size) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, nil), let range = region.geometry.byteRange(ofChunk: chunk) {
                         _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, pageAligned(range.count))
                     }
                 }
@@ -180,7 +180,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- client.base
                     guard offset < UInt(client.length) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, client.id), let range = region.geometry.byteRange(ofChunk: chunk) {
                         wakeClient(client, range: range)
                     }
                 }
@@ -295,7 +295,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- base
                     guard offset < UInt(region.geometry.size) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, loop, nil), let range = region.geometry.byteRange(ofChunk: chunk) {
                         uffdOpen.withLock { open in
                             guard open else { return }
                             _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, Self.pageAligned(range.count))
@@ -331,7 +331,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- read.base
                     guard offset < UInt(read.length) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, loop, id), let range = region.geometry.byteRange(ofChunk: chunk) {
                         clients.withLock { c in
                             if let client = c.active.first(where: { $0.id == id }) { Self.wakeClient(client, range: range) }
                         }
@@ -388,16 +388,29 @@ final class MissingFaultHandler: @unchecked Sendable {
         return (length + page - 1) / page * page
     }
 
-    /// Stops the handler thread and unregisters the mapping (once; later
-    /// calls do nothing). Threads still waiting in a fault are woken and
-    /// then read the file as it is: zeros where nothing was installed.
+    /// Stops the handler thread and retires the mapping (once; later calls
+    /// do nothing). A thread of this process still asleep in a fault must
+    /// not wake onto the file: its read of a hole would put a page of zeros
+    /// into the region's file (shared memory allocates on a read fault),
+    /// bytes the primary never wrote. So the mapping is first replaced in
+    /// place by private, read-only zero pages; closing the descriptor then
+    /// wakes such threads onto those. The region's mapping is unusable after
+    /// (`PostCopyMirror` reports it stopped); the file is untouched.
     func stop() {
         guard !stopping.withLock({ was in defer { was = true }; return was }) else { return }
         var stop = Self.stopValue
         _ = write(wakeup, &stop, 8)
         stopped.wait()
         uffdOpen.withLock { $0 = false }
-        _ = qs_uffd_unregister(uffd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
+        let length = Self.pageAligned(region.geometry.size)
+        let zeros = mmap(region.bytes.baseAddress, length, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        if zeros == MAP_FAILED {
+            // Out of address-space bookkeeping: leave the registration, so a
+            // sleeping thread sleeps on rather than reads a hole.
+            close(faultSet)
+            close(wakeup)
+            return
+        }
         close(faultSet)
         close(uffd)
         close(wakeup)

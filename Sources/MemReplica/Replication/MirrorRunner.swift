@@ -57,10 +57,15 @@ public final class MirrorRunner: Sendable {
         }
     }
 
-    public init(spec: MirrorSpec, endpoint: any Transport, statistics: PeerStatistics? = nil, logger: Logger) {
+    /// How a lazy mirror made here runs (its fault wait limit, its pull).
+    public let lazyOptions: PostCopyMirror.Options
+
+    public init(spec: MirrorSpec, endpoint: any Transport, statistics: PeerStatistics? = nil,
+                lazyOptions: PostCopyMirror.Options = .init(), logger: Logger) {
         self.spec = spec
         self.endpoint = endpoint
         self.statistics = statistics
+        self.lazyOptions = lazyOptions
         self.logger = logger
     }
 
@@ -226,7 +231,7 @@ public final class MirrorRunner: Sendable {
         if case .lazy(let old)? = current.withLock({ $0 }) { old.stop() }
         let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
                                 chunkSize: Int(entry.chunkSize))
-        let mirror = try PostCopyMirror(region: region, remoteName: spec.name)
+        let mirror = try PostCopyMirror(region: region, remoteName: spec.name, options: lazyOptions)
         current.withLock { $0 = .lazy(mirror) }
         logger.info("mirroring lazily (post-copy)", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                                "geometry": "\(region.geometry)", "path": "\(spec.path)"])

@@ -37,6 +37,10 @@ public struct PeerConfiguration: Sendable, Equatable {
     public var tls: TLSFiles?
     /// Where to serve Prometheus metrics; nil (the default) serves none.
     public var metrics: PeerAddress?
+    /// How long a process attached to a lazy replica may wait on a chunk
+    /// that cannot come (primary out of reach, install failing) before its
+    /// session ends with an error; nil: `PostCopyMirror.Options`' default.
+    public var faultTimeout: Duration?
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -69,13 +73,14 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
-                                                              "exports", "mirrors", "metrics"])
+                                                              "exports", "mirrors", "metrics", "faultTimeout"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
         control = try top["control"].map { try reader.filePath($0, at: "control") }
         tls = try top["tls"].flatMap { try reader.tls($0, at: "tls") }
         metrics = try top["metrics"].map { try reader.metricsAddress($0, at: "metrics") }
+        faultTimeout = try top["faultTimeout"].map { try reader.seconds($0, at: "faultTimeout") }
         for (index, value) in try reader.array(top["exports"], at: "exports").enumerated() {
             let at = "exports[\(index)]"
             try add(reader.export(value, at: at), from: .file(file, at: at))
@@ -91,7 +96,14 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// (`--export`/`--mirror` texts) are added after the file's.
     public mutating func applyCommandLine(listen: String? = nil, name: String? = nil, stateDirectory: String? = nil,
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
-                                          mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil) throws {
+                                          mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil,
+                                          faultTimeout: Double? = nil) throws {
+        if let faultTimeout {
+            guard faultTimeout > 0, faultTimeout <= 86400 else {
+                throw PeerConfigurationError("--fault-timeout: \(faultTimeout) is not between 0 and 86400 seconds")
+            }
+            self.faultTimeout = .milliseconds(Int64(faultTimeout * 1000))
+        }
         if let listen {
             do {
                 self.listen = try PeerAddress(parsing: listen)
@@ -225,6 +237,14 @@ public struct PeerConfiguration: Sendable, Equatable {
             case .array(let elements)?: return elements
             case let other?: throw failure(at: path, "expected an array, found \(other.kind)")
             }
+        }
+
+        /// A positive number of seconds, at most a day.
+        func seconds(_ value: JSONValue, at path: String) throws -> Duration {
+            guard case .number(let text) = value, let seconds = Double(text), seconds > 0, seconds <= 86400 else {
+                throw failure(at: path, "expected a number of seconds between 0 and 86400, found \(value.kind)")
+            }
+            return .milliseconds(Int64(seconds * 1000))
         }
 
         func bool(_ value: JSONValue, at path: String) throws -> Bool {
