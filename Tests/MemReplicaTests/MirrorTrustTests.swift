@@ -115,6 +115,39 @@ struct MirrorTrustTests {
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 
+    @Test("verify: a synced replica equals its primary (exit 0); a chunk changed behind the replica's back is named (exit 1)")
+    func verifyCommand() async throws {
+        let peers = try await TrustPeers(size: 4 << 20)
+        defer { peers.stop() }
+        let path = peers.root + "/replica.bin"
+        let replica = try peers.replica(into: path)
+        defer { replica.terminate(grace: .milliseconds(300)) }
+        _ = try await peers.waitReplica("the sync") { $0.synced == true }
+        #expect(sha(path) == sha(peers.primaryPath))
+        func verify() async throws -> (status: Int32, report: VerifyReport?) {
+            let out = peers.root + "/verify.json"
+            let status = try await runShell("'\(peers.exe)' verify r --json --control '\(peers.root)/r.sock' >'\(out)' 2>/dev/null")
+            let report = try? StatusReport.makeDecoder().decode(VerifyReport.self, from: Data(contentsOf: URL(fileURLWithPath: out)))
+            return (status, report)
+        }
+        let good = try await verify()
+        #expect(good.status == 0)
+        #expect(good.report?.equal == true && good.report?.compared == 64 && good.report?.differingCount == 0)
+        #expect(good.report?.primaryDigest == good.report?.replicaDigest)
+
+        // Corrupt chunk 37 of the replica's file (nothing on the replica tracks it).
+        let file = try #require(FileHandle(forWritingAtPath: path))
+        try file.seek(toOffset: UInt64(37 * 65536 + 100))
+        try file.write(contentsOf: Data([0xde, 0xad]))
+        try file.close()
+        let bad = try await verify()
+        #expect(bad.status == 1)
+        #expect(bad.report?.equal == false && bad.report?.differingChunks == [37] && bad.report?.differingCount == 1)
+        // Asked of the primary, or of an unknown region: a clear refusal.
+        #expect(try await runShell("'\(peers.exe)' verify r --control '\(peers.root)/p.sock' >/dev/null 2>&1") == 1)
+        #expect(try await runShell("'\(peers.exe)' verify nope --control '\(peers.root)/r.sock' >/dev/null 2>&1") == 1)
+    }
+
     @Test("a lazy mirror that saw several DIRTY epochs follows a primary restarted on the same file: cat returns the new bytes of chunk K")
     func lazyMirrorAcrossPrimaryRestart() async throws {
         let chunk = 65536, size = 1 << 20

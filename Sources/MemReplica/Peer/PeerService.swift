@@ -310,8 +310,21 @@ public final class PeerService: Sendable {
             return .status(await statusReport())
         case ControlRequest.stats.command:
             return .stats(await statsReport())
+        case "verify":
+            guard let name = request.region else { return .error("verify needs a region") }
+            guard let runner = mirrors.first(where: { $0.spec.name == name }) else {
+                if exports.export(named: name) != nil {
+                    return .error("region '\(name)' is a primary here: run verify on the peer that mirrors it")
+                }
+                return .error("no region named '\(name)' on this peer")
+            }
+            do {
+                return .verify(try await runner.verify())
+            } catch {
+                return .error("cannot verify '\(name)': \(error)")
+            }
         default:
-            return .error("unknown command '\(request.command)' (this peer knows: status, stats)")
+            return .error("unknown command '\(request.command)' (this peer knows: status, stats, verify)")
         }
     }
 }

@@ -24,6 +24,8 @@ public final class MirrorRunner: Sendable {
     private let learnt = Locked(Learnt())
     /// A mirror's run over a connection is in progress.
     private let live = Locked(false)
+    /// That run's connection (for `verify`).
+    private let liveConnection = Locked<(any TransportConnection)?>(nil)
 
     private struct Learnt {
         var followed: RegionIdentity?
@@ -98,10 +100,33 @@ public final class MirrorRunner: Sendable {
     }
 
     /// Runs `body` (a mirror's run over one connection) as the live one.
-    private func following(_ body: () async throws -> Void) async throws {
+    private func following(_ connection: any TransportConnection, _ body: () async throws -> Void) async throws {
         live.withLock { $0 = true }
-        defer { live.withLock { $0 = false } }
+        liveConnection.withLock { $0 = connection }
+        defer {
+            live.withLock { $0 = false }
+            liveConnection.withLock { $0 = nil }
+        }
         try await body()
+    }
+
+    /// Compares this replica with its primary (`memreplica verify`): needs
+    /// a live connection to the primary.
+    public func verify() async throws -> VerifyReport {
+        guard let connection = liveConnection.withLock({ $0 }), let active = mirror else {
+            throw ReplicationError.refusedByPeer(code: ProtocolErrorCode.regionUnavailable.rawValue,
+                                                 message: "replica '\(spec.name)' is not connected to its primary "
+                                                    + "(\(spec.address)) now\(problem.map { ": \($0)" } ?? "")")
+        }
+        let verifier: ReplicaVerifier
+        switch active {
+        case .eager(let m):
+            verifier = ReplicaVerifier(region: m.region, remoteName: spec.name, source: spec.address.description, held: nil)
+        case .lazy(let m):
+            verifier = ReplicaVerifier(region: m.region, remoteName: spec.name, source: spec.address.description,
+                                       held: { m.isChunkPresent($0) })
+        }
+        return try await verifier.run(over: connection)
     }
 
     /// Why the last attempt to mirror failed (a refused primary, a region
@@ -147,7 +172,7 @@ public final class MirrorRunner: Sendable {
                 if spec.lazy {
                     let mirror = try lazyMirror(for: entry)
                     learnt.withLock { $0.problem = nil; $0.loggedProblem = nil }
-                    try await following { try await mirror.run(over: opened, identity: entry.identity) }
+                    try await following(opened) { try await mirror.run(over: opened, identity: entry.identity) }
                 } else {
                     let existed = FileManager.default.fileExists(atPath: spec.path)
                     let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
@@ -157,7 +182,7 @@ public final class MirrorRunner: Sendable {
                     current.withLock { $0 = .eager(mirror) }
                     logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                         "geometry": "\(region.geometry)", "path": "\(spec.path)"])
-                    try await following { try await mirror.run(over: opened) }
+                    try await following(opened) { try await mirror.run(over: opened) }
                 }
             } catch let error as PostCopyError {
                 // Not a passing fault: retrying cannot help.
