@@ -115,7 +115,8 @@ struct PeerCommand: AsyncParsableCommand {
         var lazyOptions = PostCopyMirror.Options()
         if let limit = configuration.faultTimeout { lazyOptions.faultWaitLimit = limit }
         let runners = configuration.mirrors.map {
-            MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, lazyOptions: lazyOptions, logger: logger)
+            MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, lazyOptions: lazyOptions,
+                         stateDirectory: stateDirectory, logger: logger)
         }
         let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
                                   mirrors: runners, statistics: statistics, logger: logger)

@@ -204,3 +204,60 @@ extension TrustPeers {
         }
     }
 }
+
+@Suite("Durable mirrors (durable=true)", .serialized)
+struct DurableMirrorTests {
+    private func sha(_ path: String) -> String? {
+        (try? Data(contentsOf: URL(fileURLWithPath: path))).map { sha256Hex(Array($0)) }
+    }
+
+    private func stateFile(_ root: String) -> DurableMirrorState.Record? {
+        (try? Data(contentsOf: URL(fileURLWithPath: root + "/mirrors/r.state.json")))
+            .flatMap { try? JSONDecoder.durable.decode(DurableMirrorState.Record.self, from: $0) }
+    }
+
+    @Test("a durable replica SIGKILLed mid initial sync: restarted, it says incomplete and not synced, cat refuses its bytes, it resumes by delta and ends complete")
+    func killedDuringDurableSync() async throws {
+        let size = 256 << 20
+        let peers = try await TrustPeers(size: size)
+        defer { peers.stop() }
+        let path = peers.root + "/replica.bin"
+        let first = try peers.replica(into: path, options: ",durable=true")
+        // Kill it once part of the region has arrived.
+        let deadline = ContinuousClock.now + .seconds(60)
+        // Once an eighth of the region has arrived (chunks come in order).
+        func arrived(at offset: UInt64) -> Bool {
+            guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+            defer { try? handle.close() }
+            guard (try? handle.seek(toOffset: offset)) != nil, let probe = try? handle.read(upToCount: 64) else { return false }
+            return probe.contains { $0 != 0 }
+        }
+        while !arrived(at: UInt64(size / 8)) {
+            try #require(ContinuousClock.now < deadline, "the first sync never got far")
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        kill(first.pid, SIGKILL)
+        _ = first.wait()
+        let record = try #require(stateFile(peers.root), "no state file after the kill")
+        #expect(!record.complete, "a copy cut short must not be recorded complete")
+
+        // Restart with the primary out of reach first: it must not claim a whole copy.
+        peers.primary.signal(SIGSTOP)
+        let second = try peers.replica(into: path, options: ",durable=true")
+        defer { second.terminate(grace: .milliseconds(300)) }
+        let early = try await peers.waitReplica("the restarted replica's status") { $0.durable != nil }
+        #expect(early.synced == false && early.durable?.complete == false)
+        let cat = try await runShell("'\(peers.exe)' cat r --length 4096 --control '\(peers.root)/r.sock' >/dev/null 2>&1")
+        #expect(cat == 1, "cat must refuse an unsynced replica's bytes")
+        peers.primary.signal(SIGCONT)
+
+        let synced = try await peers.waitReplica("the resumed sync", seconds: 60) { $0.synced == true }
+        #expect(synced.durable?.complete == true)
+        #expect(sha(path) == sha(peers.primaryPath))
+        // WRITEs the restarted replica applied: the resume's, nothing else is written.
+        let resent = try await ControlClient(path: peers.root + "/r.sock").stats().regions.first?.chunksPushed ?? 0
+        #expect(resent > 0 && resent < UInt64(size / 65536), "the resume sent \(resent) chunks of \(size / 65536)")
+        let done = try #require(stateFile(peers.root))
+        #expect(done.complete && done.size == size)
+    }
+}

@@ -116,6 +116,9 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var synced: Bool?
         /// Replica: why the last attempt to mirror failed, if it did.
         public var problem: String?
+        /// Durable replica: its state file says the local file is an exact
+        /// copy of the primary at some version (not necessarily the latest).
+        public var durableComplete: Bool?
         /// Replica: where it mirrors from, what it holds, how often it reconnected.
         public var source: String?
         public var chunksPresent: Int?

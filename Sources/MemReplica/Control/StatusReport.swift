@@ -87,6 +87,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var synced: Bool?
         /// Replica: why the last attempt to mirror failed, if it did.
         public var problem: String?
+        /// Durable replica: what its state file says of the local copy.
+        public var durable: Durable?
         /// For a primary: the mirrors it serves now.
         public var mirrors: [Mirror]?
         /// For a lazy (post-copy) replica: its faults. `lastAppliedVersion`
@@ -103,12 +105,26 @@ public struct StatusReport: Codable, Sendable, Equatable {
             public init(pid: Int32, mode: String) { self.pid = pid; self.mode = mode }
         }
 
+        public struct Durable: Codable, Sendable, Equatable {
+            /// The file is an exact copy of the primary at `version` of
+            /// `generation` (it may be behind the primary now: see `synced`).
+            public var complete: Bool
+            public var version: UInt64
+            public var generation: UInt64
+            public var recordedAt: Date
+        }
+
         public struct Lazy: Codable, Sendable, Equatable {
             public var faults: Int
             public var faultsServed: Int
             public var chunksInvalidated: Int
             /// How long the longest-waiting unserved fault has waited.
             public var oldestFaultWaitingSeconds: Double?
+            /// Chunks that arrived but could not be installed yet (retried),
+            /// and why; attached readers failed because chunks could not come.
+            public var installsPending: Int?
+            public var installError: String?
+            public var readersFailed: Int?
         }
 
         public struct Mirror: Codable, Sendable, Equatable {

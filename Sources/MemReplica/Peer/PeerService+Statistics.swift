@@ -109,6 +109,7 @@ extension PeerService {
             region.generation = runner.followedIdentity?.generation
             region.synced = runner.synced
             region.problem = runner.problem
+            region.durableComplete = runner.durableRecord?.complete
             switch runner.mirror {
             case nil:
                 break

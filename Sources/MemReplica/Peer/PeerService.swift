@@ -138,6 +138,9 @@ public final class PeerService: Sendable {
             region.generation = runner.followedIdentity?.generation
             region.synced = runner.synced
             region.problem = runner.problem
+            region.durable = runner.durableRecord.map {
+                .init(complete: $0.complete, version: $0.version, generation: $0.generation, recordedAt: $0.writtenAt)
+            }
             return region
         }
         let attached = attachments.withLock { Array($0.open.values) }
@@ -168,7 +171,9 @@ public final class PeerService: Sendable {
                                              chunks: p.chunkCount, chunksPresent: p.chunksPresent,
                                              lastAppliedVersion: p.lastEpoch, source: runner.spec.address.description)
             region.lazy = .init(faults: p.faults, faultsServed: p.faultsServed, chunksInvalidated: p.chunksInvalidated,
-                                oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds })
+                                oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds },
+                                installsPending: p.installsPending, installError: p.installError,
+                                readersFailed: p.readersFailed)
             return region
             }
     }

@@ -62,13 +62,39 @@ public final class MirrorRunner: Sendable {
     /// How a lazy mirror made here runs (its fault wait limit, its pull).
     public let lazyOptions: PostCopyMirror.Options
 
+    /// Where a durable mirror keeps its state file (`DurableMirrorState`).
+    public let stateDirectory: StateDirectory?
+    private let durableState = Locked<DurableMirrorState?>(nil)
+
     public init(spec: MirrorSpec, endpoint: any Transport, statistics: PeerStatistics? = nil,
-                lazyOptions: PostCopyMirror.Options = .init(), logger: Logger) {
+                lazyOptions: PostCopyMirror.Options = .init(), stateDirectory: StateDirectory? = nil, logger: Logger) {
         self.spec = spec
         self.endpoint = endpoint
         self.statistics = statistics
         self.lazyOptions = lazyOptions
+        self.stateDirectory = stateDirectory
         self.logger = logger
+    }
+
+    /// A durable mirror's state file as it reads now (nil for others).
+    public var durableRecord: DurableMirrorState.Record? { durableState.withLock { $0?.record } }
+
+    /// Opens a durable mirror's state file; what it says of the file (the
+    /// region followed) survives the restart.
+    private func openDurableState() throws -> DurableMirrorState? {
+        guard spec.durable else { return nil }
+        guard let stateDirectory else {
+            throw MirrorRefusal.tooLarge("mirror of '\(spec.name)': durable=true needs a state folder")
+        }
+        let durable = try DurableMirrorState(stateDirectory: stateDirectory, region: spec.name)
+        if let r = durable.record, r.path == spec.path, !r.regionID.isEmpty {
+            learnt.withLock { $0.followed = RegionIdentity(id: r.regionID, generation: r.generation) }
+            let holds = r.complete ? "is a complete copy at version \(r.version) (generation \(r.generation))"
+                : "is incomplete (a sync or a write was under way when the peer stopped)"
+            logger.notice("durable mirror of '\(spec.name)': \(spec.path) \(holds); not synced until it converges with the primary again")
+        }
+        durableState.withLock { $0 = durable }
+        return durable
     }
 
     /// Connections made to the primary after the first.
@@ -148,6 +174,13 @@ public final class MirrorRunner: Sendable {
         defer {
             if case .lazy(let mirror)? = current.withLock({ $0 }) { mirror.stop() }
         }
+        let durable: DurableMirrorState?
+        do {
+            durable = try openDurableState()
+        } catch {
+            report("mirror of '\(spec.name)' cannot run: \(error)")
+            return
+        }
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled {
             var connection: (any TransportConnection)?
@@ -177,7 +210,8 @@ public final class MirrorRunner: Sendable {
                     let existed = FileManager.default.fileExists(atPath: spec.path)
                     let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
                                             chunkSize: Int(entry.chunkSize))
-                    let mirror = RegionMirror(region: region, offersHeldChunks: existed, known: known)
+                    let mirror = RegionMirror(region: region, offersHeldChunks: existed, known: known, identity: entry.identity,
+                                              durable: durable)
                     learnt.withLock { $0.problem = nil; $0.loggedProblem = nil }
                     current.withLock { $0 = .eager(mirror) }
                     logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",

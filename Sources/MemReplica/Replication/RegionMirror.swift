@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 /// The replica side of one region: subscribes on a stream of its own,
 /// applies every WRITE into the local mapping, and acknowledges versions.
 public final class RegionMirror: @unchecked Sendable {
@@ -29,12 +30,48 @@ public final class RegionMirror: @unchecked Sendable {
     /// Hashes chunks for this subscription only (SUBSCRIBE carries it).
     private let key = ChunkHashKey.random()
 
-    public init(region: Region, remoteName: String? = nil, offersHeldChunks: Bool = true, known: RegionIdentity? = nil) {
+    /// Durable (DRBD protocol C): chunks reach stable storage before they
+    /// are acknowledged, and `durable` records whether the file is a
+    /// complete copy. `identity` is what the catalog says of the region now.
+    let durable: DurableMirrorState?
+    let identity: RegionIdentity?
+
+    public init(region: Region, remoteName: String? = nil, offersHeldChunks: Bool = true, known: RegionIdentity? = nil,
+                identity: RegionIdentity? = nil, durable: DurableMirrorState? = nil) {
         self.region = region
         self.remoteName = remoteName ?? region.name
         self.offersHeldChunks = offersHeldChunks
         self.known = known
+        self.identity = identity
+        self.durable = durable
     }
+
+    /// Stored chunks not yet on stable storage (durable mirrors).
+    private var unsynced: [Range<Int>] = []
+
+    /// msync(MS_SYNC) of every chunk stored since the last call: the bytes
+    /// are on stable storage when it returns.
+    private func syncStored() throws {
+        guard let base = region.bytes.baseAddress else { return }
+        for range in Self.coalesced(unsynced) where msync(base + range.lowerBound, range.count, MS_SYNC) != 0 {
+            throw Region.Failure.map(errno: Errno(rawValue: errno))
+        }
+        unsynced.removeAll(keepingCapacity: true)
+    }
+
+    private static func coalesced(_ ranges: [Range<Int>]) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        for r in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = out.last, last.upperBound >= r.lowerBound {
+                out[out.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound)
+            } else {
+                out.append(r)
+            }
+        }
+        return out
+    }
+
+    private var durablePath: String { region.backing.description }
 
     public var currentProgress: Progress { progress.withLock { $0 } }
     public var initialSyncComplete: Bool { currentProgress.synced }
@@ -81,6 +118,18 @@ public final class RegionMirror: @unchecked Sendable {
         if !offersHeldChunks { prefaultAhead() }
         var versions = [UInt64](repeating: 0, count: g.chunkCount)
         var unacknowledged = false
+        var batchOpen = false
+        // A durable mirror records a clean copy at most every interval
+        // while writes stream in (and at once at SYNCED).
+        let marker = durable.map { durable in
+            Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: DurableMirrorState.completeMarkInterval)
+                    try? durable.recordCompleteIfClean()
+                }
+            }
+        }
+        defer { marker?.cancel() }
         do {
             while let frame = try await frames.receive() {
                 switch frame {
@@ -96,7 +145,12 @@ public final class RegionMirror: @unchecked Sendable {
                     guard let range = g.byteRange(ofChunk: index), bytes.count == range.count else {
                         throw ProtocolViolation(.malformedFrame, "chunk \(chunk) carries \(bytes.count) bytes")
                     }
+                    if let durable, !batchOpen {
+                        try durable.beginBatch(path: durablePath, geometry: g, identity: identity)
+                        batchOpen = true
+                    }
                     try region.storeChunk(index, bytes)
+                    if durable != nil { unsynced.append(range) }
                     let first = versions[index] == 0
                     versions[index] = version
                     progress.withLock { p in
@@ -116,15 +170,32 @@ public final class RegionMirror: @unchecked Sendable {
                             throw ReplicationError.selfCheckFailed(region: region.name)
                         }
                     }
+                    if let durable {
+                        // The file is a complete, checked copy: on disk, then said so.
+                        try syncStored()
+                        durable.endBatch(version: progress.withLock { $0.lastAppliedVersion })
+                        try durable.recordCompleteIfClean()
+                        batchOpen = false
+                    }
                     progress.withLock { $0.synced = true }
                 case .error(let code, let message):
                     throw ReplicationError.refusedByPeer(code: code, message: message)
                 default:
                     throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, SYNCED or ERROR on a region stream")
                 }
-                // ACK once what has arrived is applied, not per frame.
+                // ACK once what has arrived is applied, not per frame; a
+                // durable mirror once it is on stable storage too.
                 if unacknowledged && !frames.hasBufferedBytes {
-                    try await frames.send(.ack(version: progress.withLock { $0.lastAppliedVersion }))
+                    let (version, synced) = progress.withLock { ($0.lastAppliedVersion, $0.synced) }
+                    if let durable {
+                        try syncStored()
+                        // Before SYNCED the file is not a whole copy yet.
+                        if synced {
+                            durable.endBatch(version: version)
+                            batchOpen = false
+                        }
+                    }
+                    try await frames.send(.ack(version: version))
                     unacknowledged = false
                 }
             }
