@@ -57,6 +57,11 @@ struct PeerCommand: AsyncParsableCommand {
     var metrics: String?
 
     @Option(help: ArgumentHelp(
+        "Congestion controller for QUIC and the TCP transports: cubic (default), bbr or reno. Over lossy long paths cubic collapses; bbr does not.",
+        valueName: "name"))
+    var cc: String?
+
+    @Option(help: ArgumentHelp(
         "Seconds a process attached to a lazy replica may wait on a chunk that cannot come (primary out of reach, install failing) before its read fails (default 10).",
         valueName: "seconds"))
     var faultTimeout: Double?
@@ -89,6 +94,12 @@ struct PeerCommand: AsyncParsableCommand {
             state: stateDirectory, peerName: configuration.name ?? PeerName.hostDefault, logger: logger)
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
+        if let controller = cc ?? configuration.congestionControl {
+            guard let chosen = QUICConfiguration.CongestionControl(rawValue: controller) else {
+                throw ValidationError("--cc must be cubic, bbr or reno, not '\(controller)'")
+            }
+            quic.congestionControl = chosen
+        }
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         let identities = RegionIdentityStore(stateDirectory: stateDirectory)

@@ -24,11 +24,11 @@ private final class WANPeers: @unchecked Sendable {
         exe = try builtExecutable()
     }
 
-    func startPrimary() async throws {
+    func startPrimary(_ extra: [String] = []) async throws {
         primary = try ChildProcess("/usr/bin/env", ["ip", "netns", "exec", emulator.sideA.name, exe, "peer",
                                                     "--listen", "\(emulator.addressA):4433", "--state-dir", root,
                                                     "--name", "primary", "--control", root + "/p.sock",
-                                                    "--export", "r=\(primaryPath)", "--log-level", "warning"])
+                                                    "--export", "r=\(primaryPath)", "--log-level", "warning"] + extra)
         let deadline = ContinuousClock.now + .seconds(60)
         while (try? await ControlClient(path: root + "/p.sock").status()) == nil {
             guard ContinuousClock.now < deadline else { throw TimeoutError(what: "the primary's start", seconds: 60) }
@@ -37,12 +37,13 @@ private final class WANPeers: @unchecked Sendable {
     }
 
     /// A replica peer named `name` mirroring r into `path`; control socket root/NAME.sock.
-    func startReplica(_ name: String, into path: String, lazy: Bool = false, options: String = "") throws {
+    func startReplica(_ name: String, into path: String, lazy: Bool = false, options: String = "",
+                      extra: [String] = []) throws {
         replicas[name] = try ChildProcess("/usr/bin/env", ["ip", "netns", "exec", emulator.sideB.name, exe, "peer",
                                                            "--listen", "\(emulator.addressB):\(4433 + replicas.count + 1)",
                                                            "--state-dir", root, "--name", name, "--control", control(name),
                                                            "--mirror", "r@\(emulator.addressA):4433=\(path)" + options,
-                                                           "--log-level", "warning"] + (lazy ? ["--lazy"] : []))
+                                                           "--log-level", "warning"] + (lazy ? ["--lazy"] : []) + extra)
     }
 
     func control(_ name: String) -> String { root + "/\(name).sock" }
@@ -175,15 +176,15 @@ struct FaultInjectionTests {
         #expect(try AttachedRegion.lookup(controlPath: peers.control("replica"), region: "r").synced == true)
     }
 
-    @Test("10 % loss each way at 50 ms RTT: a 64 MiB sync completes and matches")
+    @Test("10 % loss each way at 50 ms RTT: a 64 MiB sync completes and matches (bbr: cubic gets a few KiB/s there)")
     func heavyLoss() async throws {
         let size = 64 << 20
         let link = WANLinkProfile.symmetric(rtt: .milliseconds(50), lossRate: 0.10)
         let peers = try WANPeers(link: link, primaryBytes: patternBytes(count: size, seed: 43))
         defer { peers.stop() }
-        try await peers.startPrimary()
+        try await peers.startPrimary(["--cc", "bbr"])
         let path = peers.root + "/replica.bin"
-        try peers.startReplica("replica", into: path)
+        try peers.startReplica("replica", into: path, extra: ["--cc", "bbr"])
         _ = try await peers.waitReplica("replica", "the sync through 10 % loss", seconds: 600) { $0.synced == true }
         #expect(sha(path) == sha(peers.primaryPath))
     }

@@ -41,6 +41,9 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// that cannot come (primary out of reach, install failing) before its
     /// session ends with an error; nil: `PostCopyMirror.Options`' default.
     public var faultTimeout: Duration?
+    /// QUIC's (and the TCP transports') congestion controller by name:
+    /// cubic, bbr or reno; nil: the transport's default.
+    public var congestionControl: String?
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -73,7 +76,8 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
-                                                              "exports", "mirrors", "metrics", "faultTimeout"])
+                                                              "exports", "mirrors", "metrics", "faultTimeout",
+                                                              "congestionControl"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
@@ -81,6 +85,13 @@ public struct PeerConfiguration: Sendable, Equatable {
         tls = try top["tls"].flatMap { try reader.tls($0, at: "tls") }
         metrics = try top["metrics"].map { try reader.metricsAddress($0, at: "metrics") }
         faultTimeout = try top["faultTimeout"].map { try reader.seconds($0, at: "faultTimeout") }
+        congestionControl = try top["congestionControl"].map { value in
+            let name = try reader.string(value, at: "congestionControl")
+            guard QUICConfiguration.CongestionControl(rawValue: name) != nil else {
+                throw reader.failure(at: "congestionControl", "expected cubic, bbr or reno, found \"\(name)\"")
+            }
+            return name
+        }
         for (index, value) in try reader.array(top["exports"], at: "exports").enumerated() {
             let at = "exports[\(index)]"
             try add(reader.export(value, at: at), from: .file(file, at: at))
