@@ -120,7 +120,7 @@ struct BenchSyncCommand: AsyncParsableCommand {
     var writes: Int = 500
     @Option(help: "Hash-scan interval in milliseconds on the primary.")
     var scanMs: Double = 2
-    @Flag(help: "Measure only the memfd replica (skip the file and durable=true replicas).")
+    @Flag(help: "Measure only the memfd replica (skip the digest-off, file and durable=true replicas).")
     var noDurable = false
     @Flag(help: "Print the report as JSON on stdout.")
     var json = false
@@ -147,6 +147,9 @@ struct BenchSyncCommand: AsyncParsableCommand {
             print("\(kind.kind) replica: initial sync of \(report.syncBytes >> 20) MiB median \(String(format: "%.1f", kind.syncMedianMBps)) MB/s; "
                   + "lag write → replica ACK, \(kind.lagSamples) writes: p50 \(String(format: "%.2f", kind.lagP50Milliseconds)) ms, "
                   + "p99 \(String(format: "%.2f", kind.lagP99Milliseconds)) ms, max \(String(format: "%.2f", kind.lagMaxMilliseconds)) ms")
+        }
+        if let digest = report.digestSyncRatio {
+            print("SYNCED's digest (each chunk of the pass copied and hashed): initial sync \(String(format: "%.2f", digest)) × the same without")
         }
         if let sync = report.durableSyncRatio, let lag = report.durableLagP50Ratio {
             print("durable=true against the same file without: initial sync \(String(format: "%.2f", sync)) ×, lag p50 \(String(format: "%.2f", lag)) ×")

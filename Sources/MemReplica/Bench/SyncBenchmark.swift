@@ -25,9 +25,11 @@ public struct SyncBenchmark {
         public init() {}
     }
 
-    /// Where a replica keeps its bytes.
+    /// Where a replica keeps its bytes. `memfdNoDigest` is the memfd replica
+    /// of a primary that sends SYNCED without a digest: what the self-check
+    /// (a copy and a keyed hash of each chunk of the pass) costs.
     public enum ReplicaKind: String, Codable, Sendable, CaseIterable {
-        case memfd, file, durable
+        case memfd, memfdNoDigest, file, durable
     }
 
     public struct KindResult: Codable, Sendable {
@@ -59,6 +61,8 @@ public struct SyncBenchmark {
         /// file's, and its lag p50 over the plain file's (same run).
         public var durableSyncRatio: Double?
         public var durableLagP50Ratio: Double?
+        /// Initial sync with SYNCED's digest over without (memfd, same run).
+        public var digestSyncRatio: Double?
     }
 
     public let options: Options
@@ -82,7 +86,7 @@ public struct SyncBenchmark {
     /// A fresh replica region of `kind` and, for a durable one, its state.
     private func makeReplica(_ kind: ReplicaKind, name: String, size: Int) throws -> (Region, DurableMirrorState?) {
         switch kind {
-        case .memfd:
+        case .memfd, .memfdNoDigest:
             return (try Region(name: name, backing: .memory, size: size, chunkSize: options.chunkSize), nil)
         case .file, .durable:
             let path = workDirectory + "/replica-\(name)-\(kind).bin"
@@ -120,6 +124,7 @@ public struct SyncBenchmark {
         }
         let memfd = results[0]
         let file = results.first { $0.kind == .file }, durable = results.first { $0.kind == .durable }
+        let noDigest = results.first { $0.kind == .memfdNoDigest }
         return Report(syncBytes: options.syncBytes, chunkSize: options.chunkSize, syncRunsMBps: memfd.syncRunsMBps,
                       syncMedianMBps: memfd.syncMedianMBps, lagRegionBytes: options.lagRegionBytes,
                       scanIntervalMilliseconds: options.scanInterval.milliseconds, writesPerSecond: options.writesPerSecond,
@@ -127,12 +132,14 @@ public struct SyncBenchmark {
                       lagP99Milliseconds: memfd.lagP99Milliseconds, lagMaxMilliseconds: memfd.lagMaxMilliseconds,
                       kinds: results,
                       durableSyncRatio: durable.flatMap { d in file.map { d.syncMedianMBps / $0.syncMedianMBps } },
-                      durableLagP50Ratio: durable.flatMap { d in file.map { d.lagP50Milliseconds / $0.lagP50Milliseconds } })
+                      durableLagP50Ratio: durable.flatMap { d in file.map { d.lagP50Milliseconds / $0.lagP50Milliseconds } },
+                      digestSyncRatio: noDigest.map { memfd.syncMedianMBps / $0.syncMedianMBps })
     }
 
     /// One initial sync of `primary` into a fresh replica of `kind`, in MB/s.
     private func initialSync(of primary: Region, into kind: ReplicaKind) async throws -> Double {
-        let exports = RegionExports([.init(region: primary)], scanInterval: .seconds(3600), logger: quietLogger())
+        let exports = RegionExports([.init(region: primary)], scanInterval: .seconds(3600),
+                                    syncedDigests: kind != .memfdNoDigest, logger: quietLogger())
         let (server, client, conn, serving) = try await peers.connectServing(exports)
         let (replica, durable) = try makeReplica(kind, name: "sync", size: options.syncBytes)
         let mirror = RegionMirror(region: replica, offersHeldChunks: false, durable: durable)
@@ -159,7 +166,7 @@ public struct SyncBenchmark {
         let primary = try Region(name: "lag", backing: .memory, size: options.lagRegionBytes, chunkSize: options.chunkSize)
         let probe = LagProbe(region: "lag")
         let exports = RegionExports([.init(region: primary)], scanInterval: options.scanInterval, observer: probe,
-                                    logger: quietLogger())
+                                    syncedDigests: kind != .memfdNoDigest, logger: quietLogger())
         let (server, client, conn, serving) = try await peers.connectServing(exports)
         let (replica, durable) = try makeReplica(kind, name: "lag", size: options.lagRegionBytes)
         let mirror = RegionMirror(region: replica, durable: durable)

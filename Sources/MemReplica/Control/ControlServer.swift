@@ -35,6 +35,10 @@ public final class ControlServer: Sendable {
     /// Sessions to end, asked from other threads (`AttachingProcess.endSession`).
     private let endRequests = Locked<[(id: Int, reason: String)]>([])
     private let nextSessionID = Locked(0)
+    /// False once `stop` is about to close the wake-up pipe: a session end
+    /// asked later (a mirror stopping after us) must not write to a closed
+    /// descriptor number, which may already name another file.
+    private let wakeOpen = Locked(true)
     /// What a byte on the wake-up pipe means.
     private static let wakeToStop: UInt8 = 1
     private static let wakeToEndSessions: UInt8 = 2
@@ -72,7 +76,9 @@ public final class ControlServer: Sendable {
     /// Stops accepting, waits for the accept thread and removes the socket
     /// file (if it is still ours).
     public func stop() async {
-        _ = try? wake.writeEnd.writeAll([Self.wakeToStop])
+        wakeOpen.withLock { open in
+            if open { _ = try? wake.writeEnd.writeAll([Self.wakeToStop]) }
+        }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let resumeNow = exit.withLock { state -> Bool in
                 if state.finished { return true }
@@ -81,9 +87,16 @@ public final class ControlServer: Sendable {
             }
             if resumeNow { c.resume() }
         }
+        // Once: a second stop must not close descriptor numbers reused since.
+        let first = wakeOpen.withLock { open -> Bool in
+            guard open else { return false }
+            open = false
+            try? wake.readEnd.close()
+            try? wake.writeEnd.close()
+            return true
+        }
+        guard first else { return }
         listener.close()
-        try? wake.readEnd.close()
-        try? wake.writeEnd.close()
         if (try? FileIdentity(path: path)) == socketFile {
             unlink(path)
         }
@@ -220,9 +233,12 @@ public final class ControlServer: Sendable {
         let id = nextSessionID.withLock { $0 += 1; return $0 }
         let endRequests = self.endRequests
         let wakeEnd = wake.writeEnd
+        let wakeOpen = self.wakeOpen
         let endSession: @Sendable (String) -> Void = { reason in
             endRequests.withLock { $0.append((id, reason)) }
-            _ = try? wakeEnd.writeAll([Self.wakeToEndSessions])
+            wakeOpen.withLock { open in
+                if open { _ = try? wakeEnd.writeAll([Self.wakeToEndSessions]) }
+            }
         }
         let process = AttachingProcess(pid: pid, userfaultfd: descriptor, endSession: descriptor == nil ? nil : endSession)
         switch attachHandler(request, process) {

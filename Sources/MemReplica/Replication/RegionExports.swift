@@ -48,12 +48,18 @@ public final class RegionExports: Sendable {
     private let observer: (any ReplicationObserver)?
     private let logger: Logger
 
+    /// Whether SYNCED carries a digest (eager mirrors): each chunk of the
+    /// initial pass is then copied and hashed before it is sent. Off only
+    /// to measure what the check costs (`bench sync`).
+    public let syncedDigests: Bool
+
     public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
-                observer: (any ReplicationObserver)? = nil, logger: Logger) {
+                observer: (any ReplicationObserver)? = nil, syncedDigests: Bool = true, logger: Logger) {
         self.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
         epochs = self.exports.mapValues { _ in Locked(0) }
         self.scanInterval = scanInterval
         self.observer = observer
+        self.syncedDigests = syncedDigests
         self.logger = logger
     }
 
@@ -360,7 +366,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger] in
+            group.addTask { [scanInterval, logger, syncedDigests] in
                 let hasher = ChunkHasher(key: key)
                 var version: UInt64 = 0
                 /// Sends the chunk; in the initial pass (`snapshot` given)
@@ -398,10 +404,10 @@ public final class RegionExports: Sendable {
                             continue
                         }
                     }
-                    expected[chunk] = try await push(chunk, snapshot: snapshot)!
+                    expected[chunk] = try await push(chunk, snapshot: syncedDigests ? snapshot : nil) ?? .none
                     sentInitially += 1
                 }
-                try await frames.send(.synced(version: version, digest: RegionDigest.synced(expected)))
+                try await frames.send(.synced(version: version, digest: syncedDigests ? RegionDigest.synced(expected) : []))
                 record { $0.synced = true }
                 logger.info("initial sync sent", metadata: [
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
