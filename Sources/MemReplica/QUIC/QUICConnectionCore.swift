@@ -20,7 +20,7 @@ final class QUICConnectionCore: @unchecked Sendable {
     let remote: SocketAddressStorage
     let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    var peerIdentity = PeerIdentity.none
 
     /// Connection IDs routed to this connection by the endpoint.
     var routedIDs: Set<ConnectionID> = []
@@ -439,16 +439,13 @@ final class QUICConnectionCore: @unchecked Sendable {
                 ? .clientCertificateMissing : .untrustedPeer(reason: reason)
             return false
         }
-        var subject = [CChar](repeating: 0, count: 512)
-        var san = [CChar](repeating: 0, count: 1024)
-        var digest = [UInt8](repeating: 0, count: 32)
-        guard qs_tls_peer_identity(tls, &subject, subject.count, &san, san.count, &digest) == 0 else {
+        var der: UnsafePointer<UInt8>?
+        var length = 0
+        guard qs_tls_peer_certificate(tls, &der, &length) == 0, let der else {
             callbackError = isClient ? .untrustedPeer(reason: "server sent no certificate") : .clientCertificateMissing
             return false
         }
-        let names = stringFromCBuffer(san).split(separator: ",").map(String.init)
-        peerIdentity = PeerIdentity(subject: stringFromCBuffer(subject), alternativeNames: names,
-                                    fingerprint: hexString(digest))
+        peerIdentity = PeerIdentity(certificate: Array(UnsafeBufferPointer(start: der, count: length)))
         sessionResumed = qs_tls_session_resumed(tls) != 0
         return true
     }

@@ -16,7 +16,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     let isClient: Bool
     let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    var peerIdentity = PeerIdentity.none
     /// Names this connection to links that join it (server-made, random).
     var token: [UInt8] = []
     private(set) var sessionLink: TCPLink!
