@@ -55,6 +55,11 @@ struct PeerCommand: AsyncParsableCommand {
         valueName: "host:port"))
     var metrics: String?
 
+    @Option(help: ArgumentHelp(
+        "Seconds a silent peer has (keep-alives unanswered) before it counts as gone and its mirrors reconnect. Default: 5.",
+        valueName: "seconds"))
+    var liveness: String?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
@@ -62,7 +67,7 @@ struct PeerCommand: AsyncParsableCommand {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
-                                           metrics: metrics)
+                                           metrics: metrics, liveness: liveness)
         return configuration
     }
 
@@ -83,6 +88,9 @@ struct PeerCommand: AsyncParsableCommand {
             state: stateDirectory, peerName: configuration.name ?? PeerName.hostDefault, logger: logger)
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
+        if let liveness = configuration.livenessTimeout { quic.livenessTimeout = liveness }
+        // Kept across restarts, so a restarted peer resets its old connections.
+        quic.statelessResetKey = try stateDirectory.statelessResetKey()
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         do {
