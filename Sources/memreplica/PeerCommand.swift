@@ -66,6 +66,11 @@ struct PeerCommand: AsyncParsableCommand {
         valueName: "seconds"))
     var faultTimeout: Double?
 
+    @Option(help: ArgumentHelp(
+        "Seconds a silent peer has (keep-alives unanswered) before it counts as gone and its mirrors reconnect. Default: 5.",
+        valueName: "seconds"))
+    var liveness: String?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
@@ -73,7 +78,7 @@ struct PeerCommand: AsyncParsableCommand {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
-                                           metrics: metrics, faultTimeout: faultTimeout)
+                                           metrics: metrics, faultTimeout: faultTimeout, liveness: liveness)
         return configuration
     }
 
@@ -100,6 +105,9 @@ struct PeerCommand: AsyncParsableCommand {
             }
             quic.congestionControl = chosen
         }
+        if let liveness = configuration.livenessTimeout { quic.livenessTimeout = liveness }
+        // Kept across restarts, so a restarted peer resets its old connections.
+        quic.statelessResetKey = try stateDirectory.statelessResetKey()
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         let identities = RegionIdentityStore(stateDirectory: stateDirectory)

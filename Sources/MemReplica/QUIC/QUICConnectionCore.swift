@@ -20,7 +20,7 @@ final class QUICConnectionCore: @unchecked Sendable {
     let remote: SocketAddressStorage
     let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    var peerIdentity = PeerIdentity.none
 
     /// Connection IDs routed to this connection by the endpoint.
     var routedIDs: Set<ConnectionID> = []
@@ -39,6 +39,8 @@ final class QUICConnectionCore: @unchecked Sendable {
     var closeWaiters: [CheckedContinuation<TransportError, Never>] = []
     /// Set by a callback; reported when ngtcp2 returns the failure.
     var callbackError: TransportError?
+    /// The peer answered with a stateless reset (ngtcp2 then drains).
+    var receivedStatelessReset = false
     /// Queued in the endpoint's list of connections to write.
     var wantsWrite = false
     /// Bytes readers took on all streams and not yet returned as
@@ -168,11 +170,21 @@ final class QUICConnectionCore: @unchecked Sendable {
         params.initial_max_streams_bidi = config.maxConcurrentStreams
         // An HTTP/3 client opens its control and QPACK streams (3).
         params.initial_max_streams_uni = acceptedProtocols.contains(HTTP3Connection.alpn) ? 3 : 0
-        params.max_idle_timeout = UInt64(config.idleTimeout.seconds * 1e9)
+        params.max_idle_timeout = UInt64(config.livenessTimeout.seconds * 1e9)
         params.active_connection_id_limit = 4
         // Peers do not migrate; a path change is not something we follow.
         params.disable_active_migration = 1
-        if let odcid = originalDCID { params.original_dcid = odcid }
+        if let odcid = originalDCID {
+            params.original_dcid = odcid
+            // The token for the connection ID of our handshake (the others
+            // come with NEW_CONNECTION_ID): a restarted server can reset a
+            // client that never switched IDs.
+            var ourID = scid
+            let made = withUnsafeMutableBytes(of: &params.stateless_reset_token) { token in
+                endpoint.makeStatelessResetToken(for: &ourID, into: token.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+            params.stateless_reset_token_present = made ? 1 : 0
+        }
 
         var callbacks = QUICCallbacks.table(isClient: isClient)
         var dcidVar = dcid, scidVar = scid
@@ -212,7 +224,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         if let keepAlive = config.keepAliveInterval {
             // A keep-alive slower than the idle timeout would keep nothing
             // alive: ping at least twice per idle period.
-            let interval = min(keepAlive, config.idleTimeout / 2)
+            let interval = min(keepAlive, config.livenessTimeout / 2)
             ngtcp2_conn_set_keep_alive_timeout(c, UInt64(interval.seconds * 1e9))
         }
     }
@@ -267,7 +279,9 @@ final class QUICConnectionCore: @unchecked Sendable {
     func handleFatal(_ rc: Int32, now: UInt64) {
         switch rc {
         case NGTCP2_ERR_DRAINING:
-            finish(remoteCloseError())
+            finish(receivedStatelessReset
+                ? .connectionLost(detail: "the peer no longer knows this connection (stateless reset; it restarted or lost its state)")
+                : remoteCloseError())
         case NGTCP2_ERR_DROP_CONN:
             finish(callbackError ?? .protocolFailure("connection dropped"))
         case NGTCP2_ERR_IDLE_CLOSE, NGTCP2_ERR_HANDSHAKE_TIMEOUT:
@@ -311,7 +325,7 @@ final class QUICConnectionCore: @unchecked Sendable {
             }
             return .handshakeTimeout(seconds: config.handshakeTimeout.seconds)
         }
-        return .idleTimeout(seconds: config.idleTimeout.seconds)
+        return .idleTimeout(seconds: config.livenessTimeout.seconds)
     }
 
     /// Why our own TLS stack failed the handshake.
@@ -439,16 +453,13 @@ final class QUICConnectionCore: @unchecked Sendable {
                 ? .clientCertificateMissing : .untrustedPeer(reason: reason)
             return false
         }
-        var subject = [CChar](repeating: 0, count: 512)
-        var san = [CChar](repeating: 0, count: 1024)
-        var digest = [UInt8](repeating: 0, count: 32)
-        guard qs_tls_peer_identity(tls, &subject, subject.count, &san, san.count, &digest) == 0 else {
+        var der: UnsafePointer<UInt8>?
+        var length = 0
+        guard qs_tls_peer_certificate(tls, &der, &length) == 0, let der else {
             callbackError = isClient ? .untrustedPeer(reason: "server sent no certificate") : .clientCertificateMissing
             return false
         }
-        let names = stringFromCBuffer(san).split(separator: ",").map(String.init)
-        peerIdentity = PeerIdentity(subject: stringFromCBuffer(subject), alternativeNames: names,
-                                    fingerprint: hexString(digest))
+        peerIdentity = PeerIdentity(certificate: Array(UnsafeBufferPointer(start: der, count: length)))
         sessionResumed = qs_tls_session_resumed(tls) != 0
         return true
     }

@@ -22,6 +22,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     let logger: Logger
     let tls: TLSContext
     let localStorage: SocketAddressStorage
+    /// Stateless reset tokens for our connection IDs derive from it
+    /// (`QUICConfiguration.statelessResetKey`).
     let statelessResetSecret: [UInt8]
 
     private let socket: UDPSocket
@@ -41,6 +43,9 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     // Loop-confined state.
     private var routes: [ConnectionID: QUICConnectionCore] = [:]
     private var live: [ObjectIdentifier: QUICConnectionCore] = [:]
+    var liveConnections: Dictionary<ObjectIdentifier, QUICConnectionCore>.Values { live.values }
+    /// Bounds the stateless resets we send (QUICEndpoint+StatelessReset).
+    var statelessResetLimiter = StatelessResetLimiter()
     private var writeQueue = Deque<QUICConnectionCore>()
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
@@ -81,9 +86,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                                namespace: configuration.networkNamespace)
         localAddress = socket.localAddress
         localStorage = socket.boundStorage
-        var secret = [UInt8](repeating: 0, count: 32)
-        secret.withUnsafeMutableBytes { fillRandom($0.baseAddress!, 32) }
-        statelessResetSecret = secret
+        statelessResetSecret = (configuration.statelessResetKey ?? .random()).bytes
         poller = try Poller()
         try poller.add(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
         transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
@@ -405,6 +408,11 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         let core: QUICConnectionCore
         if let known = routes[key] {
             core = known
+        } else if bytes[0] & 0x80 == 0 {
+            // A short header no connection here owns: a stateless reset
+            // for one of ours, or a packet of a connection we lost.
+            handleUnknownShortHeader(data, dcid: UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen), from: from, now: now)
+            return
         } else {
             guard configuration.acceptsConnections, !stopping, live.count < Self.maxConnections else { return }
             var header = ngtcp2_pkt_hd()
@@ -537,6 +545,13 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             }
             return true
         }
+    }
+
+    /// Sends one datagram that belongs to no connection (a stateless
+    /// reset); dropped when the kernel buffer is full, as the network might.
+    func sendWithoutConnection(_ data: UnsafeRawBufferPointer, to address: SocketAddressStorage) {
+        guard pendingSend == nil else { return }
+        _ = socket.send(data, segmentSize: 0, to: address)
     }
 
     private func flushPendingSend() {

@@ -44,6 +44,14 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// QUIC's (and the TCP transports') congestion controller by name:
     /// cubic, bbr or reno; nil: the transport's default.
     public var congestionControl: String?
+    /// How long a silent peer has before it counts as gone
+    /// (`QUICConfiguration.livenessTimeout`; nil: its 5 s default).
+    /// Config key `livenessTimeout`, flag `--liveness`, in seconds.
+    public var livenessTimeout: Duration?
+    /// Liveness timeouts accepted, in seconds: below half a second a
+    /// scheduling hiccup would end live connections, above an hour a dead
+    /// peer would hold its mirrors for longer than anyone waits.
+    public static let livenessRange: ClosedRange<Double> = 0.5...3600
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -77,7 +85,7 @@ public struct PeerConfiguration: Sendable, Equatable {
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
                                                               "exports", "mirrors", "metrics", "faultTimeout",
-                                                              "congestionControl"])
+                                                              "congestionControl", "livenessTimeout"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
@@ -92,6 +100,7 @@ public struct PeerConfiguration: Sendable, Equatable {
             }
             return name
         }
+        livenessTimeout = try top["livenessTimeout"].map { try reader.liveness($0, at: "livenessTimeout") }
         for (index, value) in try reader.array(top["exports"], at: "exports").enumerated() {
             let at = "exports[\(index)]"
             try add(reader.export(value, at: at), from: .file(file, at: at))
@@ -108,7 +117,7 @@ public struct PeerConfiguration: Sendable, Equatable {
     public mutating func applyCommandLine(listen: String? = nil, name: String? = nil, stateDirectory: String? = nil,
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
                                           mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil,
-                                          faultTimeout: Double? = nil) throws {
+                                          faultTimeout: Double? = nil, liveness: String? = nil) throws {
         if let faultTimeout {
             guard faultTimeout > 0, faultTimeout <= 86400 else {
                 throw PeerConfigurationError("--fault-timeout: \(faultTimeout) is not between 0 and 86400 seconds")
@@ -129,6 +138,12 @@ public struct PeerConfiguration: Sendable, Equatable {
                 throw PeerConfigurationError("--metrics: \(error)")
             }
         }
+        if let liveness {
+            guard let seconds = Double(liveness), let timeout = Self.livenessTimeout(seconds: seconds) else {
+                throw PeerConfigurationError("--liveness \(liveness): \(Self.livenessExplanation)")
+            }
+            livenessTimeout = timeout
+        }
         if let name { self.name = name }
         if let stateDirectory { self.stateDirectory = stateDirectory }
         if let control { self.control = control }
@@ -143,6 +158,16 @@ public struct PeerConfiguration: Sendable, Equatable {
             do { spec = try MirrorSpec(parsing: text, lazy: lazyMirrors) } catch { throw PeerConfigurationError("--mirror: \(error)") }
             try add(spec, from: .flag("--mirror \(text)"))
         }
+    }
+
+    private static var livenessExplanation: String {
+        "expected seconds from \(livenessRange.lowerBound) to \(Int(livenessRange.upperBound)), such as 5 or 2.5"
+    }
+
+    /// `seconds` as a liveness timeout, nil when outside `livenessRange`.
+    private static func livenessTimeout(seconds: Double) -> Duration? {
+        guard seconds.isFinite, livenessRange.contains(seconds) else { return nil }
+        return .milliseconds(Int64((seconds * 1000).rounded()))
     }
 
     /// `listen`, or `:4433` (every interface) when nobody said.
@@ -288,6 +313,17 @@ public struct PeerConfiguration: Sendable, Equatable {
                 throw failure(at: path, "\(shown) is not a byte count: expected \(explanation)")
             }
             return count
+        }
+
+        /// Seconds, as a JSON number (`5`, `2.5`).
+        func liveness(_ value: JSONValue, at path: String) throws -> Duration {
+            guard case .number(let text) = value else {
+                throw failure(at: path, "expected a number of seconds, found \(value.kind)")
+            }
+            guard let seconds = Double(text), let timeout = PeerConfiguration.livenessTimeout(seconds: seconds) else {
+                throw failure(at: path, "\(text) is not a liveness timeout: \(PeerConfiguration.livenessExplanation)")
+            }
+            return timeout
         }
 
         func address(_ value: JSONValue, at path: String) throws -> PeerAddress {

@@ -16,7 +16,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     let isClient: Bool
     let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    var peerIdentity = PeerIdentity.none
     /// Names this connection to links that join it (server-made, random).
     var token: [UInt8] = []
     private(set) var sessionLink: TCPLink!
@@ -350,15 +350,15 @@ final class TCPConnectionCore: @unchecked Sendable {
     func tick(now: UInt64) -> UInt64 {
         guard isEstablished else { return UInt64.max }
         let config = endpoint.configuration
-        let idle = UInt64(config.idleTimeout.seconds * 1e9)
+        let idle = UInt64(config.livenessTimeout.seconds * 1e9)
         if now >= lastReceivedAt + idle {
-            finish(.idleTimeout(seconds: config.idleTimeout.seconds))
+            finish(.idleTimeout(seconds: config.livenessTimeout.seconds))
             return UInt64.max
         }
         var next = lastReceivedAt + idle
         if let keepAlive = config.keepAliveInterval {
             // Slower than the idle timeout would keep nothing alive.
-            let interval = UInt64(min(keepAlive, config.idleTimeout / 2).seconds * 1e9)
+            let interval = UInt64(min(keepAlive, config.livenessTimeout / 2).seconds * 1e9)
             if now >= lastPingAt + interval {
                 lastPingAt = now
                 pingSequence += 1

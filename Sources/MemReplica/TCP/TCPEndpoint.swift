@@ -74,7 +74,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         poller = try Poller()
         if configuration.acceptsConnections {
             let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
-                                                   userTimeout: configuration.idleTimeout,
+                                                   userTimeout: configuration.livenessTimeout,
                                                    congestionControl: configuration.congestionControl,
                                                    namespace: configuration.networkNamespace)
             listener = fd
@@ -269,7 +269,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         guard let listener else { return }
         // Bounded so a connection flood cannot starve the other links.
         for _ in 0..<64 {
-            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.idleTimeout,
+            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.livenessTimeout,
                                                          congestionControl: configuration.congestionControl) else { return }
             let address = PeerAddress(storage: remote)
             guard !stopping, links.count < TCPConfiguration.maxLinks else {
@@ -344,7 +344,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             throw TransportError.protocolFailure("this endpoint already has \(TCPConfiguration.maxLinks) TCP connections")
         }
         let fd = try TCPSocket.startConnect(to: address.storage, source: bindAddress,
-                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.idleTimeout,
+                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.livenessTimeout,
                                             congestionControl: configuration.congestionControl,
                                             namespace: configuration.networkNamespace)
         do {

@@ -34,7 +34,7 @@ final class TCPLink {
     private(set) var state: State
     let startedAt: UInt64
     private var drainDeadline = UInt64.max
-    private(set) var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    private(set) var peerIdentity = PeerIdentity.none
 
     private var parser = MuxParser()
     private var dataTarget: TCPStreamCore?

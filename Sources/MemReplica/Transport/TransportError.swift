@@ -14,7 +14,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case handshakeTimeout(seconds: Double)
     /// Nothing answered at the address (no packet ever came back).
     case peerUnreachable(address: String, detail: String)
-    /// No packet from the peer for longer than the idle timeout.
+    /// Nothing from the peer for longer than the liveness timeout
+    /// (`QUICConfiguration.livenessTimeout`), keep-alives unanswered.
     case idleTimeout(seconds: Double)
     /// The peer closed the connection.
     case peerClosed(errorCode: UInt64, reason: String)
@@ -58,7 +59,7 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
         case .peerUnreachable(let address, let detail):
             return "peer \(address) is unreachable (\(detail))"
         case .idleTimeout(let s):
-            return "connection idle for \(formatSeconds(s)): the peer stopped answering"
+            return "nothing from the peer for \(formatSeconds(s)) (liveness timeout): it stopped answering"
         case .peerClosed(let code, let reason):
             return reason.isEmpty
                 ? "peer closed the connection (code \(code))"
