@@ -28,7 +28,8 @@ private final class WANPeers: @unchecked Sendable {
         primary = try ChildProcess("/usr/bin/env", ["ip", "netns", "exec", emulator.sideA.name, exe, "peer",
                                                     "--listen", "\(emulator.addressA):4433", "--state-dir", root,
                                                     "--name", "primary", "--control", root + "/p.sock",
-                                                    "--export", "r=\(primaryPath)", "--log-level", "warning"] + extra)
+                                                    "--export", "r=\(primaryPath)", "--log-level", "warning"] + extra,
+                                   errorPath: root + "/primary.err")
         let deadline = ContinuousClock.now + .seconds(60)
         while (try? await ControlClient(path: root + "/p.sock").status()) == nil {
             guard ContinuousClock.now < deadline else { throw TimeoutError(what: "the primary's start", seconds: 60) }
@@ -43,7 +44,8 @@ private final class WANPeers: @unchecked Sendable {
                                                            "--listen", "\(emulator.addressB):\(4433 + replicas.count + 1)",
                                                            "--state-dir", root, "--name", name, "--control", control(name),
                                                            "--mirror", "r@\(emulator.addressA):4433=\(path)" + options,
-                                                           "--log-level", "warning"] + (lazy ? ["--lazy"] : []) + extra)
+                                                           "--log-level", "warning"] + (lazy ? ["--lazy"] : []) + extra,
+                                           errorPath: root + "/\(name).err")
     }
 
     func control(_ name: String) -> String { root + "/\(name).sock" }

@@ -221,12 +221,20 @@ final class QUICConnectionCore: @unchecked Sendable {
             Unmanaged<QUICConnectionCore>.fromOpaque(ref!.pointee.user_data).takeUnretainedValue().conn
         }
         ngtcp2_conn_set_tls_native_handle(c, UnsafeMutableRawPointer(tls.pointee.session))
-        if let keepAlive = config.keepAliveInterval {
-            // A keep-alive slower than the idle timeout would keep nothing
-            // alive: ping at least twice per idle period.
-            let interval = min(keepAlive, config.livenessTimeout / 2)
-            ngtcp2_conn_set_keep_alive_timeout(c, UInt64(interval.seconds * 1e9))
-        }
+    }
+
+    /// Keep-alive PINGs, armed once the handshake has completed. Not before:
+    /// ngtcp2 0.12.1 writes a keep-alive (or probe) PING due during an
+    /// unanswered handshake into a 0-RTT packet padded too little for the
+    /// header-protection sample and aborts (`ngtcp2_ppe_final` assertion;
+    /// fixed upstream in 0.18). A mirror reconnecting with 0-RTT across a
+    /// cut link met it within seconds. The handshake has its own timeout.
+    private func armKeepAlive() {
+        guard let conn, let keepAlive = endpoint.configuration.keepAliveInterval else { return }
+        // A keep-alive slower than the idle timeout would keep nothing
+        // alive: ping at least twice per idle period.
+        let interval = min(keepAlive, endpoint.configuration.livenessTimeout / 2)
+        ngtcp2_conn_set_keep_alive_timeout(conn, UInt64(interval.seconds * 1e9))
     }
 
     /// Calls body with this connection's path (local socket, remote peer).
@@ -468,6 +476,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         // A connection handed out at 0-RTT was checked then, and its
         // identity may be read on other threads now: never rewrite it.
         guard deliveredEarly || verifyPeer() else { return false }
+        armKeepAlive()
         if !isClient {
             // ngtcp2 confirms a server's handshake as it completes, without
             // the callback.
