@@ -55,6 +55,11 @@ struct PeerCommand: AsyncParsableCommand {
         valueName: "host:port"))
     var metrics: String?
 
+    @Option(help: ArgumentHelp(
+        "Bytes all stream send and receive buffers may hold, e.g. 512M or 2G (default: 1/8 of RAM, at most 4G; see README, Security).",
+        valueName: "size"))
+    var memoryBudget: String?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
@@ -62,7 +67,7 @@ struct PeerCommand: AsyncParsableCommand {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
-                                           metrics: metrics)
+                                           metrics: metrics, memoryBudget: memoryBudget)
         return configuration
     }
 
@@ -83,6 +88,7 @@ struct PeerCommand: AsyncParsableCommand {
             state: stateDirectory, peerName: configuration.name ?? PeerName.hostDefault, logger: logger)
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
+        if let budget = configuration.memoryBudget { quic.memoryBudget = MemoryBudget(limit: budget) }
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         do {

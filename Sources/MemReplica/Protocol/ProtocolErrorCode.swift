@@ -20,6 +20,13 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
     case versionWentBackwards = 0x13
     /// The peer's certificate identity is not on the region's allow list.
     case notAllowed = 0x14
+    /// A stream whose peer read nothing of what was sent to it for
+    /// `PeerLimits.stalledStreamTimeout`, or that would not take an ERROR
+    /// within `FrameStream.failTimeout`: reset to free its buffers.
+    case peerStalled = 0x30
+    /// A connection over a per-peer cap (`PeerLimits`): too many from this
+    /// certificate or this address.
+    case tooManyConnections = 0x31
     case internalError = 0x3f
 
     public var description: String {
@@ -35,6 +42,8 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
         case .chunkOutOfRange: return "chunk index out of range"
         case .versionWentBackwards: return "chunk version went backwards"
         case .notAllowed: return "not allowed for this peer"
+        case .peerStalled: return "peer stopped reading"
+        case .tooManyConnections: return "too many connections from this peer"
         case .internalError: return "internal error"
         }
     }

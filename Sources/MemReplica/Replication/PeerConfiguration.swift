@@ -37,6 +37,9 @@ public struct PeerConfiguration: Sendable, Equatable {
     public var tls: TLSFiles?
     /// Where to serve Prometheus metrics; nil (the default) serves none.
     public var metrics: PeerAddress?
+    /// Bytes all stream buffers may hold (`MemoryBudget`); nil: the
+    /// default, sized from physical memory.
+    public var memoryBudget: Int?
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -69,13 +72,20 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
-                                                              "exports", "mirrors", "metrics"])
+                                                              "exports", "mirrors", "metrics", "memoryBudget"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
         control = try top["control"].map { try reader.filePath($0, at: "control") }
         tls = try top["tls"].flatMap { try reader.tls($0, at: "tls") }
         metrics = try top["metrics"].map { try reader.metricsAddress($0, at: "metrics") }
+        memoryBudget = try top["memoryBudget"].map { value in
+            let bytes = try reader.byteCount(value, at: "memoryBudget")
+            guard let checked = Self.checkedMemoryBudget(bytes) else {
+                throw PeerConfigurationError("\(file): memoryBudget: \(Self.memoryBudgetRule)")
+            }
+            return checked
+        }
         for (index, value) in try reader.array(top["exports"], at: "exports").enumerated() {
             let at = "exports[\(index)]"
             try add(reader.export(value, at: at), from: .file(file, at: at))
@@ -91,7 +101,14 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// (`--export`/`--mirror` texts) are added after the file's.
     public mutating func applyCommandLine(listen: String? = nil, name: String? = nil, stateDirectory: String? = nil,
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
-                                          mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil) throws {
+                                          mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil,
+                                          memoryBudget: String? = nil) throws {
+        if let memoryBudget {
+            guard let bytes = parseByteSize(memoryBudget), let checked = Self.checkedMemoryBudget(bytes) else {
+                throw PeerConfigurationError("--memory-budget: '\(memoryBudget)': \(Self.memoryBudgetRule)")
+            }
+            self.memoryBudget = checked
+        }
         if let listen {
             do {
                 self.listen = try PeerAddress(parsing: listen)
@@ -120,6 +137,13 @@ public struct PeerConfiguration: Sendable, Equatable {
             do { spec = try MirrorSpec(parsing: text, lazy: lazyMirrors) } catch { throw PeerConfigurationError("--mirror: \(error)") }
             try add(spec, from: .flag("--mirror \(text)"))
         }
+    }
+
+    private static let memoryBudgetRule =
+        "expected a byte count of at least \(MemoryBudget.minimumLimit >> 20) MiB, such as 512M or 2G"
+
+    private static func checkedMemoryBudget(_ bytes: Int) -> Int? {
+        bytes >= MemoryBudget.minimumLimit ? bytes : nil
     }
 
     /// `listen`, or `:4433` (every interface) when nobody said.

@@ -51,6 +51,8 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     private var readersToWake: [TCPStreamCore] = []
     private var retired: [TCPLink] = []
     private var accepted = Deque<TCPConnectionCore>()
+    /// Inbound links by source host, and the caps on them.
+    private var admission: ConnectionAdmission
     private var acceptWaiters = Deque<Delivery<TCPConnectionCore?>>()
     private var stopping = false
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
@@ -63,8 +65,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     /// starts the loop thread.
     public init(bind address: PeerAddress, tls tlsConfiguration: TLSConfiguration,
                 configuration: TCPConfiguration, logger: Logger = Logger(label: "memreplica.tcp")) throws {
-        self.configuration = configuration
+        self.configuration = configuration.clampedToBudget()
         self.logger = logger
+        admission = ConnectionAdmission(limits: configuration.peerLimits)
         bindAddress = address
         tls = try OpenSSLContext(tlsConfiguration, applicationProtocols: configuration.applicationProtocols)
         localIdentity = tls.localIdentity
@@ -130,6 +133,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
 
     // MARK: Transport
 
+    /// What this endpoint's streams hold counts against this budget.
+    public var memoryBudget: MemoryBudget { configuration.memoryBudget }
+
     public func connect(to address: PeerAddress) async throws -> any TransportConnection {
         try await connectTCP(to: address)
     }
@@ -141,7 +147,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         let core = try await Delivery<TCPConnectionCore>.wait { d in
             post { [self] in
                 guard !stopping else { d.fail(TransportError.closedLocally); return }
-                let core = TCPConnectionCore(endpoint: self, isClient: true, remoteAddress: address)
+                guard let window = memoryBudget.reserveReceiveWindow(wanted: configuration.connectionReceiveWindow) else {
+                    d.fail(TransportError.memoryBudgetExhausted(limit: memoryBudget.limit))
+                    return
+                }
+                let core = TCPConnectionCore(endpoint: self, isClient: true, remoteAddress: address, receiveWindow: window)
                 do {
                     let link = try makeClientLink(to: address, role: .session, for: core)
                     core.connectWaiter = d
@@ -277,11 +287,20 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
                 Glibc.close(fd)
                 continue
             }
+            // A TCP handshake proved the address: the half-open cap is hard.
+            if case .refuse(let reason) = admission.decide(host: address.host, addressValidated: true, hardHalfOpenLimit: true) {
+                logger.warning("refusing a TCP connection: \(reason)", metadata: ["peer": "\(address)"])
+                Glibc.close(fd)
+                continue
+            }
             do {
                 let ssl = try tls.makeSSL(server: true, fd: fd)
                 let link = TCPLink(endpoint: self, token: takeToken(), fd: fd, ssl: ssl, isClient: false,
                                    remoteAddress: address, role: .unassigned, state: .handshaking)
                 try register(link)
+                link.admittedHost = address.host
+                link.countedHalfOpen = true
+                admission.opened(host: address.host)
             } catch {
                 logger.warning("cannot accept a TCP connection from \(address): \(error)")
                 Glibc.close(fd)
@@ -319,6 +338,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         let done = retired
         retired.removeAll()
         for link in done {
+            handshakeEnded(link)
+            if let host = link.admittedHost {
+                link.admittedHost = nil
+                admission.closed(host: host)
+            }
             poller.remove(link.fd)
             links[link.token] = nil
             link.connection?.detach(link)
@@ -377,10 +401,24 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     /// joins one. A join must name a live connection by its token and prove
     /// the same certificate as the connection's first TCP connection.
     func adopt(_ link: TCPLink, settings: MuxSettings) throws {
+        handshakeEnded(link)
         switch settings.role {
         case .connection:
             guard !stopping else { throw MuxViolation(.joinRefused, "the endpoint is closing") }
-            let core = TCPConnectionCore(endpoint: self, isClient: false, remoteAddress: link.remoteAddress)
+            let limit = configuration.peerLimits.maxConnectionsPerIdentity
+            let held = live.values.filter {
+                !$0.isClient && !$0.isClosed && $0.peerIdentity.fingerprint == link.peerIdentity.fingerprint
+            }.count
+            guard held < limit else {
+                logger.warning("refusing a TCP connection: \(held) connections from this certificate already (limit \(limit))",
+                               metadata: ["peer": "\(link.remoteAddress)", "identity": "\(link.peerIdentity)"])
+                throw MuxViolation(.connectionLimit, "\(held) connections from this certificate already (limit \(limit))")
+            }
+            guard let window = memoryBudget.reserveReceiveWindow(wanted: configuration.connectionReceiveWindow) else {
+                logger.warning("refusing a TCP connection: the memory budget is exhausted", metadata: ["peer": "\(link.remoteAddress)"])
+                throw MuxViolation(.connectionLimit, "the peer's memory budget has no room for another connection")
+            }
+            let core = TCPConnectionCore(endpoint: self, isClient: false, remoteAddress: link.remoteAddress, receiveWindow: window)
             var token = [UInt8](repeating: 0, count: MuxLimits.tokenLength)
             var rng = SystemRandomNumberGenerator()
             for i in token.indices { token[i] = rng.next() }
@@ -416,6 +454,13 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             core.attach(link)
             try core.openPeerStream(stream, on: link)
         }
+    }
+
+    /// A server link's handshake (TLS and SETTINGS) ended, either way.
+    private func handshakeEnded(_ link: TCPLink) {
+        guard link.countedHalfOpen, let host = link.admittedHost else { return }
+        link.countedHalfOpen = false
+        admission.handshakeEnded(host: host)
     }
 
     func needsWrite(_ link: TCPLink) {
