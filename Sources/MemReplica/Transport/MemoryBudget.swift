@@ -51,8 +51,11 @@ public final class MemoryBudget: Sendable {
     /// default windows (64 MiB per connection) of 64 busy connections, and
     /// 64 MiB the windows of one.
     public static func defaultLimit(physicalMemory: UInt64 = ProcessInfo.processInfo.physicalMemory) -> Int {
-        Int(min(max(physicalMemory / 8, UInt64(minimumLimit)), UInt64(maximumDefaultLimit)))
+        Int(min(max(physicalMemory / 8, UInt64(minimumDefaultLimit)), UInt64(maximumDefaultLimit)))
     }
+
+    /// The default's lower bound (`defaultLimit`).
+    public static let minimumDefaultLimit = 64 << 20
 
     /// The smallest budget accepted: one frame (1 MiB) on each side of a
     /// handful of streams.
