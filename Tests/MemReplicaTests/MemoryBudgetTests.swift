@@ -236,6 +236,27 @@ struct MemoryBudgetTests {
         await accepting.value
     }
 
+    @Test("memoryBudget in the config file and --memory-budget: sizes with suffixes, too small refused in one line")
+    func budgetSetting() throws {
+        let file = try PeerConfiguration(json: Array(#"{"memoryBudget": "512M"}"#.utf8), file: "peer.json", folder: "/")
+        #expect(file.memoryBudget == 512 << 20)
+        let bytes = try PeerConfiguration(json: Array(#"{"memoryBudget": 67108864}"#.utf8), file: "peer.json", folder: "/")
+        #expect(bytes.memoryBudget == 64 << 20)
+        #expect(throws: PeerConfigurationError.self) {
+            try PeerConfiguration(json: Array(#"{"memoryBudget": "1K"}"#.utf8), file: "peer.json", folder: "/")
+        }
+        var flags = file
+        try flags.applyCommandLine(memoryBudget: "2G")
+        #expect(flags.memoryBudget == 2 << 30)
+        do {
+            try flags.applyCommandLine(memoryBudget: "lots")
+            Issue.record("--memory-budget lots was taken")
+        } catch {
+            #expect("\(error)".hasPrefix("--memory-budget: 'lots':"))
+            #expect(!"\(error)".contains("\n"))
+        }
+    }
+
     @Test("the memory budget's defaults and window reservations")
     func budgetArithmetic() {
         #expect(MemoryBudget.defaultLimit(physicalMemory: 24 << 30) == 3 << 30)

@@ -435,7 +435,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             }
             core.admittedHost = admitted.host
             core.countedHalfOpen = true
-            admission.opened(host: admitted.host)
+            admission.connectionOpened(host: admitted.host)
+            admission.handshakeStarted(host: admitted.host)
             register(core)
         }
         core.receive(data, now: now)
@@ -466,7 +467,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             }
             validated = true
         }
-        switch admission.decide(host: host, addressValidated: validated, hardHalfOpenLimit: false) {
+        switch admission.decide(host: host, addressValidated: validated) {
         case .accept:
             return (host, originalDCID, validated ? header.dcid : nil)
         case .retry:

@@ -53,6 +53,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     private var accepted = Deque<TCPConnectionCore>()
     /// Inbound links by source host, and the caps on them.
     private var admission: ConnectionAdmission
+    /// Accepted TCP connections whose TLS handshake waits for one of their
+    /// host's `maxHalfOpenPerAddress` slots, oldest first, by host.
+    private var waitingToHandshake: [String: Deque<(fd: Int32, address: PeerAddress, since: UInt64)>] = [:]
     private var acceptWaiters = Deque<Delivery<TCPConnectionCore?>>()
     private var stopping = false
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
@@ -211,6 +214,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
                     core.closeByApplication(errorCode: 0, reason: "endpoint closing")
                 }
                 for link in Array(links.values) where link.connection == nil { link.closeNow() }
+                dropWaitingHandshakes(all: true)
                 while let w = acceptWaiters.popFirst() { w.succeed(nil) }
             }
         }
@@ -287,29 +291,70 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
                 Glibc.close(fd)
                 continue
             }
-            // A TCP handshake proved the address: the half-open cap is hard.
-            if case .refuse(let reason) = admission.decide(host: address.host, addressValidated: true, hardHalfOpenLimit: true) {
+            // A TCP handshake proved the address: no Retry here.
+            if case .refuse(let reason) = admission.decide(host: address.host, addressValidated: true) {
                 logger.warning("refusing a TCP connection: \(reason)", metadata: ["peer": "\(address)"])
                 Glibc.close(fd)
                 continue
             }
-            do {
-                let ssl = try tls.makeSSL(server: true, fd: fd)
-                let link = TCPLink(endpoint: self, token: takeToken(), fd: fd, ssl: ssl, isClient: false,
-                                   remoteAddress: address, role: .unassigned, state: .handshaking)
-                try register(link)
-                link.admittedHost = address.host
-                link.countedHalfOpen = true
-                admission.opened(host: address.host)
-            } catch {
-                logger.warning("cannot accept a TCP connection from \(address): \(error)")
-                Glibc.close(fd)
+            admission.connectionOpened(host: address.host)
+            if admission.mayStartHandshake(host: address.host) {
+                startHandshake(fd: fd, address: address)
+            } else {
+                // A burst (tcp-per-region opens a link per region) waits
+                // its turn, un-started, within the handshake timeout.
+                waitingToHandshake[address.host, default: []].append((fd, address, now))
             }
+        }
+    }
+
+    /// Starts the server side of TLS on an accepted connection counted by
+    /// `connectionOpened`.
+    private func startHandshake(fd: Int32, address: PeerAddress) {
+        do {
+            let ssl = try tls.makeSSL(server: true, fd: fd)
+            let link = TCPLink(endpoint: self, token: takeToken(), fd: fd, ssl: ssl, isClient: false,
+                               remoteAddress: address, role: .unassigned, state: .handshaking)
+            do {
+                try register(link)
+            } catch {
+                SSL_free(ssl)
+                throw error
+            }
+            link.admittedHost = address.host
+            link.countedHalfOpen = true
+            admission.handshakeStarted(host: address.host)
+        } catch {
+            logger.warning("cannot accept a TCP connection from \(address): \(error)")
+            Glibc.close(fd)
+            admission.closed(host: address.host)
+        }
+    }
+
+    /// Starts the next waiting handshakes from `host` while it has slots.
+    private func startWaitingHandshakes(from host: String) {
+        while admission.mayStartHandshake(host: host), let next = waitingToHandshake[host]?.popFirst() {
+            if waitingToHandshake[host]?.isEmpty == true { waitingToHandshake[host] = nil }
+            startHandshake(fd: next.fd, address: next.address)
+        }
+    }
+
+    /// Closes waiting connections older than the handshake timeout (or all).
+    private func dropWaitingHandshakes(all: Bool = false) {
+        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        for host in Array(waitingToHandshake.keys) {
+            while let first = waitingToHandshake[host]?.first, all || now >= first.since + timeout {
+                waitingToHandshake[host]?.removeFirst()
+                Glibc.close(first.fd)
+                admission.closed(host: host)
+            }
+            if waitingToHandshake[host]?.isEmpty == true { waitingToHandshake[host] = nil }
         }
     }
 
     private func handleExpiries() {
         for link in Array(links.values) where link.deadline <= now { link.expire() }
+        if !waitingToHandshake.isEmpty { dropWaitingHandshakes() }
         connectionDeadline = UInt64.max
         for core in Array(live.values) {
             connectionDeadline = min(connectionDeadline, core.tick(now: now))
@@ -321,6 +366,10 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     private func nextDeadline() -> UInt64 {
         var earliest = connectionDeadline
         for link in links.values { earliest = min(earliest, link.deadline) }
+        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        for waiting in waitingToHandshake.values {
+            if let first = waiting.first { earliest = min(earliest, first.since + timeout) }
+        }
         return earliest
     }
 
@@ -461,6 +510,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         guard link.countedHalfOpen, let host = link.admittedHost else { return }
         link.countedHalfOpen = false
         admission.handshakeEnded(host: host)
+        startWaitingHandshakes(from: host)
     }
 
     func needsWrite(_ link: TCPLink) {

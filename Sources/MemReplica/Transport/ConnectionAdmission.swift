@@ -23,36 +23,42 @@ struct ConnectionAdmission {
     /// address, or `retryThreshold` in all, an Initial without a token is
     /// answered with a Retry, so a flood from spoofed addresses costs no
     /// state; a validated address is then bounded by
-    /// `maxConnectionsPerAddress`. TCP's address is always validated, so
-    /// `maxHalfOpenPerAddress` is a hard limit there (`hardHalfOpenLimit`).
-    func decide(host: String, addressValidated: Bool, hardHalfOpenLimit: Bool) -> Decision {
+    /// `maxConnectionsPerAddress`. TCP (always validated) instead holds a
+    /// connection past `maxHalfOpenPerAddress` un-started (`mayStartHandshake`).
+    func decide(host: String, addressValidated: Bool) -> Decision {
         let connections = connectionsByHost[host, default: 0]
         if connections >= limits.maxConnectionsPerAddress {
             return .refuse("\(connections) connections from \(host) already (limit \(limits.maxConnectionsPerAddress))")
         }
-        let halfOpen = halfOpenByHost[host, default: 0]
-        if hardHalfOpenLimit, halfOpen >= limits.maxHalfOpenPerAddress {
-            return .refuse("\(halfOpen) handshakes from \(host) in progress already (limit \(limits.maxHalfOpenPerAddress))")
-        }
-        if !addressValidated, halfOpen >= limits.maxHalfOpenPerAddress || halfOpenTotal >= limits.retryThreshold {
+        if !addressValidated, !mayStartHandshake(host: host) || halfOpenTotal >= limits.retryThreshold {
             return .retry
         }
         return .accept
     }
 
-    mutating func opened(host: String) {
-        halfOpenTotal += 1
-        halfOpenByHost[host, default: 0] += 1
+    /// Fewer than `maxHalfOpenPerAddress` handshakes from `host` are running.
+    func mayStartHandshake(host: String) -> Bool {
+        halfOpenByHost[host, default: 0] < limits.maxHalfOpenPerAddress
+    }
+
+    /// A connection from `host` is counted from now until `closed`.
+    mutating func connectionOpened(host: String) {
         connectionsByHost[host, default: 0] += 1
     }
 
-    /// The handshake of a connection counted by `opened` ended (either way).
+    /// A handshake from `host` runs from now until `handshakeEnded`.
+    mutating func handshakeStarted(host: String) {
+        halfOpenTotal += 1
+        halfOpenByHost[host, default: 0] += 1
+    }
+
+    /// A handshake counted by `handshakeStarted` ended (either way).
     mutating func handshakeEnded(host: String) {
         halfOpenTotal -= 1
         Self.decrement(&halfOpenByHost, host)
     }
 
-    /// A connection counted by `opened` is gone.
+    /// A connection counted by `connectionOpened` is gone.
     mutating func closed(host: String) {
         Self.decrement(&connectionsByHost, host)
     }
