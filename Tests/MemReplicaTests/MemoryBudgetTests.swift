@@ -30,6 +30,20 @@ private func endsWithReset(_ stream: any TransportStream, code: UInt64) async ->
     }
 }
 
+/// Runs `body` in a task of its own and waits for it at most `seconds`
+/// without waiting on a body that ignores cancellation: nil on time-out.
+private func finishes<T: Sendable>(within seconds: Double, _ body: @escaping @Sendable () async -> T) async -> T? {
+    let result = Locked<T?>(nil)
+    let task = Task { let r = await body(); result.withLock { $0 = r } }
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+        if let r = result.withLock({ $0 }) { return r }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    _ = task
+    return nil
+}
+
 @Suite("Memory budget, per-peer caps and bounded waits", .serialized)
 struct MemoryBudgetTests {
     /// A peer with an 8 MiB budget: one client floods it with streams that
@@ -91,8 +105,9 @@ struct MemoryBudgetTests {
         try await waitConverged(primary, replica, within: 30)
 
         // Every flood stream is reset by the peer (it read nothing for 1 s).
-        for stream in opened {
-            #expect(await endsWithReset(stream, code: ProtocolErrorCode.peerStalled.rawValue))
+        for (i, stream) in opened.enumerated() {
+            let reset = await finishes(within: 30) { await endsWithReset(stream, code: ProtocolErrorCode.peerStalled.rawValue) }
+            #expect(reset == true, "flood stream \(i): \(String(describing: reset)); resets \(budget.streamsResetForStall), used \(budget.used)")
         }
         #expect(budget.streamsResetForStall >= 8)
         // Sends and reserved receive windows never passed the budget.
@@ -266,7 +281,8 @@ struct MemoryBudgetTests {
         // 1/8 of the budget at most, and only from the receive half.
         var windows: [UInt64] = []
         while let w = budget.reserveReceiveWindow(wanted: 64 << 20) { windows.append(w) }
-        #expect(windows.first == 1 << 20)
+        #expect(windows.first == 128 << 10)
+        #expect(windows.count >= 48)
         #expect(windows.allSatisfy { $0 >= UInt64(MemoryBudget.minimumReceiveWindow) })
         #expect(windows.reduce(0, +) <= UInt64(budget.receiveShare))
         // Writers still have the other half, and no more.

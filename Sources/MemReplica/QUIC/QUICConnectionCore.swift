@@ -594,6 +594,7 @@ final class QUICConnectionCore: @unchecked Sendable {
                                  metadata: ["peer": "\(remoteAddress)", "stream": "\(stream.id)"])
             ngtcp2_conn_shutdown_stream(conn, stream.id, ProtocolErrorCode.peerStalled.rawValue)
             stream.fail(.peerStalled(seconds: Double(timeout) / 1e9))
+            stream.discardReceived()
             endpoint.memoryBudget.noteStalledStreamReset()
             endpoint.needsWrite(self)
         }
@@ -613,6 +614,10 @@ final class QUICConnectionCore: @unchecked Sendable {
     func streamClosed(_ stream: QUICStreamCore, appErrorCode: UInt64?) {
         stream.closedByStack = true
         streams[stream.id] = nil
+        // Credit readers took and no sweep reported yet: the sweep only
+        // visits streams still here, so hand it back now and on every read.
+        stream.mailbox.withLock { $0.forgotten = true }
+        stream.returnCredit()
         if let code = appErrorCode, code != 0 || !stream.finReceived {
             stream.fail(.streamReset(errorCode: code))
         } else if !stream.finReceived {
@@ -680,6 +685,14 @@ final class QUICConnectionCore: @unchecked Sendable {
         if !stream.closedByStack {
             ngtcp2_conn_extend_max_stream_offset(conn, stream.id, UInt64(count))
         }
+        ngtcp2_conn_extend_max_offset(conn, UInt64(count))
+        endpoint.needsWrite(self)
+    }
+
+    /// Connection credit for received bytes nobody will read (a stream
+    /// this side reset or stopped reading).
+    func returnDiscarded(_ count: Int) {
+        guard count > 0, !isClosed else { return }
         ngtcp2_conn_extend_max_offset(conn, UInt64(count))
         endpoint.needsWrite(self)
     }

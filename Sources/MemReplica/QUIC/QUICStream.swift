@@ -58,6 +58,7 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
             guard !connection.isClosed, !core.closedByStack else { return }
             ngtcp2_conn_shutdown_stream_read(connection.conn, core.id, errorCode)
             core.failReceive(.streamReset(errorCode: errorCode))
+            core.discardReceived()
             connection.endpoint.needsWrite(connection)
         }
     }
@@ -69,6 +70,7 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
             guard !connection.isClosed, !core.closedByStack else { return }
             ngtcp2_conn_shutdown_stream(connection.conn, core.id, errorCode)
             core.fail(.streamReset(errorCode: errorCode))
+            core.discardReceived()
             connection.endpoint.needsWrite(connection)
         }
     }

@@ -74,6 +74,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         /// Bytes read but not yet returned to the peer as credit.
         var unreportedCredit = 0
         var creditPosted = false
+        /// The connection forgot this stream: the periodic sweep no longer
+        /// returns its credit, so every read does.
+        var forgotten = false
 
         /// Up to maxLength buffered bytes, oldest first.
         mutating func take(maxLength: Int) -> [UInt8]? {
@@ -267,7 +270,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     }
 
     private func claimCreditPost(_ m: inout Mailbox) -> Bool {
-        guard m.unreportedCredit >= creditThreshold, !m.creditPosted else { return false }
+        guard m.unreportedCredit >= creditThreshold || (m.forgotten && m.unreportedCredit > 0), !m.creditPosted else {
+            return false
+        }
         m.creditPosted = true
         return true
     }
@@ -443,6 +448,24 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
             return w.continuation
         }
         waiter?.resume(throwing: error)
+    }
+
+    /// This side reset the stream or stopped reading it: nobody will read
+    /// what is buffered. Drops it and gives the connection its credit back;
+    /// otherwise every such stream's unread bytes would shrink the
+    /// connection's window for good, until no stream could send.
+    func discardReceived() {
+        let (dropped, taken) = mailbox.withLock { m -> (Int, Int) in
+            defer {
+                m.received.removeAll()
+                m.receivedHead = 0
+                m.buffered = 0
+                m.unreportedCredit = 0
+            }
+            return (m.buffered, m.unreportedCredit)
+        }
+        if taken > 0 { connection.consumed(taken, on: self) }
+        if dropped > 0 { connection.returnDiscarded(dropped) }
     }
 
     /// Ends both directions with `error`, waking everyone waiting.

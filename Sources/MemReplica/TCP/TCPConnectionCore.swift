@@ -219,6 +219,10 @@ final class TCPConnectionCore: @unchecked Sendable {
         guard stream.sendDone, stream.receiveDone, !stream.removed else { return }
         stream.removed = true
         streams[stream.id] = nil
+        // Credit readers took and no sweep reported yet: the sweep only
+        // visits streams still here, so hand it back now and on every read.
+        stream.mailbox.withLock { $0.forgotten = true }
+        stream.returnCredit()
         if isPeerInitiated(stream.id) && !isClosed {
             peerStreamLimit += 1
             sessionLink.queueControl(.streamCredit, value: 1)
@@ -351,6 +355,15 @@ final class TCPConnectionCore: @unchecked Sendable {
         guard count > 0 else { return }
         unreportedCredit.withLock { $0.bytes = max(0, $0.bytes - count) }
         guard !isClosed else { return }
+        connectionReceiveLimit += UInt64(count)
+        sessionLink.queueControl(.connectionWindow, value: UInt64(count))
+    }
+
+    /// Connection credit for received bytes nobody will read (a stream
+    /// this side reset or stopped reading); unlike `consumed`, no reader
+    /// counted them as taken.
+    func returnDiscarded(_ count: Int) {
+        guard count > 0, !isClosed else { return }
         connectionReceiveLimit += UInt64(count)
         sessionLink.queueControl(.connectionWindow, value: UInt64(count))
     }

@@ -214,7 +214,9 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     }
 
     private func claimCreditPost(_ m: inout TCPStreamMailbox) -> Bool {
-        guard m.unreportedCredit >= creditThreshold, !m.creditPosted else { return false }
+        guard m.unreportedCredit >= creditThreshold || (m.forgotten && m.unreportedCredit > 0), !m.creditPosted else {
+            return false
+        }
         m.creditPosted = true
         return true
     }
@@ -343,7 +345,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     func deliver(_ data: UnsafeRawBufferPointer) {
         if discarding {
             // Nobody will read them: give their credit back at once.
-            connection.consumed(data.count)
+            connection.returnDiscarded(data.count)
             return
         }
         let readerWaiting = mailbox.withLock { m -> Bool in
@@ -452,6 +454,25 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         guard !receiveDone, !discarding else { return }
         discarding = true
         link.queueControl(.stopSending, stream: id, value: code)
+        discardReceived()
+    }
+
+    /// This side reset the stream or stopped reading it: nobody will read
+    /// what is buffered. Drops it and gives the connection its credit back;
+    /// otherwise every such stream's unread bytes would shrink the
+    /// connection's window for good, until no stream could send.
+    private func discardReceived() {
+        let (dropped, taken) = mailbox.withLock { m -> (Int, Int) in
+            defer {
+                m.received.removeAll()
+                m.receivedHead = 0
+                m.buffered = 0
+                m.unreportedCredit = 0
+            }
+            return (m.buffered, m.unreportedCredit)
+        }
+        if taken > 0 { connection.consumed(taken) }
+        if dropped > 0 { connection.returnDiscarded(dropped) }
     }
 
     // MARK: endings

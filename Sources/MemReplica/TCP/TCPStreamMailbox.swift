@@ -30,6 +30,9 @@ struct TCPStreamMailbox {
     /// Bytes read but not yet returned to the peer as credit.
     var unreportedCredit = 0
     var creditPosted = false
+    /// The connection forgot this stream: the periodic sweep no longer
+    /// returns its credit, so every read does.
+    var forgotten = false
 
     /// Whether a write of `count` bytes fits under `limit` now (a larger
     /// one goes alone, into an empty buffer).

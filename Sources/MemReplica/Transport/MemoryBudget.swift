@@ -41,9 +41,9 @@ public final class MemoryBudget: Sendable {
     public var receiveShare: Int { limit / 2 }
     /// The part of the budget send buffers may take.
     public var sendShare: Int { limit - receiveShare }
-    /// The smallest receive window a connection is given (256 KiB still
-    /// moves ~100 MB/s at 2.5 ms RTT).
-    public static let minimumReceiveWindow = 256 << 10
+    /// The smallest receive window a connection is given (64 KiB still
+    /// moves ~25 MB/s at 2.5 ms RTT).
+    public static let minimumReceiveWindow = 64 << 10
 
     /// Default: 1/8 of physical memory, at least 64 MiB and at most 4 GiB.
     /// A replication peer shares its host with the service whose memory it
@@ -83,14 +83,17 @@ public final class MemoryBudget: Sendable {
         return (min(stream, UInt64(limit / 16), connectionWindow), connectionWindow)
     }
 
-    /// Reserves a connection's receive window: `wanted` (at most 1/8 of the
-    /// budget), less when the receive share is busy, nil when not even
-    /// `minimumReceiveWindow` is left. Give it back with `releaseReceiveWindow`.
+    /// Reserves a connection's receive window: `wanted`, but at most 1/32
+    /// of the receive share still free, so each connection gets a little
+    /// less than the one before and many fit (with the default 3 GiB
+    /// budget: 48 MiB for the first, about 6.5 MiB for the 64th, about 240
+    /// in all); never less than `minimumReceiveWindow`, nil when not
+    /// even that is free. Give it back with `releaseReceiveWindow`.
     func reserveReceiveWindow(wanted: UInt64) -> UInt64? {
         state.withLock { s in
             let available = receiveShare - s.receiveReserved
             guard available >= Self.minimumReceiveWindow else { return nil }
-            let window = min(Int(clamping: wanted), limit / 8, max(available / 4, Self.minimumReceiveWindow))
+            let window = min(Int(clamping: wanted), limit / 8, max(available / 32, Self.minimumReceiveWindow))
             s.receiveReserved += window
             s.peak = max(s.peak, s.used)
             return UInt64(window)
