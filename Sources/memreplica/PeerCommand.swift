@@ -71,6 +71,11 @@ struct PeerCommand: AsyncParsableCommand {
         valueName: "seconds"))
     var liveness: String?
 
+    @Option(help: ArgumentHelp(
+        "Bytes all stream send and receive buffers may hold, e.g. 512M or 2G (default: 1/8 of RAM, at most 4G; see README, Security).",
+        valueName: "size"))
+    var memoryBudget: String?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
@@ -78,7 +83,8 @@ struct PeerCommand: AsyncParsableCommand {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
-                                           metrics: metrics, faultTimeout: faultTimeout, liveness: liveness)
+                                           metrics: metrics, faultTimeout: faultTimeout, liveness: liveness,
+                                           memoryBudget: memoryBudget)
         return configuration
     }
 
@@ -108,6 +114,7 @@ struct PeerCommand: AsyncParsableCommand {
         if let liveness = configuration.livenessTimeout { quic.livenessTimeout = liveness }
         // Kept across restarts, so a restarted peer resets its old connections.
         quic.statelessResetKey = try stateDirectory.statelessResetKey()
+        if let budget = configuration.memoryBudget { quic.memoryBudget = MemoryBudget(limit: budget) }
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
         let identities = RegionIdentityStore(stateDirectory: stateDirectory)

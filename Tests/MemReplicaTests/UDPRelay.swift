@@ -32,6 +32,8 @@ final class UDPRelay: @unchecked Sendable {
         var largestFromServer = 0
         /// The first datagrams' sizes, negative from the server.
         var firstSizes: [Int] = []
+        /// QUIC v1 Retry packets from the server (long header, type 3).
+        var retriesFromServer = 0
     }
 
     init(toServerPort serverPort: UInt16, oneWayDelay: Duration = .zero) {
@@ -67,6 +69,7 @@ final class UDPRelay: @unchecked Sendable {
         state.withLock { ($0.largestFromClient, $0.largestFromServer) }
     }
     var firstDatagramSizes: [Int] { state.withLock { $0.firstSizes } }
+    var retriesFromServer: Int { state.withLock { $0.retriesFromServer } }
 
     func stop() {
         state.withLock { $0.stop = true }
@@ -99,6 +102,7 @@ final class UDPRelay: @unchecked Sendable {
                 if s.cut { return nil }
                 if fromPort == serverPort {
                     s.largestFromServer = max(s.largestFromServer, n)
+                    if buf[0] & 0xf0 == 0xf0 { s.retriesFromServer += 1 }
                 } else {
                     s.largestFromClient = max(s.largestFromClient, n)
                 }

@@ -15,9 +15,16 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var windowSeconds: Double
     public var connections: [Connection]
     public var regions: [Region]
+    /// The memory budget on stream buffers (`MemoryBudget`), what they
+    /// hold now and at most so far, and the streams reset because their
+    /// peer stopped reading.
+    public var memoryBudgetBytes: Int?
+    public var bufferedBytes: Int?
+    public var peakBufferedBytes: Int?
+    public var stalledStreamsReset: UInt64?
 
     public init(version: String, peer: String, takenAt: Date, uptimeSeconds: Double, windowSeconds: Double,
-                connections: [Connection], regions: [Region]) {
+                connections: [Connection], regions: [Region], memory: MemoryBudget? = nil) {
         self.version = version
         self.peer = peer
         self.takenAt = takenAt
@@ -25,6 +32,10 @@ public struct StatsReport: Codable, Sendable, Equatable {
         self.windowSeconds = windowSeconds
         self.connections = connections
         self.regions = regions
+        memoryBudgetBytes = memory?.limit
+        bufferedBytes = memory?.used
+        peakBufferedBytes = memory?.peak
+        stalledStreamsReset = memory?.streamsResetForStall
     }
 
     /// One live connection, as its transport reports it (ngtcp2's

@@ -37,7 +37,7 @@ extension PeerService {
             uptimeSeconds: Date().timeIntervalSince(startedAt),
             windowSeconds: (statistics.slotDuration * statistics.slots).seconds,
             connections: connections.sorted { ($0.peer, $0.remoteAddress) < ($1.peer, $1.remoteAddress) },
-            regions: primaryStatistics() + replicaStatistics())
+            regions: primaryStatistics() + replicaStatistics(), memory: endpoint.memoryBudget)
     }
 
     /// Samples until cancelled (the peer's `run` does when it ends).

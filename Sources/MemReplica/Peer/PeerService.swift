@@ -66,10 +66,30 @@ public final class PeerService: Sendable {
         }
     }
 
+    /// How long a peer may leave a stream it opened without a first frame:
+    /// each such stream holds a task and one of its connection's stream slots.
+    public static let firstFrameTimeout: Duration = .seconds(10)
+
+    /// The stream's first frame, or a reset stream and an error once
+    /// `firstFrameTimeout` passed without one.
+    private static func firstFrame(of frames: FrameStream) async throws -> Frame? {
+        try await withThrowingTaskGroup(of: Frame?.self) { group in
+            group.addTask { try await frames.receive() }
+            group.addTask {
+                try await Task.sleep(for: firstFrameTimeout)
+                // Ends the read above, which reports the reset.
+                await frames.stream.reset(errorCode: ProtocolErrorCode.peerStalled.rawValue)
+                throw TransportError.peerStalled(seconds: firstFrameTimeout.seconds)
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+    }
+
     private func route(_ stream: any TransportStream, connection: any TransportConnection, peer: String) async {
         let frames = FrameStream(stream)
         do {
-            let first = try await frames.receive()
+            let first = try await Self.firstFrame(of: frames)
             if let frame = first, stream.receivedEarlyData, !frame.mayArriveAsEarlyData {
                 // Replayable bytes may only ask for what is safe to repeat.
                 throw ProtocolViolation(.unexpectedFrame, "\(frame.name) may not be sent as 0-RTT early data; only HELLO may")

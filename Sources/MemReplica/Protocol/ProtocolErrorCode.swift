@@ -26,6 +26,13 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
     /// The region cannot be served: its bytes are not current or readable
     /// here (a replica not synced yet, a primary's file truncated under it).
     case regionUnavailable = 0x16
+    /// A stream whose peer read nothing of what was sent to it for
+    /// `PeerLimits.stalledStreamTimeout`, or that would not take an ERROR
+    /// within `FrameStream.failTimeout`: reset to free its buffers.
+    case peerStalled = 0x30
+    /// A connection over a per-peer cap (`PeerLimits`): too many from this
+    /// certificate or this address.
+    case tooManyConnections = 0x31
     case internalError = 0x3f
 
     public var description: String {
@@ -43,6 +50,8 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
         case .notAllowed: return "not allowed for this peer"
         case .staleGeneration: return "stale region generation"
         case .regionUnavailable: return "region unavailable"
+        case .peerStalled: return "peer stopped reading"
+        case .tooManyConnections: return "too many connections from this peer"
         case .internalError: return "internal error"
         }
     }

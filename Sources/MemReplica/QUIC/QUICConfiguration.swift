@@ -91,6 +91,22 @@ public struct QUICConfiguration: Sendable {
     /// Create the UDP socket inside this network namespace (e.g. a side of
     /// a `WANEmulator`); nil: the process's own.
     public var networkNamespace: NetworkNamespace? = nil
+    /// Every stream's send and receive buffers count against this budget,
+    /// shared by every endpoint (and copy of this configuration) holding the
+    /// same one; the receive windows are clamped to it (`MemoryBudget`).
+    public var memoryBudget = MemoryBudget()
+    /// Per-peer caps and timeouts (connections per identity and address,
+    /// half-open handshakes, Retry, stalled streams).
+    public var peerLimits = PeerLimits()
+
+    /// The windows this configuration grants, clamped to the memory budget.
+    func clampedToBudget() -> QUICConfiguration {
+        var c = self
+        (c.streamReceiveWindow, c.connectionReceiveWindow) =
+            memoryBudget.clampedWindows(stream: streamReceiveWindow, connection: connectionReceiveWindow)
+        c.streamSendBuffer = min(streamSendBuffer, memoryBudget.limit / 4)
+        return c
+    }
 
     public enum CongestionControl: String, Sendable, CaseIterable {
         case cubic, bbr, reno

@@ -43,12 +43,22 @@ final class QUICConnectionCore: @unchecked Sendable {
     var receivedStatelessReset = false
     /// Queued in the endpoint's list of connections to write.
     var wantsWrite = false
+    /// Server: the source host the endpoint counted this connection under
+    /// (`ConnectionAdmission`), and whether it still counts as half-open.
+    var admittedHost: String?
+    var countedHalfOpen = false
+    /// The receive window reserved in the memory budget for this
+    /// connection's life (everything the peer may send before we read).
+    private(set) var receiveWindow: UInt64 = 0
+    /// Server: why to close the connection as soon as the packet being
+    /// read is done (a cap found over at handshake completion).
+    private var pendingRefusal: String?
     /// Bytes readers took on all streams and not yet returned as
     /// connection-level credit, with whether a sweep is queued. Shared with
     /// reading tasks: stream-level thresholds alone could strand a little
     /// credit on each of many streams until the connection window is gone.
     private let unreportedCredit = Locked((bytes: 0, sweepPosted: false))
-    private let connectionCreditThreshold: Int
+    private var connectionCreditThreshold: Int
     /// Why the connection ended, readable from any thread.
     private let closedWith = Locked<TransportError?>(nil)
     var closeErrorSnapshot: TransportError? { closedWith.withLock { $0 } }
@@ -125,19 +135,30 @@ final class QUICConnectionCore: @unchecked Sendable {
     }
 
     /// A server connection for a client's first Initial packet.
-    static func server(endpoint: QUICEndpoint, remote: SocketAddressStorage,
-                       header: ngtcp2_pkt_hd) throws -> QUICConnectionCore {
+    /// After a Retry, `originalDCID` is the one the client first chose (from
+    /// the token) and `retrySCID` the ID the Retry gave it.
+    static func server(endpoint: QUICEndpoint, remote: SocketAddressStorage, header: ngtcp2_pkt_hd,
+                       originalDCID: ngtcp2_cid, retrySCID: ngtcp2_cid?) throws -> QUICConnectionCore {
         let core = QUICConnectionCore(endpoint: endpoint, isClient: false, remote: remote)
         let (scidKey, scid) = ConnectionID.random()
-        try core.create(dcid: header.scid, scid: scid, version: header.version, originalDCID: header.dcid)
+        try core.create(dcid: header.scid, scid: scid, version: header.version, originalDCID: originalDCID,
+                        retrySCID: retrySCID)
         core.routedIDs.insert(scidKey)
         core.routedIDs.insert(ConnectionID(header.dcid))
         return core
     }
 
     private func create(dcid: ngtcp2_cid, scid: ngtcp2_cid, version: UInt32, originalDCID: ngtcp2_cid?,
-                        resume: SessionTicket? = nil, offerEarlyData: Bool = false) throws {
+                        retrySCID: ngtcp2_cid? = nil, resume: SessionTicket? = nil, offerEarlyData: Bool = false) throws {
         let config = endpoint.configuration
+        guard let window = endpoint.memoryBudget.reserveReceiveWindow(wanted: config.connectionReceiveWindow) else {
+            throw TransportError.memoryBudgetExhausted(limit: endpoint.memoryBudget.limit)
+        }
+        receiveWindow = window
+        connectionCreditThreshold = max(1, Int(window / 8))
+        // Published through the lock reading tasks take (see QUICStreamCore.init).
+        unreportedCredit.withLock { _ in }
+        let streamWindow = min(config.streamReceiveWindow, window)
         var settings = ngtcp2_settings()
         qs_settings_default(&settings)
         settings.initial_ts = monotonicNanoseconds()
@@ -152,8 +173,8 @@ final class QUICConnectionCore: @unchecked Sendable {
             settings.no_pmtud = 1
         }
         settings.handshake_timeout = UInt64(config.handshakeTimeout.seconds * 1e9)
-        settings.max_window = config.connectionReceiveWindow
-        settings.max_stream_window = config.streamReceiveWindow
+        settings.max_window = window
+        settings.max_stream_window = streamWindow
         switch config.congestionControl {
         case .cubic: settings.cc_algo = NGTCP2_CC_ALGO_CUBIC
         case .bbr: settings.cc_algo = NGTCP2_CC_ALGO_BBR2
@@ -163,10 +184,10 @@ final class QUICConnectionCore: @unchecked Sendable {
 
         var params = ngtcp2_transport_params()
         qs_transport_params_default(&params)
-        params.initial_max_stream_data_bidi_local = config.streamReceiveWindow
-        params.initial_max_stream_data_bidi_remote = config.streamReceiveWindow
-        params.initial_max_stream_data_uni = config.streamReceiveWindow
-        params.initial_max_data = config.connectionReceiveWindow
+        params.initial_max_stream_data_bidi_local = streamWindow
+        params.initial_max_stream_data_bidi_remote = streamWindow
+        params.initial_max_stream_data_uni = streamWindow
+        params.initial_max_data = window
         params.initial_max_streams_bidi = config.maxConcurrentStreams
         // An HTTP/3 client opens its control and QPACK streams (3).
         params.initial_max_streams_uni = acceptedProtocols.contains(HTTP3Connection.alpn) ? 3 : 0
@@ -184,6 +205,11 @@ final class QUICConnectionCore: @unchecked Sendable {
                 endpoint.makeStatelessResetToken(for: &ourID, into: token.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }
             params.stateless_reset_token_present = made ? 1 : 0
+        }
+        if let retrySCID {
+            // The client checks that the Retry it followed came from us.
+            params.retry_scid = retrySCID
+            params.retry_scid_present = 1
         }
 
         var callbacks = QUICCallbacks.table(isClient: isClient)
@@ -263,6 +289,11 @@ final class QUICConnectionCore: @unchecked Sendable {
         }
         if rc != 0 {
             handleFatal(rc, now: now)
+        } else if let reason = pendingRefusal {
+            pendingRefusal = nil
+            endpoint.logger.warning("refusing a QUIC connection: \(reason)",
+                                    metadata: ["peer": "\(remoteAddress)", "identity": "\(peerIdentity)"])
+            closeByApplication(errorCode: ProtocolErrorCode.tooManyConnections.rawValue, reason: reason, now: now)
         } else if isClient {
             if tls.pointee.ticket.data != nil { keepTicket() }
         } else if earlyKeysInstalled, !deliveredEarly, case .handshaking = state {
@@ -433,9 +464,13 @@ final class QUICConnectionCore: @unchecked Sendable {
         ngtcp2_conn_del(conn)
         conn = nil
         qs_tls_session_free(tls)
+        endpoint.memoryBudget.releaseReceiveWindow(receiveWindow)
+        receiveWindow = 0
     }
 
     deinit {
+        // A connection whose creation failed part way never reached `finish`.
+        endpoint.memoryBudget.releaseReceiveWindow(receiveWindow)
         tls.deinitialize(count: 1)
         tls.deallocate()
     }
@@ -478,6 +513,12 @@ final class QUICConnectionCore: @unchecked Sendable {
         guard deliveredEarly || verifyPeer() else { return false }
         armKeepAlive()
         if !isClient {
+            endpoint.serverHandshakeEnded(self)
+            if let reason = endpoint.identityOverCap(self) {
+                // Closed once this packet is read; nobody accepts it.
+                pendingRefusal = reason
+                return true
+            }
             // ngtcp2 confirms a server's handshake as it completes, without
             // the callback.
             isHandshakeConfirmed = true
@@ -565,6 +606,20 @@ final class QUICConnectionCore: @unchecked Sendable {
         connectWaiter = nil
     }
 
+    /// Resets the streams whose peer took none of their bytes for `timeout` ns.
+    func resetStalledStreams(now: UInt64, after timeout: UInt64) {
+        guard case .established = state else { return }
+        for stream in Array(streams.values) where !stream.closedByStack && stream.isStalled(now: now, after: timeout) {
+            endpoint.logger.info("resetting a stream whose peer stopped reading",
+                                 metadata: ["peer": "\(remoteAddress)", "stream": "\(stream.id)"])
+            ngtcp2_conn_shutdown_stream(conn, stream.id, ProtocolErrorCode.peerStalled.rawValue)
+            stream.fail(.peerStalled(seconds: Double(timeout) / 1e9))
+            stream.discardReceived()
+            endpoint.memoryBudget.noteStalledStreamReset()
+            endpoint.needsWrite(self)
+        }
+    }
+
     func streamOpenedByPeer(_ id: Int64) {
         let stream = QUICStreamCore(id: id, connection: self)
         streams[id] = stream
@@ -579,6 +634,10 @@ final class QUICConnectionCore: @unchecked Sendable {
     func streamClosed(_ stream: QUICStreamCore, appErrorCode: UInt64?) {
         stream.closedByStack = true
         streams[stream.id] = nil
+        // Credit readers took and no sweep reported yet: the sweep only
+        // visits streams still here, so hand it back now and on every read.
+        stream.mailbox.withLock { $0.forgotten = true }
+        stream.returnCredit()
         if let code = appErrorCode, code != 0 || !stream.finReceived {
             stream.fail(.streamReset(errorCode: code))
         } else if !stream.finReceived {
@@ -646,6 +705,14 @@ final class QUICConnectionCore: @unchecked Sendable {
         if !stream.closedByStack {
             ngtcp2_conn_extend_max_stream_offset(conn, stream.id, UInt64(count))
         }
+        ngtcp2_conn_extend_max_offset(conn, UInt64(count))
+        endpoint.needsWrite(self)
+    }
+
+    /// Connection credit for received bytes nobody will read (a stream
+    /// this side reset or stopped reading).
+    func returnDiscarded(_ count: Int) {
+        guard count > 0, !isClosed else { return }
         ngtcp2_conn_extend_max_offset(conn, UInt64(count))
         endpoint.needsWrite(self)
     }

@@ -52,6 +52,9 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// scheduling hiccup would end live connections, above an hour a dead
     /// peer would hold its mirrors for longer than anyone waits.
     public static let livenessRange: ClosedRange<Double> = 0.5...3600
+    /// Bytes all stream buffers may hold (`MemoryBudget`); nil: the
+    /// default, sized from physical memory.
+    public var memoryBudget: Int?
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -85,7 +88,7 @@ public struct PeerConfiguration: Sendable, Equatable {
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
                                                               "exports", "mirrors", "metrics", "faultTimeout",
-                                                              "congestionControl", "livenessTimeout"])
+                                                              "congestionControl", "livenessTimeout", "memoryBudget"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
@@ -101,6 +104,13 @@ public struct PeerConfiguration: Sendable, Equatable {
             return name
         }
         livenessTimeout = try top["livenessTimeout"].map { try reader.liveness($0, at: "livenessTimeout") }
+        memoryBudget = try top["memoryBudget"].map { value in
+            let bytes = try reader.byteCount(value, at: "memoryBudget")
+            guard let checked = Self.checkedMemoryBudget(bytes) else {
+                throw PeerConfigurationError("\(file): memoryBudget: \(Self.memoryBudgetRule)")
+            }
+            return checked
+        }
         for (index, value) in try reader.array(top["exports"], at: "exports").enumerated() {
             let at = "exports[\(index)]"
             try add(reader.export(value, at: at), from: .file(file, at: at))
@@ -117,12 +127,19 @@ public struct PeerConfiguration: Sendable, Equatable {
     public mutating func applyCommandLine(listen: String? = nil, name: String? = nil, stateDirectory: String? = nil,
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
                                           mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil,
-                                          faultTimeout: Double? = nil, liveness: String? = nil) throws {
+                                          faultTimeout: Double? = nil, liveness: String? = nil,
+                                          memoryBudget: String? = nil) throws {
         if let faultTimeout {
             guard faultTimeout > 0, faultTimeout <= 86400 else {
                 throw PeerConfigurationError("--fault-timeout: \(faultTimeout) is not between 0 and 86400 seconds")
             }
             self.faultTimeout = .milliseconds(Int64(faultTimeout * 1000))
+        }
+        if let memoryBudget {
+            guard let bytes = parseByteSize(memoryBudget), let checked = Self.checkedMemoryBudget(bytes) else {
+                throw PeerConfigurationError("--memory-budget: '\(memoryBudget)': \(Self.memoryBudgetRule)")
+            }
+            self.memoryBudget = checked
         }
         if let listen {
             do {
@@ -168,6 +185,13 @@ public struct PeerConfiguration: Sendable, Equatable {
     private static func livenessTimeout(seconds: Double) -> Duration? {
         guard seconds.isFinite, livenessRange.contains(seconds) else { return nil }
         return .milliseconds(Int64((seconds * 1000).rounded()))
+    }
+
+    private static let memoryBudgetRule =
+        "expected a byte count of at least \(MemoryBudget.minimumLimit >> 20) MiB, such as 512M or 2G"
+
+    private static func checkedMemoryBudget(_ bytes: Int) -> Int? {
+        bytes >= MemoryBudget.minimumLimit ? bytes : nil
     }
 
     /// `listen`, or `:4433` (every interface) when nobody said.

@@ -53,8 +53,22 @@ public struct TCPConfiguration: Sendable {
     /// Create the sockets inside this network namespace (e.g. a side of a
     /// `WANEmulator`); nil: the process's own.
     public var networkNamespace: NetworkNamespace? = nil
+    /// Every stream's send and receive buffers count against this budget
+    /// (`QUICConfiguration.memoryBudget`).
+    public var memoryBudget = MemoryBudget()
+    /// Per-peer caps and timeouts (`QUICConfiguration.peerLimits`; Retry is QUIC's only).
+    public var peerLimits = PeerLimits()
 
     public init() {}
+
+    /// The windows this configuration grants, clamped to the memory budget.
+    func clampedToBudget() -> TCPConfiguration {
+        var c = self
+        (c.streamReceiveWindow, c.connectionReceiveWindow) =
+            memoryBudget.clampedWindows(stream: streamReceiveWindow, connection: connectionReceiveWindow)
+        c.streamSendBuffer = min(streamSendBuffer, memoryBudget.limit / 4)
+        return c
+    }
 
     /// The same windows, buffers, timeouts, ALPN, congestion controller
     /// family and network namespace as a QUIC configuration.
@@ -71,6 +85,8 @@ public struct TCPConfiguration: Sendable {
         acceptsConnections = quic.acceptsConnections
         congestionControl = quic.congestionControl.rawValue
         networkNamespace = quic.networkNamespace
+        memoryBudget = quic.memoryBudget
+        peerLimits = quic.peerLimits
         self.connectionPerStream = connectionPerStream
     }
 

@@ -20,6 +20,8 @@ public protocol Transport: Sendable {
     func close() async
     /// Identities and RTTs of every established connection.
     func connectionSummaries() async -> [ConnectionSummary]
+    /// The budget every stream's send and receive buffers count against.
+    var memoryBudget: MemoryBudget { get }
 }
 
 public protocol TransportConnection: AnyObject, Sendable {

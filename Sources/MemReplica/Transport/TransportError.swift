@@ -43,6 +43,11 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case protocolFailure(String)
     /// A system call failed.
     case system(call: String, errno: Int32)
+    /// This side reset the stream: its peer let our buffers sit undrained
+    /// for longer than `PeerLimits.stalledStreamTimeout`.
+    case peerStalled(seconds: Double)
+    /// The memory budget has no room for another connection's receive window.
+    case memoryBudgetExhausted(limit: Int)
 
     public var description: String {
         switch self {
@@ -86,6 +91,10 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
             return "protocol error: \(detail)"
         case .system(let call, let errno):
             return "\(call) failed: \(String(cString: strerror(errno)))"
+        case .memoryBudgetExhausted(let limit):
+            return "the memory budget (\(limit >> 20) MiB) has no room for another connection; raise --memory-budget or close connections"
+        case .peerStalled(let s):
+            return "stream reset: the peer read nothing of what we sent for \(formatSeconds(s))"
         }
     }
 }
