@@ -90,7 +90,7 @@ struct AttachTests {
     func sharedPageCache() async throws {
         let path = "/dev/shm/mr-pagecache-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
-        let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
+        let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536, allocation: .sparse)
         let faulted = Locked<[Int]>([])
         let handler = try MissingFaultHandler(region: region) { chunk, _ in
             faulted.withLock { $0.append(chunk) }
@@ -138,7 +138,7 @@ struct AttachTests {
         let path = "/dev/shm/mr-loopfaults-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
         let size = 1 << 20, chunk = 65536
-        let region = try Region(name: "lf", backing: .file(path: path), size: size, chunkSize: chunk)
+        let region = try Region(name: "lf", backing: .file(path: path), size: size, chunkSize: chunk, allocation: .sparse)
         // (chunk, read on a loop)
         let faulted = Locked<[(Int, Bool)]>([])
         let handler = try MissingFaultHandler(region: region) { index, loop in

@@ -120,6 +120,9 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var faultLatency: LatencySummary?
         /// Primary: READ arrived to its DATA queued.
         public var readLatency: LatencySummary?
+        /// Why the region is not served (primary: its backing failed, e.g.
+        /// the file was truncated) or not mirrored (replica: the last error).
+        public var error: String?
 
         public init(name: String, role: String, size: Int, chunkSize: Int) {
             self.name = name

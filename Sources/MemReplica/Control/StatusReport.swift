@@ -87,6 +87,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var lazy: Lazy?
         /// Processes of this host attached through the control socket now.
         public var attached: [AttachedProcess]?
+        /// Why the region is not served (primary: its backing failed, e.g.
+        /// the file was truncated) or not mirrored (replica: the last error).
+        public var error: String?
 
         public struct AttachedProcess: Codable, Sendable, Equatable {
             public var pid: Int32

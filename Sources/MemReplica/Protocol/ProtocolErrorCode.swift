@@ -20,6 +20,10 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
     case versionWentBackwards = 0x13
     /// The peer's certificate identity is not on the region's allow list.
     case notAllowed = 0x14
+    /// The region's backing failed under the primary (its file truncated,
+    /// or a page its filesystem could not provide): it is not served any
+    /// more; the message says why.
+    case regionUnavailable = 0x1e
     case internalError = 0x3f
 
     public var description: String {
@@ -35,6 +39,7 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
         case .chunkOutOfRange: return "chunk index out of range"
         case .versionWentBackwards: return "chunk version went backwards"
         case .notAllowed: return "not allowed for this peer"
+        case .regionUnavailable: return "region unavailable"
         case .internalError: return "internal error"
         }
     }

@@ -17,6 +17,10 @@ public final class MirrorRunner: Sendable {
     private let statistics: PeerStatistics?
     private let current = Locked<ActiveMirror?>(nil)
     private let connections = Locked(0)
+    /// The last error that interrupted the mirror, and the attempt (turn of
+    /// the reconnect loop) it ended; `attempts` counts the turns.
+    private let failure = Locked<(reason: String, attempt: Int)?>(nil)
+    private let attempts = Locked(0)
 
     /// The mirror of the current (or last) connection.
     public enum ActiveMirror: Sendable {
@@ -56,6 +60,20 @@ public final class MirrorRunner: Sendable {
     /// The mirror of the current connection, for status.
     public var mirror: ActiveMirror? { current.withLock { $0 } }
 
+    /// Why the mirror is not running, for status: the last error that
+    /// interrupted it (e.g. no room for its file, or the primary's region
+    /// became unavailable), until a later attempt has synced.
+    public var lastFailure: String? {
+        guard let failure = failure.withLock({ $0 }) else { return nil }
+        if attempts.withLock({ $0 }) > failure.attempt, mirror?.initialSyncComplete == true { return nil }
+        return failure.reason
+    }
+
+    private func recordFailure(_ error: any Error) {
+        let attempt = attempts.withLock { $0 }
+        failure.withLock { $0 = ("\(error)", attempt) }
+    }
+
     public func run() async {
         defer {
             if case .lazy(let mirror)? = current.withLock({ $0 }) { mirror.stop() }
@@ -63,6 +81,7 @@ public final class MirrorRunner: Sendable {
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled {
             var connection: (any TransportConnection)?
+            attempts.withLock { $0 += 1 }
             do {
                 let (opened, control) = try await connectSendingHello()
                 connection = opened
@@ -90,6 +109,7 @@ public final class MirrorRunner: Sendable {
                 }
             } catch let error as PostCopyError {
                 // Not a passing fault: retrying cannot help.
+                recordFailure(error)
                 await connection?.close(errorCode: 0, reason: "mirror failed")
                 logger.error("lazy mirror of '\(spec.name)' cannot run: \(error)")
                 return
@@ -97,6 +117,7 @@ public final class MirrorRunner: Sendable {
                 await connection?.close(errorCode: 0, reason: "mirror stopped")
                 return
             } catch {
+                recordFailure(error)
                 await connection?.close(errorCode: 0, reason: "mirror restarting")
                 logger.warning("mirror of '\(spec.name)' from \(spec.address) interrupted: \(error); retrying in \(backoff)")
             }
@@ -113,8 +134,10 @@ public final class MirrorRunner: Sendable {
             return mirror
         }
         if case .lazy(let old)? = current.withLock({ $0 }) { old.stop() }
+        // Sparse: its holes are what it has not pulled (userfaultfd reports
+        // them); the filesystem's free space is checked instead.
         let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
-                                chunkSize: Int(entry.chunkSize))
+                                chunkSize: Int(entry.chunkSize), allocation: .sparse)
         let mirror = try PostCopyMirror(region: region, remoteName: spec.name)
         current.withLock { $0 = .lazy(mirror) }
         logger.info("mirroring lazily (post-copy)", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",

@@ -112,16 +112,16 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// for MISSING faults on `userfaultfd`, which this mirror now owns.
     /// Returns what ends the attachment (it closes the descriptor).
     public func attachClient(userfaultfd: Int32, base: UInt64, length: Int) throws -> @Sendable () -> Void {
-        let page = Int(getpagesize())
-        let whole = (region.geometry.size + page - 1) / page * page
-        guard base % UInt64(page) == 0, base > 0, length == whole || length == region.geometry.size else {
-            throw PostCopyError.badClientMapping(
-                "the mapping must cover the whole region (\(region.geometry.size) bytes) from a page-aligned address")
+        let mapping: AttachMapping
+        do {
+            mapping = try AttachMapping(base: base, length: length, regionSize: region.geometry.size)
+        } catch {
+            throw PostCopyError.badClientMapping("\(error)")
         }
         guard faults.clientCount < Self.maxClients else {
             throw PostCopyError.badClientMapping("too many attached processes (at most \(Self.maxClients))")
         }
-        guard let id = faults.addClient(uffd: userfaultfd, base: base, length: whole) else {
+        guard let id = faults.addClient(uffd: userfaultfd, base: mapping.base, length: mapping.length) else {
             throw PostCopyError.badClientMapping("the lazy replica has stopped, or cannot watch another userfaultfd (epoll_ctl)")
         }
         let faults = self.faults

@@ -52,6 +52,8 @@ public final class RegionMirror: @unchecked Sendable {
         // What we hold already (zeros for a new file): the primary sends
         // only chunks that differ, as rsync does.
         let held = offersHeldChunks ? (0..<g.chunkCount).map { ChunkHashScanner.hash(region, chunk: $0) } : []
+        // Hashes of pages our file could not provide are no offer.
+        try region.checkBacking()
         do {
             try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
                                                    mode: .eager, hashedChunks: UInt64(held.count))))

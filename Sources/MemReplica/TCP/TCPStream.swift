@@ -26,6 +26,19 @@ public final class TCPStream: TransportStream, @unchecked Sendable {
         try await core.write(OwnedBytes.copy(header: header, body: body))
     }
 
+    public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
+                      checkingCopy check: () throws -> Void) async throws {
+        guard header.count + body.count > 0 else { return }
+        let copy = OwnedBytes.copy(header: header, body: body)
+        do {
+            try check()
+        } catch {
+            copy.deallocate()
+            throw error
+        }
+        try await core.write(copy)
+    }
+
 
     public func finish() async throws {
         try core.finish()
