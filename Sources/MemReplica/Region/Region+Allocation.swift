@@ -35,7 +35,8 @@ extension Region {
                 if current < length { _ = ftruncate(fd.rawValue, off_t(current)) }
                 throw .noSpace(path: path, size: length, free: freeBytes(fd) ?? 0)
             }
-            guard rc == -EOPNOTSUPP else { throw .allocate(path: path, errno: Errno(rawValue: -rc)) }
+            // Filesystems without fallocate get the free-space check below.
+            guard rc == -EOPNOTSUPP || rc == -ENOSYS else { throw .allocate(path: path, errno: Errno(rawValue: -rc)) }
         }
         var st = stat()
         let allocated = fstat(fd.rawValue, &st) == 0 ? Int(st.st_blocks) * 512 : 0
