@@ -1,4 +1,5 @@
 import QuicShim
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -78,8 +79,11 @@ public final class Region: @unchecked Sendable {
     private let fd: FileDescriptor
     private let base: UnsafeMutableRawPointer
     private let backingGuard: BackingGuard
-    /// Why the backing failed, once it did (sticky).
+    /// Why the backing failed, once it did (sticky), and a flag that says
+    /// so without the lock: the check after every copy reads only the flag
+    /// and the SIGBUS count.
     private let damage = Locked<String?>(nil)
+    private let damaged = Atomic<Bool>(false)
 
     /// Opens or creates the backing and maps it. For a file, `size` nil means
     /// "the file's current size"; a file shorter than `size` is extended
@@ -185,10 +189,11 @@ public final class Region: @unchecked Sendable {
     /// size compared with the region's (one fstat), which notices a
     /// truncation before anything touches the missing pages.
     public func unavailability(checkingSize: Bool) -> String? {
-        if let reason = damage.withLock({ $0 }) { return reason }
-        if backingGuard.faults > 0 { return markDamaged(faultReason()) }
-        guard checkingSize, let size = backingSize(), size < geometry.size else { return nil }
-        return markDamaged(truncationReason(size))
+        if backingGuard.faults == 0, !damaged.load(ordering: .acquiring) {
+            guard checkingSize, let size = backingSize(), size < geometry.size else { return nil }
+            return markDamaged(truncationReason(size))
+        }
+        return damage.withLock { $0 } ?? markDamaged(faultReason())
     }
 
     /// Throws `Failure.unavailable` once a copy out of the mapping may have
@@ -208,10 +213,12 @@ public final class Region: @unchecked Sendable {
 
     /// Records the first reason only: later symptoms follow from it.
     private func markDamaged(_ reason: String) -> String {
-        damage.withLock { d in
+        let first = damage.withLock { d in
             if d == nil { d = reason }
             return d!
         }
+        damaged.store(true, ordering: .releasing)
+        return first
     }
 
     private func backingSize() -> Int? {
