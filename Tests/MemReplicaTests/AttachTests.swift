@@ -62,8 +62,9 @@ struct LazyFixture {
         let primary = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
         fillPattern(primary.bytes, seed: seed)
         let pair = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quiet()))
+        // A lazy replica's file stays sparse: its holes are what it lacks.
         let replica = try Region(name: "lazy", backing: replicaFile.map { .file(path: $0) } ?? .memory, size: size,
-                                 chunkSize: 65536)
+                                 chunkSize: 65536, allocation: .sparse)
         var options = PostCopyMirror.Options()
         options.backgroundPull = false
         options.faultWaitLimit = faultWaitLimit
@@ -94,7 +95,7 @@ struct AttachTests {
     func sharedPageCache() async throws {
         let path = "/dev/shm/mr-pagecache-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
-        let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
+        let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536, allocation: .sparse)
         let faulted = Locked<[Int]>([])
         let handler = try MissingFaultHandler(region: region) { chunk, _, _ in
             faulted.withLock { $0.append(chunk) }
@@ -142,7 +143,7 @@ struct AttachTests {
         let path = "/dev/shm/mr-loopfaults-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
         let size = 1 << 20, chunk = 65536
-        let region = try Region(name: "lf", backing: .file(path: path), size: size, chunkSize: chunk)
+        let region = try Region(name: "lf", backing: .file(path: path), size: size, chunkSize: chunk, allocation: .sparse)
         // (chunk, read on a loop)
         let faulted = Locked<[(Int, Bool)]>([])
         let handler = try MissingFaultHandler(region: region) { index, loop, _ in
@@ -279,7 +280,7 @@ struct AttachTests {
     func installFailureNeverPlantsZeros() async throws {
         let mountPoint = NSTemporaryDirectory() + "mr-full-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try #require(mount("tmpfs", mountPoint, "tmpfs", 0, "size=256k") == 0, "mount: \(String(cString: strerror(errno)))")
+        try #require(mount("tmpfs", mountPoint, "tmpfs", 0, "size=2m") == 0, "mount: \(String(cString: strerror(errno)))")
         defer {
             umount2(mountPoint, Int32(MNT_DETACH))
             try? FileManager.default.removeItem(atPath: mountPoint)
@@ -287,7 +288,9 @@ struct AttachTests {
         let path = mountPoint + "/replica"
         let f = try await LazyFixture.make(size: 1 << 20, seed: 35, faultWaitLimit: .seconds(2), replicaFile: path)
         let attached = try AttachedRegion(controlPath: f.socket, region: "lazy")
-        // Four chunks fill the 256 KiB file system.
+        // The file system fills up after the replica started: 256 KiB stay free.
+        try Data(count: (2 << 20) - (256 << 10)).write(to: URL(fileURLWithPath: mountPoint + "/filler"))
+        // Four chunks fill what is left.
         let first = Locked<Result<[UInt8], any Error>?>(nil)
         Thread {
             let read = Result { try attached.read(offset: 0, count: 4 * 65536) }

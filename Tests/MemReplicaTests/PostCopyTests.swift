@@ -230,7 +230,7 @@ struct PostCopyTests {
         let rp = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quietLogger()))
         var options = PostCopyMirror.Options()
         options.backgroundPull = false
-        let replica = try Region(name: "stop", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
+        let replica = try Region(name: "stop", backing: .file(path: path), size: 1 << 20, chunkSize: 65536, allocation: .sparse)
         let mirror = try PostCopyMirror(region: replica, options: options)
         let running = Task { try await mirror.run(over: rp.client) }
         try await waitUntil("the lazy subscription", seconds: 10) { mirror.progress.subscribed }

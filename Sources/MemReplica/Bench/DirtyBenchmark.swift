@@ -114,7 +114,7 @@ public struct DirtyBenchmark {
             let expected = Array(Set(chosen.map { $0 * pageSize / options.chunkSize })).sorted()
             let byUffd = try tracker.changedChunks()
             let uffdTime = tracker.statistics.lastDuration.milliseconds
-            let byHash = hasher.changedChunks()
+            let byHash = try hasher.changedChunks()
             let hashTime = hasher.statistics.lastDuration.milliseconds
             guard byUffd == expected, byHash == expected else {
                 throw Disagreement(round: round, detail: """

@@ -12,7 +12,8 @@ public struct AttachRequest: Codable, Sendable, Equatable {
     /// "primary" or "replica" when the client relies on one; a mismatch is refused.
     public var role: String?
     /// Start of the client's mapping of the whole region (offset 0) in its
-    /// own address space, and its length: needed with a descriptor.
+    /// own address space, and its length: needed with a descriptor, refused
+    /// without one. Checked before anything else (`AttachMapping`).
     public var base: UInt64?
     public var length: Int?
 
@@ -69,7 +70,8 @@ public struct AttachingProcess: Sendable {
 /// What an attach handler decides.
 public enum AttachOutcome: Sendable {
     /// Answered; with `detach` the session stays open and `detach` runs
-    /// once it ends (the descriptor is then the handler's to close).
+    /// once it ends (the descriptor is then the handler's to close);
+    /// without, a descriptor that came along is closed by the server.
     case accepted(AttachAnswer, detach: (@Sendable () -> Void)?)
     /// Refused with a one-line reason; the descriptor is closed by the server.
     case refused(String)

@@ -245,6 +245,8 @@ public final class ControlServer: Sendable {
         case .refused(let message):
             refuse(message)
         case .accepted(let answer, let detach):
+            // A lookup answered while a descriptor came along: nobody took it.
+            if detach == nil, let descriptor { Glibc.close(descriptor) }
             var bytes = (try? Array(StatusReport.makeEncoder().encode(answer))) ?? []
             bytes.append(UInt8(ascii: "\n"))
             do {

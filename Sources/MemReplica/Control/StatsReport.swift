@@ -125,7 +125,11 @@ public struct StatsReport: Codable, Sendable, Equatable {
         /// (connected, initial pass applied and self-checked); false
         /// whenever it may be stale or incomplete.
         public var synced: Bool?
-        /// Replica: why the last attempt to mirror failed, if it did.
+        /// Why the region is not served or not current. Primary: its
+        /// backing failed (e.g. the file was truncated under the peer).
+        /// Replica: why the last attempt to mirror failed (a refused or
+        /// unreachable primary, no room for the file ...), until it is
+        /// synced again.
         public var problem: String?
         /// Durable replica: its state file says the local file is an exact
         /// copy of the primary at some version (not necessarily the latest).

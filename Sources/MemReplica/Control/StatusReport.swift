@@ -85,7 +85,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var generation: UInt64?
         /// Replica: whether its copy is the primary's current bytes now.
         public var synced: Bool?
-        /// Replica: why the last attempt to mirror failed, if it did.
+        /// Why the region is not served or not current. Primary: its
+        /// backing failed (e.g. the file was truncated under the peer).
+        /// Replica: why the last attempt to mirror failed (a refused or
+        /// unreachable primary, no room for the file ...), until it is
+        /// synced again.
         public var problem: String?
         /// Durable replica: what its state file says of the local copy.
         public var durable: Durable?

@@ -18,20 +18,34 @@ public final class ChunkHashScanner: DirtyTracker, @unchecked Sendable {
     private let hasher: ChunkHasher
 
     /// Hashes the region as it is now: the first `changedChunks` reports
-    /// what changed since this moment.
+    /// what changed since this moment. On a region whose backing failed it
+    /// stops at once (the first `changedChunks` throws why), rather than
+    /// touch every page the file no longer has.
     public init(region: Region, key: ChunkHashKey = .random()) {
         self.region = region
         let hasher = ChunkHasher(key: key)
         self.hasher = hasher
-        hashes = (0..<region.geometry.chunkCount).map { hasher.hash(region, chunk: $0) }
+        var hashes = [ChunkHash](repeating: .none, count: region.geometry.chunkCount)
+        if region.unavailability(checkingSize: true) == nil {
+            for i in hashes.indices {
+                hashes[i] = hasher.hash(region, chunk: i)
+                if region.unavailability(checkingSize: false) != nil { break }
+            }
+        }
+        self.hashes = hashes
     }
 
-    /// Chunks whose bytes differ from the previous scan, ascending.
-    public func changedChunks() -> [Int] {
+    /// Chunks whose bytes differ from the previous scan, ascending. Throws
+    /// `Region.Failure.unavailable` instead once the region's backing failed
+    /// (its file's size is checked first, and the SIGBUS count after each
+    /// chunk: a hash of bytes the file could not provide is never kept).
+    public func changedChunks() throws(Region.Failure) -> [Int] {
         let started = ContinuousClock.now
         var changed: [Int] = []
+        try region.checkBacking()
         for i in 0..<hashes.count {
             let h = hasher.hash(region, chunk: i)
+            try region.checkIntact()
             if h != hashes[i] {
                 hashes[i] = h
                 changed.append(i)

@@ -57,6 +57,8 @@ extension PeerService {
     /// after the fault was served: the window may hold a sample that long
     /// past its slot, a drift far below the window's length.
     private func collectSamples() {
+        // A region whose file was truncated is logged even with no mirror.
+        exports.checkRegions()
         for (name, status) in exports.dirtyTracking() {
             statistics.sampleDirty(region: name, total: status.statistics.totalChangedChunks)
         }
@@ -95,6 +97,7 @@ extension PeerService {
             }
             region.replicationLag = statistics.latency(.replicationLag, region: r.name)
             region.readLatency = statistics.latency(.readLatency, region: r.name)
+            region.problem = r.failure
             return region
         }
     }

@@ -150,6 +150,7 @@ public final class PeerService: Sendable {
                 .init(peer: $0.peer, sentVersion: $0.sentVersion, acknowledgedVersion: $0.acknowledgedVersion,
                       versionLag: $0.versionLag, synced: $0.synced)
             }
+            region.problem = r.failure
             return region
         }
         let replicas = mirrors.map { runner -> StatusReport.Region in
@@ -225,6 +226,9 @@ public final class PeerService: Sendable {
         if process.userfaultfd != nil, request.base == nil || request.length == nil {
             return refuse("an attach with a descriptor needs base and length (the client's mapping)")
         }
+        if process.userfaultfd == nil, request.base != nil || request.length != nil {
+            return refuse("base and length come with a descriptor (SCM_RIGHTS); a lookup has neither")
+        }
         if let runner = mirrors.first(where: { $0.spec.name == request.region }) {
             if request.role == "primary" { return refuse("region '\(request.region)' is a replica here, not a primary") }
             switch runner.mirror {
@@ -262,12 +266,16 @@ public final class PeerService: Sendable {
         var answer = AttachAnswer(region: r.name, role: "replica", lazy: true, path: r.mappablePath,
                                   size: r.geometry.size, chunkSize: r.geometry.chunkSize, attached: false)
         guard let fd = process.userfaultfd else { return .accepted(answer, detach: nil) }
-        guard let base = request.base, let length = request.length else {
-            return .refused("an attach with a descriptor needs base and length (the client's mapping)")
+        let mapping: AttachMapping
+        do {
+            mapping = try AttachMapping(base: request.base, length: request.length, regionSize: r.geometry.size)
+        } catch {
+            return .refused("\(error)")
         }
         guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
         do {
-            let detach = try mirror.attachClient(userfaultfd: fd, base: base, length: length, end: process.endSession)
+            let detach = try mirror.attachClient(userfaultfd: fd, base: mapping.base, length: mapping.length,
+                                                 end: process.endSession)
             answer.attached = true
             logger.info("process attached", metadata: ["region": "\(r.name)", "pid": "\(process.pid)", "role": "lazy replica"])
             return .accepted(answer, detach: detach)
@@ -285,14 +293,15 @@ public final class PeerService: Sendable {
         var answer = AttachAnswer(region: r.name, role: "primary", lazy: false, path: r.mappablePath, size: r.geometry.size,
                                   chunkSize: r.geometry.chunkSize, attached: false)
         guard let fd = process.userfaultfd else { return .accepted(answer, detach: nil) }
-        guard let base = request.base, let length = request.length else {
-            return .refused("an attach with a descriptor needs base and length (the client's mapping)")
+        // Checked before any descriptor is opened or duplicated: a refusal
+        // leaves nothing behind.
+        let mapping: AttachMapping
+        do {
+            mapping = try AttachMapping(base: request.base, length: request.length, regionSize: r.geometry.size)
+        } catch {
+            return .refused("\(error)")
         }
         guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
-        let page = Int(getpagesize())
-        guard length == r.geometry.size || length == (r.geometry.size + page - 1) / page * page else {
-            return .refused("the mapping must cover the whole region (\(r.geometry.size) bytes) from a page-aligned address")
-        }
         let pagemap = open("/proc/\(process.pid)/pagemap", O_RDONLY | O_CLOEXEC)
         guard pagemap >= 0 else { return .refused("cannot open /proc/\(process.pid)/pagemap: \(Errno(rawValue: errno))") }
         let own = dup(fd)
@@ -301,8 +310,9 @@ public final class PeerService: Sendable {
             return .refused("dup: \(Errno(rawValue: errno))")
         }
         do {
-            let tracker = try WriteProtectTracker(attachedProcessFD: own, pagemap: pagemap, base: base, length: r.geometry.size,
-                                                  chunkSize: r.geometry.chunkSize)
+            // Owns `own` and `pagemap` from here, whether it throws or not.
+            let tracker = try WriteProtectTracker(attachedProcessFD: own, pagemap: pagemap, base: mapping.base,
+                                                  length: r.geometry.size, chunkSize: r.geometry.chunkSize)
             let id = try RegionChangeFeed.attachWriter(tracker, to: r)
             close(fd)
             answer.attached = true

@@ -197,8 +197,11 @@ final class MissingFaultHandler: @unchecked Sendable {
 
     private static func wakeClient(_ client: Clients.Client, range: Range<Int>) {
         let length = min(pageAligned(range.count), client.length - range.lowerBound)
-        guard length > 0 else { return }
-        _ = qs_uffd_wake(client.uffd, UnsafeMutableRawPointer(bitPattern: client.base + UInt(range.lowerBound)), length)
+        // `addClient` took only mappings inside the user address space, so
+        // this cannot overflow; checked all the same, as a client's numbers.
+        let (address, overflow) = client.base.addingReportingOverflow(UInt(range.lowerBound))
+        guard length > 0, !overflow else { return }
+        _ = qs_uffd_wake(client.uffd, UnsafeMutableRawPointer(bitPattern: address), length)
     }
 
     /// Serves the faults of another process's mapping of this region: `uffd`
@@ -206,10 +209,13 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// registered [base, base+length) for MISSING faults, a MAP_SHARED
     /// mapping of the whole backing file from offset 0. Returns the id for
     /// `removeClient`.
-    /// Nil (the descriptor untouched) once the handler has stopped, or when
-    /// epoll will not take the descriptor (e.g. fs.epoll.max_user_watches).
+    /// Nil (the descriptor untouched) once the handler has stopped, when
+    /// epoll will not take the descriptor (e.g. fs.epoll.max_user_watches),
+    /// or when the range is not a mapping of the region inside the user
+    /// address space (`AttachMapping`; callers check it first).
     func addClient(uffd clientFD: Int32, base: UInt64, length: Int) -> Int? {
-        clients.withLock { c -> Int? in
+        guard (try? AttachMapping(base: base, length: length, regionSize: region.geometry.size)) != nil else { return nil }
+        return clients.withLock { c -> Int? in
             // A client the loop could not watch would go unserved while
             // the loop reads the faults: refuse it instead.
             guard !c.closed, Self.watch(clientFD, token: UInt64(c.nextID + 1), in: faultSet) else { return nil }

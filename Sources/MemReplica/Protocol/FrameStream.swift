@@ -14,15 +14,26 @@ public final class FrameStream: @unchecked Sendable {
 
     /// A WRITE frame whose bytes are copied once, from `bytes` (a live
     /// mapping) into the transport's send buffer: that copy is the snapshot.
-    public func sendWrite(chunk: UInt64, version: UInt64, bytes: UnsafeRawBufferPointer) async throws {
+    /// `check`, if given, runs after the copy; a throw drops the frame.
+    public func sendWrite(chunk: UInt64, version: UInt64, bytes: UnsafeRawBufferPointer,
+                          checkingCopy check: (() throws -> Void)? = nil) async throws {
         let header = try Frame.writeHeader(chunk: chunk, version: version, byteCount: bytes.count)
-        try await stream.write(header, followedBy: bytes)
+        if let check {
+            try await stream.write(header, followedBy: bytes, checkingCopy: check)
+        } else {
+            try await stream.write(header, followedBy: bytes)
+        }
     }
 
     /// A DATA frame copied once from the live mapping, like `sendWrite`.
-    public func sendData(firstChunk: UInt64, bytes: UnsafeRawBufferPointer) async throws {
+    public func sendData(firstChunk: UInt64, bytes: UnsafeRawBufferPointer,
+                         checkingCopy check: (() throws -> Void)? = nil) async throws {
         let header = try Frame.dataHeader(firstChunk: firstChunk, byteCount: bytes.count)
-        try await stream.write(header, followedBy: bytes)
+        if let check {
+            try await stream.write(header, followedBy: bytes, checkingCopy: check)
+        } else {
+            try await stream.write(header, followedBy: bytes)
+        }
     }
 
     /// The next frame; nil when the peer finished the stream cleanly

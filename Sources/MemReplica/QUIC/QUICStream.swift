@@ -36,6 +36,22 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
         try core.enqueue(OwnedBytes.copy(header: header, body: body))
     }
 
+    public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
+                      checkingCopy check: () throws -> Void) async throws {
+        let count = header.count + body.count
+        guard count > 0 else { return }
+        try await core.reserve(count)
+        let copy = OwnedBytes.copy(header: header, body: body)
+        do {
+            try check()
+        } catch {
+            copy.deallocate()
+            core.cancelReservation(count)
+            throw error
+        }
+        try core.enqueue(copy)
+    }
+
 
     public func finish() async throws {
         try core.finish()

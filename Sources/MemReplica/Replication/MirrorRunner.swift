@@ -155,9 +155,11 @@ public final class MirrorRunner: Sendable {
         return try await verifier.run(over: connection)
     }
 
-    /// Why the last attempt to mirror failed (a refused primary, a region
-    /// too large), nil while it runs or before any attempt.
-    public var problem: String? { learnt.withLock { $0.problem } }
+    /// Why the last attempt to mirror failed (a refused or unreachable
+    /// primary, a region too large, no room for the file ...); nil before
+    /// any failure and once the replica is synced again (kept until then,
+    /// so status does not flicker between attempts).
+    public var problem: String? { synced ? nil : learnt.withLock { $0.problem } }
 
     /// Records a failure; logs it at `error` the first time it is seen in a
     /// row and at `debug` after, so a retry loop does not flood the log.
@@ -204,7 +206,7 @@ public final class MirrorRunner: Sendable {
                 let known = try accept(entry)
                 if spec.lazy {
                     let mirror = try lazyMirror(for: entry)
-                    learnt.withLock { $0.problem = nil; $0.loggedProblem = nil }
+                    learnt.withLock { $0.loggedProblem = nil }
                     try await following(opened) { try await mirror.run(over: opened, identity: entry.identity) }
                 } else {
                     let existed = FileManager.default.fileExists(atPath: spec.path)
@@ -212,7 +214,7 @@ public final class MirrorRunner: Sendable {
                                             chunkSize: Int(entry.chunkSize))
                     let mirror = RegionMirror(region: region, offersHeldChunks: existed, known: known, identity: entry.identity,
                                               durable: durable)
-                    learnt.withLock { $0.problem = nil; $0.loggedProblem = nil }
+                    learnt.withLock { $0.loggedProblem = nil }
                     current.withLock { $0 = .eager(mirror) }
                     logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                         "geometry": "\(region.geometry)", "path": "\(spec.path)"])
@@ -220,6 +222,7 @@ public final class MirrorRunner: Sendable {
                 }
             } catch let error as PostCopyError {
                 // Not a passing fault: retrying cannot help.
+                learnt.withLock { $0.problem = "\(error)" }
                 await connection?.close(errorCode: 0, reason: "mirror failed")
                 logger.error("lazy mirror of '\(spec.name)' cannot run: \(error)")
                 return
@@ -233,6 +236,7 @@ public final class MirrorRunner: Sendable {
                 report(refusal.description)
                 backoff = .seconds(5)
             } catch {
+                learnt.withLock { $0.problem = "\(error)" }
                 await connection?.close(errorCode: 0, reason: "mirror restarting")
                 logger.warning("mirror of '\(spec.name)' from \(spec.address) interrupted: \(error); retrying in \(backoff)")
             }
@@ -288,8 +292,10 @@ public final class MirrorRunner: Sendable {
             return mirror
         }
         if case .lazy(let old)? = current.withLock({ $0 }) { old.stop() }
+        // Sparse: its holes are what it has not pulled (userfaultfd reports
+        // them); the filesystem's free space is checked instead.
         let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
-                                chunkSize: Int(entry.chunkSize))
+                                chunkSize: Int(entry.chunkSize), allocation: .sparse)
         let mirror = try PostCopyMirror(region: region, remoteName: spec.name, options: lazyOptions)
         current.withLock { $0 = .lazy(mirror) }
         logger.info("mirroring lazily (post-copy)", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",

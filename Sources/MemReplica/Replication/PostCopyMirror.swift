@@ -212,17 +212,17 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// `failStalledReaders`).
     public func attachClient(userfaultfd: Int32, base: UInt64, length: Int,
                              end: (@Sendable (String) -> Void)? = nil) throws -> @Sendable () -> Void {
-        let page = Int(getpagesize())
-        let whole = (region.geometry.size + page - 1) / page * page
-        guard base % UInt64(page) == 0, base > 0, length == whole || length == region.geometry.size else {
-            throw PostCopyError.badClientMapping(
-                "the mapping must cover the whole region (\(region.geometry.size) bytes) from a page-aligned address")
+        let mapping: AttachMapping
+        do {
+            mapping = try AttachMapping(base: base, length: length, regionSize: region.geometry.size)
+        } catch {
+            throw PostCopyError.badClientMapping("\(error)")
         }
         guard faults.clientCount < Self.maxClients else {
             throw PostCopyError.badClientMapping("too many attached processes (at most \(Self.maxClients))")
         }
         guard !state.withLock({ $0.stopped }),
-              let id = faults.addClient(uffd: userfaultfd, base: base, length: whole) else {
+              let id = faults.addClient(uffd: userfaultfd, base: mapping.base, length: mapping.length) else {
             throw PostCopyError.badClientMapping("the lazy replica has stopped, or cannot watch another userfaultfd (epoll_ctl)")
         }
         if let end { state.withLock { $0.clientEnds[id] = end } }

@@ -47,6 +47,8 @@ public final class RegionExports: Sendable {
     public let scanInterval: Duration
     private let observer: (any ReplicationObserver)?
     private let logger: Logger
+    /// Regions whose failure was logged already (once each).
+    private let reportedFailures = Locked<Set<String>>([])
 
     /// Whether SYNCED carries a digest (eager mirrors): each chunk of the
     /// initial pass is then copied and hashed before it is sent. Off only
@@ -64,6 +66,35 @@ public final class RegionExports: Sendable {
     }
 
     public func export(named name: String) -> Export? { exports[name] }
+
+    /// Checks every exported region's backing (`Region.checkBacking`) and
+    /// logs each that failed, once; the peer calls it periodically, so a
+    /// truncated file is reported even while no mirror reads the region.
+    /// Returns the failed regions' names and why.
+    @discardableResult
+    public func checkRegions() -> [String: String] {
+        var failed: [String: String] = [:]
+        for (name, export) in exports {
+            guard let reason = export.region.failure else { continue }
+            failed[name] = reason
+            reportUnavailable(name, reason)
+        }
+        return failed
+    }
+
+    private func reportUnavailable(_ region: String, _ reason: String) {
+        guard reportedFailures.withLock({ $0.insert(region).inserted }) else { return }
+        logger.error("region '\(region)' is unavailable: \(reason)", metadata: ["region": "\(region)"])
+    }
+
+    /// Throws `region_unavailable` once the region's backing failed:
+    /// `checkingSize` also compares the file's size (an fstat, once per
+    /// pass); without it only the SIGBUS count is read (after every copy).
+    private static func servable(_ region: Region, checkingSize: Bool = false) throws(ProtocolViolation) {
+        if let reason = region.unavailability(checkingSize: checkingSize) {
+            throw ProtocolViolation(.regionUnavailable, "region '\(region.name)' is unavailable: \(reason)")
+        }
+    }
 
     /// How each exported region with at least one mirror is tracked now:
     /// tracker kind, why, and its scan times.
@@ -144,11 +175,22 @@ public final class RegionExports: Sendable {
             } else {
                 try await publish(export.region, over: frames, mirrorHolds: held, key: key, peer: peerName, record: record)
             }
+        } catch let sent as ViolationSent {
+            log(sent.violation, region: subscription.name, peer: peer)
         } catch let violation as ProtocolViolation {
-            logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
+            log(violation, region: subscription.name, peer: peer)
             await frames.fail(violation)
         } catch {
             logger.info("region stream ended: \(error)", metadata: ["peer": "\(peer)"])
+        }
+    }
+
+    private func log(_ violation: ProtocolViolation, region name: String, peer: PeerIdentity) {
+        if violation.code == .regionUnavailable, let region = exports[name]?.region {
+            reportUnavailable(name, region.failure ?? violation.detail)
+            logger.info("region stream ended: \(violation)", metadata: ["peer": "\(peer)"])
+        } else {
+            logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
         }
     }
 
@@ -171,6 +213,7 @@ public final class RegionExports: Sendable {
         if s.mode == .eager || s.mode == .lazy, ChunkHashKey(bytes: s.hashKey) == nil {
             throw ProtocolViolation(.malformedFrame, "a \(s.mode) SUBSCRIBE carries a \(ChunkHashKey.byteCount)-byte hash key")
         }
+        try Self.servable(export.region, checkingSize: true)
         return export
     }
 
@@ -218,7 +261,14 @@ public final class RegionExports: Sendable {
                     }
                     let data = try region.chunkBytes(Int(chunk))
                     let header = try Frame.dataHeader(firstChunk: chunk, byteCount: data.count)
-                    try stream.sendOnLoop(OwnedBytes.copy(header: header, body: data))
+                    let copy = OwnedBytes.copy(header: header, body: data)
+                    do {
+                        try Self.servable(region)
+                    } catch {
+                        copy.deallocate()
+                        throw error
+                    }
+                    try stream.sendOnLoop(copy)
                     bytes += data.count
                 }
                 observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
@@ -235,7 +285,7 @@ public final class RegionExports: Sendable {
             for chunk in asked {
                 let data = try region.chunkBytes(Int(chunk))
                 bytes += data.count
-                try await frames.sendData(firstChunk: chunk, bytes: data)
+                try await frames.sendData(firstChunk: chunk, bytes: data) { try Self.servable(region) }
             }
             observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
                                  duration: arrived.duration(to: .now))
@@ -307,6 +357,46 @@ public final class RegionExports: Sendable {
         }
     }
 
+    /// A violation already told to the mirror (ERROR sent, stream ended).
+    private struct ViolationSent: Error {
+        let violation: ProtocolViolation
+    }
+
+    /// How long a subscription that failed here waits for its mirror to
+    /// leave after the ERROR before it stops reading the mirror's side.
+    static let mirrorLeaveTimeout: Duration = .seconds(10)
+
+    /// Waits for the first of a subscription's two tasks to end. Should
+    /// the sending side fail here (the region became unavailable), the ACK
+    /// reader would wait for the mirror for ever (reads do not see
+    /// cancellation), so the stream is ended here: ERROR and FIN, then a
+    /// wait (at most `mirrorLeaveTimeout`) for the mirror, which leaves once
+    /// it has read the ERROR, and only then STOP_SENDING. Measured: a
+    /// STOP_SENDING sent right after the ERROR (as `FrameStream.fail` does)
+    /// sometimes left the mirror without the ERROR, waiting for data that
+    /// never came.
+    private static func firstToEnd(of group: inout ThrowingTaskGroup<Void, any Error>, on frames: FrameStream) async throws {
+        do {
+            try await group.next()
+        } catch let violation as ProtocolViolation {
+            do {
+                try await frames.send(.error(code: violation.code.rawValue, message: violation.detail))
+                try await frames.stream.finish()
+                group.addTask { try await Task.sleep(for: mirrorLeaveTimeout) }
+                _ = try? await group.next()
+            } catch {
+                // The stream broke meanwhile: nothing more to say on it.
+            }
+            group.cancelAll()
+            await frames.stream.stopReading(errorCode: violation.code.rawValue)
+            throw ViolationSent(violation: violation)
+        } catch {
+            await frames.stream.stopReading(errorCode: ProtocolErrorCode.internalError.rawValue)
+            throw error
+        }
+        group.cancelAll()
+    }
+
     /// Lazy (post-copy) mirrors: no bytes are pushed. A resuming mirror
     /// first hears DIRTY for every chunk whose hash differs from what it
     /// holds; then SYNCED; then one DIRTY per scan that found changes. The
@@ -338,17 +428,23 @@ public final class RegionExports: Sendable {
                     }
                 }
                 if let held {
-                    try await announce((0..<region.geometry.chunkCount).filter { held[$0] != hasher.hash(region, chunk: $0) })
+                    let differing = (0..<region.geometry.chunkCount).filter { held[$0] != hasher.hash(region, chunk: $0) }
+                    try Self.servable(region)
+                    try await announce(differing)
                 }
                 try await frames.send(.synced(version: epoch))
                 record { $0.synced = true }
                 while true {
                     try await Task.sleep(for: scanInterval)
-                    try await announce(changes.changedChunks())
+                    try Self.servable(region, checkingSize: true)
+                    let changed = changes.changedChunks()
+                    // The scan read the region: what it found counts only if
+                    // the backing held.
+                    try Self.servable(region)
+                    try await announce(changed)
                 }
             }
-            try await group.next()
-            group.cancelAll()
+            try await Self.firstToEnd(of: &group, on: frames)
         }
     }
 
@@ -381,11 +477,15 @@ public final class RegionExports: Sendable {
                         // The region is live: the transport's copy, taken here,
                         // is the snapshot it retransmits from. A write racing
                         // the copy marks the chunk changed again for the next pass.
-                        try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: live)
+                        try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: live) {
+                            try Self.servable(region)
+                        }
                         return nil
                     }
                     let copy = UnsafeRawBufferPointer(rebasing: snapshot[..<live.count])
                     UnsafeMutableRawBufferPointer(rebasing: snapshot[..<live.count]).copyMemory(from: live)
+                    // Copied from a file truncated under us, it would be zeros.
+                    try Self.servable(region)
                     try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
                     return hasher.hash(copy)
                 }
@@ -415,12 +515,12 @@ public final class RegionExports: Sendable {
                 ])
                 while true {
                     try await Task.sleep(for: scanInterval)
+                    try Self.servable(region, checkingSize: true)
                     for chunk in changes.changedChunks() { _ = try await push(chunk) }
                 }
             }
             // Whichever side ends first ends the subscription.
-            try await group.next()
-            group.cancelAll()
+            try await Self.firstToEnd(of: &group, on: frames)
         }
     }
 }

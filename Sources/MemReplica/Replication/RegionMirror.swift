@@ -99,6 +99,8 @@ public final class RegionMirror: @unchecked Sendable {
         // only chunks that differ, as rsync does.
         let hasher = ChunkHasher(key: key)
         let held = offersHeldChunks ? (0..<g.chunkCount).map { hasher.hash(region, chunk: $0) } : []
+        // Hashes of pages our file could not provide are no offer.
+        try region.checkBacking()
         do {
             try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
                                                    mode: .eager, hashedChunks: UInt64(held.count), hashKey: key.bytes,

@@ -143,6 +143,13 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         waiters.forEach { $0.resume() }
     }
 
+    /// Gives back a reservation that will not be enqueued (the copy it was
+    /// for turned out unusable).
+    func cancelReservation(_ count: Int) {
+        mailbox.withLock { $0.reserved -= count }
+        budget.release(count)
+    }
+
     /// Queues owned memory that `reserve` made room for; never waits.
     /// Throws (freeing it) if the stream can no longer send.
     func enqueue(_ memory: UnsafeMutableRawBufferPointer) throws {

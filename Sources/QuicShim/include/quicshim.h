@@ -38,6 +38,8 @@
  * module cache built before this header existed is rebuilt). */
 #include "dirtytrack.h"
 #include "qs_h3.h"
+/* SIGBUS on region mappings, and fallocate. */
+#include "qs_regionguard.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>
