@@ -57,7 +57,8 @@ let package = Package(
         ),
         .testTarget(
             name: "MemReplicaTests",
-            dependencies: ["MemReplica", "QuicShim", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["MemReplica", "QuicShim", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "X509", package: "swift-certificates")],
             // Expected outputs the tests compare with (bench wan's result files).
             resources: [.copy("Golden")]
         ),

@@ -34,21 +34,29 @@ def frame(t, payload):
 def frames():
     chunk = bytes(range(256)) * 16
     dirty = varint(3) + varint(4) + varint(0) + varint(0) + varint(5) + varint(100)
+    region_id = "0123456789abcdef0123456789abcdef"
     return {
-        "hello": frame(0x01, varint(1) + string("dc-east-1") + varint(0)),
-        "catalog": frame(0x02, varint(2) + string("cache") + varint(1 << 30) + varint(65536) + varint(42)
-                         + string("ü-région") + varint(4096) + varint(4096) + varint(0)),
-        "subscribe-lazy": frame(0x03, string("cache") + varint(1 << 20) + varint(65536) + varint(1) + varint(16)),
-        "have": frame(0x04, varint(3) + bytes(8) + b"\x01\x23\x45\x67\x89\xab\xcd\xef"),
+        "hello": frame(0x01, varint(2) + string("dc-east-1") + varint(0)),
+        "catalog": frame(0x02, varint(2) + string("cache") + varint(1 << 30) + varint(65536) + string(region_id) + varint(3)
+                         + varint(0) + string("ü-région") + varint(4096) + varint(4096) + string(region_id) + varint(1)
+                         + varint(2) + string("peer-b") + string("peer-c")),
+        "subscribe-lazy": frame(0x03, string("cache") + varint(1 << 20) + varint(65536) + varint(1) + varint(16)
+                                + varint(16) + bytes(range(16)) + string(region_id) + varint(2)),
+        "subscribe-verify": frame(0x03, string("cache") + varint(1 << 20) + varint(65536) + varint(4) + varint(0)
+                                  + varint(0) + string("") + varint(0)),
+        "have": frame(0x04, varint(3) + bytes(16) + bytes(range(16))),
         "write": frame(0x10, varint(7) + varint(1 << 40) + chunk),
         "dirty": frame(0x11, dirty),
         "ack": frame(0x12, varint(99)),
-        "synced": frame(0x13, varint(1 << 50)),
+        "synced": frame(0x13, varint(1 << 50) + varint(0)),
+        "synced-digest": frame(0x13, varint(7) + varint(32) + bytes(range(32))),
         "read": frame(0x20, varint(12) + varint(4)),
         "data": frame(0x21, varint(12) + b"\x01\x02\x03"),
+        "digest-read": frame(0x22, varint(0) + varint(64) + varint(16)),
+        "digests": frame(0x23, varint(0) + varint(16) + bytes(range(64))),
         "echo": frame(0x30, b"ping"),
         "error": frame(0x3F, varint(0x10) + string("no region 'x'")),
-        "stream": frame(0x01, varint(1) + string("r") + varint(0)) + frame(0x12, varint(1)) + frame(0x13, varint(2)),
+        "stream": frame(0x01, varint(2) + string("r") + varint(0)) + frame(0x12, varint(1)) + frame(0x13, varint(2) + varint(0)),
         "partial": frame(0x10, varint(1) + varint(2) + b"abc")[:-1],
         "oversize": bytes([0x10]) + varint((1 << 20) + 65),
     }
@@ -70,7 +78,7 @@ def mux():
         "reset": record(0x04, 8, varint(0x13)) + record(0x05, 8, varint(1)),
         "ping-pong": record(0x09, 0, bytes(8)) + record(0x0A, 0, bytes(range(8))),
         "close": record(0x0B, 0, close),
-        "session": record(0x01, 0, settings) + record(0x02, 0, frame(0x01, varint(1) + string("r") + varint(0)))
+        "session": record(0x01, 0, settings) + record(0x02, 0, frame(0x01, varint(2) + string("r") + varint(0)))
                    + record(0x02, 0, b"") + record(0x03, 0, b""),
     }
 

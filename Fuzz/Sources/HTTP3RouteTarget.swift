@@ -6,7 +6,8 @@ import Foundation
 /// path, from one of three clients: "reader" (on "closed"'s allow list),
 /// "stranger", and one whose certificate has no common name. The first
 /// byte picks the client; the method runs to the first newline, the path
-/// is the rest. Every answer must hold (`HTTP3Answers.check`).
+/// is the rest. Every answer must hold (`HTTP3Answers.check`); a region a
+/// client may not read answers as if it did not exist (404).
 struct HTTP3RouteTarget: FuzzTarget {
     let fixture = FuzzFixture.shared
 
@@ -25,9 +26,11 @@ struct HTTP3RouteTarget: FuzzTarget {
 /// What every answer of the HTTP/3 face must be, whatever was asked.
 enum HTTP3Answers {
     static let peers = [
-        PeerIdentity(subject: "O=memreplica,CN=reader", alternativeNames: ["reader"], fingerprint: String(repeating: "a1", count: 32)),
-        PeerIdentity(subject: "O=memreplica,CN=stranger", alternativeNames: [], fingerprint: String(repeating: "b2", count: 32)),
-        PeerIdentity(subject: "O=memreplica", alternativeNames: [], fingerprint: String(repeating: "c3", count: 32)),
+        PeerIdentity(subject: "CN=reader,O=memreplica", commonName: "reader", alternativeNames: ["reader"],
+                     fingerprint: String(repeating: "a1", count: 32)),
+        PeerIdentity(subject: "CN=stranger,O=memreplica", commonName: "stranger", alternativeNames: [],
+                     fingerprint: String(repeating: "b2", count: 32)),
+        PeerIdentity(subject: "O=memreplica", commonName: nil, alternativeNames: [], fingerprint: String(repeating: "c3", count: 32)),
     ]
 
     /// The request's answer: a refusal of its head, or the responder's;

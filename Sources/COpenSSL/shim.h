@@ -1,3 +1,5 @@
-/* OpenSSL for the TLS-over-TCP baseline. Headers only: no C code here. */
+/* OpenSSL: TLS for the TCP transports, and AES-GCM (GMAC) for keyed chunk
+   hashes. Headers only: no C code here. */
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/evp.h>

@@ -479,84 +479,30 @@ int qs_tls_selected_alpn(const qs_tls_session *ts, char *buf, size_t buflen) {
   return 0;
 }
 
-/* Fills subject, SAN list (comma separated) and SHA-256 of a DER cert. */
-static int describe_cert(const gnutls_datum_t *der, char *subject,
-                         size_t subjectlen, char *san, size_t sanlen,
-                         uint8_t sha256[32]) {
-  gnutls_x509_crt_t crt;
-  size_t size;
-  int rv;
-
-  if (gnutls_x509_crt_init(&crt) != 0) {
-    return -1;
-  }
-  rv = gnutls_x509_crt_import(crt, der, GNUTLS_X509_FMT_DER);
-  if (rv != 0) {
-    gnutls_x509_crt_deinit(crt);
-    return rv;
-  }
-  if (subject && subjectlen) {
-    size = subjectlen;
-    if (gnutls_x509_crt_get_dn(crt, subject, &size) != 0) {
-      subject[0] = '\0';
-    }
-  }
-  if (san && sanlen) {
-    size_t used = 0;
-    unsigned int idx;
-    san[0] = '\0';
-    for (idx = 0;; ++idx) {
-      char name[256];
-      size_t namelen = sizeof(name) - 1;
-      unsigned int critical = 0;
-      int type = gnutls_x509_crt_get_subject_alt_name(crt, idx, name, &namelen,
-                                                      &critical);
-      if (type < 0) {
-        if (type == GNUTLS_E_SHORT_MEMORY_BUFFER) {
-          continue; /* an absurdly long name: skip it, keep the rest */
-        }
-        break;
-      }
-      if (type == GNUTLS_SAN_IPADDRESS) {
-        continue; /* binary; the DNS names identify peers */
-      }
-      name[namelen] = '\0';
-      if (used + namelen + 2 >= sanlen) {
-        break;
-      }
-      if (used) {
-        san[used++] = ',';
-      }
-      memcpy(san + used, name, namelen);
-      used += namelen;
-      san[used] = '\0';
-    }
-  }
-  size = 32;
-  rv = gnutls_x509_crt_get_fingerprint(crt, GNUTLS_DIG_SHA256, sha256, &size);
-  gnutls_x509_crt_deinit(crt);
-  return rv;
-}
-
-int qs_tls_peer_identity(const qs_tls_session *ts, char *subject,
-                         size_t subjectlen, char *san, size_t sanlen,
-                         uint8_t sha256[32]) {
+/* The DER bytes only: naming the peer (subject, CN, SANs, fingerprint) is
+ * done once, in Swift, for both transports (PeerIdentity+Certificate). */
+int qs_tls_peer_certificate(const qs_tls_session *ts, const uint8_t **der,
+                            size_t *len) {
   unsigned int n = 0;
   const gnutls_datum_t *certs = gnutls_certificate_get_peers(ts->session, &n);
-  if (certs == NULL || n == 0) {
+  if (certs == NULL || n == 0 || certs[0].data == NULL) {
     return -1;
   }
-  return describe_cert(&certs[0], subject, subjectlen, san, sanlen, sha256);
+  *der = certs[0].data;
+  *len = certs[0].size;
+  return 0;
 }
 
-int qs_tls_ctx_identity(const qs_tls_ctx *ctx, char *subject, size_t subjectlen,
-                        uint8_t sha256[32]) {
-  gnutls_datum_t der;
-  int rv = gnutls_certificate_get_crt_raw(ctx->cred, 0, 0, &der);
+int qs_tls_ctx_certificate(const qs_tls_ctx *ctx, const uint8_t **der,
+                           size_t *len) {
+  gnutls_datum_t raw;
+  int rv = gnutls_certificate_get_crt_raw(ctx->cred, 0, 0, &raw);
   if (rv != 0) {
     return rv;
   }
-  return describe_cert(&der, subject, subjectlen, NULL, 0, sha256);
+  *der = raw.data;
+  *len = raw.size;
+  return 0;
 }
 
 /* ---- UDP cmsg helpers ------------------------------------------------- */

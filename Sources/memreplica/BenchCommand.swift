@@ -120,6 +120,8 @@ struct BenchSyncCommand: AsyncParsableCommand {
     var writes: Int = 500
     @Option(help: "Hash-scan interval in milliseconds on the primary.")
     var scanMs: Double = 2
+    @Flag(help: "Measure only the memfd replica (skip the digest-off, file and durable=true replicas).")
+    var noDurable = false
     @Flag(help: "Print the report as JSON on stdout.")
     var json = false
 
@@ -136,11 +138,21 @@ struct BenchSyncCommand: AsyncParsableCommand {
         options.writesPerSecond = rate
         options.lagWrites = writes
         options.scanInterval = .microseconds(Int(scanMs * 1000))
+        options.compareDurable = !noDurable
         let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: work) }
         let report = try await SyncBenchmark(options: options, workDirectory: work, log: BenchOutput(json: json).progress).run()
         if try BenchOutput(json: json).printJSON(report) { return }
-        print("initial sync of \(report.syncBytes >> 20) MiB: median \(String(format: "%.1f", report.syncMedianMBps)) MB/s")
-        print("lag write → replica ACK, \(report.lagSamples) writes: p50 \(String(format: "%.2f", report.lagP50Milliseconds)) ms, p99 \(String(format: "%.2f", report.lagP99Milliseconds)) ms, max \(String(format: "%.2f", report.lagMaxMilliseconds)) ms")
+        for kind in report.kinds {
+            print("\(kind.kind) replica: initial sync of \(report.syncBytes >> 20) MiB median \(String(format: "%.1f", kind.syncMedianMBps)) MB/s; "
+                  + "lag write → replica ACK, \(kind.lagSamples) writes: p50 \(String(format: "%.2f", kind.lagP50Milliseconds)) ms, "
+                  + "p99 \(String(format: "%.2f", kind.lagP99Milliseconds)) ms, max \(String(format: "%.2f", kind.lagMaxMilliseconds)) ms")
+        }
+        if let digest = report.digestSyncRatio {
+            print("SYNCED's digest (each chunk of the pass copied and hashed): initial sync \(String(format: "%.2f", digest)) × the same without")
+        }
+        if let sync = report.durableSyncRatio, let lag = report.durableLagP50Ratio {
+            print("durable=true against the same file without: initial sync \(String(format: "%.2f", sync)) ×, lag p50 \(String(format: "%.2f", lag)) ×")
+        }
     }
 }

@@ -40,5 +40,9 @@ struct BenchDirtyCommand: ParsableCommand {
         print("  ratio hash/userfaultfd: \(String(format: "%.0f", report.speedup))×; both reported the written chunks in \(report.roundsAgreeing) of \(report.rounds) rounds")
         print("  first write to a page: \(String(format: "%.0f", report.firstWriteNanosecondsArmed)) ns armed, \(String(format: "%.0f", report.firstWriteNanosecondsUnarmed)) ns not; arming took \(ms(report.armMilliseconds)) ms")
         print("  targets: scan ≤ 1 ms \(report.meetsScanTarget ? "met" : "MISSED"), ≥ 100× \(report.meetsSpeedupTarget ? "met" : "MISSED")")
+        print("  one pass, medians of \(report.hashPasses): GMAC (keyed, in use) \(String(format: "%.1f", report.gmacPassMedianMilliseconds)) ms, "
+              + "XXH64 (before) \(String(format: "%.1f", report.xxh64PassMedianMilliseconds)) ms, "
+              + "SHA-256 \(String(format: "%.1f", report.sha256PassMedianMilliseconds)) ms: "
+              + "GMAC/XXH64 \(String(format: "%.2f", report.gmacOverXXH64)) × (bound 2 ×), SHA-256/XXH64 \(String(format: "%.2f", report.sha256OverXXH64)) ×")
     }
 }

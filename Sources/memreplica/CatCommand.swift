@@ -27,6 +27,10 @@ struct CatCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The peer's control socket (default: STATE_DIR/control.sock).", valueName: "path"))
     var control: String?
 
+    @Flag(help: ArgumentHelp(
+        "Print a replica's bytes even while it is not synced with its primary (they may be stale or incomplete)."))
+    var allowStale = false
+
     @OptionGroup var state: StateOptions
 
     func validate() throws {
@@ -36,13 +40,13 @@ struct CatCommand: AsyncParsableCommand {
 
     func run() async throws {
         let path = control ?? state.directory.controlSocketPath
-        let (region, offset, length) = (self.region, self.offset, self.length)
+        let (region, offset, length, allowStale) = (self.region, self.offset, self.length, self.allowStale)
         // Touching a lazy replica's mapping may block until the chunk
         // arrives: read on a thread of our own, never the concurrency pool.
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let thread = Thread {
                 continuation.resume(with: Result {
-                    try Self.copy(region: region, controlPath: path, offset: offset, length: length)
+                    try Self.copy(region: region, controlPath: path, offset: offset, length: length, allowStale: allowStale)
                 })
             }
             thread.name = "cat \(region)"
@@ -50,9 +54,15 @@ struct CatCommand: AsyncParsableCommand {
         }
     }
 
-    private static func copy(region: String, controlPath: String, offset: Int, length: Int?) throws {
+    private static func copy(region: String, controlPath: String, offset: Int, length: Int?, allowStale: Bool) throws {
         let attached = try AttachedRegion(controlPath: controlPath, region: region)
         defer { attached.detach() }
+        // An eager replica's file holds whatever last arrived: current only
+        // while the replica is synced (a lazy one pulls what it lacks).
+        if attached.answer.role == "replica", !attached.answer.lazy, attached.answer.synced == false, !allowStale {
+            throw CatFailure(message: "replica '\(region)' is not synced with its primary: its bytes may be stale or "
+                             + "incomplete (--allow-stale prints them anyway)")
+        }
         let size = attached.bytes.count
         guard offset <= size else {
             throw ValidationError("--offset \(offset) is past the end of region '\(region)' (\(size) bytes)")
@@ -61,13 +71,16 @@ struct CatCommand: AsyncParsableCommand {
         guard count <= size - offset else {
             throw ValidationError("--offset \(offset) --length \(count) runs past the end of region '\(region)' (\(size) bytes)")
         }
-        // Copy first, then write: the copy takes any faults in user mode.
-        var buffer = [UInt8](repeating: 0, count: min(count, 1 << 20))
+        // Copy first, then write: the copy takes any faults in user mode,
+        // and a block the peer could not serve is never written out.
         var done = 0
         while done < count {
-            let n = min(buffer.count, count - done)
-            buffer.withUnsafeMutableBytes { b in
-                b.baseAddress!.copyMemory(from: attached.bytes.baseAddress! + offset + done, byteCount: n)
+            let n = min(1 << 20, count - done)
+            let buffer: [UInt8]
+            do {
+                buffer = try attached.read(offset: offset + done, count: n)
+            } catch {
+                throw CatFailure(message: "\(error)")
             }
             try buffer.withUnsafeBytes { b in
                 var written = 0
@@ -82,9 +95,7 @@ struct CatCommand: AsyncParsableCommand {
             }
             done += n
         }
-        guard attached.sessionAlive else {
-            throw CatFailure(message: "the peer ended the attachment while reading: the output may hold holes")
-        }
+        if let failure = attached.failure { throw CatFailure(message: failure) }
     }
 }
 

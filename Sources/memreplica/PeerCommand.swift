@@ -43,7 +43,8 @@ struct PeerCommand: AsyncParsableCommand {
     var exports: [String] = []
 
     @Option(name: .customLong("mirror"), help: ArgumentHelp(
-        "Mirror a region another peer exports into a local file: NAME@HOST:PORT=PATH.", valueName: "spec"))
+        "Mirror a region another peer exports into a local file: NAME@HOST:PORT=PATH[,peer=CN|sha256=FINGERPRINT][,allow=CN+CN][,max-size=BYTES][,durable=true].",
+        valueName: "spec"))
     var mirrors: [String] = []
 
     @Flag(help: ArgumentHelp(
@@ -55,6 +56,26 @@ struct PeerCommand: AsyncParsableCommand {
         valueName: "host:port"))
     var metrics: String?
 
+    @Option(help: ArgumentHelp(
+        "Congestion controller for QUIC and the TCP transports: cubic (default), bbr or reno. Over lossy long paths cubic collapses; bbr does not.",
+        valueName: "name"))
+    var cc: String?
+
+    @Option(help: ArgumentHelp(
+        "Seconds a process attached to a lazy replica may wait on a chunk that cannot come (primary out of reach, install failing) before its read fails (default 10).",
+        valueName: "seconds"))
+    var faultTimeout: Double?
+
+    @Option(help: ArgumentHelp(
+        "Seconds a silent peer has (keep-alives unanswered) before it counts as gone and its mirrors reconnect. Default: 5.",
+        valueName: "seconds"))
+    var liveness: String?
+
+    @Option(help: ArgumentHelp(
+        "Bytes all stream send and receive buffers may hold, e.g. 512M or 2G (default: 1/8 of RAM, at most 4G; see README, Security).",
+        valueName: "size"))
+    var memoryBudget: String?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
@@ -62,7 +83,8 @@ struct PeerCommand: AsyncParsableCommand {
         var configuration = try config.map { try PeerConfiguration(contentsOfFile: $0) } ?? PeerConfiguration()
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
-                                           metrics: metrics)
+                                           metrics: metrics, faultTimeout: faultTimeout, liveness: liveness,
+                                           memoryBudget: memoryBudget)
         return configuration
     }
 
@@ -83,22 +105,44 @@ struct PeerCommand: AsyncParsableCommand {
             state: stateDirectory, peerName: configuration.name ?? PeerName.hostDefault, logger: logger)
         var quic = QUICConfiguration()
         quic.acceptsConnections = true
+        if let controller = cc ?? configuration.congestionControl {
+            guard let chosen = QUICConfiguration.CongestionControl(rawValue: controller) else {
+                throw ValidationError("--cc must be cubic, bbr or reno, not '\(controller)'")
+            }
+            quic.congestionControl = chosen
+        }
+        if let liveness = configuration.livenessTimeout { quic.livenessTimeout = liveness }
+        // Kept across restarts, so a restarted peer resets its old connections.
+        quic.statelessResetKey = try stateDirectory.statelessResetKey()
+        if let budget = configuration.memoryBudget { quic.memoryBudget = MemoryBudget(limit: budget) }
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
+        let identities = RegionIdentityStore(stateDirectory: stateDirectory)
         do {
             exported = try configuration.exports.map { spec in
                 let region = try Region(name: spec.name, backing: .file(path: spec.path), size: spec.size,
                                         chunkSize: spec.chunkSize)
-                logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry)")
-                return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers)
+                // A new generation per start: writes made while no peer
+                // tracked the file are unknown to every mirror.
+                let identity = try identities.advance(region: spec.name, path: spec.path)
+                logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry), generation \(identity.generation)")
+                return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers, identity: identity)
             }
         } catch {
             await endpoint.close()
             throw error
         }
+        let trusting = configuration.mirrors.filter { $0.expectedPrimary == nil }.map(\.name)
+        if !trusting.isEmpty {
+            let names = trusting.joined(separator: ", ")
+            logger.warning("mirrors \(names) accept any peer the CA signed as their primary; name the expected one with peer=CN or sha256=FINGERPRINT in --mirror (config: \"expect\")")
+        }
         let statistics = PeerStatistics(metrics: configuration.metrics == nil ? nil : PrometheusStatistics())
+        var lazyOptions = PostCopyMirror.Options()
+        if let limit = configuration.faultTimeout { lazyOptions.faultWaitLimit = limit }
         let runners = configuration.mirrors.map {
-            MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, logger: logger)
+            MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, lazyOptions: lazyOptions,
+                         stateDirectory: stateDirectory, logger: logger)
         }
         let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
                                   mirrors: runners, statistics: statistics, logger: logger)

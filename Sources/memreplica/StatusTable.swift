@@ -35,6 +35,9 @@ enum StatusTable {
              r.source ?? mirrorList(r.mirrors ?? []), r.path]
         }
         var out = "regions    \(regions.count)\n" + table(rows)
+        for r in regions {
+            if let problem = r.problem { out += "  \(r.name): \(r.role == "primary" ? "unavailable" : "not current"): \(problem)\n" }
+        }
         let attached = regions.flatMap { r in (r.attached ?? []).map { (r.name, $0) } }
         guard !attached.isEmpty else { return out }
         out += "attached   \(attached.count) process\(attached.count == 1 ? "" : "es")\n"

@@ -54,15 +54,20 @@ struct LazyFixture {
     let server: ControlServer
     var socket: String { root + "/c.sock" }
 
-    static func make(size: Int, seed: UInt64) async throws -> LazyFixture {
+    /// `replicaFile`: the replica's backing file (a memfd when nil).
+    static func make(size: Int, seed: UInt64, faultWaitLimit: Duration = .seconds(10),
+                     replicaFile: String? = nil) async throws -> LazyFixture {
         let root = NSTemporaryDirectory() + "mr-attach-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let primary = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
         fillPattern(primary.bytes, seed: seed)
         let pair = try await ReplicationPair(exports: RegionExports([.init(region: primary)], logger: quiet()))
-        let replica = try Region(name: "lazy", backing: .memory, size: size, chunkSize: 65536)
+        // A lazy replica's file stays sparse: its holes are what it lacks.
+        let replica = try Region(name: "lazy", backing: replicaFile.map { .file(path: $0) } ?? .memory, size: size,
+                                 chunkSize: 65536, allocation: .sparse)
         var options = PostCopyMirror.Options()
         options.backgroundPull = false
+        options.faultWaitLimit = faultWaitLimit
         let mirror = try PostCopyMirror(region: replica, options: options)
         let running = Task { try await mirror.run(over: pair.client) }
         try await eventually("the lazy subscription", seconds: 10) { mirror.progress.subscribed }
@@ -104,9 +109,9 @@ struct AttachTests {
     func sharedPageCache() async throws {
         let path = "/dev/shm/mr-pagecache-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
-        let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536)
+        let region = try Region(name: "pc", backing: .file(path: path), size: 1 << 20, chunkSize: 65536, allocation: .sparse)
         let faulted = Locked<[Int]>([])
-        let handler = try MissingFaultHandler(region: region) { chunk, _ in
+        let handler = try MissingFaultHandler(region: region) { chunk, _, _ in
             faulted.withLock { $0.append(chunk) }
             return true
         }
@@ -146,10 +151,10 @@ struct AttachTests {
         let path = "/dev/shm/mr-loopfaults-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
         let size = 1 << 20, chunk = 65536
-        let region = try Region(name: "lf", backing: .file(path: path), size: size, chunkSize: chunk)
+        let region = try Region(name: "lf", backing: .file(path: path), size: size, chunkSize: chunk, allocation: .sparse)
         // (chunk, read on a loop)
         let faulted = Locked<[(Int, Bool)]>([])
-        let handler = try MissingFaultHandler(region: region) { index, loop in
+        let handler = try MissingFaultHandler(region: region) { index, loop, _ in
             faulted.withLock { $0.append((index, loop != nil)) }
             return true
         }
@@ -218,6 +223,116 @@ struct AttachTests {
         let page = UnsafeMutableRawPointer(mutating: f.replica.bytes.baseAddress! + 6 * 65536)
         #expect(mincore(page, Int(getpagesize()), &residency) == 0)
         #expect(residency & 1 == 0, "the woken read must not have put a page into the replica's file")
+        await f.close()
+    }
+
+    @Test("a reader waiting while the primary is gone gets an error after the fault wait limit, never zeros; nothing lands in the file")
+    func readerFailsWhenPrimaryGone() async throws {
+        let f = try await LazyFixture.make(size: 1 << 20, seed: 33, faultWaitLimit: .seconds(1))
+        let attached = try AttachedRegion(controlPath: f.socket, region: "lazy")
+        try await eventually("attach", seconds: 5) { f.mirror.attachedClients == 1 }
+        f.running.cancel()
+        await f.pair.close()
+        let result = Locked<Result<[UInt8], any Error>?>(nil)
+        Thread {
+            let read = Result { try attached.read(offset: 6 * 65536 + 40, count: 8) }
+            result.withLock { $0 = read }
+        }.start()
+        try await eventually("the reader's answer", seconds: 15) { result.withLock { $0 } != nil }
+        guard case .failure(let error)? = result.withLock({ $0 }) else {
+            Issue.record("the read returned bytes the primary never sent: \(String(describing: result.withLock { $0 }))")
+            return
+        }
+        #expect("\(error)".contains("the primary has been out of reach"), "\(error)")
+        #expect(attached.failure != nil && !attached.sessionAlive)
+        #expect(f.mirror.progress.readersFailed == 1)
+        var residency: UInt8 = 1
+        let page = UnsafeMutableRawPointer(mutating: f.replica.bytes.baseAddress! + 6 * 65536)
+        #expect(mincore(page, Int(getpagesize()), &residency) == 0)
+        #expect(residency & 1 == 0, "no page of zeros may land in the replica's file")
+        attached.detach()
+        await f.close()
+    }
+
+    @Test("cat and the C client exit 1 with the reason when the primary is gone, instead of printing holes or hanging")
+    func catAndCClientFailWhenPrimaryGone() async throws {
+        let f = try await LazyFixture.make(size: 1 << 20, seed: 34, faultWaitLimit: .seconds(1))
+        f.running.cancel()
+        await f.pair.close()
+        let exe = try builtExecutable()
+        let out = f.root + "/out.bin"
+        let started = ContinuousClock.now
+        let rc = try await runShell("'\(exe)' cat lazy --control '\(f.socket)' > '\(out)' 2>'\(f.root)/err'", seconds: 30)
+        let err = (try? String(contentsOfFile: f.root + "/err", encoding: .utf8)) ?? ""
+        #expect(rc == 1, "cat: \(err)")
+        #expect(err.contains("out of reach"), "\(err)")
+        #expect(ContinuousClock.now - started < .seconds(15))
+        let printed = (try? Data(contentsOf: URL(fileURLWithPath: out)))?.count ?? 0
+        #expect(printed == 0, "cat wrote \(printed) bytes it could not vouch for")
+
+        let client = try await buildCClient(into: f.root)
+        let crc = try await runShell("'\(client)' read '\(f.socket)' lazy '\(f.root)/c.bin' 2>'\(f.root)/cerr'", seconds: 30)
+        let cerr = (try? String(contentsOfFile: f.root + "/cerr", encoding: .utf8)) ?? ""
+        #expect(crc == 1, "client_test: \(cerr)")
+        #expect(cerr.contains("out of reach"), "\(cerr)")
+        await f.close()
+    }
+
+    @Test("a chunk that cannot be installed (full tmpfs) is retried, then its reader gets an error; the file holds only the primary's bytes",
+          .enabled(if: getuid() == 0, "mounts a small tmpfs (root only)"))
+    func installFailureNeverPlantsZeros() async throws {
+        let mountPoint = NSTemporaryDirectory() + "mr-full-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try #require(mount("tmpfs", mountPoint, "tmpfs", 0, "size=2m") == 0, "mount: \(String(cString: strerror(errno)))")
+        defer {
+            umount2(mountPoint, Int32(MNT_DETACH))
+            try? FileManager.default.removeItem(atPath: mountPoint)
+        }
+        let path = mountPoint + "/replica"
+        let f = try await LazyFixture.make(size: 1 << 20, seed: 35, faultWaitLimit: .seconds(2), replicaFile: path)
+        let attached = try AttachedRegion(controlPath: f.socket, region: "lazy")
+        // The file system fills up after the replica started: 256 KiB stay free.
+        try Data(count: (2 << 20) - (256 << 10)).write(to: URL(fileURLWithPath: mountPoint + "/filler"))
+        // Four chunks fill what is left.
+        let first = Locked<Result<[UInt8], any Error>?>(nil)
+        Thread {
+            let read = Result { try attached.read(offset: 0, count: 4 * 65536) }
+            first.withLock { $0 = read }
+        }.start()
+        try await eventually("the first reads", seconds: 10) { first.withLock { $0 } != nil }
+        #expect(try first.withLock { $0 }!.get() == Array(f.primary.bytes[0..<4 * 65536]))
+        // The fifth cannot be installed: retried, then the reader is told.
+        let fifth = Locked<Result<[UInt8], any Error>?>(nil)
+        Thread {
+            let read = Result { try attached.read(offset: 9 * 65536, count: 8) }
+            fifth.withLock { $0 = read }
+        }.start()
+        try await eventually("the install retries", seconds: 10) { f.mirror.progress.installsPending >= 1 }
+        #expect(fifth.withLock { $0 } == nil, "the reader waits while the install is retried")
+        try await eventually("the reader's answer", seconds: 15) { fifth.withLock { $0 } != nil }
+        guard case .failure(let error)? = fifth.withLock({ $0 }) else {
+            Issue.record("the read returned bytes that were never installed"); return
+        }
+        #expect("\(error)".contains("could not be installed"), "\(error)")
+        #expect(f.mirror.progress.installError != nil)
+        // Every allocated byte of the file is the primary's: no zero page
+        // planted. (SEEK_DATA and SEEK_HOLE are hidden behind _GNU_SOURCE.)
+        let SEEK_DATA: Int32 = 3, SEEK_HOLE: Int32 = 4
+        let fd = open(path, O_RDONLY)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        var offset = lseek(fd, 0, SEEK_DATA)
+        var allocated = 0
+        while offset >= 0 && Int(offset) < 1 << 20 {
+            let end = Int(lseek(fd, offset, SEEK_HOLE))
+            var bytes = [UInt8](repeating: 0, count: end - Int(offset))
+            #expect(pread(fd, &bytes, bytes.count, offset) == bytes.count)
+            #expect(bytes == Array(f.primary.bytes[Int(offset)..<end]), "bytes \(offset)..<\(end)")
+            allocated += bytes.count
+            offset = lseek(fd, off_t(end), SEEK_DATA)
+        }
+        #expect(allocated == 4 * 65536)
+        attached.detach()
         await f.close()
     }
 

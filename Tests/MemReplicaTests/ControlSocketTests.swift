@@ -8,7 +8,7 @@ import Testing
 struct ControlSocketTests {
     static func makeReport() -> StatusReport {
         StatusReport(version: memReplicaVersion, listenAddress: "127.0.0.1:4433",
-                     identity: .init(PeerIdentity(subject: "O=memreplica,CN=a", alternativeNames: ["a"],
+                     identity: .init(PeerIdentity(subject: "O=memreplica,CN=a", commonName: "a", alternativeNames: ["a"],
                                                   fingerprint: String(repeating: "ab", count: 32))),
                      startedAt: Date(timeIntervalSince1970: 1_700_000_000), uptimeSeconds: 12.5, peers: [])
     }

@@ -14,7 +14,7 @@ struct FrameGenerator {
     }
 
     static let allTypes: [Frame.TypeCode] = [.hello, .catalog, .subscribe, .have, .write, .dirty, .ack, .synced,
-                                             .read, .data, .echo, .error]
+                                             .read, .data, .digestRead, .digests, .echo, .error]
 
     /// Varints favouring the edges of each encoded length.
     mutating func varint() -> UInt64 {
@@ -48,6 +48,10 @@ struct FrameGenerator {
         return String(scalars)
     }
 
+    mutating func raw(_ count: Int) -> [UInt8] {
+        (0..<count).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+    }
+
     mutating func bytes(max: Int) -> [UInt8] {
         if allowsLarge && rng.next() % 64 == 0 { return patternBytes(count: max, seed: rng.next()) }
         return (0..<Int(rng.next() % 600)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
@@ -60,15 +64,20 @@ struct FrameGenerator {
         case .catalog:
             let count = allowsLarge && rng.next() % 50 == 0 ? 200 : Int(rng.next() % 5)
             return .catalog((0..<count).map { _ in
-                .init(name: string(limit: FrameLimits.maxName), size: varint(), chunkSize: varint(), version: varint())
+                let allowed = rng.next() % 2 == 0 ? nil : (0...(rng.next() % 3)).map { _ in string(limit: FrameLimits.maxName) }
+                return .init(name: string(limit: FrameLimits.maxName), size: varint(), chunkSize: varint(),
+                             identity: RegionIdentity(id: string(limit: FrameLimits.maxRegionID), generation: varint()),
+                             allowedPeers: allowed)
             })
         case .subscribe:
-            let mode = Frame.Subscribe.Mode(rawValue: rng.next() % 4)!
+            let mode = Frame.Subscribe.Mode(rawValue: rng.next() % 5)!
             return .subscribe(.init(name: string(limit: FrameLimits.maxName), size: varint(), chunkSize: varint(),
-                                    mode: mode, hashedChunks: varint()))
+                                    mode: mode, hashedChunks: varint(),
+                                    hashKey: rng.next() % 2 == 0 ? [] : raw(ChunkHashKey.byteCount),
+                                    knownRegionID: string(limit: FrameLimits.maxRegionID), knownGeneration: varint()))
         case .have:
             let count = allowsLarge && rng.next() % 200 == 0 ? FrameLimits.maxHashesPerFrame : Int(rng.next() % 40)
-            return .have(firstChunk: varint(), hashes: (0..<count).map { _ in rng.next() })
+            return .have(firstChunk: varint(), hashes: (0..<count).map { _ in ChunkHash(high: rng.next(), low: rng.next()) })
         case .write:
             return .write(chunk: varint(), version: varint(), bytes: bytes(max: FrameLimits.maxPayload - 16))
         case .dirty:
@@ -83,11 +92,17 @@ struct FrameGenerator {
         case .ack:
             return .ack(version: varint())
         case .synced:
-            return .synced(version: varint())
+            return .synced(version: varint(), digest: rng.next() % 2 == 0 ? [] : raw(RegionDigest.byteCount))
         case .read:
             return .read(firstChunk: varint(), count: 1 + rng.next() % FrameLimits.maxReadChunks)
         case .data:
             return .data(firstChunk: varint(), bytes: bytes(max: FrameLimits.maxPayload - 8))
+        case .digestRead:
+            let group = UInt64(1) << (rng.next() % 21)
+            return .digestRead(firstChunk: varint(), count: 1 + rng.next() % (group * UInt64(FrameLimits.maxDigestsPerFrame)), group: group)
+        case .digests:
+            let count = allowsLarge && rng.next() % 100 == 0 ? FrameLimits.maxDigestsPerFrame : Int(rng.next() % 20)
+            return .digests(firstChunk: varint(), group: UInt64(1) << (rng.next() % 21), digests: raw(count * RegionDigest.byteCount))
         case .echo:
             return .echo(bytes(max: FrameLimits.maxPayload))
         case .error:
@@ -142,7 +157,7 @@ func headerVerdict(_ bytes: [UInt8], at offset: Int) -> ProtocolErrorCode? {
     return nil
 }
 
-@Suite("Wire protocol v1 codec: properties over random frames and mutations")
+@Suite("Wire protocol codec: properties over random frames and mutations")
 struct FrameCodecPropertyTests {
     @Test("random valid frames of every type round-trip, whole and cut at random places", arguments: 0..<4)
     func validFramesRoundTrip(seed: UInt64) throws {
@@ -213,7 +228,9 @@ struct FrameCodecPropertyTests {
         for round in 0..<3000 {
             // One or two frames, so a mutation can also straddle a boundary.
             var input = try gen.frame(FrameGenerator.allTypes[round % FrameGenerator.allTypes.count]).encoded()
-            if rng.next() % 4 == 0 { input += try gen.frame(FrameGenerator.allTypes[Int(rng.next() % 12)]).encoded() }
+            if rng.next() % 4 == 0 {
+                input += try gen.frame(FrameGenerator.allTypes[Int(rng.next() % UInt64(FrameGenerator.allTypes.count))]).encoded()
+            }
             var bytes = mutate(input, &rng)
             if rng.next() % 3 == 0, !bytes.isEmpty { bytes = mutate(bytes, &rng) }
             guard !bytes.isEmpty else { continue }

@@ -78,11 +78,11 @@ struct PeerConfigurationTests {
         (#"{"exports": [{"name": "a", "path": "/a"}, {"name": "b", "path": "/b", "sise": "1M"}]}"#,
          "peer.json: exports[1].sise: unknown key; known keys: name, path, size, chunk, allow"),
         (#"{"lisen": ":4433"}"#,
-         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics"),
+         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics, faultTimeout, congestionControl, livenessTimeout, memoryBudget"),
         (#"{"tls": {"cert": "c", "key": "k", "ca": "a", "pin": "x"}}"#,
          "peer.json: tls.pin: unknown key; known keys: cert, key, ca"),
         (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "mode": "lazy"}]}"#,
-         "peer.json: mirrors[0].mode: unknown key; known keys: name, peer, path, lazy"),
+         "peer.json: mirrors[0].mode: unknown key; known keys: name, peer, path, lazy, expect, allow, maxSize, durable"),
     ])
     func unknownKeys(json: String, message: String) {
         #expect(refusal(json) == message)

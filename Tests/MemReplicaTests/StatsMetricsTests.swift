@@ -5,6 +5,10 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+// The socket constants (SOCK_STREAM ...) can come out of the module cache
+// as QuicShim's, which includes <sys/socket.h>; importing it keeps them
+// visible here whichever module the compiler met them in first.
+import QuicShim
 
 /// One HTTP exchange over a fresh loopback connection: sends `request`
 /// (all of it, possibly nothing) and returns everything the server sends
@@ -81,7 +85,7 @@ struct StatsMetricsTests {
     @Test("counters add what a total grew by, a restarted total counts whole, and a gone connection's series go")
     func seriesFromReports() throws {
         let metrics = PrometheusStatistics()
-        var summary = ConnectionSummary(remoteAddress: "10.0.0.2:4433", identity: PeerIdentity(subject: "CN=b", alternativeNames: [], fingerprint: "ff"),
+        var summary = ConnectionSummary(remoteAddress: "10.0.0.2:4433", identity: PeerIdentity(subject: "CN=b", commonName: "b", alternativeNames: [], fingerprint: "ff"),
                                         initiatedLocally: true, statistics: ConnectionStatistics())
         func report(_ connections: [ConnectionSummary]) -> StatsReport {
             StatsReport(version: "t", peer: "a", takenAt: Date(), uptimeSeconds: 1, windowSeconds: 60,

@@ -3,6 +3,10 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+// The socket constants (SOCK_STREAM ...) can come out of the module cache
+// as QuicShim's, which includes <sys/socket.h>; importing it keeps them
+// visible here whichever module the compiler met them in first.
+import QuicShim
 
 /// A loopback UDP relay between a client and a server, for faults the
 /// network would cause: it can stop forwarding (a cut cable, a dead host)
@@ -32,6 +36,8 @@ final class UDPRelay: @unchecked Sendable {
         var largestFromServer = 0
         /// The first datagrams' sizes, negative from the server.
         var firstSizes: [Int] = []
+        /// QUIC v1 Retry packets from the server (long header, type 3).
+        var retriesFromServer = 0
     }
 
     init(toServerPort serverPort: UInt16, oneWayDelay: Duration = .zero) {
@@ -67,6 +73,7 @@ final class UDPRelay: @unchecked Sendable {
         state.withLock { ($0.largestFromClient, $0.largestFromServer) }
     }
     var firstDatagramSizes: [Int] { state.withLock { $0.firstSizes } }
+    var retriesFromServer: Int { state.withLock { $0.retriesFromServer } }
 
     func stop() {
         state.withLock { $0.stop = true }
@@ -99,6 +106,7 @@ final class UDPRelay: @unchecked Sendable {
                 if s.cut { return nil }
                 if fromPort == serverPort {
                     s.largestFromServer = max(s.largestFromServer, n)
+                    if buf[0] & 0xf0 == 0xf0 { s.retriesFromServer += 1 }
                 } else {
                     s.largestFromClient = max(s.largestFromClient, n)
                 }

@@ -5,6 +5,10 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+// The socket constants (SOCK_STREAM ...) can come out of the module cache
+// as QuicShim's, which includes <sys/socket.h>; importing it keeps them
+// visible here whichever module the compiler met them in first.
+import QuicShim
 
 /// Blocking TCP and UDP sockets made inside an emulator's namespaces.
 private enum WANSockets {

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +188,101 @@ failed:;
     return fail(error, error_length, "%s: %s", step, strerror(saved));
 }
 
+/* A lazy session's watcher: a thread that waits for the peer to end the
+ * session (or for detach) and then retires the mapping, so no thread stays
+ * asleep on a chunk that cannot come. */
+struct memreplica_watch {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    int stop[2];          /* detach writes to stop[1] */
+    atomic_int failed;    /* the peer ended the session */
+    int retired;          /* the mapping is private zeros now (under lock) */
+    char reason[512];
+};
+
+/* Replaces a lazy mapping in place with private zero pages, then closes the
+ * userfaultfd, which wakes threads asleep in a fault onto those pages (not
+ * onto the file, where a read would plant a page of zeros). Under lock. */
+static void retire_mapping(memreplica_region *r) {
+    if (r->base && r->uffd >= 0) {
+        if (mmap(r->base, r->size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+            munmap(r->base, r->size);
+        close(r->uffd);
+        r->uffd = -1;
+    }
+}
+
+static void *watch_session(void *argument) {
+    memreplica_region *r = argument;
+    struct memreplica_watch *w = r->watch;
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = r->session, .events = POLLIN}, {.fd = w->stop[0], .events = POLLIN}};
+        int rc = poll(fds, 2, -1);
+        if (rc < 0 && errno == EINTR) continue;
+        if (rc < 0 || fds[1].revents) return NULL;
+        if (!fds[0].revents) continue;
+        char line[1024] = {0};
+        char message[400];
+        pthread_mutex_lock(&w->lock);
+        if (read_line(r->session, line, sizeof(line)) == 0 && json_value(line, "error", message, sizeof(message)) == 0)
+            snprintf(w->reason, sizeof(w->reason), "the peer ended the session: %s", message);
+        else
+            snprintf(w->reason, sizeof(w->reason), "the peer ended the session");
+        atomic_store(&w->failed, 1);
+        retire_mapping(r);
+        w->retired = 1;
+        pthread_mutex_unlock(&w->lock);
+        return NULL;
+    }
+}
+
+static int start_watch(memreplica_region *r, char *error, size_t error_length) {
+    struct memreplica_watch *w = calloc(1, sizeof(*w));
+    if (!w) return fail(error, error_length, "out of memory");
+    if (pipe2(w->stop, O_CLOEXEC) != 0) {
+        free(w);
+        return fail(error, error_length, "pipe: %s", strerror(errno));
+    }
+    pthread_mutex_init(&w->lock, NULL);
+    r->watch = w;
+    int rc = pthread_create(&w->thread, NULL, watch_session, r);
+    if (rc != 0) {
+        close(w->stop[0]);
+        close(w->stop[1]);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        r->watch = NULL;
+        return fail(error, error_length, "pthread_create: %s", strerror(rc));
+    }
+    return 0;
+}
+
+int memreplica_session_alive(memreplica_region *r, char *reason, size_t reason_length) {
+    if (!r->watch) return 1;
+    if (!atomic_load(&r->watch->failed)) return 1;
+    if (reason && reason_length) {
+        pthread_mutex_lock(&r->watch->lock);
+        snprintf(reason, reason_length, "%s", r->watch->reason);
+        pthread_mutex_unlock(&r->watch->lock);
+    }
+    return 0;
+}
+
+int memreplica_read(memreplica_region *r, size_t offset, void *buffer, size_t length, char *error,
+                    size_t error_length) {
+    if (!r->base) return fail(error, error_length, "the region is not attached");
+    if (offset > r->size || length > r->size - offset)
+        return fail(error, error_length, "bytes %zu..+%zu are outside the region (%zu bytes)", offset, length, r->size);
+    char reason[512];
+    if (!memreplica_session_alive(r, reason, sizeof(reason))) return fail(error, error_length, "%s", reason);
+    memcpy(buffer, r->base + offset, length);
+    /* Checked after the copy: a session that ended during it may have
+     * handed zeros to a thread that waited. */
+    if (!memreplica_session_alive(r, reason, sizeof(reason)))
+        return fail(error, error_length, "%s: the bytes read are not the primary's", reason);
+    return 0;
+}
+
 int memreplica_attach(const char *control_path, const char *region, int writable, memreplica_region *out,
                       char *error, size_t error_length) {
     memset(out, 0, sizeof(*out));
@@ -235,25 +332,41 @@ int memreplica_attach(const char *control_path, const char *region, int writable
         return -1;
     }
     out->uffd = uffd;
+    if (out->lazy && start_watch(out, error, error_length) != 0) {
+        memreplica_detach(out);
+        return -1;
+    }
     return 0;
 }
 
 int memreplica_detach(memreplica_region *r) {
+    struct memreplica_watch *w = r->watch;
+    if (w) {
+        /* The watcher first: it must not read the session or retire the
+         * mapping once we close them. */
+        (void)write(w->stop[1], "x", 1);
+        pthread_join(w->thread, NULL);
+        close(w->stop[0]);
+        close(w->stop[1]);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        r->watch = NULL;
+    }
     if (r->session >= 0) {
         char answer[256];
         if (send_line(r->session, "detach\n", -1) == 0) (void)read_line(r->session, answer, sizeof(answer));
         close(r->session);
         r->session = -1;
     }
-    if (r->base && r->lazy && r->uffd >= 0) {
+    if (r->base && r->lazy) {
         /* A thread may still sleep in a fault the peer could not serve;
          * closing the descriptor wakes it to fault again. Unmapped, that is
          * a SIGSEGV; still mapped, its read would plant a page of zeros in
          * the region's page cache, which the peer's later install would
          * take for the real bytes. So the mapping becomes private zero
-         * pages in place first (nothing committed), kept for good. */
-        if (mmap(r->base, r->size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
-            munmap(r->base, r->size);
+         * pages in place first (nothing committed), kept for good (the
+         * watcher may have done so already). */
+        retire_mapping(r);
     } else if (r->base) {
         munmap(r->base, r->size);
     }

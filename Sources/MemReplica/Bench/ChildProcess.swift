@@ -43,6 +43,11 @@ final class ChildProcess: @unchecked Sendable {
         pid = child
     }
 
+    /// Sends `signal` to the child (e.g. SIGSTOP to freeze it in a test).
+    func signal(_ number: Int32) {
+        kill(pid, number)
+    }
+
     /// Waits for exit; returns the exit status (128+signal when killed).
     @discardableResult
     func wait() -> Int32 {

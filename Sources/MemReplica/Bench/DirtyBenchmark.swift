@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -49,6 +50,16 @@ public struct DirtyBenchmark {
         public var firstWriteNanosecondsArmed: Double
         public var meetsScanTarget: Bool
         public var meetsSpeedupTarget: Bool
+        /// One pass over the whole region with each chunk hash, medians of
+        /// `hashPasses` interleaved passes: GMAC (keyed, what the hash
+        /// scanner and HAVE use), XXH64 (unkeyed, used before), SHA-256.
+        public var hashPasses: Int
+        public var gmacPassMedianMilliseconds: Double
+        public var xxh64PassMedianMilliseconds: Double
+        public var sha256PassMedianMilliseconds: Double
+        /// GMAC's pass over XXH64's (the issue's bound: within 2 ×).
+        public var gmacOverXXH64: Double
+        public var sha256OverXXH64: Double
     }
 
     public struct Disagreement: Error, CustomStringConvertible {
@@ -103,7 +114,7 @@ public struct DirtyBenchmark {
             let expected = Array(Set(chosen.map { $0 * pageSize / options.chunkSize })).sorted()
             let byUffd = try tracker.changedChunks()
             let uffdTime = tracker.statistics.lastDuration.milliseconds
-            let byHash = hasher.changedChunks()
+            let byHash = try hasher.changedChunks()
             let hashTime = hasher.statistics.lastDuration.milliseconds
             guard byUffd == expected, byHash == expected else {
                 throw Disagreement(round: round, detail: """
@@ -124,6 +135,9 @@ public struct DirtyBenchmark {
         }
         let uffdMedian = median(uffdTimes), hashMedian = median(hashTimes)
         let speedup = hashMedian / uffdMedian
+        let passes = hashPasses(over: region)
+        log("one pass over \(options.regionBytes >> 20) MiB: GMAC \(String(format: "%.1f", passes.gmac)) ms, "
+            + "XXH64 \(String(format: "%.1f", passes.xxh64)) ms, SHA-256 \(String(format: "%.1f", passes.sha256)) ms")
         return Report(
             kernel: Self.kernelRelease(), regionBytes: options.regionBytes, chunkSize: options.chunkSize,
             pageSize: pageSize, rounds: options.rounds, pagesWrittenPerRound: perRound, dirtyPercent: options.dirtyPercent,
@@ -134,7 +148,32 @@ public struct DirtyBenchmark {
             hashScanMaxMilliseconds: hashTimes.max() ?? 0, speedup: speedup,
             chunksChangedMedian: Int(median(changed.map(Double.init))), roundsAgreeing: options.rounds,
             firstWriteNanosecondsUnarmed: unarmed, firstWriteNanosecondsArmed: median(writeCosts),
-            meetsScanTarget: uffdMedian <= 1, meetsSpeedupTarget: speedup >= 100)
+            meetsScanTarget: uffdMedian <= 1, meetsSpeedupTarget: speedup >= 100,
+            hashPasses: Self.hashPassCount, gmacPassMedianMilliseconds: passes.gmac, xxh64PassMedianMilliseconds: passes.xxh64,
+            sha256PassMedianMilliseconds: passes.sha256, gmacOverXXH64: passes.gmac / passes.xxh64,
+            sha256OverXXH64: passes.sha256 / passes.xxh64)
+    }
+
+    static let hashPassCount = 5
+
+    /// Medians of whole-region passes with each hash, taking turns.
+    private func hashPasses(over region: Region) -> (gmac: Double, xxh64: Double, sha256: Double) {
+        let hasher = ChunkHasher(key: .random())
+        let chunks = region.geometry.chunkCount
+        func chunk(_ i: Int) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: region.bytes[region.geometry.byteRange(ofChunk: i)!]) }
+        func time(_ pass: () -> UInt64) -> Double {
+            let start = ContinuousClock.now
+            let sink = pass()
+            let elapsed = (ContinuousClock.now - start).milliseconds
+            return sink == 1 ? elapsed + 0 : elapsed  // keeps the work
+        }
+        var gmac: [Double] = [], xxh: [Double] = [], sha: [Double] = []
+        for _ in 0..<Self.hashPassCount {
+            gmac.append(time { (0..<chunks).reduce(0) { $0 ^ hasher.hash(chunk($1)).low } })
+            xxh.append(time { (0..<chunks).reduce(0) { $0 ^ XXH64Reference.hash(chunk($1)) } })
+            sha.append(time { (0..<chunks).reduce(0) { $0 ^ UInt64(SHA256.hash(data: chunk($1)).first { _ in true } ?? 0) } })
+        }
+        return (median(gmac), median(xxh), median(sha))
     }
 
     static func kernelRelease() -> String {

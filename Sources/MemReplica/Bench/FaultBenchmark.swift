@@ -84,7 +84,7 @@ public struct FaultBenchmark {
         let replicaPath = "/dev/shm/memreplica-bench-faults-\(getpid())"
         defer { unlink(replicaPath) }
         let replica = try Region(name: "faults", backing: .file(path: replicaPath), size: options.regionBytes,
-                                 chunkSize: options.chunkSize)
+                                 chunkSize: options.chunkSize, allocation: .sparse)
         var lazyOptions = PostCopyMirror.Options()
         lazyOptions.backgroundPull = false
         let mirror = try PostCopyMirror(region: replica, options: lazyOptions)

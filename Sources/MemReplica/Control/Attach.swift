@@ -12,7 +12,8 @@ public struct AttachRequest: Codable, Sendable, Equatable {
     /// "primary" or "replica" when the client relies on one; a mismatch is refused.
     public var role: String?
     /// Start of the client's mapping of the whole region (offset 0) in its
-    /// own address space, and its length: needed with a descriptor.
+    /// own address space, and its length: needed with a descriptor, refused
+    /// without one. Checked before anything else (`AttachMapping`).
     public var base: UInt64?
     public var length: Int?
 
@@ -37,6 +38,10 @@ public struct AttachAnswer: Codable, Sendable, Equatable {
     public var attached: Bool
     /// For an attached writer of a primary: which writes the peer now sees.
     public var tracking: String?
+    /// For a replica: whether its bytes are the primary's current ones now
+    /// (false: incomplete or possibly stale, e.g. the primary is gone or a
+    /// durable replica restarted before converging again).
+    public var synced: Bool?
 
     public init(region: String, role: String, lazy: Bool, path: String, size: Int, chunkSize: Int,
                 attached: Bool, tracking: String? = nil) {
@@ -50,12 +55,23 @@ public struct AttachAnswer: Codable, Sendable, Equatable {
 public struct AttachingProcess: Sendable {
     public let pid: Int32
     public let userfaultfd: Int32?
+    /// Ends this process's session from any thread, telling it why (one
+    /// `{"error": ...}` line, then the socket closes): for a lazy reader
+    /// whose chunk cannot come. Nil for a one-shot lookup.
+    public let endSession: (@Sendable (String) -> Void)?
+
+    public init(pid: Int32, userfaultfd: Int32?, endSession: (@Sendable (String) -> Void)? = nil) {
+        self.pid = pid
+        self.userfaultfd = userfaultfd
+        self.endSession = endSession
+    }
 }
 
 /// What an attach handler decides.
 public enum AttachOutcome: Sendable {
     /// Answered; with `detach` the session stays open and `detach` runs
-    /// once it ends (the descriptor is then the handler's to close).
+    /// once it ends (the descriptor is then the handler's to close);
+    /// without, a descriptor that came along is closed by the server.
     case accepted(AttachAnswer, detach: (@Sendable () -> Void)?)
     /// Refused with a one-line reason; the descriptor is closed by the server.
     case refused(String)

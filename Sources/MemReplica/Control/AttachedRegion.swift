@@ -23,11 +23,14 @@ import Glibc
 /// tracking: which writes each mode catches").
 ///
 /// The session lasts while this object is attached; `detach()` (or the
-/// process's exit) ends it. Should the peer end it first (it stops), a
-/// thread blocked on a missing chunk keeps sleeping until `detach()`
-/// closes the descriptor; it then reads zeros, so check `sessionAlive`
-/// before trusting bytes read across a peer restart. A lazy mapping's
-/// address range stays reserved after `detach()` (see there).
+/// process's exit) ends it. A lazy replica's bytes are the primary's or an
+/// error, never holes: should the peer end the session first (a chunk it
+/// cannot serve in time, the primary out of reach, the peer stopping), a
+/// watcher thread of this object replaces the mapping in place with
+/// private zero pages, which wakes any thread asleep in a fault, and
+/// records why (`failure`). Read with `read(offset:count:)`, which throws
+/// then, or check `sessionAlive` after reading `bytes` directly. A lazy
+/// mapping's address range stays reserved after `detach()` (see there).
 public final class AttachedRegion: @unchecked Sendable {
     public let answer: AttachAnswer
     /// The whole region in this process.
@@ -36,12 +39,27 @@ public final class AttachedRegion: @unchecked Sendable {
     private let userfaultfd: Int32
     private let writeTracker: WriteProtectTracker?
     private let mappedLength: Int
-    private let detached = Locked(false)
+    private let session = Locked(Session())
+    /// A lazy session's watcher: its stop pipe, and a semaphore it signals on exit.
+    private let watcherStop: (read: Int32, write: Int32)?
+    private let watcherDone = DispatchSemaphore(value: 0)
+
+    private struct Session {
+        /// `detach()` ran, or the watcher retired the mapping.
+        var detached = false
+        var retired = false
+        /// Why the peer ended the session.
+        var failure: String?
+    }
 
     public enum Failure: Error, CustomStringConvertible, Equatable {
         case open(path: String, errno: Errno)
         case sizeMismatch(path: String, file: Int, region: Int)
         case system(call: String, errno: Errno)
+        /// The peer ended the session before the read finished: the bytes
+        /// may be zeros the primary never wrote.
+        case notCurrent(reason: String)
+        case outOfRange(offset: Int, count: Int, size: Int)
 
         public var description: String {
             switch self {
@@ -49,6 +67,9 @@ public final class AttachedRegion: @unchecked Sendable {
             case .sizeMismatch(let path, let file, let region):
                 return "\(path) holds \(file) bytes but the peer says the region has \(region)"
             case .system(let call, let e): return "\(call) failed: \(e)"
+            case .notCurrent(let reason): return "\(reason): the bytes read are not the primary's"
+            case .outOfRange(let offset, let count, let size):
+                return "bytes \(offset)..+\(count) are outside the region (\(size) bytes)"
             }
         }
     }
@@ -93,6 +114,7 @@ public final class AttachedRegion: @unchecked Sendable {
             socket = nil
             userfaultfd = -1
             writeTracker = nil
+            watcherStop = nil
             return
         }
         if writable {
@@ -109,6 +131,7 @@ public final class AttachedRegion: @unchecked Sendable {
                 socket = session
                 userfaultfd = -1
                 writeTracker = tracker
+                watcherStop = nil
                 return
             } catch {
                 munmap(p, found.size)
@@ -132,17 +155,90 @@ public final class AttachedRegion: @unchecked Sendable {
                 session.close()
                 throw ControlError.malformed("the peer answered without attaching the mapping")
             }
+            var pipe: [Int32] = [-1, -1]
+            guard Glibc.pipe(&pipe) == 0 else {
+                session.close()
+                throw Failure.system(call: "pipe", errno: Errno(rawValue: errno))
+            }
+            for fd in pipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
             answer = attachedAnswer
             socket = session
             userfaultfd = uffd
+            watcherStop = (pipe[0], pipe[1])
         } catch {
             munmap(p, found.size)
             if uffd >= 0 { Glibc.close(uffd) }
             throw error
         }
+        startWatcher()
     }
 
     deinit { detach() }
+
+    /// Why the peer ended the session (nil while it lasts, or after our own
+    /// `detach()`).
+    public var failure: String? { session.withLock { $0.failure } }
+
+    /// Copies `count` bytes from `offset`. Throws `Failure.notCurrent` when
+    /// the peer ended the session before the copy finished (or before it
+    /// began): those bytes may be zeros the primary never wrote. Touching a
+    /// lazy replica may block: call from a thread that may block.
+    public func read(offset: Int, count: Int) throws -> [UInt8] {
+        guard offset >= 0, count >= 0, offset <= bytes.count, count <= bytes.count - offset else {
+            throw Failure.outOfRange(offset: offset, count: count, size: bytes.count)
+        }
+        if let failure { throw Failure.notCurrent(reason: failure) }
+        let out = Array(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]))
+        // After the copy: a session that ended during it woke a waiting
+        // thread onto zeros.
+        if let failure { throw Failure.notCurrent(reason: failure) }
+        return out
+    }
+
+    /// Waits for the peer to end the session (or for `detach`), then
+    /// retires the mapping so that no thread waits on a chunk that cannot
+    /// come, and records the peer's reason.
+    private func startWatcher() {
+        guard let socket, let stop = watcherStop else { return }
+        let done = watcherDone
+        let thread = Thread { [weak self] in
+            defer { done.signal() }
+            var fds = [pollfd(fd: socket.fd.rawValue, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: stop.read, events: Int16(POLLIN), revents: 0)]
+            while true {
+                let rc = poll(&fds, 2, -1)
+                if rc < 0 && errno == EINTR { continue }
+                if rc < 0 || fds[1].revents != 0 { return }
+                if fds[0].revents != 0 { break }
+            }
+            let line = (try? socket.readLine(limit: 4096, deadline: .now + .milliseconds(500))) ?? []
+            var reason = "the peer ended the session"
+            if case .error(let message)? = try? StatusReport.makeDecoder().decode(ControlResponse.self, from: Data(line)) {
+                reason += ": \(message)"
+            }
+            self?.retire(failure: reason)
+        }
+        thread.name = "memreplica session \(answer.region)"
+        thread.start()
+    }
+
+    /// Replaces a lazy mapping in place with private zero pages and closes
+    /// the descriptor (once): a thread asleep in a fault wakes onto zeros in
+    /// this process, never onto the file, where its read would put a page
+    /// of zeros into the region's page cache that the peer's later install
+    /// of the real bytes would find present and skip.
+    private func retire(failure: String?) {
+        let first = session.withLock { s -> Bool in
+            if let failure, !s.detached, s.failure == nil { s.failure = failure }
+            defer { s.retired = true }
+            return !s.retired
+        }
+        guard first, userfaultfd >= 0 else { return }
+        let zeros = mmap(bytes.baseAddress, mappedLength, PROT_READ,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        if zeros == MAP_FAILED { munmap(bytes.baseAddress, mappedLength) }
+        Glibc.close(userfaultfd)
+    }
 
     /// Whether the peer still serves this mapping (false once it closed the
     /// session, e.g. because it stopped). Always true without a session.
@@ -150,8 +246,8 @@ public final class AttachedRegion: @unchecked Sendable {
         guard let socket else { return true }
         // Polled under the lock `detach` takes before closing the socket: a
         // descriptor number closed meanwhile may already name another file.
-        return detached.withLock { detached in
-            guard !detached else { return false }
+        return session.withLock { s in
+            guard !s.detached, s.failure == nil else { return false }
             var pfd = pollfd(fd: socket.fd.rawValue, events: Int16(POLLIN), revents: 0)
             return poll(&pfd, 1, 0) == 0
         }
@@ -162,8 +258,17 @@ public final class AttachedRegion: @unchecked Sendable {
     /// unmaps; a lazy mapping becomes read-only zeros instead, its address
     /// range reserved for good. Idempotent.
     public func detach() {
-        let first = detached.withLock { d -> Bool in defer { d = true }; return !d }
+        let first = session.withLock { s -> Bool in defer { s.detached = true }; return !s.detached }
         guard first else { return }
+        if let stop = watcherStop {
+            // The watcher first: it must not read the session or retire the
+            // mapping once they are closed.
+            var byte: UInt8 = 1
+            _ = Glibc.write(stop.write, &byte, 1)
+            watcherDone.wait()
+            Glibc.close(stop.read)
+            Glibc.close(stop.write)
+        }
         if let socket {
             let deadline = ContinuousClock.now + ControlServer.ioTimeout
             if (try? socket.send(Array("detach\n".utf8), deadline: deadline)) != nil {
@@ -179,16 +284,11 @@ public final class AttachedRegion: @unchecked Sendable {
         // A thread may still sleep in a fault here (the peer could not
         // serve it). Closing the descriptor wakes it to fault again: with
         // the range unmapped that is a SIGSEGV, and with the file still
-        // mapped its read would put a page of zeros into the region's page
-        // cache, where the peer's later install of the real bytes finds a
-        // page present and skips it. So the file mapping is first replaced,
-        // in place, by private zero pages (no memory is committed), and
-        // those stay: a woken thread reads zeros and nothing else changes.
-        // Only the address range is kept; no thread can be known to be gone.
-        let zeros = mmap(bytes.baseAddress, mappedLength, PROT_READ,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
-        if zeros == MAP_FAILED { munmap(bytes.baseAddress, mappedLength) }
-        Glibc.close(userfaultfd)
+        // mapped its read would plant a page of zeros in the file. So the
+        // mapping becomes private zero pages in place, and those stay (no
+        // memory is committed): only the address range is kept, since no
+        // thread can be known to be gone.
+        retire(failure: nil)
     }
 
     private static func exchange(controlPath: String, request: AttachRequest, descriptor: Int32,

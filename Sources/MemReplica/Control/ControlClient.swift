@@ -30,7 +30,17 @@ public struct ControlClient: Sendable {
         switch try await send(.status) {
         case .status(let report): return report
         case .error(let message): throw ControlError.refused(message)
-        case .stats: throw ControlError.malformed("the peer answered 'status' with a stats report")
+        default: throw ControlError.malformed("the peer answered 'status' with another report")
+        }
+    }
+
+    /// Compares replica `region` with its primary (the peer's answer may
+    /// take as long as hashing both copies: give a timeout to match).
+    public func verify(_ region: String) async throws -> VerifyReport {
+        switch try await send(.verify(region)) {
+        case .verify(let report): return report
+        case .error(let message): throw ControlError.refused(message)
+        default: throw ControlError.malformed("the peer answered 'verify' with another report")
         }
     }
 
@@ -38,7 +48,7 @@ public struct ControlClient: Sendable {
         switch try await send(.stats) {
         case .stats(let report): return report
         case .error(let message): throw ControlError.refused(message)
-        case .status: throw ControlError.malformed("the peer answered 'stats' with a status report")
+        default: throw ControlError.malformed("the peer answered 'stats' with another report")
         }
     }
 

@@ -2,9 +2,15 @@
 /// `{"command":"status"}`.
 public struct ControlRequest: Codable, Sendable, Equatable {
     public var command: String
+    /// The region a command is about (`verify`).
+    public var region: String?
 
-    public init(command: String) { self.command = command }
+    public init(command: String, region: String? = nil) {
+        self.command = command
+        self.region = region
+    }
 
     public static let status = ControlRequest(command: "status")
     public static let stats = ControlRequest(command: "stats")
+    public static func verify(_ region: String) -> ControlRequest { ControlRequest(command: "verify", region: region) }
 }

@@ -4,11 +4,12 @@
 public enum ControlResponse: Codable, Sendable, Equatable {
     case status(StatusReport)
     case stats(StatsReport)
+    case verify(VerifyReport)
     case error(String)
 
-    /// `connections` is a key of a stats report only, which tells the two
-    /// reports apart.
-    private enum Keys: String, CodingKey { case error, connections }
+    /// `connections` is a key of a stats report only, `differingCount` of a
+    /// verify report only: they tell the reports apart.
+    private enum Keys: String, CodingKey { case error, connections, differingCount }
 
     public init(from decoder: any Decoder) throws {
         let keyed = try decoder.container(keyedBy: Keys.self)
@@ -16,6 +17,8 @@ public enum ControlResponse: Codable, Sendable, Equatable {
             self = .error(message)
         } else if keyed.contains(.connections) {
             self = .stats(try StatsReport(from: decoder))
+        } else if keyed.contains(.differingCount) {
+            self = .verify(try VerifyReport(from: decoder))
         } else {
             self = .status(try StatusReport(from: decoder))
         }
@@ -26,6 +29,8 @@ public enum ControlResponse: Codable, Sendable, Equatable {
         case .status(let report):
             try report.encode(to: encoder)
         case .stats(let report):
+            try report.encode(to: encoder)
+        case .verify(let report):
             try report.encode(to: encoder)
         case .error(let message):
             var keyed = encoder.container(keyedBy: Keys.self)

@@ -32,6 +32,16 @@ public final class ControlServer: Sendable {
     private let attachHandler: AttachHandler?
     private let logger: Logger
     private let exit = Locked(ExitState())
+    /// Sessions to end, asked from other threads (`AttachingProcess.endSession`).
+    private let endRequests = Locked<[(id: Int, reason: String)]>([])
+    private let nextSessionID = Locked(0)
+    /// False once `stop` is about to close the wake-up pipe: a session end
+    /// asked later (a mirror stopping after us) must not write to a closed
+    /// descriptor number, which may already name another file.
+    private let wakeOpen = Locked(true)
+    /// What a byte on the wake-up pipe means.
+    private static let wakeToStop: UInt8 = 1
+    private static let wakeToEndSessions: UInt8 = 2
 
     private struct ExitState {
         var finished = false
@@ -66,7 +76,9 @@ public final class ControlServer: Sendable {
     /// Stops accepting, waits for the accept thread and removes the socket
     /// file (if it is still ours).
     public func stop() async {
-        _ = try? wake.writeEnd.writeAll([UInt8(1)])
+        wakeOpen.withLock { open in
+            if open { _ = try? wake.writeEnd.writeAll([Self.wakeToStop]) }
+        }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let resumeNow = exit.withLock { state -> Bool in
                 if state.finished { return true }
@@ -75,9 +87,16 @@ public final class ControlServer: Sendable {
             }
             if resumeNow { c.resume() }
         }
+        // Once: a second stop must not close descriptor numbers reused since.
+        let first = wakeOpen.withLock { open -> Bool in
+            guard open else { return false }
+            open = false
+            try? wake.readEnd.close()
+            try? wake.writeEnd.close()
+            return true
+        }
+        guard first else { return }
         listener.close()
-        try? wake.readEnd.close()
-        try? wake.writeEnd.close()
         if (try? FileIdentity(path: path)) == socketFile {
             unlink(path)
         }
@@ -85,6 +104,7 @@ public final class ControlServer: Sendable {
 
     /// An attached process: its connection, and what to undo when it ends.
     private struct Session {
+        let id: Int
         let socket: UnixSocket
         let detach: @Sendable () -> Void
     }
@@ -92,7 +112,7 @@ public final class ControlServer: Sendable {
     private func acceptLoop() {
         var sessions: [Session] = []
         defer {
-            for session in sessions { end(session) }
+            for session in sessions { end(session, reason: "the peer is stopping") }
             let waiters = exit.withLock { state -> [CheckedContinuation<Void, Never>] in
                 state.finished = true
                 defer { state.waiters.removeAll() }
@@ -113,7 +133,17 @@ public final class ControlServer: Sendable {
                 logger.error("control socket poll failed: \(Errno(rawValue: errno))")
                 return
             }
-            if fds[1].revents != 0 { return }
+            if fds[1].revents != 0 {
+                var bytes = [UInt8](repeating: 0, count: 64)
+                let n = Glibc.read(wake.readEnd.rawValue, &bytes, bytes.count)
+                if n <= 0 || bytes[..<n].contains(Self.wakeToStop) { return }
+                let requests = endRequests.withLock { r in defer { r = [] }; return r }
+                for request in requests {
+                    guard let index = sessions.firstIndex(where: { $0.id == request.id }) else { continue }
+                    end(sessions.remove(at: index), reason: request.reason)
+                }
+                continue
+            }
             let ended = Set(fds.indices.dropFirst(2).filter { fds[$0].revents != 0 }.map { $0 - 2 })
             for index in ended.sorted(by: >) {
                 end(sessions.remove(at: index))
@@ -131,8 +161,16 @@ public final class ControlServer: Sendable {
     /// Ends a session. A client that says `detach` first (a line) is told
     /// when the peer is done with its mapping (`{"detached":true}`): an
     /// attached writer unmaps only after its last writes were scanned.
-    private func end(_ session: Session) {
-        let line = try? session.socket.readLine(limit: 64, deadline: .now + .milliseconds(100))
+    /// With a `reason`, the peer ends the session: the client hears why
+    /// first (`{"error": reason}`), so its readers fail rather than wait.
+    private func end(_ session: Session, reason: String? = nil) {
+        if let reason {
+            var line = (try? Array(StatusReport.makeEncoder().encode(ControlResponse.error(reason)))) ?? []
+            line.append(UInt8(ascii: "\n"))
+            try? session.socket.send(line, deadline: .now + .milliseconds(200))
+            logger.info("attach session ended by the peer: \(reason)")
+        }
+        let line = reason == nil ? try? session.socket.readLine(limit: 64, deadline: .now + .milliseconds(100)) : nil
         session.detach()
         if line.map({ String(decoding: $0, as: UTF8.self) }) == "detach" {
             try? session.socket.send(Array("{\"detached\":true}\n".utf8), deadline: .now + .milliseconds(200))
@@ -192,10 +230,23 @@ public final class ControlServer: Sendable {
         if descriptor != nil, sessions.count >= Self.maxSessions {
             return refuse("too many attached processes (at most \(Self.maxSessions))")
         }
-        switch attachHandler(request, AttachingProcess(pid: pid, userfaultfd: descriptor)) {
+        let id = nextSessionID.withLock { $0 += 1; return $0 }
+        let endRequests = self.endRequests
+        let wakeEnd = wake.writeEnd
+        let wakeOpen = self.wakeOpen
+        let endSession: @Sendable (String) -> Void = { reason in
+            endRequests.withLock { $0.append((id, reason)) }
+            wakeOpen.withLock { open in
+                if open { _ = try? wakeEnd.writeAll([Self.wakeToEndSessions]) }
+            }
+        }
+        let process = AttachingProcess(pid: pid, userfaultfd: descriptor, endSession: descriptor == nil ? nil : endSession)
+        switch attachHandler(request, process) {
         case .refused(let message):
             refuse(message)
         case .accepted(let answer, let detach):
+            // A lookup answered while a descriptor came along: nobody took it.
+            if detach == nil, let descriptor { Glibc.close(descriptor) }
             var bytes = (try? Array(StatusReport.makeEncoder().encode(answer))) ?? []
             bytes.append(UInt8(ascii: "\n"))
             do {
@@ -207,7 +258,7 @@ public final class ControlServer: Sendable {
                 return
             }
             if let detach {
-                sessions.append(Session(socket: client, detach: detach))
+                sessions.append(Session(id: id, socket: client, detach: detach))
                 logger.debug("process \(pid) attached to region \(answer.region)")
             } else {
                 client.close()

@@ -15,9 +15,16 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var windowSeconds: Double
     public var connections: [Connection]
     public var regions: [Region]
+    /// The memory budget on stream buffers (`MemoryBudget`), what they
+    /// hold now and at most so far, and the streams reset because their
+    /// peer stopped reading.
+    public var memoryBudgetBytes: Int?
+    public var bufferedBytes: Int?
+    public var peakBufferedBytes: Int?
+    public var stalledStreamsReset: UInt64?
 
     public init(version: String, peer: String, takenAt: Date, uptimeSeconds: Double, windowSeconds: Double,
-                connections: [Connection], regions: [Region]) {
+                connections: [Connection], regions: [Region], memory: MemoryBudget? = nil) {
         self.version = version
         self.peer = peer
         self.takenAt = takenAt
@@ -25,6 +32,10 @@ public struct StatsReport: Codable, Sendable, Equatable {
         self.windowSeconds = windowSeconds
         self.connections = connections
         self.regions = regions
+        memoryBudgetBytes = memory?.limit
+        bufferedBytes = memory?.used
+        peakBufferedBytes = memory?.peak
+        stalledStreamsReset = memory?.streamsResetForStall
     }
 
     /// One live connection, as its transport reports it (ngtcp2's
@@ -106,6 +117,23 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var scan: Scan?
         /// Primary: each mirror served now.
         public var replicas: [Replica]?
+        /// The region's id and owner generation (a primary's own; a
+        /// replica's as its primary's last catalog gave them).
+        public var regionID: String?
+        public var generation: UInt64?
+        /// Replica: true only while its copy is the primary's current bytes
+        /// (connected, initial pass applied and self-checked); false
+        /// whenever it may be stale or incomplete.
+        public var synced: Bool?
+        /// Why the region is not served or not current. Primary: its
+        /// backing failed (e.g. the file was truncated under the peer).
+        /// Replica: why the last attempt to mirror failed (a refused or
+        /// unreachable primary, no room for the file ...), until it is
+        /// synced again.
+        public var problem: String?
+        /// Durable replica: its state file says the local file is an exact
+        /// copy of the primary at some version (not necessarily the latest).
+        public var durableComplete: Bool?
         /// Replica: where it mirrors from, what it holds, how often it reconnected.
         public var source: String?
         public var chunksPresent: Int?

@@ -80,6 +80,19 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var chunks: Int
         public var lastAppliedVersion: UInt64?
         public var source: String?
+        /// The region's id and owner generation (see `StatsReport.Region`).
+        public var regionID: String?
+        public var generation: UInt64?
+        /// Replica: whether its copy is the primary's current bytes now.
+        public var synced: Bool?
+        /// Why the region is not served or not current. Primary: its
+        /// backing failed (e.g. the file was truncated under the peer).
+        /// Replica: why the last attempt to mirror failed (a refused or
+        /// unreachable primary, no room for the file ...), until it is
+        /// synced again.
+        public var problem: String?
+        /// Durable replica: what its state file says of the local copy.
+        public var durable: Durable?
         /// For a primary: the mirrors it serves now.
         public var mirrors: [Mirror]?
         /// For a lazy (post-copy) replica: its faults. `lastAppliedVersion`
@@ -96,12 +109,26 @@ public struct StatusReport: Codable, Sendable, Equatable {
             public init(pid: Int32, mode: String) { self.pid = pid; self.mode = mode }
         }
 
+        public struct Durable: Codable, Sendable, Equatable {
+            /// The file is an exact copy of the primary at `version` of
+            /// `generation` (it may be behind the primary now: see `synced`).
+            public var complete: Bool
+            public var version: UInt64
+            public var generation: UInt64
+            public var recordedAt: Date
+        }
+
         public struct Lazy: Codable, Sendable, Equatable {
             public var faults: Int
             public var faultsServed: Int
             public var chunksInvalidated: Int
             /// How long the longest-waiting unserved fault has waited.
             public var oldestFaultWaitingSeconds: Double?
+            /// Chunks that arrived but could not be installed yet (retried),
+            /// and why; attached readers failed because chunks could not come.
+            public var installsPending: Int?
+            public var installError: String?
+            public var readersFailed: Int?
         }
 
         public struct Mirror: Codable, Sendable, Equatable {

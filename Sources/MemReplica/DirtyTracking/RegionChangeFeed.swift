@@ -181,6 +181,10 @@ public final class RegionChangeFeed: Sendable {
             var scanned: [Int]
             do {
                 scanned = try tracker.changedChunks()
+            } catch Region.Failure.unavailable {
+                // The region itself failed, not the tracker: nothing is
+                // served from it any more (each subscription's pass says why).
+                return []
             } catch {
                 logger.error("dirty tracker failed: hashing from now on, every chunk is sent again",
                              metadata: ["region": "\(region.name)", "tracker": "\(s.kind)", "error": "\(error)"])

@@ -62,6 +62,8 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     private let memory: UnsafeMutableRawBufferPointer
     /// `memory.count` rounded up to whole pages (what is registered).
     private let trackedLength: Int
+    /// The address just past the tracked pages (checked not to overflow).
+    private let trackedEnd: UInt64
     private let chunkCount: Int
     private let owner: AnyObject?
     private let uffd: FileDescriptor
@@ -95,6 +97,8 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         self.chunkSize = chunkSize
         self.owner = owner
         trackedLength = (memory.count + pageSize - 1) / pageSize * pageSize
+        // A mapping of ours cannot wrap the address space.
+        trackedEnd = UInt64(UInt(bitPattern: base)) + UInt64(trackedLength)
         chunkCount = (memory.count + chunkSize - 1) / chunkSize
 
         let offered = try Self.offeredFeatures()
@@ -144,20 +148,31 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     /// `base` (in its own address space) for WP_ASYNC write-protection on
     /// `userfaultfd` and write-protected them; `pagemap` is its
     /// /proc/PID/pagemap. Both descriptors are owned by the tracker from
-    /// now on. The first scan proves PAGEMAP_SCAN works on that range.
+    /// now on, and closed here should it throw. The first scan proves
+    /// PAGEMAP_SCAN works on that range. The numbers come from another
+    /// process: the range must lie within the user address space
+    /// (`AttachMapping`), so the scan's address arithmetic cannot overflow.
     init(attachedProcessFD userfaultfd: Int32, pagemap: Int32, base: UInt64, length: Int, chunkSize: Int,
          runCapacity: Int = 4096) throws {
-        pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
-        guard base != 0, base % UInt64(pageSize) == 0, length > 0, chunkSize > 0 else {
-            throw Failure(step: "attaching", errno: nil, detail: "the mapping must be non-empty and page-aligned")
+        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let mapping: AttachMapping
+        do {
+            guard length > 0, chunkSize > 0, runCapacity > 0 else { throw AttachMapping.Invalid.wrongLength(length, regionSize: length) }
+            mapping = try AttachMapping(base: base, length: length, regionSize: length, pageSize: pageSize)
+        } catch {
+            close(userfaultfd)
+            close(pagemap)
+            throw Failure(step: "attaching", errno: nil, detail: "\(error)")
         }
+        self.pageSize = pageSize
         self.uffd = FileDescriptor(rawValue: userfaultfd)
         self.pagemap = FileDescriptor(rawValue: pagemap)
         remote = true
         owner = nil
         features = 0
         self.chunkSize = chunkSize
-        trackedLength = (length + pageSize - 1) / pageSize * pageSize
+        trackedLength = mapping.length
+        trackedEnd = mapping.end
         chunkCount = (length + chunkSize - 1) / chunkSize
         memory = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: UInt(base)), count: length)
         runs = .allocate(capacity: runCapacity)
@@ -212,7 +227,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     /// start of the memory), ascending, and write-protects them again.
     private func scanWrittenRuns(_ body: (Range<Int>) -> Void) throws {
         let base = UInt64(UInt(bitPattern: memory.baseAddress!))
-        let end = base + UInt64(trackedLength)
+        let end = trackedEnd
         var start = base
         while true {
             var arg = dt_pm_scan_arg(

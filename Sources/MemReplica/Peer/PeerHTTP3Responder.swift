@@ -38,8 +38,8 @@ public struct PeerHTTP3Responder: HTTP3Responder {
             return .text(405, "\(request.method) is not allowed: this face is read-only", headers: [("allow", "GET")])
         }
         switch route {
-        case .stats: return .json(await service.statsReport())
-        case .regions: return .json(listing())
+        case .stats: return .json(await service.statsReport(visibleTo: request.peer))
+        case .regions: return .json(listing().filter { service.mayRead($0.name, role: $0.role, peer: request.peer) })
         case .chunk(let name, let index): return chunk(index, of: name, for: request.peer)
         }
     }
@@ -61,11 +61,13 @@ public struct PeerHTTP3Responder: HTTP3Responder {
             case .eager(let m)?:
                 let g = m.region.geometry, p = m.currentProgress
                 return RegionListing(name: runner.spec.name, role: "replica", size: g.size, chunkSize: g.chunkSize,
-                                     chunks: g.chunkCount, chunksPresent: p.synced ? g.chunkCount : p.chunksPresent, lazy: false)
+                                     chunks: g.chunkCount, chunksPresent: p.synced ? g.chunkCount : p.chunksPresent, lazy: false,
+                                     synced: runner.synced)
             case .lazy(let m)?:
                 let g = m.region.geometry
                 return RegionListing(name: runner.spec.name, role: "replica", size: g.size, chunkSize: g.chunkSize,
-                                     chunks: g.chunkCount, chunksPresent: m.progress.chunksPresent, lazy: true)
+                                     chunks: g.chunkCount, chunksPresent: m.progress.chunksPresent, lazy: true,
+                                     synced: runner.synced)
             }
         }
         return primaries + replicas
@@ -73,12 +75,19 @@ public struct PeerHTTP3Responder: HTTP3Responder {
 
     private func chunk(_ index: Int, of name: String, for peer: PeerIdentity) -> HTTP3Response {
         let region: Region
+        // A peer the rules leave out hears what it would of a region that
+        // does not exist: a 403 would confirm the name.
         if let export = service.exports.export(named: name) {
-            if let allowed = export.allowedPeers, !allowed.contains(peer.commonName ?? "") {
-                return .text(403, "'\(peer.commonName ?? peer.subject)' may not read '\(name)'")
-            }
+            guard export.allow.permits(peer) else { return .text(404, "no region named '\(name)' on this peer") }
             region = export.region
         } else if let runner = service.mirrors.first(where: { $0.spec.name == name }) {
+            guard runner.servingRule.permits(peer) else { return .text(404, "no region named '\(name)' on this peer") }
+            // Only current bytes leave a replica: while it is not synced
+            // with its primary, what it holds may be stale or incomplete.
+            guard runner.synced else {
+                return .text(503, "replica '\(name)' is not synced with its primary: its bytes may not be current",
+                             headers: [("retry-after", "1")])
+            }
             switch runner.mirror {
             case nil:
                 return .text(503, "replica '\(name)' has not reached its primary yet", headers: [("retry-after", "1")])

@@ -9,6 +9,21 @@ extension PeerService {
     /// Prometheus series refreshed.
     public static let statisticsInterval: Duration = .seconds(1)
 
+    /// The report as `peer` may see it over HTTP/3: only the regions the
+    /// allow rules let it see (the control socket's report has them all).
+    public func statsReport(visibleTo peer: PeerIdentity) async -> StatsReport {
+        var report = await statsReport()
+        report.regions = report.regions.filter { mayRead($0.name, role: $0.role, peer: peer) }
+        return report
+    }
+
+    /// Whether `peer` may learn of or read region `name` here: an export's
+    /// allow list, or for a replica its primary's list narrowed by its own.
+    public func mayRead(_ name: String, role: String, peer: PeerIdentity) -> Bool {
+        if role == "primary" { return exports.export(named: name)?.allow.permits(peer) ?? false }
+        return mirrors.first { $0.spec.name == name }?.servingRule.permits(peer) ?? false
+    }
+
     public func statsReport() async -> StatsReport {
         collectSamples()
         let summaries = await endpoint.connectionSummaries()
@@ -22,7 +37,7 @@ extension PeerService {
             uptimeSeconds: Date().timeIntervalSince(startedAt),
             windowSeconds: (statistics.slotDuration * statistics.slots).seconds,
             connections: connections.sorted { ($0.peer, $0.remoteAddress) < ($1.peer, $1.remoteAddress) },
-            regions: primaryStatistics() + replicaStatistics())
+            regions: primaryStatistics() + replicaStatistics(), memory: endpoint.memoryBudget)
     }
 
     /// Samples until cancelled (the peer's `run` does when it ends).
@@ -42,6 +57,8 @@ extension PeerService {
     /// after the fault was served: the window may hold a sample that long
     /// past its slot, a drift far below the window's length.
     private func collectSamples() {
+        // A region whose file was truncated is logged even with no mirror.
+        exports.checkRegions()
         for (name, status) in exports.dirtyTracking() {
             statistics.sampleDirty(region: name, total: status.statistics.totalChangedChunks)
         }
@@ -59,6 +76,8 @@ extension PeerService {
         return exports.catalog().compactMap { entry -> StatsReport.Region? in
             guard let r = exports.export(named: entry.name)?.region else { return nil }
             var region = StatsReport.Region(name: r.name, role: "primary", size: r.geometry.size, chunkSize: r.geometry.chunkSize)
+            region.regionID = entry.identity.id
+            region.generation = entry.identity.generation
             let moved = statistics.transfers(region: r.name)
             region.chunksPushed = moved.chunksPushed
             region.bytesPushed = moved.bytesPushed
@@ -78,6 +97,7 @@ extension PeerService {
             }
             region.replicationLag = statistics.latency(.replicationLag, region: r.name)
             region.readLatency = statistics.latency(.readLatency, region: r.name)
+            region.problem = r.failure
             return region
         }
     }
@@ -88,6 +108,11 @@ extension PeerService {
             region.lazy = runner.spec.lazy
             region.source = runner.spec.address.description
             region.reconnects = runner.reconnects
+            region.regionID = runner.followedIdentity?.id
+            region.generation = runner.followedIdentity?.generation
+            region.synced = runner.synced
+            region.problem = runner.problem
+            region.durableComplete = runner.durableRecord?.complete
             switch runner.mirror {
             case nil:
                 break

@@ -66,10 +66,30 @@ public final class PeerService: Sendable {
         }
     }
 
+    /// How long a peer may leave a stream it opened without a first frame:
+    /// each such stream holds a task and one of its connection's stream slots.
+    public static let firstFrameTimeout: Duration = .seconds(10)
+
+    /// The stream's first frame, or a reset stream and an error once
+    /// `firstFrameTimeout` passed without one.
+    private static func firstFrame(of frames: FrameStream) async throws -> Frame? {
+        try await withThrowingTaskGroup(of: Frame?.self) { group in
+            group.addTask { try await frames.receive() }
+            group.addTask {
+                try await Task.sleep(for: firstFrameTimeout)
+                // Ends the read above, which reports the reset.
+                await frames.stream.reset(errorCode: ProtocolErrorCode.peerStalled.rawValue)
+                throw TransportError.peerStalled(seconds: firstFrameTimeout.seconds)
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+    }
+
     private func route(_ stream: any TransportStream, connection: any TransportConnection, peer: String) async {
         let frames = FrameStream(stream)
         do {
-            let first = try await frames.receive()
+            let first = try await Self.firstFrame(of: frames)
             if let frame = first, stream.receivedEarlyData, !frame.mayArriveAsEarlyData {
                 // Replayable bytes may only ask for what is safe to repeat.
                 throw ProtocolViolation(.unexpectedFrame, "\(frame.name) may not be sent as 0-RTT early data; only HELLO may")
@@ -78,7 +98,7 @@ public final class PeerService: Sendable {
             case .subscribe(let subscription)?:
                 await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity)
             case .hello(let hello)?:
-                try await answerHello(hello, on: frames)
+                try await answerHello(hello, on: frames, peer: connection.peerIdentity)
             case .echo(let bytes)?:
                 try await echo.serve(frames, first: bytes, peer: peer)
             case let other?:
@@ -94,14 +114,15 @@ public final class PeerService: Sendable {
         }
     }
 
-    /// Control stream: our HELLO, then the catalog of what we export.
-    private func answerHello(_ hello: Frame.Hello, on frames: FrameStream) async throws {
+    /// Control stream: our HELLO, then the catalog of what we export to
+    /// this peer (regions its allow lists leave it out of are not named).
+    private func answerHello(_ hello: Frame.Hello, on frames: FrameStream, peer: PeerIdentity) async throws {
         guard hello.protocolVersion == Frame.protocolVersion else {
             throw ProtocolViolation(.unsupportedVersion, "this peer speaks protocol \(Frame.protocolVersion), not \(hello.protocolVersion)")
         }
         let me = endpoint.localIdentity
         try await frames.send(.hello(.init(peerName: me.commonName ?? me.subject)))
-        try await frames.send(.catalog(exports.catalog()))
+        try await frames.send(.catalog(exports.catalog(for: peer)))
         try await frames.stream.finish()
     }
 
@@ -123,34 +144,25 @@ public final class PeerService: Sendable {
             guard let r = exports.export(named: entry.name)?.region else { return nil }
             var region = StatusReport.Region(name: r.name, role: "primary", path: r.backing.description, size: r.geometry.size,
                                              chunkSize: r.geometry.chunkSize, chunks: r.geometry.chunkCount)
+            region.regionID = entry.identity.id
+            region.generation = entry.identity.generation
             region.mirrors = states.filter { $0.region == r.name }.map {
                 .init(peer: $0.peer, sentVersion: $0.sentVersion, acknowledgedVersion: $0.acknowledgedVersion,
                       versionLag: $0.versionLag, synced: $0.synced)
             }
+            region.problem = r.failure
             return region
         }
         let replicas = mirrors.map { runner -> StatusReport.Region in
-            switch runner.mirror {
-            case nil:
-                return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: 0, chunkSize: 0,
-                             chunks: 0, chunksPresent: 0, source: runner.spec.address.description)
-            case .eager(let m)?:
-                let p = m.currentProgress
-                return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
-                             chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
-                             chunksPresent: p.synced ? m.region.geometry.chunkCount : p.chunksPresent,
-                             lastAppliedVersion: p.lastAppliedVersion,
-                             source: runner.spec.address.description)
-            case .lazy(let m)?:
-                let p = m.progress
-                var region = StatusReport.Region(name: runner.spec.name, role: "replica", path: runner.spec.path,
-                                                 size: m.region.geometry.size, chunkSize: m.region.geometry.chunkSize,
-                                                 chunks: p.chunkCount, chunksPresent: p.chunksPresent,
-                                                 lastAppliedVersion: p.lastEpoch, source: runner.spec.address.description)
-                region.lazy = .init(faults: p.faults, faultsServed: p.faultsServed, chunksInvalidated: p.chunksInvalidated,
-                                    oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds })
-                return region
+            var region = replicaStatus(runner)
+            region.regionID = runner.followedIdentity?.id
+            region.generation = runner.followedIdentity?.generation
+            region.synced = runner.synced
+            region.problem = runner.problem
+            region.durable = runner.durableRecord.map {
+                .init(complete: $0.complete, version: $0.version, generation: $0.generation, recordedAt: $0.writtenAt)
             }
+            return region
         }
         let attached = attachments.withLock { Array($0.open.values) }
         return (primaries + replicas).map { region in
@@ -159,6 +171,32 @@ public final class PeerService: Sendable {
                 .sorted { ($0.pid, $0.mode) < ($1.pid, $1.mode) }
             return region
         }
+    }
+
+    private func replicaStatus(_ runner: MirrorRunner) -> StatusReport.Region {
+        switch runner.mirror {
+        case nil:
+            return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: 0, chunkSize: 0,
+                         chunks: 0, chunksPresent: 0, source: runner.spec.address.description)
+        case .eager(let m)?:
+            let p = m.currentProgress
+            return .init(name: runner.spec.name, role: "replica", path: runner.spec.path, size: m.region.geometry.size,
+                         chunkSize: m.region.geometry.chunkSize, chunks: m.region.geometry.chunkCount,
+                         chunksPresent: p.synced ? m.region.geometry.chunkCount : p.chunksPresent,
+                         lastAppliedVersion: p.lastAppliedVersion,
+                         source: runner.spec.address.description)
+        case .lazy(let m)?:
+            let p = m.progress
+            var region = StatusReport.Region(name: runner.spec.name, role: "replica", path: runner.spec.path,
+                                             size: m.region.geometry.size, chunkSize: m.region.geometry.chunkSize,
+                                             chunks: p.chunkCount, chunksPresent: p.chunksPresent,
+                                             lastAppliedVersion: p.lastEpoch, source: runner.spec.address.description)
+            region.lazy = .init(faults: p.faults, faultsServed: p.faultsServed, chunksInvalidated: p.chunksInvalidated,
+                                oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds },
+                                installsPending: p.installsPending, installError: p.installError,
+                                readersFailed: p.readersFailed)
+            return region
+            }
     }
 
     /// Decides a control-socket `attach`: which region, and whether this
@@ -188,6 +226,9 @@ public final class PeerService: Sendable {
         if process.userfaultfd != nil, request.base == nil || request.length == nil {
             return refuse("an attach with a descriptor needs base and length (the client's mapping)")
         }
+        if process.userfaultfd == nil, request.base != nil || request.length != nil {
+            return refuse("base and length come with a descriptor (SCM_RIGHTS); a lookup has neither")
+        }
         if let runner = mirrors.first(where: { $0.spec.name == request.region }) {
             if request.role == "primary" { return refuse("region '\(request.region)' is a replica here, not a primary") }
             switch runner.mirror {
@@ -198,10 +239,15 @@ public final class PeerService: Sendable {
                 if process.userfaultfd != nil {
                     return refuse("region '\(request.region)' is an eager replica: map and read it, no descriptor is needed")
                 }
-                return .accepted(.init(region: r.name, role: "replica", lazy: false, path: r.mappablePath, size: r.geometry.size,
-                                       chunkSize: r.geometry.chunkSize, attached: false), detach: nil)
+                var answer = AttachAnswer(region: r.name, role: "replica", lazy: false, path: r.mappablePath,
+                                          size: r.geometry.size, chunkSize: r.geometry.chunkSize, attached: false)
+                answer.synced = runner.synced
+                return .accepted(answer, detach: nil)
             case .lazy(let m)?:
-                return Self.attach(request, from: process, toLazy: m, logger: logger)
+                let outcome = Self.attach(request, from: process, toLazy: m, logger: logger)
+                guard case .accepted(var answer, let detach) = outcome else { return outcome }
+                answer.synced = runner.synced
+                return .accepted(answer, detach: detach)
             }
         }
         if let export = exports.export(named: request.region) {
@@ -220,12 +266,16 @@ public final class PeerService: Sendable {
         var answer = AttachAnswer(region: r.name, role: "replica", lazy: true, path: r.mappablePath,
                                   size: r.geometry.size, chunkSize: r.geometry.chunkSize, attached: false)
         guard let fd = process.userfaultfd else { return .accepted(answer, detach: nil) }
-        guard let base = request.base, let length = request.length else {
-            return .refused("an attach with a descriptor needs base and length (the client's mapping)")
+        let mapping: AttachMapping
+        do {
+            mapping = try AttachMapping(base: request.base, length: request.length, regionSize: r.geometry.size)
+        } catch {
+            return .refused("\(error)")
         }
         guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
         do {
-            let detach = try mirror.attachClient(userfaultfd: fd, base: base, length: length)
+            let detach = try mirror.attachClient(userfaultfd: fd, base: mapping.base, length: mapping.length,
+                                                 end: process.endSession)
             answer.attached = true
             logger.info("process attached", metadata: ["region": "\(r.name)", "pid": "\(process.pid)", "role": "lazy replica"])
             return .accepted(answer, detach: detach)
@@ -243,14 +293,15 @@ public final class PeerService: Sendable {
         var answer = AttachAnswer(region: r.name, role: "primary", lazy: false, path: r.mappablePath, size: r.geometry.size,
                                   chunkSize: r.geometry.chunkSize, attached: false)
         guard let fd = process.userfaultfd else { return .accepted(answer, detach: nil) }
-        guard let base = request.base, let length = request.length else {
-            return .refused("an attach with a descriptor needs base and length (the client's mapping)")
+        // Checked before any descriptor is opened or duplicated: a refusal
+        // leaves nothing behind.
+        let mapping: AttachMapping
+        do {
+            mapping = try AttachMapping(base: request.base, length: request.length, regionSize: r.geometry.size)
+        } catch {
+            return .refused("\(error)")
         }
         guard isUserfaultfd(fd) else { return .refused("the descriptor passed is not a userfaultfd") }
-        let page = Int(getpagesize())
-        guard length == r.geometry.size || length == (r.geometry.size + page - 1) / page * page else {
-            return .refused("the mapping must cover the whole region (\(r.geometry.size) bytes) from a page-aligned address")
-        }
         let pagemap = open("/proc/\(process.pid)/pagemap", O_RDONLY | O_CLOEXEC)
         guard pagemap >= 0 else { return .refused("cannot open /proc/\(process.pid)/pagemap: \(Errno(rawValue: errno))") }
         let own = dup(fd)
@@ -259,8 +310,9 @@ public final class PeerService: Sendable {
             return .refused("dup: \(Errno(rawValue: errno))")
         }
         do {
-            let tracker = try WriteProtectTracker(attachedProcessFD: own, pagemap: pagemap, base: base, length: r.geometry.size,
-                                                  chunkSize: r.geometry.chunkSize)
+            // Owns `own` and `pagemap` from here, whether it throws or not.
+            let tracker = try WriteProtectTracker(attachedProcessFD: own, pagemap: pagemap, base: mapping.base,
+                                                  length: r.geometry.size, chunkSize: r.geometry.chunkSize)
             let id = try RegionChangeFeed.attachWriter(tracker, to: r)
             close(fd)
             answer.attached = true
@@ -293,8 +345,21 @@ public final class PeerService: Sendable {
             return .status(await statusReport())
         case ControlRequest.stats.command:
             return .stats(await statsReport())
+        case "verify":
+            guard let name = request.region else { return .error("verify needs a region") }
+            guard let runner = mirrors.first(where: { $0.spec.name == name }) else {
+                if exports.export(named: name) != nil {
+                    return .error("region '\(name)' is a primary here: run verify on the peer that mirrors it")
+                }
+                return .error("no region named '\(name)' on this peer")
+            }
+            do {
+                return .verify(try await runner.verify())
+            } catch {
+                return .error("cannot verify '\(name)': \(error)")
+            }
         default:
-            return .error("unknown command '\(request.command)' (this peer knows: status, stats)")
+            return .error("unknown command '\(request.command)' (this peer knows: status, stats, verify)")
         }
     }
 }

@@ -17,6 +17,9 @@ struct ChunkPresence {
     /// puller's answer may be queued behind megabytes of others.
     private var requestedByFault: Set<Int> = []
     private var requestedByPull: Set<Int> = []
+    /// Chunks whose current bytes arrived but could not be installed yet
+    /// (UFFDIO_COPY failed, e.g. a full tmpfs): retried, never asked for again.
+    private(set) var holding: Set<Int> = []
     /// Where the background puller looks next: just past the latest fault.
     private var pullCursor = 0
 
@@ -39,7 +42,7 @@ struct ChunkPresence {
 
     /// Faulted chunks to READ now, with the generation each is asked at.
     mutating func takeFaultRequests() -> [(chunk: Int, generation: UInt32)] {
-        let due = waiting.keys.filter { !requestedByFault.contains($0) && !present[$0] }.sorted()
+        let due = waiting.keys.filter { !requestedByFault.contains($0) && !present[$0] && !holding.contains($0) }.sorted()
         requestedByFault.formUnion(due)
         return due.map { ($0, generation[$0]) }
     }
@@ -73,10 +76,23 @@ struct ChunkPresence {
         case alreadyPresent
         /// Invalidated while the READ was in flight: drop the bytes.
         case stale
+        /// Current bytes for it are held for an install retry already.
+        case held
     }
 
     private func isRequested(_ chunk: Int) -> Bool {
-        requestedByFault.contains(chunk) || requestedByPull.contains(chunk)
+        requestedByFault.contains(chunk) || requestedByPull.contains(chunk) || holding.contains(chunk)
+    }
+
+    /// The chunk's bytes are in hand but its install failed: hold them for a
+    /// retry instead of asking the primary again.
+    mutating func installFailed(_ chunk: Int) {
+        holding.insert(chunk)
+    }
+
+    /// Whether bytes held for `chunk` at `generation` may still be installed.
+    func mayInstallHeld(_ chunk: Int, generation askedAt: UInt32) -> Bool {
+        holding.contains(chunk) && generation[chunk] == askedAt && !present[chunk]
     }
 
     /// DATA for `chunk`, asked for at `askedAt` by a fault or the puller,
@@ -84,12 +100,23 @@ struct ChunkPresence {
     mutating func arrived(_ chunk: Int, askedAt: UInt32, forFault: Bool) -> Arrival {
         if forFault { requestedByFault.remove(chunk) } else { requestedByPull.remove(chunk) }
         guard generation[chunk] == askedAt else { return .stale }
-        return present[chunk] ? .alreadyPresent : .install
+        if present[chunk] { return .alreadyPresent }
+        // A retry holds the same bytes already.
+        return holding.contains(chunk) ? .held : .install
+    }
+
+    /// Forgets the faults waiting on `chunks` (their readers were told it
+    /// failed); returns how many there were.
+    mutating func dropWaiting(_ chunks: some Sequence<Int>) -> Int {
+        var dropped = 0
+        for chunk in chunks { dropped += waiting.removeValue(forKey: chunk)?.faults ?? 0 }
+        return dropped
     }
 
     /// The chunk's bytes are in the mapping. Returns when its first fault
     /// was raised and how many faults it served, if a thread was waiting.
     mutating func installed(_ chunk: Int) -> (since: ContinuousClock.Instant, faults: Int)? {
+        holding.remove(chunk)
         if !present[chunk] {
             present[chunk] = true
             presentCount += 1
@@ -100,6 +127,8 @@ struct ChunkPresence {
     /// DIRTY named `chunk`: true when its pages must be dropped.
     mutating func invalidate(_ chunk: Int) -> Bool {
         generation[chunk] &+= 1
+        // Held bytes are stale now: the chunk is asked for afresh.
+        holding.remove(chunk)
         guard present[chunk] else { return false }
         present[chunk] = false
         presentCount -= 1

@@ -36,7 +36,7 @@ final class MissingFaultHandler: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let stopping = Locked(false)
     private let clients: Locked<Clients>
-    private let onFault: @Sendable (Int, ObjectIdentifier?) -> Bool
+    private let onFault: @Sendable (Int, ObjectIdentifier?, Int?) -> Bool
     /// False once `stop` is about to close `uffd` and `faultSet`: the loop
     /// reads and wakes through them only under this lock, so never after
     /// their close.
@@ -62,12 +62,12 @@ final class MissingFaultHandler: @unchecked Sendable {
     }
 
     /// `onFault` runs with the chunk index of each fault, on the handler
-    /// thread (second argument nil) or, for our own faults while lent, on
-    /// the loop thread in `serveOnLoop` (that loop's identity); it must not
-    /// block. It
+    /// thread (second argument nil) or, while lent, on the loop thread in
+    /// `serveOnLoop` (that loop's identity), with the attached client's id
+    /// (third argument; nil for our own mapping); it must not block. It
     /// returns false when the chunk turned out to be present already, and
     /// the faulting thread is woken here.
-    init(region: Region, onFault: @escaping @Sendable (Int, ObjectIdentifier?) -> Bool) throws {
+    init(region: Region, onFault: @escaping @Sendable (Int, ObjectIdentifier?, Int?) -> Bool) throws {
         guard region.isSharedMemory else { throw PostCopyError.notSharedMemory(region: region.name) }
         let fd = qs_uffd_open(0)
         guard fd >= 0 else { throw PostCopyError.userfaultfd(call: "open", errno: Errno(rawValue: -fd)) }
@@ -106,7 +106,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         self.clients = clients
         self.onFault = onFault
         let thread = Thread { [uffd, wakeup, stopped] in
-            Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients) { onFault($0, nil) }
+            Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients) { onFault($0, nil, $1) }
             clients.withLock { c in
                 for client in c.active { close(client.uffd) }
                 for fd in c.retired { close(fd) }
@@ -125,7 +125,7 @@ final class MissingFaultHandler: @unchecked Sendable {
     private static let stopValue: UInt64 = 1 << 40
 
     private static func serve(uffd: Int32, wakeup: Int32, region: Region, clients: Locked<Clients>,
-                              onFault: (Int) -> Bool) {
+                              onFault: (Int, Int?) -> Bool) {
         let base = UInt(bitPattern: region.bytes.baseAddress)
         let chunkSize = UInt(region.geometry.chunkSize)
         var addresses = [UInt64](repeating: 0, count: 64)
@@ -163,7 +163,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- base
                     guard offset < UInt(region.geometry.size) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, nil), let range = region.geometry.byteRange(ofChunk: chunk) {
                         _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, pageAligned(range.count))
                     }
                 }
@@ -180,7 +180,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- client.base
                     guard offset < UInt(client.length) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, client.id), let range = region.geometry.byteRange(ofChunk: chunk) {
                         wakeClient(client, range: range)
                     }
                 }
@@ -197,8 +197,11 @@ final class MissingFaultHandler: @unchecked Sendable {
 
     private static func wakeClient(_ client: Clients.Client, range: Range<Int>) {
         let length = min(pageAligned(range.count), client.length - range.lowerBound)
-        guard length > 0 else { return }
-        _ = qs_uffd_wake(client.uffd, UnsafeMutableRawPointer(bitPattern: client.base + UInt(range.lowerBound)), length)
+        // `addClient` took only mappings inside the user address space, so
+        // this cannot overflow; checked all the same, as a client's numbers.
+        let (address, overflow) = client.base.addingReportingOverflow(UInt(range.lowerBound))
+        guard length > 0, !overflow else { return }
+        _ = qs_uffd_wake(client.uffd, UnsafeMutableRawPointer(bitPattern: address), length)
     }
 
     /// Serves the faults of another process's mapping of this region: `uffd`
@@ -206,10 +209,13 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// registered [base, base+length) for MISSING faults, a MAP_SHARED
     /// mapping of the whole backing file from offset 0. Returns the id for
     /// `removeClient`.
-    /// Nil (the descriptor untouched) once the handler has stopped, or when
-    /// epoll will not take the descriptor (e.g. fs.epoll.max_user_watches).
+    /// Nil (the descriptor untouched) once the handler has stopped, when
+    /// epoll will not take the descriptor (e.g. fs.epoll.max_user_watches),
+    /// or when the range is not a mapping of the region inside the user
+    /// address space (`AttachMapping`; callers check it first).
     func addClient(uffd clientFD: Int32, base: UInt64, length: Int) -> Int? {
-        clients.withLock { c -> Int? in
+        guard (try? AttachMapping(base: base, length: length, regionSize: region.geometry.size)) != nil else { return nil }
+        return clients.withLock { c -> Int? in
             // A client the loop could not watch would go unserved while
             // the loop reads the faults: refuse it instead.
             guard !c.closed, Self.watch(clientFD, token: UInt64(c.nextID + 1), in: faultSet) else { return nil }
@@ -295,7 +301,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- base
                     guard offset < UInt(region.geometry.size) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, loop, nil), let range = region.geometry.byteRange(ofChunk: chunk) {
                         uffdOpen.withLock { open in
                             guard open else { return }
                             _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, Self.pageAligned(range.count))
@@ -331,7 +337,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     let offset = UInt(address) &- read.base
                     guard offset < UInt(read.length) else { continue }
                     let chunk = Int(offset / chunkSize)
-                    if !onFault(chunk, loop), let range = region.geometry.byteRange(ofChunk: chunk) {
+                    if !onFault(chunk, loop, id), let range = region.geometry.byteRange(ofChunk: chunk) {
                         clients.withLock { c in
                             if let client = c.active.first(where: { $0.id == id }) { Self.wakeClient(client, range: range) }
                         }
@@ -388,16 +394,29 @@ final class MissingFaultHandler: @unchecked Sendable {
         return (length + page - 1) / page * page
     }
 
-    /// Stops the handler thread and unregisters the mapping (once; later
-    /// calls do nothing). Threads still waiting in a fault are woken and
-    /// then read the file as it is: zeros where nothing was installed.
+    /// Stops the handler thread and retires the mapping (once; later calls
+    /// do nothing). A thread of this process still asleep in a fault must
+    /// not wake onto the file: its read of a hole would put a page of zeros
+    /// into the region's file (shared memory allocates on a read fault),
+    /// bytes the primary never wrote. So the mapping is first replaced in
+    /// place by private, read-only zero pages; closing the descriptor then
+    /// wakes such threads onto those. The region's mapping is unusable after
+    /// (`PostCopyMirror` reports it stopped); the file is untouched.
     func stop() {
         guard !stopping.withLock({ was in defer { was = true }; return was }) else { return }
         var stop = Self.stopValue
         _ = write(wakeup, &stop, 8)
         stopped.wait()
         uffdOpen.withLock { $0 = false }
-        _ = qs_uffd_unregister(uffd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
+        let length = Self.pageAligned(region.geometry.size)
+        let zeros = mmap(region.bytes.baseAddress, length, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        if zeros == MAP_FAILED {
+            // Out of address-space bookkeeping: leave the registration, so a
+            // sleeping thread sleeps on rather than reads a hole.
+            close(faultSet)
+            close(wakeup)
+            return
+        }
         close(faultSet)
         close(uffd)
         close(wakeup)

@@ -1,4 +1,4 @@
-/// One message of wire protocol v1: `type (u8) · length (varint) · payload`.
+/// One message of the wire protocol: `type (u8) · length (varint) · payload`.
 /// docs/PROTOCOL.md is the normative description; `FrameCodec` enforces
 /// the limits in `FrameLimits` on every frame in both directions.
 public enum Frame: Equatable, Sendable {
@@ -10,10 +10,12 @@ public enum Frame: Equatable, Sendable {
     case subscribe(Subscribe)
     /// 0x04, mirror → exporter after SUBSCRIBE: hashes of the chunks the
     /// mirror already holds, so only different ones are sent (resume).
-    case have(firstChunk: UInt64, hashes: [UInt64])
+    case have(firstChunk: UInt64, hashes: [ChunkHash])
     /// 0x13, primary → replica: the initial pass is complete at `version`;
-    /// every chunk not sent in it was already identical.
-    case synced(version: UInt64)
+    /// every chunk not sent in it was already identical. `digest` (eager
+    /// mirrors; empty for lazy ones) is `RegionDigest.synced` over what the
+    /// replica must now hold, so it can check itself.
+    case synced(version: UInt64, digest: [UInt8] = [])
     /// 0x10, primary → replica: the bytes of one chunk at a version.
     case write(chunk: UInt64, version: UInt64, bytes: [UInt8])
     /// 0x11, primary → replica: these chunks changed (lazy mirrors pull).
@@ -24,6 +26,12 @@ public enum Frame: Equatable, Sendable {
     case read(firstChunk: UInt64, count: UInt64)
     /// 0x21, answer to READ: consecutive chunks' bytes.
     case data(firstChunk: UInt64, bytes: [UInt8])
+    /// 0x22, replica → primary on a verify stream: SHA-256 digests of
+    /// chunks first..<first+count, one per `group` consecutive chunks.
+    case digestRead(firstChunk: UInt64, count: UInt64, group: UInt64)
+    /// 0x23, answer to DIGEST_READ: 32-byte digests, the first covering
+    /// chunks first..<first+group, the next the following group, and so on.
+    case digests(firstChunk: UInt64, group: UInt64, digests: [UInt8])
     /// 0x30, either way: a diagnostic; the receiver sends the same bytes
     /// back on the same stream (what `memreplica ping` measures).
     case echo([UInt8])
@@ -46,9 +54,16 @@ public enum Frame: Equatable, Sendable {
         public var name: String
         public var size: UInt64
         public var chunkSize: UInt64
-        public var version: UInt64
-        public init(name: String, size: UInt64, chunkSize: UInt64, version: UInt64) {
-            self.name = name; self.size = size; self.chunkSize = chunkSize; self.version = version
+        /// The region's id and owner generation (`RegionIdentity`).
+        public var identity: RegionIdentity
+        /// Certificate common names that may mirror or read the region, nil
+        /// for any peer the CA signed. A replica serves the region under
+        /// this rule (or a narrower one of its own), never a wider one.
+        public var allowedPeers: [String]?
+        public init(name: String, size: UInt64, chunkSize: UInt64, identity: RegionIdentity,
+                    allowedPeers: [String]? = nil) {
+            self.name = name; self.size = size; self.chunkSize = chunkSize; self.identity = identity
+            self.allowedPeers = allowedPeers
         }
     }
 
@@ -67,6 +82,9 @@ public enum Frame: Equatable, Sendable {
             /// faults or the region stream's DIRTY and SYNCED.
             case pull = 3
 
+            /// DIGEST_READ → DIGESTS, for `memreplica verify`.
+            case verify = 4
+
             /// READ → DATA streams (`reads` and `pull`).
             public var isReads: Bool { self == .reads || self == .pull }
         }
@@ -77,18 +95,32 @@ public enum Frame: Equatable, Sendable {
         /// Chunks whose hashes follow in HAVE frames: 0 (a fresh mirror) or
         /// the region's chunk count (a mirror resuming).
         public var hashedChunks: UInt64
-        public init(name: String, size: UInt64, chunkSize: UInt64, mode: Mode, hashedChunks: UInt64 = 0) {
+        /// The key (16 bytes) both sides hash chunks with on this
+        /// subscription (HAVE, SYNCED's digest): chosen afresh by the mirror,
+        /// known only inside TLS. Empty on reads, pull and verify streams.
+        public var hashKey: [UInt8]
+        /// The region identity the mirror last followed ("" and 0: none).
+        /// An exporter whose generation of that region is older refuses with
+        /// `stale_generation`: a newer owner exists.
+        public var knownRegionID: String
+        public var knownGeneration: UInt64
+        public init(name: String, size: UInt64, chunkSize: UInt64, mode: Mode, hashedChunks: UInt64 = 0,
+                    hashKey: [UInt8] = [], knownRegionID: String = "", knownGeneration: UInt64 = 0) {
             self.name = name; self.size = size; self.chunkSize = chunkSize; self.mode = mode
-            self.hashedChunks = hashedChunks
+            self.hashedChunks = hashedChunks; self.hashKey = hashKey
+            self.knownRegionID = knownRegionID; self.knownGeneration = knownGeneration
         }
     }
 
-    public static let protocolVersion: UInt64 = 1
+    /// 2: region identity and allow lists in CATALOG, keyed 128-bit chunk
+    /// hashes (HAVE), SYNCED digests, verify streams. Version 1 peers get
+    /// `unsupported_version`.
+    public static let protocolVersion: UInt64 = 2
 
     enum TypeCode: UInt8 {
         case hello = 0x01, catalog = 0x02, subscribe = 0x03, have = 0x04
         case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13
-        case read = 0x20, data = 0x21
+        case read = 0x20, data = 0x21, digestRead = 0x22, digests = 0x23
         case echo = 0x30
         case error = 0x3f
     }
@@ -105,8 +137,17 @@ public enum FrameLimits {
     public static let maxDirtyChunks = 1 << 17
     /// Chunks asked for in one READ.
     public static let maxReadChunks: UInt64 = 256
-    /// Chunk hashes in one HAVE frame (8 bytes each).
+    /// Chunk hashes in one HAVE frame (16 bytes each).
     public static let maxHashesPerFrame = 65536
+    /// Names in one catalog entry's allow list.
+    public static let maxAllowedPeers = 256
+    /// A region id, in UTF-8 bytes.
+    public static let maxRegionID = 64
+    /// Digests in one DIGESTS frame (32 bytes each), and asked for by one
+    /// DIGEST_READ.
+    public static let maxDigestsPerFrame = 32768
+    /// Chunks one digest may cover (a power of two).
+    public static let maxDigestGroup: UInt64 = 1 << 20
     /// ERROR frame messages, in UTF-8 bytes.
     public static let maxMessage = 1024
 }
@@ -125,6 +166,8 @@ extension Frame {
         case .ack: "ACK"
         case .read: "READ"
         case .data: "DATA"
+        case .digestRead: "DIGEST_READ"
+        case .digests: "DIGESTS"
         case .echo: "ECHO"
         case .error: "ERROR"
         }

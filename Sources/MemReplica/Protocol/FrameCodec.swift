@@ -103,7 +103,15 @@ extension Frame {
                 try putString(e.name, limit: FrameLimits.maxName, into: &payload)
                 VarInt.encode(e.size, into: &payload)
                 VarInt.encode(e.chunkSize, into: &payload)
-                VarInt.encode(e.version, into: &payload)
+                try putString(e.identity.id, limit: FrameLimits.maxRegionID, into: &payload)
+                VarInt.encode(e.identity.generation, into: &payload)
+                // 0 names: any peer the CA signed (an empty list is not a rule).
+                let allowed = e.allowedPeers ?? []
+                guard allowed.count <= FrameLimits.maxAllowedPeers, e.allowedPeers.map({ !$0.isEmpty }) ?? true else {
+                    throw ProtocolViolation(.frameTooLarge, "allow list of \(allowed.count) names (1 to \(FrameLimits.maxAllowedPeers))")
+                }
+                VarInt.encode(UInt64(allowed.count), into: &payload)
+                for name in allowed { try putString(name, limit: FrameLimits.maxName, into: &payload) }
             }
         case .subscribe(let s):
             type = .subscribe
@@ -112,18 +120,47 @@ extension Frame {
             VarInt.encode(s.chunkSize, into: &payload)
             VarInt.encode(s.mode.rawValue, into: &payload)
             VarInt.encode(s.hashedChunks, into: &payload)
+            guard s.hashKey.isEmpty || s.hashKey.count == ChunkHashKey.byteCount else {
+                throw ProtocolViolation(.malformedFrame, "a hash key is \(ChunkHashKey.byteCount) bytes, not \(s.hashKey.count)")
+            }
+            VarInt.encode(UInt64(s.hashKey.count), into: &payload)
+            payload.append(contentsOf: s.hashKey)
+            try putString(s.knownRegionID, limit: FrameLimits.maxRegionID, into: &payload)
+            VarInt.encode(s.knownGeneration, into: &payload)
         case .have(let first, let hashes):
             type = .have
             guard hashes.count <= FrameLimits.maxHashesPerFrame else {
                 throw ProtocolViolation(.frameTooLarge, "\(hashes.count) hashes (limit \(FrameLimits.maxHashesPerFrame))")
             }
             VarInt.encode(first, into: &payload)
-            for h in hashes {
-                for shift in stride(from: 56, through: 0, by: -8) { payload.append(UInt8(truncatingIfNeeded: h >> UInt64(shift))) }
-            }
-        case .synced(let version):
+            payload.reserveCapacity(payload.count + hashes.count * ChunkHash.byteCount)
+            for h in hashes { h.append(to: &payload) }
+        case .synced(let version, let digest):
             type = .synced
+            guard digest.isEmpty || digest.count == RegionDigest.byteCount else {
+                throw ProtocolViolation(.malformedFrame, "a SYNCED digest is \(RegionDigest.byteCount) bytes, not \(digest.count)")
+            }
             VarInt.encode(version, into: &payload)
+            VarInt.encode(UInt64(digest.count), into: &payload)
+            payload.append(contentsOf: digest)
+        case .digestRead(let first, let count, let group):
+            type = .digestRead
+            try Self.checkDigestRead(count: count, group: group)
+            VarInt.encode(first, into: &payload)
+            VarInt.encode(count, into: &payload)
+            VarInt.encode(group, into: &payload)
+        case .digests(let first, let group, let digests):
+            type = .digests
+            guard digests.count % RegionDigest.byteCount == 0,
+                  digests.count / RegionDigest.byteCount <= FrameLimits.maxDigestsPerFrame else {
+                throw ProtocolViolation(.frameTooLarge, "DIGESTS of \(digests.count) bytes")
+            }
+            guard group >= 1, group <= FrameLimits.maxDigestGroup, group & (group - 1) == 0 else {
+                throw ProtocolViolation(.malformedFrame, "digest group \(group) is not a power of two up to \(FrameLimits.maxDigestGroup)")
+            }
+            VarInt.encode(first, into: &payload)
+            VarInt.encode(group, into: &payload)
+            payload.append(contentsOf: digests)
         case .dirty(let epoch, let chunks):
             type = .dirty
             guard chunks.count <= FrameLimits.maxDirtyChunks else {
@@ -165,6 +202,18 @@ extension Frame {
         VarInt.encode(UInt64(payload.count), into: &out)
         out.append(contentsOf: payload)
         return out
+    }
+
+    /// A DIGEST_READ asks for at most `maxDigestsPerFrame` digests, each of a
+    /// power-of-two group of chunks.
+    static func checkDigestRead(count: UInt64, group: UInt64) throws(ProtocolViolation) {
+        guard group >= 1, group <= FrameLimits.maxDigestGroup, group & (group - 1) == 0 else {
+            throw ProtocolViolation(.malformedFrame, "digest group \(group) is not a power of two up to \(FrameLimits.maxDigestGroup)")
+        }
+        guard count >= 1, (count - 1) / group < UInt64(FrameLimits.maxDigestsPerFrame) else {
+            throw ProtocolViolation(.frameTooLarge, "DIGEST_READ of \(count) chunks in groups of \(group) "
+                                    + "(1 to \(FrameLimits.maxDigestsPerFrame) digests)")
+        }
     }
 
     private static func bulk(_ type: TypeCode, fields: [UInt8], bytes: [UInt8]) throws(ProtocolViolation) -> [UInt8] {
@@ -258,6 +307,15 @@ private struct PayloadReader {
         return s
     }
 
+    mutating func raw(_ field: String, count: Int) throws(ProtocolViolation) -> [UInt8] {
+        guard count <= bytes.count - offset else {
+            throw ProtocolViolation(.malformedFrame, "\(type) frame ends inside \(field)")
+        }
+        let start = bytes.startIndex + offset
+        offset += count
+        return Array(bytes[start..<start + count])
+    }
+
     mutating func rest() -> [UInt8] {
         defer { offset = bytes.count }
         return Array(bytes[(bytes.startIndex + offset)...])
@@ -281,8 +339,18 @@ private struct PayloadReader {
             }
             var entries: [Frame.CatalogEntry] = []
             for _ in 0..<count {
-                entries.append(.init(name: try string("region name", limit: FrameLimits.maxName), size: try varint("size"),
-                                     chunkSize: try varint("chunk size"), version: try varint("version")))
+                let name = try string("region name", limit: FrameLimits.maxName)
+                let size = try varint("size"), chunkSize = try varint("chunk size")
+                let identity = RegionIdentity(id: try string("region id", limit: FrameLimits.maxRegionID),
+                                              generation: try varint("generation"))
+                let allowCount = try varint("allow count")
+                guard allowCount <= UInt64(FrameLimits.maxAllowedPeers) else {
+                    throw ProtocolViolation(.frameTooLarge, "allow list of \(allowCount) names (limit \(FrameLimits.maxAllowedPeers))")
+                }
+                var allowed: [String] = []
+                for _ in 0..<allowCount { allowed.append(try string("allowed peer", limit: FrameLimits.maxName)) }
+                entries.append(.init(name: name, size: size, chunkSize: chunkSize, identity: identity,
+                                     allowedPeers: allowCount == 0 ? nil : allowed))
             }
             return .catalog(entries)
         case .subscribe:
@@ -292,27 +360,55 @@ private struct PayloadReader {
             guard let mode = Frame.Subscribe.Mode(rawValue: rawMode) else {
                 throw ProtocolViolation(.malformedFrame, "unknown subscribe mode \(rawMode)")
             }
-            return .subscribe(.init(name: name, size: size, chunkSize: chunkSize, mode: mode,
-                                    hashedChunks: try varint("hashed chunks")))
+            let hashed = try varint("hashed chunks")
+            let keyLength = try varint("hash key length")
+            guard keyLength == 0 || keyLength == UInt64(ChunkHashKey.byteCount) else {
+                throw ProtocolViolation(.malformedFrame, "a hash key is \(ChunkHashKey.byteCount) bytes, not \(keyLength)")
+            }
+            let key = try raw("hash key", count: Int(keyLength))
+            return .subscribe(.init(name: name, size: size, chunkSize: chunkSize, mode: mode, hashedChunks: hashed,
+                                    hashKey: key, knownRegionID: try string("region id", limit: FrameLimits.maxRegionID),
+                                    knownGeneration: try varint("generation")))
         case .have:
             let first = try varint("first chunk")
             let body = rest()
-            guard body.count % 8 == 0 else {
-                throw ProtocolViolation(.malformedFrame, "HAVE holds \(body.count) bytes of hashes, not a multiple of 8")
+            let size = ChunkHash.byteCount
+            guard body.count % size == 0 else {
+                throw ProtocolViolation(.malformedFrame, "HAVE holds \(body.count) bytes of hashes, not a multiple of \(size)")
             }
-            guard body.count / 8 <= FrameLimits.maxHashesPerFrame else {
-                throw ProtocolViolation(.frameTooLarge, "\(body.count / 8) hashes (limit \(FrameLimits.maxHashesPerFrame))")
+            guard body.count / size <= FrameLimits.maxHashesPerFrame else {
+                throw ProtocolViolation(.frameTooLarge, "\(body.count / size) hashes (limit \(FrameLimits.maxHashesPerFrame))")
             }
-            var hashes: [UInt64] = []
-            hashes.reserveCapacity(body.count / 8)
-            for i in stride(from: 0, to: body.count, by: 8) {
-                var h: UInt64 = 0
-                for b in body[i..<i + 8] { h = h << 8 | UInt64(b) }
-                hashes.append(h)
+            var hashes: [ChunkHash] = []
+            hashes.reserveCapacity(body.count / size)
+            for i in stride(from: 0, to: body.count, by: size) {
+                hashes.append(ChunkHash(bigEndian: body[i..<i + size]))
             }
             return .have(firstChunk: first, hashes: hashes)
         case .synced:
-            return .synced(version: try varint("version"))
+            let version = try varint("version")
+            let digestLength = try varint("digest length")
+            guard digestLength == 0 || digestLength == UInt64(RegionDigest.byteCount) else {
+                throw ProtocolViolation(.malformedFrame, "a SYNCED digest is \(RegionDigest.byteCount) bytes, not \(digestLength)")
+            }
+            return .synced(version: version, digest: try raw("digest", count: Int(digestLength)))
+        case .digestRead:
+            let first = try varint("first chunk"), count = try varint("count"), group = try varint("group")
+            try Frame.checkDigestRead(count: count, group: group)
+            return .digestRead(firstChunk: first, count: count, group: group)
+        case .digests:
+            let first = try varint("first chunk"), group = try varint("group")
+            guard group >= 1, group <= FrameLimits.maxDigestGroup, group & (group - 1) == 0 else {
+                throw ProtocolViolation(.malformedFrame, "digest group \(group) is not a power of two up to \(FrameLimits.maxDigestGroup)")
+            }
+            let body = rest()
+            guard body.count % RegionDigest.byteCount == 0 else {
+                throw ProtocolViolation(.malformedFrame, "DIGESTS holds \(body.count) bytes, not a multiple of \(RegionDigest.byteCount)")
+            }
+            guard body.count / RegionDigest.byteCount <= FrameLimits.maxDigestsPerFrame else {
+                throw ProtocolViolation(.frameTooLarge, "\(body.count / RegionDigest.byteCount) digests (limit \(FrameLimits.maxDigestsPerFrame))")
+            }
+            return .digests(firstChunk: first, group: group, digests: body)
         case .write:
             let chunk = try varint("chunk"), version = try varint("version")
             return .write(chunk: chunk, version: version, bytes: rest())

@@ -14,15 +14,26 @@ public final class FrameStream: @unchecked Sendable {
 
     /// A WRITE frame whose bytes are copied once, from `bytes` (a live
     /// mapping) into the transport's send buffer: that copy is the snapshot.
-    public func sendWrite(chunk: UInt64, version: UInt64, bytes: UnsafeRawBufferPointer) async throws {
+    /// `check`, if given, runs after the copy; a throw drops the frame.
+    public func sendWrite(chunk: UInt64, version: UInt64, bytes: UnsafeRawBufferPointer,
+                          checkingCopy check: (() throws -> Void)? = nil) async throws {
         let header = try Frame.writeHeader(chunk: chunk, version: version, byteCount: bytes.count)
-        try await stream.write(header, followedBy: bytes)
+        if let check {
+            try await stream.write(header, followedBy: bytes, checkingCopy: check)
+        } else {
+            try await stream.write(header, followedBy: bytes)
+        }
     }
 
     /// A DATA frame copied once from the live mapping, like `sendWrite`.
-    public func sendData(firstChunk: UInt64, bytes: UnsafeRawBufferPointer) async throws {
+    public func sendData(firstChunk: UInt64, bytes: UnsafeRawBufferPointer,
+                         checkingCopy check: (() throws -> Void)? = nil) async throws {
         let header = try Frame.dataHeader(firstChunk: firstChunk, byteCount: bytes.count)
-        try await stream.write(header, followedBy: bytes)
+        if let check {
+            try await stream.write(header, followedBy: bytes, checkingCopy: check)
+        } else {
+            try await stream.write(header, followedBy: bytes)
+        }
     }
 
     /// The next frame; nil when the peer finished the stream cleanly
@@ -52,16 +63,44 @@ public final class FrameStream: @unchecked Sendable {
     /// Received bytes not yet returned as frames (more may be decodable).
     public var hasBufferedBytes: Bool { !decoder.atFrameBoundary }
 
+    /// How long `fail` waits for the ERROR frame to be taken before it
+    /// resets the stream anyway: a peer that reads nothing must not hold
+    /// the task (and the stream's buffers) that ends its stream.
+    public static let failTimeout: Duration = .seconds(5)
+
     /// Ends the stream over a violation: tells the peer why in an ERROR
     /// frame, finishes our side and asks the peer to stop sending, both with
-    /// the code. A reset instead would let the peer drop the ERROR unread.
-    public func fail(_ violation: ProtocolViolation) async {
-        do {
-            try await send(.error(code: violation.code.rawValue, message: violation.detail))
-            try await stream.finish()
-            await stream.stopReading(errorCode: violation.code.rawValue)
-        } catch {
-            await stream.reset(errorCode: violation.code.rawValue)
+    /// the code. A reset instead would let the peer drop the ERROR unread,
+    /// so it comes only when the ERROR cannot be queued within `timeout`
+    /// (the peer stopped reading), and ends the waiting write.
+    public func fail(_ violation: ProtocolViolation, within timeout: Duration = FrameStream.failTimeout) async {
+        let code = violation.code.rawValue
+        let stream = self.stream
+        let error = Frame.error(code: code, message: violation.detail)
+        let told = await withTaskGroup(of: Bool?.self) { group -> Bool in
+            group.addTask {
+                do {
+                    try await stream.write(try error.encoded())
+                    try await stream.finish()
+                    return true
+                } catch {
+                    return false
+                }
+            }
+            group.addTask {
+                // nil: the time ran out (or the ERROR went out first and
+                // this timer was cancelled, which nobody reads).
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            if first != true {
+                // Failed, or still waiting for room: a reset ends the write.
+                await stream.reset(errorCode: code)
+            }
+            group.cancelAll()
+            return first == true
         }
+        if told { await stream.stopReading(errorCode: code) }
     }
 }

@@ -1,6 +1,6 @@
 /// Application error codes memreplica puts in RESET_STREAM, STOP_SENDING and
-/// CONNECTION_CLOSE frames (and in ERROR frames). Values are part of wire
-/// protocol v1 (docs/PROTOCOL.md); never renumber.
+/// CONNECTION_CLOSE frames (and in ERROR frames). Values are part of the wire
+/// protocol (docs/PROTOCOL.md); never renumber.
 public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConvertible {
     case noError = 0x00
     /// A frame that does not parse: bad varint, field past the frame's end,
@@ -20,6 +20,19 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
     case versionWentBackwards = 0x13
     /// The peer's certificate identity is not on the region's allow list.
     case notAllowed = 0x14
+    /// The subscriber has followed a newer generation of this region than
+    /// the exporter's: a newer owner exists, this one must not act as primary.
+    case staleGeneration = 0x15
+    /// The region cannot be served: its bytes are not current or readable
+    /// here (a replica not synced yet, a primary's file truncated under it).
+    case regionUnavailable = 0x16
+    /// A stream whose peer read nothing of what was sent to it for
+    /// `PeerLimits.stalledStreamTimeout`, or that would not take an ERROR
+    /// within `FrameStream.failTimeout`: reset to free its buffers.
+    case peerStalled = 0x30
+    /// A connection over a per-peer cap (`PeerLimits`): too many from this
+    /// certificate or this address.
+    case tooManyConnections = 0x31
     case internalError = 0x3f
 
     public var description: String {
@@ -35,6 +48,10 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
         case .chunkOutOfRange: return "chunk index out of range"
         case .versionWentBackwards: return "chunk version went backwards"
         case .notAllowed: return "not allowed for this peer"
+        case .staleGeneration: return "stale region generation"
+        case .regionUnavailable: return "region unavailable"
+        case .peerStalled: return "peer stopped reading"
+        case .tooManyConnections: return "too many connections from this peer"
         case .internalError: return "internal error"
         }
     }

@@ -40,16 +40,18 @@ enum QUICCallbacks {
             let core = QUICCallbacks.core(user)
             fillRandom(UnsafeMutableRawPointer(mutating: withUnsafeMutableBytes(of: &cid!.pointee.data) { $0.baseAddress! }), cidlen)
             cid!.pointee.datalen = cidlen
-            let secret = core.endpoint.statelessResetSecret
-            let rc = secret.withUnsafeBufferPointer { s in
-                ngtcp2_crypto_generate_stateless_reset_token(token, s.baseAddress, s.count, cid)
+            guard let cid, let token, core.endpoint.makeStatelessResetToken(for: cid, into: token) else {
+                return NGTCP2_ERR_CALLBACK_FAILURE
             }
-            guard rc == 0 else { return NGTCP2_ERR_CALLBACK_FAILURE }
-            core.endpoint.route(ConnectionID(cid!.pointee), to: core)
+            core.endpoint.route(ConnectionID(cid.pointee), to: core)
             return 0
         }
         cb.remove_connection_id = { _, cid, user in
             QUICCallbacks.core(user).endpoint.unroute(ConnectionID(cid!.pointee), from: QUICCallbacks.core(user))
+            return 0
+        }
+        cb.recv_stateless_reset = { _, _, user in
+            QUICCallbacks.core(user).receivedStatelessReset = true
             return 0
         }
         cb.handshake_completed = { _, user in

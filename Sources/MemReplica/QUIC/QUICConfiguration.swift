@@ -13,10 +13,37 @@ public struct QUICConfiguration: Sendable {
     /// Concurrent bidirectional streams the peer may open; credit is given
     /// back as streams close.
     public var maxConcurrentStreams: UInt64 = 256
-    /// A connection with no packet from the peer for this long ends.
-    public var idleTimeout: Duration = .seconds(30)
-    /// PINGs keep an idle connection alive at this interval (nil: off).
-    public var keepAliveInterval: Duration? = .seconds(10)
+    /// Liveness: a peer silent for this long (no packet at all, while
+    /// keep-alive PINGs ask it for one every `keepAliveInterval`) counts as
+    /// gone and its connection ends with `TransportError.idleTimeout`, so
+    /// mirrors reconnect instead of waiting on a dead host. This is QUIC's
+    /// idle timeout (RFC 9000 §10.1: the smaller of both sides' values
+    /// applies, and never less than three probe timeouts).
+    ///
+    /// 5 s: five keep-alives fit in it, so a few lost packets on a lossy
+    /// path never end a live connection, while a vanished peer is noticed in
+    /// seconds. Raise it for paths that go quiet longer (satellite links,
+    /// hosts that pause). A peer that restarted is noticed sooner, by its
+    /// stateless reset (`statelessResetKey`).
+    public var livenessTimeout: Duration = QUICConfiguration.defaultLivenessTimeout
+    /// `livenessTimeout` under QUIC's name for it.
+    public var idleTimeout: Duration {
+        get { livenessTimeout }
+        set { livenessTimeout = newValue }
+    }
+    /// PINGs ask a quiet peer for a packet at this interval (at most half
+    /// the liveness timeout; nil: off, and an idle connection then ends
+    /// after `livenessTimeout`). Sent only when nothing else went out for
+    /// that long, so a busy connection sends none.
+    public var keepAliveInterval: Duration? = .seconds(1)
+    /// Secret from which stateless reset tokens (RFC 9000 §10.3) for our
+    /// connection IDs are derived. A peer keeps it in its state folder
+    /// (`StateDirectory.statelessResetKey()`), so after a restart it can
+    /// still tell a peer of its previous life that the connection is gone,
+    /// and that peer reconnects within a round trip instead of waiting for
+    /// `livenessTimeout`. nil: a random key per endpoint (resets work only
+    /// while the endpoint lives).
+    public var statelessResetKey: StatelessResetKey? = nil
     /// A handshake that has not finished by then fails.
     public var handshakeTimeout: Duration = .seconds(10)
     /// Largest UDP payload we send. 1452 fits a 1500-byte Ethernet MTU with
@@ -64,12 +91,30 @@ public struct QUICConfiguration: Sendable {
     /// Create the UDP socket inside this network namespace (e.g. a side of
     /// a `WANEmulator`); nil: the process's own.
     public var networkNamespace: NetworkNamespace? = nil
+    /// Every stream's send and receive buffers count against this budget,
+    /// shared by every endpoint (and copy of this configuration) holding the
+    /// same one; the receive windows are clamped to it (`MemoryBudget`).
+    public var memoryBudget = MemoryBudget()
+    /// Per-peer caps and timeouts (connections per identity and address,
+    /// half-open handshakes, Retry, stalled streams).
+    public var peerLimits = PeerLimits()
+
+    /// The windows this configuration grants, clamped to the memory budget.
+    func clampedToBudget() -> QUICConfiguration {
+        var c = self
+        (c.streamReceiveWindow, c.connectionReceiveWindow) =
+            memoryBudget.clampedWindows(stream: streamReceiveWindow, connection: connectionReceiveWindow)
+        c.streamSendBuffer = min(streamSendBuffer, memoryBudget.limit / 4)
+        return c
+    }
 
     public enum CongestionControl: String, Sendable, CaseIterable {
         case cubic, bbr, reno
     }
 
     public static let memReplicaALPN = "memreplica/1"
+    /// See `livenessTimeout`.
+    public static let defaultLivenessTimeout: Duration = .seconds(5)
 
     public init() {}
 }

@@ -20,7 +20,7 @@ final class QUICConnectionCore: @unchecked Sendable {
     let remote: SocketAddressStorage
     let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    var peerIdentity = PeerIdentity.none
 
     /// Connection IDs routed to this connection by the endpoint.
     var routedIDs: Set<ConnectionID> = []
@@ -39,14 +39,26 @@ final class QUICConnectionCore: @unchecked Sendable {
     var closeWaiters: [CheckedContinuation<TransportError, Never>] = []
     /// Set by a callback; reported when ngtcp2 returns the failure.
     var callbackError: TransportError?
+    /// The peer answered with a stateless reset (ngtcp2 then drains).
+    var receivedStatelessReset = false
     /// Queued in the endpoint's list of connections to write.
     var wantsWrite = false
+    /// Server: the source host the endpoint counted this connection under
+    /// (`ConnectionAdmission`), and whether it still counts as half-open.
+    var admittedHost: String?
+    var countedHalfOpen = false
+    /// The receive window reserved in the memory budget for this
+    /// connection's life (everything the peer may send before we read).
+    private(set) var receiveWindow: UInt64 = 0
+    /// Server: why to close the connection as soon as the packet being
+    /// read is done (a cap found over at handshake completion).
+    private var pendingRefusal: String?
     /// Bytes readers took on all streams and not yet returned as
     /// connection-level credit, with whether a sweep is queued. Shared with
     /// reading tasks: stream-level thresholds alone could strand a little
     /// credit on each of many streams until the connection window is gone.
     private let unreportedCredit = Locked((bytes: 0, sweepPosted: false))
-    private let connectionCreditThreshold: Int
+    private var connectionCreditThreshold: Int
     /// Why the connection ended, readable from any thread.
     private let closedWith = Locked<TransportError?>(nil)
     var closeErrorSnapshot: TransportError? { closedWith.withLock { $0 } }
@@ -123,19 +135,30 @@ final class QUICConnectionCore: @unchecked Sendable {
     }
 
     /// A server connection for a client's first Initial packet.
-    static func server(endpoint: QUICEndpoint, remote: SocketAddressStorage,
-                       header: ngtcp2_pkt_hd) throws -> QUICConnectionCore {
+    /// After a Retry, `originalDCID` is the one the client first chose (from
+    /// the token) and `retrySCID` the ID the Retry gave it.
+    static func server(endpoint: QUICEndpoint, remote: SocketAddressStorage, header: ngtcp2_pkt_hd,
+                       originalDCID: ngtcp2_cid, retrySCID: ngtcp2_cid?) throws -> QUICConnectionCore {
         let core = QUICConnectionCore(endpoint: endpoint, isClient: false, remote: remote)
         let (scidKey, scid) = ConnectionID.random()
-        try core.create(dcid: header.scid, scid: scid, version: header.version, originalDCID: header.dcid)
+        try core.create(dcid: header.scid, scid: scid, version: header.version, originalDCID: originalDCID,
+                        retrySCID: retrySCID)
         core.routedIDs.insert(scidKey)
         core.routedIDs.insert(ConnectionID(header.dcid))
         return core
     }
 
     private func create(dcid: ngtcp2_cid, scid: ngtcp2_cid, version: UInt32, originalDCID: ngtcp2_cid?,
-                        resume: SessionTicket? = nil, offerEarlyData: Bool = false) throws {
+                        retrySCID: ngtcp2_cid? = nil, resume: SessionTicket? = nil, offerEarlyData: Bool = false) throws {
         let config = endpoint.configuration
+        guard let window = endpoint.memoryBudget.reserveReceiveWindow(wanted: config.connectionReceiveWindow) else {
+            throw TransportError.memoryBudgetExhausted(limit: endpoint.memoryBudget.limit)
+        }
+        receiveWindow = window
+        connectionCreditThreshold = max(1, Int(window / 8))
+        // Published through the lock reading tasks take (see QUICStreamCore.init).
+        unreportedCredit.withLock { _ in }
+        let streamWindow = min(config.streamReceiveWindow, window)
         var settings = ngtcp2_settings()
         qs_settings_default(&settings)
         settings.initial_ts = monotonicNanoseconds()
@@ -150,8 +173,8 @@ final class QUICConnectionCore: @unchecked Sendable {
             settings.no_pmtud = 1
         }
         settings.handshake_timeout = UInt64(config.handshakeTimeout.seconds * 1e9)
-        settings.max_window = config.connectionReceiveWindow
-        settings.max_stream_window = config.streamReceiveWindow
+        settings.max_window = window
+        settings.max_stream_window = streamWindow
         switch config.congestionControl {
         case .cubic: settings.cc_algo = NGTCP2_CC_ALGO_CUBIC
         case .bbr: settings.cc_algo = NGTCP2_CC_ALGO_BBR2
@@ -161,18 +184,33 @@ final class QUICConnectionCore: @unchecked Sendable {
 
         var params = ngtcp2_transport_params()
         qs_transport_params_default(&params)
-        params.initial_max_stream_data_bidi_local = config.streamReceiveWindow
-        params.initial_max_stream_data_bidi_remote = config.streamReceiveWindow
-        params.initial_max_stream_data_uni = config.streamReceiveWindow
-        params.initial_max_data = config.connectionReceiveWindow
+        params.initial_max_stream_data_bidi_local = streamWindow
+        params.initial_max_stream_data_bidi_remote = streamWindow
+        params.initial_max_stream_data_uni = streamWindow
+        params.initial_max_data = window
         params.initial_max_streams_bidi = config.maxConcurrentStreams
         // An HTTP/3 client opens its control and QPACK streams (3).
         params.initial_max_streams_uni = acceptedProtocols.contains(HTTP3Connection.alpn) ? 3 : 0
-        params.max_idle_timeout = UInt64(config.idleTimeout.seconds * 1e9)
+        params.max_idle_timeout = UInt64(config.livenessTimeout.seconds * 1e9)
         params.active_connection_id_limit = 4
         // Peers do not migrate; a path change is not something we follow.
         params.disable_active_migration = 1
-        if let odcid = originalDCID { params.original_dcid = odcid }
+        if let odcid = originalDCID {
+            params.original_dcid = odcid
+            // The token for the connection ID of our handshake (the others
+            // come with NEW_CONNECTION_ID): a restarted server can reset a
+            // client that never switched IDs.
+            var ourID = scid
+            let made = withUnsafeMutableBytes(of: &params.stateless_reset_token) { token in
+                endpoint.makeStatelessResetToken(for: &ourID, into: token.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+            params.stateless_reset_token_present = made ? 1 : 0
+        }
+        if let retrySCID {
+            // The client checks that the Retry it followed came from us.
+            params.retry_scid = retrySCID
+            params.retry_scid_present = 1
+        }
 
         var callbacks = QUICCallbacks.table(isClient: isClient)
         var dcidVar = dcid, scidVar = scid
@@ -209,12 +247,20 @@ final class QUICConnectionCore: @unchecked Sendable {
             Unmanaged<QUICConnectionCore>.fromOpaque(ref!.pointee.user_data).takeUnretainedValue().conn
         }
         ngtcp2_conn_set_tls_native_handle(c, UnsafeMutableRawPointer(tls.pointee.session))
-        if let keepAlive = config.keepAliveInterval {
-            // A keep-alive slower than the idle timeout would keep nothing
-            // alive: ping at least twice per idle period.
-            let interval = min(keepAlive, config.idleTimeout / 2)
-            ngtcp2_conn_set_keep_alive_timeout(c, UInt64(interval.seconds * 1e9))
-        }
+    }
+
+    /// Keep-alive PINGs, armed once the handshake has completed. Not before:
+    /// ngtcp2 0.12.1 writes a keep-alive (or probe) PING due during an
+    /// unanswered handshake into a 0-RTT packet padded too little for the
+    /// header-protection sample and aborts (`ngtcp2_ppe_final` assertion;
+    /// fixed upstream in 0.18). A mirror reconnecting with 0-RTT across a
+    /// cut link met it within seconds. The handshake has its own timeout.
+    private func armKeepAlive() {
+        guard let conn, let keepAlive = endpoint.configuration.keepAliveInterval else { return }
+        // A keep-alive slower than the idle timeout would keep nothing
+        // alive: ping at least twice per idle period.
+        let interval = min(keepAlive, endpoint.configuration.livenessTimeout / 2)
+        ngtcp2_conn_set_keep_alive_timeout(conn, UInt64(interval.seconds * 1e9))
     }
 
     /// Calls body with this connection's path (local socket, remote peer).
@@ -243,6 +289,11 @@ final class QUICConnectionCore: @unchecked Sendable {
         }
         if rc != 0 {
             handleFatal(rc, now: now)
+        } else if let reason = pendingRefusal {
+            pendingRefusal = nil
+            endpoint.logger.warning("refusing a QUIC connection: \(reason)",
+                                    metadata: ["peer": "\(remoteAddress)", "identity": "\(peerIdentity)"])
+            closeByApplication(errorCode: ProtocolErrorCode.tooManyConnections.rawValue, reason: reason, now: now)
         } else if isClient {
             if tls.pointee.ticket.data != nil { keepTicket() }
         } else if earlyKeysInstalled, !deliveredEarly, case .handshaking = state {
@@ -267,7 +318,9 @@ final class QUICConnectionCore: @unchecked Sendable {
     func handleFatal(_ rc: Int32, now: UInt64) {
         switch rc {
         case NGTCP2_ERR_DRAINING:
-            finish(remoteCloseError())
+            finish(receivedStatelessReset
+                ? .connectionLost(detail: "the peer no longer knows this connection (stateless reset; it restarted or lost its state)")
+                : remoteCloseError())
         case NGTCP2_ERR_DROP_CONN:
             finish(callbackError ?? .protocolFailure("connection dropped"))
         case NGTCP2_ERR_IDLE_CLOSE, NGTCP2_ERR_HANDSHAKE_TIMEOUT:
@@ -311,7 +364,7 @@ final class QUICConnectionCore: @unchecked Sendable {
             }
             return .handshakeTimeout(seconds: config.handshakeTimeout.seconds)
         }
-        return .idleTimeout(seconds: config.idleTimeout.seconds)
+        return .idleTimeout(seconds: config.livenessTimeout.seconds)
     }
 
     /// Why our own TLS stack failed the handshake.
@@ -411,9 +464,13 @@ final class QUICConnectionCore: @unchecked Sendable {
         ngtcp2_conn_del(conn)
         conn = nil
         qs_tls_session_free(tls)
+        endpoint.memoryBudget.releaseReceiveWindow(receiveWindow)
+        receiveWindow = 0
     }
 
     deinit {
+        // A connection whose creation failed part way never reached `finish`.
+        endpoint.memoryBudget.releaseReceiveWindow(receiveWindow)
         tls.deinitialize(count: 1)
         tls.deallocate()
     }
@@ -439,16 +496,13 @@ final class QUICConnectionCore: @unchecked Sendable {
                 ? .clientCertificateMissing : .untrustedPeer(reason: reason)
             return false
         }
-        var subject = [CChar](repeating: 0, count: 512)
-        var san = [CChar](repeating: 0, count: 1024)
-        var digest = [UInt8](repeating: 0, count: 32)
-        guard qs_tls_peer_identity(tls, &subject, subject.count, &san, san.count, &digest) == 0 else {
+        var der: UnsafePointer<UInt8>?
+        var length = 0
+        guard qs_tls_peer_certificate(tls, &der, &length) == 0, let der else {
             callbackError = isClient ? .untrustedPeer(reason: "server sent no certificate") : .clientCertificateMissing
             return false
         }
-        let names = stringFromCBuffer(san).split(separator: ",").map(String.init)
-        peerIdentity = PeerIdentity(subject: stringFromCBuffer(subject), alternativeNames: names,
-                                    fingerprint: hexString(digest))
+        peerIdentity = PeerIdentity(certificate: Array(UnsafeBufferPointer(start: der, count: length)))
         sessionResumed = qs_tls_session_resumed(tls) != 0
         return true
     }
@@ -457,7 +511,14 @@ final class QUICConnectionCore: @unchecked Sendable {
         // A connection handed out at 0-RTT was checked then, and its
         // identity may be read on other threads now: never rewrite it.
         guard deliveredEarly || verifyPeer() else { return false }
+        armKeepAlive()
         if !isClient {
+            endpoint.serverHandshakeEnded(self)
+            if let reason = endpoint.identityOverCap(self) {
+                // Closed once this packet is read; nobody accepts it.
+                pendingRefusal = reason
+                return true
+            }
             // ngtcp2 confirms a server's handshake as it completes, without
             // the callback.
             isHandshakeConfirmed = true
@@ -545,6 +606,20 @@ final class QUICConnectionCore: @unchecked Sendable {
         connectWaiter = nil
     }
 
+    /// Resets the streams whose peer took none of their bytes for `timeout` ns.
+    func resetStalledStreams(now: UInt64, after timeout: UInt64) {
+        guard case .established = state else { return }
+        for stream in Array(streams.values) where !stream.closedByStack && stream.isStalled(now: now, after: timeout) {
+            endpoint.logger.info("resetting a stream whose peer stopped reading",
+                                 metadata: ["peer": "\(remoteAddress)", "stream": "\(stream.id)"])
+            ngtcp2_conn_shutdown_stream(conn, stream.id, ProtocolErrorCode.peerStalled.rawValue)
+            stream.fail(.peerStalled(seconds: Double(timeout) / 1e9))
+            stream.discardReceived()
+            endpoint.memoryBudget.noteStalledStreamReset()
+            endpoint.needsWrite(self)
+        }
+    }
+
     func streamOpenedByPeer(_ id: Int64) {
         let stream = QUICStreamCore(id: id, connection: self)
         streams[id] = stream
@@ -559,6 +634,10 @@ final class QUICConnectionCore: @unchecked Sendable {
     func streamClosed(_ stream: QUICStreamCore, appErrorCode: UInt64?) {
         stream.closedByStack = true
         streams[stream.id] = nil
+        // Credit readers took and no sweep reported yet: the sweep only
+        // visits streams still here, so hand it back now and on every read.
+        stream.mailbox.withLock { $0.forgotten = true }
+        stream.returnCredit()
         if let code = appErrorCode, code != 0 || !stream.finReceived {
             stream.fail(.streamReset(errorCode: code))
         } else if !stream.finReceived {
@@ -626,6 +705,14 @@ final class QUICConnectionCore: @unchecked Sendable {
         if !stream.closedByStack {
             ngtcp2_conn_extend_max_stream_offset(conn, stream.id, UInt64(count))
         }
+        ngtcp2_conn_extend_max_offset(conn, UInt64(count))
+        endpoint.needsWrite(self)
+    }
+
+    /// Connection credit for received bytes nobody will read (a stream
+    /// this side reset or stopped reading).
+    func returnDiscarded(_ count: Int) {
+        guard count > 0, !isClosed else { return }
         ngtcp2_conn_extend_max_offset(conn, UInt64(count))
         endpoint.needsWrite(self)
     }

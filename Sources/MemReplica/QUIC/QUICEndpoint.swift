@@ -22,7 +22,12 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     let logger: Logger
     let tls: TLSContext
     let localStorage: SocketAddressStorage
+    /// Stateless reset tokens for our connection IDs derive from it
+    /// (`QUICConfiguration.statelessResetKey`).
     let statelessResetSecret: [UInt8]
+    /// Keys Retry tokens (`ngtcp2_crypto_generate_retry_token`); random per
+    /// endpoint and never stored, so tokens die with the process.
+    let retryTokenSecret: [UInt8]
 
     private let socket: UDPSocket
     private let poller: Poller
@@ -41,6 +46,9 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     // Loop-confined state.
     private var routes: [ConnectionID: QUICConnectionCore] = [:]
     private var live: [ObjectIdentifier: QUICConnectionCore] = [:]
+    var liveConnections: Dictionary<ObjectIdentifier, QUICConnectionCore>.Values { live.values }
+    /// Bounds the stateless resets we send (QUICEndpoint+StatelessReset).
+    var statelessResetLimiter = StatelessResetLimiter()
     private var writeQueue = Deque<QUICConnectionCore>()
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
@@ -54,6 +62,11 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private var watchers: [UInt64: (fd: Int32, handler: () -> Bool)] = [:]
     private var nextWatchToken: UInt64 = socketToken + 1
     private var accepted = Deque<QUICConnectionCore>()
+    /// Inbound connections by source host, and the caps on them.
+    private var admission: ConnectionAdmission
+    /// When the loop next looks for stalled streams.
+    private var nextStallSweep: UInt64 = 0
+    private let stallTimeout: UInt64
     /// Tickets from servers we connected to, for the next `connect`.
     private var sessionTickets = SessionTicketCache()
     private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
@@ -73,17 +86,20 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Binds `address` and starts the loop thread.
     public init(bind address: PeerAddress, tls tlsConfiguration: TLSConfiguration,
                 configuration: QUICConfiguration, logger: Logger = Logger(label: "memreplica.quic")) throws {
-        self.configuration = configuration
+        self.configuration = configuration.clampedToBudget()
         self.logger = logger
+        admission = ConnectionAdmission(limits: configuration.peerLimits)
+        stallTimeout = UInt64(configuration.peerLimits.stalledStreamTimeout.seconds * 1e9)
         tls = try TLSContext(tlsConfiguration, replayWindow: configuration.earlyDataReplayWindow)
         localIdentity = tls.localIdentity
         socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize,
                                namespace: configuration.networkNamespace)
         localAddress = socket.localAddress
         localStorage = socket.boundStorage
-        var secret = [UInt8](repeating: 0, count: 32)
-        secret.withUnsafeMutableBytes { fillRandom($0.baseAddress!, 32) }
-        statelessResetSecret = secret
+        statelessResetSecret = (configuration.statelessResetKey ?? .random()).bytes
+        var retrySecret = [UInt8](repeating: 0, count: 32)
+        retrySecret.withUnsafeMutableBytes { fillRandom($0.baseAddress!, 32) }
+        retryTokenSecret = retrySecret
         poller = try Poller()
         try poller.add(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
         transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
@@ -129,6 +145,9 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     }
 
     // MARK: Transport
+
+    /// What this endpoint's streams hold counts against this budget.
+    public var memoryBudget: MemoryBudget { configuration.memoryBudget }
 
     public func connect(to address: PeerAddress) async throws -> any TransportConnection {
         try await connectQUIC(to: address)
@@ -405,24 +424,138 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         let core: QUICConnectionCore
         if let known = routes[key] {
             core = known
+        } else if bytes[0] & 0x80 == 0 {
+            // A short header no connection here owns: a stateless reset
+            // for one of ours, or a packet of a connection we lost.
+            handleUnknownShortHeader(data, dcid: UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen), from: from, now: now)
+            return
         } else {
             guard configuration.acceptsConnections, !stopping, live.count < Self.maxConnections else { return }
             var header = ngtcp2_pkt_hd()
             guard ngtcp2_accept(&header, bytes, data.count) == 0 else { return }
+            guard let admitted = admit(header, from: from, now: now) else { return }
             do {
-                core = try QUICConnectionCore.server(endpoint: self, remote: from, header: header)
+                core = try QUICConnectionCore.server(endpoint: self, remote: from, header: header,
+                                                     originalDCID: admitted.originalDCID, retrySCID: admitted.retrySCID)
             } catch {
                 logger.warning("cannot accept connection from \(PeerAddress(storage: from)): \(error)")
                 return
             }
+            core.admittedHost = admitted.host
+            core.countedHalfOpen = true
+            admission.connectionOpened(host: admitted.host)
+            admission.handshakeStarted(host: admitted.host)
             register(core)
         }
         core.receive(data, now: now)
         if !core.isClosed { needsWrite(core) }
     }
 
+    /// Decides a client's first Initial: a new connection (with the
+    /// original DCID a valid Retry token carried), a Retry sent instead
+    /// (nil), or nothing (nil: over a cap, or a token that does not verify).
+    private func admit(_ header: ngtcp2_pkt_hd, from: SocketAddressStorage, now: UInt64)
+        -> (host: String, originalDCID: ngtcp2_cid, retrySCID: ngtcp2_cid?)? {
+        let host = PeerAddress(storage: from).host
+        var header = header
+        var originalDCID = header.dcid
+        var validated = false
+        if header.token.len > 0, header.token.base[0] == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
+            let lifetime = UInt64(PeerLimits.retryTokenLifetime.seconds * 1e9)
+            let rc = retryTokenSecret.withUnsafeBufferPointer { secret in
+                from.withSockaddr { addr, len in
+                    ngtcp2_crypto_verify_retry_token(&originalDCID, header.token.base, header.token.len,
+                                                     secret.baseAddress, secret.count, header.version,
+                                                     addr, ngtcp2_socklen(len), &header.dcid, lifetime, now)
+                }
+            }
+            guard rc == 0 else {
+                logger.debug("dropping an Initial with an invalid Retry token", metadata: ["peer": "\(PeerAddress(storage: from))"])
+                return nil
+            }
+            validated = true
+        }
+        switch admission.decide(host: host, addressValidated: validated) {
+        case .accept:
+            return (host, originalDCID, validated ? header.dcid : nil)
+        case .retry:
+            sendRetry(header, to: from, now: now)
+            return nil
+        case .refuse(let reason):
+            logger.warning("refusing a QUIC connection: \(reason)", metadata: ["peer": "\(PeerAddress(storage: from))"])
+            return nil
+        }
+    }
+
+    /// Answers an Initial with a Retry carrying a token that binds the
+    /// client's address and original DCID to a new connection ID.
+    private func sendRetry(_ header: ngtcp2_pkt_hd, to remote: SocketAddressStorage, now: UInt64) {
+        var originalDCID = header.dcid
+        var clientSCID = header.scid
+        var (_, retrySCID) = ConnectionID.random()
+        // NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN (a sizeof macro Swift cannot
+        // import) is 78 in ngtcp2 0.12.
+        var token = [UInt8](repeating: 0, count: 128)
+        let tokenLength = retryTokenSecret.withUnsafeBufferPointer { secret in
+            remote.withSockaddr { addr, len in
+                ngtcp2_crypto_generate_retry_token(&token, secret.baseAddress, secret.count, header.version,
+                                                   addr, ngtcp2_socklen(len), &retrySCID, &originalDCID, now)
+            }
+        }
+        guard tokenLength > 0 else { return }
+        var packet = [UInt8](repeating: 0, count: 256)
+        let n = ngtcp2_crypto_write_retry(&packet, packet.count, header.version, &clientSCID, &retrySCID,
+                                          &originalDCID, token, Int(tokenLength))
+        guard n > 0 else { return }
+        retriesSent += 1
+        _ = packet.withUnsafeBytes { socket.send(UnsafeRawBufferPointer(rebasing: $0.prefix(n)), segmentSize: 0, to: remote) }
+    }
+
+    /// Retry packets sent (address validation under handshake load).
+    private(set) var retriesSent = 0
+
+    /// Retry packets this endpoint has sent.
+    func retryCount() async -> Int { await onLoop { [self] in retriesSent } }
+
+    /// Server connections whose handshake has not completed.
+    func halfOpenHandshakeCount() async -> Int { await onLoop { [self] in admission.halfOpenTotal } }
+
+    /// Called as a server connection's handshake ends (either way).
+    func serverHandshakeEnded(_ core: QUICConnectionCore) {
+        guard let host = core.admittedHost, core.countedHalfOpen else { return }
+        core.countedHalfOpen = false
+        admission.handshakeEnded(host: host)
+    }
+
+    /// A reason to refuse `core`, whose handshake just completed, when its
+    /// certificate already holds `maxConnectionsPerIdentity` connections.
+    func identityOverCap(_ core: QUICConnectionCore) -> String? {
+        let limit = configuration.peerLimits.maxConnectionsPerIdentity
+        let fingerprint = core.peerIdentity.fingerprint
+        let held = live.values.reduce(0) { n, other in
+            guard other !== core, !other.isClient, case .established = other.state,
+                  other.peerIdentity.fingerprint == fingerprint else { return n }
+            return n + 1
+        }
+        guard held >= limit else { return nil }
+        return "\(held) connections from this certificate already (limit \(limit))"
+    }
+
+    /// Resets every stream whose peer stopped taking its bytes.
+    private func sweepStalledStreams(now: UInt64) {
+        for core in Array(live.values) where !core.isClosed {
+            core.resetStalledStreams(now: now, after: stallTimeout)
+        }
+    }
+
+    private var stallSweepInterval: UInt64 { min(max(stallTimeout / 4, 10_000_000), 1_000_000_000) }
+
     private func handleExpiries() {
         let now = monotonicNanoseconds()
+        if now >= nextStallSweep {
+            nextStallSweep = now + stallSweepInterval
+            sweepStalledStreams(now: now)
+        }
         for core in Array(live.values) where !core.isClosed {
             if core.handshakeDeadline <= now {
                 core.handleFatal(NGTCP2_ERR_HANDSHAKE_TIMEOUT, now: now)
@@ -458,6 +591,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         for core in live.values where !core.isClosed {
             earliest = min(earliest, ngtcp2_conn_get_expiry(core.conn), core.handshakeDeadline)
         }
+        if !live.isEmpty { earliest = min(earliest, nextStallSweep) }
         return earliest
     }
 
@@ -486,6 +620,11 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     /// Called by a connection as it finishes.
     func forget(_ core: QUICConnectionCore) {
+        serverHandshakeEnded(core)
+        if let host = core.admittedHost {
+            core.admittedHost = nil
+            admission.closed(host: host)
+        }
         for id in core.routedIDs where routes[id] === core { routes[id] = nil }
         live[ObjectIdentifier(core)] = nil
         if let i = writeQueue.firstIndex(where: { $0 === core }) { writeQueue.remove(at: i) }
@@ -537,6 +676,13 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             }
             return true
         }
+    }
+
+    /// Sends one datagram that belongs to no connection (a stateless
+    /// reset); dropped when the kernel buffer is full, as the network might.
+    func sendWithoutConnection(_ data: UnsafeRawBufferPointer, to address: SocketAddressStorage) {
+        guard pendingSend == nil else { return }
+        _ = socket.send(data, segmentSize: 0, to: address)
     }
 
     private func flushPendingSend() {

@@ -16,19 +16,40 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
     /// an attacker can replay: act on them only if doing so twice is harmless.
     public var receivedEarlyData: Bool { core.receivedEarlyData }
 
+    // Each write reserves its bytes in the memory budget (waiting for room)
+    // before it copies them: the copy is what the budget counts.
     public func write(_ bytes: [UInt8]) async throws {
         guard !bytes.isEmpty else { return }
-        try await core.write(bytes.withUnsafeBytes(OwnedBytes.copy))
+        try await core.reserve(bytes.count)
+        try core.enqueue(bytes.withUnsafeBytes(OwnedBytes.copy))
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) async throws {
         guard bytes.count > 0 else { return }
-        try await core.write(OwnedBytes.copy(bytes))
+        try await core.reserve(bytes.count)
+        try core.enqueue(OwnedBytes.copy(bytes))
     }
 
     public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
         guard header.count + body.count > 0 else { return }
-        try await core.write(OwnedBytes.copy(header: header, body: body))
+        try await core.reserve(header.count + body.count)
+        try core.enqueue(OwnedBytes.copy(header: header, body: body))
+    }
+
+    public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
+                      checkingCopy check: () throws -> Void) async throws {
+        let count = header.count + body.count
+        guard count > 0 else { return }
+        try await core.reserve(count)
+        let copy = OwnedBytes.copy(header: header, body: body)
+        do {
+            try check()
+        } catch {
+            copy.deallocate()
+            core.cancelReservation(count)
+            throw error
+        }
+        try core.enqueue(copy)
     }
 
 
@@ -53,6 +74,7 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
             guard !connection.isClosed, !core.closedByStack else { return }
             ngtcp2_conn_shutdown_stream_read(connection.conn, core.id, errorCode)
             core.failReceive(.streamReset(errorCode: errorCode))
+            core.discardReceived()
             connection.endpoint.needsWrite(connection)
         }
     }
@@ -64,6 +86,7 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
             guard !connection.isClosed, !core.closedByStack else { return }
             ngtcp2_conn_shutdown_stream(connection.conn, core.id, errorCode)
             core.fail(.streamReset(errorCode: errorCode))
+            core.discardReceived()
             connection.endpoint.needsWrite(connection)
         }
     }

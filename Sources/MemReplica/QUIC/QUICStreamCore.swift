@@ -15,6 +15,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     let mailbox = Locked(Mailbox())
     private let sendLimit: Int
     private let creditThreshold: Int
+    /// Charged for the bytes this stream holds written and not yet
+    /// acknowledged (received bytes live in the connection's reserved window).
+    let budget: MemoryBudget
 
     // Loop-only.
     var sendBuffer = SendBuffer()
@@ -38,6 +41,10 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     private var loopReaderDone: Delivery<Void>?
     /// The loop reader stopped because too much of its output is unacknowledged.
     private var loopReaderWantsRoom = false
+    /// When the send buffer last drained a little (or got its first bytes
+    /// after being empty): a stream that holds bytes and makes no progress
+    /// for `PeerLimits.stalledStreamTimeout` is reset.
+    private(set) var lastSendProgress = monotonicNanoseconds()
     static let receiveChunk = 256 << 10
 
     struct Mailbox {
@@ -48,7 +55,11 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         var drainPosted = false
         var written: UInt64 = 0
         var acknowledged: UInt64 = 0
+        /// Bytes writers reserved in the budget and are copying now.
+        var reserved = 0
         var writeWaiters: [CheckedContinuation<Void, any Error>] = []
+        /// The largest write a waiter wants room for.
+        var writeWaitingFor = 0
         var sendError: TransportError?
 
         // Delivered by the loop, taken by tasks.
@@ -63,6 +74,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         /// Bytes read but not yet returned to the peer as credit.
         var unreportedCredit = 0
         var creditPosted = false
+        /// The connection forgot this stream: the periodic sweep no longer
+        /// returns its credit, so every read does.
+        var forgotten = false
 
         /// Up to maxLength buffered bytes, oldest first.
         mutating func take(maxLength: Int) -> [UInt8]? {
@@ -98,6 +112,7 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         self.connection = connection
         let config = connection.endpoint.configuration
         sendLimit = config.streamSendBuffer
+        budget = config.memoryBudget
         // Give credit back in steps: each step is a wake-up of the loop, and
         // an eighth of the window keeps the sender far from blocking.
         creditThreshold = max(1, Int(min(config.streamReceiveWindow, config.connectionReceiveWindow / 8) / 8))
@@ -108,43 +123,106 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         mailbox.withLock { _ in }
     }
 
+    deinit {
+        // Whatever was not acknowledged before the stream went away.
+        let held = mailbox.withLock { m -> Int in
+            defer { m.acknowledged = m.written }
+            return Int(m.written - m.acknowledged)
+        }
+        budget.release(held)
+    }
+
     var hasDataToSend: Bool {
         !sendClosed && (sendBuffer.unsent > 0 || (finQueued && !finSent))
     }
 
     // MARK: task side
 
-    /// Queues owned memory; suspends while too much is unacknowledged.
-    func write(_ memory: UnsafeMutableRawBufferPointer) async throws {
-        enum Next { case done, wait, fail(TransportError) }
-        let (next, post) = mailbox.withLock { m -> (Next, Bool) in
-            if let error = m.sendError ?? connection.closeErrorSnapshot { return (.fail(error), false) }
-            if m.finRequested {
-                return (.fail(.protocolFailure("write after finish on stream \(id)")), false)
+    /// Waits until `count` more bytes may be queued, then reserves them in
+    /// the memory budget: this stream's unacknowledged bytes stay within
+    /// `streamSendBuffer` (a larger write goes alone) and the budget has
+    /// room. A stream whose peer stops reading is reset by the loop after
+    /// `PeerLimits.stalledStreamTimeout`, which ends this wait.
+    func reserve(_ count: Int) async throws {
+        enum Next { case reserved, fail(TransportError), wait(budget: Bool) }
+        while true {
+            let next = mailbox.withLock { m -> Next in
+                if let error = m.sendError ?? connection.closeErrorSnapshot { return .fail(error) }
+                if m.finRequested { return .fail(.protocolFailure("write after finish on stream \(id)")) }
+                guard Self.hasStreamRoom(m, for: count, limit: sendLimit) else { return .wait(budget: false) }
+                guard budget.tryReserve(count) else { return .wait(budget: true) }
+                m.reserved += count
+                return .reserved
             }
+            switch next {
+            case .reserved: return
+            case .fail(let error): throw error
+            case .wait(let forBudget): try await waitForRoom(count, budget: forBudget)
+            }
+        }
+    }
+
+    private static func hasStreamRoom(_ m: Mailbox, for count: Int, limit: Int) -> Bool {
+        let pending = m.written - m.acknowledged + UInt64(m.reserved)
+        return pending == 0 || pending + UInt64(count) <= UInt64(limit)
+    }
+
+    /// One wait for room; the caller checks again after it.
+    private func waitForRoom(_ count: Int, budget forBudget: Bool) async throws {
+        let token = WaitToken()
+        let key = ObjectIdentifier(token)
+        defer { if forBudget { budget.cancelNotification(key) } }
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            if forBudget { budget.notifyOnRelease(key) { [weak self] in self?.wakeWriters() } }
+            let resume: Result<Void, TransportError>? = mailbox.withLock { m in
+                if let error = m.sendError ?? connection.closeErrorSnapshot { return .failure(error) }
+                if Self.hasStreamRoom(m, for: count, limit: sendLimit), !forBudget || budget.hasRoom(for: count) {
+                    return .success(())
+                }
+                m.writeWaiters.append(c)
+                m.writeWaitingFor = max(m.writeWaitingFor, count)
+                return nil
+            }
+            if let resume { c.resume(with: resume) }
+        }
+        withExtendedLifetime(token) {}
+    }
+
+    /// Wakes every waiting writer to check again (the budget freed room).
+    private func wakeWriters() {
+        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
+            return m.writeWaiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    /// Gives back a reservation that will not be enqueued (the copy it was
+    /// for turned out unusable).
+    func cancelReservation(_ count: Int) {
+        mailbox.withLock { $0.reserved -= count }
+        budget.release(count)
+    }
+
+    /// Queues owned memory that `reserve` made room for; never waits.
+    /// Throws (freeing it) if the stream can no longer send.
+    func enqueue(_ memory: UnsafeMutableRawBufferPointer) throws {
+        let (refused, post) = mailbox.withLock { m -> (TransportError?, Bool) in
+            m.reserved -= memory.count
+            if let error = m.sendError ?? connection.closeErrorSnapshot { return (error, false) }
+            if m.finRequested { return (.protocolFailure("write after finish on stream \(id)"), false) }
             m.outgoing.append(memory)
             m.written += UInt64(memory.count)
             let post = !m.drainPosted
             m.drainPosted = true
-            return (m.written - m.acknowledged > UInt64(sendLimit) ? .wait : .done, post)
+            return (nil, post)
+        }
+        if let refused {
+            budget.release(memory.count)
+            memory.deallocate()
+            throw refused
         }
         if post { connection.endpoint.post { [self] in drainMailbox() } }
-        switch next {
-        case .done: return
-        case .fail(let error):
-            memory.deallocate()
-            throw error
-        case .wait:
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                let resume: Result<Void, TransportError>? = mailbox.withLock { m in
-                    if let error = m.sendError { return .failure(error) }
-                    if m.written - m.acknowledged <= UInt64(sendLimit) { return .success(()) }
-                    m.writeWaiters.append(c)
-                    return nil
-                }
-                if let resume { c.resume(with: resume) }
-            }
-        }
     }
 
     func finish() throws {
@@ -188,7 +266,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
                     return nil
                 }
                 if let ready {
-                    if case .success(let bytes?) = ready { _ = connection.noteCreditTaken(bytes.count) }
+                    if case .success(let bytes?) = ready {
+                                    _ = connection.noteCreditTaken(bytes.count)
+                    }
                     connection.endpoint.post { [self] in returnCredit() }
                     c.resume(with: ready)
                 }
@@ -197,7 +277,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     }
 
     private func claimCreditPost(_ m: inout Mailbox) -> Bool {
-        guard m.unreportedCredit >= creditThreshold, !m.creditPosted else { return false }
+        guard m.unreportedCredit >= creditThreshold || (m.forgotten && m.unreportedCredit > 0), !m.creditPosted else {
+            return false
+        }
         m.creditPosted = true
         return true
     }
@@ -211,6 +293,8 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
         memory.copyBytes(from: bytes)
         mailbox.withLock { $0.written += UInt64(bytes.count) }
+        budget.charge(bytes.count)
+        noteAppend()
         sendBuffer.append(owning: memory)
         connection.schedule(self)
     }
@@ -234,13 +318,26 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
             chunks.forEach { $0.deallocate() }
             return
         }
+        if !chunks.isEmpty { noteAppend() }
         for c in chunks { sendBuffer.append(owning: c) }
         if fin { finQueued = true }
         connection.schedule(self)
     }
 
+    /// Bytes joining an empty send buffer start the stall clock afresh.
+    private func noteAppend() {
+        if sendBuffer.unacknowledged == 0 { lastSendProgress = monotonicNanoseconds() }
+    }
+
+    /// Holds bytes the peer has not acknowledged, with no progress for `timeout` ns.
+    func isStalled(now: UInt64, after timeout: UInt64) -> Bool {
+        sendBuffer.unacknowledged > 0 && now >= lastSendProgress && now - lastSendProgress >= timeout
+    }
+
     func acknowledged(upTo offset: UInt64) {
+        let before = sendBuffer.ackedOffset
         sendBuffer.acknowledge(upTo: offset)
+        if sendBuffer.ackedOffset > before { lastSendProgress = monotonicNanoseconds() }
         if loopReaderWantsRoom, !sendBacklogged, !wakePending {
             // Called inside ngtcp2's packet processing: resume the reader
             // once the batch is done, as for bytes that arrive.
@@ -249,12 +346,16 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
             connection.endpoint.wakeLater(self)
         }
         let acked = sendBuffer.ackedOffset
-        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
-            m.acknowledged = acked
-            guard m.written - m.acknowledged <= UInt64(sendLimit) else { return [] }
-            defer { m.writeWaiters.removeAll() }
-            return m.writeWaiters
+        let (waiters, freed) = mailbox.withLock { m -> ([CheckedContinuation<Void, any Error>], Int) in
+            let freed = acked > m.acknowledged ? Int(acked - m.acknowledged) : 0
+            m.acknowledged = max(m.acknowledged, acked)
+            guard !m.writeWaiters.isEmpty, Self.hasStreamRoom(m, for: m.writeWaitingFor, limit: sendLimit) else {
+                return ([], freed)
+            }
+            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
+            return (m.writeWaiters, freed)
         }
+        budget.release(freed)
         waiters.forEach { $0.resume() }
     }
 
@@ -330,11 +431,15 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     /// The peer stopped the receiving or sending half.
     func failSend(_ error: TransportError) {
         sendClosed = true
-        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+        let (waiters, freed) = mailbox.withLock { m -> ([CheckedContinuation<Void, any Error>], Int) in
             if m.sendError == nil { m.sendError = error }
-            defer { m.writeWaiters.removeAll() }
-            return m.writeWaiters
+            // Nothing more will be sent or acknowledged: free it all now.
+            let freed = Int(m.written - m.acknowledged)
+            m.acknowledged = m.written
+            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
+            return (m.writeWaiters, freed)
         }
+        budget.release(freed)
         waiters.forEach { $0.resume(throwing: error) }
     }
 
@@ -352,6 +457,24 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         waiter?.resume(throwing: error)
     }
 
+    /// This side reset the stream or stopped reading it: nobody will read
+    /// what is buffered. Drops it and gives the connection its credit back;
+    /// otherwise every such stream's unread bytes would shrink the
+    /// connection's window for good, until no stream could send.
+    func discardReceived() {
+        let (dropped, taken) = mailbox.withLock { m -> (Int, Int) in
+            defer {
+                m.received.removeAll()
+                m.receivedHead = 0
+                m.buffered = 0
+                m.unreportedCredit = 0
+            }
+            return (m.buffered, m.unreportedCredit)
+        }
+        if taken > 0 { connection.consumed(taken, on: self) }
+        if dropped > 0 { connection.returnDiscarded(dropped) }
+    }
+
     /// Ends both directions with `error`, waking everyone waiting.
     func fail(_ error: TransportError) {
         failSend(error)
@@ -367,11 +490,13 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     /// Both directions ended cleanly: nothing more to send or wait for.
     func finishedCleanly() {
         sendBuffer.releaseAll()
-        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+        let (waiters, freed) = mailbox.withLock { m -> ([CheckedContinuation<Void, any Error>], Int) in
+            let freed = Int(m.written - m.acknowledged)
             m.acknowledged = m.written
-            defer { m.writeWaiters.removeAll() }
-            return m.writeWaiters
+            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
+            return (m.writeWaiters, freed)
         }
+        budget.release(freed)
         waiters.forEach { $0.resume() }
     }
 
@@ -426,6 +551,10 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
             memory.deallocate()
             throw refused
         }
+        // The loop answers requests it read itself (fault reads): counted,
+        // not waited for; `sendBacklogged` stops it reading on instead.
+        budget.charge(memory.count)
+        noteAppend()
         sendBuffer.append(owning: memory)
         connection.schedule(self)
     }
@@ -439,3 +568,6 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     var finReceived: Bool { mailbox.withLock { $0.finReceived } }
     var receivedEarlyData: Bool { mailbox.withLock { $0.receivedEarlyData } }
 }
+
+/// A unique key for one wait on the memory budget.
+private final class WaitToken: Sendable {}

@@ -33,13 +33,12 @@ final class TLSContext: @unchecked Sendable {
         }
         handle = ctx
         qs_tls_ctx_set_replay_window(ctx, UInt32(clamping: Int64(replayWindow.milliseconds)))
-        var subject = [CChar](repeating: 0, count: 512)
-        var digest = [UInt8](repeating: 0, count: 32)
-        if qs_tls_ctx_identity(ctx, &subject, subject.count, &digest) == 0 {
-            localIdentity = PeerIdentity(subject: stringFromCBuffer(subject), alternativeNames: [],
-                                         fingerprint: hexString(digest))
+        var der: UnsafePointer<UInt8>?
+        var length = 0
+        if qs_tls_ctx_certificate(ctx, &der, &length) == 0, let der {
+            localIdentity = PeerIdentity(certificate: Array(UnsafeBufferPointer(start: der, count: length)))
         } else {
-            localIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+            localIdentity = .none
         }
     }
 

@@ -1,4 +1,5 @@
 import QuicShim
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -12,6 +13,15 @@ import Glibc
 /// that send bytes over the network take a snapshot (`copyChunk`, or the
 /// transport's own copy of `chunkBytes`) first, since the transport
 /// retransmits from its copy.
+///
+/// The backing can fail under the mapping: another process truncates the
+/// file, or its filesystem cannot provide a page. Touching such a page
+/// raises SIGBUS; the region's `BackingGuard` turns that into a private zero
+/// page and a count, so every copy out of the mapping is followed by
+/// `checkIntact()` (copies of a damaged region are thrown away, never
+/// sent), and `checkBacking()` also compares the file's size with the
+/// region's once per scan pass. A damaged region stays damaged: the pages
+/// that faulted are no longer the file's.
 public final class Region: @unchecked Sendable {
     public enum Backing: Sendable, Equatable, CustomStringConvertible {
         /// Anonymous memory (memfd), private to this process and its children.
@@ -34,6 +44,14 @@ public final class Region: @unchecked Sendable {
         case map(errno: Errno)
         case chunkOutOfRange(index: Int, count: Int)
         case wrongChunkLength(index: Int, expected: Int, got: Int)
+        /// The file's filesystem cannot hold the region (`Allocation`).
+        case noSpace(path: String, size: Int, free: Int)
+        case allocate(path: String, errno: Errno)
+        /// More regions mapped in this process than `BackingGuard.limit`.
+        case tooManyRegions(limit: Int)
+        /// The backing failed under the mapping (see the type's comment):
+        /// the region is not served any more.
+        case unavailable(region: String, reason: String)
 
         public var description: String {
             switch self {
@@ -45,6 +63,12 @@ public final class Region: @unchecked Sendable {
             case .chunkOutOfRange(let i, let n): return "chunk \(i) is outside the region (\(n) chunks)"
             case .wrongChunkLength(let i, let expected, let got):
                 return "chunk \(i) holds \(expected) bytes, got \(got)"
+            case .noSpace(let path, let size, let free):
+                return "no room for region file \(path): it needs \(Region.describe(bytes: size)) "
+                    + "but its filesystem has \(Region.describe(bytes: free)) free"
+            case .allocate(let path, let e): return "cannot allocate region file \(path): \(e)"
+            case .tooManyRegions(let limit): return "more than \(limit) regions mapped in one process"
+            case .unavailable(let region, let reason): return "region '\(region)' is unavailable: \(reason)"
             }
         }
     }
@@ -54,16 +78,26 @@ public final class Region: @unchecked Sendable {
     public let backing: Backing
     private let fd: FileDescriptor
     private let base: UnsafeMutableRawPointer
+    private let backingGuard: BackingGuard
+    /// Why the backing failed, once it did (sticky), and a flag that says
+    /// so without the lock: the check after every copy reads only the flag
+    /// and the SIGBUS count.
+    private let damage = Locked<String?>(nil)
+    private let damaged = Atomic<Bool>(false)
 
     /// Opens or creates the backing and maps it. For a file, `size` nil means
     /// "the file's current size"; a file shorter than `size` is extended
-    /// (with zeros), a longer one is refused rather than silently cut.
-    public init(name: String, backing: Backing, size: Int?, chunkSize: Int) throws {
+    /// (with zeros), a longer one is refused rather than silently cut. A
+    /// file's blocks are reserved as `allocation` says; a file this call
+    /// created is removed again, and one it extended cut back, should it fail.
+    public init(name: String, backing: Backing, size: Int?, chunkSize: Int,
+                allocation: Allocation = .reserved) throws {
         self.name = name
         self.backing = backing
         let descriptor: FileDescriptor
         let length: Int
         var current = 0
+        var created = false
         switch backing {
         case .memory:
             guard let size else { throw Failure.sizeUnknown(path: "memfd") }
@@ -72,41 +106,48 @@ public final class Region: @unchecked Sendable {
             descriptor = FileDescriptor(rawValue: raw)
             length = size
         case .file(let path):
-            do {
-                descriptor = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .closeOnExec],
-                                                     permissions: [.ownerReadWrite])
-            } catch let e as Errno {
-                throw Failure.open(path: path, errno: e)
-            }
+            let opened = try Self.openOrCreate(path)
+            descriptor = opened.0
+            created = opened.created
             var st = stat()
-            guard fstat(descriptor.rawValue, &st) == 0 else {
-                try? descriptor.close()
-                throw Failure.open(path: path, errno: Errno(rawValue: errno))
+            var refusal: Failure?
+            if fstat(descriptor.rawValue, &st) != 0 {
+                refusal = .open(path: path, errno: Errno(rawValue: errno))
+            } else {
+                current = Int(st.st_size)
+                if current == 0, size == nil { refusal = .sizeUnknown(path: path) }
+                if let wanted = size, current > wanted { refusal = .sizeMismatch(path: path, file: current, wanted: wanted) }
             }
-            current = Int(st.st_size)
-            switch size {
-            case nil where current == 0:
+            if let refusal {
                 try? descriptor.close()
-                throw Failure.sizeUnknown(path: path)
-            case nil:
-                length = current
-            case let wanted? where current > wanted:
-                try? descriptor.close()
-                throw Failure.sizeMismatch(path: path, file: current, wanted: wanted)
-            case let wanted?:
-                length = wanted
+                if created { unlink(path) }
+                throw refusal
             }
+            length = size ?? current
         }
+        var mapped: UnsafeMutableRawPointer?
         do {
             geometry = try RegionGeometry(size: length, chunkSize: chunkSize)
-            // A new memfd is empty and a short file grows (with zeros).
-            if current < length, ftruncate(descriptor.rawValue, off_t(length)) != 0 {
+            if case .file(let path) = backing {
+                try Self.allocate(descriptor, path: path, length: length, current: current, as: allocation)
+            } else if ftruncate(descriptor.rawValue, off_t(length)) != 0 {
+                // A new memfd is empty.
                 throw Failure.map(errno: Errno(rawValue: errno))
             }
             let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor.rawValue, 0)
             guard let p, p != MAP_FAILED else { throw Failure.map(errno: Errno(rawValue: errno)) }
+            mapped = p
+            backingGuard = try BackingGuard(start: p, length: length)
             base = p
         } catch {
+            if let mapped { munmap(mapped, length) }
+            if case .file(let path) = backing {
+                if created {
+                    unlink(path)
+                } else if current < length {
+                    _ = ftruncate(descriptor.rawValue, off_t(current))
+                }
+            }
             try? descriptor.close()
             throw error
         }
@@ -114,8 +155,100 @@ public final class Region: @unchecked Sendable {
     }
 
     deinit {
+        // Before the range is unmapped: the handler must never match an
+        // address that may already belong to another mapping.
+        backingGuard.unregister()
         munmap(base, geometry.size)
         try? fd.close()
+    }
+
+    /// Opens `path` read-write, creating it (0600) if it does not exist;
+    /// says whether it did, so a failed set-up removes only what it made.
+    private static func openOrCreate(_ path: String) throws -> (FileDescriptor, created: Bool) {
+        while true {
+            do {
+                return (try FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec]), false)
+            } catch let e as Errno where e == .noSuchFileOrDirectory {
+                // Created here, unless another process made it meanwhile.
+            } catch let e as Errno {
+                throw Failure.open(path: path, errno: e)
+            }
+            do {
+                return (try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
+                                                permissions: [.ownerReadWrite]), true)
+            } catch let e as Errno where e == .fileExists {
+                continue
+            } catch let e as Errno {
+                throw Failure.open(path: path, errno: e)
+            }
+        }
+    }
+
+    /// Why the backing failed, or nil while it holds: the count of caught
+    /// SIGBUS faults (an atomic load) and, with `checkingSize`, the file's
+    /// size compared with the region's (one fstat), which notices a
+    /// truncation before anything touches the missing pages.
+    public func unavailability(checkingSize: Bool) -> String? {
+        if backingGuard.faults == 0, !damaged.load(ordering: .acquiring) {
+            guard checkingSize, let size = backingSize(), size < geometry.size else { return nil }
+            return markDamaged(truncationReason(size))
+        }
+        return damage.withLock { $0 } ?? markDamaged(faultReason())
+    }
+
+    /// Throws `Failure.unavailable` once a copy out of the mapping may have
+    /// read a page the backing could not provide. Cheap: call it after
+    /// every copy, before the bytes go anywhere.
+    public func checkIntact() throws(Failure) {
+        if let reason = unavailability(checkingSize: false) { throw .unavailable(region: name, reason: reason) }
+    }
+
+    /// `checkIntact`, and the file's size: once per scan pass.
+    public func checkBacking() throws(Failure) {
+        if let reason = unavailability(checkingSize: true) { throw .unavailable(region: name, reason: reason) }
+    }
+
+    /// Why the region is unavailable, or nil while it is intact.
+    public var failure: String? { unavailability(checkingSize: true) }
+
+    /// Records the first reason only: later symptoms follow from it.
+    private func markDamaged(_ reason: String) -> String {
+        let first = damage.withLock { d in
+            if d == nil { d = reason }
+            return d!
+        }
+        damaged.store(true, ordering: .releasing)
+        return first
+    }
+
+    private func backingSize() -> Int? {
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { return nil }
+        return Int(st.st_size)
+    }
+
+    private func truncationReason(_ size: Int) -> String {
+        "its file \(backing) was truncated to \(size) bytes under the mapping (the region is \(geometry.size) bytes); "
+            + "it is no longer served"
+    }
+
+    private func faultReason() -> String {
+        if let size = backingSize(), size < geometry.size { return truncationReason(size) }
+        let offset = Int(bitPattern: backingGuard.firstFaultAddress) - Int(bitPattern: base)
+        return "reading or writing offset \(offset) of \(backing) raised SIGBUS (the file was cut under the mapping, "
+            + "or its filesystem could not provide the page); it is no longer served"
+    }
+
+    /// "16777216 bytes (16.0 MiB)", for messages about sizes.
+    static func describe(bytes: Int) -> String {
+        let units = ["KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes)
+        var unit = "bytes"
+        for next in units where value >= 1024 {
+            value /= 1024
+            unit = next
+        }
+        return unit == "bytes" ? "\(bytes) bytes" : "\(bytes) bytes (\(String(format: "%.1f", value)) \(unit))"
     }
 
     /// The whole mapping. Callers that write must be the region's owner.
@@ -123,12 +256,16 @@ public final class Region: @unchecked Sendable {
         UnsafeMutableRawBufferPointer(start: base, count: geometry.size)
     }
 
-    /// A snapshot of one chunk, safe to hand to the transport.
+    /// A snapshot of one chunk, safe to hand to the transport; throws
+    /// `Failure.unavailable` instead of bytes the backing could not provide.
     public func copyChunk(_ index: Int) throws -> [UInt8] {
-        Array(try chunkBytes(index))
+        let copy = Array(try chunkBytes(index))
+        try checkIntact()
+        return copy
     }
 
     /// One chunk's bytes in the live mapping (they change under a reader).
+    /// Whoever copies them must call `checkIntact()` after the copy.
     public func chunkBytes(_ index: Int) throws -> UnsafeRawBufferPointer {
         guard let range = geometry.byteRange(ofChunk: index) else {
             throw Failure.chunkOutOfRange(index: index, count: geometry.chunkCount)
@@ -197,5 +334,7 @@ public final class Region: @unchecked Sendable {
             throw Failure.wrongChunkLength(index: index, expected: range.count, got: data.count)
         }
         UnsafeMutableRawBufferPointer(rebasing: bytes[range]).copyBytes(from: data)
+        // A store the file could not take landed in a private zero page.
+        try checkIntact()
     }
 }

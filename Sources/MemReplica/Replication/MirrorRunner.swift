@@ -17,6 +17,22 @@ public final class MirrorRunner: Sendable {
     private let statistics: PeerStatistics?
     private let current = Locked<ActiveMirror?>(nil)
     private let connections = Locked(0)
+    /// What this mirror learnt from the exporter's catalog, kept across
+    /// connections: the region identity followed (a stale primary with an
+    /// older generation is refused), the allow rule, and why the last
+    /// attempt failed, if it did.
+    private let learnt = Locked(Learnt())
+    /// A mirror's run over a connection is in progress.
+    private let live = Locked(false)
+    /// That run's connection (for `verify`).
+    private let liveConnection = Locked<(any TransportConnection)?>(nil)
+
+    private struct Learnt {
+        var followed: RegionIdentity?
+        var primaryAllow: AllowList?
+        var problem: String?
+        var loggedProblem: String?
+    }
 
     /// The mirror of the current (or last) connection.
     public enum ActiveMirror: Sendable {
@@ -43,11 +59,42 @@ public final class MirrorRunner: Sendable {
         }
     }
 
-    public init(spec: MirrorSpec, endpoint: any Transport, statistics: PeerStatistics? = nil, logger: Logger) {
+    /// How a lazy mirror made here runs (its fault wait limit, its pull).
+    public let lazyOptions: PostCopyMirror.Options
+
+    /// Where a durable mirror keeps its state file (`DurableMirrorState`).
+    public let stateDirectory: StateDirectory?
+    private let durableState = Locked<DurableMirrorState?>(nil)
+
+    public init(spec: MirrorSpec, endpoint: any Transport, statistics: PeerStatistics? = nil,
+                lazyOptions: PostCopyMirror.Options = .init(), stateDirectory: StateDirectory? = nil, logger: Logger) {
         self.spec = spec
         self.endpoint = endpoint
         self.statistics = statistics
+        self.lazyOptions = lazyOptions
+        self.stateDirectory = stateDirectory
         self.logger = logger
+    }
+
+    /// A durable mirror's state file as it reads now (nil for others).
+    public var durableRecord: DurableMirrorState.Record? { durableState.withLock { $0?.record } }
+
+    /// Opens a durable mirror's state file; what it says of the file (the
+    /// region followed) survives the restart.
+    private func openDurableState() throws -> DurableMirrorState? {
+        guard spec.durable else { return nil }
+        guard let stateDirectory else {
+            throw MirrorRefusal.tooLarge("mirror of '\(spec.name)': durable=true needs a state folder")
+        }
+        let durable = try DurableMirrorState(stateDirectory: stateDirectory, region: spec.name)
+        if let r = durable.record, r.path == spec.path, !r.regionID.isEmpty {
+            learnt.withLock { $0.followed = RegionIdentity(id: r.regionID, generation: r.generation) }
+            let holds = r.complete ? "is a complete copy at version \(r.version) (generation \(r.generation))"
+                : "is incomplete (a sync or a write was under way when the peer stopped)"
+            logger.notice("durable mirror of '\(spec.name)': \(spec.path) \(holds); not synced until it converges with the primary again")
+        }
+        durableState.withLock { $0 = durable }
+        return durable
     }
 
     /// Connections made to the primary after the first.
@@ -56,9 +103,85 @@ public final class MirrorRunner: Sendable {
     /// The mirror of the current connection, for status.
     public var mirror: ActiveMirror? { current.withLock { $0 } }
 
+    /// The region identity this mirror follows (nil before the first catalog).
+    public var followedIdentity: RegionIdentity? { learnt.withLock { $0.followed } }
+
+    /// Who may read this replica (over HTTP/3): the primary's allow list as
+    /// the last catalog gave it, narrowed by this mirror's own `allow=`.
+    /// Nobody until a catalog has been seen: a replica never serves wider
+    /// than its primary, and it does not know the primary's rule before.
+    public var servingRule: AllowList {
+        learnt.withLock { l in
+            guard let primary = l.primaryAllow else { return .nobody }
+            return primary.narrowed(by: AllowList(names: spec.allowedPeers))
+        }
+    }
+
+    /// True only while the replica holds the primary's current bytes: a
+    /// subscription is live and its initial pass is applied (and, eager,
+    /// self-checked against SYNCED's digest). False the moment the
+    /// connection ends, since the primary may write on without us.
+    public var synced: Bool {
+        live.withLock { $0 } && (mirror?.initialSyncComplete ?? false)
+    }
+
+    /// Runs `body` (a mirror's run over one connection) as the live one.
+    private func following(_ connection: any TransportConnection, _ body: () async throws -> Void) async throws {
+        live.withLock { $0 = true }
+        liveConnection.withLock { $0 = connection }
+        defer {
+            live.withLock { $0 = false }
+            liveConnection.withLock { $0 = nil }
+        }
+        try await body()
+    }
+
+    /// Compares this replica with its primary (`memreplica verify`): needs
+    /// a live connection to the primary.
+    public func verify() async throws -> VerifyReport {
+        guard let connection = liveConnection.withLock({ $0 }), let active = mirror else {
+            throw ReplicationError.refusedByPeer(code: ProtocolErrorCode.regionUnavailable.rawValue,
+                                                 message: "replica '\(spec.name)' is not connected to its primary "
+                                                    + "(\(spec.address)) now\(problem.map { ": \($0)" } ?? "")")
+        }
+        let verifier: ReplicaVerifier
+        switch active {
+        case .eager(let m):
+            verifier = ReplicaVerifier(region: m.region, remoteName: spec.name, source: spec.address.description, held: nil)
+        case .lazy(let m):
+            verifier = ReplicaVerifier(region: m.region, remoteName: spec.name, source: spec.address.description,
+                                       held: { m.isChunkPresent($0) })
+        }
+        return try await verifier.run(over: connection)
+    }
+
+    /// Why the last attempt to mirror failed (a refused or unreachable
+    /// primary, a region too large, no room for the file ...); nil before
+    /// any failure and once the replica is synced again (kept until then,
+    /// so status does not flicker between attempts).
+    public var problem: String? { synced ? nil : learnt.withLock { $0.problem } }
+
+    /// Records a failure; logs it at `error` the first time it is seen in a
+    /// row and at `debug` after, so a retry loop does not flood the log.
+    private func report(_ message: String) {
+        let first = learnt.withLock { l -> Bool in
+            l.problem = message
+            defer { l.loggedProblem = message }
+            return l.loggedProblem != message
+        }
+        if first { logger.error("\(message)") } else { logger.debug("\(message)") }
+    }
+
     public func run() async {
         defer {
             if case .lazy(let mirror)? = current.withLock({ $0 }) { mirror.stop() }
+        }
+        let durable: DurableMirrorState?
+        do {
+            durable = try openDurableState()
+        } catch {
+            report("mirror of '\(spec.name)' cannot run: \(error)")
+            return
         }
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled {
@@ -66,6 +189,11 @@ public final class MirrorRunner: Sendable {
             do {
                 let (opened, control) = try await connectSendingHello()
                 connection = opened
+                if let expected = spec.expectedPrimary, !expected.matches(opened.peerIdentity) {
+                    throw MirrorRefusal.unexpectedPeer(
+                        "mirror of '\(spec.name)': \(spec.address) is \(opened.peerIdentity), not the expected primary "
+                        + "(\(expected)); not mirroring from it")
+                }
                 backoff = .milliseconds(250)
                 connections.withLock { $0 += 1 }
                 statistics?.connectionEstablished(fingerprint: opened.peerIdentity.fingerprint, initiatedLocally: true)
@@ -75,34 +203,85 @@ public final class MirrorRunner: Sendable {
                                 metadata: ["region": "\(spec.name)", "from": "\(spec.address)"])
                 }
                 let entry = try await catalogEntry(over: FrameStream(control))
+                let known = try accept(entry)
                 if spec.lazy {
                     let mirror = try lazyMirror(for: entry)
-                    try await mirror.run(over: opened)
+                    learnt.withLock { $0.loggedProblem = nil }
+                    try await following(opened) { try await mirror.run(over: opened, identity: entry.identity) }
                 } else {
                     let existed = FileManager.default.fileExists(atPath: spec.path)
                     let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
                                             chunkSize: Int(entry.chunkSize))
-                    let mirror = RegionMirror(region: region, offersHeldChunks: existed)
+                    let mirror = RegionMirror(region: region, offersHeldChunks: existed, known: known, identity: entry.identity,
+                                              durable: durable)
+                    learnt.withLock { $0.loggedProblem = nil }
                     current.withLock { $0 = .eager(mirror) }
                     logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                         "geometry": "\(region.geometry)", "path": "\(spec.path)"])
-                    try await mirror.run(over: opened)
+                    try await following(opened) { try await mirror.run(over: opened) }
                 }
             } catch let error as PostCopyError {
                 // Not a passing fault: retrying cannot help.
+                learnt.withLock { $0.problem = "\(error)" }
                 await connection?.close(errorCode: 0, reason: "mirror failed")
                 logger.error("lazy mirror of '\(spec.name)' cannot run: \(error)")
                 return
             } catch is CancellationError {
                 await connection?.close(errorCode: 0, reason: "mirror stopped")
                 return
+            } catch let refusal as MirrorRefusal {
+                // Not this peer, or not this region: say so once, and look
+                // again later (the right primary may come back there).
+                await connection?.close(errorCode: 0, reason: "mirror refused the peer")
+                report(refusal.description)
+                backoff = .seconds(5)
             } catch {
+                learnt.withLock { $0.problem = "\(error)" }
                 await connection?.close(errorCode: 0, reason: "mirror restarting")
                 logger.warning("mirror of '\(spec.name)' from \(spec.address) interrupted: \(error); retrying in \(backoff)")
             }
             try? await Task.sleep(for: backoff)
             backoff = min(backoff * 2, .seconds(5))
         }
+    }
+
+    /// Checks a catalog entry before anything is created or grown: an older
+    /// generation of the region than one already followed is a stale
+    /// primary; a region larger than the mirror's limit (by default the
+    /// free space where the file lives) is refused. Returns the identity
+    /// followed before, for SUBSCRIBE.
+    private func accept(_ entry: Frame.CatalogEntry) throws -> RegionIdentity? {
+        let followed = learnt.withLock { $0.followed }
+        if let followed, followed.id == entry.identity.id, entry.identity.generation < followed.generation {
+            throw MirrorRefusal.stalePrimary(ReplicationError.staleGeneration(
+                region: spec.name, seen: followed.generation, offered: entry.identity.generation).description)
+        }
+        let limit = try spec.maxSize ?? Self.spaceAvailable(for: spec.path)
+        guard entry.size <= UInt64(limit) else {
+            throw MirrorRefusal.tooLarge(
+                "mirror of '\(spec.name)': the primary's region is \(entry.size) bytes, but at most \(limit) fit "
+                + (spec.maxSize == nil ? "where \(spec.path) lives (free space; max-size= sets the limit)"
+                                       : "(max-size=\(limit))") + "; not creating or growing the file")
+        }
+        learnt.withLock {
+            $0.followed = entry.identity
+            $0.primaryAllow = AllowList(names: entry.allowedPeers.map(Set.init))
+        }
+        return followed
+    }
+
+    /// Bytes the file at `path` can take: what its file system has free for
+    /// an unprivileged writer, plus what the file already occupies.
+    static func spaceAvailable(for path: String) throws -> Int {
+        let folder = (path as NSString).deletingLastPathComponent
+        var fs = statvfs()
+        guard statvfs(folder.isEmpty ? "." : folder, &fs) == 0 else {
+            throw MirrorRefusal.tooLarge("mirror: cannot tell the free space where \(path) lives: \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        let held = stat(path, &st) == 0 ? Int(st.st_blocks) * 512 : 0
+        let free = Int(clamping: UInt64(fs.f_bavail).multipliedReportingOverflow(by: UInt64(fs.f_frsize)).partialValue)
+        return free.addingReportingOverflow(held).overflow ? Int.max : free + held
     }
 
     /// The lazy mirror of the last connection when the region's geometry is
@@ -113,9 +292,11 @@ public final class MirrorRunner: Sendable {
             return mirror
         }
         if case .lazy(let old)? = current.withLock({ $0 }) { old.stop() }
+        // Sparse: its holes are what it has not pulled (userfaultfd reports
+        // them); the filesystem's free space is checked instead.
         let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
-                                chunkSize: Int(entry.chunkSize))
-        let mirror = try PostCopyMirror(region: region, remoteName: spec.name)
+                                chunkSize: Int(entry.chunkSize), allocation: .sparse)
+        let mirror = try PostCopyMirror(region: region, remoteName: spec.name, options: lazyOptions)
         current.withLock { $0 = .lazy(mirror) }
         logger.info("mirroring lazily (post-copy)", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                                "geometry": "\(region.geometry)", "path": "\(spec.path)"])
@@ -161,5 +342,18 @@ public final class MirrorRunner: Sendable {
                                                  message: "\(spec.address) exports \(entries.map(\.name)), not '\(spec.name)'")
         }
         return entry
+    }
+}
+
+/// Why a mirror will not follow the peer it reached; retried after a while.
+enum MirrorRefusal: Error, CustomStringConvertible {
+    case unexpectedPeer(String)
+    case stalePrimary(String)
+    case tooLarge(String)
+
+    var description: String {
+        switch self {
+        case .unexpectedPeer(let m), .stalePrimary(let m), .tooLarge(let m): return m
+        }
     }
 }

@@ -37,6 +37,24 @@ public struct PeerConfiguration: Sendable, Equatable {
     public var tls: TLSFiles?
     /// Where to serve Prometheus metrics; nil (the default) serves none.
     public var metrics: PeerAddress?
+    /// How long a process attached to a lazy replica may wait on a chunk
+    /// that cannot come (primary out of reach, install failing) before its
+    /// session ends with an error; nil: `PostCopyMirror.Options`' default.
+    public var faultTimeout: Duration?
+    /// QUIC's (and the TCP transports') congestion controller by name:
+    /// cubic, bbr or reno; nil: the transport's default.
+    public var congestionControl: String?
+    /// How long a silent peer has before it counts as gone
+    /// (`QUICConfiguration.livenessTimeout`; nil: its 5 s default).
+    /// Config key `livenessTimeout`, flag `--liveness`, in seconds.
+    public var livenessTimeout: Duration?
+    /// Liveness timeouts accepted, in seconds: below half a second a
+    /// scheduling hiccup would end live connections, above an hour a dead
+    /// peer would hold its mirrors for longer than anyone waits.
+    public static let livenessRange: ClosedRange<Double> = 0.5...3600
+    /// Bytes all stream buffers may hold (`MemoryBudget`); nil: the
+    /// default, sized from physical memory.
+    public var memoryBudget: Int?
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -69,13 +87,30 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
-                                                              "exports", "mirrors", "metrics"])
+                                                              "exports", "mirrors", "metrics", "faultTimeout",
+                                                              "congestionControl", "livenessTimeout", "memoryBudget"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
         control = try top["control"].map { try reader.filePath($0, at: "control") }
         tls = try top["tls"].flatMap { try reader.tls($0, at: "tls") }
         metrics = try top["metrics"].map { try reader.metricsAddress($0, at: "metrics") }
+        faultTimeout = try top["faultTimeout"].map { try reader.seconds($0, at: "faultTimeout") }
+        congestionControl = try top["congestionControl"].map { value in
+            let name = try reader.string(value, at: "congestionControl")
+            guard QUICConfiguration.CongestionControl(rawValue: name) != nil else {
+                throw reader.failure(at: "congestionControl", "expected cubic, bbr or reno, found \"\(name)\"")
+            }
+            return name
+        }
+        livenessTimeout = try top["livenessTimeout"].map { try reader.liveness($0, at: "livenessTimeout") }
+        memoryBudget = try top["memoryBudget"].map { value in
+            let bytes = try reader.byteCount(value, at: "memoryBudget")
+            guard let checked = Self.checkedMemoryBudget(bytes) else {
+                throw PeerConfigurationError("\(file): memoryBudget: \(Self.memoryBudgetRule)")
+            }
+            return checked
+        }
         for (index, value) in try reader.array(top["exports"], at: "exports").enumerated() {
             let at = "exports[\(index)]"
             try add(reader.export(value, at: at), from: .file(file, at: at))
@@ -91,7 +126,21 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// (`--export`/`--mirror` texts) are added after the file's.
     public mutating func applyCommandLine(listen: String? = nil, name: String? = nil, stateDirectory: String? = nil,
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
-                                          mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil) throws {
+                                          mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil,
+                                          faultTimeout: Double? = nil, liveness: String? = nil,
+                                          memoryBudget: String? = nil) throws {
+        if let faultTimeout {
+            guard faultTimeout > 0, faultTimeout <= 86400 else {
+                throw PeerConfigurationError("--fault-timeout: \(faultTimeout) is not between 0 and 86400 seconds")
+            }
+            self.faultTimeout = .milliseconds(Int64(faultTimeout * 1000))
+        }
+        if let memoryBudget {
+            guard let bytes = parseByteSize(memoryBudget), let checked = Self.checkedMemoryBudget(bytes) else {
+                throw PeerConfigurationError("--memory-budget: '\(memoryBudget)': \(Self.memoryBudgetRule)")
+            }
+            self.memoryBudget = checked
+        }
         if let listen {
             do {
                 self.listen = try PeerAddress(parsing: listen)
@@ -105,6 +154,12 @@ public struct PeerConfiguration: Sendable, Equatable {
             } catch {
                 throw PeerConfigurationError("--metrics: \(error)")
             }
+        }
+        if let liveness {
+            guard let seconds = Double(liveness), let timeout = Self.livenessTimeout(seconds: seconds) else {
+                throw PeerConfigurationError("--liveness \(liveness): \(Self.livenessExplanation)")
+            }
+            livenessTimeout = timeout
         }
         if let name { self.name = name }
         if let stateDirectory { self.stateDirectory = stateDirectory }
@@ -120,6 +175,23 @@ public struct PeerConfiguration: Sendable, Equatable {
             do { spec = try MirrorSpec(parsing: text, lazy: lazyMirrors) } catch { throw PeerConfigurationError("--mirror: \(error)") }
             try add(spec, from: .flag("--mirror \(text)"))
         }
+    }
+
+    private static var livenessExplanation: String {
+        "expected seconds from \(livenessRange.lowerBound) to \(Int(livenessRange.upperBound)), such as 5 or 2.5"
+    }
+
+    /// `seconds` as a liveness timeout, nil when outside `livenessRange`.
+    private static func livenessTimeout(seconds: Double) -> Duration? {
+        guard seconds.isFinite, livenessRange.contains(seconds) else { return nil }
+        return .milliseconds(Int64((seconds * 1000).rounded()))
+    }
+
+    private static let memoryBudgetRule =
+        "expected a byte count of at least \(MemoryBudget.minimumLimit >> 20) MiB, such as 512M or 2G"
+
+    private static func checkedMemoryBudget(_ bytes: Int) -> Int? {
+        bytes >= MemoryBudget.minimumLimit ? bytes : nil
     }
 
     /// `listen`, or `:4433` (every interface) when nobody said.
@@ -227,6 +299,14 @@ public struct PeerConfiguration: Sendable, Equatable {
             }
         }
 
+        /// A positive number of seconds, at most a day.
+        func seconds(_ value: JSONValue, at path: String) throws -> Duration {
+            guard case .number(let text) = value, let seconds = Double(text), seconds > 0, seconds <= 86400 else {
+                throw failure(at: path, "expected a number of seconds between 0 and 86400, found \(value.kind)")
+            }
+            return .milliseconds(Int64(seconds * 1000))
+        }
+
         func bool(_ value: JSONValue, at path: String) throws -> Bool {
             guard case .bool(let b) = value else { throw failure(at: path, "expected true or false, found \(value.kind)") }
             return b
@@ -257,6 +337,17 @@ public struct PeerConfiguration: Sendable, Equatable {
                 throw failure(at: path, "\(shown) is not a byte count: expected \(explanation)")
             }
             return count
+        }
+
+        /// Seconds, as a JSON number (`5`, `2.5`).
+        func liveness(_ value: JSONValue, at path: String) throws -> Duration {
+            guard case .number(let text) = value else {
+                throw failure(at: path, "expected a number of seconds, found \(value.kind)")
+            }
+            guard let seconds = Double(text), let timeout = PeerConfiguration.livenessTimeout(seconds: seconds) else {
+                throw failure(at: path, "\(text) is not a liveness timeout: \(PeerConfiguration.livenessExplanation)")
+            }
+            return timeout
         }
 
         func address(_ value: JSONValue, at path: String) throws -> PeerAddress {
@@ -306,12 +397,25 @@ public struct PeerConfiguration: Sendable, Equatable {
         }
 
         func mirror(_ value: JSONValue, at path: String) throws -> MirrorSpec {
-            let fields = try object(value, at: path, keys: ["name", "peer", "path", "lazy"])
+            let fields = try object(value, at: path, keys: ["name", "peer", "path", "lazy", "expect", "allow", "maxSize",
+                                                            "durable"])
             let name = try string(required(fields, "name", at: path), at: path + ".name")
             let peer = try address(required(fields, "peer", at: path), at: path + ".peer")
             let regionFile = try filePath(required(fields, "path", at: path), at: path + ".path")
             let lazy = try fields["lazy"].map { try bool($0, at: path + ".lazy") } ?? false
-            return try checked(at: path) { try MirrorSpec(name: name, address: peer, path: regionFile, lazy: lazy) }
+            let expected = try fields["expect"].map { value in
+                let text = try string(value, at: path + ".expect")
+                do { return try ExpectedPeer(parsing: text) } catch { throw failure(at: path + ".expect", "\(error)") }
+            }
+            let allow = try fields["allow"].map { list in
+                try Set(array(list, at: path + ".allow").enumerated().map { try string($1, at: "\(path).allow[\($0)]") })
+            }
+            let maxSize = try fields["maxSize"].map { try byteCount($0, at: path + ".maxSize") }
+            let durable = try fields["durable"].map { try bool($0, at: path + ".durable") } ?? false
+            return try checked(at: path) {
+                try MirrorSpec(name: name, address: peer, path: regionFile, lazy: lazy, expectedPrimary: expected,
+                               allowedPeers: allow, maxSize: maxSize, durable: durable)
+            }
         }
 
         /// A spec's own rules, reported at the field they name (`exports[1].chunk`).

@@ -22,6 +22,12 @@ public final class PostCopyMirror: @unchecked Sendable {
         public var pullWindowBytes = 16 << 20
         /// Bytes asked for in one background READ.
         public var pullBatchBytes = 1 << 20
+        /// How long an attached process's read may wait on a chunk while
+        /// the primary is out of reach, or while installing it keeps
+        /// failing (e.g. a full tmpfs), before its session ends with an
+        /// error (`AttachedRegion.failure`; `cat` exits 1). It is never
+        /// handed a page of zeros instead.
+        public var faultWaitLimit: Duration = .seconds(10)
         public init() {}
     }
 
@@ -41,6 +47,15 @@ public final class PostCopyMirror: @unchecked Sendable {
         /// Chunks asked for and not yet answered: by faults, by the puller.
         public var faultReadsInFlight: Int
         public var pullReadsInFlight: Int
+        /// Chunks whose bytes arrived but whose install failed, retried.
+        public var installsPending: Int
+        /// Why the last install failed, while any is pending.
+        public var installError: String?
+        /// Attached processes whose sessions were ended because their
+        /// reads could not be served (primary gone, installs failing).
+        public var readersFailed: Int
+        /// `stop()` was called: the mapping is retired.
+        public var stopped: Bool
         public var complete: Bool { chunksPresent == chunkCount }
     }
 
@@ -51,6 +66,9 @@ public final class PostCopyMirror: @unchecked Sendable {
         var faultsServed = 0
         var invalidated = 0
         var lastEpoch: UInt64 = 0
+        /// The region identity the last subscription followed: epochs count
+        /// within its generation.
+        var identity: RegionIdentity?
         var faultLatencies: [Duration] = []
         var faultQueue: Locked<Deque<FaultRequest>>?
         var pullQueue: Locked<Deque<FaultRequest>>?
@@ -59,6 +77,31 @@ public final class PostCopyMirror: @unchecked Sendable {
         /// Sends READs for faults straight from the thread that took them
         /// (over QUIC); nil when a task sends them (`wakeFaultRequests`).
         var faultRequester: FaultRequester?
+        /// Bytes whose install failed, by chunk, retried with backoff while
+        /// the run lasts (`ChunkPresence.holding` keeps them from being
+        /// asked for again).
+        var retries: [Int: (bytes: [UInt8], generation: UInt32, since: ContinuousClock.Instant)] = [:]
+        var installError: String?
+        var wakeRetries: AsyncStream<Void>.Continuation?
+        /// Attached processes: the chunks each waits on, and how to end its
+        /// session with a reason.
+        var clientWaits: [Int: Set<Int>] = [:]
+        var clientEnds: [Int: @Sendable (String) -> Void] = [:]
+        var readersFailed = 0
+        /// A run is live, or since when none is.
+        var running = false
+        var idleSince = ContinuousClock.now
+        var stopped = false
+
+        /// `chunk` is installed: its waiting faults are served, and no
+        /// attached process waits on it any more.
+        mutating func noteInstalled(_ chunk: Int) {
+            if let waited = chunks.installed(chunk) {
+                faultsServed += waited.faults
+                if faultLatencies.count < 1 << 20 { faultLatencies.append(.now - waited.since) }
+            }
+            for id in clientWaits.keys { clientWaits[id]?.remove(chunk) }
+        }
     }
 
     private typealias FaultRequest = (chunk: Int, generation: UInt32)
@@ -82,11 +125,12 @@ public final class PostCopyMirror: @unchecked Sendable {
         let state = Locked(State(chunks: ChunkPresence(chunkCount: region.geometry.chunkCount)))
         self.state = state
         try region.discard(0..<region.geometry.size)
-        faults = try MissingFaultHandler(region: region) { chunk, loop in
+        faults = try MissingFaultHandler(region: region) { chunk, loop, client in
             let (fresh, due, requester, wake) = state.withLock {
                 s -> (Bool, [FaultRequest], FaultRequester?, [AsyncStream<Void>.Continuation]) in
                 guard s.chunks.faulted(chunk, at: .now) else { return (false, [], nil, []) }
                 s.faults += 1
+                if let client { s.clientWaits[client, default: []].insert(chunk) }
                 if let requester = s.faultRequester {
                     return (true, s.chunks.takeFaultRequests(), requester, [s.wakePuller].compactMap { $0 })
                 }
@@ -96,10 +140,63 @@ public final class PostCopyMirror: @unchecked Sendable {
             for w in wake { w.yield() }
             return fresh
         }
+        startWatchdog()
     }
 
-    /// Unregisters the mapping; call once the mirror is no longer run.
-    public func stop() { faults.stop() }
+    /// Retires the mapping; call once the mirror is no longer run. Attached
+    /// processes' sessions end first, with the reason, so none of their
+    /// threads waits on a chunk that can no longer come.
+    public func stop() {
+        let ends = state.withLock { s -> [@Sendable (String) -> Void] in
+            s.stopped = true
+            defer { s.clientEnds = [:]; s.clientWaits = [:] }
+            return Array(s.clientEnds.values)
+        }
+        for end in ends { end("the lazy replica of '\(region.name)' stopped") }
+        faults.stop()
+    }
+
+    /// Ends the sessions of attached processes that wait on a chunk which
+    /// cannot come in time: the primary has been out of reach, or the
+    /// chunk's install has kept failing, for `faultWaitLimit`. Called by
+    /// the watchdog every `watchdogInterval`.
+    func failStalledReaders(now: ContinuousClock.Instant = .now) {
+        let limit = options.faultWaitLimit
+        let doomed = state.withLock { s -> [(end: @Sendable (String) -> Void, reason: String)] in
+            var out: [(end: @Sendable (String) -> Void, reason: String)] = []
+            for (id, chunks) in s.clientWaits where !chunks.isEmpty {
+                let reason: String
+                if !s.running, now - s.idleSince >= limit {
+                    reason = "chunks of '\(region.name)' could not be pulled: the primary has been out of reach for "
+                        + "\(Int((now - s.idleSince).seconds)) s"
+                } else if let stuck = chunks.compactMap({ s.retries[$0] }).min(by: { $0.since < $1.since }),
+                          now - stuck.since >= limit {
+                    reason = "chunks of '\(region.name)' could not be installed for \(Int((now - stuck.since).seconds)) s: "
+                        + (s.installError ?? "install failed")
+                } else {
+                    continue
+                }
+                if let end = s.clientEnds.removeValue(forKey: id) { out.append((end, reason)) }
+                s.clientWaits.removeValue(forKey: id)
+                s.readersFailed += 1
+            }
+            return out
+        }
+        for (end, reason) in doomed { end(reason) }
+    }
+
+    /// How often the watchdog looks for stalled readers.
+    static let watchdogInterval: Duration = .milliseconds(250)
+
+    private func startWatchdog() {
+        Task { [weak self] in
+            while true {
+                try? await Task.sleep(for: Self.watchdogInterval)
+                guard let self, !self.state.withLock({ $0.stopped }) else { return }
+                self.failStalledReaders()
+            }
+        }
+    }
 
     /// Processes attached now.
     public var attachedClients: Int { faults.clientCount }
@@ -111,21 +208,33 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// `base` (all `length` bytes from offset 0) and registered that mapping
     /// for MISSING faults on `userfaultfd`, which this mirror now owns.
     /// Returns what ends the attachment (it closes the descriptor).
-    public func attachClient(userfaultfd: Int32, base: UInt64, length: Int) throws -> @Sendable () -> Void {
-        let page = Int(getpagesize())
-        let whole = (region.geometry.size + page - 1) / page * page
-        guard base % UInt64(page) == 0, base > 0, length == whole || length == region.geometry.size else {
-            throw PostCopyError.badClientMapping(
-                "the mapping must cover the whole region (\(region.geometry.size) bytes) from a page-aligned address")
+    /// `end` ends the process's session with a reason (see
+    /// `failStalledReaders`).
+    public func attachClient(userfaultfd: Int32, base: UInt64, length: Int,
+                             end: (@Sendable (String) -> Void)? = nil) throws -> @Sendable () -> Void {
+        let mapping: AttachMapping
+        do {
+            mapping = try AttachMapping(base: base, length: length, regionSize: region.geometry.size)
+        } catch {
+            throw PostCopyError.badClientMapping("\(error)")
         }
         guard faults.clientCount < Self.maxClients else {
             throw PostCopyError.badClientMapping("too many attached processes (at most \(Self.maxClients))")
         }
-        guard let id = faults.addClient(uffd: userfaultfd, base: base, length: whole) else {
+        guard !state.withLock({ $0.stopped }),
+              let id = faults.addClient(uffd: userfaultfd, base: mapping.base, length: mapping.length) else {
             throw PostCopyError.badClientMapping("the lazy replica has stopped, or cannot watch another userfaultfd (epoll_ctl)")
         }
+        if let end { state.withLock { $0.clientEnds[id] = end } }
         let faults = self.faults
-        return { faults.removeClient(id) }
+        let state = self.state
+        return {
+            state.withLock { s in
+                s.clientEnds.removeValue(forKey: id)
+                s.clientWaits.removeValue(forKey: id)
+            }
+            faults.removeClient(id)
+        }
     }
 
     public var progress: Progress {
@@ -134,14 +243,16 @@ public final class PostCopyMirror: @unchecked Sendable {
                      faults: s.faults, faultsServed: s.faultsServed, chunksInvalidated: s.invalidated,
                      lastEpoch: s.lastEpoch, oldestFaultWaiting: s.chunks.waiting.values.map(\.since).min(),
                      faultReadsInFlight: s.faultQueue?.withLock { $0.count } ?? 0,
-                     pullReadsInFlight: s.pullQueue?.withLock { $0.count } ?? 0)
+                     pullReadsInFlight: s.pullQueue?.withLock { $0.count } ?? 0,
+                     installsPending: s.retries.count, installError: s.retries.isEmpty ? nil : s.installError,
+                     readersFailed: s.readersFailed, stopped: s.stopped)
         }
     }
 
     /// Whether `chunk` is installed now (the HTTP/3 face serves only those:
     /// reading a missing one would fault and wait on the network).
     public func isChunkPresent(_ chunk: Int) -> Bool {
-        state.withLock { s in chunk >= 0 && chunk < s.chunks.chunkCount && s.chunks.present[chunk] }
+        state.withLock { s in !s.stopped && chunk >= 0 && chunk < s.chunks.chunkCount && s.chunks.present[chunk] }
     }
 
     /// Time from each served fault to its chunk's install, since the last call.
@@ -149,14 +260,29 @@ public final class PostCopyMirror: @unchecked Sendable {
         state.withLock { s in defer { s.faultLatencies = [] }; return s.faultLatencies }
     }
 
+    /// The region identity the last subscription followed.
+    public var followedIdentity: RegionIdentity? { state.withLock { $0.identity } }
+
     /// Mirrors until the connection or a stream ends; throws why. Call again
-    /// with a new connection to resume.
-    public func run(over connection: any TransportConnection) async throws {
+    /// with a new connection to resume. `identity` is what the exporter's
+    /// CATALOG says of the region now: another id or generation than last
+    /// time restarts the epoch count, and the resume's hashes revalidate
+    /// every chunk held (the primary names those that differ in DIRTY).
+    public func run(over connection: any TransportConnection, identity: RegionIdentity = .fresh()) async throws {
         let g = region.geometry
         let control = FrameStream(try await connection.openStream())
-        let held = try heldChunkHashes()
+        let key = ChunkHashKey.random()
+        let held = try heldChunkHashes(key: key)
+        let known = state.withLock { s -> RegionIdentity? in
+            defer {
+                if s.identity != identity { s.lastEpoch = 0 }
+                s.identity = identity
+            }
+            return s.identity
+        }
         try await control.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                                mode: .lazy, hashedChunks: UInt64(held.count))))
+                                                mode: .lazy, hashedChunks: UInt64(held.count), hashKey: key.bytes,
+                                                knownRegionID: known?.id ?? "", knownGeneration: known?.generation ?? 0)))
         for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
             let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
             try await control.send(.have(firstChunk: UInt64(start), hashes: part))
@@ -165,6 +291,7 @@ public final class PostCopyMirror: @unchecked Sendable {
         let pulls = options.backgroundPull ? try await openReads(on: connection, mode: .pull) : nil
         let (faultSignals, faultWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let (pullSignals, pullWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let (retrySignals, retryWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let faultQueue = Locked(Deque<FaultRequest>())
         let loopReads = (reads.stream as? QUICStream).flatMap { quic in
             reads.handOverReading().map { (quic, $0) }
@@ -172,6 +299,8 @@ public final class PostCopyMirror: @unchecked Sendable {
         state.withLock { s in
             s.chunks.connectionChanged()
             s.subscribed = false
+            s.running = true
+            s.wakeRetries = retryWake
             s.wakeFaultRequests = faultWake
             s.wakePuller = pulls == nil ? nil : pullWake
             s.faultQueue = faultQueue
@@ -194,9 +323,17 @@ public final class PostCopyMirror: @unchecked Sendable {
         defer {
             state.withLock { s in
                 s.wakeFaultRequests = nil; s.wakePuller = nil; s.faultRequester = nil; s.faultQueue = nil; s.pullQueue = nil
+                s.wakeRetries = nil
+                s.running = false
+                s.idleSince = .now
+                // Held bytes may go stale while nobody follows DIRTY: the
+                // next run asks for those chunks afresh.
+                for chunk in s.retries.keys { _ = s.chunks.invalidate(chunk) }
+                s.retries = [:]
             }
             faultWake.finish()
             pullWake.finish()
+            retryWake.finish()
             if let endpoint = loopReads?.0.core.connection.endpoint {
                 let faults = self.faults
                 endpoint.post {
@@ -213,6 +350,7 @@ public final class PostCopyMirror: @unchecked Sendable {
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await self.followInvalidations(control) }
+                group.addTask { await self.retryInstalls(signals: retrySignals) }
                 if let (quic, leftover) = loopReads {
                     // Fault reads over QUIC: the loop reads faults and sends
                     // READs, and installs DATA.
@@ -263,12 +401,13 @@ public final class PostCopyMirror: @unchecked Sendable {
 
     /// For a resume: hashes of the chunks held, read from the file so that
     /// no fault is raised; 0 for a missing chunk (it is pulled anyway).
-    private func heldChunkHashes() throws -> [UInt64] {
+    private func heldChunkHashes(key: ChunkHashKey) throws -> [ChunkHash] {
         let present = state.withLock { $0.chunks.present }
         guard present.contains(true) else { return [] }
+        let hasher = ChunkHasher(key: key)
         return try (0..<present.count).map { chunk in
-            guard present[chunk] else { return 0 }
-            return try region.readChunkFromFile(chunk).withUnsafeBytes { ChunkHashScanner.hash($0) }
+            guard present[chunk] else { return .none }
+            return hasher.hash(try region.readChunkFromFile(chunk))
         }
     }
 
@@ -398,20 +537,64 @@ public final class PostCopyMirror: @unchecked Sendable {
         guard bytes.count == region.geometry.byteRange(ofChunk: expected.chunk)!.count else {
             throw ProtocolViolation(.malformedFrame, "DATA for chunk \(first) carries \(bytes.count) bytes")
         }
-        return try state.withLock { s -> Bool in
+        return state.withLock { s -> Bool in
             switch s.chunks.arrived(expected.chunk, askedAt: expected.generation, forFault: forFaults) {
             case .stale:
                 return s.chunks.waiting[expected.chunk] != nil
             case .alreadyPresent:
                 break
+            case .held:
+                return false
             case .install:
-                try bytes.withUnsafeBytes { try faults.install(chunk: expected.chunk, bytes: $0) }
+                do {
+                    try bytes.withUnsafeBytes { try faults.install(chunk: expected.chunk, bytes: $0) }
+                } catch {
+                    // No memory, or the tmpfs is full: keep the bytes and
+                    // retry; whoever waits keeps waiting (never on a hole).
+                    s.chunks.installFailed(expected.chunk)
+                    s.retries[expected.chunk] = (bytes, expected.generation, .now)
+                    s.installError = "\(error)"
+                    s.wakeRetries?.yield()
+                    return false
+                }
             }
-            if let waited = s.chunks.installed(expected.chunk) {
-                s.faultsServed += waited.faults
-                if s.faultLatencies.count < 1 << 20 { s.faultLatencies.append(.now - waited.since) }
-            }
+            s.noteInstalled(expected.chunk)
             return false
+        }
+    }
+
+    /// Installs held chunks again, backing off from 10 ms to 1 s while none
+    /// succeeds; ends with the run.
+    private func retryInstalls(signals: AsyncStream<Void>) async {
+        var wakeups = signals.makeAsyncIterator()
+        var delay = Duration.milliseconds(10)
+        while !Task.isCancelled {
+            guard state.withLock({ !$0.retries.isEmpty }) else {
+                guard await wakeups.next() != nil else { return }
+                delay = .milliseconds(10)
+                continue
+            }
+            do { try await Task.sleep(for: delay) } catch { return }
+            let installed = state.withLock { s -> Int in
+                var done = 0
+                for (chunk, held) in s.retries {
+                    guard s.chunks.mayInstallHeld(chunk, generation: held.generation) else {
+                        s.retries.removeValue(forKey: chunk)
+                        continue
+                    }
+                    do {
+                        try held.bytes.withUnsafeBytes { try faults.install(chunk: chunk, bytes: $0) }
+                    } catch {
+                        s.installError = "\(error)"
+                        continue
+                    }
+                    s.retries.removeValue(forKey: chunk)
+                    s.noteInstalled(chunk)
+                    done += 1
+                }
+                return done
+            }
+            delay = installed > 0 ? .milliseconds(10) : min(delay * 2, .seconds(1))
         }
     }
 }

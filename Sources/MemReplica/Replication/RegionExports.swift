@@ -9,13 +9,21 @@ public final class RegionExports: Sendable {
         /// Common names of the peers that may mirror it; nil lets any peer
         /// signed by the CA.
         public let allowedPeers: Set<String>?
-        public init(region: Region, allowedPeers: Set<String>? = nil) {
+        /// The region's id and owner generation in this run.
+        public let identity: RegionIdentity
+        public init(region: Region, allowedPeers: Set<String>? = nil, identity: RegionIdentity = .fresh()) {
             self.region = region
             self.allowedPeers = allowedPeers
+            self.identity = identity
         }
+        public var allow: AllowList { AllowList(names: allowedPeers) }
     }
 
     private let exports: [String: Export]
+    /// The last DIRTY epoch announced per region, across its subscriptions:
+    /// epochs only grow within a generation, so a lazy mirror that comes
+    /// back on a new stream never sees one go backwards.
+    private let epochs: [String: Locked<UInt64>]
     /// Mirrors being served now, for status.
     private let subscriptions = Locked<[Int: MirrorState]>([:])
     private let nextSubscription = Locked(0)
@@ -39,16 +47,54 @@ public final class RegionExports: Sendable {
     public let scanInterval: Duration
     private let observer: (any ReplicationObserver)?
     private let logger: Logger
+    /// Regions whose failure was logged already (once each).
+    private let reportedFailures = Locked<Set<String>>([])
+
+    /// Whether SYNCED carries a digest (eager mirrors): each chunk of the
+    /// initial pass is then copied and hashed before it is sent. Off only
+    /// to measure what the check costs (`bench sync`).
+    public let syncedDigests: Bool
 
     public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
-                observer: (any ReplicationObserver)? = nil, logger: Logger) {
+                observer: (any ReplicationObserver)? = nil, syncedDigests: Bool = true, logger: Logger) {
         self.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
+        epochs = self.exports.mapValues { _ in Locked(0) }
         self.scanInterval = scanInterval
         self.observer = observer
+        self.syncedDigests = syncedDigests
         self.logger = logger
     }
 
     public func export(named name: String) -> Export? { exports[name] }
+
+    /// Checks every exported region's backing (`Region.checkBacking`) and
+    /// logs each that failed, once; the peer calls it periodically, so a
+    /// truncated file is reported even while no mirror reads the region.
+    /// Returns the failed regions' names and why.
+    @discardableResult
+    public func checkRegions() -> [String: String] {
+        var failed: [String: String] = [:]
+        for (name, export) in exports {
+            guard let reason = export.region.failure else { continue }
+            failed[name] = reason
+            reportUnavailable(name, reason)
+        }
+        return failed
+    }
+
+    private func reportUnavailable(_ region: String, _ reason: String) {
+        guard reportedFailures.withLock({ $0.insert(region).inserted }) else { return }
+        logger.error("region '\(region)' is unavailable: \(reason)", metadata: ["region": "\(region)"])
+    }
+
+    /// Throws `region_unavailable` once the region's backing failed:
+    /// `checkingSize` also compares the file's size (an fstat, once per
+    /// pass); without it only the SIGBUS count is read (after every copy).
+    private static func servable(_ region: Region, checkingSize: Bool = false) throws(ProtocolViolation) {
+        if let reason = region.unavailability(checkingSize: checkingSize) {
+            throw ProtocolViolation(.regionUnavailable, "region '\(region.name)' is unavailable: \(reason)")
+        }
+    }
 
     /// How each exported region with at least one mirror is tracked now:
     /// tracker kind, why, and its scan times.
@@ -56,12 +102,18 @@ public final class RegionExports: Sendable {
         exports.compactMapValues { RegionChangeFeed.status(of: $0.region) }
     }
 
-    /// What a CATALOG frame lists: every export, by name.
+    /// Every export, by name (for this peer's own reports).
     public func catalog() -> [Frame.CatalogEntry] {
         exports.values.sorted { $0.region.name < $1.region.name }.map {
             .init(name: $0.region.name, size: UInt64($0.region.geometry.size),
-                  chunkSize: UInt64($0.region.geometry.chunkSize), version: 0)
+                  chunkSize: UInt64($0.region.geometry.chunkSize), identity: $0.identity,
+                  allowedPeers: $0.allow.catalogForm)
         }
+    }
+
+    /// What a CATALOG frame to `peer` lists: the exports it may see.
+    public func catalog(for peer: PeerIdentity) -> [Frame.CatalogEntry] {
+        catalog().filter { exports[$0.name]?.allow.permits(peer) ?? false }
     }
 
     /// Serves one region stream until the mirror goes away or breaks the
@@ -85,6 +137,10 @@ public final class RegionExports: Sendable {
     public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity) async {
         do {
             let export = try acceptSubscription(subscription, peer: peer)
+            if subscription.mode == .verify {
+                try await serveDigests(export.region, over: frames)
+                return
+            }
             if subscription.mode.isReads {
                 // Someone waits on each answer (a fault, a read): it goes
                 // ahead of bulk pushes sharing the connection. A pull is a
@@ -112,42 +168,63 @@ public final class RegionExports: Sendable {
                     }
                 }
             }
+            let key = ChunkHashKey(bytes: subscription.hashKey)!
             if subscription.mode == .lazy {
-                try await publishDirty(export.region, over: frames, mirrorHolds: held, record: record)
+                try await publishDirty(export.region, over: frames, mirrorHolds: held, key: key,
+                                       epoch: epochs[export.region.name]!, record: record)
             } else {
-                try await publish(export.region, over: frames, mirrorHolds: held, peer: peerName, record: record)
+                try await publish(export.region, over: frames, mirrorHolds: held, key: key, peer: peerName, record: record)
             }
+        } catch let sent as ViolationSent {
+            log(sent.violation, region: subscription.name, peer: peer)
         } catch let violation as ProtocolViolation {
-            logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
+            log(violation, region: subscription.name, peer: peer)
             await frames.fail(violation)
         } catch {
             logger.info("region stream ended: \(error)", metadata: ["peer": "\(peer)"])
         }
     }
 
-    private func acceptSubscription(_ s: Frame.Subscribe, peer: PeerIdentity) throws -> Export {
-        guard let export = exports[s.name] else {
-            throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported")
+    private func log(_ violation: ProtocolViolation, region name: String, peer: PeerIdentity) {
+        if violation.code == .regionUnavailable, let region = exports[name]?.region {
+            reportUnavailable(name, region.failure ?? violation.detail)
+            logger.info("region stream ended: \(violation)", metadata: ["peer": "\(peer)"])
+        } else {
+            logger.warning("region stream refused: \(violation)", metadata: ["peer": "\(peer)"])
         }
-        if let allowed = export.allowedPeers, !allowed.contains(peer.commonName ?? "") {
-            throw ProtocolViolation(.notAllowed, "'\(peer.commonName ?? peer.subject)' may not mirror '\(s.name)'")
+    }
+
+    private func acceptSubscription(_ s: Frame.Subscribe, peer: PeerIdentity) throws -> Export {
+        // A peer the allow list leaves out learns nothing, not even that
+        // the region exists.
+        guard let export = exports[s.name], export.allow.permits(peer) else {
+            throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported to this peer")
         }
         let g = export.region.geometry
         guard s.size == UInt64(g.size), s.chunkSize == UInt64(g.chunkSize) else {
             throw ProtocolViolation(.geometryMismatch,
                                     "'\(s.name)' is \(g.size) bytes in \(g.chunkSize)-byte chunks, not \(s.size) in \(s.chunkSize)")
         }
+        if s.knownRegionID == export.identity.id, s.knownGeneration > export.identity.generation {
+            throw ProtocolViolation(.staleGeneration,
+                                    "'\(s.name)' is at generation \(export.identity.generation) here, but the mirror "
+                                    + "followed generation \(s.knownGeneration): a newer owner exists")
+        }
+        if s.mode == .eager || s.mode == .lazy, ChunkHashKey(bytes: s.hashKey) == nil {
+            throw ProtocolViolation(.malformedFrame, "a \(s.mode) SUBSCRIBE carries a \(ChunkHashKey.byteCount)-byte hash key")
+        }
+        try Self.servable(export.region, checkingSize: true)
         return export
     }
 
     /// The hashes a resuming mirror sends in HAVE frames, in chunk order.
-    private func receiveHashes(_ frames: FrameStream, count: UInt64, of region: Region) async throws -> [UInt64]? {
+    private func receiveHashes(_ frames: FrameStream, count: UInt64, of region: Region) async throws -> [ChunkHash]? {
         guard count > 0 else { return nil }
         let chunks = region.geometry.chunkCount
         guard count == UInt64(chunks) else {
             throw ProtocolViolation(.malformedFrame, "SUBSCRIBE announces \(count) chunk hashes for a \(chunks)-chunk region")
         }
-        var hashes: [UInt64] = []
+        var hashes: [ChunkHash] = []
         hashes.reserveCapacity(chunks)
         while hashes.count < chunks {
             guard case .have(let first, let part)? = try await frames.receive() else {
@@ -184,7 +261,14 @@ public final class RegionExports: Sendable {
                     }
                     let data = try region.chunkBytes(Int(chunk))
                     let header = try Frame.dataHeader(firstChunk: chunk, byteCount: data.count)
-                    try stream.sendOnLoop(OwnedBytes.copy(header: header, body: data))
+                    let copy = OwnedBytes.copy(header: header, body: data)
+                    do {
+                        try Self.servable(region)
+                    } catch {
+                        copy.deallocate()
+                        throw error
+                    }
+                    try stream.sendOnLoop(copy)
                     bytes += data.count
                 }
                 observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
@@ -201,10 +285,30 @@ public final class RegionExports: Sendable {
             for chunk in asked {
                 let data = try region.chunkBytes(Int(chunk))
                 bytes += data.count
-                try await frames.sendData(firstChunk: chunk, bytes: data)
+                try await frames.sendData(firstChunk: chunk, bytes: data) { try Self.servable(region) }
             }
             observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
                                  duration: arrived.duration(to: .now))
+        }
+    }
+
+    /// A verify stream: every DIGEST_READ is answered with DIGESTS, SHA-256
+    /// of the live bytes of each group of chunks (`RegionDigest.group`).
+    private func serveDigests(_ region: Region, over frames: FrameStream) async throws {
+        let chunks = UInt64(region.geometry.chunkCount)
+        while let frame = try await frames.receive() {
+            guard case .digestRead(let first, let count, let group) = frame else {
+                throw ProtocolViolation(.unexpectedFrame, "a verify stream carries only DIGEST_READ")
+            }
+            guard first < chunks, count <= chunks - first else {
+                throw ProtocolViolation(.chunkOutOfRange, "DIGEST_READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
+            }
+            var digests: [UInt8] = []
+            for start in stride(from: Int(first), to: Int(first + count), by: Int(group)) {
+                digests += try RegionDigest.group(first: start, group: min(Int(group), Int(first + count) - start),
+                                              chunkCount: Int(chunks)) { try region.copyChunk($0) }
+            }
+            try await frames.send(.digests(firstChunk: first, group: group, digests: digests))
         }
     }
 
@@ -253,12 +357,53 @@ public final class RegionExports: Sendable {
         }
     }
 
+    /// A violation already told to the mirror (ERROR sent, stream ended).
+    private struct ViolationSent: Error {
+        let violation: ProtocolViolation
+    }
+
+    /// How long a subscription that failed here waits for its mirror to
+    /// leave after the ERROR before it stops reading the mirror's side.
+    static let mirrorLeaveTimeout: Duration = .seconds(10)
+
+    /// Waits for the first of a subscription's two tasks to end. Should
+    /// the sending side fail here (the region became unavailable), the ACK
+    /// reader would wait for the mirror for ever (reads do not see
+    /// cancellation), so the stream is ended here: ERROR and FIN, then a
+    /// wait (at most `mirrorLeaveTimeout`) for the mirror, which leaves once
+    /// it has read the ERROR, and only then STOP_SENDING. Measured: a
+    /// STOP_SENDING sent right after the ERROR (as `FrameStream.fail` does)
+    /// sometimes left the mirror without the ERROR, waiting for data that
+    /// never came.
+    private static func firstToEnd(of group: inout ThrowingTaskGroup<Void, any Error>, on frames: FrameStream) async throws {
+        do {
+            try await group.next()
+        } catch let violation as ProtocolViolation {
+            do {
+                try await frames.send(.error(code: violation.code.rawValue, message: violation.detail))
+                try await frames.stream.finish()
+                group.addTask { try await Task.sleep(for: mirrorLeaveTimeout) }
+                _ = try? await group.next()
+            } catch {
+                // The stream broke meanwhile: nothing more to say on it.
+            }
+            group.cancelAll()
+            await frames.stream.stopReading(errorCode: violation.code.rawValue)
+            throw ViolationSent(violation: violation)
+        } catch {
+            await frames.stream.stopReading(errorCode: ProtocolErrorCode.internalError.rawValue)
+            throw error
+        }
+        group.cancelAll()
+    }
+
     /// Lazy (post-copy) mirrors: no bytes are pushed. A resuming mirror
     /// first hears DIRTY for every chunk whose hash differs from what it
     /// holds; then SYNCED; then one DIRTY per scan that found changes. The
     /// mirror drops those chunks and pulls them when touched; it ACKs each
     /// DIRTY's epoch once the chunks are dropped.
-    private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?,
+    private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [ChunkHash]?,
+                              key: ChunkHashKey, epoch regionEpoch: Locked<UInt64>,
                               record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
@@ -270,10 +415,11 @@ public final class RegionExports: Sendable {
                 }
             }
             group.addTask { [scanInterval] in
-                var epoch: UInt64 = 0
+                let hasher = ChunkHasher(key: key)
+                var epoch = regionEpoch.withLock { $0 }
                 func announce(_ chunks: [Int]) async throws {
                     guard !chunks.isEmpty else { return }
-                    epoch += 1
+                    epoch = regionEpoch.withLock { $0 += 1; return $0 }
                     sent.withLock { $0 = epoch }
                     record { $0.sentVersion = epoch }
                     for start in stride(from: 0, to: chunks.count, by: FrameLimits.maxDirtyChunks) {
@@ -282,24 +428,30 @@ public final class RegionExports: Sendable {
                     }
                 }
                 if let held {
-                    try await announce((0..<region.geometry.chunkCount).filter { held[$0] != ChunkHashScanner.hash(region, chunk: $0) })
+                    let differing = (0..<region.geometry.chunkCount).filter { held[$0] != hasher.hash(region, chunk: $0) }
+                    try Self.servable(region)
+                    try await announce(differing)
                 }
                 try await frames.send(.synced(version: epoch))
                 record { $0.synced = true }
                 while true {
                     try await Task.sleep(for: scanInterval)
-                    try await announce(changes.changedChunks())
+                    try Self.servable(region, checkingSize: true)
+                    let changed = changes.changedChunks()
+                    // The scan read the region: what it found counts only if
+                    // the backing held.
+                    try Self.servable(region)
+                    try await announce(changed)
                 }
             }
-            try await group.next()
-            group.cancelAll()
+            try await Self.firstToEnd(of: &group, on: frames)
         }
     }
 
     /// Initial pass (every chunk, or for a resuming mirror only those whose
     /// hash differs), SYNCED, then every change until the mirror's side ends.
-    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [UInt64]?, peer: String,
-                         record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
+    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
+                         peer: String, record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
         let sent = Locked<UInt64>(0)
@@ -310,28 +462,52 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger] in
+            group.addTask { [scanInterval, logger, syncedDigests] in
+                let hasher = ChunkHasher(key: key)
                 var version: UInt64 = 0
-                func push(_ chunk: Int) async throws {
+                /// Sends the chunk; in the initial pass (`snapshot` given)
+                /// from a copy whose hash goes into SYNCED's digest.
+                func push(_ chunk: Int, snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
                     version += 1
-                    observer?.willSend(region: region.name, peer: peer, chunk: chunk,
-                                       bytes: region.geometry.byteRange(ofChunk: chunk)?.count ?? 0, version: version, at: .now)
+                    let live = try region.chunkBytes(chunk)
+                    observer?.willSend(region: region.name, peer: peer, chunk: chunk, bytes: live.count, version: version, at: .now)
                     sent.withLock { $0 = version }
                     record { $0.sentVersion = version }
-                    // The region is live: the transport's copy, taken here,
-                    // is the snapshot it retransmits from. A write racing
-                    // the copy marks the chunk changed again for the next pass.
-                    try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: region.chunkBytes(chunk))
+                    guard let snapshot else {
+                        // The region is live: the transport's copy, taken here,
+                        // is the snapshot it retransmits from. A write racing
+                        // the copy marks the chunk changed again for the next pass.
+                        try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: live) {
+                            try Self.servable(region)
+                        }
+                        return nil
+                    }
+                    let copy = UnsafeRawBufferPointer(rebasing: snapshot[..<live.count])
+                    UnsafeMutableRawBufferPointer(rebasing: snapshot[..<live.count]).copyMemory(from: live)
+                    // Copied from a file truncated under us, it would be zeros.
+                    try Self.servable(region)
+                    try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
+                    return hasher.hash(copy)
                 }
+                let snapshot = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
+                defer { snapshot.deallocate() }
                 var sentInitially = 0
+                // What the mirror holds once the pass is applied, chunk by chunk.
+                var expected = [ChunkHash](repeating: .none, count: region.geometry.chunkCount)
                 // A resuming mirror gets the chunks whose hash differs now;
                 // a later write is the tracker's.
-                for chunk in 0..<region.geometry.chunkCount
-                where held.map({ $0[chunk] != ChunkHashScanner.hash(region, chunk: chunk) }) ?? true {
-                    try await push(chunk)
+                for chunk in 0..<region.geometry.chunkCount {
+                    if let held {
+                        let now = hasher.hash(region, chunk: chunk)
+                        if held[chunk] == now {
+                            expected[chunk] = now
+                            continue
+                        }
+                    }
+                    expected[chunk] = try await push(chunk, snapshot: syncedDigests ? snapshot : nil) ?? .none
                     sentInitially += 1
                 }
-                try await frames.send(.synced(version: version))
+                try await frames.send(.synced(version: version, digest: syncedDigests ? RegionDigest.synced(expected) : []))
                 record { $0.synced = true }
                 logger.info("initial sync sent", metadata: [
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
@@ -339,12 +515,12 @@ public final class RegionExports: Sendable {
                 ])
                 while true {
                     try await Task.sleep(for: scanInterval)
-                    for chunk in changes.changedChunks() { try await push(chunk) }
+                    try Self.servable(region, checkingSize: true)
+                    for chunk in changes.changedChunks() { _ = try await push(chunk) }
                 }
             }
             // Whichever side ends first ends the subscription.
-            try await group.next()
-            group.cancelAll()
+            try await Self.firstToEnd(of: &group, on: frames)
         }
     }
 }

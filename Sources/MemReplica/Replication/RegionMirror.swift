@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 /// The replica side of one region: subscribes on a stream of its own,
 /// applies every WRITE into the local mapping, and acknowledges versions.
 public final class RegionMirror: @unchecked Sendable {
@@ -15,17 +16,62 @@ public final class RegionMirror: @unchecked Sendable {
         public var synced = false
         public var chunksApplied = 0
         public var lastAppliedVersion: UInt64 = 0
+        /// The replica's own check at SYNCED: its copy hashed to the digest
+        /// the primary sent (nil before SYNCED, or when none was sent).
+        public var selfCheckPassed: Bool?
     }
 
     /// False when the local region was just created: its content is known
     /// to be zeros, nothing to offer for a resume, so hashing it is skipped.
     public let offersHeldChunks: Bool
+    /// The region identity the mirror followed before, if any (SUBSCRIBE
+    /// names it, so a stale primary refuses).
+    public let known: RegionIdentity?
+    /// Hashes chunks for this subscription only (SUBSCRIBE carries it).
+    private let key = ChunkHashKey.random()
 
-    public init(region: Region, remoteName: String? = nil, offersHeldChunks: Bool = true) {
+    /// Durable (DRBD protocol C): chunks reach stable storage before they
+    /// are acknowledged, and `durable` records whether the file is a
+    /// complete copy. `identity` is what the catalog says of the region now.
+    let durable: DurableMirrorState?
+    let identity: RegionIdentity?
+
+    public init(region: Region, remoteName: String? = nil, offersHeldChunks: Bool = true, known: RegionIdentity? = nil,
+                identity: RegionIdentity? = nil, durable: DurableMirrorState? = nil) {
         self.region = region
         self.remoteName = remoteName ?? region.name
         self.offersHeldChunks = offersHeldChunks
+        self.known = known
+        self.identity = identity
+        self.durable = durable
     }
+
+    /// Stored chunks not yet on stable storage (durable mirrors).
+    private var unsynced: [Range<Int>] = []
+
+    /// msync(MS_SYNC) of every chunk stored since the last call: the bytes
+    /// are on stable storage when it returns.
+    private func syncStored() throws {
+        guard let base = region.bytes.baseAddress else { return }
+        for range in Self.coalesced(unsynced) where msync(base + range.lowerBound, range.count, MS_SYNC) != 0 {
+            throw Region.Failure.map(errno: Errno(rawValue: errno))
+        }
+        unsynced.removeAll(keepingCapacity: true)
+    }
+
+    private static func coalesced(_ ranges: [Range<Int>]) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        for r in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = out.last, last.upperBound >= r.lowerBound {
+                out[out.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound)
+            } else {
+                out.append(r)
+            }
+        }
+        return out
+    }
+
+    private var durablePath: String { region.backing.description }
 
     public var currentProgress: Progress { progress.withLock { $0 } }
     public var initialSyncComplete: Bool { currentProgress.synced }
@@ -51,10 +97,14 @@ public final class RegionMirror: @unchecked Sendable {
         let g = region.geometry
         // What we hold already (zeros for a new file): the primary sends
         // only chunks that differ, as rsync does.
-        let held = offersHeldChunks ? (0..<g.chunkCount).map { ChunkHashScanner.hash(region, chunk: $0) } : []
+        let hasher = ChunkHasher(key: key)
+        let held = offersHeldChunks ? (0..<g.chunkCount).map { hasher.hash(region, chunk: $0) } : []
+        // Hashes of pages our file could not provide are no offer.
+        try region.checkBacking()
         do {
             try await frames.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                                   mode: .eager, hashedChunks: UInt64(held.count))))
+                                                   mode: .eager, hashedChunks: UInt64(held.count), hashKey: key.bytes,
+                                                   knownRegionID: known?.id ?? "", knownGeneration: known?.generation ?? 0)))
             for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
                 let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
                 try await frames.send(.have(firstChunk: UInt64(start), hashes: part))
@@ -70,6 +120,18 @@ public final class RegionMirror: @unchecked Sendable {
         if !offersHeldChunks { prefaultAhead() }
         var versions = [UInt64](repeating: 0, count: g.chunkCount)
         var unacknowledged = false
+        var batchOpen = false
+        // A durable mirror records a clean copy at most every interval
+        // while writes stream in (and at once at SYNCED).
+        let marker = durable.map { durable in
+            Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: DurableMirrorState.completeMarkInterval)
+                    try? durable.recordCompleteIfClean()
+                }
+            }
+        }
+        defer { marker?.cancel() }
         do {
             while let frame = try await frames.receive() {
                 switch frame {
@@ -85,7 +147,12 @@ public final class RegionMirror: @unchecked Sendable {
                     guard let range = g.byteRange(ofChunk: index), bytes.count == range.count else {
                         throw ProtocolViolation(.malformedFrame, "chunk \(chunk) carries \(bytes.count) bytes")
                     }
+                    if let durable, !batchOpen {
+                        try durable.beginBatch(path: durablePath, geometry: g, identity: identity)
+                        batchOpen = true
+                    }
                     try region.storeChunk(index, bytes)
+                    if durable != nil { unsynced.append(range) }
                     let first = versions[index] == 0
                     versions[index] = version
                     progress.withLock { p in
@@ -94,17 +161,43 @@ public final class RegionMirror: @unchecked Sendable {
                         p.lastAppliedVersion = max(p.lastAppliedVersion, version)
                     }
                     unacknowledged = true
-                case .synced:
+                case .synced(_, let digest):
                     // Everything not sent in the initial pass was identical.
+                    // What we hold now must hash to the primary's digest;
+                    // later WRITEs wait until it has been checked.
+                    if !digest.isEmpty {
+                        let ours = RegionDigest.synced((0..<g.chunkCount).map { hasher.hash(region, chunk: $0) })
+                        progress.withLock { $0.selfCheckPassed = ours == digest }
+                        guard ours == digest else {
+                            throw ReplicationError.selfCheckFailed(region: region.name)
+                        }
+                    }
+                    if let durable {
+                        // The file is a complete, checked copy: on disk, then said so.
+                        try syncStored()
+                        durable.endBatch(version: progress.withLock { $0.lastAppliedVersion })
+                        try durable.recordCompleteIfClean()
+                        batchOpen = false
+                    }
                     progress.withLock { $0.synced = true }
                 case .error(let code, let message):
                     throw ReplicationError.refusedByPeer(code: code, message: message)
                 default:
                     throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, SYNCED or ERROR on a region stream")
                 }
-                // ACK once what has arrived is applied, not per frame.
+                // ACK once what has arrived is applied, not per frame; a
+                // durable mirror once it is on stable storage too.
                 if unacknowledged && !frames.hasBufferedBytes {
-                    try await frames.send(.ack(version: progress.withLock { $0.lastAppliedVersion }))
+                    let (version, synced) = progress.withLock { ($0.lastAppliedVersion, $0.synced) }
+                    if let durable {
+                        try syncStored()
+                        // Before SYNCED the file is not a whole copy yet.
+                        if synced {
+                            durable.endBatch(version: version)
+                            batchOpen = false
+                        }
+                    }
+                    try await frames.send(.ack(version: version))
                     unacknowledged = false
                 }
             }

@@ -6,6 +6,13 @@ public enum ReplicationError: Error, Equatable, Sendable, CustomStringConvertibl
     case violation(ProtocolViolation)
     /// The stream ended before the subscription was answered.
     case streamEnded
+    /// At SYNCED the replica's copy did not hash to the primary's digest:
+    /// the file changed under the replica, or a chunk was lost. The mirror
+    /// subscribes again, and the resume re-sends what differs.
+    case selfCheckFailed(region: String)
+    /// The exporting peer holds an older generation of the region than
+    /// this mirror has followed: a newer owner exists elsewhere.
+    case staleGeneration(region: String, seen: UInt64, offered: UInt64)
 
     public var description: String {
         switch self {
@@ -14,6 +21,11 @@ public enum ReplicationError: Error, Equatable, Sendable, CustomStringConvertibl
             return "peer refused: \(name): \(message)"
         case .violation(let v): return "protocol violation: \(v)"
         case .streamEnded: return "the region stream ended"
+        case .selfCheckFailed(let region):
+            return "replica of '\(region)' does not hash to the primary's digest after the initial sync; resubscribing"
+        case .staleGeneration(let region, let seen, let offered):
+            return "the peer offers '\(region)' at generation \(offered), older than generation \(seen) already followed: "
+                + "refusing a stale primary"
         }
     }
 }

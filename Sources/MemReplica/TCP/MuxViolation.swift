@@ -5,6 +5,8 @@ enum MuxErrorCode: UInt64 {
     case streamLimit = 3
     case joinRefused = 4
     case linkLost = 5
+    /// A per-peer cap (`PeerLimits`) refused the connection.
+    case connectionLimit = 6
 }
 
 /// A peer broke the mux format or its limits.

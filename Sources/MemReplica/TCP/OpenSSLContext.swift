@@ -1,7 +1,5 @@
 import COpenSSL
-import Crypto
 import Foundation
-import X509
 
 /// The OpenSSL side of the TCP transport: one client and one server
 /// SSL_CTX with the same trust and certificate as the QUIC transport's
@@ -51,7 +49,7 @@ final class OpenSSLContext: @unchecked Sendable {
         if let cert = SSL_CTX_get0_certificate(client), let identity = Self.identity(of: cert) {
             localIdentity = identity
         } else {
-            localIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+            localIdentity = .none
         }
         SSL_CTX_set_alpn_select_cb(server, { _, out, outLength, offered, offeredLength, arg in
             guard let arg, let offered, let out, let outLength else { return SSL_TLSEXT_ERR_ALERT_FATAL }
@@ -132,8 +130,8 @@ final class OpenSSLContext: @unchecked Sendable {
         return ssl
     }
 
-    /// Subject, DNS names and SHA-256 of the DER certificate, the same
-    /// fields the QUIC transport reports for the same certificate.
+    /// The certificate's identity: OpenSSL only hands over the DER bytes,
+    /// which `PeerIdentity(certificate:)` parses as it does for QUIC.
     static func identity(of cert: OpaquePointer) -> PeerIdentity? {
         let length = i2d_X509(cert, nil)
         guard length > 0 else { return nil }
@@ -142,17 +140,7 @@ final class OpenSSLContext: @unchecked Sendable {
             var p = buffer.baseAddress
             _ = i2d_X509(cert, &p)
         }
-        let fingerprint = hexString(SHA256.hash(data: der))
-        guard let parsed = try? Certificate(derEncoded: der) else {
-            return PeerIdentity(subject: "", alternativeNames: [], fingerprint: fingerprint)
-        }
-        var names: [String] = []
-        if let san = try? parsed.extensions.subjectAlternativeNames {
-            for name in san { if case .dnsName(let n) = name { names.append(n) } }
-        }
-        // RDNs in certificate order, as GnuTLS prints them for the QUIC side.
-        let subject = parsed.subject.map { String(describing: $0) }.joined(separator: ",")
-        return PeerIdentity(subject: subject, alternativeNames: names, fingerprint: fingerprint)
+        return PeerIdentity(certificate: der)
     }
 
     /// The last error on this thread's OpenSSL error queue, as text.

@@ -13,10 +13,22 @@ public struct TCPConfiguration: Sendable {
     public var streamSendBuffer: Int = 16 << 20
     /// Concurrent streams the peer may open; credit is given back as they close.
     public var maxConcurrentStreams: UInt64 = 256
-    /// A connection with nothing from the peer for this long ends.
-    public var idleTimeout: Duration = .seconds(30)
-    /// PINGs (answered by PONG) keep an idle connection alive at this interval (nil: off).
-    public var keepAliveInterval: Duration? = .seconds(10)
+    /// Liveness: a peer that sent nothing for this long (while keep-alive
+    /// PINGs ask it for a PONG every `keepAliveInterval`) counts as gone and
+    /// its connection ends with `TransportError.idleTimeout`; it is also the
+    /// sockets' TCP_USER_TIMEOUT (data unacknowledged that long ends the
+    /// connection). The default and its reasons are QUIC's
+    /// (`QUICConfiguration.livenessTimeout`). A peer that restarted is
+    /// noticed at once: its kernel answers with a TCP reset.
+    public var livenessTimeout: Duration = QUICConfiguration.defaultLivenessTimeout
+    /// `livenessTimeout` under its former name.
+    public var idleTimeout: Duration {
+        get { livenessTimeout }
+        set { livenessTimeout = newValue }
+    }
+    /// PINGs (answered by PONG) ask a quiet peer for bytes at this interval
+    /// (at most half the liveness timeout; nil: off).
+    public var keepAliveInterval: Duration? = .seconds(1)
     /// TCP connect plus TLS handshake (plus the mux SETTINGS answer) must finish by then.
     public var handshakeTimeout: Duration = .seconds(10)
     /// SO_SNDBUF/SO_RCVBUF, forced past wmem_max/rmem_max; without the
@@ -41,8 +53,22 @@ public struct TCPConfiguration: Sendable {
     /// Create the sockets inside this network namespace (e.g. a side of a
     /// `WANEmulator`); nil: the process's own.
     public var networkNamespace: NetworkNamespace? = nil
+    /// Every stream's send and receive buffers count against this budget
+    /// (`QUICConfiguration.memoryBudget`).
+    public var memoryBudget = MemoryBudget()
+    /// Per-peer caps and timeouts (`QUICConfiguration.peerLimits`; Retry is QUIC's only).
+    public var peerLimits = PeerLimits()
 
     public init() {}
+
+    /// The windows this configuration grants, clamped to the memory budget.
+    func clampedToBudget() -> TCPConfiguration {
+        var c = self
+        (c.streamReceiveWindow, c.connectionReceiveWindow) =
+            memoryBudget.clampedWindows(stream: streamReceiveWindow, connection: connectionReceiveWindow)
+        c.streamSendBuffer = min(streamSendBuffer, memoryBudget.limit / 4)
+        return c
+    }
 
     /// The same windows, buffers, timeouts, ALPN, congestion controller
     /// family and network namespace as a QUIC configuration.
@@ -52,13 +78,15 @@ public struct TCPConfiguration: Sendable {
         connectionReceiveWindow = quic.connectionReceiveWindow
         streamSendBuffer = quic.streamSendBuffer
         maxConcurrentStreams = quic.maxConcurrentStreams
-        idleTimeout = quic.idleTimeout
+        livenessTimeout = quic.livenessTimeout
         keepAliveInterval = quic.keepAliveInterval
         handshakeTimeout = quic.handshakeTimeout
         socketBufferSize = quic.socketBufferSize
         acceptsConnections = quic.acceptsConnections
         congestionControl = quic.congestionControl.rawValue
         networkNamespace = quic.networkNamespace
+        memoryBudget = quic.memoryBudget
+        peerLimits = quic.peerLimits
         self.connectionPerStream = connectionPerStream
     }
 

@@ -16,7 +16,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     let isClient: Bool
     let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    var peerIdentity = PeerIdentity.none
     /// Names this connection to links that join it (server-made, random).
     var token: [UInt8] = []
     private(set) var sessionLink: TCPLink!
@@ -66,22 +66,34 @@ final class TCPConnectionCore: @unchecked Sendable {
     var closeError: TransportError? { if case .closed(let e) = state { return e } else { return nil } }
     var isEstablished: Bool { if case .established = state { return true } else { return false } }
 
-    init(endpoint: TCPEndpoint, isClient: Bool, remoteAddress: PeerAddress) {
+    /// The receive window reserved in the memory budget for this
+    /// connection's life (everything the peer may send before we read),
+    /// and each stream's share of it.
+    let receiveWindow: UInt64
+    let streamReceiveWindow: UInt64
+    private var receiveWindowHeld = true
+
+    /// `receiveWindow` comes from `MemoryBudget.reserveReceiveWindow`; the
+    /// connection gives it back when it finishes.
+    init(endpoint: TCPEndpoint, isClient: Bool, remoteAddress: PeerAddress, receiveWindow: UInt64) {
         self.endpoint = endpoint
         self.isClient = isClient
         self.remoteAddress = remoteAddress
+        self.receiveWindow = receiveWindow
         let config = endpoint.configuration
+        streamReceiveWindow = min(config.streamReceiveWindow, receiveWindow)
         nextLocalStreamID = isClient ? 0 : 1
         nextPeerStreamID = isClient ? 1 : 0
         peerStreamLimit = config.maxConcurrentStreams
-        connectionReceiveLimit = config.connectionReceiveWindow
-        connectionCreditThreshold = max(1, Int(config.connectionReceiveWindow / 8))
+        connectionReceiveLimit = receiveWindow
+        connectionCreditThreshold = max(1, Int(receiveWindow / 8))
         lastReceivedAt = startedAt
         lastPingAt = startedAt
     }
 
     deinit {
         if let resumption { SSL_SESSION_free(resumption) }
+        if receiveWindowHeld { endpoint.memoryBudget.releaseReceiveWindow(receiveWindow) }
     }
 
     func attach(_ link: TCPLink) {
@@ -102,7 +114,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     /// Our half of SETTINGS: what the peer may send us.
     func localSettings(role: MuxSettings.Role = .connection, token: [UInt8] = [], joinStream: Int64? = nil) -> MuxSettings {
         let config = endpoint.configuration
-        return MuxSettings(role: role, streamWindow: config.streamReceiveWindow, connectionWindow: config.connectionReceiveWindow,
+        return MuxSettings(role: role, streamWindow: streamReceiveWindow, connectionWindow: receiveWindow,
                            maxStreams: config.maxConcurrentStreams, token: token, joinStream: joinStream)
     }
 
@@ -207,6 +219,10 @@ final class TCPConnectionCore: @unchecked Sendable {
         guard stream.sendDone, stream.receiveDone, !stream.removed else { return }
         stream.removed = true
         streams[stream.id] = nil
+        // Credit readers took and no sweep reported yet: the sweep only
+        // visits streams still here, so hand it back now and on every read.
+        stream.mailbox.withLock { $0.forgotten = true }
+        stream.returnCredit()
         if isPeerInitiated(stream.id) && !isClosed {
             peerStreamLimit += 1
             sessionLink.queueControl(.streamCredit, value: 1)
@@ -343,22 +359,52 @@ final class TCPConnectionCore: @unchecked Sendable {
         sessionLink.queueControl(.connectionWindow, value: UInt64(count))
     }
 
+    /// Connection credit for received bytes nobody will read (a stream
+    /// this side reset or stopped reading); unlike `consumed`, no reader
+    /// counted them as taken.
+    func returnDiscarded(_ count: Int) {
+        guard count > 0, !isClosed else { return }
+        connectionReceiveLimit += UInt64(count)
+        sessionLink.queueControl(.connectionWindow, value: UInt64(count))
+    }
+
     // MARK: liveness and resumption
+
+    /// When `tick` next looks for stalled streams.
+    private var nextStallCheck: UInt64 = 0
+
+    /// Resets the streams whose peer took none of their bytes for the
+    /// endpoint's `stalledStreamTimeout`; returns when to look again.
+    private func resetStalledStreams(now: UInt64) -> UInt64 {
+        let timeout = endpoint.configuration.peerLimits.stalledStreamTimeout
+        let nanoseconds = UInt64(timeout.seconds * 1e9)
+        if now >= nextStallCheck {
+            nextStallCheck = now + min(max(nanoseconds / 4, 10_000_000), 1_000_000_000)
+            for stream in Array(streams.values) where stream.isStalled(now: now, after: nanoseconds) {
+                endpoint.logger.info("resetting a stream whose peer stopped reading",
+                                     metadata: ["peer": "\(remoteAddress)", "stream": "\(stream.id)"])
+                stream.resetForStall(seconds: timeout.seconds)
+                endpoint.memoryBudget.noteStalledStreamReset()
+            }
+        }
+        return nextStallCheck
+    }
 
     /// Sends keep-alives and ends an idle connection; returns when it next
     /// needs the loop.
     func tick(now: UInt64) -> UInt64 {
         guard isEstablished else { return UInt64.max }
         let config = endpoint.configuration
-        let idle = UInt64(config.idleTimeout.seconds * 1e9)
+        let idle = UInt64(config.livenessTimeout.seconds * 1e9)
         if now >= lastReceivedAt + idle {
-            finish(.idleTimeout(seconds: config.idleTimeout.seconds))
+            finish(.idleTimeout(seconds: config.livenessTimeout.seconds))
             return UInt64.max
         }
-        var next = lastReceivedAt + idle
+        var next = min(lastReceivedAt + idle, resetStalledStreams(now: now))
+        guard !isClosed else { return UInt64.max }
         if let keepAlive = config.keepAliveInterval {
             // Slower than the idle timeout would keep nothing alive.
-            let interval = UInt64(min(keepAlive, config.idleTimeout / 2).seconds * 1e9)
+            let interval = UInt64(min(keepAlive, config.livenessTimeout / 2).seconds * 1e9)
             if now >= lastPingAt + interval {
                 lastPingAt = now
                 pingSequence += 1
@@ -415,6 +461,8 @@ final class TCPConnectionCore: @unchecked Sendable {
         }
         for link in links { link.beginDrain(closing: record) }
         endpoint.forget(self)
+        receiveWindowHeld = false
+        endpoint.memoryBudget.releaseReceiveWindow(receiveWindow)
     }
 
     // MARK: statistics

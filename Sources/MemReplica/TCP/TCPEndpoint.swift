@@ -51,6 +51,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     private var readersToWake: [TCPStreamCore] = []
     private var retired: [TCPLink] = []
     private var accepted = Deque<TCPConnectionCore>()
+    /// Inbound links by source host, and the caps on them.
+    private var admission: ConnectionAdmission
+    /// Accepted TCP connections whose TLS handshake waits for one of their
+    /// host's `maxHalfOpenPerAddress` slots, oldest first, by host.
+    private var waitingToHandshake: [String: Deque<(fd: Int32, address: PeerAddress, since: UInt64)>] = [:]
     private var acceptWaiters = Deque<Delivery<TCPConnectionCore?>>()
     private var stopping = false
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
@@ -63,8 +68,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     /// starts the loop thread.
     public init(bind address: PeerAddress, tls tlsConfiguration: TLSConfiguration,
                 configuration: TCPConfiguration, logger: Logger = Logger(label: "memreplica.tcp")) throws {
-        self.configuration = configuration
+        self.configuration = configuration.clampedToBudget()
         self.logger = logger
+        admission = ConnectionAdmission(limits: configuration.peerLimits)
         bindAddress = address
         tls = try OpenSSLContext(tlsConfiguration, applicationProtocols: configuration.applicationProtocols)
         localIdentity = tls.localIdentity
@@ -74,7 +80,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         poller = try Poller()
         if configuration.acceptsConnections {
             let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
-                                                   userTimeout: configuration.idleTimeout,
+                                                   userTimeout: configuration.livenessTimeout,
                                                    congestionControl: configuration.congestionControl,
                                                    namespace: configuration.networkNamespace)
             listener = fd
@@ -130,6 +136,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
 
     // MARK: Transport
 
+    /// What this endpoint's streams hold counts against this budget.
+    public var memoryBudget: MemoryBudget { configuration.memoryBudget }
+
     public func connect(to address: PeerAddress) async throws -> any TransportConnection {
         try await connectTCP(to: address)
     }
@@ -141,7 +150,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         let core = try await Delivery<TCPConnectionCore>.wait { d in
             post { [self] in
                 guard !stopping else { d.fail(TransportError.closedLocally); return }
-                let core = TCPConnectionCore(endpoint: self, isClient: true, remoteAddress: address)
+                guard let window = memoryBudget.reserveReceiveWindow(wanted: configuration.connectionReceiveWindow) else {
+                    d.fail(TransportError.memoryBudgetExhausted(limit: memoryBudget.limit))
+                    return
+                }
+                let core = TCPConnectionCore(endpoint: self, isClient: true, remoteAddress: address, receiveWindow: window)
                 do {
                     let link = try makeClientLink(to: address, role: .session, for: core)
                     core.connectWaiter = d
@@ -201,6 +214,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
                     core.closeByApplication(errorCode: 0, reason: "endpoint closing")
                 }
                 for link in Array(links.values) where link.connection == nil { link.closeNow() }
+                dropWaitingHandshakes(all: true)
                 while let w = acceptWaiters.popFirst() { w.succeed(nil) }
             }
         }
@@ -269,7 +283,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         guard let listener else { return }
         // Bounded so a connection flood cannot starve the other links.
         for _ in 0..<64 {
-            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.idleTimeout,
+            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.livenessTimeout,
                                                          congestionControl: configuration.congestionControl) else { return }
             let address = PeerAddress(storage: remote)
             guard !stopping, links.count < TCPConfiguration.maxLinks else {
@@ -277,20 +291,70 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
                 Glibc.close(fd)
                 continue
             }
+            // A TCP handshake proved the address: no Retry here.
+            if case .refuse(let reason) = admission.decide(host: address.host, addressValidated: true) {
+                logger.warning("refusing a TCP connection: \(reason)", metadata: ["peer": "\(address)"])
+                Glibc.close(fd)
+                continue
+            }
+            admission.connectionOpened(host: address.host)
+            if admission.mayStartHandshake(host: address.host) {
+                startHandshake(fd: fd, address: address)
+            } else {
+                // A burst (tcp-per-region opens a link per region) waits
+                // its turn, un-started, within the handshake timeout.
+                waitingToHandshake[address.host, default: []].append((fd, address, now))
+            }
+        }
+    }
+
+    /// Starts the server side of TLS on an accepted connection counted by
+    /// `connectionOpened`.
+    private func startHandshake(fd: Int32, address: PeerAddress) {
+        do {
+            let ssl = try tls.makeSSL(server: true, fd: fd)
+            let link = TCPLink(endpoint: self, token: takeToken(), fd: fd, ssl: ssl, isClient: false,
+                               remoteAddress: address, role: .unassigned, state: .handshaking)
             do {
-                let ssl = try tls.makeSSL(server: true, fd: fd)
-                let link = TCPLink(endpoint: self, token: takeToken(), fd: fd, ssl: ssl, isClient: false,
-                                   remoteAddress: address, role: .unassigned, state: .handshaking)
                 try register(link)
             } catch {
-                logger.warning("cannot accept a TCP connection from \(address): \(error)")
-                Glibc.close(fd)
+                SSL_free(ssl)
+                throw error
             }
+            link.admittedHost = address.host
+            link.countedHalfOpen = true
+            admission.handshakeStarted(host: address.host)
+        } catch {
+            logger.warning("cannot accept a TCP connection from \(address): \(error)")
+            Glibc.close(fd)
+            admission.closed(host: address.host)
+        }
+    }
+
+    /// Starts the next waiting handshakes from `host` while it has slots.
+    private func startWaitingHandshakes(from host: String) {
+        while admission.mayStartHandshake(host: host), let next = waitingToHandshake[host]?.popFirst() {
+            if waitingToHandshake[host]?.isEmpty == true { waitingToHandshake[host] = nil }
+            startHandshake(fd: next.fd, address: next.address)
+        }
+    }
+
+    /// Closes waiting connections older than the handshake timeout (or all).
+    private func dropWaitingHandshakes(all: Bool = false) {
+        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        for host in Array(waitingToHandshake.keys) {
+            while let first = waitingToHandshake[host]?.first, all || now >= first.since + timeout {
+                waitingToHandshake[host]?.removeFirst()
+                Glibc.close(first.fd)
+                admission.closed(host: host)
+            }
+            if waitingToHandshake[host]?.isEmpty == true { waitingToHandshake[host] = nil }
         }
     }
 
     private func handleExpiries() {
         for link in Array(links.values) where link.deadline <= now { link.expire() }
+        if !waitingToHandshake.isEmpty { dropWaitingHandshakes() }
         connectionDeadline = UInt64.max
         for core in Array(live.values) {
             connectionDeadline = min(connectionDeadline, core.tick(now: now))
@@ -302,6 +366,10 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     private func nextDeadline() -> UInt64 {
         var earliest = connectionDeadline
         for link in links.values { earliest = min(earliest, link.deadline) }
+        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        for waiting in waitingToHandshake.values {
+            if let first = waiting.first { earliest = min(earliest, first.since + timeout) }
+        }
         return earliest
     }
 
@@ -319,6 +387,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         let done = retired
         retired.removeAll()
         for link in done {
+            handshakeEnded(link)
+            if let host = link.admittedHost {
+                link.admittedHost = nil
+                admission.closed(host: host)
+            }
             poller.remove(link.fd)
             links[link.token] = nil
             link.connection?.detach(link)
@@ -344,7 +417,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             throw TransportError.protocolFailure("this endpoint already has \(TCPConfiguration.maxLinks) TCP connections")
         }
         let fd = try TCPSocket.startConnect(to: address.storage, source: bindAddress,
-                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.idleTimeout,
+                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.livenessTimeout,
                                             congestionControl: configuration.congestionControl,
                                             namespace: configuration.networkNamespace)
         do {
@@ -377,10 +450,24 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     /// joins one. A join must name a live connection by its token and prove
     /// the same certificate as the connection's first TCP connection.
     func adopt(_ link: TCPLink, settings: MuxSettings) throws {
+        handshakeEnded(link)
         switch settings.role {
         case .connection:
             guard !stopping else { throw MuxViolation(.joinRefused, "the endpoint is closing") }
-            let core = TCPConnectionCore(endpoint: self, isClient: false, remoteAddress: link.remoteAddress)
+            let limit = configuration.peerLimits.maxConnectionsPerIdentity
+            let held = live.values.filter {
+                !$0.isClient && !$0.isClosed && $0.peerIdentity.fingerprint == link.peerIdentity.fingerprint
+            }.count
+            guard held < limit else {
+                logger.warning("refusing a TCP connection: \(held) connections from this certificate already (limit \(limit))",
+                               metadata: ["peer": "\(link.remoteAddress)", "identity": "\(link.peerIdentity)"])
+                throw MuxViolation(.connectionLimit, "\(held) connections from this certificate already (limit \(limit))")
+            }
+            guard let window = memoryBudget.reserveReceiveWindow(wanted: configuration.connectionReceiveWindow) else {
+                logger.warning("refusing a TCP connection: the memory budget is exhausted", metadata: ["peer": "\(link.remoteAddress)"])
+                throw MuxViolation(.connectionLimit, "the peer's memory budget has no room for another connection")
+            }
+            let core = TCPConnectionCore(endpoint: self, isClient: false, remoteAddress: link.remoteAddress, receiveWindow: window)
             var token = [UInt8](repeating: 0, count: MuxLimits.tokenLength)
             var rng = SystemRandomNumberGenerator()
             for i in token.indices { token[i] = rng.next() }
@@ -416,6 +503,14 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             core.attach(link)
             try core.openPeerStream(stream, on: link)
         }
+    }
+
+    /// A server link's handshake (TLS and SETTINGS) ended, either way.
+    private func handshakeEnded(_ link: TCPLink) {
+        guard link.countedHalfOpen, let host = link.admittedHost else { return }
+        link.countedHalfOpen = false
+        admission.handshakeEnded(host: host)
+        startWaitingHandshakes(from: host)
     }
 
     func needsWrite(_ link: TCPLink) {

@@ -34,7 +34,7 @@ final class TCPLink {
     private(set) var state: State
     let startedAt: UInt64
     private var drainDeadline = UInt64.max
-    private(set) var peerIdentity = PeerIdentity(subject: "", alternativeNames: [], fingerprint: "")
+    private(set) var peerIdentity = PeerIdentity.none
 
     private var parser = MuxParser()
     private var dataTarget: TCPStreamCore?
@@ -45,6 +45,10 @@ final class TCPLink {
     private var stagingEnd = 0
     /// In the endpoint's queue of links to flush.
     var queuedForWrite = false
+    /// Server: the source host the endpoint counted this link under
+    /// (`ConnectionAdmission`), and whether it still counts as half-open.
+    var admittedHost: String?
+    var countedHalfOpen = false
     private var interest: UInt32 = 0
     private var shutdownSent = false
     /// TCP_INFO taken just before the socket closed.

@@ -20,7 +20,14 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     let mailbox = Locked(TCPStreamMailbox())
     private let sendLimit: Int
     private let creditThreshold: Int
+    /// Charged for the bytes this stream holds written and not yet handed
+    /// to TLS (received bytes live in the connection's reserved window).
+    let budget: MemoryBudget
     static let receiveChunk = 256 << 10
+    /// When the send queue last drained a little (or got bytes while
+    /// empty): a stream that holds bytes and makes no progress for
+    /// `PeerLimits.stalledStreamTimeout` is reset.
+    private(set) var lastSendProgress = monotonicNanoseconds()
 
     // Loop-only: sending.
     private var queue = Deque<UnsafeMutableRawBufferPointer>()
@@ -60,10 +67,11 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         self.sendCredit = sendCredit
         let config = connection.endpoint.configuration
         sendLimit = config.streamSendBuffer
-        receiveLimit = config.streamReceiveWindow
+        budget = config.memoryBudget
+        receiveLimit = connection.streamReceiveWindow
         // Credit goes back in steps: each step is a loop wake-up, and an
         // eighth of the window keeps the sender far from blocking.
-        creditThreshold = max(1, Int(min(config.streamReceiveWindow, config.connectionReceiveWindow / 8) / 8))
+        creditThreshold = max(1, Int(min(connection.streamReceiveWindow, connection.receiveWindow / 8) / 8))
         // Publish the fields above through the lock every task takes first
         // (ThreadSanitizer cannot see the continuation's ordering on Linux).
         mailbox.withLock { _ in }
@@ -71,39 +79,96 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
 
     deinit {
         queue.forEach { $0.deallocate() }
+        // Whatever was not sent before the stream went away.
+        let held = mailbox.withLock { m -> Int in
+            defer { m.handedOff = m.written }
+            return Int(m.written - m.handedOff)
+        }
+        budget.release(held)
     }
 
     // MARK: task side
 
-    /// Queues owned memory; suspends while too much waits to be framed.
-    func write(_ memory: UnsafeMutableRawBufferPointer) async throws {
-        enum Next { case done, wait, fail(TransportError) }
-        let (next, post) = mailbox.withLock { m -> (Next, Bool) in
-            if let error = m.sendError ?? connection.closeErrorSnapshot { return (.fail(error), false) }
-            if m.finRequested { return (.fail(.protocolFailure("write after finish on stream \(id)")), false) }
+    /// Waits until `count` more bytes may be queued, then reserves them in
+    /// the memory budget: this stream's bytes not yet handed to TLS stay
+    /// within `streamSendBuffer` (a larger write goes alone) and the budget
+    /// has room. A stream whose peer stops reading is reset by the loop
+    /// after `PeerLimits.stalledStreamTimeout`, which ends this wait.
+    func reserve(_ count: Int) async throws {
+        enum Next { case reserved, fail(TransportError), wait(budget: Bool) }
+        while true {
+            let next = mailbox.withLock { m -> Next in
+                if let error = m.sendError ?? connection.closeErrorSnapshot { return .fail(error) }
+                if m.finRequested { return .fail(.protocolFailure("write after finish on stream \(id)")) }
+                guard m.hasSendRoom(for: count, limit: sendLimit) else { return .wait(budget: false) }
+                guard budget.tryReserve(count) else { return .wait(budget: true) }
+                m.reserved += count
+                return .reserved
+            }
+            switch next {
+            case .reserved: return
+            case .fail(let error): throw error
+            case .wait(let forBudget): try await waitForRoom(count, budget: forBudget)
+            }
+        }
+    }
+
+    /// One wait for room; the caller checks again after it.
+    private func waitForRoom(_ count: Int, budget forBudget: Bool) async throws {
+        let token = TCPWaitToken()
+        let key = ObjectIdentifier(token)
+        defer { if forBudget { budget.cancelNotification(key) } }
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            if forBudget { budget.notifyOnRelease(key) { [weak self] in self?.wakeWriters() } }
+            let resume: Result<Void, TransportError>? = mailbox.withLock { m in
+                if let error = m.sendError ?? connection.closeErrorSnapshot { return .failure(error) }
+                if m.hasSendRoom(for: count, limit: sendLimit), !forBudget || budget.hasRoom(for: count) {
+                    return .success(())
+                }
+                m.writeWaiters.append(c)
+                m.writeWaitingFor = max(m.writeWaitingFor, count)
+                return nil
+            }
+            if let resume { c.resume(with: resume) }
+        }
+        withExtendedLifetime(token) {}
+    }
+
+    /// Wakes every waiting writer to check again (the budget freed room).
+    private func wakeWriters() {
+        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
+            return m.writeWaiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    /// Gives back a reservation that will not be enqueued (the copy it was
+    /// for turned out unusable).
+    func cancelReservation(_ count: Int) {
+        mailbox.withLock { $0.reserved -= count }
+        budget.release(count)
+    }
+
+    /// Queues owned memory that `reserve` made room for; never waits.
+    /// Throws (freeing it) if the stream can no longer send.
+    func enqueue(_ memory: UnsafeMutableRawBufferPointer) throws {
+        let (refused, post) = mailbox.withLock { m -> (TransportError?, Bool) in
+            m.reserved -= memory.count
+            if let error = m.sendError ?? connection.closeErrorSnapshot { return (error, false) }
+            if m.finRequested { return (.protocolFailure("write after finish on stream \(id)"), false) }
             m.outgoing.append(memory)
             m.written += UInt64(memory.count)
             let post = !m.drainPosted
             m.drainPosted = true
-            return (m.written - m.handedOff > UInt64(sendLimit) ? .wait : .done, post)
+            return (nil, post)
+        }
+        if let refused {
+            budget.release(memory.count)
+            memory.deallocate()
+            throw refused
         }
         if post { connection.endpoint.post { [self] in drainMailbox() } }
-        switch next {
-        case .done: return
-        case .fail(let error):
-            memory.deallocate()
-            throw error
-        case .wait:
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                let resume: Result<Void, TransportError>? = mailbox.withLock { m in
-                    if let error = m.sendError { return .failure(error) }
-                    if m.written - m.handedOff <= UInt64(sendLimit) { return .success(()) }
-                    m.writeWaiters.append(c)
-                    return nil
-                }
-                if let resume { c.resume(with: resume) }
-            }
-        }
     }
 
     func finish() throws {
@@ -145,7 +210,9 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
                     return nil
                 }
                 if let ready {
-                    if case .success(let bytes?) = ready { _ = connection.noteCreditTaken(bytes.count) }
+                    if case .success(let bytes?) = ready {
+                                    _ = connection.noteCreditTaken(bytes.count)
+                    }
                     connection.endpoint.post { [self] in returnCredit() }
                     c.resume(with: ready)
                 }
@@ -154,7 +221,9 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     }
 
     private func claimCreditPost(_ m: inout TCPStreamMailbox) -> Bool {
-        guard m.unreportedCredit >= creditThreshold, !m.creditPosted else { return false }
+        guard m.unreportedCredit >= creditThreshold || (m.forgotten && m.unreportedCredit > 0), !m.creditPosted else {
+            return false
+        }
         m.creditPosted = true
         return true
     }
@@ -171,6 +240,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
             chunks.forEach { $0.deallocate() }
             return
         }
+        if queuedBytes == 0, !chunks.isEmpty { lastSendProgress = connection.endpoint.now }
         for c in chunks {
             queue.append(c)
             queuedBytes += c.count
@@ -226,13 +296,22 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     }
 
     private func handedOff(_ count: Int) {
-        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
-            m.handedOff += UInt64(count)
-            guard m.written - m.handedOff <= UInt64(sendLimit), !m.writeWaiters.isEmpty else { return [] }
-            defer { m.writeWaiters.removeAll() }
-            return m.writeWaiters
+        lastSendProgress = connection.endpoint.now
+        let (waiters, freed) = mailbox.withLock { m -> ([CheckedContinuation<Void, any Error>], Int) in
+            // A failed send freed everything already.
+            let freed = Int(min(UInt64(count), m.written - m.handedOff))
+            m.handedOff += UInt64(freed)
+            guard !m.writeWaiters.isEmpty, m.hasSendRoom(for: m.writeWaitingFor, limit: sendLimit) else { return ([], freed) }
+            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
+            return (m.writeWaiters, freed)
         }
+        budget.release(freed)
         waiters.forEach { $0.resume() }
+    }
+
+    /// Holds bytes not yet handed to TLS, with no progress for `timeout` ns.
+    func isStalled(now: UInt64, after timeout: UInt64) -> Bool {
+        !sendDone && queuedBytes > 0 && now >= lastSendProgress && now - lastSendProgress >= timeout
     }
 
     /// The peer granted `increment` more bytes.
@@ -273,7 +352,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     func deliver(_ data: UnsafeRawBufferPointer) {
         if discarding {
             // Nobody will read them: give their credit back at once.
-            connection.consumed(data.count)
+            connection.returnDiscarded(data.count)
             return
         }
         let readerWaiting = mailbox.withLock { m -> Bool in
@@ -361,6 +440,16 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         connection.streamMayBeDone(self)
     }
 
+    /// The loop found this stream stalled: reset it, freeing its buffers.
+    func resetForStall(seconds: Double) {
+        guard !removed, !connection.isClosed else { return }
+        let code = ProtocolErrorCode.peerStalled.rawValue
+        abandonSending(code: code)
+        stopReceiving(code: code)
+        fail(.peerStalled(seconds: seconds))
+        connection.streamMayBeDone(self)
+    }
+
     /// `stopReading(errorCode:)`: ask the peer to stop; what we wrote still goes.
     func stopReadingLocally(code: UInt64) {
         guard !removed, !connection.isClosed else { return }
@@ -372,16 +461,40 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         guard !receiveDone, !discarding else { return }
         discarding = true
         link.queueControl(.stopSending, stream: id, value: code)
+        discardReceived()
+    }
+
+    /// This side reset the stream or stopped reading it: nobody will read
+    /// what is buffered. Drops it and gives the connection its credit back;
+    /// otherwise every such stream's unread bytes would shrink the
+    /// connection's window for good, until no stream could send.
+    private func discardReceived() {
+        let (dropped, taken) = mailbox.withLock { m -> (Int, Int) in
+            defer {
+                m.received.removeAll()
+                m.receivedHead = 0
+                m.buffered = 0
+                m.unreportedCredit = 0
+            }
+            return (m.buffered, m.unreportedCredit)
+        }
+        if taken > 0 { connection.consumed(taken) }
+        if dropped > 0 { connection.returnDiscarded(dropped) }
     }
 
     // MARK: endings
 
     func failSend(_ error: TransportError) {
-        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
+        let (waiters, freed) = mailbox.withLock { m -> ([CheckedContinuation<Void, any Error>], Int) in
             if m.sendError == nil { m.sendError = error }
-            defer { m.writeWaiters.removeAll() }
-            return m.writeWaiters
+            // Nothing more will be framed: free it all now (the queue goes
+            // with the stream, or at once in `fail`).
+            let freed = Int(m.written - m.handedOff)
+            m.handedOff = m.written
+            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
+            return (m.writeWaiters, freed)
         }
+        budget.release(freed)
         waiters.forEach { $0.resume(throwing: error) }
     }
 
@@ -411,3 +524,6 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         leftovers.forEach { $0.deallocate() }
     }
 }
+
+/// A unique key for one wait on the memory budget.
+private final class TCPWaitToken: Sendable {}

@@ -13,7 +13,11 @@ struct TCPStreamMailbox {
     var written: UInt64 = 0
     /// Bytes the loop has framed into records and handed to TLS.
     var handedOff: UInt64 = 0
+    /// Bytes writers reserved in the memory budget and are copying now.
+    var reserved = 0
     var writeWaiters: [CheckedContinuation<Void, any Error>] = []
+    /// The largest write a waiter wants room for.
+    var writeWaitingFor = 0
     var sendError: TransportError?
 
     // Delivered by the loop, taken by tasks.
@@ -26,6 +30,16 @@ struct TCPStreamMailbox {
     /// Bytes read but not yet returned to the peer as credit.
     var unreportedCredit = 0
     var creditPosted = false
+    /// The connection forgot this stream: the periodic sweep no longer
+    /// returns its credit, so every read does.
+    var forgotten = false
+
+    /// Whether a write of `count` bytes fits under `limit` now (a larger
+    /// one goes alone, into an empty buffer).
+    func hasSendRoom(for count: Int, limit: Int) -> Bool {
+        let pending = written - handedOff + UInt64(reserved)
+        return pending == 0 || pending + UInt64(count) <= UInt64(limit)
+    }
 
     /// Up to maxLength buffered bytes, oldest first.
     mutating func take(maxLength: Int) -> [UInt8]? {

@@ -20,6 +20,8 @@ public protocol Transport: Sendable {
     func close() async
     /// Identities and RTTs of every established connection.
     func connectionSummaries() async -> [ConnectionSummary]
+    /// The budget every stream's send and receive buffers count against.
+    var memoryBudget: MemoryBudget { get }
 }
 
 public protocol TransportConnection: AnyObject, Sendable {
@@ -47,6 +49,11 @@ public protocol TransportStream: AnyObject, Sendable {
     /// Queues a frame header and the bytes that follow it as one write: the
     /// body (region memory) is copied once, into transport-owned memory.
     func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws
+    /// As above, calling `check` once the body is copied and before the
+    /// copy is queued: a throw drops the copy (region memory whose backing
+    /// failed under it must not be sent, `Region.checkIntact`).
+    func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
+               checkingCopy check: () throws -> Void) async throws
     /// Sends FIN after everything written so far.
     func finish() async throws
     /// Up to `maxLength` bytes in order; nil at the end of the stream.
@@ -74,6 +81,13 @@ extension TransportStream {
 extension TransportStream {
     public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
         try await write(header + Array(body))
+    }
+
+    public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
+                      checkingCopy check: () throws -> Void) async throws {
+        let bytes = header + Array(body)
+        try check()
+        try await write(bytes)
     }
 
     /// Reads exactly `count` bytes; throws `truncatedStream` if FIN comes first.

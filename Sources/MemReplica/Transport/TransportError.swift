@@ -14,7 +14,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case handshakeTimeout(seconds: Double)
     /// Nothing answered at the address (no packet ever came back).
     case peerUnreachable(address: String, detail: String)
-    /// No packet from the peer for longer than the idle timeout.
+    /// Nothing from the peer for longer than the liveness timeout
+    /// (`QUICConfiguration.livenessTimeout`), keep-alives unanswered.
     case idleTimeout(seconds: Double)
     /// The peer closed the connection.
     case peerClosed(errorCode: UInt64, reason: String)
@@ -42,6 +43,11 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case protocolFailure(String)
     /// A system call failed.
     case system(call: String, errno: Int32)
+    /// This side reset the stream: its peer let our buffers sit undrained
+    /// for longer than `PeerLimits.stalledStreamTimeout`.
+    case peerStalled(seconds: Double)
+    /// The memory budget has no room for another connection's receive window.
+    case memoryBudgetExhausted(limit: Int)
 
     public var description: String {
         switch self {
@@ -58,7 +64,7 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
         case .peerUnreachable(let address, let detail):
             return "peer \(address) is unreachable (\(detail))"
         case .idleTimeout(let s):
-            return "connection idle for \(formatSeconds(s)): the peer stopped answering"
+            return "nothing from the peer for \(formatSeconds(s)) (liveness timeout): it stopped answering"
         case .peerClosed(let code, let reason):
             return reason.isEmpty
                 ? "peer closed the connection (code \(code))"
@@ -85,6 +91,10 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
             return "protocol error: \(detail)"
         case .system(let call, let errno):
             return "\(call) failed: \(String(cString: strerror(errno)))"
+        case .memoryBudgetExhausted(let limit):
+            return "the memory budget (\(limit >> 20) MiB) has no room for another connection; raise --memory-budget or close connections"
+        case .peerStalled(let s):
+            return "stream reset: the peer read nothing of what we sent for \(formatSeconds(s))"
         }
     }
 }

@@ -38,6 +38,8 @@
  * module cache built before this header existed is rebuilt). */
 #include "dirtytrack.h"
 #include "qs_h3.h"
+/* SIGBUS on region mappings, and fallocate. */
+#include "qs_regionguard.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>
@@ -155,14 +157,16 @@ int qs_tls_verify_resumed_peer(qs_tls_session *ts);
 /* Negotiated ALPN into buf (NUL-terminated); 0 on success. */
 int qs_tls_selected_alpn(const qs_tls_session *ts, char *buf, size_t buflen);
 
-/* Identity of the peer's leaf certificate. Returns 0 on success. */
-int qs_tls_peer_identity(const qs_tls_session *ts, char *subject,
-                         size_t subjectlen, char *san, size_t sanlen,
-                         uint8_t sha256[32]);
+/* The peer's leaf certificate, DER, as GnuTLS holds it for the session
+ * (valid until the session is freed; do not free it). Returns 0, or -1 when
+ * the peer presented none. */
+int qs_tls_peer_certificate(const qs_tls_session *ts, const uint8_t **der,
+                            size_t *len);
 
-/* Identity of our own certificate, for logs and status. */
-int qs_tls_ctx_identity(const qs_tls_ctx *ctx, char *subject, size_t subjectlen,
-                        uint8_t sha256[32]);
+/* Our own certificate, DER, as the credentials hold it (valid while the
+ * context lives). Returns 0, or a negative GnuTLS error when we have none. */
+int qs_tls_ctx_certificate(const qs_tls_ctx *ctx, const uint8_t **der,
+                           size_t *len);
 
 /* ---- UDP cmsg helpers ------------------------------------------------- */
 

@@ -20,6 +20,16 @@
  *
  * The attachment lasts until memreplica_detach() or the process's exit.
  * Not thread-safe for concurrent attach/detach of the same struct.
+ *
+ * A lazy replica's bytes are the primary's or an error, never holes: when
+ * the peer cannot serve a chunk a thread waits on (the primary out of
+ * reach, the chunk cannot be installed, the peer stopping), it ends the
+ * session with a reason. A thread of this library then replaces the
+ * mapping in place with private zero pages, which wakes the waiting
+ * threads; memreplica_read() and memreplica_session_alive() report the
+ * failure, so read through memreplica_read() (or check
+ * memreplica_session_alive() after reading r.base directly) before
+ * trusting bytes.
  */
 #ifndef MEMREPLICA_CLIENT_H
 #define MEMREPLICA_CLIENT_H
@@ -44,11 +54,24 @@ typedef struct memreplica_region {
     int session;
     int uffd;
     size_t mapped_length;
+    /* Internal: the lazy session's watcher (NULL without one). */
+    struct memreplica_watch *watch;
 } memreplica_region;
 
 /* Attaches `region`. Returns 0, or -1 with a one-line reason in `error`. */
 int memreplica_attach(const char *control_path, const char *region, int writable, memreplica_region *out,
                       char *error, size_t error_length);
+
+/* Copies `length` bytes from `offset` of the region into `buffer`. Returns 0
+ * when they are the region's bytes; -1 with a one-line reason in `error` when
+ * the range is outside the region or the peer ended the session before the
+ * copy finished (the buffer may then hold zeros the primary never wrote). */
+int memreplica_read(memreplica_region *r, size_t offset, void *buffer, size_t length, char *error,
+                    size_t error_length);
+
+/* 1 while the peer serves this attachment (always 1 without a session), 0
+ * once it ended the session; `reason` (may be NULL) gets why. */
+int memreplica_session_alive(memreplica_region *r, char *reason, size_t reason_length);
 
 /* Ends the attachment (waiting until the peer is done with the mapping) and
  * unmaps; a lazy replica's mapping becomes read-only zeros instead, its

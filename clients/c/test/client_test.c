@@ -71,11 +71,16 @@ int main(int argc, char **argv) {
         if (!out) {
             rc = 1;
         } else {
-            /* fwrite copies from the mapping: faults resolve as they come. */
+            /* Each copy from the mapping resolves its faults as they come;
+             * a block the peer could not serve is an error, never written. */
             unsigned char buffer[65536];
-            for (size_t done = 0; done < r.size;) {
+            for (size_t done = 0; done < r.size && rc == 0;) {
                 size_t n = r.size - done < sizeof(buffer) ? r.size - done : sizeof(buffer);
-                memcpy(buffer, r.base + done, n);
+                if (memreplica_read(&r, done, buffer, n, error, sizeof(error)) != 0) {
+                    fprintf(stderr, "client_test: %s\n", error);
+                    rc = 1;
+                    break;
+                }
                 if (fwrite(buffer, 1, n, out) != n) rc = 1;
                 done += n;
             }

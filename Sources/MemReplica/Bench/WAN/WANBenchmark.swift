@@ -177,7 +177,7 @@ public struct WANBenchmark {
         quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: scenario.congestionControl) ?? .cubic
         // A dead path should fail a run in seconds, not hang it.
         quic.handshakeTimeout = .seconds(20)
-        quic.idleTimeout = .seconds(20)
+        quic.livenessTimeout = .seconds(20)
         let (server, client) = try peers.transports(kind, quic, server: (emulator.addressA, emulator.sideA),
                                                     client: (emulator.addressB, emulator.sideB))
         let exports = RegionExports(primaries.all.map { RegionExports.Export(region: $0) }, scanInterval: options.scanInterval,
