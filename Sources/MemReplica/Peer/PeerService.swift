@@ -87,7 +87,8 @@ public final class PeerService: Sendable {
     }
 
     private func route(_ stream: any TransportStream, connection: any TransportConnection, peer: String) async {
-        let frames = FrameStream(stream)
+        // What the peer's requests make us hold stays within its connection's allowance.
+        let frames = FrameStream(stream, boundedBy: stream.frameAllowance)
         do {
             let first = try await Self.firstFrame(of: frames)
             if let frame = first, stream.receivedEarlyData, !frame.mayArriveAsEarlyData {

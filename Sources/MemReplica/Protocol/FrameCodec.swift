@@ -54,6 +54,16 @@ public struct FrameDecoder: Sendable {
         return frame
     }
 
+    /// Wire size of the frame in progress once its type and length have
+    /// arrived (nil before, or when `next()` will refuse it).
+    public var nextFrameSize: Int? {
+        var offset = consumed
+        guard offset < buffer.count else { return nil }
+        offset += 1
+        guard let length = VarInt.decode(buffer, at: &offset), length <= UInt64(FrameLimits.maxPayload) else { return nil }
+        return offset - consumed + Int(length)
+    }
+
     /// Removes and returns the bytes not yet decoded.
     public mutating func takePending() -> [UInt8] {
         defer { buffer = []; consumed = 0 }

@@ -1,12 +1,44 @@
 /// Frames over one transport stream: encodes on the way out, decodes with
 /// the codec's limits on the way in, and ends the stream with a named code
 /// when the peer breaks the protocol.
+///
+/// A stream a peer opened to us (`init(_:boundedBy:)`) counts what it reads
+/// against its connection's `FrameAllowance`: before it reads the rest of a
+/// frame larger than `smallFrame` it takes the frame's size, and gives it
+/// back when the caller asks for the next frame (or drops this stream), so
+/// a handler that holds a request while it cannot answer holds allowed
+/// bytes. Frames up to `smallFrame` and the bytes read to find a frame's
+/// length are not counted: at most `smallFrame` per stream. Streams we open
+/// (a mirror's, to a primary it chose) read freely: waiting readers leave
+/// their bytes in the connection's window, so a connection carrying large
+/// frames on several streams at once could starve the frame being read of
+/// window; a peer only risks that on its own connection to us.
 public final class FrameStream: @unchecked Sendable {
     public let stream: any TransportStream
     private var decoder = FrameDecoder()
     private var finished = false
+    private let allowance: FrameAllowance?
+    /// Bytes taken from the allowance: the frame being assembled, then the
+    /// frame last returned, until the next `receive`.
+    private var taken = 0
 
-    public init(_ stream: any TransportStream) { self.stream = stream }
+    /// Frames up to this size are read without taking from the allowance;
+    /// it is also the most read at once before a frame's length is known.
+    public static let smallFrame = 4096
+
+    public init(_ stream: any TransportStream) {
+        self.stream = stream
+        allowance = nil
+    }
+
+    /// A stream a peer opened to us: what its frames hold is bounded by the
+    /// connection's allowance (`stream.frameAllowance`).
+    public init(_ stream: any TransportStream, boundedBy allowance: FrameAllowance?) {
+        self.stream = stream
+        self.allowance = allowance
+    }
+
+    deinit { allowance?.give(taken) }
 
     public func send(_ frame: Frame) async throws {
         try await stream.write(try frame.encoded())
@@ -39,10 +71,25 @@ public final class FrameStream: @unchecked Sendable {
     /// The next frame; nil when the peer finished the stream cleanly
     /// between frames. Not safe to call from two tasks at once.
     public func receive() async throws -> Frame? {
+        // The caller is done with the frame returned last.
+        allowance?.give(taken)
+        taken = 0
         while true {
             if let frame = try decoder.next() { return frame }
             if finished { return nil }
-            guard let bytes = try await stream.read(maxLength: 1 << 20) else {
+            var maxLength = 1 << 20
+            if let allowance {
+                maxLength = Self.smallFrame
+                if let size = decoder.nextFrameSize, size > Self.smallFrame {
+                    if taken < size {
+                        if !allowance.tryTake(size - taken) { try await allowance.take(size - taken) }
+                        taken = size
+                    }
+                    // Only this frame's bytes: the next one is taken for when its length is known.
+                    maxLength = size - decoder.pendingBytes
+                }
+            }
+            guard let bytes = try await stream.read(maxLength: maxLength) else {
                 finished = true
                 guard decoder.atFrameBoundary else {
                     throw ProtocolViolation(.malformedFrame, "stream ended inside a frame (\(decoder.pendingBytes) bytes)")
@@ -57,7 +104,9 @@ public final class FrameStream: @unchecked Sendable {
     /// bytes read but not yet decoded; nil once the stream has ended, when
     /// there is nothing to take over. This stream must not receive again.
     func handOverReading() -> [UInt8]? {
-        finished ? nil : decoder.takePending()
+        allowance?.give(taken)
+        taken = 0
+        return finished ? nil : decoder.takePending()
     }
 
     /// Received bytes not yet returned as frames (more may be decodable).

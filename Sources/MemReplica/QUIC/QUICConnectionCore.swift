@@ -50,6 +50,9 @@ final class QUICConnectionCore: @unchecked Sendable {
     /// The receive window reserved in the memory budget for this
     /// connection's life (everything the peer may send before we read).
     private(set) var receiveWindow: UInt64 = 0
+    /// Bounds what this connection's frame readers hold: its receive window.
+    /// Set with the window, before any stream exists.
+    private(set) var frameAllowance: FrameAllowance?
     /// Server: why to close the connection as soon as the packet being
     /// read is done (a cap found over at handshake completion).
     private var pendingRefusal: String?
@@ -155,6 +158,7 @@ final class QUICConnectionCore: @unchecked Sendable {
             throw TransportError.memoryBudgetExhausted(limit: endpoint.memoryBudget.limit)
         }
         receiveWindow = window
+        frameAllowance = FrameAllowance(limit: Int(window), budget: endpoint.memoryBudget)
         connectionCreditThreshold = max(1, Int(window / 8))
         // Published through the lock reading tasks take (see QUICStreamCore.init).
         unreportedCredit.withLock { _ in }

@@ -12,6 +12,8 @@ public final class QUICStream: TransportStream, @unchecked Sendable {
 
     init(core: QUICStreamCore) { self.core = core }
 
+    public var frameAllowance: FrameAllowance? { core.connection.frameAllowance }
+
     /// Some bytes read from this stream arrived as 0-RTT early data, which
     /// an attacker can replay: act on them only if doing so twice is harmless.
     public var receivedEarlyData: Bool { core.receivedEarlyData }

@@ -70,6 +70,8 @@ final class TCPConnectionCore: @unchecked Sendable {
     /// connection's life (everything the peer may send before we read),
     /// and each stream's share of it.
     let receiveWindow: UInt64
+    /// Bounds what this connection's frame readers hold: its receive window.
+    let frameAllowance: FrameAllowance
     let streamReceiveWindow: UInt64
     private var receiveWindowHeld = true
 
@@ -80,6 +82,7 @@ final class TCPConnectionCore: @unchecked Sendable {
         self.isClient = isClient
         self.remoteAddress = remoteAddress
         self.receiveWindow = receiveWindow
+        frameAllowance = FrameAllowance(limit: Int(receiveWindow), budget: endpoint.memoryBudget)
         let config = endpoint.configuration
         streamReceiveWindow = min(config.streamReceiveWindow, receiveWindow)
         nextLocalStreamID = isClient ? 0 : 1

@@ -11,6 +11,8 @@ public final class TCPStream: TransportStream, @unchecked Sendable {
 
     init(core: TCPStreamCore) { self.core = core }
 
+    public var frameAllowance: FrameAllowance? { core.connection.frameAllowance }
+
     // Each write reserves its bytes in the memory budget (waiting for room)
     // before it copies them: the copy is what the budget counts.
     public func write(_ bytes: [UInt8]) async throws {

@@ -19,6 +19,15 @@ import Foundation
 /// The halves are separate so that peers filling send buffers can never
 /// starve a new connection of its window, nor windows starve writers.
 ///
+/// Frames in hand, bytes read out of a stream and not yet done with (a
+/// frame being assembled, the frame its handler holds while it answers),
+/// are bounded per connection by its `FrameAllowance`: its receive window,
+/// or one frame when a frame is larger. They are counted here (`used`,
+/// `peak`, `inHand`) but not held back here, so that one connection's
+/// frames can never make another connection wait; the budget can be
+/// passed by at most one frame (1 MiB) per connection holding one larger
+/// than its window.
+///
 /// One exception, bounded: a QUIC post-copy primary answers fault reads on
 /// its loop thread without waiting; those answers are counted but not held
 /// back, at most `streamSendBuffer` per lazy mirror's read stream.
@@ -29,7 +38,8 @@ public final class MemoryBudget: Sendable {
 
     private struct State {
         var sending = 0
-        var used: Int { sending + receiveReserved }
+        var inHand = 0
+        var used: Int { sending + receiveReserved + inHand }
         var peak = 0
         var waiters: [ObjectIdentifier: @Sendable () -> Void] = [:]
         var streamsResetForStall: UInt64 = 0
@@ -151,6 +161,25 @@ public final class MemoryBudget: Sendable {
 
     func cancelNotification(_ key: ObjectIdentifier) {
         state.withLock { _ = $0.waiters.removeValue(forKey: key) }
+    }
+
+    /// Bytes of received frames held now (see `FrameAllowance`).
+    public var inHand: Int { state.withLock { $0.inHand } }
+
+    func chargeInHand(_ count: Int) {
+        guard count > 0 else { return }
+        state.withLock { s in
+            s.inHand += count
+            s.peak = max(s.peak, s.used)
+        }
+    }
+
+    func releaseInHand(_ count: Int) {
+        guard count > 0 else { return }
+        state.withLock { s in
+            s.inHand -= count
+            assert(s.inHand >= 0, "memory budget released more frame bytes than it held")
+        }
     }
 
     func noteStalledStreamReset() {

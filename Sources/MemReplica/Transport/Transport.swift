@@ -71,11 +71,16 @@ public protocol TransportStream: AnyObject, Sendable {
     /// someone waits on, such as chunk reads, next to bulk transfers. Only
     /// the sending side's order changes; nothing goes on the wire.
     func prioritize() async
+    /// What the readers of this stream's connection may hold of the bytes
+    /// they read (`FrameStream` takes from it); nil: unbounded.
+    var frameAllowance: FrameAllowance? { get }
 }
 
 extension TransportStream {
     /// Transports without 0-RTT never receive early data.
     public var receivedEarlyData: Bool { false }
+    /// Streams outside the peer's transports (test pipes) hold what they read.
+    public var frameAllowance: FrameAllowance? { nil }
 }
 
 extension TransportStream {
