@@ -264,6 +264,30 @@ struct HostileAttachTests {
         await peers.stop()
     }
 
+    /// Found by the control fuzz target: a region name with a line break
+    /// made a two-line refusal (and a two-line log entry).
+    @Test("a refusal quoting the client's region or role stays one line, control characters escaped")
+    func refusalsAreOneLine() async throws {
+        #expect(PeerService.oneLine("no region named 'op\n' on this peer") == "no region named 'op\\n' on this peer")
+        #expect(PeerService.oneLine("a\u{1B}[2Jb\u{2028}c\td") == "a\\u{1B}[2Jb\\u{2028}c\\td")
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let endpoint = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
+                                        configuration: quicConfig(server: true), logger: quiet())
+        let service = PeerService(endpoint: endpoint, logger: quiet())
+        for line in [#"{"command": "attach", "region": "op\nINFO forged log line"}"#,
+                     #"{"command": "attach", "region": "p", "role": "primary\r\nrole"}"#] {
+            let request = try JSONDecoder().decode(AttachRequest.self, from: Data(line.utf8))
+            guard case .refused(let reason) = service.attach(request, from: AttachingProcess(pid: getpid(), userfaultfd: nil)) else {
+                Issue.record("accepted: \(line)")
+                continue
+            }
+            #expect(!reason.contains("\n") && !reason.contains("\r"), "\(reason)")
+            #expect(reason.contains("\\n"), "\(reason)")
+        }
+        await endpoint.close()
+    }
+
     @Test("AttachMapping checks every number with overflow-checked arithmetic")
     func mappingRules() throws {
         let size = 3 * 4096 + 100

@@ -80,9 +80,10 @@ struct MemoryBudgetProcessTests {
             }
             opened.append(frames.stream)
         }
-        // The flood has taken what the budget lets it take.
+        // The flood has taken what the budget lets one connection take
+        // (half the send half, 2 MiB).
         var buffered = 0
-        while buffered < budget / 2 {
+        while buffered < budget / 4 {
             try #require(ContinuousClock.now < deadline, "the flood never filled the peer's buffers (peak \(buffered))")
             try await Task.sleep(for: .milliseconds(50))
             buffered = try await ControlClient(path: root + "/p.sock").stats().peakBufferedBytes ?? 0
@@ -115,8 +116,8 @@ struct MemoryBudgetProcessTests {
                 "anonymous RSS grew \(growth >> 10) KiB from \(baseline >> 10) KiB under a \(budget >> 20) MiB budget; peak buffered \(stats.peakBufferedBytes ?? -1)")
         #expect((stats.peakBufferedBytes ?? Int.max) <= budget)
         #expect(stats.memoryBudgetBytes == budget)
-        // The flood was real: the peer buffered at least half the budget for it.
-        #expect((stats.peakBufferedBytes ?? 0) >= budget / 2)
+        // The flood was real: the peer buffered its connection's share for it.
+        #expect((stats.peakBufferedBytes ?? 0) >= budget / 4)
         print("flood: anonymous RSS \(baseline >> 10) KiB -> peak +\(growth >> 10) KiB; peak buffered \((stats.peakBufferedBytes ?? 0) >> 10) KiB of \(budget >> 10) KiB")
 
         _ = opened

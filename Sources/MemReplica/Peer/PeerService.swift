@@ -220,7 +220,8 @@ public final class PeerService: Sendable {
     }
 
     private func decideAttach(_ request: AttachRequest, from process: AttachingProcess) -> AttachOutcome {
-        func refuse(_ message: String) -> AttachOutcome { .refused(message) }
+        // Reasons quote what the client sent, and are logged and shown as one line.
+        func refuse(_ message: String) -> AttachOutcome { .refused(Self.oneLine(message)) }
         if let role = request.role, role != "primary", role != "replica" {
             return refuse("role must be \"primary\" or \"replica\", not \"\(role)\"")
         }
@@ -331,6 +332,25 @@ public final class PeerService: Sendable {
         }
     }
 
+    /// `text` with line breaks and other control characters escaped (`\n`,
+    /// `\u{1B}`), so a reason quoting a client's input stays one line.
+    static func oneLine(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.properties.generalCategory == .control
+                || scalar.properties.generalCategory == .lineSeparator
+                || scalar.properties.generalCategory == .paragraphSeparator:
+                out += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
     /// Whether `fd` is a userfaultfd (an anonymous inode of that name).
     static func isUserfaultfd(_ fd: Int32) -> Bool {
         var target = [CChar](repeating: 0, count: 64)
@@ -352,7 +372,7 @@ public final class PeerService: Sendable {
                 if exports.export(named: name) != nil {
                     return .error("region '\(name)' is a primary here: run verify on the peer that mirrors it")
                 }
-                return .error("no region named '\(name)' on this peer")
+                return .error(Self.oneLine("no region named '\(name)' on this peer"))
             }
             do {
                 return .verify(try await runner.verify())

@@ -14,6 +14,8 @@ final class QUICConnectionCore: @unchecked Sendable {
     /// Strong for the same reason; the cycle through the endpoint's tables
     /// is broken in `finish`.
     let endpoint: QUICEndpoint
+    /// This connection's part of the budget's send half (its streams reserve there).
+    let sendShare: ConnectionSendShare
     private(set) var conn: OpaquePointer!
     let tls: UnsafeMutablePointer<qs_tls_session>
     let isClient: Bool
@@ -101,6 +103,7 @@ final class QUICConnectionCore: @unchecked Sendable {
 
     private init(endpoint: QUICEndpoint, isClient: Bool, remote: SocketAddressStorage) {
         self.endpoint = endpoint
+        sendShare = ConnectionSendShare(budget: endpoint.memoryBudget)
         self.isClient = isClient
         self.remote = remote
         self.remoteAddress = PeerAddress(storage: remote)

@@ -17,7 +17,7 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     private let creditThreshold: Int
     /// Charged for the bytes this stream holds written and not yet
     /// acknowledged (received bytes live in the connection's reserved window).
-    let budget: MemoryBudget
+    let budget: ConnectionSendShare
 
     // Loop-only.
     var sendBuffer = SendBuffer()
@@ -112,7 +112,7 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
         self.connection = connection
         let config = connection.endpoint.configuration
         sendLimit = config.streamSendBuffer
-        budget = config.memoryBudget
+        budget = connection.sendShare
         // Give credit back in steps: each step is a wake-up of the loop, and
         // an eighth of the window keeps the sender far from blocking.
         creditThreshold = max(1, Int(min(config.streamReceiveWindow, config.connectionReceiveWindow / 8) / 8))

@@ -13,6 +13,8 @@ final class TCPConnectionCore: @unchecked Sendable {
     enum State { case handshaking, established, closed(TransportError) }
 
     let endpoint: TCPEndpoint
+    /// This connection's part of the budget's send half (its streams reserve there).
+    let sendShare: ConnectionSendShare
     let isClient: Bool
     let remoteAddress: PeerAddress
     var state = State.handshaking
@@ -78,6 +80,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     /// `receiveWindow` comes from `MemoryBudget.reserveReceiveWindow`; the
     /// connection gives it back when it finishes.
     init(endpoint: TCPEndpoint, isClient: Bool, remoteAddress: PeerAddress, receiveWindow: UInt64) {
+        sendShare = ConnectionSendShare(budget: endpoint.memoryBudget)
         self.endpoint = endpoint
         self.isClient = isClient
         self.remoteAddress = remoteAddress

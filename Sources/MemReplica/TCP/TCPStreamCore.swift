@@ -22,7 +22,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     private let creditThreshold: Int
     /// Charged for the bytes this stream holds written and not yet handed
     /// to TLS (received bytes live in the connection's reserved window).
-    let budget: MemoryBudget
+    let budget: ConnectionSendShare
     static let receiveChunk = 256 << 10
     /// When the send queue last drained a little (or got bytes while
     /// empty): a stream that holds bytes and makes no progress for
@@ -67,7 +67,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         self.sendCredit = sendCredit
         let config = connection.endpoint.configuration
         sendLimit = config.streamSendBuffer
-        budget = config.memoryBudget
+        budget = connection.sendShare
         receiveLimit = connection.streamReceiveWindow
         // Credit goes back in steps: each step is a loop wake-up, and an
         // eighth of the window keeps the sender far from blocking.
