@@ -174,8 +174,13 @@ struct PostCopyTests {
         let resumed = Task { try await mirror.run(over: second.client, identity: secondLife) }
         try await waitUntil("the resubscription", seconds: 10) { mirror.progress.subscribed }
         let k = 9, marker: UInt64 = 0x0bad_cafe_f00d_0001
+        let invalidated = mirror.progress.chunksInvalidated
         primary.bytes.storeBytes(of: marker, toByteOffset: k * chunk + 16, as: UInt64.self)
-        try await waitUntil("the DIRTY for chunk \(k)", seconds: 10) { mirror.progress.lastEpoch >= 1 && !mirror.isChunkPresent(k) }
+        // Counted, not watched: the background pull may refill the chunk
+        // before a poll would see it missing.
+        try await waitUntil("the DIRTY for chunk \(k)", seconds: 10) {
+            mirror.progress.lastEpoch >= 1 && mirror.progress.chunksInvalidated > invalidated
+        }
         let read = BlockingRead<UInt64> { replica.bytes.load(fromByteOffset: k * chunk + 16, as: UInt64.self) }
         #expect(try await read.wait(seconds: 10) == marker)
         try await waitUntil("the refill", seconds: 30) { mirror.progress.complete }
