@@ -262,6 +262,27 @@ struct MemoryBudgetTests {
         }
     }
 
+    @Test("a frame allowance: takes within its limit, one frame alone above it, waiters let in as bytes come back, a cancelled wait takes nothing")
+    func frameAllowanceRules() async throws {
+        let budget = MemoryBudget(limit: 8 << 20)
+        let allowance = FrameAllowance(limit: 100, budget: budget)
+        #expect(allowance.tryTake(60))
+        #expect(!allowance.tryTake(50))
+        #expect(budget.inHand == 60)
+        let waiting = Task { try await allowance.take(50) }
+        allowance.give(60)
+        try await waiting.value
+        #expect(allowance.held == 50 && budget.inHand == 50)
+        allowance.give(50)
+        // Larger than the limit: taken alone.
+        #expect(allowance.tryTake(500))
+        let cancelled = Task { try await allowance.take(10) }
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        allowance.give(500)
+        #expect(allowance.held == 0 && budget.inHand == 0)
+    }
+
     @Test("the memory budget's defaults and window reservations")
     func budgetArithmetic() {
         #expect(MemoryBudget.defaultLimit(physicalMemory: 24 << 30) == 3 << 30)

@@ -25,6 +25,10 @@ public final class FrameAllowance: Sendable {
         var held = 0
         var waiters: [(id: UInt64, count: Int, resume: CheckedContinuation<Void, any Error>)] = []
         var nextWaiter: UInt64 = 0
+        /// Waits begun and not yet granted or queued.
+        var starting: Set<UInt64> = []
+        /// Of those, the ones cancelled already (the handler ran first).
+        var cancelled: Set<UInt64> = []
     }
 
     init(limit: Int, budget: MemoryBudget) {
@@ -53,26 +57,39 @@ public final class FrameAllowance: Sendable {
         guard count > 0, !tryTake(count) else { return }
         let id = state.withLock { s -> UInt64 in
             s.nextWaiter += 1
+            s.starting.insert(s.nextWaiter)
             return s.nextWaiter
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (resume: CheckedContinuation<Void, any Error>) in
-                let granted = state.withLock { s -> Bool in
+                enum Outcome { case granted, queued, cancelled }
+                let outcome = state.withLock { s -> Outcome in
+                    s.starting.remove(id)
+                    if s.cancelled.remove(id) != nil { return .cancelled }
                     if s.waiters.isEmpty, fits(count, held: s.held) {
                         s.held += count
-                        return true
+                        return .granted
                     }
                     s.waiters.append((id, count, resume))
-                    return false
+                    return .queued
                 }
-                if granted {
+                switch outcome {
+                case .granted:
                     budget.chargeInHand(count)
                     resume.resume()
+                case .cancelled:
+                    resume.resume(throwing: CancellationError())
+                case .queued:
+                    break
                 }
             }
         } onCancel: {
             let waiter = state.withLock { s -> CheckedContinuation<Void, any Error>? in
-                guard let i = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                guard let i = s.waiters.firstIndex(where: { $0.id == id }) else {
+                    // Not queued yet: the wait ends as soon as it would begin.
+                    if s.starting.contains(id) { s.cancelled.insert(id) }
+                    return nil
+                }
                 return s.waiters.remove(at: i).resume
             }
             waiter?.resume(throwing: CancellationError())
