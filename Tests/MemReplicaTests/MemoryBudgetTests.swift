@@ -96,9 +96,12 @@ struct MemoryBudgetTests {
         // connection's window), the others unread in the receive window,
         // where they stop the flooder's connection, not the mirror's.
         #expect(budget.inHand <= (512 << 10) + 16, "\(budget.inHand) bytes of frames in hand")
-        // The peer resets every SUBSCRIBE of the flood: the flooder read
-        // nothing of its pushes for 1 s.
-        try await waitUntil("the flood's SUBSCRIBE streams reset", within: 30) { budget.streamsResetForStall >= 8 }
+        // The peer resets the flood's streams whose pushes the flooder
+        // leaves unread for 1 s. They fill their connection's share in
+        // turns, and the flooder's later streams wait behind its own unread
+        // echoes in the connection window, so how many are reset by when
+        // depends on its scheduling: one is enough to see it work.
+        try await waitUntil("a stalled flood stream reset", within: 30) { budget.streamsResetForStall >= 1 }
         // Sends and reserved receive windows never passed the budget.
         #expect(budget.peak <= budget.limit)
         let stats = await service.statsReport()
@@ -112,6 +115,10 @@ struct MemoryBudgetTests {
         await connection.close(errorCode: 0, reason: "done")
         await flooder.close()
         await mirrorSide.close()
+        // Once both connections are gone the peer holds nothing for them:
+        // every window, send buffer and frame in hand was given back.
+        try await waitUntil("the budget emptied after the connections closed", within: 30) { budget.used == 0 }
+        #expect(budget.inHand == 0)
         await server.close()
         await serving.value
     }
