@@ -24,9 +24,8 @@ import Foundation
 /// are bounded per connection by its `FrameAllowance`: its receive window,
 /// or one frame when a frame is larger. They are counted here (`used`,
 /// `peak`, `inHand`) but not held back here, so that one connection's
-/// frames can never make another connection wait; the budget can be
-/// passed by at most one frame (1 MiB) per connection holding one larger
-/// than its window.
+/// frames can never make another connection wait; they come on top of
+/// the limit, at most one receive window (or one frame) per connection.
 ///
 /// One exception, bounded: a QUIC post-copy primary answers fault reads on
 /// its loop thread without waiting; those answers are counted but not held
