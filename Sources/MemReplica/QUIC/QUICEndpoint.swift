@@ -312,16 +312,20 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             defer { q.pending.removeAll() }
             return q.pending
         }
-        afterExit.withLock { late.forEach { $0() } }
         // Connections hold their endpoint; drop every table that holds them
         // (a connection accepted but never taken by `accept` sits in
         // `accepted`) so nothing keeps this endpoint alive once closed.
-        accepted.removeAll()
-        routes.removeAll()
-        live.removeAll()
-        writeQueue.removeAll()
-        readersToWake.removeAll()
-        watchers.removeAll()
+        // Under `afterExit`: from now on `post` runs commands inline on the
+        // poster's thread, under that lock, and they touch these tables.
+        afterExit.withLock {
+            late.forEach { $0() }
+            accepted.removeAll()
+            routes.removeAll()
+            live.removeAll()
+            writeQueue.removeAll()
+            readersToWake.removeAll()
+            watchers.removeAll()
+        }
         // The port is free by the time `close()` returns.
         socket.close()
         for s in stopWaiters { s.resume() }

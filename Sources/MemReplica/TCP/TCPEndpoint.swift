@@ -251,14 +251,18 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             defer { q.pending.removeAll() }
             return q.pending
         }
-        afterExit.withLock { _ in late.forEach { $0() } }
         // Connections and links hold their endpoint: drop every table that
         // holds them so nothing keeps this endpoint alive once closed.
-        accepted.removeAll()
-        live.removeAll()
-        byToken.removeAll()
-        writeQueue.removeAll()
-        readersToWake.removeAll()
+        // Under `afterExit`: from now on `post` runs commands inline on the
+        // poster's thread, under that lock, and they touch these tables.
+        afterExit.withLock { _ in
+            late.forEach { $0() }
+            accepted.removeAll()
+            live.removeAll()
+            byToken.removeAll()
+            writeQueue.removeAll()
+            readersToWake.removeAll()
+        }
         for s in stopWaiters { s.resume() }
         stopWaiters.removeAll()
     }
