@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
+        // C: only what Swift cannot say. ngtcp2, GnuTLS and nghttp3 here;
+        // Linux interfaces in LinuxShim; OpenSSL for the TLS/TCP transports.
         .target(
             name: "QuicShim",
             cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])],
@@ -30,12 +32,81 @@ let package = Package(
                 .linkedLibrary("gnutls"),
             ]
         ),
+        .target(
+            name: "LinuxShim",
+            cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
+        ),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl"),
+
+        // System: the event loop's poller, locks, promises, sockets, processes.
+        .target(
+            name: "MemReplicaSystem",
+            dependencies: [
+                "LinuxShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Transport core: the protocols every transport implements, identity,
+        // limits and budgets, statistics types, the shared stream machinery.
+        .target(
+            name: "MemReplicaTransportCore",
+            dependencies: [
+                "MemReplicaSystem",
+                "LinuxShim",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        // Transports: QUIC (ngtcp2 + GnuTLS) and TLS over TCP (OpenSSL).
+        .target(
+            name: "MemReplicaQUIC",
+            dependencies: [
+                "MemReplicaTransportCore",
+                "MemReplicaSystem",
+                "QuicShim",
+                "LinuxShim",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "MemReplicaTCP",
+            dependencies: [
+                "MemReplicaTransportCore",
+                "MemReplicaSystem",
+                "COpenSSL",
+                "LinuxShim",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        // HTTP/3 (nghttp3) on a QUIC endpoint, through its application hook.
+        .target(
+            name: "MemReplicaHTTP3",
+            dependencies: [
+                "MemReplicaQUIC",
+                "MemReplicaTransportCore",
+                "MemReplicaSystem",
+                "QuicShim",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The library applications link: protocol, regions, dirty tracking,
+        // post-copy, replication, peer, control socket, statistics.
         .target(
             name: "MemReplica",
             dependencies: [
-                "QuicShim",
-                "COpenSSL",
+                "MemReplicaHTTP3",
+                "MemReplicaQUIC",
+                "MemReplicaTCP",
+                "MemReplicaTransportCore",
+                "MemReplicaSystem",
+                "LinuxShim",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -46,18 +117,51 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // Outside the library product: the packet-level WAN emulator and the
+        // benchmarks.
+        .target(
+            name: "MemReplicaWAN",
+            dependencies: [
+                "MemReplicaSystem",
+                "MemReplicaTransportCore",
+                "LinuxShim",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "MemReplicaBench",
+            dependencies: [
+                "MemReplica",
+                "MemReplicaWAN",
+                "MemReplicaQUIC",
+                "MemReplicaTCP",
+                "MemReplicaTransportCore",
+                "MemReplicaSystem",
+                "QuicShim",
+                "LinuxShim",
+                "COpenSSL",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .executableTarget(
             name: "memreplica",
             dependencies: [
                 "MemReplica",
-                "QuicShim",
+                "MemReplicaBench",
+                "MemReplicaWAN",
+                "MemReplicaTransportCore",
+                "MemReplicaSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
             name: "MemReplicaTests",
-            dependencies: ["MemReplica", "QuicShim", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
+            dependencies: ["MemReplica", "MemReplicaBench", "MemReplicaWAN", "MemReplicaHTTP3", "MemReplicaQUIC",
+                           "MemReplicaTCP", "MemReplicaTransportCore", "MemReplicaSystem",
+                           "QuicShim", "LinuxShim", "COpenSSL",
+                           .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "X509", package: "swift-certificates")],
             // Expected outputs the tests compare with (bench wan's result files).
             resources: [.copy("Golden")]
@@ -72,7 +176,8 @@ let package = Package(
 if Context.environment["MEMREPLICA_FUZZ"] != nil {
     package.targets.append(.executableTarget(
         name: "memreplica-fuzz",
-        dependencies: ["MemReplica", "QuicShim", .product(name: "Logging", package: "swift-log")],
+        dependencies: ["MemReplica", "MemReplicaHTTP3", "MemReplicaQUIC", "MemReplicaTCP", "MemReplicaTransportCore",
+                       "MemReplicaSystem", "QuicShim", "LinuxShim", .product(name: "Logging", package: "swift-log")],
         path: "Fuzz/Sources"
     ))
     package.products.append(.executable(name: "memreplica-fuzz", targets: ["memreplica-fuzz"]))

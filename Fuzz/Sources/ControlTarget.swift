@@ -1,6 +1,6 @@
-import Foundation
-import QuicShim
 @testable import MemReplica
+import LinuxShim
+import Foundation
 
 /// Control-socket requests as the control server decodes them
 /// (Control/ControlRequest.swift, Attach.swift) and the peer's attach

@@ -1,4 +1,5 @@
 @testable import MemReplica
+@testable import MemReplicaTransportCore
 
 /// Wire protocol v1 frames (Protocol/FrameCodec.swift). For any bytes:
 /// - decoding them whole and cut into pieces (sizes from the first byte)

@@ -1,6 +1,10 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaQUIC
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Foundation
 import Logging
-@testable import MemReplica
 
 /// What the control and HTTP/3 targets answer from: a peer service on
 /// loopback (development certificates in a scratch folder) exporting two

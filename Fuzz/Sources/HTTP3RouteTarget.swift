@@ -1,5 +1,7 @@
-import Foundation
 @testable import MemReplica
+@testable import MemReplicaHTTP3
+@testable import MemReplicaTransportCore
+import Foundation
 
 /// The peer's HTTP/3 requests (HTTP3/HTTP3RequestStream.swift's head
 /// checks, then Peer/PeerHTTP3Responder.swift's routes) for a method and

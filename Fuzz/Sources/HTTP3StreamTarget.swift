@@ -1,5 +1,6 @@
-import QuicShim
 @testable import MemReplica
+@testable import MemReplicaHTTP3
+import QuicShim
 
 /// Raw client stream bytes into nghttp3 as the peer sets it up
 /// (HTTP3/HTTP3Connection.swift: the same settings, limits and request

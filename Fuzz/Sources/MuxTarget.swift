@@ -1,4 +1,6 @@
 @testable import MemReplica
+@testable import MemReplicaTCP
+@testable import MemReplicaTransportCore
 
 /// The TCP transport's records (TCP/MuxParser.swift, MuxSettings.swift,
 /// MuxRecord*.swift, MuxClose.swift). For any bytes:

@@ -1,6 +1,6 @@
+import MemReplica
 import ArgumentParser
 import Foundation
-import MemReplica
 
 /// A writer process for tests and diagnostics: attaches to a primary as a
 /// registered writer, stores an 8-byte value at each offset, detaches.

@@ -1,6 +1,8 @@
+import MemReplica
+import MemReplicaBench
+import MemReplicaQUIC
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

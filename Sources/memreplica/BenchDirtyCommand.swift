@@ -1,6 +1,7 @@
+import MemReplica
+import MemReplicaBench
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct BenchDirtyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

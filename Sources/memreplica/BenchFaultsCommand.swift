@@ -1,6 +1,7 @@
+import MemReplica
+import MemReplicaBench
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct BenchFaultsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,6 @@
+import MemReplica
 import ArgumentParser
 import Foundation
-import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

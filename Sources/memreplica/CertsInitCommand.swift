@@ -1,6 +1,6 @@
+import MemReplica
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct CertsInitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
+import MemReplica
+import MemReplicaTransportCore
 import ArgumentParser
 import Foundation
-import MemReplica
 
 /// Parses, runs, and turns every failure into one line on stderr and the
 /// exit status the command-line contract promises (0 ok, 1 runtime, 2 usage).

@@ -1,5 +1,5 @@
-import ArgumentParser
 import MemReplica
+import ArgumentParser
 
 struct MemReplicaCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

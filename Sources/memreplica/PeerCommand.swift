@@ -1,7 +1,10 @@
+import MemReplica
+import MemReplicaQUIC
+import MemReplicaSystem
+import MemReplicaTransportCore
 import ArgumentParser
 import Foundation
 import Logging
-import MemReplica
 
 struct PeerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,9 @@
+import MemReplica
+import MemReplicaBench
+import MemReplicaQUIC
+import MemReplicaTransportCore
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct PingCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

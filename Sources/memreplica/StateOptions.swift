@@ -1,5 +1,5 @@
-import ArgumentParser
 import MemReplica
+import ArgumentParser
 
 struct StateOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"),

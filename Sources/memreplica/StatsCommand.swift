@@ -1,6 +1,6 @@
+import MemReplica
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct StatsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,6 @@
-import Foundation
 import MemReplica
+import MemReplicaTransportCore
+import Foundation
 
 /// The human form of a stats report: a header line, then connections,
 /// regions, mirrors and latency percentiles, each as a table that fits a

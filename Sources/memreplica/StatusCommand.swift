@@ -1,6 +1,6 @@
+import MemReplica
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,5 @@
-import Foundation
 import MemReplica
+import Foundation
 
 /// The human form of a status report: a short header, then one line per peer.
 enum StatusTable {

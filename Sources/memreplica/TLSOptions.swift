@@ -1,7 +1,9 @@
+import MemReplica
+import MemReplicaQUIC
+import MemReplicaTransportCore
 import ArgumentParser
 import Foundation
 import Logging
-import MemReplica
 
 /// `--cert/--key/--ca`: all three name a real PKI; none means the state
 /// folder's development CA. Anything in between is a mistake worth stopping.

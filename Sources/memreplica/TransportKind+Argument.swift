@@ -1,5 +1,5 @@
-import ArgumentParser
 import MemReplica
+import ArgumentParser
 
 /// `--transport quic|tcp|tcp-per-region`.
 extension TransportKind: ExpressibleByArgument {

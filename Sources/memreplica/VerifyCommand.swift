@@ -1,6 +1,6 @@
+import MemReplica
 import ArgumentParser
 import Foundation
-import MemReplica
 
 struct VerifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

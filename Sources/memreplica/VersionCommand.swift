@@ -1,6 +1,5 @@
-import ArgumentParser
-import MemReplica
 import QuicShim
+import ArgumentParser
 
 struct VersionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

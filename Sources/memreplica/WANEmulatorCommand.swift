@@ -1,6 +1,7 @@
+import MemReplicaSystem
+import MemReplicaWAN
 import ArgumentParser
 import Foundation
-import MemReplica
 
 /// Holds a WAN emulator for manual experiments and for the crash-cleanup
 /// test (which kills this process and expects the next emulator to remove

@@ -1,8 +1,10 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaSystem
+import LinuxShim
 import Foundation
 import Logging
-import QuicShim
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

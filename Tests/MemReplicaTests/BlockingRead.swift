@@ -1,5 +1,6 @@
-import Foundation
 @testable import MemReplica
+@testable import MemReplicaSystem
+import Foundation
 
 /// Runs `body` on a thread of its own: a thread that touches a lazy
 /// replica may sleep in a page fault, which must never happen on the

@@ -1,7 +1,7 @@
+@testable import MemReplica
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 /// Builds clients/c (the C client API and its test program) with cc.
 func buildCClient(into directory: String) async throws -> String {

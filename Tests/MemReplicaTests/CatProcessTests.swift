@@ -1,6 +1,6 @@
+@testable import MemReplica
 import Foundation
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,8 +1,12 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaQUIC
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Crypto
 import Foundation
 import Testing
 import X509
-@testable import MemReplica
 
 /// Subjects built to pass for `peer-a` under a parser that splits the
 /// printed subject on commas (escaped comma, a second CN, a CN hidden in

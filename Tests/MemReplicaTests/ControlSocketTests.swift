@@ -1,8 +1,10 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Dispatch
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 @Suite("Control socket")
 struct ControlSocketTests {

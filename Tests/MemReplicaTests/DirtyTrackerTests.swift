@@ -1,7 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

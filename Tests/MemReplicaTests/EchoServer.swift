@@ -1,4 +1,6 @@
 @testable import MemReplica
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 
 /// Accepts every connection and echoes each of its streams; keeps the
 /// connections so a test can look at how they ended.

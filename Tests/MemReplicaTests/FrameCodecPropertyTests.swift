@@ -1,5 +1,7 @@
-import Testing
 @testable import MemReplica
+@testable import MemReplicaTransportCore
+@testable import MemReplicaWAN
+import Testing
 
 /// Random valid frames of every type, from a seeded generator (a failure
 /// names its seed, so it can be repeated).

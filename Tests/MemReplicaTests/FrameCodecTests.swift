@@ -1,6 +1,7 @@
+@testable import MemReplica
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 
 @Suite("Wire protocol v1 codec")
 struct FrameCodecTests {

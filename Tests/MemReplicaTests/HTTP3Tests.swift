@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaHTTP3
+@testable import MemReplicaSystem
 import Foundation
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

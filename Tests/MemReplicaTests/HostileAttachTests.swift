@@ -1,8 +1,12 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaQUIC
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
+import LinuxShim
 import Foundation
 import Logging
-import QuicShim
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

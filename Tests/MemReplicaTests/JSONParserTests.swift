@@ -1,5 +1,5 @@
-import Testing
 @testable import MemReplica
+import Testing
 
 @Suite("JSON parser for config files")
 struct JSONParserTests {

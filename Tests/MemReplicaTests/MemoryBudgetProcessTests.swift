@@ -1,7 +1,10 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

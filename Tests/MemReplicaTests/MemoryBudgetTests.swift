@@ -1,7 +1,11 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaQUIC
+@testable import MemReplicaTCP
+@testable import MemReplicaTransportCore
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 private func quietLogger() -> Logger {
     var l = Logger(label: "test")

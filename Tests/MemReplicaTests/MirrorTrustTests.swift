@@ -1,6 +1,7 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
 import Foundation
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,7 @@
-import Testing
 @testable import MemReplica
+@testable import MemReplicaTCP
+@testable import MemReplicaTransportCore
+import Testing
 
 @Suite("TCP mux records")
 struct MuxRecordTests {

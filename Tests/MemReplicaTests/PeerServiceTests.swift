@@ -1,7 +1,9 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTransportCore
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 @Suite("Peer service", .serialized)
 struct PeerServiceTests {

@@ -1,6 +1,7 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
 import Foundation
 import Testing
-@testable import MemReplica
 
 @Suite("Peer processes over TLS/TCP", .serialized)
 struct PeerTransportProcessTests {

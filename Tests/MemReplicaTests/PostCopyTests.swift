@@ -1,7 +1,9 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaTransportCore
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 private func quietLogger() -> Logger {
     var l = Logger(label: "test")

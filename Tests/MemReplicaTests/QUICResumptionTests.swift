@@ -1,7 +1,11 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaQUIC
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 @Suite("QUIC session resumption and 0-RTT", .serialized)
 struct QUICResumptionTests {

@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 
 @Suite("QUIC robustness", .serialized)
 struct QUICRobustnessTests {

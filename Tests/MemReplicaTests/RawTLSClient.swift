@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTCP
 import COpenSSL
 import Foundation
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

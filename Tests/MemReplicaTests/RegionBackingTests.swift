@@ -1,6 +1,9 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,6 +1,6 @@
+@testable import MemReplica
 import Foundation
 import Testing
-@testable import MemReplica
 
 @Suite("Regions")
 struct RegionTests {

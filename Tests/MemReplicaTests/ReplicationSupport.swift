@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTransportCore
 import Crypto
 import Foundation
-@testable import MemReplica
 
 func regionSHA(_ r: Region) -> String {
     SHA256.hash(data: UnsafeRawBufferPointer(r.bytes)).map { String(format: "%02x", $0) }.joined()

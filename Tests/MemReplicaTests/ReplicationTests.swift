@@ -1,8 +1,11 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Crypto
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 private func quietLogger() -> Logger {
     var l = Logger(label: "test")

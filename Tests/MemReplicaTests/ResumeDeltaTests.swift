@@ -1,7 +1,9 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaSystem
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 /// Counts the chunks a primary sends, per chunk, from a point on.
 private final class SendCounter: ReplicationObserver {

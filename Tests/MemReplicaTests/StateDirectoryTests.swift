@@ -1,7 +1,7 @@
+@testable import MemReplica
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 
 @Suite("State folder and development PKI")
 struct StateDirectoryTests {

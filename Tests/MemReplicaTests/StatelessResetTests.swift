@@ -1,7 +1,9 @@
-import Foundation
-import QuicShim
-import Testing
 @testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTransportCore
+import QuicShim
+import Foundation
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 
 /// A clock tests move by hand.
 final class ManualClock: Sendable {

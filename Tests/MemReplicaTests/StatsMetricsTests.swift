@@ -1,14 +1,15 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTransportCore
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif
 // The socket constants (SOCK_STREAM ...) can come out of the module cache
 // as QuicShim's, which includes <sys/socket.h>; importing it keeps them
 // visible here whichever module the compiler met them in first.
-import QuicShim
 
 /// One HTTP exchange over a fresh loopback connection: sends `request`
 /// (all of it, possibly nothing) and returns everything the server sends

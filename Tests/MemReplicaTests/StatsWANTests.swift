@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
+@testable import MemReplicaWAN
 import Foundation
 import Testing
-@testable import MemReplica
 
 /// The statistics against a path whose RTT is known: two `memreplica peer`
 /// processes, one in each namespace of the WAN emulator (50 ms RTT).

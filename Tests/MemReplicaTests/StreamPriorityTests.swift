@@ -1,5 +1,7 @@
-import Foundation
 import MemReplica
+import MemReplicaSystem
+import MemReplicaWAN
+import Foundation
 import Testing
 
 /// `TransportStream.prioritize`: an urgent stream's bytes overtake bulk

@@ -1,12 +1,12 @@
-import Foundation
 @testable import MemReplica
+@testable import MemReplicaSystem
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 // The socket constants (SOCK_STREAM ...) can come out of the module cache
 // as QuicShim's, which includes <sys/socket.h>; importing it keeps them
 // visible here whichever module the compiler met them in first.
-import QuicShim
 
 /// A loopback TCP relay between clients and a server, for the faults the
 /// network would cause (the TCP twin of `UDPRelay`): it can stop forwarding

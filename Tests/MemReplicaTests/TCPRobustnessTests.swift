@@ -1,6 +1,9 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTCP
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif

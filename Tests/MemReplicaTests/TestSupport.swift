@@ -1,7 +1,12 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaQUIC
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
+@testable import MemReplicaWAN
 import Crypto
 import Foundation
 import Logging
-@testable import MemReplica
 
 /// A scratch directory with a CA and peer certificates, made fresh per use.
 struct TestPKI {

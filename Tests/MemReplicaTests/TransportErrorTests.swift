@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaQUIC
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 
 /// Each failure must surface as its own named error, within a bounded time,
 /// whichever transport carries the connection.

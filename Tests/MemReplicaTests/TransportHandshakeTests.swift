@@ -1,6 +1,7 @@
+@testable import MemReplica
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 
 @Suite("Transport handshake and mutual TLS", .serialized)
 struct TransportHandshakeTests {

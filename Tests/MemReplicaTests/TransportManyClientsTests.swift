@@ -1,6 +1,7 @@
+@testable import MemReplica
+@testable import MemReplicaTransportCore
 import Foundation
 import Testing
-@testable import MemReplica
 
 @Suite("Transport server with many clients", .serialized)
 struct TransportManyClientsTests {

@@ -1,7 +1,9 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
+@testable import MemReplicaTransportCore
 import Crypto
 import Foundation
 import Testing
-@testable import MemReplica
 
 /// A server that answers every stream with the SHA-256 (hex) of all bytes
 /// it read, so the sender can check integrity end to end.

@@ -1,12 +1,12 @@
-import Foundation
 @testable import MemReplica
+@testable import MemReplicaSystem
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 // The socket constants (SOCK_STREAM ...) can come out of the module cache
 // as QuicShim's, which includes <sys/socket.h>; importing it keeps them
 // visible here whichever module the compiler met them in first.
-import QuicShim
 
 /// A loopback UDP relay between a client and a server, for faults the
 /// network would cause: it can stop forwarding (a cut cable, a dead host)

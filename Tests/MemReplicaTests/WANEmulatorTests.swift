@@ -1,14 +1,19 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaQUIC
+@testable import MemReplicaSystem
+@testable import MemReplicaTCP
+@testable import MemReplicaTransportCore
+@testable import MemReplicaWAN
 import Foundation
 import Logging
 import Testing
-@testable import MemReplica
 #if canImport(Glibc)
 import Glibc
 #endif
 // The socket constants (SOCK_STREAM ...) can come out of the module cache
 // as QuicShim's, which includes <sys/socket.h>; importing it keeps them
 // visible here whichever module the compiler met them in first.
-import QuicShim
 
 /// Blocking TCP and UDP sockets made inside an emulator's namespaces.
 private enum WANSockets {

@@ -1,6 +1,8 @@
+@testable import MemReplica
+@testable import MemReplicaBench
+@testable import MemReplicaWAN
 import Foundation
 import Testing
-@testable import MemReplica
 
 /// `bench wan`'s writers and sanity checks, fed a synthetic report (no
 /// emulator, no root): every file it writes is compared with a golden copy

@@ -1,3 +1,4 @@
+import MemReplicaQUIC
 import Crypto
 import Foundation
 import SwiftASN1

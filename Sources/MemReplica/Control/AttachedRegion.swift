@@ -1,5 +1,6 @@
+import MemReplicaSystem
+import LinuxShim
 import Foundation
-import QuicShim
 import SystemPackage
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import MemReplicaSystem
 import Dispatch
 import Foundation
 import SystemPackage

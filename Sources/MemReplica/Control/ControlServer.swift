@@ -1,3 +1,4 @@
+import MemReplicaSystem
 import Foundation
 import Logging
 import SystemPackage

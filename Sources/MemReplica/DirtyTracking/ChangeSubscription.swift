@@ -1,3 +1,4 @@
+import MemReplicaSystem
 /// One follower of a region's changes (see `RegionChangeFeed`). Cancel it
 /// when done: the last cancellation disarms the region's tracker.
 public final class ChangeSubscription: Sendable {

@@ -1,3 +1,4 @@
+import MemReplicaSystem
 import Logging
 
 /// The one dirty tracker of a region in this process, shared by everything

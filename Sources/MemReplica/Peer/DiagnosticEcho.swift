@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 import Logging
 
 /// The diagnostic echo: on a stream that opens with an ECHO frame, every

@@ -1,3 +1,5 @@
+import MemReplicaHTTP3
+import MemReplicaTransportCore
 import Foundation
 
 /// What a peer serves over HTTP/3 (read-only):

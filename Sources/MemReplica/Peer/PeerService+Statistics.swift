@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 import Foundation
 
 /// `memreplica stats` and the metrics endpoint: the peer's counters,

@@ -1,3 +1,5 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
 import Foundation
 import Logging
 import SystemPackage

@@ -1,3 +1,4 @@
+import MemReplicaSystem
 import Foundation
 
 /// Keeps each exported region's identity in the state folder

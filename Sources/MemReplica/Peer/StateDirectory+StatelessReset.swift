@@ -1,3 +1,4 @@
+import MemReplicaQUIC
 import Foundation
 import SystemPackage
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import MemReplicaQUIC
 import Foundation
 import Logging
 import SystemPackage

@@ -1,5 +1,6 @@
+import MemReplicaSystem
+import LinuxShim
 import Foundation
-import QuicShim
 import SystemPackage
 
 /// Catches first touches of a lazy replica's missing pages. The region's

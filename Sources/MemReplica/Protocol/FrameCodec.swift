@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 /// Encodes frames and decodes them from a byte stream, incrementally and
 /// with hard limits: a length over `FrameLimits.maxPayload` is refused as
 /// soon as its header arrives, before any payload is buffered.

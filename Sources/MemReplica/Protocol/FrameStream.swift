@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 /// Frames over one transport stream: encodes on the way out, decodes with
 /// the codec's limits on the way in, and ends the stream with a named code
 /// when the peer breaks the protocol.

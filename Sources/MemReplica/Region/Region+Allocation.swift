@@ -1,4 +1,4 @@
-import QuicShim
+import LinuxShim
 import SystemPackage
 #if canImport(Glibc)
 import Glibc

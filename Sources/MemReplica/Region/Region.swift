@@ -1,4 +1,5 @@
-import QuicShim
+import MemReplicaSystem
+import LinuxShim
 import Synchronization
 import SystemPackage
 #if canImport(Glibc)

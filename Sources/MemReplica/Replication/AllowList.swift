@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 /// Which peers may see a region (mirror it, read it, learn its name): the
 /// certificate common names listed, or every peer the CA signed (`any`).
 ///

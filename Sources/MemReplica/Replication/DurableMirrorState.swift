@@ -1,3 +1,4 @@
+import MemReplicaSystem
 import Foundation
 
 /// The small state file of a durable mirror (DRBD's protocol C: a chunk is

@@ -1,3 +1,6 @@
+import MemReplicaQUIC
+import MemReplicaSystem
+import MemReplicaTransportCore
 import Foundation
 import Logging
 

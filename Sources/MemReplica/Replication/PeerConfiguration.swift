@@ -1,3 +1,5 @@
+import MemReplicaQUIC
+import MemReplicaTransportCore
 import Foundation
 import SystemPackage
 

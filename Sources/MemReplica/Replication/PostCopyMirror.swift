@@ -1,3 +1,7 @@
+import MemReplicaQUIC
+import MemReplicaSystem
+import MemReplicaTransportCore
+import LinuxShim
 import DequeModule
 import Foundation
 

@@ -1,3 +1,6 @@
+import MemReplicaQUIC
+import MemReplicaSystem
+import MemReplicaTransportCore
 import Logging
 
 /// The regions this peer exports, and the primary side of replication: it

@@ -1,3 +1,5 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
 import Foundation
 import SystemPackage
 /// The replica side of one region: subscribes on a stream of its own,

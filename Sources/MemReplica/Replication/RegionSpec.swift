@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 /// `--export NAME=PATH[,size=BYTES][,chunk=BYTES][,allow=CN+CN...]` and
 /// `--mirror NAME@HOST:PORT=PATH[,OPTION=VALUE...]`, as typed on the command line or read
 /// from a config file. Sizes take K, M, G, T suffixes (binary).

@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 import Foundation
 
 /// Compares a replica with its primary, chunk by chunk, over a verify

@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 /// Why a region's replication stopped.
 public enum ReplicationError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The other side refused or broke off, saying why (an ERROR frame).

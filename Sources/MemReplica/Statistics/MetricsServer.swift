@@ -1,5 +1,6 @@
+import MemReplicaTransportCore
+import LinuxShim
 import Foundation
-import QuicShim  // eventfd, which Swift's Glibc module leaves out
 import Logging
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,5 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
 import DequeModule
 
 /// What one peer counts about its own replication, fed as things happen:

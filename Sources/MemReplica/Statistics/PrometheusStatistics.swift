@@ -1,3 +1,5 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
 import CoreMetrics
 import Prometheus
 

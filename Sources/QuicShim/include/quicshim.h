@@ -7,12 +7,11 @@
  *   why certificate verification failed (so Swift can name the error);
  * - GnuTLS session resumption: server tickets under a per-context random
  *   key, 0-RTT with anti-replay, and the client's NewSessionTicket hook;
- * - cmsg handling for UDP GSO/GRO;
- * - headers for Linux calls Swift's Glibc module lacks (epoll, eventfd,
- *   getrandom, statfs);
- * - userfaultfd ioctls for post-copy replicas (qs_userfaultfd.h);
- * - TUN devices and setns for the WAN emulator (qs_wan.h);
  * - nghttp3's versioned constructors for the HTTP/3 face (qs_h3.h).
+ *
+ * Only ngtcp2, GnuTLS and nghttp3 are here; the Linux interfaces Swift
+ * cannot reach (userfaultfd, PAGEMAP_SCAN, TUN, SCM_RIGHTS, UDP GSO/GRO,
+ * memfd) are in LinuxShim.
  *
  * Everything else (the packet loop, streams, flow control, errors users
  * see) lives in Swift.
@@ -22,24 +21,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h>
 #include <sys/types.h>
-/* Linux APIs that Swift's Glibc module does not export. */
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/random.h>
-#include <sys/statfs.h>
 
-#include "qs_userfaultfd.h"
-#include "qs_unixfd.h"
-/* TUN devices and network namespaces for the WAN emulator. */
-#include "qs_wan.h"
-/* userfaultfd + PAGEMAP_SCAN dirty tracking (included here too, so that a
- * module cache built before this header existed is rebuilt). */
-#include "dirtytrack.h"
 #include "qs_h3.h"
-/* SIGBUS on region mappings, and fallocate. */
-#include "qs_regionguard.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>
@@ -167,28 +151,6 @@ int qs_tls_peer_certificate(const qs_tls_session *ts, const uint8_t **der,
  * context lives). Returns 0, or a negative GnuTLS error when we have none. */
 int qs_tls_ctx_certificate(const qs_tls_ctx *ctx, const uint8_t **der,
                            size_t *len);
-
-/* ---- UDP cmsg helpers ------------------------------------------------- */
-
-/* Sends buf as one datagram, or as len/segsize datagrams with UDP GSO when
- * segsize > 0 and segsize < len. Returns sendmsg's result (errno kept). */
-ssize_t qs_udp_send(int fd, const uint8_t *buf, size_t len, size_t segsize,
-                    const struct sockaddr *addr, socklen_t addrlen);
-
-/* Receives into buf; *segsize is the GRO segment size (0 when the buffer
- * holds a single datagram). Returns recvmsg's result (errno kept). */
-ssize_t qs_udp_recv(int fd, uint8_t *buf, size_t cap,
-                    struct sockaddr_storage *from, socklen_t *fromlen,
-                    size_t *segsize);
-
-/* Turns on UDP GRO on fd; returns 0 when the kernel accepted it. */
-int qs_udp_enable_gro(int fd);
-
-/* ---- memory ------------------------------------------------------------ */
-
-/* memfd_create(2) with MFD_CLOEXEC; glibc declares it only under
- * _GNU_SOURCE, which Swift's Glibc module is not built with. */
-int qs_memfd_create(const char *name);
 
 #ifdef __cplusplus
 }

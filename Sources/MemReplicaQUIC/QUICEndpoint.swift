@@ -1,0 +1,710 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
+import QuicShim
+import LinuxShim
+import DequeModule
+import Foundation
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The QUIC implementation of `Transport`.
+public typealias QUICTransport = QUICEndpoint
+
+/// One UDP socket and the one thread that owns it and every QUIC connection
+/// on it. Other threads never touch ngtcp2: they post closures to `commands`
+/// and wake the loop through an eventfd, as ngtcp2's own examples do.
+///
+/// An endpoint can connect out and, with `acceptsConnections`, accept in.
+public final class QUICEndpoint: Transport, @unchecked Sendable {
+    public let configuration: QUICConfiguration
+    public let localAddress: PeerAddress
+    /// Our certificate's identity, as peers will see it.
+    public let localIdentity: PeerIdentity
+    let logger: Logger
+    let tls: TLSContext
+    let localStorage: SocketAddressStorage
+    /// Stateless reset tokens for our connection IDs derive from it
+    /// (`QUICConfiguration.statelessResetKey`).
+    let statelessResetSecret: [UInt8]
+    /// Keys Retry tokens (`ngtcp2_crypto_generate_retry_token`); random per
+    /// endpoint and never stored, so tokens die with the process.
+    let retryTokenSecret: [UInt8]
+
+    private let socket: UDPSocket
+    private let poller: Poller
+    private static let socketToken: UInt64 = 1
+    private let commands = Locked(CommandQueue())
+    /// Serializes commands run inline once the loop has exited. A bare lock:
+    /// it guards no value (a `Locked<Void>`'s zero-sized value made
+    /// ThreadSanitizer report the lock's own field as raced).
+    private let afterExit = NSLock()
+
+    private struct CommandQueue {
+        var pending: [@Sendable () -> Void] = []
+        var loopExited = false
+    }
+
+    // Loop-confined state.
+    private var routes: [ConnectionID: QUICConnectionCore] = [:]
+    private var live: [ObjectIdentifier: QUICConnectionCore] = [:]
+    var liveConnections: Dictionary<ObjectIdentifier, QUICConnectionCore>.Values { live.values }
+    /// Bounds the stateless resets we send (QUICEndpoint+StatelessReset).
+    var statelessResetLimiter = StatelessResetLimiter()
+    private var writeQueue = Deque<QUICConnectionCore>()
+    /// Streams whose readers get the bytes of this receive batch at its end.
+    private var readersToWake: [QUICStreamCore] = []
+    private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map { UInt64($0.seconds * 1e9) }
+    private lazy var faultReadPollNanoseconds: UInt64? = configuration.faultReadPollWindow.map { UInt64($0.seconds * 1e9) }
+    /// Until when the loop polls instead of sleeping, asked for by
+    /// `keepPollingForFaultReads` (0: not asked).
+    private var pollUntil: UInt64 = 0
+    /// Descriptors other than the socket that the loop watches
+    /// (`watchOnLoop`), by token; a handler returning false is dropped.
+    private var watchers: [UInt64: (fd: Int32, handler: () -> Bool)] = [:]
+    private var nextWatchToken: UInt64 = socketToken + 1
+    private var accepted = Deque<QUICConnectionCore>()
+    /// Inbound connections by source host, and the caps on them.
+    private var admission: ConnectionAdmission
+    /// When the loop next looks for stalled streams.
+    private var nextStallSweep: UInt64 = 0
+    private let stallTimeout: UInt64
+    /// Tickets from servers we connected to, for the next `connect`.
+    private var sessionTickets = SessionTicketCache()
+    private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
+    /// Set by `serveHTTP3`: connections made after it accept ALPN `h3` too.
+    var http3Responder: (any HTTP3Responder)?
+    private var stopping = false
+    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Bytes the kernel would not take yet (EAGAIN); everything waits on them.
+    private var pendingSend: (bytes: [UInt8], segment: Int, to: SocketAddressStorage)?
+    let transmitBuffer: UnsafeMutableRawBufferPointer
+    let vectorScratch: UnsafeMutableBufferPointer<ngtcp2_vec>
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// Half-open or established connections allowed at once (a flood of
+    /// Initials must not exhaust memory).
+    public static let maxConnections = 1024
+
+    /// Binds `address` and starts the loop thread.
+    public init(bind address: PeerAddress, tls tlsConfiguration: TLSConfiguration,
+                configuration: QUICConfiguration, logger: Logger = Logger(label: "memreplica.quic")) throws {
+        self.configuration = configuration.clampedToBudget()
+        self.logger = logger
+        admission = ConnectionAdmission(limits: configuration.peerLimits)
+        stallTimeout = UInt64(configuration.peerLimits.stalledStreamTimeout.seconds * 1e9)
+        tls = try TLSContext(tlsConfiguration, replayWindow: configuration.earlyDataReplayWindow)
+        localIdentity = tls.localIdentity
+        socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize,
+                               namespace: configuration.networkNamespace)
+        localAddress = socket.localAddress
+        localStorage = socket.boundStorage
+        statelessResetSecret = (configuration.statelessResetKey ?? .random()).bytes
+        var retrySecret = [UInt8](repeating: 0, count: 32)
+        retrySecret.withUnsafeMutableBytes { fillRandom($0.baseAddress!, 32) }
+        retryTokenSecret = retrySecret
+        poller = try Poller()
+        try poller.add(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
+        transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
+        vectorScratch = .allocate(capacity: 16)
+        receiveBuffer = .allocate(byteCount: 65536, alignment: 16)
+        logger.debug("QUIC endpoint bound", metadata: [
+            "address": "\(localAddress)", "gro": "\(socket.groEnabled)", "dual-stack": "\(socket.isDualStack)",
+        ])
+        // The thread keeps the endpoint alive until `close()` ends the loop.
+        let t = Thread { self.run() }
+        t.name = "quic-loop \(localAddress)"
+        t.qualityOfService = .userInteractive
+        t.start()
+    }
+
+    deinit {
+        transmitBuffer.deallocate()
+        vectorScratch.deallocate()
+        receiveBuffer.deallocate()
+    }
+
+    // MARK: cross-thread entry
+
+    /// Runs `body` on the loop thread.
+    func post(_ body: @escaping @Sendable () -> Void) {
+        let (wasEmpty, exited) = commands.withLock { q -> (Bool, Bool) in
+            if q.loopExited { return (false, true) }
+            q.pending.append(body)
+            return (q.pending.count == 1, false)
+        }
+        if exited {
+            // No loop any more and every connection is closed: the command
+            // only finds that out and fails its caller, so run it here.
+            afterExit.withLock { body() }
+        } else if wasEmpty {
+            poller.wake()
+        }
+    }
+
+    /// Runs `body` on the loop thread and returns its result.
+    func onLoop<R: Sendable>(_ body: @escaping @Sendable () -> R) async -> R {
+        await withCheckedContinuation { c in post { c.resume(returning: body()) } }
+    }
+
+    // MARK: Transport
+
+    /// What this endpoint's streams hold counts against this budget.
+    public var memoryBudget: MemoryBudget { configuration.memoryBudget }
+
+    public func connect(to address: PeerAddress) async throws -> any TransportConnection {
+        try await connectQUIC(to: address)
+    }
+
+    /// Connects with mutual TLS. When an earlier connection to the same
+    /// address left a session ticket, the session is resumed: no
+    /// certificates cross the wire and `connect` returns once our side of
+    /// the handshake completes, a round trip sooner. No data is sent early.
+    public func connectQUIC(to address: PeerAddress) async throws -> QUICConnection {
+        QUICConnection(core: try await connectCore(to: address, earlyData: nil))
+    }
+
+    /// Connects and sends `replaySafeEarlyData` first on the connection's
+    /// first bidirectional stream, which is returned (still open) with it.
+    ///
+    /// With a cached session ticket for this address the bytes go in 0-RTT,
+    /// in the very first flight; otherwise (or if the server refuses 0-RTT,
+    /// which is handled here: they are sent again) right after the
+    /// handshake. **0-RTT data can be replayed** by anyone who recorded the
+    /// flight (RFC 8446 §8, RFC 9001 §9.2): pass only a request whose effect
+    /// is the same when run twice or more, such as a read. Never a write.
+    public func connectQUIC(to address: PeerAddress, replaySafeEarlyData: [UInt8]) async throws
+        -> (connection: QUICConnection, stream: QUICStream) {
+        precondition(!replaySafeEarlyData.isEmpty, "early data must not be empty")
+        let core = try await connectCore(to: address, earlyData: replaySafeEarlyData)
+        let connection = QUICConnection(core: core)
+        guard let stream = await onLoop({ core.earlyStream }) else {
+            // Closed meanwhile, or the server allows no stream at all.
+            let error = core.closeErrorSnapshot ?? .protocolFailure("the server allows no stream for the first request")
+            await connection.close(errorCode: 0, reason: "no stream for the first request")
+            throw error
+        }
+        return (connection, QUICStream(core: stream))
+    }
+
+    private func connectCore(to address: PeerAddress, earlyData: [UInt8]?) async throws -> QUICConnectionCore {
+        if address.isWildcard {
+            throw TransportError.badAddress(input: address.description, reason: "a peer address needs a host")
+        }
+        return try await Delivery<QUICConnectionCore>.wait { d in
+            post { [self] in
+                guard !stopping else { d.fail(TransportError.closedLocally); return }
+                do {
+                    let remote = socket.normalized(address.storage)
+                    let ticket = sessionTickets.take(for: Self.ticketKey(remote))
+                    let core = try QUICConnectionCore.client(endpoint: self, remote: remote, ticket: ticket,
+                                                             earlyData: earlyData)
+                    core.connectWaiter = d
+                    register(core)
+                    needsWrite(core)
+                } catch {
+                    d.fail(error)
+                }
+            }
+        }
+    }
+
+    /// Tickets are kept per server address (the TLS configuration, and so
+    /// the ALPN and our certificate, is the endpoint's own).
+    private static func ticketKey(_ remote: SocketAddressStorage) -> String {
+        PeerAddress(storage: remote).description
+    }
+
+    /// Called on the loop as a client connection receives a ticket.
+    func storeTicket(_ ticket: SessionTicket, for core: QUICConnectionCore) {
+        sessionTickets.store(ticket, for: Self.ticketKey(core.remote))
+    }
+
+    /// Forgets every session ticket: the next connects do full handshakes
+    /// (the benchmark compares the two).
+    func discardSessionTickets() async {
+        await onLoop { [self] in sessionTickets = SessionTicketCache() }
+    }
+
+    /// Session tickets held for `address` (tests wait on this).
+    func sessionTicketCount(for address: PeerAddress) async -> Int {
+        await onLoop { [self] in sessionTickets.count(for: Self.ticketKey(socket.normalized(address.storage))) }
+    }
+
+    public func accept() async -> (any TransportConnection)? {
+        await acceptQUIC()
+    }
+
+    public func acceptQUIC() async -> QUICConnection? {
+        // Never fails: a stopped endpoint delivers nil.
+        let core = try? await Delivery<QUICConnectionCore?>.wait { d in
+            post { [self] in
+                if let core = accepted.popFirst() {
+                    d.succeed(core)
+                } else if stopping {
+                    d.succeed(nil)
+                } else {
+                    acceptWaiters.append(d)
+                }
+            }
+        }
+        return (core ?? nil).map { QUICConnection(core: $0) }
+    }
+
+    /// Identities and RTTs of every established connection.
+    public func connectionSummaries() async -> [ConnectionSummary] {
+        await onLoop { [self] in
+            live.values.compactMap { core -> ConnectionSummary? in
+                guard case .established = core.state else { return nil }
+                return ConnectionSummary(remoteAddress: core.remoteAddress.description, identity: core.peerIdentity,
+                                         initiatedLocally: core.isClient, statistics: core.statistics())
+            }
+        }
+    }
+
+    public func close() async {
+        if commands.withLock({ $0.loopExited }) { return }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            post { [self] in
+                if commands.withLock({ $0.loopExited }) { c.resume(); return }
+                stopWaiters.append(c)
+                guard !stopping else { return }
+                stopping = true
+                let now = monotonicNanoseconds()
+                for core in Array(live.values) {
+                    core.closeByApplication(errorCode: 0, reason: "endpoint closing", now: now)
+                }
+                while let w = acceptWaiters.popFirst() { w.succeed(nil) }
+            }
+        }
+    }
+
+    // MARK: loop
+
+    private func run() {
+        while true {
+            runCommands()
+            if stopping && live.isEmpty { break }
+            var deadline = writeQueue.isEmpty && pendingSend == nil ? nextDeadline() : 0
+            let now = monotonicNanoseconds()
+            let spin = max(busyPollNanoseconds ?? 0, pollUntil > now ? pollUntil - now : 0)
+            if deadline > now, spin > 0, deadline - now > spin {
+                // Poll a little before sleeping: a wake-up from epoll costs
+                // tens of µs on a VM, more than a reply usually takes.
+                if poller.poll(forNanoseconds: spin) { deadline = 0 }
+            }
+            poller.wait(until: deadline) { token, events in
+                if token == Self.socketToken {
+                    if events & EPOLLOUT.rawValue != 0 { flushPendingSend() }
+                    if events & EPOLLIN.rawValue != 0 { readSocket() }
+                } else if let watcher = watchers[token], !watcher.handler() {
+                    unwatchOnLoop(token)
+                }
+            }
+            runCommands()
+            handleExpiries()
+            // What a watched descriptor got while this turn read the socket
+            // (a busy one takes a while) still goes out in this turn's
+            // writes, rather than after the next wait: a handler reads
+            // until empty, so this costs one read when nothing came.
+            if !watchers.isEmpty { serveWatchers() }
+            writeAll()
+        }
+        let late = commands.withLock { q -> [@Sendable () -> Void] in
+            q.loopExited = true
+            defer { q.pending.removeAll() }
+            return q.pending
+        }
+        // Connections hold their endpoint; drop every table that holds them
+        // (a connection accepted but never taken by `accept` sits in
+        // `accepted`) so nothing keeps this endpoint alive once closed.
+        // Under `afterExit`: from now on `post` runs commands inline on the
+        // poster's thread, under that lock, and they touch these tables.
+        afterExit.withLock {
+            late.forEach { $0() }
+            accepted.removeAll()
+            routes.removeAll()
+            live.removeAll()
+            writeQueue.removeAll()
+            readersToWake.removeAll()
+            watchers.removeAll()
+        }
+        // The port is free by the time `close()` returns.
+        socket.close()
+        for s in stopWaiters { s.resume() }
+        stopWaiters.removeAll()
+    }
+
+    private func runCommands() {
+        let batch = commands.withLock { q -> [@Sendable () -> Void] in
+            let b = q.pending
+            q.pending.removeAll(keepingCapacity: true)
+            return b
+        }
+        for c in batch { c() }
+    }
+
+    /// Called on the loop as a post-copy fault's READ or DATA goes out:
+    /// the next message of that exchange (the DATA, or the next fault's
+    /// READ) comes within µs, and a thread sleeps in a fault until it is
+    /// answered, so the loop polls instead of sleeping for
+    /// `QUICConfiguration.faultReadPollWindow` from now. Bounded, unlike
+    /// `busyPoll`, to the moments faults are being served.
+    func keepPollingForFaultReads() {
+        guard let window = faultReadPollNanoseconds else { return }
+        pollUntil = max(pollUntil, monotonicNanoseconds() + window)
+    }
+
+    /// On the loop: calls `handler` on the loop whenever `fd` is readable
+    /// (level-triggered, so it must read until empty), so that what it
+    /// reads can be answered in the same turn, with no thread of its own
+    /// woken and no hand-off. A lazy replica's userfaultfd is watched this
+    /// way. `handler` returns false to stop being called. The caller keeps
+    /// `fd` open until `unwatchOnLoop`, or knows the kernel dropped it from
+    /// the epoll set by closing it. Returns the token for `unwatchOnLoop`.
+    func watchOnLoop(_ fd: Int32, handler: @escaping () -> Bool) throws -> UInt64 {
+        let token = nextWatchToken
+        nextWatchToken += 1
+        try poller.add(fd, token: token, events: EPOLLIN.rawValue)
+        watchers[token] = (fd, handler)
+        return token
+    }
+
+    private func serveWatchers() {
+        for (token, watcher) in watchers where !watcher.handler() { unwatchOnLoop(token) }
+    }
+
+    /// On the loop: stops watching (nothing if already stopped).
+    func unwatchOnLoop(_ token: UInt64) {
+        guard let watcher = watchers.removeValue(forKey: token) else { return }
+        poller.remove(watcher.fd)
+    }
+
+    func wakeLater(_ stream: QUICStreamCore) {
+        readersToWake.append(stream)
+    }
+
+    private func readSocket() {
+        defer {
+            let streams = readersToWake
+            readersToWake.removeAll(keepingCapacity: true)
+            for s in streams { s.wakeReader() }
+        }
+        // Bounded so a flood cannot starve writes and timers.
+        for _ in 0..<64 {
+            let result: (count: Int, segmentSize: Int, from: SocketAddressStorage)?
+            do {
+                result = try socket.receive(into: receiveBuffer)
+            } catch {
+                logger.warning("receive failed: \(error)")
+                return
+            }
+            guard let (count, segment, from) = result else { return }
+            let now = monotonicNanoseconds()
+            let step = segment > 0 ? segment : count
+            var offset = 0
+            while offset < count {
+                let len = min(step, count - offset)
+                handleDatagram(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<offset + len]), from: from, now: now)
+                offset += len
+            }
+            wakeLoopReaders()
+        }
+    }
+
+    /// Streams read on the loop (fault reads) take what arrived before the
+    /// next receive, not after the batch: the next receive is usually an
+    /// empty one, and a faulting thread would wait through it.
+    private func wakeLoopReaders() {
+        guard readersToWake.contains(where: \.readsOnLoop) else { return }
+        let now = readersToWake.filter(\.readsOnLoop)
+        readersToWake.removeAll(where: \.readsOnLoop)
+        for s in now { s.wakeReader() }
+    }
+
+    private func handleDatagram(_ data: UnsafeRawBufferPointer, from: SocketAddressStorage, now: UInt64) {
+        var vc = ngtcp2_version_cid()
+        let bytes = data.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let rc = ngtcp2_pkt_decode_version_cid(&vc, bytes, data.count, ConnectionID.localLength)
+        guard rc == 0, let dcid = vc.dcid else { return }  // garbage or another version: drop
+        let key = ConnectionID(UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen))
+        let core: QUICConnectionCore
+        if let known = routes[key] {
+            core = known
+        } else if bytes[0] & 0x80 == 0 {
+            // A short header no connection here owns: a stateless reset
+            // for one of ours, or a packet of a connection we lost.
+            handleUnknownShortHeader(data, dcid: UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen), from: from, now: now)
+            return
+        } else {
+            guard configuration.acceptsConnections, !stopping, live.count < Self.maxConnections else { return }
+            var header = ngtcp2_pkt_hd()
+            guard ngtcp2_accept(&header, bytes, data.count) == 0 else { return }
+            guard let admitted = admit(header, from: from, now: now) else { return }
+            do {
+                core = try QUICConnectionCore.server(endpoint: self, remote: from, header: header,
+                                                     originalDCID: admitted.originalDCID, retrySCID: admitted.retrySCID)
+            } catch {
+                logger.warning("cannot accept connection from \(PeerAddress(storage: from)): \(error)")
+                return
+            }
+            core.admittedHost = admitted.host
+            core.countedHalfOpen = true
+            admission.connectionOpened(host: admitted.host)
+            admission.handshakeStarted(host: admitted.host)
+            register(core)
+        }
+        core.receive(data, now: now)
+        if !core.isClosed { needsWrite(core) }
+    }
+
+    /// Decides a client's first Initial: a new connection (with the
+    /// original DCID a valid Retry token carried), a Retry sent instead
+    /// (nil), or nothing (nil: over a cap, or a token that does not verify).
+    private func admit(_ header: ngtcp2_pkt_hd, from: SocketAddressStorage, now: UInt64)
+        -> (host: String, originalDCID: ngtcp2_cid, retrySCID: ngtcp2_cid?)? {
+        let host = PeerAddress(storage: from).host
+        var header = header
+        var originalDCID = header.dcid
+        var validated = false
+        if header.token.len > 0, header.token.base[0] == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
+            let lifetime = UInt64(PeerLimits.retryTokenLifetime.seconds * 1e9)
+            let rc = retryTokenSecret.withUnsafeBufferPointer { secret in
+                from.withSockaddr { addr, len in
+                    ngtcp2_crypto_verify_retry_token(&originalDCID, header.token.base, header.token.len,
+                                                     secret.baseAddress, secret.count, header.version,
+                                                     addr, ngtcp2_socklen(len), &header.dcid, lifetime, now)
+                }
+            }
+            guard rc == 0 else {
+                logger.debug("dropping an Initial with an invalid Retry token", metadata: ["peer": "\(PeerAddress(storage: from))"])
+                return nil
+            }
+            validated = true
+        }
+        switch admission.decide(host: host, addressValidated: validated) {
+        case .accept:
+            return (host, originalDCID, validated ? header.dcid : nil)
+        case .retry:
+            sendRetry(header, to: from, now: now)
+            return nil
+        case .refuse(let reason):
+            logger.warning("refusing a QUIC connection: \(reason)", metadata: ["peer": "\(PeerAddress(storage: from))"])
+            return nil
+        }
+    }
+
+    /// Answers an Initial with a Retry carrying a token that binds the
+    /// client's address and original DCID to a new connection ID.
+    private func sendRetry(_ header: ngtcp2_pkt_hd, to remote: SocketAddressStorage, now: UInt64) {
+        var originalDCID = header.dcid
+        var clientSCID = header.scid
+        var (_, retrySCID) = ConnectionID.random()
+        // NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN (a sizeof macro Swift cannot
+        // import) is 78 in ngtcp2 0.12.
+        var token = [UInt8](repeating: 0, count: 128)
+        let tokenLength = retryTokenSecret.withUnsafeBufferPointer { secret in
+            remote.withSockaddr { addr, len in
+                ngtcp2_crypto_generate_retry_token(&token, secret.baseAddress, secret.count, header.version,
+                                                   addr, ngtcp2_socklen(len), &retrySCID, &originalDCID, now)
+            }
+        }
+        guard tokenLength > 0 else { return }
+        var packet = [UInt8](repeating: 0, count: 256)
+        let n = ngtcp2_crypto_write_retry(&packet, packet.count, header.version, &clientSCID, &retrySCID,
+                                          &originalDCID, token, Int(tokenLength))
+        guard n > 0 else { return }
+        retriesSent += 1
+        _ = packet.withUnsafeBytes { socket.send(UnsafeRawBufferPointer(rebasing: $0.prefix(n)), segmentSize: 0, to: remote) }
+    }
+
+    /// Retry packets sent (address validation under handshake load).
+    private(set) var retriesSent = 0
+
+    /// Retry packets this endpoint has sent.
+    func retryCount() async -> Int { await onLoop { [self] in retriesSent } }
+
+    /// Server connections whose handshake has not completed.
+    func halfOpenHandshakeCount() async -> Int { await onLoop { [self] in admission.halfOpenTotal } }
+
+    /// Called as a server connection's handshake ends (either way).
+    func serverHandshakeEnded(_ core: QUICConnectionCore) {
+        guard let host = core.admittedHost, core.countedHalfOpen else { return }
+        core.countedHalfOpen = false
+        admission.handshakeEnded(host: host)
+    }
+
+    /// A reason to refuse `core`, whose handshake just completed, when its
+    /// certificate already holds `maxConnectionsPerIdentity` connections.
+    func identityOverCap(_ core: QUICConnectionCore) -> String? {
+        let limit = configuration.peerLimits.maxConnectionsPerIdentity
+        let fingerprint = core.peerIdentity.fingerprint
+        let held = live.values.reduce(0) { n, other in
+            guard other !== core, !other.isClient, case .established = other.state,
+                  other.peerIdentity.fingerprint == fingerprint else { return n }
+            return n + 1
+        }
+        guard held >= limit else { return nil }
+        return "\(held) connections from this certificate already (limit \(limit))"
+    }
+
+    /// Resets every stream whose peer stopped taking its bytes.
+    private func sweepStalledStreams(now: UInt64) {
+        for core in Array(live.values) where !core.isClosed {
+            core.resetStalledStreams(now: now, after: stallTimeout)
+        }
+    }
+
+    private var stallSweepInterval: UInt64 { min(max(stallTimeout / 4, 10_000_000), 1_000_000_000) }
+
+    private func handleExpiries() {
+        let now = monotonicNanoseconds()
+        if now >= nextStallSweep {
+            nextStallSweep = now + stallSweepInterval
+            sweepStalledStreams(now: now)
+        }
+        for core in Array(live.values) where !core.isClosed {
+            if core.handshakeDeadline <= now {
+                core.handleFatal(NGTCP2_ERR_HANDSHAKE_TIMEOUT, now: now)
+                continue
+            }
+            let expiry = ngtcp2_conn_get_expiry(core.conn)
+            guard expiry <= now else { continue }
+            let rc = ngtcp2_conn_handle_expiry(core.conn, now)
+            if rc != 0 {
+                core.handleFatal(rc, now: now)
+            } else {
+                needsWrite(core)
+            }
+        }
+    }
+
+    private func writeAll() {
+        var rounds = writeQueue.count
+        while rounds > 0, pendingSend == nil, let core = writeQueue.popFirst() {
+            rounds -= 1
+            core.wantsWrite = false
+            switch core.writePackets(now: monotonicNanoseconds()) {
+            case .more, .blocked: needsWrite(core)
+            case .idle: break
+            }
+        }
+    }
+
+    /// When the loop must next wake for ngtcp2 (retransmission, ACK delay,
+    /// pacing, idle and handshake timeouts).
+    private func nextDeadline() -> UInt64 {
+        var earliest = UInt64.max
+        for core in live.values where !core.isClosed {
+            earliest = min(earliest, ngtcp2_conn_get_expiry(core.conn), core.handshakeDeadline)
+        }
+        if !live.isEmpty { earliest = min(earliest, nextStallSweep) }
+        return earliest
+    }
+
+    // MARK: helpers for connections (loop thread)
+
+    func needsWrite(_ core: QUICConnectionCore) {
+        guard !core.wantsWrite, !core.isClosed else { return }
+        core.wantsWrite = true
+        writeQueue.append(core)
+    }
+
+    private func register(_ core: QUICConnectionCore) {
+        live[ObjectIdentifier(core)] = core
+        for id in core.routedIDs { routes[id] = core }
+    }
+
+    func route(_ id: ConnectionID, to core: QUICConnectionCore) {
+        core.routedIDs.insert(id)
+        routes[id] = core
+    }
+
+    func unroute(_ id: ConnectionID, from core: QUICConnectionCore) {
+        core.routedIDs.remove(id)
+        if routes[id] === core { routes[id] = nil }
+    }
+
+    /// Called by a connection as it finishes.
+    func forget(_ core: QUICConnectionCore) {
+        serverHandshakeEnded(core)
+        if let host = core.admittedHost {
+            core.admittedHost = nil
+            admission.closed(host: host)
+        }
+        for id in core.routedIDs where routes[id] === core { routes[id] = nil }
+        live[ObjectIdentifier(core)] = nil
+        if let i = writeQueue.firstIndex(where: { $0 === core }) { writeQueue.remove(at: i) }
+        core.wantsWrite = false
+    }
+
+    func connectionEstablished(_ core: QUICConnectionCore) {
+        var metadata: Logger.Metadata = ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)"]
+        if core.sessionResumed { metadata["resumed"] = "\(core.earlyDataOutcome == .accepted ? "0-RTT" : "1-RTT")" }
+        logger.info("peer connected", metadata: metadata)
+        if let waiter = acceptWaiters.popFirst() {
+            waiter.succeed(core)
+        } else {
+            accepted.append(core)
+        }
+    }
+
+    /// Sends datagrams; false when the kernel buffer is full (the rest is
+    /// kept and sent first once the socket drains).
+    @discardableResult
+    func sendDatagrams(_ data: UnsafeRawBufferPointer, segmentSize: Int, for core: QUICConnectionCore) -> Bool {
+        guard data.count > 0 else { return true }
+        if pendingSend != nil { return false }
+        switch socket.send(data, segmentSize: segmentSize, to: core.remote) {
+        case .sent:
+            return true
+        case .wouldBlock:
+            pendingSend = (Array(data), segmentSize, core.remote)
+            poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue | EPOLLOUT.rawValue)
+            return false
+        case .failed(let e):
+            if e == EIO && segmentSize > 0 {
+                // GSO refused (e.g. a device without it): send one by one.
+                var offset = 0
+                while offset < data.count {
+                    let len = min(segmentSize, data.count - offset)
+                    _ = socket.send(UnsafeRawBufferPointer(rebasing: data[offset..<offset + len]), segmentSize: 0, to: core.remote)
+                    offset += len
+                }
+                return true
+            }
+            if e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH {
+                if case .handshaking = core.state {
+                    core.callbackError = .peerUnreachable(address: core.remoteAddress.description,
+                                                          detail: String(cString: strerror(e)))
+                }
+            } else {
+                logger.debug("send failed: \(String(cString: strerror(e)))")
+            }
+            return true
+        }
+    }
+
+    /// Sends one datagram that belongs to no connection (a stateless
+    /// reset); dropped when the kernel buffer is full, as the network might.
+    func sendWithoutConnection(_ data: UnsafeRawBufferPointer, to address: SocketAddressStorage) {
+        guard pendingSend == nil else { return }
+        _ = socket.send(data, segmentSize: 0, to: address)
+    }
+
+    private func flushPendingSend() {
+        guard let p = pendingSend else { return }
+        let result = p.bytes.withUnsafeBytes { socket.send($0, segmentSize: p.segment, to: p.to) }
+        if case .wouldBlock = result { return }
+        pendingSend = nil
+        poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
+    }
+}
+
+/// One line of `memreplica status`: who is connected and how far away.
+public struct ConnectionSummary: Sendable, Codable {
+    public var remoteAddress: String
+    public var identity: PeerIdentity
+    public var initiatedLocally: Bool
+    public var statistics: ConnectionStatistics
+}

@@ -1,0 +1,58 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
+import QuicShim
+
+/// Where this peer's certificates live. `certificate`/`key` may be nil only
+/// in tests that check what happens to a client without a certificate.
+public struct TLSConfiguration: Sendable, Hashable {
+    public var caFile: String
+    public var certificateFile: String?
+    public var keyFile: String?
+
+    public init(caFile: String, certificateFile: String?, keyFile: String?) {
+        self.caFile = caFile
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+    }
+}
+
+/// Loaded GnuTLS credentials: the trusted CA and this peer's certificate.
+/// Immutable after init; sessions are created on the endpoint's loop.
+final class TLSContext: @unchecked Sendable {
+    let handle: OpaquePointer
+    let configuration: TLSConfiguration
+    /// Our own certificate's identity (empty subject when we have none).
+    let localIdentity: PeerIdentity
+
+    init(_ configuration: TLSConfiguration, replayWindow: Duration = .seconds(10)) throws {
+        self.configuration = configuration
+        var out: OpaquePointer?
+        var err = [CChar](repeating: 0, count: 512)
+        let rc = qs_tls_ctx_new(&out, configuration.caFile, configuration.certificateFile,
+                                configuration.keyFile, &err, err.count)
+        guard rc == 0, let ctx = out else {
+            throw TransportError.tlsConfiguration(stringFromCBuffer(err))
+        }
+        handle = ctx
+        qs_tls_ctx_set_replay_window(ctx, UInt32(clamping: Int64(replayWindow.milliseconds)))
+        var der: UnsafePointer<UInt8>?
+        var length = 0
+        if qs_tls_ctx_certificate(ctx, &der, &length) == 0, let der {
+            localIdentity = PeerIdentity(certificate: Array(UnsafeBufferPointer(start: der, count: length)))
+        } else {
+            localIdentity = .none
+        }
+    }
+
+    deinit { qs_tls_ctx_free(handle) }
+}
+
+func hexString(_ bytes: some Sequence<UInt8>) -> String {
+    let digits: [Character] = Array("0123456789abcdef")
+    var s = ""
+    for b in bytes {
+        s.append(digits[Int(b >> 4)])
+        s.append(digits[Int(b & 0xf)])
+    }
+    return s
+}

@@ -1,0 +1,553 @@
+import MemReplicaQUIC
+import MemReplicaSystem
+import MemReplicaTransportCore
+import LinuxShim
+import COpenSSL
+import DequeModule
+import Foundation
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The TLS-over-TCP implementation of `Transport`.
+public typealias TCPTransport = TCPEndpoint
+
+/// TLS 1.3 over TCP (OpenSSL), carrying the same streams and frames as the
+/// QUIC transport: an optional listening socket plus every TCP connection
+/// made or accepted, all owned by one loop thread (as `QUICEndpoint` owns
+/// its UDP socket). Other threads post closures to `commands` and wake the
+/// loop through an eventfd; they never touch a socket or an SSL object.
+///
+/// Streams share one TCP connection (`tcp`) or, with
+/// `TCPConfiguration.connectionPerStream`, each has its own
+/// (`tcp-per-region`); a listener serves both kinds of client.
+public final class TCPEndpoint: Transport, @unchecked Sendable {
+    public let configuration: TCPConfiguration
+    public let localAddress: PeerAddress
+    /// Our certificate's identity, as peers will see it.
+    public let localIdentity: PeerIdentity
+    let logger: Logger
+    let tls: OpenSSLContext
+    /// Outgoing connections start from this address's host (when not a wildcard).
+    private let bindAddress: PeerAddress
+    private let listener: Int32?
+    private let poller: Poller
+    private let commands = Locked(CommandQueue())
+    /// Serializes commands run inline once the loop has exited.
+    private let afterExit = Locked(())
+
+    private struct CommandQueue {
+        var pending: [@Sendable () -> Void] = []
+        var loopExited = false
+    }
+
+    private static let listenerToken: UInt64 = 1
+
+    // Loop-confined state.
+    private var nextToken: UInt64 = 2
+    private var links: [UInt64: TCPLink] = [:]
+    private var live: [ObjectIdentifier: TCPConnectionCore] = [:]
+    private var byToken: [[UInt8]: TCPConnectionCore] = [:]
+    private var writeQueue = Deque<TCPLink>()
+    private var pendingReads: [TCPLink] = []
+    private var readersToWake: [TCPStreamCore] = []
+    private var retired: [TCPLink] = []
+    private var accepted = Deque<TCPConnectionCore>()
+    /// Inbound links by source host, and the caps on them.
+    private var admission: ConnectionAdmission
+    /// Accepted TCP connections whose TLS handshake waits for one of their
+    /// host's `maxHalfOpenPerAddress` slots, oldest first, by host.
+    private var waitingToHandshake: [String: Deque<(fd: Int32, address: PeerAddress, since: UInt64)>] = [:]
+    private var acceptWaiters = Deque<Delivery<TCPConnectionCore?>>()
+    private var stopping = false
+    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    private var connectionDeadline = UInt64.max
+    /// The time of the current loop turn.
+    private(set) var now: UInt64 = monotonicNanoseconds()
+    let receiveBuffer: UnsafeMutableRawBufferPointer
+
+    /// Binds `address` (a listener only with `acceptsConnections`) and
+    /// starts the loop thread.
+    public init(bind address: PeerAddress, tls tlsConfiguration: TLSConfiguration,
+                configuration: TCPConfiguration, logger: Logger = Logger(label: "memreplica.tcp")) throws {
+        self.configuration = configuration.clampedToBudget()
+        self.logger = logger
+        admission = ConnectionAdmission(limits: configuration.peerLimits)
+        bindAddress = address
+        tls = try OpenSSLContext(tlsConfiguration, applicationProtocols: configuration.applicationProtocols)
+        localIdentity = tls.localIdentity
+        // OpenSSL writes to sockets with write(2): a peer that reset the
+        // connection must give EPIPE, not kill the process.
+        signal(SIGPIPE, SIG_IGN)
+        poller = try Poller()
+        if configuration.acceptsConnections {
+            let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
+                                                   userTimeout: configuration.livenessTimeout,
+                                                   congestionControl: configuration.congestionControl,
+                                                   namespace: configuration.networkNamespace)
+            listener = fd
+            localAddress = bound
+            do {
+                try poller.add(fd, token: Self.listenerToken, events: EPOLLIN.rawValue)
+            } catch {
+                Glibc.close(fd)
+                throw error
+            }
+        } else {
+            listener = nil
+            localAddress = address
+        }
+        receiveBuffer = .allocate(byteCount: 256 << 10, alignment: 16)
+        logger.debug("TCP endpoint ready", metadata: [
+            "address": "\(localAddress)", "listening": "\(listener != nil)",
+            "mode": "\(configuration.connectionPerStream ? "tcp-per-region" : "tcp")",
+        ])
+        // The thread keeps the endpoint alive until `close()` ends the loop.
+        let t = Thread { self.run() }
+        t.name = "tcp-loop \(localAddress)"
+        t.qualityOfService = .userInteractive
+        t.start()
+    }
+
+    deinit {
+        receiveBuffer.deallocate()
+    }
+
+    // MARK: cross-thread entry
+
+    /// Runs `body` on the loop thread.
+    func post(_ body: @escaping @Sendable () -> Void) {
+        let (wasEmpty, exited) = commands.withLock { q -> (Bool, Bool) in
+            if q.loopExited { return (false, true) }
+            q.pending.append(body)
+            return (q.pending.count == 1, false)
+        }
+        if exited {
+            // No loop any more and every connection is closed: the command
+            // only finds that out and fails its caller, so run it here.
+            afterExit.withLock { _ in body() }
+        } else if wasEmpty {
+            poller.wake()
+        }
+    }
+
+    /// Runs `body` on the loop thread and returns its result.
+    func onLoop<R: Sendable>(_ body: @escaping @Sendable () -> R) async -> R {
+        await withCheckedContinuation { c in post { c.resume(returning: body()) } }
+    }
+
+    // MARK: Transport
+
+    /// What this endpoint's streams hold counts against this budget.
+    public var memoryBudget: MemoryBudget { configuration.memoryBudget }
+
+    public func connect(to address: PeerAddress) async throws -> any TransportConnection {
+        try await connectTCP(to: address)
+    }
+
+    public func connectTCP(to address: PeerAddress) async throws -> TCPConnection {
+        if address.isWildcard {
+            throw TransportError.badAddress(input: address.description, reason: "a peer address needs a host")
+        }
+        let core = try await Delivery<TCPConnectionCore>.wait { d in
+            post { [self] in
+                guard !stopping else { d.fail(TransportError.closedLocally); return }
+                guard let window = memoryBudget.reserveReceiveWindow(wanted: configuration.connectionReceiveWindow) else {
+                    d.fail(TransportError.memoryBudgetExhausted(limit: memoryBudget.limit))
+                    return
+                }
+                let core = TCPConnectionCore(endpoint: self, isClient: true, remoteAddress: address, receiveWindow: window)
+                do {
+                    let link = try makeClientLink(to: address, role: .session, for: core)
+                    core.connectWaiter = d
+                    live[ObjectIdentifier(core)] = core
+                    core.attach(link)
+                } catch {
+                    d.fail(error)
+                }
+            }
+        }
+        return TCPConnection(core: core)
+    }
+
+    public func accept() async -> (any TransportConnection)? {
+        await acceptTCP()
+    }
+
+    public func acceptTCP() async -> TCPConnection? {
+        // Never fails: a stopped endpoint delivers nil.
+        let core = try? await Delivery<TCPConnectionCore?>.wait { d in
+            post { [self] in
+                if let core = accepted.popFirst() {
+                    d.succeed(core)
+                } else if stopping {
+                    d.succeed(nil)
+                } else {
+                    acceptWaiters.append(d)
+                }
+            }
+        }
+        return (core ?? nil).map { TCPConnection(core: $0) }
+    }
+
+    public func connectionSummaries() async -> [ConnectionSummary] {
+        await onLoop { [self] in
+            live.values.compactMap { core -> ConnectionSummary? in
+                guard core.isEstablished else { return nil }
+                return ConnectionSummary(remoteAddress: core.remoteAddress.description, identity: core.peerIdentity,
+                                         initiatedLocally: core.isClient, statistics: core.statistics())
+            }
+        }
+    }
+
+    public func close() async {
+        if commands.withLock({ $0.loopExited }) { return }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            post { [self] in
+                if commands.withLock({ $0.loopExited }) { c.resume(); return }
+                stopWaiters.append(c)
+                guard !stopping else { return }
+                stopping = true
+                if let listener {
+                    poller.remove(listener)
+                    Glibc.close(listener)
+                }
+                for core in Array(live.values) {
+                    core.closeByApplication(errorCode: 0, reason: "endpoint closing")
+                }
+                for link in Array(links.values) where link.connection == nil { link.closeNow() }
+                dropWaitingHandshakes(all: true)
+                while let w = acceptWaiters.popFirst() { w.succeed(nil) }
+            }
+        }
+    }
+
+    // MARK: loop
+
+    private func run() {
+        while true {
+            runCommands()
+            if stopping && links.isEmpty && retired.isEmpty { break }
+            let deadline = writeQueue.isEmpty && pendingReads.isEmpty && retired.isEmpty ? nextDeadline() : 0
+            poller.wait(until: deadline) { token, events in
+                now = monotonicNanoseconds()
+                if token == Self.listenerToken {
+                    acceptPending()
+                } else if let link = links[token] {
+                    link.handle(events: events)
+                }
+            }
+            now = monotonicNanoseconds()
+            let again = pendingReads
+            pendingReads.removeAll(keepingCapacity: true)
+            for link in again { link.readAvailable() }
+            wakeReaders()
+            runCommands()
+            handleExpiries()
+            writeAll()
+            wakeReaders()
+            releaseRetired()
+        }
+        let late = commands.withLock { q -> [@Sendable () -> Void] in
+            q.loopExited = true
+            defer { q.pending.removeAll() }
+            return q.pending
+        }
+        // Connections and links hold their endpoint: drop every table that
+        // holds them so nothing keeps this endpoint alive once closed.
+        // Under `afterExit`: from now on `post` runs commands inline on the
+        // poster's thread, under that lock, and they touch these tables.
+        afterExit.withLock { _ in
+            late.forEach { $0() }
+            accepted.removeAll()
+            live.removeAll()
+            byToken.removeAll()
+            writeQueue.removeAll()
+            readersToWake.removeAll()
+        }
+        for s in stopWaiters { s.resume() }
+        stopWaiters.removeAll()
+    }
+
+    private func runCommands() {
+        let batch = commands.withLock { q -> [@Sendable () -> Void] in
+            let b = q.pending
+            q.pending.removeAll(keepingCapacity: true)
+            return b
+        }
+        for c in batch { c() }
+    }
+
+    private func wakeReaders() {
+        guard !readersToWake.isEmpty else { return }
+        let streams = readersToWake
+        readersToWake.removeAll(keepingCapacity: true)
+        for s in streams { s.wakeReader() }
+    }
+
+    private func acceptPending() {
+        guard let listener else { return }
+        // Bounded so a connection flood cannot starve the other links.
+        for _ in 0..<64 {
+            guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.livenessTimeout,
+                                                         congestionControl: configuration.congestionControl) else { return }
+            let address = PeerAddress(storage: remote)
+            guard !stopping, links.count < TCPConfiguration.maxLinks else {
+                logger.warning("refusing a TCP connection: \(TCPConfiguration.maxLinks) already open", metadata: ["peer": "\(address)"])
+                Glibc.close(fd)
+                continue
+            }
+            // A TCP handshake proved the address: no Retry here.
+            if case .refuse(let reason) = admission.decide(host: address.host, addressValidated: true) {
+                logger.warning("refusing a TCP connection: \(reason)", metadata: ["peer": "\(address)"])
+                Glibc.close(fd)
+                continue
+            }
+            admission.connectionOpened(host: address.host)
+            if admission.mayStartHandshake(host: address.host) {
+                startHandshake(fd: fd, address: address)
+            } else {
+                // A burst (tcp-per-region opens a link per region) waits
+                // its turn, un-started, within the handshake timeout.
+                waitingToHandshake[address.host, default: []].append((fd, address, now))
+            }
+        }
+    }
+
+    /// Starts the server side of TLS on an accepted connection counted by
+    /// `connectionOpened`.
+    private func startHandshake(fd: Int32, address: PeerAddress) {
+        do {
+            let ssl = try tls.makeSSL(server: true, fd: fd)
+            let link = TCPLink(endpoint: self, token: takeToken(), fd: fd, ssl: ssl, isClient: false,
+                               remoteAddress: address, role: .unassigned, state: .handshaking)
+            do {
+                try register(link)
+            } catch {
+                SSL_free(ssl)
+                throw error
+            }
+            link.admittedHost = address.host
+            link.countedHalfOpen = true
+            admission.handshakeStarted(host: address.host)
+        } catch {
+            logger.warning("cannot accept a TCP connection from \(address): \(error)")
+            Glibc.close(fd)
+            admission.closed(host: address.host)
+        }
+    }
+
+    /// Starts the next waiting handshakes from `host` while it has slots.
+    private func startWaitingHandshakes(from host: String) {
+        while admission.mayStartHandshake(host: host), let next = waitingToHandshake[host]?.popFirst() {
+            if waitingToHandshake[host]?.isEmpty == true { waitingToHandshake[host] = nil }
+            startHandshake(fd: next.fd, address: next.address)
+        }
+    }
+
+    /// Closes waiting connections older than the handshake timeout (or all).
+    private func dropWaitingHandshakes(all: Bool = false) {
+        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        for host in Array(waitingToHandshake.keys) {
+            while let first = waitingToHandshake[host]?.first, all || now >= first.since + timeout {
+                waitingToHandshake[host]?.removeFirst()
+                Glibc.close(first.fd)
+                admission.closed(host: host)
+            }
+            if waitingToHandshake[host]?.isEmpty == true { waitingToHandshake[host] = nil }
+        }
+    }
+
+    private func handleExpiries() {
+        for link in Array(links.values) where link.deadline <= now { link.expire() }
+        if !waitingToHandshake.isEmpty { dropWaitingHandshakes() }
+        connectionDeadline = UInt64.max
+        for core in Array(live.values) {
+            connectionDeadline = min(connectionDeadline, core.tick(now: now))
+        }
+    }
+
+    /// When the loop must next wake: handshake and drain deadlines, idle
+    /// timeouts and keep-alives.
+    private func nextDeadline() -> UInt64 {
+        var earliest = connectionDeadline
+        for link in links.values { earliest = min(earliest, link.deadline) }
+        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        for waiting in waitingToHandshake.values {
+            if let first = waiting.first { earliest = min(earliest, first.since + timeout) }
+        }
+        return earliest
+    }
+
+    private func writeAll() {
+        var rounds = writeQueue.count
+        while rounds > 0, let link = writeQueue.popFirst() {
+            rounds -= 1
+            link.queuedForWrite = false
+            link.flush()
+        }
+    }
+
+    private func releaseRetired() {
+        guard !retired.isEmpty else { return }
+        let done = retired
+        retired.removeAll()
+        for link in done {
+            handshakeEnded(link)
+            if let host = link.admittedHost {
+                link.admittedHost = nil
+                admission.closed(host: host)
+            }
+            poller.remove(link.fd)
+            links[link.token] = nil
+            link.connection?.detach(link)
+            link.release()
+        }
+    }
+
+    // MARK: helpers for links and connections (loop thread)
+
+    private func takeToken() -> UInt64 {
+        defer { nextToken += 1 }
+        return nextToken
+    }
+
+    private func register(_ link: TCPLink) throws {
+        try poller.add(link.fd, token: link.token, events: link.epollEvents)
+        links[link.token] = link
+    }
+
+    /// A TCP connection out to `address`, for `core`, as `role`.
+    private func makeClientLink(to address: PeerAddress, role: TCPLink.Role, for core: TCPConnectionCore) throws -> TCPLink {
+        guard links.count < TCPConfiguration.maxLinks else {
+            throw TransportError.protocolFailure("this endpoint already has \(TCPConfiguration.maxLinks) TCP connections")
+        }
+        let fd = try TCPSocket.startConnect(to: address.storage, source: bindAddress,
+                                            bufferSize: configuration.socketBufferSize, userTimeout: configuration.livenessTimeout,
+                                            congestionControl: configuration.congestionControl,
+                                            namespace: configuration.networkNamespace)
+        do {
+            let ssl = try tls.makeSSL(server: false, fd: fd)
+            if let session = core.resumableSession { SSL_set_session(ssl, session) }
+            let link = TCPLink(endpoint: self, token: takeToken(), fd: fd, ssl: ssl, isClient: true,
+                               remoteAddress: address, role: role, state: .connecting)
+            link.connection = core
+            do {
+                try register(link)
+            } catch {
+                SSL_free(ssl)
+                throw error
+            }
+            return link
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
+    /// `tcp-per-region`: a new TCP connection that joins `core` carrying `stream`.
+    func openJoinLink(for core: TCPConnectionCore, stream: Int64) throws -> TCPLink {
+        let link = try makeClientLink(to: core.remoteAddress, role: .join(stream: stream), for: core)
+        core.attach(link)
+        return link
+    }
+
+    /// Server: the client's first SETTINGS on `link` starts a connection or
+    /// joins one. A join must name a live connection by its token and prove
+    /// the same certificate as the connection's first TCP connection.
+    func adopt(_ link: TCPLink, settings: MuxSettings) throws {
+        handshakeEnded(link)
+        switch settings.role {
+        case .connection:
+            guard !stopping else { throw MuxViolation(.joinRefused, "the endpoint is closing") }
+            let limit = configuration.peerLimits.maxConnectionsPerIdentity
+            let held = live.values.filter {
+                !$0.isClient && !$0.isClosed && $0.peerIdentity.fingerprint == link.peerIdentity.fingerprint
+            }.count
+            guard held < limit else {
+                logger.warning("refusing a TCP connection: \(held) connections from this certificate already (limit \(limit))",
+                               metadata: ["peer": "\(link.remoteAddress)", "identity": "\(link.peerIdentity)"])
+                throw MuxViolation(.connectionLimit, "\(held) connections from this certificate already (limit \(limit))")
+            }
+            guard let window = memoryBudget.reserveReceiveWindow(wanted: configuration.connectionReceiveWindow) else {
+                logger.warning("refusing a TCP connection: the memory budget is exhausted", metadata: ["peer": "\(link.remoteAddress)"])
+                throw MuxViolation(.connectionLimit, "the peer's memory budget has no room for another connection")
+            }
+            let core = TCPConnectionCore(endpoint: self, isClient: false, remoteAddress: link.remoteAddress, receiveWindow: window)
+            var token = [UInt8](repeating: 0, count: MuxLimits.tokenLength)
+            var rng = SystemRandomNumberGenerator()
+            for i in token.indices { token[i] = rng.next() }
+            core.token = token
+            core.peerIdentity = link.peerIdentity
+            core.apply(settings)
+            link.connection = core
+            link.role = .session
+            core.attach(link)
+            link.queueControl(.settings, payload: core.localSettings(token: token).encoded())
+            core.established()
+            live[ObjectIdentifier(core)] = core
+            byToken[token] = core
+            logger.info("peer connected", metadata: ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)",
+                                                     "transport": "tcp"])
+            if let waiter = acceptWaiters.popFirst() {
+                waiter.succeed(core)
+            } else {
+                accepted.append(core)
+            }
+        case .join:
+            guard let core = byToken[settings.token], !core.isClosed else {
+                throw MuxViolation(.joinRefused, "no connection has that token")
+            }
+            guard core.peerIdentity.fingerprint == link.peerIdentity.fingerprint else {
+                throw MuxViolation(.joinRefused, "a joining TCP connection must present the connection's certificate")
+            }
+            guard let stream = settings.joinStream, stream & 3 == 0, core.streams[stream] == nil else {
+                throw MuxViolation(.joinRefused, "a joining TCP connection must carry a new client stream")
+            }
+            link.connection = core
+            link.role = .join(stream: stream)
+            core.attach(link)
+            try core.openPeerStream(stream, on: link)
+        }
+    }
+
+    /// A server link's handshake (TLS and SETTINGS) ended, either way.
+    private func handshakeEnded(_ link: TCPLink) {
+        guard link.countedHalfOpen, let host = link.admittedHost else { return }
+        link.countedHalfOpen = false
+        admission.handshakeEnded(host: host)
+        startWaitingHandshakes(from: host)
+    }
+
+    func needsWrite(_ link: TCPLink) {
+        guard !link.queuedForWrite, !link.isClosed else { return }
+        link.queuedForWrite = true
+        writeQueue.append(link)
+    }
+
+    func readAgain(_ link: TCPLink) {
+        pendingReads.append(link)
+    }
+
+    func wakeLater(_ stream: TCPStreamCore) {
+        readersToWake.append(stream)
+    }
+
+    func updateInterest(_ link: TCPLink) {
+        poller.modify(link.fd, token: link.token, events: link.epollEvents)
+    }
+
+    /// A link is closed: free it at the end of this loop turn.
+    func retire(_ link: TCPLink) {
+        if let i = writeQueue.firstIndex(where: { $0 === link }) { writeQueue.remove(at: i) }
+        link.queuedForWrite = false
+        retired.append(link)
+    }
+
+    /// Called by a connection as it finishes.
+    func forget(_ core: TCPConnectionCore) {
+        live[ObjectIdentifier(core)] = nil
+        if byToken[core.token] === core { byToken[core.token] = nil }
+    }
+}
