@@ -1,6 +1,6 @@
 @testable import MemReplica
-@testable import MemReplicaHTTP3
 import QuicShim
+@testable import MemReplicaHTTP3
 
 /// Raw client stream bytes into nghttp3 as the peer sets it up
 /// (HTTP3/HTTP3Connection.swift: the same settings, limits and request

@@ -1,8 +1,8 @@
 import MemReplica
+import QuicShim
 import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore
-import QuicShim
 import Foundation
 import Logging
 

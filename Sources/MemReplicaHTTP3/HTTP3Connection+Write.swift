@@ -1,5 +1,5 @@
-import MemReplicaQUIC
 import QuicShim
+import MemReplicaQUIC
 
 /// Packets for an HTTP/3 connection: nghttp3 decides which stream's bytes
 /// go next (its own control and QPACK streams, then responses), ngtcp2

@@ -1,6 +1,6 @@
+import QuicShim
 import MemReplicaQUIC
 import MemReplicaTransportCore
-import QuicShim
 import Logging
 
 /// The HTTP/3 side of one QUIC connection that negotiated ALPN `h3`: the
@@ -9,7 +9,7 @@ import Logging
 /// by the endpoint's `HTTP3Responder` on a task, and each answer is posted
 /// back to the loop to be submitted. The writer is in
 /// `HTTP3Connection+Write.swift`.
-final class HTTP3Connection: @unchecked Sendable {
+final class HTTP3Connection: QUICApplicationSession, @unchecked Sendable {
     static let alpn = "h3"
 
     /// Weak: the connection owns this, and drops it in `close`.
@@ -24,6 +24,8 @@ final class HTTP3Connection: @unchecked Sendable {
     /// The HTTP/3 error code to close the connection with, once nghttp3
     /// returned a fatal error (the connection closes with it).
     private(set) var failureCode: UInt64?
+    /// HTTP/3 has no code 0 (RFC 9114 §8.1).
+    var noErrorCode: UInt64 { UInt64(NGHTTP3_H3_NO_ERROR) }
 
     init(core: QUICConnectionCore, responder: any HTTP3Responder) throws {
         self.core = core
@@ -138,7 +140,7 @@ final class HTTP3Connection: @unchecked Sendable {
         _ = nghttp3_conn_unblock_stream(h3, id)
     }
 
-    func clientStreamLimitRaised(to max: UInt64) {
+    func peerStreamLimitRaised(to max: UInt64) {
         guard let h3 else { return }
         nghttp3_conn_set_max_client_streams_bidi(h3, max)
     }

@@ -24,15 +24,4 @@ public struct HTTP3Response: Sendable {
         HTTP3Response(status: status, contentType: "text/plain; charset=utf-8", headers: headers,
                       body: Array((message + "\n").utf8))
     }
-
-    /// A JSON answer, encoded as `memreplica stats --json` prints (ISO 8601
-    /// dates, sorted keys).
-    public static func json(_ value: some Encodable) -> HTTP3Response {
-        do {
-            let data = try StatusReport.makeEncoder(pretty: true).encode(value)
-            return HTTP3Response(status: 200, contentType: "application/json", body: Array(data) + [0x0a])
-        } catch {
-            return .text(500, "cannot encode the answer: \(error)")
-        }
-    }
 }

@@ -79,17 +79,18 @@ enum QUICCallbacks {
         }
         cb.stream_open = { _, id, user in
             let core = QUICCallbacks.core(user)
-            // nghttp3 learns of HTTP/3 streams from their data. memreplica
-            // uses no unidirectional stream: one a peer opens anyway (the
-            // endpoint allows 3 when it serves HTTP/3) is left without a
-            // reader and without credit beyond its first window.
-            if core.http3 != nil || id & 0x2 != 0 { return 0 }
+            // An application session (HTTP/3) learns of its streams from
+            // their data. memreplica uses no unidirectional stream: one a
+            // peer opens anyway (allowed when an application asks for them)
+            // is left without a reader and without credit beyond its first
+            // window.
+            if core.application != nil || id & 0x2 != 0 { return 0 }
             core.streamOpenedByPeer(id)
             return 0
         }
         cb.recv_stream_data = { _, flags, id, _, data, len, user, streamUser in
-            if let h3 = QUICCallbacks.core(user).http3 {
-                return h3.receive(stream: id, data, len, fin: flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0)
+            if let app = QUICCallbacks.core(user).application {
+                return app.receive(stream: id, data, len, fin: flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0)
             }
             guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
             let fin = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0
@@ -98,25 +99,25 @@ enum QUICCallbacks {
             return 0
         }
         cb.acked_stream_data_offset = { _, id, offset, len, user, streamUser in
-            if let h3 = QUICCallbacks.core(user).http3 { return h3.acknowledged(stream: id, len) }
+            if let app = QUICCallbacks.core(user).application { return app.acknowledged(stream: id, len) }
             guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
             stream.acknowledged(upTo: offset + len)
             return 0
         }
         cb.stream_close = { _, flags, id, code, user, streamUser in
             let hasCode = flags & UInt32(NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) != 0
-            if let h3 = QUICCallbacks.core(user).http3 { return h3.streamClosed(id, appErrorCode: hasCode ? code : nil) }
+            if let app = QUICCallbacks.core(user).application { return app.streamClosed(id, appErrorCode: hasCode ? code : nil) }
             guard let stream = QUICCallbacks.stream(streamUser) else { return 0 }
             QUICCallbacks.core(user).streamClosed(stream, appErrorCode: hasCode ? code : nil)
             return 0
         }
         cb.stream_reset = { _, id, _, code, user, streamUser in
-            if let h3 = QUICCallbacks.core(user).http3 { h3.streamAborted(id); return 0 }
+            if let app = QUICCallbacks.core(user).application { app.streamAborted(id); return 0 }
             QUICCallbacks.stream(streamUser)?.failReceive(.streamReset(errorCode: code))
             return 0
         }
         cb.stream_stop_sending = { _, id, code, user, streamUser in
-            if let h3 = QUICCallbacks.core(user).http3 { h3.streamAborted(id); return 0 }
+            if let app = QUICCallbacks.core(user).application { app.streamAborted(id); return 0 }
             QUICCallbacks.stream(streamUser)?.failSend(.streamReset(errorCode: code))
             return 0
         }
@@ -125,12 +126,12 @@ enum QUICCallbacks {
             return 0
         }
         cb.extend_max_remote_streams_bidi = { _, max, user in
-            QUICCallbacks.core(user).http3?.clientStreamLimitRaised(to: max)
+            QUICCallbacks.core(user).application?.peerStreamLimitRaised(to: max)
             return 0
         }
         cb.extend_max_stream_data = { _, id, _, user, streamUser in
-            if let h3 = QUICCallbacks.core(user).http3 {
-                h3.flowCreditAvailable(id)
+            if let app = QUICCallbacks.core(user).application {
+                app.flowCreditAvailable(id)
                 QUICCallbacks.core(user).endpoint.needsWrite(QUICCallbacks.core(user))
                 return 0
             }

@@ -114,9 +114,9 @@ public struct QUICConfiguration: Sendable {
         case cubic, bbr, reno
     }
 
-    public static let memReplicaALPN = "memreplica/1"
+    public static let memReplicaALPN = TransportDefaults.memReplicaALPN
     /// See `livenessTimeout`.
-    public static let defaultLivenessTimeout: Duration = .seconds(5)
+    public static let defaultLivenessTimeout = TransportDefaults.livenessTimeout
 
     public init() {}
 }

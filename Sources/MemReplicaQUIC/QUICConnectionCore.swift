@@ -1,6 +1,6 @@
+import QuicShim
 import MemReplicaSystem
 import MemReplicaTransportCore
-import QuicShim
 import DequeModule
 import Logging
 #if canImport(Glibc)
@@ -10,27 +10,28 @@ import Glibc
 /// One QUIC connection: the ngtcp2 connection, its TLS session and its
 /// streams. Confined to the endpoint's loop thread; `QUICConnection` is the
 /// handle other threads hold.
-final class QUICConnectionCore: @unchecked Sendable {
+package final class QUICConnectionCore: @unchecked Sendable {
     enum State { case handshaking, established, closed(TransportError) }
 
     /// Strong for the same reason; the cycle through the endpoint's tables
     /// is broken in `finish`.
-    let endpoint: QUICEndpoint
+    package let endpoint: QUICEndpoint
     /// This connection's part of the budget's send half (its streams reserve there).
     let sendShare: ConnectionSendShare
-    private(set) var conn: OpaquePointer!
+    package private(set) var conn: OpaquePointer!
     let tls: UnsafeMutablePointer<qs_tls_session>
     let isClient: Bool
     let remote: SocketAddressStorage
-    let remoteAddress: PeerAddress
+    package let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity.none
+    package var peerIdentity = PeerIdentity.none
 
     /// Connection IDs routed to this connection by the endpoint.
     var routedIDs: Set<ConnectionID> = []
     /// Set when a server connection negotiated ALPN `h3`: HTTP/3 owns its
     /// streams, and the memreplica acceptor never sees it.
-    var http3: HTTP3Connection?
+    /// The application session (HTTP/3) that took this connection over, if any.
+    var application: (any QUICApplicationSession)?
     var streams: [Int64: QUICStreamCore] = [:]
     /// Streams with data to send, served round-robin one packet at a time.
     var sendQueue = Deque<QUICStreamCore>()
@@ -42,7 +43,7 @@ final class QUICConnectionCore: @unchecked Sendable {
     var connectWaiter: Delivery<QUICConnectionCore>?
     var closeWaiters: [CheckedContinuation<TransportError, Never>] = []
     /// Set by a callback; reported when ngtcp2 returns the failure.
-    var callbackError: TransportError?
+    package var callbackError: TransportError?
     /// The peer answered with a stateless reset (ngtcp2 then drains).
     var receivedStatelessReset = false
     /// Queued in the endpoint's list of connections to write.
@@ -70,8 +71,8 @@ final class QUICConnectionCore: @unchecked Sendable {
     private let closedWith = Locked<TransportError?>(nil)
     var closeErrorSnapshot: TransportError? { closedWith.withLock { $0 } }
 
-    var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
-    var packetsSent: UInt64 = 0, packetsReceived: UInt64 = 0
+    package var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
+    package var packetsSent: UInt64 = 0, packetsReceived: UInt64 = 0
     let startedAt = monotonicNanoseconds()
     /// ngtcp2 stops its handshake timer once TLS completes, but a client is
     /// connected only when the server confirms (it may still refuse our
@@ -198,8 +199,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         params.initial_max_stream_data_uni = streamWindow
         params.initial_max_data = window
         params.initial_max_streams_bidi = config.maxConcurrentStreams
-        // An HTTP/3 client opens its control and QPACK streams (3).
-        params.initial_max_streams_uni = acceptedProtocols.contains(HTTP3Connection.alpn) ? 3 : 0
+        params.initial_max_streams_uni = acceptedProtocols.compactMap { endpoint.applications[$0]?.peerUnidirectionalStreams }.max() ?? 0
         params.max_idle_timeout = UInt64(config.livenessTimeout.seconds * 1e9)
         params.active_connection_id_limit = 4
         // Peers do not migrate; a path change is not something we follow.
@@ -324,7 +324,7 @@ final class QUICConnectionCore: @unchecked Sendable {
 
     /// Ends the connection after ngtcp2 returned `rc`, telling the peer why
     /// when that still makes sense.
-    func handleFatal(_ rc: Int32, now: UInt64) {
+    package func handleFatal(_ rc: Int32, now: UInt64) {
         switch rc {
         case NGTCP2_ERR_DRAINING:
             finish(receivedStatelessReset
@@ -352,7 +352,7 @@ final class QUICConnectionCore: @unchecked Sendable {
                 // A resumed session whose stored certificate no longer verifies.
                 ngtcp2_connection_close_error_set_transport_error_tls_alert(&ccerr, 42, nil, 0)
             default:
-                if let code = http3?.failureCode {
+                if let code = application?.failureCode {
                     // HTTP/3 broke: close with its error code (RFC 9114 §8.1).
                     ngtcp2_connection_close_error_set_application_error(&ccerr, code, nil, 0)
                 } else {
@@ -438,8 +438,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         guard !isClosed else { return }
         var ccerr = ngtcp2_connection_close_error()
         var reasonBytes = Array(reason.utf8.prefix(256))
-        // HTTP/3 has no code 0: its "no error" is H3_NO_ERROR.
-        let code = http3 != nil && errorCode == 0 ? UInt64(NGHTTP3_H3_NO_ERROR) : errorCode
+        // An application protocol may have no code 0 (HTTP/3: H3_NO_ERROR).
+        let code = errorCode == 0 ? application?.noErrorCode ?? 0 : errorCode
         reasonBytes.withUnsafeMutableBufferPointer { r in
             ngtcp2_connection_close_error_set_application_error(&ccerr, code, r.baseAddress, r.count)
             sendClose(&ccerr, now: now)
@@ -468,8 +468,8 @@ final class QUICConnectionCore: @unchecked Sendable {
         sendQueue.removeAll()
         streams.removeAll()
         endpoint.forget(self)
-        http3?.close()
-        http3 = nil
+        application?.close()
+        application = nil
         ngtcp2_conn_del(conn)
         conn = nil
         qs_tls_session_free(tls)
@@ -539,8 +539,8 @@ final class QUICConnectionCore: @unchecked Sendable {
             if qs_tls_early_data_accepted(tls) != 0 { earlyDataOutcome = .accepted }
             state = .established
             handshakeDuration = .nanoseconds(Int64(monotonicNanoseconds() - startedAt))
-            if let http3 {
-                guard http3.start() else { return false }
+            if let application {
+                guard application.start() else { return false }
             } else if !deliveredEarly {
                 endpoint.connectionEstablished(self)
             }
@@ -599,7 +599,7 @@ final class QUICConnectionCore: @unchecked Sendable {
         guard verifyPeer() else { return false }
         earlyDataOutcome = .accepted
         deliveredEarly = true
-        if http3 == nil { endpoint.connectionEstablished(self) }
+        if application == nil { endpoint.connectionEstablished(self) }
         return true
     }
 
@@ -748,24 +748,5 @@ final class QUICConnectionCore: @unchecked Sendable {
         s.pacingRateBytesPerSecond = cs.pacing_rate * 1e9
         s.maxUDPPayloadSize = cs.max_tx_udp_payload_size
         return s
-    }
-}
-
-func tlsAlertName(_ alert: UInt8) -> String {
-    switch alert {
-    case 40: return "handshake_failure"
-    case 42: return "bad_certificate"
-    case 43: return "unsupported_certificate"
-    case 44: return "certificate_revoked"
-    case 45: return "certificate_expired"
-    case 46: return "certificate_unknown"
-    case 48: return "unknown_ca"
-    case 49: return "access_denied"
-    case 70: return "protocol_version"
-    case 80: return "internal_error"
-    case 109: return "missing_extension"
-    case 116: return "certificate_required"
-    case 120: return "no_application_protocol"
-    default: return "alert \(alert)"
     }
 }

@@ -1,5 +1,5 @@
-import MemReplicaTransportCore
 import QuicShim
+import MemReplicaTransportCore
 
 /// Stateless reset (RFC 9000 §10.3): a datagram with a short header whose
 /// connection ID no connection here owns is either a reset from a peer

@@ -1,6 +1,6 @@
+import QuicShim
 import MemReplicaSystem
 import MemReplicaTransportCore
-import QuicShim
 import LinuxShim
 import DequeModule
 import Foundation
@@ -22,7 +22,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     public let localAddress: PeerAddress
     /// Our certificate's identity, as peers will see it.
     public let localIdentity: PeerIdentity
-    let logger: Logger
+    package let logger: Logger
     let tls: TLSContext
     let localStorage: SocketAddressStorage
     /// Stateless reset tokens for our connection IDs derive from it
@@ -73,13 +73,13 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Tickets from servers we connected to, for the next `connect`.
     private var sessionTickets = SessionTicketCache()
     private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
-    /// Set by `serveHTTP3`: connections made after it accept ALPN `h3` too.
-    var http3Responder: (any HTTP3Responder)?
+    /// Application protocols served next to memreplica's, by ALPN (`serve`).
+    var applications: [String: any QUICApplication] = [:]
     private var stopping = false
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     /// Bytes the kernel would not take yet (EAGAIN); everything waits on them.
     private var pendingSend: (bytes: [UInt8], segment: Int, to: SocketAddressStorage)?
-    let transmitBuffer: UnsafeMutableRawBufferPointer
+    package let transmitBuffer: UnsafeMutableRawBufferPointer
     let vectorScratch: UnsafeMutableBufferPointer<ngtcp2_vec>
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     /// Half-open or established connections allowed at once (a flood of
@@ -103,7 +103,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         var retrySecret = [UInt8](repeating: 0, count: 32)
         retrySecret.withUnsafeMutableBytes { fillRandom($0.baseAddress!, 32) }
         retryTokenSecret = retrySecret
-        poller = try Poller()
+        poller = try TransportError.mappingSystemErrors { try Poller() }
         try poller.add(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
         transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
         vectorScratch = .allocate(capacity: 16)
@@ -127,7 +127,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     // MARK: cross-thread entry
 
     /// Runs `body` on the loop thread.
-    func post(_ body: @escaping @Sendable () -> Void) {
+    package func post(_ body: @escaping @Sendable () -> Void) {
         let (wasEmpty, exited) = commands.withLock { q -> (Bool, Bool) in
             if q.loopExited { return (false, true) }
             q.pending.append(body)
@@ -222,12 +222,12 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     /// Forgets every session ticket: the next connects do full handshakes
     /// (the benchmark compares the two).
-    func discardSessionTickets() async {
+    package func discardSessionTickets() async {
         await onLoop { [self] in sessionTickets = SessionTicketCache() }
     }
 
     /// Session tickets held for `address` (tests wait on this).
-    func sessionTicketCount(for address: PeerAddress) async -> Int {
+    package func sessionTicketCount(for address: PeerAddress) async -> Int {
         await onLoop { [self] in sessionTickets.count(for: Self.ticketKey(socket.normalized(address.storage))) }
     }
 
@@ -350,7 +350,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// answered, so the loop polls instead of sleeping for
     /// `QUICConfiguration.faultReadPollWindow` from now. Bounded, unlike
     /// `busyPoll`, to the moments faults are being served.
-    func keepPollingForFaultReads() {
+    package func keepPollingForFaultReads() {
         guard let window = faultReadPollNanoseconds else { return }
         pollUntil = max(pollUntil, monotonicNanoseconds() + window)
     }
@@ -362,7 +362,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// way. `handler` returns false to stop being called. The caller keeps
     /// `fd` open until `unwatchOnLoop`, or knows the kernel dropped it from
     /// the epoll set by closing it. Returns the token for `unwatchOnLoop`.
-    func watchOnLoop(_ fd: Int32, handler: @escaping () -> Bool) throws -> UInt64 {
+    package func watchOnLoop(_ fd: Int32, handler: @escaping () -> Bool) throws -> UInt64 {
         let token = nextWatchToken
         nextWatchToken += 1
         try poller.add(fd, token: token, events: EPOLLIN.rawValue)
@@ -375,7 +375,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     }
 
     /// On the loop: stops watching (nothing if already stopped).
-    func unwatchOnLoop(_ token: UInt64) {
+    package func unwatchOnLoop(_ token: UInt64) {
         guard let watcher = watchers.removeValue(forKey: token) else { return }
         poller.remove(watcher.fd)
     }
@@ -604,7 +604,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     // MARK: helpers for connections (loop thread)
 
-    func needsWrite(_ core: QUICConnectionCore) {
+    package func needsWrite(_ core: QUICConnectionCore) {
         guard !core.wantsWrite, !core.isClosed else { return }
         core.wantsWrite = true
         writeQueue.append(core)
@@ -652,7 +652,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// Sends datagrams; false when the kernel buffer is full (the rest is
     /// kept and sent first once the socket drains).
     @discardableResult
-    func sendDatagrams(_ data: UnsafeRawBufferPointer, segmentSize: Int, for core: QUICConnectionCore) -> Bool {
+    package func sendDatagrams(_ data: UnsafeRawBufferPointer, segmentSize: Int, for core: QUICConnectionCore) -> Bool {
         guard data.count > 0 else { return true }
         if pendingSend != nil { return false }
         switch socket.send(data, segmentSize: segmentSize, to: core.remote) {
@@ -699,12 +699,4 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         pendingSend = nil
         poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
     }
-}
-
-/// One line of `memreplica status`: who is connected and how far away.
-public struct ConnectionSummary: Sendable, Codable {
-    public var remoteAddress: String
-    public var identity: PeerIdentity
-    public var initiatedLocally: Bool
-    public var statistics: ConnectionStatistics
 }

@@ -5,15 +5,15 @@ import QuicShim
 /// round-robin among themselves), and packets of equal size go out together
 /// as one GSO send.
 extension QUICConnectionCore {
-    enum WriteOutcome { case idle, more, blocked }
+    package enum WriteOutcome { case idle, more, blocked }
 
     /// Writes up to one send quantum of packets. `.more` means the batch
     /// filled up and the caller should come back after other work.
     func writePackets(now: UInt64) -> WriteOutcome {
         guard !isClosed else { return .idle }
-        // HTTP/3 picks its own streams; until the client is verified only
-        // handshake packets and ACKs go out, written below.
-        if let http3, case .established = state { return http3.writePackets(now: now) }
+        // An application session (HTTP/3) picks its own streams; until the
+        // client is verified only handshake packets and ACKs go out, below.
+        if let application, case .established = state { return application.writePackets(now: now) }
         let config = endpoint.configuration
         let maxPayload = datagramSizeLimit
         let pathMaxPayload = min(ngtcp2_conn_get_path_max_tx_udp_payload_size(conn), maxPayload)
@@ -128,7 +128,7 @@ extension QUICConnectionCore {
     /// no more than `maxUDPPayloadSize`, even to a peer on this host:
     /// ngtcp2 pads every datagram holding a client's Initial to the whole
     /// buffer it is given (the Finished flight too).
-    var datagramSizeLimit: Int {
+    package var datagramSizeLimit: Int {
         let limit = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
         guard !isHandshakeConfirmed else { return limit }
         return min(limit, endpoint.configuration.maxUDPPayloadSize)

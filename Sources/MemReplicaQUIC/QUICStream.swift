@@ -1,6 +1,6 @@
+import QuicShim
 import MemReplicaSystem
 import MemReplicaTransportCore
-import QuicShim
 
 /// A bidirectional QUIC stream as user code sees it.
 ///
@@ -9,7 +9,7 @@ import QuicShim
 /// `read` returns bytes in order and gives the peer flow-control credit for
 /// what was read, so a slow reader slows the sender, never memory.
 public final class QUICStream: TransportStream, @unchecked Sendable {
-    let core: QUICStreamCore
+    package let core: QUICStreamCore
     public var id: Int64 { core.id }
 
     init(core: QUICStreamCore) { self.core = core }

@@ -8,11 +8,11 @@ import DequeModule
 /// a write below the buffer limit and a read of bytes already here finish
 /// without a round trip through the loop: on a request/response exchange
 /// that halves the thread wake-ups.
-final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
+package final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     let id: Int64
     /// Strong: a stream handle may outlive its connection's entry in the
     /// endpoint and must still answer (with the connection's error).
-    let connection: QUICConnectionCore
+    package let connection: QUICConnectionCore
     let mailbox = Locked(Mailbox())
     private let sendLimit: Int
     private let creditThreshold: Int
@@ -25,9 +25,9 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     var finQueued = false
     var finSent = false
     /// In the connection's round-robin queue of streams with data to send.
-    var scheduled = false
+    package var scheduled = false
     /// Sent before every non-urgent stream (see `TransportStream.prioritize`).
-    var urgent = false
+    package var urgent = false
     /// Waiting for the peer to raise the stream's flow-control limit.
     var flowBlocked = false
     /// The stack will take no more data (reset, stop-sending, closed).
@@ -519,7 +519,7 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
 
     /// Ends loop reading (nil: cleanly) and resumes the waiting task. Bytes
     /// arriving later stay buffered for a task's `read`.
-    func endLoopReading(_ error: (any Error)?) {
+    package func endLoopReading(_ error: (any Error)?) {
         guard let done = loopReaderDone else { return }
         loopReader = nil
         loopReaderDone = nil
@@ -529,7 +529,7 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
 
     /// Up to `maxLength` received bytes for the loop reader; the peer gets
     /// the credit back at once.
-    func takeOnLoop(maxLength: Int) -> [UInt8]? {
+    package func takeOnLoop(maxLength: Int) -> [UInt8]? {
         guard let bytes = mailbox.withLock({ $0.take(maxLength: maxLength) }) else { return nil }
         _ = connection.noteCreditTaken(bytes.count)
         returnCredit()
@@ -537,11 +537,11 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     }
 
     /// Whether the peer finished the stream (every byte has been taken).
-    var receivedAllOnLoop: Bool { mailbox.withLock { $0.finReceived && $0.buffered == 0 } }
+    package var receivedAllOnLoop: Bool { mailbox.withLock { $0.finReceived && $0.buffered == 0 } }
 
     /// Queues owned memory from the loop thread; it goes out in this loop
     /// turn. Throws (freeing it) if the stream can no longer send.
-    func sendOnLoop(_ memory: UnsafeMutableRawBufferPointer) throws {
+    package func sendOnLoop(_ memory: UnsafeMutableRawBufferPointer) throws {
         let refused = mailbox.withLock { m -> TransportError? in
             if let error = m.sendError ?? connection.closeError { return error }
             if m.finRequested || finQueued { return .protocolFailure("write after finish on stream \(id)") }
@@ -561,10 +561,10 @@ final class QUICStreamCore: UrgencyScheduled, @unchecked Sendable {
     }
 
     /// More unacknowledged output than a task's `write` would allow.
-    var sendBacklogged: Bool { sendBuffer.unacknowledged > sendLimit }
+    package var sendBacklogged: Bool { sendBuffer.unacknowledged > sendLimit }
 
     /// The loop reader waits for acknowledgments before reading on.
-    func waitForSendRoom() { loopReaderWantsRoom = true }
+    package func waitForSendRoom() { loopReaderWantsRoom = true }
 
     var finReceived: Bool { mailbox.withLock { $0.finReceived } }
     var receivedEarlyData: Bool { mailbox.withLock { $0.receivedEarlyData } }

@@ -8,7 +8,7 @@ public struct StatelessResetKey: Sendable, CustomStringConvertible {
     /// Bytes in a key (RFC 9000 asks for a secret hard to guess; 256 bits).
     public static let length = 32
 
-    let bytes: [UInt8]
+    package let bytes: [UInt8]
 
     /// A key from stored bytes; nil unless there are exactly `length`.
     public init?(bytes: [UInt8]) {

@@ -1,20 +1,6 @@
+import QuicShim
 import MemReplicaSystem
 import MemReplicaTransportCore
-import QuicShim
-
-/// Where this peer's certificates live. `certificate`/`key` may be nil only
-/// in tests that check what happens to a client without a certificate.
-public struct TLSConfiguration: Sendable, Hashable {
-    public var caFile: String
-    public var certificateFile: String?
-    public var keyFile: String?
-
-    public init(caFile: String, certificateFile: String?, keyFile: String?) {
-        self.caFile = caFile
-        self.certificateFile = certificateFile
-        self.keyFile = keyFile
-    }
-}
 
 /// Loaded GnuTLS credentials: the trusted CA and this peer's certificate.
 /// Immutable after init; sessions are created on the endpoint's loop.
@@ -45,14 +31,4 @@ final class TLSContext: @unchecked Sendable {
     }
 
     deinit { qs_tls_ctx_free(handle) }
-}
-
-func hexString(_ bytes: some Sequence<UInt8>) -> String {
-    let digits: [Character] = Array("0123456789abcdef")
-    var s = ""
-    for b in bytes {
-        s.append(digits[Int(b >> 4)])
-        s.append(digits[Int(b & 0xf)])
-    }
-    return s
 }

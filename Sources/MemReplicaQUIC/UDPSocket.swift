@@ -42,14 +42,7 @@ final class UDPSocket {
                 if e == EADDRINUSE { throw TransportError.addressInUse(address: address.description) }
                 throw TransportError.system(call: "bind \(address)", errno: e)
             }
-            var bound = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            _ = withUnsafeMutablePointer(to: &bound) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(raw, $0, &len) }
-            }
-            let storage = withUnsafePointer(to: &bound) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddressStorage($0, length: len) }
-            }
+            let storage = SocketAddressStorage.local(of: raw)
             boundStorage = storage
             let resolved = PeerAddress(storage: storage)
             localAddress = address.isWildcard ? try PeerAddress(parsing: ":\(resolved.port)") : resolved

@@ -7,7 +7,7 @@ import Glibc
 /// Small state files replaced atomically and durably: write a temporary file
 /// beside the target, fsync it, rename it over the target, fsync the folder.
 /// A crash leaves either the old content or the new, never a torn file.
-enum AtomicFile {
+package enum AtomicFile {
     struct Failure: Error, CustomStringConvertible {
         let path: String
         let step: String
@@ -15,7 +15,7 @@ enum AtomicFile {
         var description: String { "cannot write \(path) (\(step)): \(errno)" }
     }
 
-    static func write(_ bytes: [UInt8], to path: String, permissions: FilePermissions = [.ownerReadWrite]) throws {
+    package static func write(_ bytes: [UInt8], to path: String, permissions: FilePermissions = [.ownerReadWrite]) throws {
         let temporary = path + ".tmp-\(getpid())"
         let fd: FileDescriptor
         do {
@@ -47,7 +47,7 @@ enum AtomicFile {
     }
 
     /// The file's bytes, or nil when it does not exist.
-    static func read(_ path: String, limit: Int = 1 << 20) throws -> [UInt8]? {
+    package static func read(_ path: String, limit: Int = 1 << 20) throws -> [UInt8]? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw Failure(path: path, step: "read", errno: .ioError)
@@ -58,7 +58,7 @@ enum AtomicFile {
 
     /// A file name for `name` that is safe in one folder: letters, digits,
     /// '-', '_' kept; every other byte (and a leading '.') as %XX.
-    static func safeName(_ name: String) -> String {
+    package static func safeName(_ name: String) -> String {
         var out = ""
         for (i, b) in name.utf8.enumerated() {
             let c = Character(Unicode.Scalar(b))

@@ -1,4 +1,4 @@
 /// A Swift string from a NUL-terminated C buffer we own.
-func stringFromCBuffer(_ buffer: [CChar]) -> String {
+package func stringFromCBuffer(_ buffer: [CChar]) -> String {
     buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
 }

@@ -7,14 +7,14 @@ import Glibc
 /// Foundation's Process spawns from whichever thread runs the task, and
 /// libdispatch's threads block most signals, so its children would inherit
 /// a mask that ignores SIGTERM; this one resets mask and dispositions.
-final class ChildProcess: @unchecked Sendable {
+package final class ChildProcess: @unchecked Sendable {
     let pid: pid_t
     private var status: Int32?
 
     /// `errorPath`: a file the child's stderr is written to (created or
     /// truncated by the child itself, so no descriptor of ours can leak
     /// into children other threads spawn meanwhile); stdout is discarded.
-    init(_ path: String, _ arguments: [String], quiet: Bool = true, errorPath: String? = nil) throws {
+    package init(_ path: String, _ arguments: [String], quiet: Bool = true, errorPath: String? = nil) throws {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -39,7 +39,7 @@ final class ChildProcess: @unchecked Sendable {
         defer { argv.forEach { free($0) } }
         var child: pid_t = 0
         let rc = posix_spawn(&child, path, &actions, &attr, argv, environ)
-        guard rc == 0 else { throw TransportError.system(call: "posix_spawn \(path)", errno: rc) }
+        guard rc == 0 else { throw SystemCallError(call: "posix_spawn \(path)", errno: rc) }
         pid = child
     }
 
@@ -50,7 +50,7 @@ final class ChildProcess: @unchecked Sendable {
 
     /// Waits for exit; returns the exit status (128+signal when killed).
     @discardableResult
-    func wait() -> Int32 {
+    package func wait() -> Int32 {
         if let status { return status }
         var raw: Int32 = 0
         while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
@@ -60,7 +60,7 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    func terminate(grace: Duration = .seconds(2)) {
+    package func terminate(grace: Duration = .seconds(2)) {
         guard status == nil else { return }
         kill(pid, SIGTERM)
         let deadline = ContinuousClock.now + grace
@@ -76,7 +76,7 @@ final class ChildProcess: @unchecked Sendable {
         wait()
     }
 
-    var isRunning: Bool {
+    package var isRunning: Bool {
         guard status == nil else { return false }
         var raw: Int32 = 0
         if waitpid(pid, &raw, WNOHANG) == pid {

@@ -5,23 +5,23 @@
 /// lock ThreadSanitizer understands. (Resuming a continuation with the
 /// object orders it just as well, but through Swift's concurrency runtime,
 /// which ThreadSanitizer cannot see into on Linux.)
-struct Delivery<Value>: @unchecked Sendable {
+package struct Delivery<Value>: @unchecked Sendable {
     private let slot: Locked<Result<Value, any Error>?>
     private let continuation: CheckedContinuation<Void, Never>
 
     /// Suspends until `register`'s delivery succeeds or fails.
-    static func wait(_ register: (Delivery<Value>) -> Void) async throws -> Value {
+    package static func wait(_ register: (Delivery<Value>) -> Void) async throws -> Value {
         let slot = Locked<Result<Value, any Error>?>(nil)
         await withCheckedContinuation { c in register(Delivery(slot: slot, continuation: c)) }
         return try slot.withLock { $0! }.get()
     }
 
-    func succeed(_ value: Value) {
+    package func succeed(_ value: Value) {
         slot.withLock { $0 = .success(value) }
         continuation.resume()
     }
 
-    func fail(_ error: any Error) {
+    package func fail(_ error: any Error) {
         slot.withLock { $0 = .failure(error) }
         continuation.resume()
     }

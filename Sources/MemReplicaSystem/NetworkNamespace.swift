@@ -31,18 +31,18 @@ public struct NetworkNamespace: Sendable, Equatable, CustomStringConvertible {
         // The thread's own namespace, not the process's: a thread that is
         // already inside another namespace (nested perform) returns there.
         let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-        guard home >= 0 else { throw WANEmulatorError.system(call: "open /proc/thread-self/ns/net", errno: errno) }
+        guard home >= 0 else { throw SystemCallError(call: "open /proc/thread-self/ns/net", errno: errno) }
         let target = open(path, O_RDONLY | O_CLOEXEC)
         guard target >= 0 else {
             let e = errno
             close(home)
-            throw WANEmulatorError.system(call: "open \(path)", errno: e)
+            throw SystemCallError(call: "open \(path)", errno: e)
         }
         let entered = qs_setns_net(target)
         close(target)
         guard entered == 0 else {
             close(home)
-            throw WANEmulatorError.system(call: "setns \(name)", errno: -entered)
+            throw SystemCallError(call: "setns \(name)", errno: -entered)
         }
         let result = Result { try body() }
         let bodyErrno = errno

@@ -12,50 +12,50 @@ import Glibc
 /// milliseconds are too coarse), and no timer is armed unless the loop
 /// really sleeps. A timerfd re-armed every turn cost 16 % of CPU in a bulk
 /// transfer on this VM.
-final class Poller {
+package final class Poller {
     private let epoll: FileDescriptor
     private let wakeFD: FileDescriptor
     /// Reserved for the wake-up eventfd.
     static let wakeToken: UInt64 = 0
 
-    init() throws {
+    package init() throws {
         let ep = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard ep >= 0 else { throw TransportError.system(call: "epoll_create1", errno: errno) }
+        guard ep >= 0 else { throw SystemCallError(call: "epoll_create1", errno: errno) }
         epoll = FileDescriptor(rawValue: ep)
         let ev = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard ev >= 0 else {
             try? epoll.close()
-            throw TransportError.system(call: "eventfd", errno: errno)
+            throw SystemCallError(call: "eventfd", errno: errno)
         }
         wakeFD = FileDescriptor(rawValue: ev)
         try add(ev, token: Self.wakeToken, events: EPOLLIN.rawValue)
     }
 
     /// Registers `fd` under `token` (not `wakeToken`).
-    func add(_ fd: Int32, token: UInt64, events: UInt32) throws {
+    package func add(_ fd: Int32, token: UInt64, events: UInt32) throws {
         var ev = epoll_event()
         ev.events = events
         ev.data.u64 = token
         guard epoll_ctl(epoll.rawValue, EPOLL_CTL_ADD, fd, &ev) == 0 else {
-            throw TransportError.system(call: "epoll_ctl", errno: errno)
+            throw SystemCallError(call: "epoll_ctl", errno: errno)
         }
     }
 
-    func modify(_ fd: Int32, token: UInt64, events: UInt32) {
+    package func modify(_ fd: Int32, token: UInt64, events: UInt32) {
         var ev = epoll_event()
         ev.events = events
         ev.data.u64 = token
         _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_MOD, fd, &ev)
     }
 
-    func remove(_ fd: Int32) {
+    package func remove(_ fd: Int32) {
         _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_DEL, fd, nil)
     }
 
     /// Waits for events until `deadline` (CLOCK_MONOTONIC nanoseconds;
     /// UInt64.max waits without limit, a past deadline only polls) and calls
     /// `body` with each ready socket's token and events.
-    func wait(until deadline: UInt64, _ body: (UInt64, UInt32) -> Void) {
+    package func wait(until deadline: UInt64, _ body: (UInt64, UInt32) -> Void) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         let n: Int32
         if deadline == UInt64.max {
@@ -84,7 +84,7 @@ final class Poller {
     /// the scheduler to preempt the spinner. Measured on this 2-core VM with
     /// both peers and the faulting thread on it: post-copy fault p99 was
     /// 97–421 µs without the yield, 79–98 µs with it.
-    func poll(forNanoseconds nanoseconds: UInt64) -> Bool {
+    package func poll(forNanoseconds nanoseconds: UInt64) -> Bool {
         let end = monotonicNanoseconds() + nanoseconds
         var event = epoll_event()
         repeat {
@@ -95,7 +95,7 @@ final class Poller {
         return false
     }
 
-    func wake() {
+    package func wake() {
         var one: UInt64 = 1
         _ = Glibc.write(wakeFD.rawValue, &one, 8)
     }
@@ -108,7 +108,7 @@ final class Poller {
 
 /// ngtcp2 timestamps: CLOCK_MONOTONIC in nanoseconds.
 @inline(__always)
-func monotonicNanoseconds() -> UInt64 {
+package func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)

@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore
 import COpenSSL

@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaTransportCore
 import COpenSSL
 #if canImport(Glibc)

@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore
 /// Tunables of a TLS-over-TCP endpoint. The stream and window settings mean
@@ -7,7 +6,7 @@ import MemReplicaTransportCore
 /// is explicit and enforced.
 public struct TCPConfiguration: Sendable {
     /// Application protocols offered (client) or accepted (server), in order.
-    public var applicationProtocols: [String] = [QUICConfiguration.memReplicaALPN]
+    public var applicationProtocols: [String] = [TransportDefaults.memReplicaALPN]
     /// Per-stream receive window (mux flow control).
     public var streamReceiveWindow: UInt64 = 16 << 20
     /// Connection receive window (all streams together).
@@ -23,7 +22,7 @@ public struct TCPConfiguration: Sendable {
     /// connection). The default and its reasons are QUIC's
     /// (`QUICConfiguration.livenessTimeout`). A peer that restarted is
     /// noticed at once: its kernel answers with a TCP reset.
-    public var livenessTimeout: Duration = QUICConfiguration.defaultLivenessTimeout
+    public var livenessTimeout: Duration = TransportDefaults.livenessTimeout
     /// `livenessTimeout` under its former name.
     public var idleTimeout: Duration {
         get { livenessTimeout }
@@ -71,26 +70,6 @@ public struct TCPConfiguration: Sendable {
             memoryBudget.clampedWindows(stream: streamReceiveWindow, connection: connectionReceiveWindow)
         c.streamSendBuffer = min(streamSendBuffer, memoryBudget.limit / 4)
         return c
-    }
-
-    /// The same windows, buffers, timeouts, ALPN, congestion controller
-    /// family and network namespace as a QUIC configuration.
-    public init(matching quic: QUICConfiguration, connectionPerStream: Bool = false) {
-        applicationProtocols = quic.applicationProtocols
-        streamReceiveWindow = quic.streamReceiveWindow
-        connectionReceiveWindow = quic.connectionReceiveWindow
-        streamSendBuffer = quic.streamSendBuffer
-        maxConcurrentStreams = quic.maxConcurrentStreams
-        livenessTimeout = quic.livenessTimeout
-        keepAliveInterval = quic.keepAliveInterval
-        handshakeTimeout = quic.handshakeTimeout
-        socketBufferSize = quic.socketBufferSize
-        acceptsConnections = quic.acceptsConnections
-        congestionControl = quic.congestionControl.rawValue
-        networkNamespace = quic.networkNamespace
-        memoryBudget = quic.memoryBudget
-        peerLimits = quic.peerLimits
-        self.connectionPerStream = connectionPerStream
     }
 
     /// TCP connections (established or in handshake) one endpoint keeps at once.

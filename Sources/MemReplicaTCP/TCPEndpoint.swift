@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore
 import LinuxShim
@@ -80,7 +79,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         // OpenSSL writes to sockets with write(2): a peer that reset the
         // connection must give EPIPE, not kill the process.
         signal(SIGPIPE, SIG_IGN)
-        poller = try Poller()
+        poller = try TransportError.mappingSystemErrors { try Poller() }
         if configuration.acceptsConnections {
             let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
                                                    userTimeout: configuration.livenessTimeout,

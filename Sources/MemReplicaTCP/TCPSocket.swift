@@ -28,7 +28,7 @@ enum TCPSocket {
                 throw TransportError.system(call: "bind \(address)", errno: e)
             }
             guard Glibc.listen(fd, 512) == 0 else { throw TransportError.system(call: "listen", errno: errno) }
-            let bound = PeerAddress(storage: localStorage(fd))
+            let bound = PeerAddress(storage: SocketAddressStorage.local(of: fd))
             return (fd, address.isWildcard ? try PeerAddress(parsing: ":\(bound.port)") : bound)
         } catch {
             Glibc.close(fd)
@@ -126,14 +126,6 @@ enum TCPSocket {
         return try namespace?.perform(create) ?? create()
     }
 
-    static func localStorage(_ fd: Int32) -> SocketAddressStorage {
-        var bound = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &bound) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        return withUnsafePointer(to: &bound) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddressStorage($0, length: len) }
-        }
-    }
+    /// The address `fd` is bound to.
+    static func localStorage(_ fd: Int32) -> SocketAddressStorage { .local(of: fd) }
 }

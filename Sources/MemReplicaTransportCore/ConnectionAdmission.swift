@@ -1,20 +1,20 @@
 /// Counts of the connections peers opened to one endpoint, by source host,
 /// and the decision for the next one (`PeerLimits`). Confined to the
 /// endpoint's loop thread.
-struct ConnectionAdmission {
+package struct ConnectionAdmission {
     let limits: PeerLimits
-    private(set) var halfOpenTotal = 0
+    package private(set) var halfOpenTotal = 0
     private var halfOpenByHost: [String: Int] = [:]
     private var connectionsByHost: [String: Int] = [:]
 
-    enum Decision: Equatable {
+    package enum Decision: Equatable {
         case accept
         /// QUIC only: answer with a Retry; the client proves its address.
         case retry
         case refuse(String)
     }
 
-    init(limits: PeerLimits) { self.limits = limits }
+    package init(limits: PeerLimits) { self.limits = limits }
 
     /// A new inbound connection from `host`. `addressValidated`: the
     /// transport proved the address (a TCP handshake, a QUIC Retry token).
@@ -25,7 +25,7 @@ struct ConnectionAdmission {
     /// state; a validated address is then bounded by
     /// `maxConnectionsPerAddress`. TCP (always validated) instead holds a
     /// connection past `maxHalfOpenPerAddress` un-started (`mayStartHandshake`).
-    func decide(host: String, addressValidated: Bool) -> Decision {
+    package func decide(host: String, addressValidated: Bool) -> Decision {
         let connections = connectionsByHost[host, default: 0]
         if connections >= limits.maxConnectionsPerAddress {
             return .refuse("\(connections) connections from \(host) already (limit \(limits.maxConnectionsPerAddress))")
@@ -37,29 +37,29 @@ struct ConnectionAdmission {
     }
 
     /// Fewer than `maxHalfOpenPerAddress` handshakes from `host` are running.
-    func mayStartHandshake(host: String) -> Bool {
+    package func mayStartHandshake(host: String) -> Bool {
         halfOpenByHost[host, default: 0] < limits.maxHalfOpenPerAddress
     }
 
     /// A connection from `host` is counted from now until `closed`.
-    mutating func connectionOpened(host: String) {
+    package mutating func connectionOpened(host: String) {
         connectionsByHost[host, default: 0] += 1
     }
 
     /// A handshake from `host` runs from now until `handshakeEnded`.
-    mutating func handshakeStarted(host: String) {
+    package mutating func handshakeStarted(host: String) {
         halfOpenTotal += 1
         halfOpenByHost[host, default: 0] += 1
     }
 
     /// A handshake counted by `handshakeStarted` ended (either way).
-    mutating func handshakeEnded(host: String) {
+    package mutating func handshakeEnded(host: String) {
         halfOpenTotal -= 1
         Self.decrement(&halfOpenByHost, host)
     }
 
     /// A connection counted by `connectionOpened` is gone.
-    mutating func closed(host: String) {
+    package mutating func closed(host: String) {
         Self.decrement(&connectionsByHost, host)
     }
 

@@ -8,19 +8,19 @@ import MemReplicaSystem
 /// nothing more than the half it cannot take: a mirror's pushes go on
 /// through a flood on another connection instead of waiting for the
 /// flood's streams to be reset as stalled.
-final class ConnectionSendShare: Sendable {
+package final class ConnectionSendShare: Sendable {
     let budget: MemoryBudget
     /// The most this connection's unacknowledged sends may hold.
     let cap: Int
     private let sending = Locked(0)
 
-    init(budget: MemoryBudget) {
+    package init(budget: MemoryBudget) {
         self.budget = budget
         cap = budget.sendShare / 2
     }
 
     /// Takes `count` bytes if this connection's cap and the budget have room; never waits.
-    func tryReserve(_ count: Int) -> Bool {
+    package func tryReserve(_ count: Int) -> Bool {
         sending.withLock { held in
             guard held == 0 || held + count <= cap, budget.tryReserve(count) else { return false }
             held += count
@@ -29,12 +29,12 @@ final class ConnectionSendShare: Sendable {
     }
 
     /// Whether `count` bytes would fit now.
-    func hasRoom(for count: Int) -> Bool {
+    package func hasRoom(for count: Int) -> Bool {
         sending.withLock { $0 == 0 || $0 + count <= cap } && budget.hasRoom(for: count)
     }
 
     /// Charges bytes that are not held back (see `MemoryBudget.charge`).
-    func charge(_ count: Int) {
+    package func charge(_ count: Int) {
         guard count > 0 else { return }
         sending.withLock { $0 += count }
         budget.charge(count)
@@ -42,17 +42,17 @@ final class ConnectionSendShare: Sendable {
 
     /// Gives bytes back; the budget wakes every waiting writer, this
     /// connection's too, to check again.
-    func release(_ count: Int) {
+    package func release(_ count: Int) {
         guard count > 0 else { return }
         sending.withLock { $0 -= count }
         budget.release(count)
     }
 
-    func notifyOnRelease(_ key: ObjectIdentifier, _ wake: @escaping @Sendable () -> Void) {
+    package func notifyOnRelease(_ key: ObjectIdentifier, _ wake: @escaping @Sendable () -> Void) {
         budget.notifyOnRelease(key, wake)
     }
 
-    func cancelNotification(_ key: ObjectIdentifier) {
+    package func cancelNotification(_ key: ObjectIdentifier) {
         budget.cancelNotification(key)
     }
 }

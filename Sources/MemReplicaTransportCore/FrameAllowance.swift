@@ -32,7 +32,7 @@ public final class FrameAllowance: Sendable {
         var cancelled: Set<UInt64> = []
     }
 
-    init(limit: Int, budget: MemoryBudget) {
+    package init(limit: Int, budget: MemoryBudget) {
         self.limit = max(limit, 1)
         self.budget = budget
     }
@@ -41,7 +41,7 @@ public final class FrameAllowance: Sendable {
     public var held: Int { state.withLock { $0.held } }
 
     /// Takes `count` bytes if they fit now and nobody waits before us.
-    func tryTake(_ count: Int) -> Bool {
+    package func tryTake(_ count: Int) -> Bool {
         guard count > 0 else { return true }
         let taken = state.withLock { s -> Bool in
             guard s.waiters.isEmpty, fits(count, held: s.held) else { return false }
@@ -54,7 +54,7 @@ public final class FrameAllowance: Sendable {
 
     /// Waits until `count` bytes fit, first come first served, and takes
     /// them. Throws `CancellationError` if the task is cancelled meanwhile.
-    func take(_ count: Int) async throws {
+    package func take(_ count: Int) async throws {
         guard count > 0, !tryTake(count) else { return }
         let id = state.withLock { s -> UInt64 in
             s.nextWaiter += 1
@@ -98,7 +98,7 @@ public final class FrameAllowance: Sendable {
     }
 
     /// Gives bytes back and lets waiters in, in order, while they fit.
-    func give(_ count: Int) {
+    package func give(_ count: Int) {
         guard count > 0 else { return }
         var granted: [(count: Int, resume: CheckedContinuation<Void, any Error>)] = []
         state.withLock { s in

@@ -84,7 +84,7 @@ public final class LatencyHistogram: Sendable {
         Histogram<UInt64>(lowestDiscernibleValue: lowest, highestTrackableValue: highest, numberOfSignificantValueDigits: .three)
     }
 
-    static func nanoseconds(_ d: Duration) -> UInt64 {
+    package static func nanoseconds(_ d: Duration) -> UInt64 {
         let c = d.components
         guard c.seconds >= 0 else { return 0 }
         let ns = Double(c.seconds) * 1e9 + Double(c.attoseconds) / 1e9

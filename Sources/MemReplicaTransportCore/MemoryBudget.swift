@@ -99,7 +99,7 @@ public final class MemoryBudget: Sendable {
     /// budget: 48 MiB for the first, about 6.5 MiB for the 64th, about 240
     /// in all); never less than `minimumReceiveWindow`, nil when not
     /// even that is free. Give it back with `releaseReceiveWindow`.
-    func reserveReceiveWindow(wanted: UInt64) -> UInt64? {
+    package func reserveReceiveWindow(wanted: UInt64) -> UInt64? {
         state.withLock { s in
             let available = receiveShare - s.receiveReserved
             guard available >= Self.minimumReceiveWindow else { return nil }
@@ -110,7 +110,7 @@ public final class MemoryBudget: Sendable {
         }
     }
 
-    func releaseReceiveWindow(_ window: UInt64) {
+    package func releaseReceiveWindow(_ window: UInt64) {
         guard window > 0 else { return }
         state.withLock { $0.receiveReserved -= Int(window) }
     }
@@ -182,7 +182,7 @@ public final class MemoryBudget: Sendable {
         }
     }
 
-    func noteStalledStreamReset() {
+    package func noteStalledStreamReset() {
         state.withLock { $0.streamsResetForStall += 1 }
     }
 }

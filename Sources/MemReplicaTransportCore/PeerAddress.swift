@@ -10,7 +10,7 @@ public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
     /// Empty when the address means "every interface".
     public let host: String
     public let port: UInt16
-    let storage: SocketAddressStorage
+    package let storage: SocketAddressStorage
 
     /// Parses and resolves `HOST:PORT`. An empty host means all interfaces
     /// (IPv6 and IPv4) when listening.
@@ -63,7 +63,7 @@ public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
         storage = SocketAddressStorage(first.pointee.ai_addr, length: first.pointee.ai_addrlen)
     }
 
-    init(storage: SocketAddressStorage) {
+    package init(storage: SocketAddressStorage) {
         self.storage = storage
         (host, port) = storage.hostAndPort
     }
@@ -77,8 +77,20 @@ public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Raw `sockaddr_storage` bytes with their length; value type, Sendable.
-struct SocketAddressStorage: Sendable, Hashable {
-    private(set) var bytes: [UInt8]
+package struct SocketAddressStorage: Sendable, Hashable {
+    package private(set) var bytes: [UInt8]
+
+    /// The address `fd` is bound to (getsockname).
+    package static func local(of fd: Int32) -> SocketAddressStorage {
+        var bound = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &bound) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return withUnsafePointer(to: &bound) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddressStorage($0, length: len) }
+        }
+    }
 
     init(_ sin6: sockaddr_in6) {
         var copy = sin6
@@ -90,24 +102,24 @@ struct SocketAddressStorage: Sendable, Hashable {
         bytes = withUnsafeBytes(of: &copy) { Array($0) }
     }
 
-    init(_ addr: UnsafePointer<sockaddr>, length: socklen_t) {
+    package init(_ addr: UnsafePointer<sockaddr>, length: socklen_t) {
         bytes = Array(UnsafeRawBufferPointer(start: addr, count: Int(length)))
     }
 
-    var family: Int32 {
+    package var family: Int32 {
         bytes.withUnsafeBytes { Int32($0.load(as: sockaddr.self).sa_family) }
     }
 
     var length: socklen_t { socklen_t(bytes.count) }
 
-    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
+    package func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
         try bytes.withUnsafeBytes { raw in
             try body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count))
         }
     }
 
     /// The same address as seen through a dual-stack IPv6 socket.
-    var mappedToIPv6: SocketAddressStorage {
+    package var mappedToIPv6: SocketAddressStorage {
         guard family == AF_INET else { return self }
         let sin = bytes.withUnsafeBytes { $0.load(as: sockaddr_in.self) }
         var sin6 = sockaddr_in6()

@@ -1,3 +1,4 @@
+import MemReplicaSystem
 import Crypto
 import SwiftASN1
 import X509

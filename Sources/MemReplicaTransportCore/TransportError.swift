@@ -1,3 +1,4 @@
+import MemReplicaSystem
 /// Every way a connection or stream can fail, each with a one-line message a
 /// person can act on. The cases are distinct so callers (and tests) can tell
 /// a trust problem from a network one without parsing text.
@@ -107,3 +108,15 @@ private func formatSeconds(_ s: Double) -> String {
 import Glibc
 #endif
 import Foundation
+
+extension TransportError {
+    /// Runs `body`, reporting a system layer's `SystemCallError` as
+    /// `.system`, the way a transport's users see it.
+    package static func mappingSystemErrors<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as SystemCallError {
+            throw TransportError.system(call: error.call, errno: error.errno)
+        }
+    }
+}

@@ -1,9 +1,9 @@
 /// QUIC variable-length integers (RFC 9000 §16): the two high bits of the
 /// first byte give the length (1, 2, 4 or 8 bytes), the rest is big-endian.
-enum VarInt {
-    static let max: UInt64 = (1 << 62) - 1
+package enum VarInt {
+    package static let max: UInt64 = (1 << 62) - 1
 
-    static func encode(_ value: UInt64, into out: inout [UInt8]) {
+    package static func encode(_ value: UInt64, into out: inout [UInt8]) {
         precondition(value <= max, "varint out of range")
         switch value {
         case ..<(1 << 6):
@@ -20,7 +20,7 @@ enum VarInt {
     }
 
     /// Decodes at `offset`; nil when the bytes end before the integer does.
-    static func decode(_ bytes: some RandomAccessCollection<UInt8>, at offset: inout Int) -> UInt64? {
+    package static func decode(_ bytes: some RandomAccessCollection<UInt8>, at offset: inout Int) -> UInt64? {
         guard offset < bytes.count else { return nil }
         let start = bytes.index(bytes.startIndex, offsetBy: offset)
         let first = bytes[start]

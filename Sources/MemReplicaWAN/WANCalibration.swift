@@ -1,5 +1,4 @@
 import MemReplicaSystem
-import MemReplicaTCP
 import MemReplicaTransportCore
 import LinuxShim
 import Foundation
@@ -216,7 +215,7 @@ public enum WANCalibration {
             guard local.storage.withSockaddr({ bind(fd, $0, $1) }) == 0 else {
                 throw WANEmulatorError.system(call: "bind \(address) in \(namespace.name)", errno: errno)
             }
-            return (fd, PeerAddress(storage: TCPSocket.localStorage(fd)).port)
+            return (fd, PeerAddress(storage: SocketAddressStorage.local(of: fd)).port)
         } catch {
             close(fd)
             throw error

@@ -1,4 +1,5 @@
 @testable import MemReplica
+@testable import MemReplicaTransportCore
 @testable import MemReplicaQUIC
 @testable import MemReplicaTCP
 import COpenSSL

@@ -1,7 +1,7 @@
 @testable import MemReplica
+import QuicShim
 @testable import MemReplicaQUIC
 @testable import MemReplicaTransportCore
-import QuicShim
 import Foundation
 import Testing
 #if canImport(Glibc)

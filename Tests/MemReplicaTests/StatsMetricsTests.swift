@@ -1,6 +1,8 @@
 @testable import MemReplica
 @testable import MemReplicaQUIC
 @testable import MemReplicaTransportCore
+import LinuxShim
+import QuicShim
 import Foundation
 import Logging
 import Testing

@@ -1,5 +1,7 @@
 @testable import MemReplica
 @testable import MemReplicaSystem
+import LinuxShim
+import QuicShim
 import Foundation
 #if canImport(Glibc)
 import Glibc

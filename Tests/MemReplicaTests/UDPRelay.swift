@@ -1,5 +1,6 @@
 @testable import MemReplica
 @testable import MemReplicaSystem
+import LinuxShim
 import Foundation
 #if canImport(Glibc)
 import Glibc

@@ -5,6 +5,7 @@
 @testable import MemReplicaTCP
 @testable import MemReplicaTransportCore
 @testable import MemReplicaWAN
+import LinuxShim
 import Foundation
 import Logging
 import Testing

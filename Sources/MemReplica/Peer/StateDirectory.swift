@@ -1,3 +1,4 @@
+import MemReplicaTransportCore
 import MemReplicaQUIC
 import Foundation
 import Logging

@@ -1,3 +1,4 @@
+import LinuxShim
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
