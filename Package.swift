@@ -24,6 +24,10 @@ let package = Package(
         // Linux interfaces in LinuxShim; OpenSSL for the TLS/TCP transports.
         .target(
             name: "QuicShim",
+            // Only for the system headers: through LinuxShim's module, so
+            // that one Clang module owns <sys/socket.h>'s declarations
+            // (SOCK_STREAM ...) whichever module a build meets first.
+            dependencies: ["LinuxShim"],
             cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])],
             linkerSettings: [
                 .linkedLibrary("ngtcp2_crypto_gnutls"),

@@ -1,3 +1,4 @@
+import LinuxShim
 import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore

@@ -1,3 +1,4 @@
+import LinuxShim
 import MemReplicaSystem
 import Foundation
 #if canImport(Glibc)

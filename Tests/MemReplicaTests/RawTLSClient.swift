@@ -2,6 +2,7 @@
 @testable import MemReplicaTransportCore
 @testable import MemReplicaQUIC
 @testable import MemReplicaTCP
+import LinuxShim
 import COpenSSL
 import Foundation
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 @testable import MemReplica
+import LinuxShim
 import QuicShim
 @testable import MemReplicaQUIC
 @testable import MemReplicaTransportCore

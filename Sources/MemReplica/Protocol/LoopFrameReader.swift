@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaTransportCore
 
 /// Frames on the loop thread: decodes what arrives and hands each frame to
@@ -15,18 +14,18 @@ import MemReplicaTransportCore
 final class LoopFrameReader: LoopStreamReader, @unchecked Sendable {
     private var decoder = FrameDecoder()
     private var unfinished: Frame?
-    private let handle: (Frame, QUICStreamCore) throws -> Frame?
+    private let handle: (Frame, any LoopStream) throws -> Frame?
     /// Bytes read per turn: a bound on the work done before the loop gets
     /// back to its socket.
     private static let batch = 64 << 10
 
     /// `leftover`: bytes a task's `FrameStream` had read but not decoded.
-    init(leftover: [UInt8], handle: @escaping (Frame, QUICStreamCore) throws -> Frame?) {
+    init(leftover: [UInt8], handle: @escaping (Frame, any LoopStream) throws -> Frame?) {
         decoder.append(leftover)
         self.handle = handle
     }
 
-    func streamReadable(_ stream: QUICStreamCore) {
+    func streamReadable(_ stream: any LoopStream) {
         do {
             while true {
                 if stream.sendBacklogged {

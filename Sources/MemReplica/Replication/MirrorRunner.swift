@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore
 import Foundation
@@ -312,9 +311,8 @@ public final class MirrorRunner: Sendable {
     private func connectSendingHello() async throws -> (any TransportConnection, any TransportStream) {
         let me = endpoint.localIdentity
         let hello = try Frame.hello(.init(peerName: me.commonName ?? me.subject)).encoded()
-        if let quic = endpoint as? QUICEndpoint {
-            let (connection, control) = try await quic.connectQUIC(to: spec.address, replaySafeEarlyData: hello)
-            return (connection, control)
+        if let early = endpoint as? any EarlyDataTransport {
+            return try await early.connect(to: spec.address, replaySafeEarlyData: hello)
         }
         let connection = try await endpoint.connect(to: spec.address)
         do {

@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore
 import LinuxShim
@@ -297,8 +296,8 @@ public final class PostCopyMirror: @unchecked Sendable {
         let (pullSignals, pullWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let (retrySignals, retryWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let faultQueue = Locked(Deque<FaultRequest>())
-        let loopReads = (reads.stream as? QUICStream).flatMap { quic in
-            reads.handOverReading().map { (quic, $0) }
+        let loopReads = (reads.stream as? any LoopServedStream).flatMap { served in
+            reads.handOverReading().map { (served, $0) }
         }
         state.withLock { s in
             s.chunks.connectionChanged()
@@ -308,18 +307,18 @@ public final class PostCopyMirror: @unchecked Sendable {
             s.wakeFaultRequests = faultWake
             s.wakePuller = pulls == nil ? nil : pullWake
             s.faultQueue = faultQueue
-            s.faultRequester = loopReads.map { Self.requester(on: $0.0.core, queue: faultQueue) }
+            s.faultRequester = loopReads.map { Self.requester(on: $0.0.onLoop, queue: faultQueue) }
         }
         // Over QUIC the connection's loop reads the faults itself (ours and
         // attached processes') and sends each READ in the same turn; the
         // fault thread takes them back once this run ends. Both steps run
         // on the loop, in the order posted.
         let watch = Locked<UInt64?>(nil)
-        if let endpoint = loopReads?.0.core.connection.endpoint {
+        if let loop = loopReads?.0.onLoop.loop {
             let faults = self.faults
-            endpoint.post {
-                let loop = ObjectIdentifier(endpoint)
-                guard let token = try? endpoint.watchOnLoop(faults.descriptor, handler: { faults.serveOnLoop(loop) }) else { return }
+            loop.post {
+                let loopID = ObjectIdentifier(loop)
+                guard let token = try? loop.watchOnLoop(faults.descriptor, handler: { faults.serveOnLoop(loopID) }) else { return }
                 watch.withLock { $0 = token }
                 faults.lendToLoop(true)
             }
@@ -338,12 +337,12 @@ public final class PostCopyMirror: @unchecked Sendable {
             faultWake.finish()
             pullWake.finish()
             retryWake.finish()
-            if let endpoint = loopReads?.0.core.connection.endpoint {
+            if let loop = loopReads?.0.onLoop.loop {
                 let faults = self.faults
-                endpoint.post {
+                loop.post {
                     guard let token = watch.withLock({ $0 }) else { return }
                     faults.lendToLoop(false)
-                    endpoint.unwatchOnLoop(token)
+                    loop.unwatchOnLoop(token)
                 }
             }
         }
@@ -355,17 +354,17 @@ public final class PostCopyMirror: @unchecked Sendable {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await self.followInvalidations(control) }
                 group.addTask { await self.retryInstalls(signals: retrySignals) }
-                if let (quic, leftover) = loopReads {
+                if let (served, leftover) = loopReads {
                     // Fault reads over QUIC: the loop reads faults and sends
                     // READs, and installs DATA.
                     let reader = LoopFrameReader(leftover: leftover) { [self] frame, stream in
                         if try accept(frame, queue: faultQueue, forFaults: true) {
-                            requestWaitingFaults(onLoop: ObjectIdentifier(stream.connection.endpoint))
+                            requestWaitingFaults(onLoop: ObjectIdentifier(stream.loop))
                         }
                         return nil
                     }
                     group.addTask {
-                        try await quic.readOnLoop(reader)
+                        try await served.readOnLoop(reader)
                         throw ReplicationError.streamEnded
                     }
                 } else {
@@ -455,7 +454,7 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// READ in one step, so the queue's order is the stream's. A stream
     /// that can no longer send means the run is ending; the next run asks
     /// again for whatever still waits.
-    private static func requester(on stream: QUICStreamCore, queue: Locked<Deque<FaultRequest>>) -> FaultRequester {
+    private static func requester(on stream: any LoopStream, queue: Locked<Deque<FaultRequest>>) -> FaultRequester {
         { due, loop in
             let send: @Sendable () -> Void = {
                 for request in due {
@@ -463,14 +462,14 @@ public final class PostCopyMirror: @unchecked Sendable {
                     guard let frame = try? Frame.read(firstChunk: UInt64(request.chunk), count: 1).encoded(),
                           (try? stream.sendOnLoop(frame.withUnsafeBytes(OwnedBytes.copy))) != nil else { return }
                 }
-                stream.connection.endpoint.keepPollingForFaultReads()
+                stream.loop.keepPollingForRequests()
             }
             // On this connection's loop (a fault read there, or DATA that
             // must be asked again) the READ leaves in this turn's writes.
             // Any other thread, or another endpoint's loop still watching
             // the faults for a moment after a reconnect, posts.
-            let endpoint = stream.connection.endpoint
-            if loop == ObjectIdentifier(endpoint) { send() } else { endpoint.post(send) }
+            let owner = stream.loop
+            if loop == ObjectIdentifier(owner) { send() } else { owner.post(send) }
         }
     }
 

@@ -1,4 +1,3 @@
-import MemReplicaQUIC
 import MemReplicaSystem
 import MemReplicaTransportCore
 import Logging
@@ -250,8 +249,8 @@ public final class RegionExports: Sendable {
     /// page within µs.
     private func serveReads(_ region: Region, over frames: FrameStream, peer: String, forFaults: Bool) async throws {
         let observer = self.observer
-        if let quic = frames.stream as? QUICStream, let leftover = frames.handOverReading() {
-            try await quic.readOnLoop(LoopFrameReader(leftover: leftover) { frame, stream in
+        if let served = frames.stream as? any LoopServedStream, let leftover = frames.handOverReading() {
+            try await served.readOnLoop(LoopFrameReader(leftover: leftover) { frame, stream in
                 let arrived = ContinuousClock.now
                 let asked = try Self.chunks(askedBy: frame, of: region)
                 var bytes = 0
@@ -276,7 +275,7 @@ public final class RegionExports: Sendable {
                 }
                 observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
                                      duration: arrived.duration(to: .now))
-                if forFaults { stream.connection.endpoint.keepPollingForFaultReads() }
+                if forFaults { stream.loop.keepPollingForRequests() }
                 return nil
             })
             return

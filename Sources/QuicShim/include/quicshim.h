@@ -19,9 +19,8 @@
 #ifndef QUICSHIM_H
 #define QUICSHIM_H
 
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/types.h>
+/* System headers (sockets, epoll ...) come through LinuxShim's module. */
+#include <linuxshim.h>
 
 #include "qs_h3.h"
 
