@@ -44,8 +44,9 @@ public final class DurableMirrorState: Sendable {
     /// (each record is an fsync'd file replace).
     public static let completeMarkInterval: Duration = .milliseconds(100)
 
-    public init(stateDirectory: StateDirectory, region: String) throws {
-        let folder = stateDirectory.path + "/mirrors"
+    /// The record of mirror `region` in `folder` (a peer keeps them in
+    /// its state folder's `mirrors/`).
+    public init(folder: String, region: String) throws {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         file = folder + "/" + AtomicFile.safeName(region) + ".state.json"
