@@ -19,6 +19,15 @@ enum QUICCallbacks {
 
     static func table(isClient: Bool) -> ngtcp2_callbacks {
         var cb = ngtcp2_callbacks()
+        setCrypto(&cb, isClient: isClient)
+        setConnection(&cb)
+        setStreams(&cb)
+        setFlowControl(&cb)
+        return cb
+    }
+
+    /// ngtcp2's own GnuTLS glue.
+    private static func setCrypto(_ cb: inout ngtcp2_callbacks, isClient: Bool) {
         if isClient {
             cb.client_initial = ngtcp2_crypto_client_initial_cb
             cb.recv_retry = ngtcp2_crypto_recv_retry_cb
@@ -34,7 +43,10 @@ enum QUICCallbacks {
         cb.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb
         cb.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb
         cb.version_negotiation = ngtcp2_crypto_version_negotiation_cb
+    }
 
+    /// Connection IDs, stateless resets, the handshake and its keys.
+    private static func setConnection(_ cb: inout ngtcp2_callbacks) {
         cb.rand = { dest, len, _ in fillRandom(dest!, len) }
         cb.get_new_connection_id = { _, cid, token, cidlen, user in
             let core = QUICCallbacks.core(user)
@@ -77,6 +89,12 @@ enum QUICCallbacks {
             QUICCallbacks.core(user).handshakeConfirmed()
             return 0
         }
+    }
+
+    /// Stream data in, acknowledgments, closes and resets: to the
+    /// application session when one took the connection over, else to the
+    /// stream.
+    private static func setStreams(_ cb: inout ngtcp2_callbacks) {
         cb.stream_open = { _, id, user in
             let core = QUICCallbacks.core(user)
             // An application session (HTTP/3) learns of its streams from
@@ -121,6 +139,10 @@ enum QUICCallbacks {
             QUICCallbacks.stream(streamUser)?.failSend(.streamReset(errorCode: code))
             return 0
         }
+    }
+
+    /// Credit the peer grants: streams to open, bytes to send.
+    private static func setFlowControl(_ cb: inout ngtcp2_callbacks) {
         cb.extend_max_local_streams_bidi = { _, _, user in
             QUICCallbacks.core(user).streamCreditAvailable()
             return 0
@@ -140,6 +162,5 @@ enum QUICCallbacks {
             QUICCallbacks.core(user).schedule(stream)
             return 0
         }
-        return cb
     }
 }
