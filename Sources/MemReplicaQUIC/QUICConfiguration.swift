@@ -1,43 +1,14 @@
-import MemReplicaSystem
 import MemReplicaTransportCore
+
 /// Tunables of a QUIC endpoint. Defaults suit a WAN path of up to
-/// ~1 Gbit/s × 150 ms; every limit here is explicit and enforced.
-public struct QUICConfiguration: Sendable {
-    /// Application protocols offered (client) or accepted (server), in order.
-    public var applicationProtocols: [String] = [QUICConfiguration.memReplicaALPN]
-    /// Per-stream receive window. Should cover the bandwidth-delay product
-    /// of one stream: 16 MiB ≈ 850 Mbit/s at 150 ms.
-    public var streamReceiveWindow: UInt64 = 16 << 20
-    /// Connection receive window (all streams together).
-    public var connectionReceiveWindow: UInt64 = 64 << 20
-    /// Bytes a stream may hold unacknowledged before `write` suspends.
-    public var streamSendBuffer: Int = 16 << 20
-    /// Concurrent bidirectional streams the peer may open; credit is given
-    /// back as streams close.
-    public var maxConcurrentStreams: UInt64 = 256
-    /// Liveness: a peer silent for this long (no packet at all, while
-    /// keep-alive PINGs ask it for one every `keepAliveInterval`) counts as
-    /// gone and its connection ends with `TransportError.idleTimeout`, so
-    /// mirrors reconnect instead of waiting on a dead host. This is QUIC's
-    /// idle timeout (RFC 9000 §10.1: the smaller of both sides' values
-    /// applies, and never less than three probe timeouts).
-    ///
-    /// 5 s: five keep-alives fit in it, so a few lost packets on a lossy
-    /// path never end a live connection, while a vanished peer is noticed in
-    /// seconds. Raise it for paths that go quiet longer (satellite links,
-    /// hosts that pause). A peer that restarted is noticed sooner, by its
-    /// stateless reset (`statelessResetKey`).
-    public var livenessTimeout: Duration = QUICConfiguration.defaultLivenessTimeout
-    /// `livenessTimeout` under QUIC's name for it.
-    public var idleTimeout: Duration {
-        get { livenessTimeout }
-        set { livenessTimeout = newValue }
-    }
-    /// PINGs ask a quiet peer for a packet at this interval (at most half
-    /// the liveness timeout; nil: off, and an idle connection then ends
-    /// after `livenessTimeout`). Sent only when nothing else went out for
-    /// that long, so a busy connection sends none.
-    public var keepAliveInterval: Duration? = .seconds(1)
+/// ~1 Gbit/s × 150 ms; every limit here is explicit and enforced. The
+/// settings TLS over TCP shares (windows, buffers, timeouts, budget and
+/// limits) are in `settings`, and read and written as this configuration's
+/// own (`config.streamReceiveWindow = ...`).
+@dynamicMemberLookup
+public struct QUICConfiguration: Sendable, StreamTransportConfiguration {
+    /// What every transport shares.
+    public var settings = StreamTransportSettings()
     /// Secret from which stateless reset tokens (RFC 9000 §10.3) for our
     /// connection IDs are derived. A peer keeps it in its state folder
     /// (`StateDirectory.statelessResetKey()`), so after a restart it can
@@ -46,8 +17,6 @@ public struct QUICConfiguration: Sendable {
     /// `livenessTimeout`. nil: a random key per endpoint (resets work only
     /// while the endpoint lives).
     public var statelessResetKey: StatelessResetKey? = nil
-    /// A handshake that has not finished by then fails.
-    public var handshakeTimeout: Duration = .seconds(10)
     /// Largest UDP payload we send. 1452 fits a 1500-byte Ethernet MTU with
     /// IPv6 headers; raise it only on paths known to carry more.
     public var maxUDPPayloadSize: Int = 1452
@@ -86,29 +55,8 @@ public struct QUICConfiguration: Sendable {
     /// the client states to within the window, and whose ClientHello was
     /// not seen before in it; otherwise the session still resumes, in 1-RTT.
     public var earlyDataReplayWindow: Duration = .seconds(10)
-    /// Whether this endpoint accepts inbound connections.
-    public var acceptsConnections: Bool = false
     /// ngtcp2's own packet trace to stderr (very verbose).
     public var debugLog: Bool = false
-    /// Create the UDP socket inside this network namespace (e.g. a side of
-    /// a `WANEmulator`); nil: the process's own.
-    public var networkNamespace: NetworkNamespace? = nil
-    /// Every stream's send and receive buffers count against this budget,
-    /// shared by every endpoint (and copy of this configuration) holding the
-    /// same one; the receive windows are clamped to it (`MemoryBudget`).
-    public var memoryBudget = MemoryBudget()
-    /// Per-peer caps and timeouts (connections per identity and address,
-    /// half-open handshakes, Retry, stalled streams).
-    public var peerLimits = PeerLimits()
-
-    /// The windows this configuration grants, clamped to the memory budget.
-    func clampedToBudget() -> QUICConfiguration {
-        var c = self
-        (c.streamReceiveWindow, c.connectionReceiveWindow) =
-            memoryBudget.clampedWindows(stream: streamReceiveWindow, connection: connectionReceiveWindow)
-        c.streamSendBuffer = min(streamSendBuffer, memoryBudget.limit / 4)
-        return c
-    }
 
     public enum CongestionControl: String, Sendable, CaseIterable {
         case cubic, bbr, reno
@@ -119,4 +67,10 @@ public struct QUICConfiguration: Sendable {
     public static let defaultLivenessTimeout = TransportDefaults.livenessTimeout
 
     public init() {}
+
+    /// The shared settings, as if they were this configuration's own.
+    public subscript<T>(dynamicMember setting: WritableKeyPath<StreamTransportSettings, T>) -> T {
+        get { settings[keyPath: setting] }
+        set { settings[keyPath: setting] = newValue }
+    }
 }

@@ -9,21 +9,20 @@ import Logging
 import Glibc
 #endif
 
-/// The QUIC implementation of `Transport`.
-public typealias QUICTransport = QUICEndpoint
-
 /// One UDP socket and the one thread that owns it and every QUIC connection
-/// on it. Other threads never touch ngtcp2: they post closures to `commands`
-/// and wake the loop through an eventfd, as ngtcp2's own examples do.
+/// on it. Other threads never touch ngtcp2: they post closures to the
+/// loop's command queue and wake it through an eventfd, as ngtcp2's own
+/// examples do.
 ///
 /// An endpoint can connect out and, with `acceptsConnections`, accept in.
-public final class QUICEndpoint: Transport, @unchecked Sendable {
+public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     public let configuration: QUICConfiguration
-    public let localAddress: PeerAddress
-    /// Our certificate's identity, as peers will see it.
-    public let localIdentity: PeerIdentity
     package let logger: Logger
     let tls: TLSContext
+    /// Our certificate's identity, as peers will see it.
+    public var localIdentity: PeerIdentity { tls.localIdentity }
+    /// The bound socket's address, for peers and for ngtcp2's paths.
+    public let localAddress: PeerAddress
     let localStorage: SocketAddressStorage
     /// Stateless reset tokens for our connection IDs derive from it
     /// (`QUICConfiguration.statelessResetKey`).
@@ -35,21 +34,14 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private let socket: UDPSocket
     private let poller: Poller
     private static let socketToken: UInt64 = 1
-    private let commands = Locked(CommandQueue())
-    /// Serializes commands run inline once the loop has exited. A bare lock:
-    /// it guards no value (a `Locked<Void>`'s zero-sized value made
-    /// ThreadSanitizer report the lock's own field as raced).
-    private let afterExit = NSLock()
-
-    private struct CommandQueue {
-        var pending: [@Sendable () -> Void] = []
-        var loopExited = false
-    }
+    /// Commands, live connections, accept and stop (shared with TCP).
+    private let loop: EndpointLoop<QUICConnectionCore>
+    /// Other threads reach the loop through it (`post`, `onLoop`).
+    package var commands: EventLoopCommandQueue { loop.commands }
 
     // Loop-confined state.
     private var routes: [ConnectionID: QUICConnectionCore] = [:]
-    private var live: [ObjectIdentifier: QUICConnectionCore] = [:]
-    var liveConnections: Dictionary<ObjectIdentifier, QUICConnectionCore>.Values { live.values }
+    var liveConnections: Dictionary<ObjectIdentifier, QUICConnectionCore>.Values { loop.live.values }
     /// Bounds the stateless resets we send (QUICEndpoint+StatelessReset).
     var statelessResetLimiter = StatelessResetLimiter()
     private var writeQueue = Deque<QUICConnectionCore>()
@@ -64,7 +56,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// (`watchOnLoop`), by token; a handler returning false is dropped.
     private var watchers: [UInt64: (fd: Int32, handler: () -> Bool)] = [:]
     private var nextWatchToken: UInt64 = socketToken + 1
-    private var accepted = Deque<QUICConnectionCore>()
     /// Inbound connections by source host, and the caps on them.
     private var admission: ConnectionAdmission
     /// When the loop next looks for stalled streams.
@@ -72,11 +63,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     private let stallTimeout: UInt64
     /// Tickets from servers we connected to, for the next `connect`.
     private var sessionTickets = SessionTicketCache()
-    private var acceptWaiters = Deque<Delivery<QUICConnectionCore?>>()
     /// Application protocols served next to memreplica's, by ALPN (`serve`).
     var applications: [String: any QUICApplication] = [:]
-    private var stopping = false
-    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     /// Bytes the kernel would not take yet (EAGAIN); everything waits on them.
     private var pendingSend: (bytes: [UInt8], segment: Int, to: SocketAddressStorage)?
     package let transmitBuffer: UnsafeMutableRawBufferPointer
@@ -94,7 +82,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         admission = ConnectionAdmission(limits: configuration.peerLimits)
         stallTimeout = UInt64(configuration.peerLimits.stalledStreamTimeout.seconds * 1e9)
         tls = try TLSContext(tlsConfiguration, replayWindow: configuration.earlyDataReplayWindow)
-        localIdentity = tls.localIdentity
         socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize,
                                namespace: configuration.networkNamespace)
         localAddress = socket.localAddress
@@ -105,6 +92,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         retryTokenSecret = retrySecret
         poller = try TransportError.mappingSystemErrors { try Poller() }
         try poller.add(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
+        loop = EndpointLoop(waking: poller)
         transmitBuffer = .allocate(byteCount: max(configuration.maxDatagramsPerSend, 1) * 65536, alignment: 16)
         vectorScratch = .allocate(capacity: 16)
         receiveBuffer = .allocate(byteCount: 65536, alignment: 16)
@@ -112,39 +100,13 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             "address": "\(localAddress)", "gro": "\(socket.groEnabled)", "dual-stack": "\(socket.isDualStack)",
         ])
         // The thread keeps the endpoint alive until `close()` ends the loop.
-        let t = Thread { self.run() }
-        t.name = "quic-loop \(localAddress)"
-        t.qualityOfService = .userInteractive
-        t.start()
+        loop.startThread(named: "quic-loop \(localAddress)") { self.run() }
     }
 
     deinit {
         transmitBuffer.deallocate()
         vectorScratch.deallocate()
         receiveBuffer.deallocate()
-    }
-
-    // MARK: cross-thread entry
-
-    /// Runs `body` on the loop thread.
-    package func post(_ body: @escaping @Sendable () -> Void) {
-        let (wasEmpty, exited) = commands.withLock { q -> (Bool, Bool) in
-            if q.loopExited { return (false, true) }
-            q.pending.append(body)
-            return (q.pending.count == 1, false)
-        }
-        if exited {
-            // No loop any more and every connection is closed: the command
-            // only finds that out and fails its caller, so run it here.
-            afterExit.withLock { body() }
-        } else if wasEmpty {
-            poller.wake()
-        }
-    }
-
-    /// Runs `body` on the loop thread and returns its result.
-    func onLoop<R: Sendable>(_ body: @escaping @Sendable () -> R) async -> R {
-        await withCheckedContinuation { c in post { c.resume(returning: body()) } }
     }
 
     // MARK: Transport
@@ -193,7 +155,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         }
         return try await Delivery<QUICConnectionCore>.wait { d in
             post { [self] in
-                guard !stopping else { d.fail(TransportError.closedLocally); return }
+                guard !loop.stopping else { d.fail(TransportError.closedLocally); return }
                 do {
                     let remote = socket.normalized(address.storage)
                     let ticket = sessionTickets.take(for: Self.ticketKey(remote))
@@ -231,50 +193,24 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         await onLoop { [self] in sessionTickets.count(for: Self.ticketKey(socket.normalized(address.storage))) }
     }
 
+    /// Identities and RTTs of every established connection.
+    public func connectionSummaries() async -> [ConnectionSummary] {
+        await loop.summaries()
+    }
+
     public func accept() async -> (any TransportConnection)? {
         await acceptQUIC()
     }
 
     public func acceptQUIC() async -> QUICConnection? {
-        // Never fails: a stopped endpoint delivers nil.
-        let core = try? await Delivery<QUICConnectionCore?>.wait { d in
-            post { [self] in
-                if let core = accepted.popFirst() {
-                    d.succeed(core)
-                } else if stopping {
-                    d.succeed(nil)
-                } else {
-                    acceptWaiters.append(d)
-                }
-            }
-        }
-        return (core ?? nil).map { QUICConnection(core: $0) }
-    }
-
-    /// Identities and RTTs of every established connection.
-    public func connectionSummaries() async -> [ConnectionSummary] {
-        await onLoop { [self] in
-            live.values.compactMap { core -> ConnectionSummary? in
-                guard case .established = core.state else { return nil }
-                return ConnectionSummary(remoteAddress: core.remoteAddress.description, identity: core.peerIdentity,
-                                         initiatedLocally: core.isClient, statistics: core.statistics())
-            }
-        }
+        await loop.accept().map { QUICConnection(core: $0) }
     }
 
     public func close() async {
-        if commands.withLock({ $0.loopExited }) { return }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            post { [self] in
-                if commands.withLock({ $0.loopExited }) { c.resume(); return }
-                stopWaiters.append(c)
-                guard !stopping else { return }
-                stopping = true
-                let now = monotonicNanoseconds()
-                for core in Array(live.values) {
-                    core.closeByApplication(errorCode: 0, reason: "endpoint closing", now: now)
-                }
-                while let w = acceptWaiters.popFirst() { w.succeed(nil) }
+        await loop.stop { [loop] in
+            let now = monotonicNanoseconds()
+            for core in Array(loop.live.values) {
+                core.closeByApplication(errorCode: 0, reason: "endpoint closing", now: now)
             }
         }
     }
@@ -283,8 +219,8 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     private func run() {
         while true {
-            runCommands()
-            if stopping && live.isEmpty { break }
+            loop.commands.runPending()
+            if loop.stopping && loop.live.isEmpty { break }
             var deadline = writeQueue.isEmpty && pendingSend == nil ? nextDeadline() : 0
             let now = monotonicNanoseconds()
             let spin = max(busyPollNanoseconds ?? 0, pollUntil > now ? pollUntil - now : 0)
@@ -301,7 +237,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
                     unwatchOnLoop(token)
                 }
             }
-            runCommands()
+            loop.commands.runPending()
             handleExpiries()
             // What a watched descriptor got while this turn read the socket
             // (a busy one takes a while) still goes out in this turn's
@@ -310,38 +246,15 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             if !watchers.isEmpty { serveWatchers() }
             writeAll()
         }
-        let late = commands.withLock { q -> [@Sendable () -> Void] in
-            q.loopExited = true
-            defer { q.pending.removeAll() }
-            return q.pending
-        }
-        // Connections hold their endpoint; drop every table that holds them
-        // (a connection accepted but never taken by `accept` sits in
-        // `accepted`) so nothing keeps this endpoint alive once closed.
-        // Under `afterExit`: from now on `post` runs commands inline on the
-        // poster's thread, under that lock, and they touch these tables.
-        afterExit.withLock {
-            late.forEach { $0() }
-            accepted.removeAll()
+        loop.exit {
             routes.removeAll()
-            live.removeAll()
             writeQueue.removeAll()
             readersToWake.removeAll()
             watchers.removeAll()
         }
         // The port is free by the time `close()` returns.
         socket.close()
-        for s in stopWaiters { s.resume() }
-        stopWaiters.removeAll()
-    }
-
-    private func runCommands() {
-        let batch = commands.withLock { q -> [@Sendable () -> Void] in
-            let b = q.pending
-            q.pending.removeAll(keepingCapacity: true)
-            return b
-        }
-        for c in batch { c() }
+        loop.resumeStopWaiters()
     }
 
     /// Called on the loop as a post-copy fault's READ or DATA goes out:
@@ -437,7 +350,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             handleUnknownShortHeader(data, dcid: UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen), from: from, now: now)
             return
         } else {
-            guard configuration.acceptsConnections, !stopping, live.count < Self.maxConnections else { return }
+            guard configuration.acceptsConnections, !loop.stopping, loop.live.count < Self.maxConnections else { return }
             var header = ngtcp2_pkt_hd()
             guard ngtcp2_accept(&header, bytes, data.count) == 0 else { return }
             guard let admitted = admit(header, from: from, now: now) else { return }
@@ -539,7 +452,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     func identityOverCap(_ core: QUICConnectionCore) -> String? {
         let limit = configuration.peerLimits.maxConnectionsPerIdentity
         let fingerprint = core.peerIdentity.fingerprint
-        let held = live.values.reduce(0) { n, other in
+        let held = loop.live.values.reduce(0) { n, other in
             guard other !== core, !other.isClient, case .established = other.state,
                   other.peerIdentity.fingerprint == fingerprint else { return n }
             return n + 1
@@ -550,7 +463,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
 
     /// Resets every stream whose peer stopped taking its bytes.
     private func sweepStalledStreams(now: UInt64) {
-        for core in Array(live.values) where !core.isClosed {
+        for core in Array(loop.live.values) where !core.isClosed {
             core.resetStalledStreams(now: now, after: stallTimeout)
         }
     }
@@ -563,7 +476,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             nextStallSweep = now + stallSweepInterval
             sweepStalledStreams(now: now)
         }
-        for core in Array(live.values) where !core.isClosed {
+        for core in Array(loop.live.values) where !core.isClosed {
             if core.handshakeDeadline <= now {
                 core.handleFatal(NGTCP2_ERR_HANDSHAKE_TIMEOUT, now: now)
                 continue
@@ -595,10 +508,10 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     /// pacing, idle and handshake timeouts).
     private func nextDeadline() -> UInt64 {
         var earliest = UInt64.max
-        for core in live.values where !core.isClosed {
+        for core in loop.live.values where !core.isClosed {
             earliest = min(earliest, ngtcp2_conn_get_expiry(core.conn), core.handshakeDeadline)
         }
-        if !live.isEmpty { earliest = min(earliest, nextStallSweep) }
+        if !loop.live.isEmpty { earliest = min(earliest, nextStallSweep) }
         return earliest
     }
 
@@ -611,7 +524,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
     }
 
     private func register(_ core: QUICConnectionCore) {
-        live[ObjectIdentifier(core)] = core
+        loop.live[ObjectIdentifier(core)] = core
         for id in core.routedIDs { routes[id] = core }
     }
 
@@ -633,7 +546,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
             admission.closed(host: host)
         }
         for id in core.routedIDs where routes[id] === core { routes[id] = nil }
-        live[ObjectIdentifier(core)] = nil
+        loop.live[ObjectIdentifier(core)] = nil
         if let i = writeQueue.firstIndex(where: { $0 === core }) { writeQueue.remove(at: i) }
         core.wantsWrite = false
     }
@@ -642,11 +555,7 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         var metadata: Logger.Metadata = ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)"]
         if core.sessionResumed { metadata["resumed"] = "\(core.earlyDataOutcome == .accepted ? "0-RTT" : "1-RTT")" }
         logger.info("peer connected", metadata: metadata)
-        if let waiter = acceptWaiters.popFirst() {
-            waiter.succeed(core)
-        } else {
-            accepted.append(core)
-        }
+        loop.established(core)
     }
 
     /// Sends datagrams; false when the kernel buffer is full (the rest is
@@ -700,3 +609,6 @@ public final class QUICEndpoint: Transport, @unchecked Sendable {
         poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
     }
 }
+
+/// The QUIC implementation of `Transport`.
+public typealias QUICTransport = QUICEndpoint

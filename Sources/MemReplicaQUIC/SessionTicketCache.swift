@@ -6,50 +6,28 @@ import QuicShim
 /// what may be sent in 0-RTT (RFC 9000 §7.4.1). Held in memory only.
 struct SessionTicket {
     let session: [UInt8]
-    let initialMaxStreamsBidi: UInt64
-    let initialMaxStreamsUni: UInt64
-    let initialMaxStreamDataBidiLocal: UInt64
-    let initialMaxStreamDataBidiRemote: UInt64
-    let initialMaxStreamDataUni: UInt64
-    let initialMaxData: UInt64
-    let activeConnectionIDLimit: UInt64
-    let maxIdleTimeout: UInt64
-    let maxUDPPayloadSize: UInt64
-    let disableActiveMigration: UInt8
-    let maxDatagramFrameSize: UInt64
+    /// The server's parameters as 0-RTT obeys them, for
+    /// `ngtcp2_conn_set_early_remote_transport_params`.
+    let earlyTransportParameters: ngtcp2_transport_params
 
-    /// Copies the fields ngtcp2 0.12 reads for 0-RTT from the server's
-    /// parameters (no pointers: the version information is left out).
+    /// Keeps the fields ngtcp2 0.12 reads for 0-RTT from the server's
+    /// parameters, the rest zero (no pointers: the version information is
+    /// left out).
     init(session: [UInt8], serverParameters p: ngtcp2_transport_params) {
         self.session = session
-        initialMaxStreamsBidi = p.initial_max_streams_bidi
-        initialMaxStreamsUni = p.initial_max_streams_uni
-        initialMaxStreamDataBidiLocal = p.initial_max_stream_data_bidi_local
-        initialMaxStreamDataBidiRemote = p.initial_max_stream_data_bidi_remote
-        initialMaxStreamDataUni = p.initial_max_stream_data_uni
-        initialMaxData = p.initial_max_data
-        activeConnectionIDLimit = p.active_connection_id_limit
-        maxIdleTimeout = p.max_idle_timeout
-        maxUDPPayloadSize = p.max_udp_payload_size
-        disableActiveMigration = p.disable_active_migration
-        maxDatagramFrameSize = p.max_datagram_frame_size
-    }
-
-    /// The remembered parameters, for `ngtcp2_conn_set_early_remote_transport_params`.
-    var earlyTransportParameters: ngtcp2_transport_params {
-        var p = ngtcp2_transport_params()
-        p.initial_max_streams_bidi = initialMaxStreamsBidi
-        p.initial_max_streams_uni = initialMaxStreamsUni
-        p.initial_max_stream_data_bidi_local = initialMaxStreamDataBidiLocal
-        p.initial_max_stream_data_bidi_remote = initialMaxStreamDataBidiRemote
-        p.initial_max_stream_data_uni = initialMaxStreamDataUni
-        p.initial_max_data = initialMaxData
-        p.active_connection_id_limit = activeConnectionIDLimit
-        p.max_idle_timeout = maxIdleTimeout
-        p.max_udp_payload_size = maxUDPPayloadSize
-        p.disable_active_migration = disableActiveMigration
-        p.max_datagram_frame_size = maxDatagramFrameSize
-        return p
+        var kept = ngtcp2_transport_params()
+        kept.initial_max_streams_bidi = p.initial_max_streams_bidi
+        kept.initial_max_streams_uni = p.initial_max_streams_uni
+        kept.initial_max_stream_data_bidi_local = p.initial_max_stream_data_bidi_local
+        kept.initial_max_stream_data_bidi_remote = p.initial_max_stream_data_bidi_remote
+        kept.initial_max_stream_data_uni = p.initial_max_stream_data_uni
+        kept.initial_max_data = p.initial_max_data
+        kept.active_connection_id_limit = p.active_connection_id_limit
+        kept.max_idle_timeout = p.max_idle_timeout
+        kept.max_udp_payload_size = p.max_udp_payload_size
+        kept.disable_active_migration = p.disable_active_migration
+        kept.max_datagram_frame_size = p.max_datagram_frame_size
+        earlyTransportParameters = kept
     }
 }
 

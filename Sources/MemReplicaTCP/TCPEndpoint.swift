@@ -9,58 +9,47 @@ import Logging
 import Glibc
 #endif
 
-/// The TLS-over-TCP implementation of `Transport`.
-public typealias TCPTransport = TCPEndpoint
-
 /// TLS 1.3 over TCP (OpenSSL), carrying the same streams and frames as the
 /// QUIC transport: an optional listening socket plus every TCP connection
 /// made or accepted, all owned by one loop thread (as `QUICEndpoint` owns
-/// its UDP socket). Other threads post closures to `commands` and wake the
-/// loop through an eventfd; they never touch a socket or an SSL object.
+/// its UDP socket). Other threads post closures to the loop's command queue
+/// and wake it through an eventfd; they never touch a socket or an SSL
+/// object.
 ///
 /// Streams share one TCP connection (`tcp`) or, with
 /// `TCPConfiguration.connectionPerStream`, each has its own
 /// (`tcp-per-region`); a listener serves both kinds of client.
-public final class TCPEndpoint: Transport, @unchecked Sendable {
+public final class TCPEndpoint: Transport, CommandLoop, @unchecked Sendable {
     public let configuration: TCPConfiguration
-    public let localAddress: PeerAddress
-    /// Our certificate's identity, as peers will see it.
-    public let localIdentity: PeerIdentity
-    let logger: Logger
-    let tls: OpenSSLContext
     /// Outgoing connections start from this address's host (when not a wildcard).
     private let bindAddress: PeerAddress
+    public let localAddress: PeerAddress
+    let logger: Logger
+    let tls: OpenSSLContext
+    /// Our certificate's identity, as peers will see it.
+    public var localIdentity: PeerIdentity { tls.localIdentity }
     private let listener: Int32?
     private let poller: Poller
-    private let commands = Locked(CommandQueue())
-    /// Serializes commands run inline once the loop has exited.
-    private let afterExit = Locked(())
-
-    private struct CommandQueue {
-        var pending: [@Sendable () -> Void] = []
-        var loopExited = false
-    }
+    /// Commands, live connections, accept and stop (shared with QUIC).
+    private let loop: EndpointLoop<TCPConnectionCore>
+    /// Other threads reach the loop through it (`post`, `onLoop`).
+    package var commands: EventLoopCommandQueue { loop.commands }
 
     private static let listenerToken: UInt64 = 1
 
     // Loop-confined state.
     private var nextToken: UInt64 = 2
     private var links: [UInt64: TCPLink] = [:]
-    private var live: [ObjectIdentifier: TCPConnectionCore] = [:]
     private var byToken: [[UInt8]: TCPConnectionCore] = [:]
     private var writeQueue = Deque<TCPLink>()
     private var pendingReads: [TCPLink] = []
     private var readersToWake: [TCPStreamCore] = []
     private var retired: [TCPLink] = []
-    private var accepted = Deque<TCPConnectionCore>()
     /// Inbound links by source host, and the caps on them.
     private var admission: ConnectionAdmission
     /// Accepted TCP connections whose TLS handshake waits for one of their
     /// host's `maxHalfOpenPerAddress` slots, oldest first, by host.
     private var waitingToHandshake: [String: Deque<(fd: Int32, address: PeerAddress, since: UInt64)>] = [:]
-    private var acceptWaiters = Deque<Delivery<TCPConnectionCore?>>()
-    private var stopping = false
-    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     private var connectionDeadline = UInt64.max
     /// The time of the current loop turn.
     private(set) var now: UInt64 = monotonicNanoseconds()
@@ -75,11 +64,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         admission = ConnectionAdmission(limits: configuration.peerLimits)
         bindAddress = address
         tls = try OpenSSLContext(tlsConfiguration, applicationProtocols: configuration.applicationProtocols)
-        localIdentity = tls.localIdentity
         // OpenSSL writes to sockets with write(2): a peer that reset the
         // connection must give EPIPE, not kill the process.
         signal(SIGPIPE, SIG_IGN)
         poller = try TransportError.mappingSystemErrors { try Poller() }
+        loop = EndpointLoop(waking: poller)
         if configuration.acceptsConnections {
             let (fd, bound) = try TCPSocket.listen(on: address, bufferSize: configuration.socketBufferSize,
                                                    userTimeout: configuration.livenessTimeout,
@@ -103,37 +92,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             "mode": "\(configuration.connectionPerStream ? "tcp-per-region" : "tcp")",
         ])
         // The thread keeps the endpoint alive until `close()` ends the loop.
-        let t = Thread { self.run() }
-        t.name = "tcp-loop \(localAddress)"
-        t.qualityOfService = .userInteractive
-        t.start()
+        loop.startThread(named: "tcp-loop \(localAddress)") { self.run() }
     }
 
     deinit {
         receiveBuffer.deallocate()
-    }
-
-    // MARK: cross-thread entry
-
-    /// Runs `body` on the loop thread.
-    func post(_ body: @escaping @Sendable () -> Void) {
-        let (wasEmpty, exited) = commands.withLock { q -> (Bool, Bool) in
-            if q.loopExited { return (false, true) }
-            q.pending.append(body)
-            return (q.pending.count == 1, false)
-        }
-        if exited {
-            // No loop any more and every connection is closed: the command
-            // only finds that out and fails its caller, so run it here.
-            afterExit.withLock { _ in body() }
-        } else if wasEmpty {
-            poller.wake()
-        }
-    }
-
-    /// Runs `body` on the loop thread and returns its result.
-    func onLoop<R: Sendable>(_ body: @escaping @Sendable () -> R) async -> R {
-        await withCheckedContinuation { c in post { c.resume(returning: body()) } }
     }
 
     // MARK: Transport
@@ -151,7 +114,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         }
         let core = try await Delivery<TCPConnectionCore>.wait { d in
             post { [self] in
-                guard !stopping else { d.fail(TransportError.closedLocally); return }
+                guard !loop.stopping else { d.fail(TransportError.closedLocally); return }
                 guard let window = memoryBudget.reserveReceiveWindow(wanted: configuration.connectionReceiveWindow) else {
                     d.fail(TransportError.memoryBudgetExhausted(limit: memoryBudget.limit))
                     return
@@ -160,7 +123,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
                 do {
                     let link = try makeClientLink(to: address, role: .session, for: core)
                     core.connectWaiter = d
-                    live[ObjectIdentifier(core)] = core
+                    loop.live[ObjectIdentifier(core)] = core
                     core.attach(link)
                 } catch {
                     d.fail(error)
@@ -175,50 +138,24 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
     }
 
     public func acceptTCP() async -> TCPConnection? {
-        // Never fails: a stopped endpoint delivers nil.
-        let core = try? await Delivery<TCPConnectionCore?>.wait { d in
-            post { [self] in
-                if let core = accepted.popFirst() {
-                    d.succeed(core)
-                } else if stopping {
-                    d.succeed(nil)
-                } else {
-                    acceptWaiters.append(d)
-                }
-            }
-        }
-        return (core ?? nil).map { TCPConnection(core: $0) }
+        await loop.accept().map { TCPConnection(core: $0) }
     }
 
     public func connectionSummaries() async -> [ConnectionSummary] {
-        await onLoop { [self] in
-            live.values.compactMap { core -> ConnectionSummary? in
-                guard core.isEstablished else { return nil }
-                return ConnectionSummary(remoteAddress: core.remoteAddress.description, identity: core.peerIdentity,
-                                         initiatedLocally: core.isClient, statistics: core.statistics())
-            }
-        }
+        await loop.summaries()
     }
 
     public func close() async {
-        if commands.withLock({ $0.loopExited }) { return }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            post { [self] in
-                if commands.withLock({ $0.loopExited }) { c.resume(); return }
-                stopWaiters.append(c)
-                guard !stopping else { return }
-                stopping = true
-                if let listener {
-                    poller.remove(listener)
-                    Glibc.close(listener)
-                }
-                for core in Array(live.values) {
-                    core.closeByApplication(errorCode: 0, reason: "endpoint closing")
-                }
-                for link in Array(links.values) where link.connection == nil { link.closeNow() }
-                dropWaitingHandshakes(all: true)
-                while let w = acceptWaiters.popFirst() { w.succeed(nil) }
+        await loop.stop { [self] in
+            if let listener {
+                poller.remove(listener)
+                Glibc.close(listener)
             }
+            for core in Array(loop.live.values) {
+                core.closeByApplication(errorCode: 0, reason: "endpoint closing")
+            }
+            for link in Array(links.values) where link.connection == nil { link.closeNow() }
+            dropWaitingHandshakes(all: true)
         }
     }
 
@@ -226,8 +163,8 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
 
     private func run() {
         while true {
-            runCommands()
-            if stopping && links.isEmpty && retired.isEmpty { break }
+            loop.commands.runPending()
+            if loop.stopping && links.isEmpty && retired.isEmpty { break }
             let deadline = writeQueue.isEmpty && pendingReads.isEmpty && retired.isEmpty ? nextDeadline() : 0
             poller.wait(until: deadline) { token, events in
                 now = monotonicNanoseconds()
@@ -242,40 +179,19 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             pendingReads.removeAll(keepingCapacity: true)
             for link in again { link.readAvailable() }
             wakeReaders()
-            runCommands()
+            loop.commands.runPending()
             handleExpiries()
             writeAll()
             wakeReaders()
             releaseRetired()
         }
-        let late = commands.withLock { q -> [@Sendable () -> Void] in
-            q.loopExited = true
-            defer { q.pending.removeAll() }
-            return q.pending
-        }
-        // Connections and links hold their endpoint: drop every table that
-        // holds them so nothing keeps this endpoint alive once closed.
-        // Under `afterExit`: from now on `post` runs commands inline on the
-        // poster's thread, under that lock, and they touch these tables.
-        afterExit.withLock { _ in
-            late.forEach { $0() }
-            accepted.removeAll()
-            live.removeAll()
+        // Links hold their endpoint too.
+        loop.exit {
             byToken.removeAll()
             writeQueue.removeAll()
             readersToWake.removeAll()
         }
-        for s in stopWaiters { s.resume() }
-        stopWaiters.removeAll()
-    }
-
-    private func runCommands() {
-        let batch = commands.withLock { q -> [@Sendable () -> Void] in
-            let b = q.pending
-            q.pending.removeAll(keepingCapacity: true)
-            return b
-        }
-        for c in batch { c() }
+        loop.resumeStopWaiters()
     }
 
     private func wakeReaders() {
@@ -292,7 +208,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             guard let (fd, remote) = TCPSocket.acceptOne(listener, userTimeout: configuration.livenessTimeout,
                                                          congestionControl: configuration.congestionControl) else { return }
             let address = PeerAddress(storage: remote)
-            guard !stopping, links.count < TCPConfiguration.maxLinks else {
+            guard !loop.stopping, links.count < TCPConfiguration.maxLinks else {
                 logger.warning("refusing a TCP connection: \(TCPConfiguration.maxLinks) already open", metadata: ["peer": "\(address)"])
                 Glibc.close(fd)
                 continue
@@ -362,7 +278,7 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         for link in Array(links.values) where link.deadline <= now { link.expire() }
         if !waitingToHandshake.isEmpty { dropWaitingHandshakes() }
         connectionDeadline = UInt64.max
-        for core in Array(live.values) {
+        for core in Array(loop.live.values) {
             connectionDeadline = min(connectionDeadline, core.tick(now: now))
         }
     }
@@ -459,9 +375,9 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
         handshakeEnded(link)
         switch settings.role {
         case .connection:
-            guard !stopping else { throw MuxViolation(.joinRefused, "the endpoint is closing") }
+            guard !loop.stopping else { throw MuxViolation(.joinRefused, "the endpoint is closing") }
             let limit = configuration.peerLimits.maxConnectionsPerIdentity
-            let held = live.values.filter {
+            let held = loop.live.values.filter {
                 !$0.isClient && !$0.isClosed && $0.peerIdentity.fingerprint == link.peerIdentity.fingerprint
             }.count
             guard held < limit else {
@@ -485,15 +401,11 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
             core.attach(link)
             link.queueControl(.settings, payload: core.localSettings(token: token).encoded())
             core.established()
-            live[ObjectIdentifier(core)] = core
+            loop.live[ObjectIdentifier(core)] = core
             byToken[token] = core
             logger.info("peer connected", metadata: ["peer": "\(core.remoteAddress)", "identity": "\(core.peerIdentity)",
                                                      "transport": "tcp"])
-            if let waiter = acceptWaiters.popFirst() {
-                waiter.succeed(core)
-            } else {
-                accepted.append(core)
-            }
+            loop.established(core)
         case .join:
             guard let core = byToken[settings.token], !core.isClosed else {
                 throw MuxViolation(.joinRefused, "no connection has that token")
@@ -546,7 +458,10 @@ public final class TCPEndpoint: Transport, @unchecked Sendable {
 
     /// Called by a connection as it finishes.
     func forget(_ core: TCPConnectionCore) {
-        live[ObjectIdentifier(core)] = nil
+        loop.live[ObjectIdentifier(core)] = nil
         if byToken[core.token] === core { byToken[core.token] = nil }
     }
 }
+
+/// The TLS-over-TCP implementation of `Transport`.
+public typealias TCPTransport = TCPEndpoint
