@@ -48,9 +48,9 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
     private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map { UInt64($0.seconds * 1e9) }
-    private lazy var faultReadPollNanoseconds: UInt64? = configuration.faultReadPollWindow.map { UInt64($0.seconds * 1e9) }
+    private lazy var requestPollNanoseconds: UInt64? = configuration.requestPollWindow.map { UInt64($0.seconds * 1e9) }
     /// Until when the loop polls instead of sleeping, asked for by
-    /// `keepPollingForFaultReads` (0: not asked).
+    /// `keepPollingForRequests` (0: not asked).
     private var pollUntil: UInt64 = 0
     /// Descriptors other than the socket that the loop watches
     /// (`watchOnLoop`), by token; a handler returning false is dropped.
@@ -257,14 +257,12 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
         loop.resumeStopWaiters()
     }
 
-    /// Called on the loop as a post-copy fault's READ or DATA goes out:
-    /// the next message of that exchange (the DATA, or the next fault's
-    /// READ) comes within µs, and a thread sleeps in a fault until it is
-    /// answered, so the loop polls instead of sleeping for
-    /// `QUICConfiguration.faultReadPollWindow` from now. Bounded, unlike
-    /// `busyPoll`, to the moments faults are being served.
-    package func keepPollingForFaultReads() {
-        guard let window = faultReadPollNanoseconds else { return }
+    /// Called on the loop as a request or answer goes out whose follow-up
+    /// comes within µs (`TransportEventLoop`): the loop polls instead of
+    /// sleeping for `QUICConfiguration.requestPollWindow` from now.
+    /// Bounded, unlike `busyPoll`, to the moments such exchanges run.
+    package func keepPollingForRequests() {
+        guard let window = requestPollNanoseconds else { return }
         pollUntil = max(pollUntil, monotonicNanoseconds() + window)
     }
 

@@ -5,8 +5,6 @@ import MemReplicaTransportCore
 /// (`LoopServedStream`), and 0-RTT carries a first request
 /// (`EarlyDataTransport`).
 extension QUICEndpoint: TransportEventLoop, EarlyDataTransport {
-    package func keepPollingForRequests() { keepPollingForFaultReads() }
-
     package func connect(to address: PeerAddress, replaySafeEarlyData: [UInt8]) async throws
         -> (connection: any TransportConnection, stream: any TransportStream) {
         let (connection, stream) = try await connectQUIC(to: address, replaySafeEarlyData: replaySafeEarlyData)
