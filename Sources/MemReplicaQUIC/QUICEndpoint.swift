@@ -9,9 +9,6 @@ import Logging
 import Glibc
 #endif
 
-/// The QUIC implementation of `Transport`.
-public typealias QUICTransport = QUICEndpoint
-
 /// One UDP socket and the one thread that owns it and every QUIC connection
 /// on it. Other threads never touch ngtcp2: they post closures to `commands`
 /// and wake the loop through an eventfd, as ngtcp2's own examples do.

@@ -9,9 +9,6 @@ import Logging
 import Glibc
 #endif
 
-/// The TLS-over-TCP implementation of `Transport`.
-public typealias TCPTransport = TCPEndpoint
-
 /// TLS 1.3 over TCP (OpenSSL), carrying the same streams and frames as the
 /// QUIC transport: an optional listening socket plus every TCP connection
 /// made or accepted, all owned by one loop thread (as `QUICEndpoint` owns
