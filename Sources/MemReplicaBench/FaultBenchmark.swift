@@ -1,6 +1,6 @@
 import MemReplica
 import MemReplicaTransportCore
-import LinuxShim
+import MemReplicaSystem
 import Foundation
 import SystemPackage
 import Logging
@@ -179,20 +179,22 @@ private final class AttachedMapping: @unchecked Sendable {
             throw PostCopyError.userfaultfd(call: "mmap", errno: Errno(rawValue: errno))
         }
         bytes = UnsafeMutableRawBufferPointer(start: p, count: size)
-        let uffd = qs_uffd_open(0)
-        var available: UInt64 = 0
-        guard uffd >= 0 else {
+        let uffd: UserFaultFD
+        do {
+            uffd = try UserFaultFD.open()
+        } catch {
             munmap(p, size)
-            throw PostCopyError.userfaultfd(call: "open", errno: Errno(rawValue: -uffd))
+            throw PostCopyError.userfaultfd(call: "open", errno: error.syscall)
         }
-        var rc = qs_uffd_api(uffd, qs_uffd_feature_missing_shmem(), &available)
-        if rc == 0 { rc = qs_uffd_register_missing(uffd, p, length) }
-        guard rc == 0 else {
-            close(uffd)
+        do {
+            try uffd.handshake(requesting: .missingShmem)
+            try uffd.registerMissing(p, length: length)
+        } catch {
+            try? uffd.close()
             munmap(p, size)
-            throw PostCopyError.userfaultfd(call: "UFFDIO_REGISTER", errno: Errno(rawValue: -rc))
+            throw PostCopyError.userfaultfd(call: "UFFDIO_REGISTER", errno: error)
         }
-        userfaultfd = uffd
+        userfaultfd = uffd.rawValue
     }
 
     /// A copy for the mirror (which closes it on detach); the application

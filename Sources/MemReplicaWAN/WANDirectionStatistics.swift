@@ -36,7 +36,4 @@ public struct WANDirectionStatistics: Sendable, Equatable, Codable {
         if let now = kernelTxDropped, let then = earlier.kernelTxDropped { d.kernelTxDropped = now - min(then, now) }
         return d
     }
-
-    /// Every packet dropped, whoever dropped it.
-    public var droppedTotal: UInt64 { droppedByLoss + droppedByQueue + droppedByCapacity + (kernelTxDropped ?? 0) }
 }

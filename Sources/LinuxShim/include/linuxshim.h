@@ -4,7 +4,7 @@
  * caller is.
  *
  * - headers Glibc's module leaves out: epoll, eventfd, getrandom, statfs;
- * - userfaultfd and PAGEMAP_SCAN (qs_userfaultfd.h, dirtytrack.h);
+ * - userfaultfd and PAGEMAP_SCAN (qs_userfaultfd.h);
  * - SCM_RIGHTS descriptor passing (qs_unixfd.h);
  * - TUN devices, setns and timer slack for the WAN emulator (qs_wan.h);
  * - SIGBUS on region mappings, and fallocate (qs_regionguard.h);
@@ -22,7 +22,6 @@
 #include <sys/random.h>
 #include <sys/statfs.h>
 
-#include "dirtytrack.h"
 #include "qs_regionguard.h"
 #include "qs_unixfd.h"
 #include "qs_userfaultfd.h"

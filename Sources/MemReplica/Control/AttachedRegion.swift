@@ -1,5 +1,4 @@
 import MemReplicaSystem
-import LinuxShim
 import Foundation
 import SystemPackage
 #if canImport(Glibc)
@@ -141,17 +140,16 @@ public final class AttachedRegion: @unchecked Sendable {
         }
         writeTracker = nil
         // Registered before the first touch: no read may see a hole.
-        let uffd = qs_uffd_open(0)
+        var uffd: UserFaultFD?
         do {
-            guard uffd >= 0 else { throw Failure.system(call: "userfaultfd", errno: Errno(rawValue: -uffd)) }
-            var available: UInt64 = 0
-            var rc = qs_uffd_api(uffd, qs_uffd_feature_missing_shmem(), &available)
-            guard rc == 0 else { throw Failure.system(call: "UFFDIO_API", errno: Errno(rawValue: -rc)) }
-            rc = qs_uffd_register_missing(uffd, p, length)
-            guard rc == 0 else { throw Failure.system(call: "UFFDIO_REGISTER", errno: Errno(rawValue: -rc)) }
+            let opened: UserFaultFD
+            do { opened = try UserFaultFD.open() } catch { throw Failure.system(call: "userfaultfd", errno: error.syscall) }
+            uffd = opened
+            do { try opened.handshake(requesting: .missingShmem) } catch { throw Failure.system(call: "UFFDIO_API", errno: error) }
+            do { try opened.registerMissing(p, length: length) } catch { throw Failure.system(call: "UFFDIO_REGISTER", errno: error) }
             let request = AttachRequest(region: region, role: role, base: UInt64(UInt(bitPattern: p)), length: length)
             let (attachedAnswer, session) = try Self.exchange(controlPath: controlPath, request: request,
-                                                              descriptor: uffd, timeout: timeout)
+                                                              descriptor: opened.rawValue, timeout: timeout)
             guard attachedAnswer.attached else {
                 session.close()
                 throw ControlError.malformed("the peer answered without attaching the mapping")
@@ -164,11 +162,11 @@ public final class AttachedRegion: @unchecked Sendable {
             for fd in pipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
             answer = attachedAnswer
             socket = session
-            userfaultfd = uffd
+            userfaultfd = opened.rawValue
             watcherStop = (pipe[0], pipe[1])
         } catch {
             munmap(p, found.size)
-            if uffd >= 0 { Glibc.close(uffd) }
+            try? uffd?.close()
             throw error
         }
         startWatcher()

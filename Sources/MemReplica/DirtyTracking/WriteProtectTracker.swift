@@ -1,4 +1,4 @@
-import LinuxShim
+import MemReplicaSystem
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -66,7 +66,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     private let trackedEnd: UInt64
     private let chunkCount: Int
     private let owner: AnyObject?
-    private let uffd: FileDescriptor
+    private let uffd: UserFaultFD
     private let pagemap: FileDescriptor
     /// Tracks another process's mapping (`memory` is an address range in
     /// that process, never dereferenced here); its registration is not
@@ -74,7 +74,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     private let remote: Bool
     /// The scan's output buffer, allocated once; a scan with more runs than
     /// it holds takes several ioctls.
-    private let runs: UnsafeMutableBufferPointer<dt_page_region>
+    private let runs: UnsafeMutableBufferPointer<PagemapScan.Run>
 
     /// Tracks a region's mapping. Throws `Failure` when the kernel or the
     /// mapping does not allow it (the caller falls back to hashing).
@@ -102,28 +102,33 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         chunkCount = (memory.count + chunkSize - 1) / chunkSize
 
         let offered = try Self.offeredFeatures()
-        guard offered & DT_UFFD_FEATURE_WP_ASYNC != 0 else {
+        guard offered & UserFaultFD.Features.writeProtectAsync.rawValue != 0 else {
             throw Failure(step: "UFFDIO_API", errno: nil,
                           detail: "the kernel offers no UFFD_FEATURE_WP_ASYNC (features 0x\(String(offered, radix: 16)); Linux ≥ 6.7 needed)")
         }
-        let wanted = offered & (DT_UFFD_FEATURE_WP_ASYNC | DT_UFFD_FEATURE_WP_UNPOPULATED | DT_UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
+        let wanted = UserFaultFD.Features(rawValue: offered)
+            .intersection([.writeProtectAsync, .writeProtectUnpopulated, .writeProtectHugetlbfsShmem])
         let uffd = try Self.openUserfaultfd()
         var pagemap: FileDescriptor?
         do {
-            var api = uffdio_api(api: DT_UFFD_API, features: wanted, ioctls: 0)
-            guard dt_uffdio_api(uffd.rawValue, &api) == 0 else { throw Failure(step: "UFFDIO_API", errno: .current, detail: nil) }
-            features = api.features
-            let range = uffdio_range(start: UInt64(UInt(bitPattern: base)), len: UInt64(trackedLength))
-            var registration = uffdio_register(range: range, mode: DT_UFFDIO_REGISTER_MODE_WP, ioctls: 0)
-            guard dt_uffdio_register(uffd.rawValue, &registration) == 0 else {
-                throw Failure(step: "UFFDIO_REGISTER", errno: .current, detail: nil)
+            do {
+                features = try uffd.handshake(requesting: wanted).rawValue
+            } catch {
+                throw Failure(step: "UFFDIO_API", errno: error, detail: nil)
             }
-            guard registration.ioctls & DT_UFFDIO_WRITEPROTECT_ALLOWED != 0 else {
+            let allowed: UserFaultFD.Ioctls
+            do {
+                allowed = try uffd.register(.writeProtect, base, length: trackedLength)
+            } catch {
+                throw Failure(step: "UFFDIO_REGISTER", errno: error, detail: nil)
+            }
+            guard allowed.contains(.writeProtect) else {
                 throw Failure(step: "UFFDIO_REGISTER", errno: nil, detail: "UFFDIO_WRITEPROTECT is not allowed on this mapping")
             }
-            var protect = uffdio_writeprotect(range: range, mode: DT_UFFDIO_WRITEPROTECT_MODE_WP)
-            guard dt_uffdio_writeprotect(uffd.rawValue, &protect) == 0 else {
-                throw Failure(step: "UFFDIO_WRITEPROTECT", errno: .current, detail: nil)
+            do {
+                try uffd.writeProtect(base, length: trackedLength)
+            } catch {
+                throw Failure(step: "UFFDIO_WRITEPROTECT", errno: error, detail: nil)
             }
             do {
                 pagemap = try FileDescriptor.open("/proc/self/pagemap", .readOnly, options: .closeOnExec)
@@ -165,7 +170,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
             throw Failure(step: "attaching", errno: nil, detail: "\(error)")
         }
         self.pageSize = pageSize
-        self.uffd = FileDescriptor(rawValue: userfaultfd)
+        self.uffd = UserFaultFD(rawValue: userfaultfd)
         self.pagemap = FileDescriptor(rawValue: pagemap)
         remote = true
         owner = nil
@@ -189,8 +194,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
             return
         }
         // Lifts the protection, so writes stop faulting once nobody tracks.
-        var range = uffdio_range(start: UInt64(UInt(bitPattern: memory.baseAddress!)), len: UInt64(trackedLength))
-        _ = dt_uffdio_unregister(uffd.rawValue, &range)
+        try? uffd.unregister(memory.baseAddress, length: trackedLength)
         try? uffd.close()
         try? pagemap.close()
         runs.deallocate()
@@ -230,25 +234,22 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
         let end = trackedEnd
         var start = base
         while true {
-            var arg = dt_pm_scan_arg(
-                size: UInt64(MemoryLayout<dt_pm_scan_arg>.size),
-                flags: DT_PM_SCAN_WP_MATCHING | DT_PM_SCAN_CHECK_WPASYNC,
-                start: start, end: end, walk_end: 0,
-                vec: UInt64(UInt(bitPattern: runs.baseAddress!)), vec_len: UInt64(runs.count),
-                max_pages: 0, category_inverted: 0,
-                category_mask: DT_PAGE_IS_WRITTEN, category_anyof_mask: 0, return_mask: DT_PAGE_IS_WRITTEN)
-            let found = dt_pagemap_scan(pagemap.rawValue, &arg)
-            // A failure after the kernel reset some pages would lose their
-            // writes: the caller must not trust this tracker any more.
-            guard found >= 0 else { throw Failure(step: "PAGEMAP_SCAN", errno: .current, detail: nil) }
-            for run in runs.prefix(Int(found)) {
+            let found: Int, walkEnd: UInt64
+            do {
+                (found, walkEnd) = try PagemapScan.takeWritten(pagemap, from: start, to: end, into: runs)
+            } catch {
+                // A failure after the kernel reset some pages would lose
+                // their writes: the caller must not trust this tracker any more.
+                throw Failure(step: "PAGEMAP_SCAN", errno: error, detail: nil)
+            }
+            for run in runs.prefix(found) {
                 body(Int(run.start - base)..<Int(run.end - base))
             }
             // Only a full buffer means the walk stopped early: continue from
             // walk_end. A complete walk can still leave walk_end short of
             // end (seen with more than 512 runs), so that alone is no sign.
-            guard found == runs.count, arg.walk_end < end else { return }
-            start = arg.walk_end
+            guard found == runs.count, walkEnd < end else { return }
+            start = walkEnd
         }
     }
 
@@ -257,33 +258,20 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     public static func offeredFeatures() throws -> UInt64 {
         let probe = try openUserfaultfd()
         defer { try? probe.close() }
-        var api = uffdio_api(api: DT_UFFD_API, features: 0, ioctls: 0)
-        guard dt_uffdio_api(probe.rawValue, &api) == 0 else { throw Failure(step: "UFFDIO_API", errno: .current, detail: nil) }
-        return api.features
-    }
-
-    /// A non-blocking userfaultfd: from /dev/userfaultfd (its file mode is
-    /// the permission check) or else the userfaultfd(2) syscall (allowed
-    /// to root, or to anyone when vm.unprivileged_userfaultfd is 1).
-    static func openUserfaultfd() throws -> FileDescriptor {
-        let flags = O_CLOEXEC | O_NONBLOCK
-        let deviceError: Errno
         do {
-            let device = try FileDescriptor.open("/dev/userfaultfd", .readWrite, options: .closeOnExec)
-            defer { try? device.close() }
-            let fd = dt_userfaultfd_dev_new(device.rawValue, flags)
-            if fd >= 0 { return FileDescriptor(rawValue: fd) }
-            deviceError = .current
-        } catch let e as Errno {
-            deviceError = e
+            return try probe.handshake(requesting: []).rawValue
+        } catch {
+            throw Failure(step: "UFFDIO_API", errno: error, detail: nil)
         }
-        let fd = dt_userfaultfd_syscall(flags)
-        if fd >= 0 { return FileDescriptor(rawValue: fd) }
-        throw Failure(step: "userfaultfd", errno: .current, detail: "/dev/userfaultfd: \(deviceError)")
     }
-}
 
-extension Errno {
-    /// The calling thread's errno, read right after the failed call.
-    fileprivate static var current: Errno { Errno(rawValue: errno) }
+    /// A non-blocking userfaultfd (`UserFaultFD.open`: /dev/userfaultfd,
+    /// else the syscall).
+    static func openUserfaultfd() throws -> UserFaultFD {
+        do {
+            return try UserFaultFD.open()
+        } catch {
+            throw Failure(step: "userfaultfd", errno: error.syscall, detail: "/dev/userfaultfd: \(error.device)")
+        }
+    }
 }

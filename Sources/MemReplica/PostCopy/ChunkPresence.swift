@@ -1,3 +1,5 @@
+import BitCollections
+
 /// What a lazy replica holds of each chunk, and what it has asked for.
 ///
 /// Every DIRTY bumps a chunk's generation. A READ remembers the generation
@@ -6,6 +8,8 @@
 /// Reads and invalidations are on different streams, so this, not arrival
 /// order, is what keeps a replica from installing stale bytes.
 struct ChunkPresence {
+    /// Kept as `[Bool]`: the mirror reads it as one (`present[chunk]`, and
+    /// a copy of the whole for a snapshot).
     private(set) var present: [Bool]
     private(set) var generation: [UInt32]
     private(set) var presentCount = 0
@@ -15,17 +19,20 @@ struct ChunkPresence {
     /// READs in flight on the current connection, per reads stream. A fault
     /// on a chunk the puller asked for still gets a READ of its own: the
     /// puller's answer may be queued behind megabytes of others.
-    private var requestedByFault: Set<Int> = []
-    private var requestedByPull: Set<Int> = []
+    private var requestedByFault: BitSet
+    private var requestedByPull: BitSet
     /// Chunks whose current bytes arrived but could not be installed yet
     /// (UFFDIO_COPY failed, e.g. a full tmpfs): retried, never asked for again.
-    private(set) var holding: Set<Int> = []
+    private(set) var holding: BitSet
     /// Where the background puller looks next: just past the latest fault.
     private var pullCursor = 0
 
     init(chunkCount: Int) {
         present = [Bool](repeating: false, count: chunkCount)
         generation = [UInt32](repeating: 0, count: chunkCount)
+        requestedByFault = BitSet(reservingCapacity: chunkCount)
+        requestedByPull = BitSet(reservingCapacity: chunkCount)
+        holding = BitSet(reservingCapacity: chunkCount)
     }
 
     var chunkCount: Int { present.count }
@@ -137,7 +144,7 @@ struct ChunkPresence {
 
     /// A new connection: nothing is in flight any more.
     mutating func connectionChanged() {
-        requestedByFault.removeAll()
-        requestedByPull.removeAll()
+        requestedByFault = BitSet(reservingCapacity: chunkCount)
+        requestedByPull = BitSet(reservingCapacity: chunkCount)
     }
 }

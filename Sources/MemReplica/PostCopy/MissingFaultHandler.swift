@@ -29,7 +29,7 @@ import SystemPackage
 /// without the loop's watch changing.
 final class MissingFaultHandler: @unchecked Sendable {
     let region: Region
-    private let uffd: Int32
+    private let uffd: UserFaultFD
     private let faultSet: Int32
     /// `faultSet`'s token for our own descriptor; clients use their ids (≥ 1).
     private static let ownToken: UInt64 = 0
@@ -48,9 +48,9 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// it may be polled), and `install` and the loop read and wake under
     /// the lock, so no descriptor is used after its close.
     struct Clients {
-        struct Client { let id: Int; let uffd: Int32; let base: UInt; let length: Int }
+        struct Client { let id: Int; let uffd: UserFaultFD; let base: UInt; let length: Int }
         var active: [Client] = []
-        var retired: [Int32] = []
+        var retired: [UserFaultFD] = []
         var nextID = 0
         /// The handler thread has ended (`stop`): nothing may be added,
         /// and `wakeup` is about to be closed.
@@ -70,33 +70,38 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// the faulting thread is woken here.
     init(region: Region, onFault: @escaping @Sendable (Int, ObjectIdentifier?, Int?) -> Bool) throws {
         guard region.isSharedMemory else { throw PostCopyError.notSharedMemory(region: region.name) }
-        let fd = qs_uffd_open(0)
-        guard fd >= 0 else { throw PostCopyError.userfaultfd(call: "open", errno: Errno(rawValue: -fd)) }
-        var available: UInt64 = 0
-        var rc = qs_uffd_api(fd, qs_uffd_feature_missing_shmem(), &available)
-        guard rc == 0 else {
-            close(fd)
-            if rc == -EINVAL { throw PostCopyError.missingShmemUnsupported }
-            throw PostCopyError.userfaultfd(call: "UFFDIO_API", errno: Errno(rawValue: -rc))
+        let fd: UserFaultFD
+        do {
+            fd = try UserFaultFD.open()
+        } catch {
+            throw PostCopyError.userfaultfd(call: "open", errno: error.syscall)
         }
-        rc = qs_uffd_register_missing(fd, region.bytes.baseAddress, Self.pageAligned(region.geometry.size))
-        guard rc == 0 else {
-            close(fd)
-            throw PostCopyError.userfaultfd(call: "UFFDIO_REGISTER", errno: Errno(rawValue: -rc))
+        do {
+            try fd.handshake(requesting: .missingShmem)
+        } catch {
+            try? fd.close()
+            if error == .invalidArgument { throw PostCopyError.missingShmemUnsupported }
+            throw PostCopyError.userfaultfd(call: "UFFDIO_API", errno: error)
+        }
+        do {
+            try fd.registerMissing(region.bytes.baseAddress, length: Self.pageAligned(region.geometry.size))
+        } catch {
+            try? fd.close()
+            throw PostCopyError.userfaultfd(call: "UFFDIO_REGISTER", errno: error)
         }
         let set = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard set >= 0 else {
-            close(fd)
+            try? fd.close()
             throw PostCopyError.userfaultfd(call: "epoll_create1", errno: Errno(rawValue: errno))
         }
-        guard Self.watch(fd, token: Self.ownToken, in: set) else {
+        guard Self.watch(fd.rawValue, token: Self.ownToken, in: set) else {
             let e = errno
-            close(set); close(fd)
+            close(set); try? fd.close()
             throw PostCopyError.userfaultfd(call: "epoll_ctl", errno: Errno(rawValue: e))
         }
         let event = eventfd(0, Int32(EFD_CLOEXEC))
         guard event >= 0 else {
-            close(set); close(fd)
+            close(set); try? fd.close()
             throw PostCopyError.userfaultfd(call: "eventfd", errno: Errno(rawValue: errno))
         }
         self.region = region
@@ -109,8 +114,8 @@ final class MissingFaultHandler: @unchecked Sendable {
         let thread = Thread { [uffd, wakeup, stopped] in
             Self.serve(uffd: uffd, wakeup: wakeup, region: region, clients: clients) { onFault($0, nil, $1) }
             clients.withLock { c in
-                for client in c.active { close(client.uffd) }
-                for fd in c.retired { close(fd) }
+                for client in c.active { try? client.uffd.close() }
+                for fd in c.retired { try? fd.close() }
                 c.active = []
                 c.retired = []
                 c.closed = true
@@ -125,18 +130,19 @@ final class MissingFaultHandler: @unchecked Sendable {
     /// count means "the clients changed".
     private static let stopValue: UInt64 = 1 << 40
 
-    private static func serve(uffd: Int32, wakeup: Int32, region: Region, clients: Locked<Clients>,
+    private static func serve(uffd: UserFaultFD, wakeup: Int32, region: Region, clients: Locked<Clients>,
                               onFault: (Int, Int?) -> Bool) {
         let base = UInt(bitPattern: region.bytes.baseAddress)
         let chunkSize = UInt(region.geometry.chunkSize)
-        var addresses = [UInt64](repeating: 0, count: 64)
+        let addresses = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 64)
+        defer { addresses.deallocate() }
         var polled: [Clients.Client] = []
         var generation = -1
         var lent = false
         var dead = Set<Int>()
         while true {
             let now = clients.withLock { c -> [Clients.Client]? in
-                for fd in c.retired { close(fd) }
+                for fd in c.retired { try? fd.close() }
                 c.retired = []
                 guard c.generation != generation else { return nil }
                 generation = c.generation
@@ -147,9 +153,9 @@ final class MissingFaultHandler: @unchecked Sendable {
             // While a loop reads the faults, only the wake-up is polled here.
             let live = lent ? [] : polled.filter { !dead.contains($0.id) }
             // poll skips a negative descriptor: ours, while the loop reads it.
-            var fds = [pollfd(fd: lent ? -1 : uffd, events: Int16(POLLIN), revents: 0),
+            var fds = [pollfd(fd: lent ? -1 : uffd.rawValue, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
-                + live.map { pollfd(fd: $0.uffd, events: Int16(POLLIN), revents: 0) }
+                + live.map { pollfd(fd: $0.uffd.rawValue, events: Int16(POLLIN), revents: 0) }
             guard poll(&fds, nfds_t(fds.count), -1) >= 0 || errno == EINTR else { return }
             if fds[1].revents != 0 {
                 var value: UInt64 = 0
@@ -158,14 +164,13 @@ final class MissingFaultHandler: @unchecked Sendable {
                 continue
             }
             if fds[0].revents & Int16(POLLIN) != 0 {
-                let n = qs_uffd_read_faults(uffd, &addresses, Int32(addresses.count))
-                guard n >= 0 else { return }
-                for address in addresses.prefix(Int(n)) {
+                guard let n = try? uffd.readFaults(into: addresses) else { return }
+                for address in addresses.prefix(n) {
                     let offset = UInt(address) &- base
                     guard offset < UInt(region.geometry.size) else { continue }
                     let chunk = Int(offset / chunkSize)
                     if !onFault(chunk, nil), let range = region.geometry.byteRange(ofChunk: chunk) {
-                        _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, pageAligned(range.count))
+                        try? uffd.wake(region.bytes.baseAddress! + range.lowerBound, length: pageAligned(range.count))
                     }
                 }
             }
@@ -173,11 +178,10 @@ final class MissingFaultHandler: @unchecked Sendable {
                 let events = fds[index + 2].revents
                 guard events != 0 else { continue }
                 guard events & Int16(POLLIN) != 0 else { dead.insert(client.id); continue }
-                let n = qs_uffd_read_faults(client.uffd, &addresses, Int32(addresses.count))
                 // The client's address space went away, or its descriptor broke:
                 // stop polling it (the session's end removes it).
-                guard n >= 0 else { dead.insert(client.id); continue }
-                for address in addresses.prefix(Int(n)) {
+                guard let n = try? client.uffd.readFaults(into: addresses) else { dead.insert(client.id); continue }
+                for address in addresses.prefix(n) {
                     let offset = UInt(address) &- client.base
                     guard offset < UInt(client.length) else { continue }
                     let chunk = Int(offset / chunkSize)
@@ -202,7 +206,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         // this cannot overflow; checked all the same, as a client's numbers.
         let (address, overflow) = client.base.addingReportingOverflow(UInt(range.lowerBound))
         guard length > 0, !overflow else { return }
-        _ = qs_uffd_wake(client.uffd, UnsafeMutableRawPointer(bitPattern: address), length)
+        try? client.uffd.wake(UnsafeMutableRawPointer(bitPattern: address), length: length)
     }
 
     /// Serves the faults of another process's mapping of this region: `uffd`
@@ -221,7 +225,7 @@ final class MissingFaultHandler: @unchecked Sendable {
             // the loop reads the faults: refuse it instead.
             guard !c.closed, Self.watch(clientFD, token: UInt64(c.nextID + 1), in: faultSet) else { return nil }
             c.nextID += 1
-            c.active.append(.init(id: c.nextID, uffd: clientFD, base: UInt(base), length: length))
+            c.active.append(.init(id: c.nextID, uffd: UserFaultFD(rawValue: clientFD), base: UInt(base), length: length))
             c.generation += 1
             var one: UInt64 = 1
             _ = write(wakeup, &one, 8)
@@ -240,7 +244,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         clients.withLock { c in
             guard !c.closed, let index = c.active.firstIndex(where: { $0.id == id }) else { return }
             let client = c.active.remove(at: index)
-            _ = epoll_ctl(faultSet, EPOLL_CTL_DEL, client.uffd, nil)
+            _ = epoll_ctl(faultSet, EPOLL_CTL_DEL, client.uffd.rawValue, nil)
             c.retired.append(client.uffd)
             c.generation += 1
             var one: UInt64 = 1
@@ -295,7 +299,7 @@ final class MissingFaultHandler: @unchecked Sendable {
         return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 64) { addresses in
             while true {
                 let n = uffdOpen.withLock { open in
-                    open ? Int(qs_uffd_read_faults(uffd, addresses.baseAddress, Int32(addresses.count))) : -1
+                    open ? (try? uffd.readFaults(into: addresses)) ?? -1 : -1
                 }
                 guard n > 0 else { return n == 0 }
                 for address in addresses.prefix(n) {
@@ -305,7 +309,7 @@ final class MissingFaultHandler: @unchecked Sendable {
                     if !onFault(chunk, loop, nil), let range = region.geometry.byteRange(ofChunk: chunk) {
                         uffdOpen.withLock { open in
                             guard open else { return }
-                            _ = qs_uffd_wake(uffd, region.bytes.baseAddress! + range.lowerBound, Self.pageAligned(range.count))
+                            try? uffd.wake(region.bytes.baseAddress! + range.lowerBound, length: Self.pageAligned(range.count))
                         }
                     }
                 }
@@ -326,11 +330,11 @@ final class MissingFaultHandler: @unchecked Sendable {
                 let read = clients.withLock { c -> (count: Int, base: UInt, length: Int)? in
                     guard let client = c.active.first(where: { $0.id == id }) else { return nil }
                     let n = events & EPOLLIN.rawValue == 0
-                        ? -1 : Int(qs_uffd_read_faults(client.uffd, addresses.baseAddress, Int32(addresses.count)))
+                        ? -1 : (try? client.uffd.readFaults(into: addresses)) ?? -1
                     // The descriptor broke: stop watching it, or the set would
                     // stay ready and the loop spin (the session's end removes
                     // the client).
-                    if n < 0 { _ = epoll_ctl(faultSet, EPOLL_CTL_DEL, client.uffd, nil) }
+                    if n < 0 { _ = epoll_ctl(faultSet, EPOLL_CTL_DEL, client.uffd.rawValue, nil) }
                     return (n, client.base, client.length)
                 }
                 guard let read, read.count > 0 else { return }
@@ -371,19 +375,18 @@ final class MissingFaultHandler: @unchecked Sendable {
         var done = 0
         try withExtendedLifetime(padded) {
             while done < length {
-                var copied: Int64 = 0
-                let rc = qs_uffd_copy(uffd, destination + done, source.baseAddress! + done, length - done, &copied)
-                if rc == 0 { break }
-                if copied > 0 { done += Int(copied) }
-                switch -rc {
-                case EEXIST: done += page  // present already: skip that page
-                case EAGAIN: continue      // the mapping changed under us: retry the rest
-                default: throw PostCopyError.userfaultfd(call: "UFFDIO_COPY", errno: Errno(rawValue: -rc))
+                let (copied, failure) = uffd.copy(to: destination + done, from: source.baseAddress! + done, length: length - done)
+                guard let failure else { break }
+                done += copied
+                switch failure {
+                case .fileExists: done += page              // present already: skip that page
+                case .resourceTemporarilyUnavailable: continue  // the mapping changed under us: retry the rest
+                default: throw PostCopyError.userfaultfd(call: "UFFDIO_COPY", errno: failure)
                 }
             }
         }
         // A thread that faulted on a page that turned out present still sleeps.
-        _ = qs_uffd_wake(uffd, destination, length)
+        try? uffd.wake(destination, length: length)
         // Attached processes find the page in the page cache once woken.
         clients.withLock { c in
             for client in c.active { Self.wakeClient(client, range: range) }
@@ -419,7 +422,7 @@ final class MissingFaultHandler: @unchecked Sendable {
             return
         }
         close(faultSet)
-        close(uffd)
+        try? uffd.close()
         close(wakeup)
     }
 }
