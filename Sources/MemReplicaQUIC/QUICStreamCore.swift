@@ -63,18 +63,21 @@ package final class QUICStreamCore: StreamCore, SendScheduled, @unchecked Sendab
 
     package func prioritizeLocally() { connection.makeUrgent(self) }
 
-    package func stopReadingLocally(code: UInt64) {
-        guard !connection.isClosed, !closedByStack else { return }
-        ngtcp2_conn_shutdown_stream_read(connection.conn, id, code)
-        failReceive(.streamReset(errorCode: code))
-        discardReceived()
-        connection.endpoint.needsWrite(connection)
-    }
+    package func stopReadingLocally(code: UInt64) { shutDown(code: code, readingOnly: true) }
 
-    package func resetLocally(code: UInt64) {
+    package func resetLocally(code: UInt64) { shutDown(code: code, readingOnly: false) }
+
+    /// Stops the reading half (STOP_SENDING) or both (RESET_STREAM too);
+    /// nobody will read what is buffered, so it goes and its credit returns.
+    private func shutDown(code: UInt64, readingOnly: Bool) {
         guard !connection.isClosed, !closedByStack else { return }
-        ngtcp2_conn_shutdown_stream(connection.conn, id, code)
-        fail(.streamReset(errorCode: code))
+        if readingOnly {
+            ngtcp2_conn_shutdown_stream_read(connection.conn, id, code)
+            failReceive(.streamReset(errorCode: code))
+        } else {
+            ngtcp2_conn_shutdown_stream(connection.conn, id, code)
+            fail(.streamReset(errorCode: code))
+        }
         discardReceived()
         connection.endpoint.needsWrite(connection)
     }
