@@ -10,14 +10,14 @@ import Glibc
 /// One QUIC connection: the ngtcp2 connection, its TLS session and its
 /// streams. Confined to the endpoint's loop thread; `QUICConnection` is the
 /// handle other threads hold.
-package final class QUICConnectionCore: @unchecked Sendable {
+package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendable {
     enum State { case handshaking, established, closed(TransportError) }
 
     /// Strong for the same reason; the cycle through the endpoint's tables
     /// is broken in `finish`.
     package let endpoint: QUICEndpoint
-    /// This connection's part of the budget's send half (its streams reserve there).
-    let sendShare: ConnectionSendShare
+    /// What its streams share across threads: send share, credit, close reason.
+    package let shared: ConnectionSharedState
     package private(set) var conn: OpaquePointer!
     let tls: UnsafeMutablePointer<qs_tls_session>
     let isClient: Bool
@@ -32,16 +32,11 @@ package final class QUICConnectionCore: @unchecked Sendable {
     /// streams, and the memreplica acceptor never sees it.
     /// The application session (HTTP/3) that took this connection over, if any.
     var application: (any QUICApplicationSession)?
-    var streams: [Int64: QUICStreamCore] = [:]
+    package var streams: [Int64: QUICStreamCore] = [:]
     /// Streams with data to send, served round-robin one packet at a time.
-    var sendQueue = Deque<QUICStreamCore>()
-    /// Packets in a row that carried urgent streams' bytes (QUICPacketWriter).
-    var urgentPacketsInARow = 0
-    var acceptQueue = Deque<QUICStreamCore>()
-    var acceptWaiters = Deque<Delivery<QUICStreamCore>>()
-    var openWaiters = Deque<Delivery<QUICStreamCore>>()
-    var connectWaiter: Delivery<QUICConnectionCore>?
-    var closeWaiters: [CheckedContinuation<TransportError, Never>] = []
+    var sendQueue = SendScheduler<QUICStreamCore>()
+    package var waiters = ConnectionWaiters<QUICStreamCore>()
+    package var connectWaiter: Delivery<QUICConnectionCore>?
     /// Set by a callback; reported when ngtcp2 returns the failure.
     package var callbackError: TransportError?
     /// The peer answered with a stateless reset (ngtcp2 then drains).
@@ -61,15 +56,7 @@ package final class QUICConnectionCore: @unchecked Sendable {
     /// Server: why to close the connection as soon as the packet being
     /// read is done (a cap found over at handshake completion).
     private var pendingRefusal: String?
-    /// Bytes readers took on all streams and not yet returned as
-    /// connection-level credit, with whether a sweep is queued. Shared with
-    /// reading tasks: stream-level thresholds alone could strand a little
-    /// credit on each of many streams until the connection window is gone.
-    private let unreportedCredit = Locked((bytes: 0, sweepPosted: false))
-    private var connectionCreditThreshold: Int
-    /// Why the connection ended, readable from any thread.
-    private let closedWith = Locked<TransportError?>(nil)
-    var closeErrorSnapshot: TransportError? { closedWith.withLock { $0 } }
+    var closeErrorSnapshot: TransportError? { shared.closeErrorSnapshot }
 
     package var bytesSent: UInt64 = 0, bytesReceived: UInt64 = 0
     package var packetsSent: UInt64 = 0, packetsReceived: UInt64 = 0
@@ -102,15 +89,15 @@ package final class QUICConnectionCore: @unchecked Sendable {
     private var deliveredEarly = false
 
     var isClosed: Bool { if case .closed = state { return true } else { return false } }
-    var closeError: TransportError? { if case .closed(let e) = state { return e } else { return nil } }
+    package var closeError: TransportError? { if case .closed(let e) = state { return e } else { return nil } }
 
     private init(endpoint: QUICEndpoint, isClient: Bool, remote: SocketAddressStorage) {
         self.endpoint = endpoint
-        sendShare = ConnectionSendShare(budget: endpoint.memoryBudget)
+        shared = ConnectionSharedState(budget: endpoint.memoryBudget,
+                                       receiveWindow: endpoint.configuration.connectionReceiveWindow)
         self.isClient = isClient
         self.remote = remote
         self.remoteAddress = PeerAddress(storage: remote)
-        connectionCreditThreshold = max(1, Int(endpoint.configuration.connectionReceiveWindow / 8))
         tls = .allocate(capacity: 1)
         tls.initialize(to: qs_tls_session())
     }
@@ -165,9 +152,7 @@ package final class QUICConnectionCore: @unchecked Sendable {
         }
         receiveWindow = window
         frameAllowance = FrameAllowance(limit: Int(window), budget: endpoint.memoryBudget)
-        connectionCreditThreshold = max(1, Int(window / 8))
-        // Published through the lock reading tasks take (see QUICStreamCore.init).
-        unreportedCredit.withLock { _ in }
+        shared.setReceiveWindow(window)
         let streamWindow = min(config.streamReceiveWindow, window)
         var settings = ngtcp2_settings()
         qs_settings_default(&settings)
@@ -453,18 +438,10 @@ package final class QUICConnectionCore: @unchecked Sendable {
         let wasEstablished: Bool
         if case .established = state { wasEstablished = true } else { wasEstablished = false }
         state = .closed(error)
-        closedWith.withLock { $0 = error }
         if wasEstablished || !isClient {
             endpoint.logger.debug("connection closed", metadata: ["peer": "\(remoteAddress)", "reason": "\(error)"])
         }
-        connectWaiter?.fail(error)
-        connectWaiter = nil
-        for s in streams.values { s.fail(error) }
-        for s in acceptQueue { s.fail(error) }
-        while let w = acceptWaiters.popFirst() { w.fail(error) }
-        while let w = openWaiters.popFirst() { w.fail(error) }
-        for w in closeWaiters { w.resume(returning: error) }
-        closeWaiters.removeAll()
+        failStreamsAndWaiters(error)
         sendQueue.removeAll()
         streams.removeAll()
         endpoint.forget(self)
@@ -633,11 +610,7 @@ package final class QUICConnectionCore: @unchecked Sendable {
         let stream = QUICStreamCore(id: id, connection: self)
         streams[id] = stream
         ngtcp2_conn_set_stream_user_data(conn, id, Unmanaged.passUnretained(stream).toOpaque())
-        if let waiter = acceptWaiters.popFirst() {
-            waiter.succeed(stream)
-        } else {
-            acceptQueue.append(stream)
-        }
+        waiters.peerOpened(stream)
     }
 
     func streamClosed(_ stream: QUICStreamCore, appErrorCode: UInt64?) {
@@ -660,7 +633,7 @@ package final class QUICConnectionCore: @unchecked Sendable {
         }
     }
 
-    func openStreamNow() -> QUICStreamCore? {
+    package func openStreamNow() -> QUICStreamCore? {
         var id: Int64 = -1
         let rc = ngtcp2_conn_open_bidi_stream(conn, &id, nil)
         guard rc == 0 else { return nil }
@@ -672,44 +645,31 @@ package final class QUICConnectionCore: @unchecked Sendable {
 
     /// The peer raised our stream limit: serve waiting openers.
     func streamCreditAvailable() {
-        while !openWaiters.isEmpty, let stream = openStreamNow() {
-            openWaiters.removeFirst().succeed(stream)
+        while !waiters.openWaiters.isEmpty, let stream = openStreamNow() {
+            waiters.openWaiters.removeFirst().succeed(stream)
         }
     }
 
     func schedule(_ stream: QUICStreamCore) {
         guard !stream.scheduled, !stream.flowBlocked, stream.hasDataToSend else { return }
-        stream.scheduled = true
-        enqueue(stream)
+        sendQueue.schedule(stream)
         endpoint.needsWrite(self)
     }
 
-    func enqueue(_ stream: QUICStreamCore) { sendQueue.enqueue(stream) }
-
     func makeUrgent(_ stream: QUICStreamCore) { sendQueue.makeUrgent(stream) }
 
-    /// Counts bytes a reader took; true when the caller should post a
-    /// connection-wide credit sweep.
-    func noteCreditTaken(_ count: Int) -> Bool {
-        let threshold = connectionCreditThreshold
-        return unreportedCredit.withLock { u in
-            u.bytes += count
-            guard u.bytes >= threshold, !u.sweepPosted else { return false }
-            u.sweepPosted = true
-            return true
-        }
-    }
+    package func postToLoop(_ body: @escaping @Sendable () -> Void) { endpoint.post(body) }
 
     /// Returns every stream's outstanding credit (loop thread).
     func returnAllCredit() {
-        unreportedCredit.withLock { $0.sweepPosted = false }
+        shared.creditSweepStarted()
         for s in streams.values { s.returnCredit() }
     }
 
     /// A reader took `count` bytes: open the windows by as much.
     func consumed(_ count: Int, on stream: QUICStreamCore) {
         guard count > 0 else { return }
-        unreportedCredit.withLock { $0.bytes -= count }
+        shared.creditReturned(count)
         guard !isClosed else { return }
         if !stream.closedByStack {
             ngtcp2_conn_extend_max_stream_offset(conn, stream.id, UInt64(count))
@@ -726,7 +686,7 @@ package final class QUICConnectionCore: @unchecked Sendable {
         endpoint.needsWrite(self)
     }
 
-    func statistics() -> ConnectionStatistics {
+    package func statistics() -> ConnectionStatistics {
         var s = ConnectionStatistics()
         s.bytesSent = bytesSent; s.bytesReceived = bytesReceived
         s.packetsSent = packetsSent; s.packetsReceived = packetsReceived

@@ -1,8 +1,8 @@
 import QuicShim
 
 /// Turns a connection's pending stream data into UDP datagrams: streams are
-/// served round-robin, a stream at a time per packet (urgent streams first,
-/// round-robin among themselves), and packets of equal size go out together
+/// served a stream at a time per packet, in `SendScheduler`'s order (urgent
+/// first, bulk keeping a share), and packets of equal size go out together
 /// as one GSO send.
 extension QUICConnectionCore {
     package enum WriteOutcome { case idle, more, blocked }
@@ -50,18 +50,7 @@ extension QUICConnectionCore {
             var flags = UInt32(NGTCP2_WRITE_STREAM_FLAG_MORE)
             // Connection-level credit gone: only ACKs and control frames.
             if ngtcp2_conn_get_max_data_left(conn) > 0 {
-                while let head = sendQueue.first {
-                    if head.hasDataToSend && !head.flowBlocked && !head.closedByStack { stream = head; break }
-                    head.scheduled = false
-                    sendQueue.removeFirst()
-                }
-                // Urgent first, but not only: with a small congestion window
-                // (a lossy path) steady reads could take every packet and
-                // stall the bulk streams for as long as they last.
-                if let s = stream, s.urgent, urgentPacketsInARow >= Self.urgentPacketsBeforeBulk,
-                   let bulk = sendQueue.first(where: { !$0.urgent && $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }) {
-                    stream = bulk
-                }
+                stream = sendQueue.next { $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }
             }
             if let s = stream {
                 vecCount = s.sendBuffer.unsentVectors(into: vecs)
@@ -149,34 +138,19 @@ extension QUICConnectionCore {
         return total
     }
 
-    /// Packets urgent streams may send in a row while a bulk stream waits:
-    /// bulk keeps at least a fifth of the connection.
-    static let urgentPacketsBeforeBulk = 4
-
     /// Records what ngtcp2 took from the stream and rotates it to the back
     /// of the queue so the next packet serves the next stream.
     private func consume(_ stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32) {
         guard let s = stream, accepted >= 0 else { return }
-        urgentPacketsInARow = s.urgent ? urgentPacketsInARow + 1 : 0
+        sendQueue.tookTurn(s)
         let took = Int(accepted)
         let finWanted = flags & UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) != 0
         if finWanted && took == s.sendBuffer.unsent { s.finSent = true }
         s.sendBuffer.markSent(took)
-        if !s.hasDataToSend {
-            dequeue(s)
-        } else if let first = sendQueue.first, first === s, sendQueue.count > 1 {
-            sendQueue.removeFirst()
-            enqueue(s)
-        } else if !s.urgent, let i = sendQueue.firstIndex(where: { $0 === s }), i > 0 {
-            // A bulk stream served out of turn goes to the back of the bulk ones.
-            sendQueue.remove(at: i)
-            sendQueue.append(s)
-        }
+        if s.hasDataToSend { sendQueue.rotate(s) } else { sendQueue.remove(s) }
     }
 
     private func dequeue(_ stream: QUICStreamCore?) {
-        guard let s = stream else { return }
-        if let i = sendQueue.firstIndex(where: { $0 === s }) { sendQueue.remove(at: i) }
-        s.scheduled = false
+        if let s = stream { sendQueue.remove(s) }
     }
 }

@@ -11,12 +11,12 @@ import DequeModule
 /// connection-level records and, in `tcp` mode, every stream. In
 /// `tcp-per-region` mode each stream the client opens gets a link of its
 /// own that joins this connection by its token (see `MuxSettings`).
-final class TCPConnectionCore: @unchecked Sendable {
+final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     enum State { case handshaking, established, closed(TransportError) }
 
     let endpoint: TCPEndpoint
-    /// This connection's part of the budget's send half (its streams reserve there).
-    let sendShare: ConnectionSendShare
+    /// What its streams share across threads: send share, credit, close reason.
+    let shared: ConnectionSharedState
     let isClient: Bool
     let remoteAddress: PeerAddress
     var state = State.handshaking
@@ -27,11 +27,8 @@ final class TCPConnectionCore: @unchecked Sendable {
     private(set) var links: [TCPLink] = []
     var streams: [Int64: TCPStreamCore] = [:]
 
-    var acceptQueue = Deque<TCPStreamCore>()
-    var acceptWaiters = Deque<Delivery<TCPStreamCore>>()
-    var openWaiters = Deque<Delivery<TCPStreamCore>>()
+    var waiters = ConnectionWaiters<TCPStreamCore>()
     var connectWaiter: Delivery<TCPConnectionCore>?
-    var closeWaiters: [CheckedContinuation<TransportError, Never>] = []
 
     // Stream IDs as QUIC numbers bidirectional streams: client 4n, server 4n+1.
     private var nextLocalStreamID: Int64
@@ -48,10 +45,6 @@ final class TCPConnectionCore: @unchecked Sendable {
     private var connectionReceiveLimit: UInt64
     private var connectionReceived: UInt64 = 0
     private var waitingForCredit: [TCPStreamCore] = []
-    /// Bytes readers took on all streams and not yet returned as
-    /// connection credit, and whether a sweep is queued (see `QUICConnectionCore`).
-    private let unreportedCredit = Locked((bytes: 0, sweepPosted: false))
-    private let connectionCreditThreshold: Int
 
     // Liveness.
     var lastReceivedAt: UInt64
@@ -64,8 +57,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     /// The newest TLS session ticket (client), for links that join later.
     private var resumption: OpaquePointer?
 
-    private let closedWith = Locked<TransportError?>(nil)
-    var closeErrorSnapshot: TransportError? { closedWith.withLock { $0 } }
+    var closeErrorSnapshot: TransportError? { shared.closeErrorSnapshot }
     var isClosed: Bool { if case .closed = state { return true } else { return false } }
     var closeError: TransportError? { if case .closed(let e) = state { return e } else { return nil } }
     var isEstablished: Bool { if case .established = state { return true } else { return false } }
@@ -82,7 +74,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     /// `receiveWindow` comes from `MemoryBudget.reserveReceiveWindow`; the
     /// connection gives it back when it finishes.
     init(endpoint: TCPEndpoint, isClient: Bool, remoteAddress: PeerAddress, receiveWindow: UInt64) {
-        sendShare = ConnectionSendShare(budget: endpoint.memoryBudget)
+        shared = ConnectionSharedState(budget: endpoint.memoryBudget, receiveWindow: receiveWindow)
         self.endpoint = endpoint
         self.isClient = isClient
         self.remoteAddress = remoteAddress
@@ -94,7 +86,6 @@ final class TCPConnectionCore: @unchecked Sendable {
         nextPeerStreamID = isClient ? 1 : 0
         peerStreamLimit = config.maxConcurrentStreams
         connectionReceiveLimit = receiveWindow
-        connectionCreditThreshold = max(1, Int(receiveWindow / 8))
         lastReceivedAt = startedAt
         lastPingAt = startedAt
     }
@@ -180,11 +171,7 @@ final class TCPConnectionCore: @unchecked Sendable {
         peerStreamsOpened += 1
         let stream = TCPStreamCore(id: id, connection: self, link: link, sendCredit: peerStreamWindow)
         streams[id] = stream
-        if let waiter = acceptWaiters.popFirst() {
-            waiter.succeed(stream)
-        } else {
-            acceptQueue.append(stream)
-        }
+        waiters.peerOpened(stream)
         return stream
     }
 
@@ -243,12 +230,12 @@ final class TCPConnectionCore: @unchecked Sendable {
 
     /// The peer raised our stream limit: serve waiting openers.
     private func serveOpenWaiters() {
-        while !openWaiters.isEmpty {
+        while !waiters.openWaiters.isEmpty {
             do {
                 guard let stream = try openStreamNow() else { return }
-                openWaiters.removeFirst().succeed(stream)
+                waiters.openWaiters.removeFirst().succeed(stream)
             } catch {
-                openWaiters.removeFirst().fail(error)
+                waiters.openWaiters.removeFirst().fail(error)
             }
         }
     }
@@ -339,21 +326,11 @@ final class TCPConnectionCore: @unchecked Sendable {
         waitingForCredit.append(stream)
     }
 
-    /// Counts bytes a reader took; true when the caller should post a
-    /// connection-wide credit sweep.
-    func noteCreditTaken(_ count: Int) -> Bool {
-        let threshold = connectionCreditThreshold
-        return unreportedCredit.withLock { u in
-            u.bytes += count
-            guard u.bytes >= threshold, !u.sweepPosted else { return false }
-            u.sweepPosted = true
-            return true
-        }
-    }
+    func postToLoop(_ body: @escaping @Sendable () -> Void) { endpoint.post(body) }
 
     /// Returns every stream's outstanding credit (loop thread).
     func returnAllCredit() {
-        unreportedCredit.withLock { $0.sweepPosted = false }
+        shared.creditSweepStarted()
         for s in streams.values { s.returnCredit() }
     }
 
@@ -361,7 +338,7 @@ final class TCPConnectionCore: @unchecked Sendable {
     /// connection window by as much.
     func consumed(_ count: Int) {
         guard count > 0 else { return }
-        unreportedCredit.withLock { $0.bytes = max(0, $0.bytes - count) }
+        shared.creditReturned(count)
         guard !isClosed else { return }
         connectionReceiveLimit += UInt64(count)
         sessionLink.queueControl(.connectionWindow, value: UInt64(count))
@@ -446,19 +423,11 @@ final class TCPConnectionCore: @unchecked Sendable {
         guard !isClosed else { return }
         let wasEstablished = isEstablished
         state = .closed(error)
-        closedWith.withLock { $0 = error }
         if wasEstablished || !isClient {
             endpoint.logger.debug("connection closed", metadata: ["peer": "\(remoteAddress)", "reason": "\(error)"])
         }
-        connectWaiter?.fail(error)
-        connectWaiter = nil
-        for s in streams.values { s.fail(error) }
-        for s in acceptQueue { s.fail(error) }
-        acceptQueue.removeAll()
-        while let w = acceptWaiters.popFirst() { w.fail(error) }
-        while let w = openWaiters.popFirst() { w.fail(error) }
-        for w in closeWaiters { w.resume(returning: error) }
-        closeWaiters.removeAll()
+        failStreamsAndWaiters(error)
+        waiters.acceptQueue.removeAll()
         streams.removeAll()
         waitingForCredit.removeAll()
         var record: [UInt8]?

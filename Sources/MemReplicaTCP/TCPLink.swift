@@ -41,7 +41,7 @@ final class TCPLink {
     private var parser = MuxParser()
     private var dataTarget: TCPStreamCore?
     private var control: [UInt8] = []
-    private var sendStreams = Deque<TCPStreamCore>()
+    private var sendStreams = SendScheduler<TCPStreamCore>()
     private var staging: UnsafeMutableRawBufferPointer?
     private var stagingStart = 0
     private var stagingEnd = 0
@@ -267,12 +267,9 @@ final class TCPLink {
 
     func schedule(_ stream: TCPStreamCore) {
         guard !stream.scheduled, !stream.removed, stream.hasWork, state != .draining, state != .closed else { return }
-        stream.scheduled = true
-        enqueue(stream)
+        sendStreams.schedule(stream)
         if state == .open { endpoint.needsWrite(self) }
     }
-
-    private func enqueue(_ stream: TCPStreamCore) { sendStreams.enqueue(stream) }
 
     /// Only the framing order changes: what is already in the kernel's send
     /// buffer goes first regardless (TCP's head-of-line cost).
@@ -339,7 +336,8 @@ final class TCPLink {
         if state == .draining && !shutdownSent { sendShutdown() }
     }
 
-    /// Frames control records, then one DATA record per stream per turn.
+    /// Frames control records, then one DATA record per stream per turn, in
+    /// `SendScheduler`'s order (urgent first, bulk keeping a share).
     private func refill() {
         stagingStart = 0
         stagingEnd = 0
@@ -358,28 +356,28 @@ final class TCPLink {
             return
         }
         let maxRecord = endpoint.configuration.maxDataRecord
-        while out.count - used > MuxLimits.maxHeader, let stream = sendStreams.popFirst() {
-            stream.scheduled = false
-            guard !stream.removed else { continue }
+        while out.count - used > MuxLimits.maxHeader, let stream = sendStreams.next(ready: { !$0.removed }) {
             let credit = connection.connectionCreditLeft
             let (written, data) = stream.frame(into: UnsafeMutableRawBufferPointer(rebasing: out[used...]),
                                                connectionCredit: credit, maxRecord: maxRecord)
             used += written
             connection.sent(data)
+            if written > 0 { sendStreams.tookTurn(stream) }
             if stream.sendDone {
+                sendStreams.remove(stream)
                 connection.streamMayBeDone(stream)
             } else if stream.hasWork {
                 if stream.queuedBytes > 0 && connection.connectionCreditLeft == 0 {
+                    sendStreams.remove(stream)
                     connection.waitForCredit(stream)
                 } else if written > 0 {
-                    stream.scheduled = true
-                    enqueue(stream)
+                    sendStreams.rotate(stream)
                 } else {
-                    // No room left in this staging round; first in the next.
-                    stream.scheduled = true
-                    sendStreams.prepend(stream)
+                    // No room left in this staging round; it keeps its turn.
                     break
                 }
+            } else {
+                sendStreams.remove(stream)
             }
         }
         stagingEnd = used
@@ -402,7 +400,6 @@ final class TCPLink {
         if let record { control.append(contentsOf: record) }
         state = .draining
         drainDeadline = monotonicNanoseconds() + UInt64(TCPConfiguration.drainTimeout.seconds * 1e9)
-        for s in sendStreams { s.scheduled = false }
         sendStreams.removeAll()
         endpoint.needsWrite(self)
     }
@@ -450,7 +447,6 @@ final class TCPLink {
         guard state != .closed else { return }
         finalInfo = TCPInfo(fd: fd)
         state = .closed
-        for s in sendStreams { s.scheduled = false }
         sendStreams.removeAll()
         control.removeAll()
         endpoint.retire(self)

@@ -15,64 +15,19 @@ public final class TCPStream: TransportStream, @unchecked Sendable {
 
     public var frameAllowance: FrameAllowance? { core.connection.frameAllowance }
 
-    // Each write reserves its bytes in the memory budget (waiting for room)
-    // before it copies them: the copy is what the budget counts.
-    public func write(_ bytes: [UInt8]) async throws {
-        guard !bytes.isEmpty else { return }
-        try await core.reserve(bytes.count)
-        try core.enqueue(bytes.withUnsafeBytes(OwnedBytes.copy))
-    }
-
-    public func write(_ bytes: UnsafeRawBufferPointer) async throws {
-        guard bytes.count > 0 else { return }
-        try await core.reserve(bytes.count)
-        try core.enqueue(OwnedBytes.copy(bytes))
-    }
-
+    public func write(_ bytes: [UInt8]) async throws { try await core.write(bytes) }
+    public func write(_ bytes: UnsafeRawBufferPointer) async throws { try await core.write(bytes) }
     public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
-        guard header.count + body.count > 0 else { return }
-        try await core.reserve(header.count + body.count)
-        try core.enqueue(OwnedBytes.copy(header: header, body: body))
+        try await core.write(header, followedBy: body)
     }
-
     public func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
                       checkingCopy check: () throws -> Void) async throws {
-        let count = header.count + body.count
-        guard count > 0 else { return }
-        try await core.reserve(count)
-        let copy = OwnedBytes.copy(header: header, body: body)
-        do {
-            try check()
-        } catch {
-            copy.deallocate()
-            core.cancelReservation(count)
-            throw error
-        }
-        try core.enqueue(copy)
+        try await core.write(header, followedBy: body, checkingCopy: check)
     }
+    public func finish() async throws { try core.finish() }
+    public func read(maxLength: Int = 1 << 20) async throws -> [UInt8]? { try await core.read(maxLength: maxLength) }
 
-
-    public func finish() async throws {
-        try core.finish()
-    }
-
-    public func read(maxLength: Int = 1 << 20) async throws -> [UInt8]? {
-        precondition(maxLength > 0, "maxLength must be positive")
-        return try await core.read(maxLength: maxLength)
-    }
-
-    public func prioritize() async {
-        let core = self.core
-        await core.connection.endpoint.onLoop { core.link.makeUrgent(core) }
-    }
-
-    public func stopReading(errorCode: UInt64) async {
-        let core = self.core
-        await core.connection.endpoint.onLoop { core.stopReadingLocally(code: errorCode) }
-    }
-
-    public func reset(errorCode: UInt64) async {
-        let core = self.core
-        await core.connection.endpoint.onLoop { core.resetLocally(code: errorCode) }
-    }
+    public func prioritize() async { await core.prioritize() }
+    public func stopReading(errorCode: UInt64) async { await core.stopReading(errorCode: errorCode) }
+    public func reset(errorCode: UInt64) async { await core.reset(errorCode: errorCode) }
 }

@@ -4,28 +4,21 @@ import DequeModule
 
 /// One stream of a TCP transport connection, in two parts as in
 /// `QUICStreamCore`: the loop-only part (send queue, offsets, credit) is
-/// touched only on the endpoint's loop thread; the `mailbox` is shared with
-/// the tasks that read and write, under a lock, so a write below the buffer
-/// limit and a read of bytes already here finish without a loop round trip.
+/// touched only on the endpoint's loop thread; the `state`
+/// (`StreamCoreState`) is shared with the tasks that read and write.
 ///
 /// Flow control is the mux's own: the receiver grants each stream a window
 /// (SETTINGS, then WINDOW records as its reader takes bytes), so a slow
 /// reader stops its sender, never the TCP connection or memory. `write`
 /// suspends while more than `streamSendBuffer` bytes wait to be framed.
-final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
-    let id: Int64
+final class TCPStreamCore: StreamCore, SendScheduled, @unchecked Sendable {
+    let state: StreamCoreState
     /// Strong: a stream handle may outlive its connection's tables and must
     /// still answer (with the connection's error).
     let connection: TCPConnectionCore
     /// The TCP connection this stream's records travel on.
     let link: TCPLink
-    let mailbox = Locked(TCPStreamMailbox())
-    private let sendLimit: Int
-    private let creditThreshold: Int
-    /// Charged for the bytes this stream holds written and not yet handed
-    /// to TLS (received bytes live in the connection's reserved window).
-    let budget: ConnectionSendShare
-    static let receiveChunk = 256 << 10
+    var mailbox: Locked<StreamMailbox> { state.mailbox }
     /// When the send queue last drained a little (or got bytes while
     /// empty): a stream that holds bytes and makes no progress for
     /// `PeerLimits.stalledStreamTimeout` is reset.
@@ -63,181 +56,36 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     var removed = false
 
     init(id: Int64, connection: TCPConnectionCore, link: TCPLink, sendCredit: UInt64) {
-        self.id = id
         self.connection = connection
         self.link = link
         self.sendCredit = sendCredit
-        let config = connection.endpoint.configuration
-        sendLimit = config.streamSendBuffer
-        budget = connection.sendShare
         receiveLimit = connection.streamReceiveWindow
-        // Credit goes back in steps: each step is a loop wake-up, and an
-        // eighth of the window keeps the sender far from blocking.
-        creditThreshold = max(1, Int(min(connection.streamReceiveWindow, connection.receiveWindow / 8) / 8))
-        // Publish the fields above through the lock every task takes first
-        // (ThreadSanitizer cannot see the continuation's ordering on Linux).
-        mailbox.withLock { _ in }
+        state = StreamCoreState(id: id, shared: connection.shared,
+                                sendLimit: connection.endpoint.configuration.streamSendBuffer,
+                                streamReceiveWindow: connection.streamReceiveWindow,
+                                connectionReceiveWindow: connection.receiveWindow)
     }
 
     deinit {
+        // What the state's deinit gives back to the budget; the memory is here.
         queue.forEach { $0.deallocate() }
-        // Whatever was not sent before the stream went away.
-        let held = mailbox.withLock { m -> Int in
-            defer { m.handedOff = m.written }
-            return Int(m.written - m.handedOff)
-        }
-        budget.release(held)
     }
 
-    // MARK: task side
+    // MARK: StreamCore
 
-    /// Waits until `count` more bytes may be queued, then reserves them in
-    /// the memory budget: this stream's bytes not yet handed to TLS stay
-    /// within `streamSendBuffer` (a larger write goes alone) and the budget
-    /// has room. A stream whose peer stops reading is reset by the loop
-    /// after `PeerLimits.stalledStreamTimeout`, which ends this wait.
-    func reserve(_ count: Int) async throws {
-        enum Next { case reserved, fail(TransportError), wait(budget: Bool) }
-        while true {
-            let next = mailbox.withLock { m -> Next in
-                if let error = m.sendError ?? connection.closeErrorSnapshot { return .fail(error) }
-                if m.finRequested { return .fail(.protocolFailure("write after finish on stream \(id)")) }
-                guard m.hasSendRoom(for: count, limit: sendLimit) else { return .wait(budget: false) }
-                guard budget.tryReserve(count) else { return .wait(budget: true) }
-                m.reserved += count
-                return .reserved
-            }
-            switch next {
-            case .reserved: return
-            case .fail(let error): throw error
-            case .wait(let forBudget): try await waitForRoom(count, budget: forBudget)
-            }
-        }
-    }
+    func postToLoop(_ body: @escaping @Sendable () -> Void) { connection.endpoint.post(body) }
 
-    /// One wait for room; the caller checks again after it.
-    private func waitForRoom(_ count: Int, budget forBudget: Bool) async throws {
-        let token = TCPWaitToken()
-        let key = ObjectIdentifier(token)
-        defer { if forBudget { budget.cancelNotification(key) } }
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            if forBudget { budget.notifyOnRelease(key) { [weak self] in self?.wakeWriters() } }
-            let resume: Result<Void, TransportError>? = mailbox.withLock { m in
-                if let error = m.sendError ?? connection.closeErrorSnapshot { return .failure(error) }
-                if m.hasSendRoom(for: count, limit: sendLimit), !forBudget || budget.hasRoom(for: count) {
-                    return .success(())
-                }
-                m.writeWaiters.append(c)
-                m.writeWaitingFor = max(m.writeWaitingFor, count)
-                return nil
-            }
-            if let resume { c.resume(with: resume) }
-        }
-        withExtendedLifetime(token) {}
-    }
+    func returnConnectionCredit() { connection.returnAllCredit() }
 
-    /// Wakes every waiting writer to check again (the budget freed room).
-    private func wakeWriters() {
-        let waiters = mailbox.withLock { m -> [CheckedContinuation<Void, any Error>] in
-            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
-            return m.writeWaiters
-        }
-        waiters.forEach { $0.resume() }
-    }
-
-    /// Gives back a reservation that will not be enqueued (the copy it was
-    /// for turned out unusable).
-    func cancelReservation(_ count: Int) {
-        mailbox.withLock { $0.reserved -= count }
-        budget.release(count)
-    }
-
-    /// Queues owned memory that `reserve` made room for; never waits.
-    /// Throws (freeing it) if the stream can no longer send.
-    func enqueue(_ memory: UnsafeMutableRawBufferPointer) throws {
-        let (refused, post) = mailbox.withLock { m -> (TransportError?, Bool) in
-            m.reserved -= memory.count
-            if let error = m.sendError ?? connection.closeErrorSnapshot { return (error, false) }
-            if m.finRequested { return (.protocolFailure("write after finish on stream \(id)"), false) }
-            m.outgoing.append(memory)
-            m.written += UInt64(memory.count)
-            let post = !m.drainPosted
-            m.drainPosted = true
-            return (nil, post)
-        }
-        if let refused {
-            budget.release(memory.count)
-            memory.deallocate()
-            throw refused
-        }
-        if post { connection.endpoint.post { [self] in drainMailbox() } }
-    }
-
-    func finish() throws {
-        let post = try mailbox.withLock { m -> Bool in
-            if let error = m.sendError ?? connection.closeErrorSnapshot { throw error }
-            m.finRequested = true
-            defer { m.drainPosted = true }
-            return !m.drainPosted
-        }
-        if post { connection.endpoint.post { [self] in drainMailbox() } }
-    }
-
-    func read(maxLength: Int) async throws -> [UInt8]? {
-        enum Next { case bytes([UInt8], postCredit: Bool), end, fail(any Error), wait }
-        let next = mailbox.withLock { m -> Next in
-            if m.readWaiter != nil { return .fail(TransportError.protocolFailure("concurrent reads on stream \(id)")) }
-            if let bytes = m.take(maxLength: maxLength) { return .bytes(bytes, postCredit: claimCreditPost(&m)) }
-            if m.finReceived { return .end }
-            if let error = m.receiveError { return .fail(error) }
-            return .wait
-        }
-        switch next {
-        case .bytes(let bytes, let postCredit):
-            if connection.noteCreditTaken(bytes.count) {
-                connection.endpoint.post { [connection] in connection.returnAllCredit() }
-            } else if postCredit {
-                connection.endpoint.post { [self] in returnCredit() }
-            }
-            return bytes
-        case .end: return nil
-        case .fail(let error): throw error
-        case .wait:
-            return try await withCheckedThrowingContinuation { c in
-                let ready: Result<[UInt8]?, any Error>? = mailbox.withLock { m in
-                    if let bytes = m.take(maxLength: maxLength) { return .success(bytes) }
-                    if m.finReceived { return .success(nil) }
-                    if let error = m.receiveError { return .failure(error) }
-                    m.readWaiter = (maxLength, c)
-                    return nil
-                }
-                if let ready {
-                    if case .success(let bytes?) = ready {
-                                    _ = connection.noteCreditTaken(bytes.count)
-                    }
-                    connection.endpoint.post { [self] in returnCredit() }
-                    c.resume(with: ready)
-                }
-            }
-        }
-    }
-
-    private func claimCreditPost(_ m: inout TCPStreamMailbox) -> Bool {
-        guard m.unreportedCredit >= creditThreshold || (m.forgotten && m.unreportedCredit > 0), !m.creditPosted else {
-            return false
-        }
-        m.creditPosted = true
-        return true
-    }
+    /// Only the framing order changes: what is already in the kernel's send
+    /// buffer goes first regardless (TCP's head-of-line cost).
+    func prioritizeLocally() { link.makeUrgent(self) }
 
     // MARK: loop side, sending
 
     /// Moves what tasks wrote into the send queue and schedules sending.
     func drainMailbox() {
-        let (chunks, fin) = mailbox.withLock { m -> ([UnsafeMutableRawBufferPointer], Bool) in
-            defer { m.outgoing.removeAll(); m.drainPosted = false }
-            return (m.outgoing, m.finRequested)
-        }
+        let (chunks, fin) = state.takeOutgoing()
         if sendDone || connection.isClosed {
             chunks.forEach { $0.deallocate() }
             return
@@ -299,16 +147,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
 
     private func handedOff(_ count: Int) {
         lastSendProgress = connection.endpoint.now
-        let (waiters, freed) = mailbox.withLock { m -> ([CheckedContinuation<Void, any Error>], Int) in
-            // A failed send freed everything already.
-            let freed = Int(min(UInt64(count), m.written - m.handedOff))
-            m.handedOff += UInt64(freed)
-            guard !m.writeWaiters.isEmpty, m.hasSendRoom(for: m.writeWaitingFor, limit: sendLimit) else { return ([], freed) }
-            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
-            return (m.writeWaiters, freed)
-        }
-        budget.release(freed)
-        waiters.forEach { $0.resume() }
+        state.settle(count)
     }
 
     /// Holds bytes not yet handed to TLS, with no progress for `timeout` ns.
@@ -357,11 +196,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
             connection.returnDiscarded(data.count)
             return
         }
-        let readerWaiting = mailbox.withLock { m -> Bool in
-            m.append(data, chunk: Self.receiveChunk)
-            return m.readWaiter != nil
-        }
-        if readerWaiting && !wakePending {
+        if state.receive(data, fin: false) && !wakePending {
             wakePending = true
             connection.endpoint.wakeLater(self)
         }
@@ -370,11 +205,7 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     func peerFin() throws {
         guard !receiveDone else { throw MuxViolation("FIN on stream \(id) after its end") }
         finReceived = true
-        let readerWaiting = mailbox.withLock { m -> Bool in
-            m.finReceived = true
-            return m.readWaiter != nil
-        }
-        if readerWaiting && !wakePending {
+        if state.receive(UnsafeRawBufferPointer(start: nil, count: 0), fin: true) && !wakePending {
             wakePending = true
             connection.endpoint.wakeLater(self)
         }
@@ -396,33 +227,12 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     /// Hands what arrived to a waiting reader (loop thread).
     func wakeReader() {
         wakePending = false
-        let handoff = mailbox.withLock { m -> (CheckedContinuation<[UInt8]?, any Error>, [UInt8]?)? in
-            guard let waiter = m.readWaiter else { return nil }
-            if let out = m.take(maxLength: waiter.maxLength) {
-                m.readWaiter = nil
-                return (waiter.continuation, out)
-            }
-            if m.finReceived {
-                m.readWaiter = nil
-                return (waiter.continuation, nil)
-            }
-            return nil
-        }
-        if let (continuation, out) = handoff {
-            continuation.resume(returning: out)
-            if let out {
-                _ = connection.noteCreditTaken(out.count)
-                returnCredit()
-            }
-        }
+        wakeWaitingReader()
     }
 
     /// Opens the windows by what readers took since the last time.
     func returnCredit() {
-        let n = mailbox.withLock { m -> Int in
-            defer { m.unreportedCredit = 0; m.creditPosted = false }
-            return m.unreportedCredit
-        }
+        let n = state.takeUnreportedCredit()
         guard n > 0 else { return }
         if !receiveDone && !removed && !connection.isClosed {
             receiveLimit += UInt64(n)
@@ -471,45 +281,18 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
     /// otherwise every such stream's unread bytes would shrink the
     /// connection's window for good, until no stream could send.
     private func discardReceived() {
-        let (dropped, taken) = mailbox.withLock { m -> (Int, Int) in
-            defer {
-                m.received.removeAll()
-                m.receivedHead = 0
-                m.buffered = 0
-                m.unreportedCredit = 0
-            }
-            return (m.buffered, m.unreportedCredit)
-        }
+        let (dropped, taken) = state.discardReceived()
         if taken > 0 { connection.consumed(taken) }
         if dropped > 0 { connection.returnDiscarded(dropped) }
     }
 
     // MARK: endings
 
-    func failSend(_ error: TransportError) {
-        let (waiters, freed) = mailbox.withLock { m -> ([CheckedContinuation<Void, any Error>], Int) in
-            if m.sendError == nil { m.sendError = error }
-            // Nothing more will be framed: free it all now (the queue goes
-            // with the stream, or at once in `fail`).
-            let freed = Int(m.written - m.handedOff)
-            m.handedOff = m.written
-            defer { m.writeWaiters.removeAll(); m.writeWaitingFor = 0 }
-            return (m.writeWaiters, freed)
-        }
-        budget.release(freed)
-        waiters.forEach { $0.resume(throwing: error) }
-    }
+    /// Nothing more will be framed: free it all now (the queue goes with
+    /// the stream, or at once in `fail`).
+    func failSend(_ error: TransportError) { state.settleAll(failing: error) }
 
-    func failReceive(_ error: TransportError) {
-        let waiter = mailbox.withLock { m -> CheckedContinuation<[UInt8]?, any Error>? in
-            if m.receiveError == nil { m.receiveError = error }
-            // Bytes already here and a FIN still reach the reader first.
-            guard m.buffered == 0, !m.finReceived, let w = m.readWaiter else { return nil }
-            m.readWaiter = nil
-            return w.continuation
-        }
-        waiter?.resume(throwing: error)
-    }
+    func failReceive(_ error: TransportError) { state.failReceive(error) }
 
     /// Ends both directions with `error`, waking everyone waiting.
     func fail(_ error: TransportError) {
@@ -519,13 +302,6 @@ final class TCPStreamCore: UrgencyScheduled, @unchecked Sendable {
         queue.removeAll()
         queueHead = 0
         queuedBytes = 0
-        let leftovers = mailbox.withLock { m -> [UnsafeMutableRawBufferPointer] in
-            defer { m.outgoing.removeAll() }
-            return m.outgoing
-        }
-        leftovers.forEach { $0.deallocate() }
+        state.dropOutgoing()
     }
 }
-
-/// A unique key for one wait on the memory budget.
-private final class TCPWaitToken: Sendable {}

@@ -1,0 +1,96 @@
+import DequeModule
+
+/// A stream as a send scheduler sees it: whether it waits in the queue,
+/// and whether it is urgent (`TransportStream.prioritize`).
+package protocol SendScheduled: AnyObject {
+    var urgent: Bool { get set }
+    var scheduled: Bool { get set }
+}
+
+/// The round-robin queue of a connection's (QUIC) or TCP link's streams
+/// with bytes to send, one turn (a packet, a DATA record) at a time.
+///
+/// Urgent streams go behind the urgent ones already queued but ahead of
+/// the rest, so a small answer never waits for a bulk stream's turn. But
+/// not only urgent ones: with a small congestion window (a lossy path) or
+/// a slow link, steady reads could take every turn and stall the bulk
+/// streams for as long as they last. So a waiting bulk stream gets every
+/// fifth turn: bulk keeps at least a fifth of the connection.
+package struct SendScheduler<Stream: SendScheduled> {
+    private var queue = Deque<Stream>()
+    /// Turns in a row that urgent streams took.
+    private var urgentTurnsInARow = 0
+    /// Turns urgent streams may take in a row while a bulk stream waits.
+    package static var urgentTurnsBeforeBulk: Int { 4 }
+
+    package init() {}
+
+    package var isEmpty: Bool { queue.isEmpty }
+
+    /// Queues `stream` (not queued yet) behind the others of its kind.
+    package mutating func schedule(_ stream: Stream) {
+        stream.scheduled = true
+        enqueue(stream)
+    }
+
+    private mutating func enqueue(_ stream: Stream) {
+        guard stream.urgent else { return queue.append(stream) }
+        queue.insert(stream, at: queue.firstIndex { !$0.urgent } ?? queue.endIndex)
+    }
+
+    /// Makes `stream` urgent, moving it forward if it is already queued.
+    package mutating func makeUrgent(_ stream: Stream) {
+        guard !stream.urgent else { return }
+        stream.urgent = true
+        guard stream.scheduled, let i = queue.firstIndex(where: { $0 === stream }) else { return }
+        queue.remove(at: i)
+        enqueue(stream)
+    }
+
+    /// The stream whose turn it is, left in the queue: the first, unless
+    /// urgent streams took their turns in a row and a `ready` bulk stream
+    /// waits. Streams at the front that are not `ready` leave the queue.
+    package mutating func next(ready: (Stream) -> Bool) -> Stream? {
+        while let head = queue.first {
+            if ready(head) { break }
+            head.scheduled = false
+            queue.removeFirst()
+        }
+        guard let head = queue.first else { return nil }
+        if head.urgent, urgentTurnsInARow >= Self.urgentTurnsBeforeBulk,
+           let bulk = queue.first(where: { !$0.urgent && ready($0) }) {
+            return bulk
+        }
+        return head
+    }
+
+    /// `stream` (from `next`) took a turn: what counts toward bulk's share.
+    package mutating func tookTurn(_ stream: Stream) {
+        urgentTurnsInARow = stream.urgent ? urgentTurnsInARow + 1 : 0
+    }
+
+    /// `stream` took its turn and has more to send: it goes behind the
+    /// others of its kind, so the next turn serves the next one.
+    package mutating func rotate(_ stream: Stream) {
+        if let first = queue.first, first === stream, queue.count > 1 {
+            queue.removeFirst()
+            enqueue(stream)
+        } else if !stream.urgent, let i = queue.firstIndex(where: { $0 === stream }), i > 0 {
+            // A bulk stream served out of turn goes to the back of the bulk ones.
+            queue.remove(at: i)
+            queue.append(stream)
+        }
+    }
+
+    /// Takes `stream` out of the queue (nothing to send, or blocked).
+    package mutating func remove(_ stream: Stream) {
+        if let i = queue.firstIndex(where: { $0 === stream }) { queue.remove(at: i) }
+        stream.scheduled = false
+    }
+
+    /// Empties the queue (the connection or link is ending).
+    package mutating func removeAll() {
+        for s in queue { s.scheduled = false }
+        queue.removeAll()
+    }
+}
