@@ -10,8 +10,9 @@ import Glibc
 /// TCP endpoints both run on it. Deadlines become the wait's timeout via epoll_pwait2:
 /// nanosecond resolution, which packet pacing needs (epoll_wait's
 /// milliseconds are too coarse), and no timer is armed unless the loop
-/// really sleeps. A timerfd re-armed every turn cost 16 % of CPU in a bulk
-/// transfer on this VM.
+/// really sleeps: a timerfd re-armed every turn costs syscalls on every
+/// turn, a visible share of CPU in bulk transfers (figure in
+/// bench/RESULTS.md, "Figures behind design choices").
 package final class Poller {
     private let epoll: FileDescriptor
     private let wakeFD: FileDescriptor
@@ -81,9 +82,10 @@ package final class Poller {
     /// as something is ready (the caller then handles it without sleeping).
     /// Between peeks it yields: a thread woken on this core (a faulting
     /// thread whose page just arrived) runs at once instead of waiting for
-    /// the scheduler to preempt the spinner. Measured on this 2-core VM with
-    /// both peers and the faulting thread on it: post-copy fault p99 was
-    /// 97–421 µs without the yield, 79–98 µs with it.
+    /// the scheduler to preempt the spinner. That matters most when a few
+    /// cores carry both peers and the faulting thread: without the yield
+    /// the post-copy fault tail grows several-fold (figures in
+    /// bench/RESULTS.md, "Figures behind design choices").
     package func poll(forNanoseconds nanoseconds: UInt64) -> Bool {
         let end = monotonicNanoseconds() + nanoseconds
         var event = epoll_event()

@@ -78,11 +78,24 @@ public enum WANCalibration {
         setReceiveTimeout(responder.fd, .milliseconds(20))
         setReceiveTimeout(prober.fd, .milliseconds(20))
 
-        // B: echo everything back, counting what arrived.
+        let echo = startEchoResponder(responder.fd)
+        let step = interval.wanNanoseconds
+        let start = monotonicNanoseconds() + 1_000_000
+        let senderDone = startProbeSender(prober.fd, probes: probes, start: start, step: step)
+        let deadline = start + UInt64(probes) * step + echoSlack(emulator).wanNanoseconds
+        let rtts = collectEchoes(prober.fd, probes: probes, until: deadline)
+        senderDone.wait()
+        echo.stop.withLock { $0 = true }
+        echo.done.wait()
+        return EchoResult(rtts: rtts, arrived: echo.arrived.withLock { $0 }, returned: rtts.count)
+    }
+
+    /// B: echoes everything back, counting what arrived, until `stop`.
+    private static func startEchoResponder(_ responderFD: Int32)
+        -> (stop: Locked<Bool>, arrived: Locked<Int>, done: DispatchSemaphore) {
         let stopEcho = Locked(false)
         let arrived = Locked(0)
         let echoDone = DispatchSemaphore(value: 0)
-        let responderFD = responder.fd
         Thread.detachNewThread {
             var buffer = [UInt8](repeating: 0, count: 2048)
             var count = 0
@@ -101,12 +114,13 @@ public enum WANCalibration {
             arrived.withLock { $0 = count }
             echoDone.signal()
         }
+        return (stopEcho, arrived, echoDone)
+    }
 
-        // A: one probe every `interval`, each stamped with its sequence number and send time.
+    /// A: one probe every `step` ns from `start`, each stamped with its
+    /// sequence number and send time. Signals once all are sent.
+    private static func startProbeSender(_ proberFD: Int32, probes: Int, start: UInt64, step: UInt64) -> DispatchSemaphore {
         let senderDone = DispatchSemaphore(value: 0)
-        let proberFD = prober.fd
-        let step = interval.wanNanoseconds
-        let start = monotonicNanoseconds() + 1_000_000
         Thread.detachNewThread {
             _ = qs_thread_timer_slack(1)
             var payload = [UInt8](repeating: 0, count: probeSize)
@@ -121,13 +135,24 @@ public enum WANCalibration {
             }
             senderDone.signal()
         }
+        return senderDone
+    }
 
+    /// How long after the last probe an echo may still arrive: both
+    /// directions' delay and jitter, a full queue at the rate limit, and a
+    /// second.
+    private static func echoSlack(_ emulator: WANEmulator) -> Duration {
         let (ab, ba) = emulator.profiles
         var slack = ab.delay + ab.jitter + ba.delay + ba.jitter + .seconds(1)
         for profile in [ab, ba] {
             if let rate = profile.rateBitsPerSecond { slack += .seconds(Double(profile.queueLimitBytes) * 8 / Double(rate)) }
         }
-        let deadline = start + UInt64(probes) * step + slack.wanNanoseconds
+        return slack
+    }
+
+    /// The round-trip time of each probe echoed back before `deadline`
+    /// (each counted once).
+    private static func collectEchoes(_ proberFD: Int32, probes: Int, until deadline: UInt64) -> [UInt64] {
         var seen = [Bool](repeating: false, count: probes)
         var rtts: [UInt64] = []
         rtts.reserveCapacity(probes)
@@ -144,10 +169,7 @@ public enum WANCalibration {
             seen[sequence] = true
             rtts.append(now &- sent)
         }
-        senderDone.wait()
-        stopEcho.withLock { $0 = true }
-        echoDone.wait()
-        return EchoResult(rtts: rtts, arrived: arrived.withLock { $0 }, returned: rtts.count)
+        return rtts
     }
 
     /// Runs `body` with both directions at zero delay, no loss and no rate limit, then restores the profiles.

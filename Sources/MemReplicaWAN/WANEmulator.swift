@@ -23,8 +23,10 @@ public final class WANEmulator: Sendable {
     public let addressB: String
     /// The TUN device's name inside each namespace.
     public static let deviceName = "mrwan0"
-    /// Set in each namespace: up to 64 MiB windows (the 4 MiB default would
-    /// cap TCP at ~550 Mbit/s at 50 ms RTT).
+    /// Set in each namespace: up to 64 MiB windows. The 4 MiB default caps
+    /// a TCP connection's window, and so its rate, below the
+    /// bandwidth-delay product of the fast, long links the bench emulates
+    /// (figure in bench/RESULTS.md, "Figures behind design choices").
     public static let tcpBufferSysctl = "4096 131072 67108864"
     public static let namePrefix = "mrwan-"
 

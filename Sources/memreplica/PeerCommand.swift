@@ -106,40 +106,16 @@ struct PeerCommand: AsyncParsableCommand {
         let tlsConfiguration = try TLSOptions.configuration(
             configuration.tls, names: tls.files == nil ? ["tls.cert", "tls.key", "tls.ca"] : ["--cert", "--key", "--ca"],
             state: stateDirectory, peerName: configuration.name ?? PeerName.hostDefault, logger: logger)
-        var quic = QUICConfiguration()
-        quic.acceptsConnections = true
-        if let controller = cc ?? configuration.congestionControl {
-            guard let chosen = QUICConfiguration.CongestionControl(rawValue: controller) else {
-                throw ValidationError("--cc must be cubic, bbr or reno, not '\(controller)'")
-            }
-            quic.congestionControl = chosen
-        }
-        if let liveness = configuration.livenessTimeout { quic.livenessTimeout = liveness }
-        // Kept across restarts, so a restarted peer resets its old connections.
-        quic.statelessResetKey = try stateDirectory.statelessResetKey()
-        if let budget = configuration.memoryBudget { quic.memoryBudget = MemoryBudget(limit: budget) }
+        let quic = try quicConfiguration(configuration, stateDirectory: stateDirectory)
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
-        let identities = RegionIdentityStore(stateDirectory: stateDirectory)
         do {
-            exported = try configuration.exports.map { spec in
-                let region = try Region(name: spec.name, backing: .file(path: spec.path), size: spec.size,
-                                        chunkSize: spec.chunkSize)
-                // A new generation per start: writes made while no peer
-                // tracked the file are unknown to every mirror.
-                let identity = try identities.advance(region: spec.name, path: spec.path)
-                logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry), generation \(identity.generation)")
-                return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers, identity: identity)
-            }
+            exported = try Self.exports(configuration, stateDirectory: stateDirectory, logger: logger)
         } catch {
             await endpoint.close()
             throw error
         }
-        let trusting = configuration.mirrors.filter { $0.expectedPrimary == nil }.map(\.name)
-        if !trusting.isEmpty {
-            let names = trusting.joined(separator: ", ")
-            logger.warning("mirrors \(names) accept any peer the CA signed as their primary; name the expected one with peer=CN or sha256=FINGERPRINT in --mirror (config: \"expect\")")
-        }
+        Self.warnAboutTrustingMirrors(configuration, logger: logger)
         let statistics = PeerStatistics(metrics: configuration.metrics == nil ? nil : PrometheusStatistics())
         var lazyOptions = PostCopyMirror.Options()
         if let limit = configuration.faultTimeout { lazyOptions.faultWaitLimit = limit }
@@ -183,5 +159,48 @@ struct PeerCommand: AsyncParsableCommand {
         await endpoint.close()
         await serving.value
         logger.notice("stopped")
+    }
+
+    /// The transport's settings: listening, the congestion controller
+    /// (--cc over the config file), liveness, reset key and memory budget.
+    private func quicConfiguration(_ configuration: PeerConfiguration,
+                                   stateDirectory: StateDirectory) throws -> QUICConfiguration {
+        var quic = QUICConfiguration()
+        quic.acceptsConnections = true
+        if let controller = cc ?? configuration.congestionControl {
+            guard let chosen = QUICConfiguration.CongestionControl(rawValue: controller) else {
+                throw ValidationError("--cc must be cubic, bbr or reno, not '\(controller)'")
+            }
+            quic.congestionControl = chosen
+        }
+        if let liveness = configuration.livenessTimeout { quic.livenessTimeout = liveness }
+        // Kept across restarts, so a restarted peer resets its old connections.
+        quic.statelessResetKey = try stateDirectory.statelessResetKey()
+        if let budget = configuration.memoryBudget { quic.memoryBudget = MemoryBudget(limit: budget) }
+        return quic
+    }
+
+    /// Opens (or creates) each exported region's file.
+    private static func exports(_ configuration: PeerConfiguration, stateDirectory: StateDirectory,
+                                logger: Logger) throws -> [RegionExports.Export] {
+        let identities = RegionIdentityStore(stateDirectory: stateDirectory)
+        return try configuration.exports.map { spec in
+            let region = try Region(name: spec.name, backing: .file(path: spec.path), size: spec.size,
+                                    chunkSize: spec.chunkSize)
+            // A new generation per start: writes made while no peer
+            // tracked the file are unknown to every mirror.
+            let identity = try identities.advance(region: spec.name, path: spec.path)
+            logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry), generation \(identity.generation)")
+            return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers, identity: identity)
+        }
+    }
+
+    /// Mirrors that name no expected primary accept any peer the CA signed.
+    private static func warnAboutTrustingMirrors(_ configuration: PeerConfiguration, logger: Logger) {
+        let trusting = configuration.mirrors.filter { $0.expectedPrimary == nil }.map(\.name)
+        if !trusting.isEmpty {
+            let names = trusting.joined(separator: ", ")
+            logger.warning("mirrors \(names) accept any peer the CA signed as their primary; name the expected one with peer=CN or sha256=FINGERPRINT in --mirror (config: \"expect\")")
+        }
     }
 }

@@ -88,21 +88,9 @@ public final class AttachedRegion: @unchecked Sendable {
     public init(controlPath: String, region: String, role: String? = nil, writable: Bool = false,
                 timeout: Duration = ControlServer.ioTimeout) throws {
         let found = try Self.lookup(controlPath: controlPath, region: region, role: role, timeout: timeout)
-        // userfaultfd registers only mappings that may become writable
-        // (VM_MAYWRITE): a lazy replica's file is opened read-write even
-        // when it is mapped read-only.
-        let fd = open(found.path, (writable || found.lazy ? O_RDWR : O_RDONLY) | O_CLOEXEC)
-        guard fd >= 0 else { throw Failure.open(path: found.path, errno: Errno(rawValue: errno)) }
-        defer { Glibc.close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw Failure.open(path: found.path, errno: Errno(rawValue: errno)) }
-        guard Int(st.st_size) == found.size else {
-            throw Failure.sizeMismatch(path: found.path, file: Int(st.st_size), region: found.size)
-        }
+        let p = try Self.map(found, writable: writable)
         let page = Int(getpagesize())
         let length = (found.size + page - 1) / page * page
-        let p = mmap(nil, found.size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0)
-        guard let p, p != MAP_FAILED else { throw Failure.system(call: "mmap", errno: Errno(rawValue: errno)) }
         mappedLength = found.size
         bytes = UnsafeMutableRawBufferPointer(start: p, count: found.size)
         if writable, found.role != "primary" {
@@ -117,29 +105,87 @@ public final class AttachedRegion: @unchecked Sendable {
             watcherStop = nil
             return
         }
+        let attach = { (request: AttachRequest, descriptor: Int32) throws -> (AttachAnswer, UnixSocket) in
+            try Self.attach(controlPath: controlPath, request: request, descriptor: descriptor, timeout: timeout)
+        }
         if writable {
+            let attached: (answer: AttachAnswer, session: UnixSocket, tracker: WriteProtectTracker)
             do {
-                let tracker = try WriteProtectTracker(memory: bytes, chunkSize: found.chunkSize)
-                let request = AttachRequest(region: region, role: "primary", base: UInt64(UInt(bitPattern: p)), length: length)
-                let (attachedAnswer, session) = try Self.exchange(controlPath: controlPath, request: request,
-                                                                  descriptor: tracker.userfaultfdDescriptor, timeout: timeout)
-                guard attachedAnswer.attached else {
-                    session.close()
-                    throw ControlError.malformed("the peer answered without attaching the mapping")
-                }
-                answer = attachedAnswer
-                socket = session
-                userfaultfd = -1
-                writeTracker = tracker
-                watcherStop = nil
-                return
+                attached = try Self.attachWriter(bytes, region: region, chunkSize: found.chunkSize, length: length, attach)
             } catch {
                 munmap(p, found.size)
                 throw error
             }
+            answer = attached.answer
+            socket = attached.session
+            userfaultfd = -1
+            writeTracker = attached.tracker
+            watcherStop = nil
+            return
         }
         writeTracker = nil
-        // Registered before the first touch: no read may see a hole.
+        let attached: (answer: AttachAnswer, session: UnixSocket, userfaultfd: Int32, stop: (read: Int32, write: Int32))
+        do {
+            attached = try Self.attachLazy(p, region: region, role: role, length: length, attach)
+        } catch {
+            munmap(p, found.size)
+            throw error
+        }
+        answer = attached.answer
+        socket = attached.session
+        userfaultfd = attached.userfaultfd
+        watcherStop = attached.stop
+        startWatcher()
+    }
+
+    /// Opens and maps the file `found` names, checking its size.
+    private static func map(_ found: AttachAnswer, writable: Bool) throws -> UnsafeMutableRawPointer {
+        // userfaultfd registers only mappings that may become writable
+        // (VM_MAYWRITE): a lazy replica's file is opened read-write even
+        // when it is mapped read-only.
+        let fd = open(found.path, (writable || found.lazy ? O_RDWR : O_RDONLY) | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure.open(path: found.path, errno: Errno(rawValue: errno)) }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw Failure.open(path: found.path, errno: Errno(rawValue: errno)) }
+        guard Int(st.st_size) == found.size else {
+            throw Failure.sizeMismatch(path: found.path, file: Int(st.st_size), region: found.size)
+        }
+        let p = mmap(nil, found.size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else { throw Failure.system(call: "mmap", errno: Errno(rawValue: errno)) }
+        return p
+    }
+
+    /// Sends an attach request with `descriptor`; the answer must say the
+    /// mapping is attached.
+    private static func attach(controlPath: String, request: AttachRequest, descriptor: Int32,
+                               timeout: Duration) throws -> (AttachAnswer, UnixSocket) {
+        let (answer, session) = try exchange(controlPath: controlPath, request: request, descriptor: descriptor, timeout: timeout)
+        guard answer.attached else {
+            session.close()
+            throw ControlError.malformed("the peer answered without attaching the mapping")
+        }
+        return (answer, session)
+    }
+
+    /// A writer of a primary: the mapping is write-protected (WP_ASYNC) and
+    /// the descriptor goes to the peer, which scans what was written.
+    private static func attachWriter(_ bytes: UnsafeMutableRawBufferPointer, region: String, chunkSize: Int, length: Int,
+                                     _ attach: (AttachRequest, Int32) throws -> (AttachAnswer, UnixSocket)) throws
+        -> (answer: AttachAnswer, session: UnixSocket, tracker: WriteProtectTracker) {
+        let tracker = try WriteProtectTracker(memory: bytes, chunkSize: chunkSize)
+        let request = AttachRequest(region: region, role: "primary", base: UInt64(UInt(bitPattern: bytes.baseAddress)),
+                                    length: length)
+        let (answer, session) = try attach(request, tracker.userfaultfdDescriptor)
+        return (answer, session, tracker)
+    }
+
+    /// A lazy replica: the mapping is registered for MISSING faults before
+    /// its first touch (no read may see a hole), and the userfaultfd goes
+    /// to the peer, which serves them. Also makes the watcher's stop pipe.
+    private static func attachLazy(_ p: UnsafeMutableRawPointer, region: String, role: String?, length: Int,
+                                   _ attach: (AttachRequest, Int32) throws -> (AttachAnswer, UnixSocket)) throws
+        -> (answer: AttachAnswer, session: UnixSocket, userfaultfd: Int32, stop: (read: Int32, write: Int32)) {
         var uffd: UserFaultFD?
         do {
             let opened: UserFaultFD
@@ -148,28 +194,18 @@ public final class AttachedRegion: @unchecked Sendable {
             do { try opened.handshake(requesting: .missingShmem) } catch { throw Failure.system(call: "UFFDIO_API", errno: error) }
             do { try opened.registerMissing(p, length: length) } catch { throw Failure.system(call: "UFFDIO_REGISTER", errno: error) }
             let request = AttachRequest(region: region, role: role, base: UInt64(UInt(bitPattern: p)), length: length)
-            let (attachedAnswer, session) = try Self.exchange(controlPath: controlPath, request: request,
-                                                              descriptor: opened.rawValue, timeout: timeout)
-            guard attachedAnswer.attached else {
-                session.close()
-                throw ControlError.malformed("the peer answered without attaching the mapping")
-            }
+            let (answer, session) = try attach(request, opened.rawValue)
             var pipe: [Int32] = [-1, -1]
             guard Glibc.pipe(&pipe) == 0 else {
                 session.close()
                 throw Failure.system(call: "pipe", errno: Errno(rawValue: errno))
             }
             for fd in pipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-            answer = attachedAnswer
-            socket = session
-            userfaultfd = opened.rawValue
-            watcherStop = (pipe[0], pipe[1])
+            return (answer, session, opened.rawValue, (pipe[0], pipe[1]))
         } catch {
-            munmap(p, found.size)
             try? uffd?.close()
             throw error
         }
-        startWatcher()
     }
 
     deinit { detach() }

@@ -1,6 +1,7 @@
 /// One message of the wire protocol: `type (u8) · length (varint) · payload`.
-/// docs/PROTOCOL.md is the normative description; `FrameCodec` enforces
-/// the limits in `FrameLimits` on every frame in both directions.
+/// docs/PROTOCOL.md is the normative description; the codec
+/// (`Frame.encoded()`, `FrameDecoder`) enforces the limits in
+/// `FrameLimits` on every frame in both directions.
 public enum Frame: Equatable, Sendable {
     /// 0x01, both ways first on the control stream.
     case hello(Hello)

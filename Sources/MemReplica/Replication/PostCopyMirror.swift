@@ -62,7 +62,7 @@ public final class PostCopyMirror: @unchecked Sendable {
         public var complete: Bool { chunksPresent == chunkCount }
     }
 
-    private struct State {
+    struct State {
         var chunks: ChunkPresence
         var subscribed = false
         var faults = 0
@@ -107,16 +107,16 @@ public final class PostCopyMirror: @unchecked Sendable {
         }
     }
 
-    private typealias FaultRequest = (chunk: Int, generation: UInt32)
+    typealias FaultRequest = (chunk: Int, generation: UInt32)
     /// The second argument names the loop thread it is called on, if any:
     /// on the connection's own loop the READs are sent at once.
-    private typealias FaultRequester = @Sendable ([FaultRequest], ObjectIdentifier?) -> Void
+    typealias FaultRequester = @Sendable ([FaultRequest], ObjectIdentifier?) -> Void
 
     public let region: Region
     public let remoteName: String
     public let options: Options
-    private let state: Locked<State>
-    private let faults: MissingFaultHandler
+    let state: Locked<State>
+    let faults: MissingFaultHandler
 
     /// Registers the region's mapping for MISSING faults and drops whatever
     /// pages it holds: what a lazy replica has not pulled on this run, it
@@ -159,87 +159,6 @@ public final class PostCopyMirror: @unchecked Sendable {
         faults.stop()
     }
 
-    /// Ends the sessions of attached processes that wait on a chunk which
-    /// cannot come in time: the primary has been out of reach, or the
-    /// chunk's install has kept failing, for `faultWaitLimit`. Called by
-    /// the watchdog every `watchdogInterval`.
-    func failStalledReaders(now: ContinuousClock.Instant = .now) {
-        let limit = options.faultWaitLimit
-        let doomed = state.withLock { s -> [(end: @Sendable (String) -> Void, reason: String)] in
-            var out: [(end: @Sendable (String) -> Void, reason: String)] = []
-            for (id, chunks) in s.clientWaits where !chunks.isEmpty {
-                let reason: String
-                if !s.running, now - s.idleSince >= limit {
-                    reason = "chunks of '\(region.name)' could not be pulled: the primary has been out of reach for "
-                        + "\(Int((now - s.idleSince).seconds)) s"
-                } else if let stuck = chunks.compactMap({ s.retries[$0] }).min(by: { $0.since < $1.since }),
-                          now - stuck.since >= limit {
-                    reason = "chunks of '\(region.name)' could not be installed for \(Int((now - stuck.since).seconds)) s: "
-                        + (s.installError ?? "install failed")
-                } else {
-                    continue
-                }
-                if let end = s.clientEnds.removeValue(forKey: id) { out.append((end, reason)) }
-                s.clientWaits.removeValue(forKey: id)
-                s.readersFailed += 1
-            }
-            return out
-        }
-        for (end, reason) in doomed { end(reason) }
-    }
-
-    /// How often the watchdog looks for stalled readers.
-    static let watchdogInterval: Duration = .milliseconds(250)
-
-    private func startWatchdog() {
-        Task { [weak self] in
-            while true {
-                try? await Task.sleep(for: Self.watchdogInterval)
-                guard let self, !self.state.withLock({ $0.stopped }) else { return }
-                self.failStalledReaders()
-            }
-        }
-    }
-
-    /// Processes attached now.
-    public var attachedClients: Int { faults.clientCount }
-
-    /// At most this many processes attached at once.
-    public static let maxClients = 16
-
-    /// Serves another process's faults too: it mapped the region's file at
-    /// `base` (all `length` bytes from offset 0) and registered that mapping
-    /// for MISSING faults on `userfaultfd`, which this mirror now owns.
-    /// Returns what ends the attachment (it closes the descriptor).
-    /// `end` ends the process's session with a reason (see
-    /// `failStalledReaders`).
-    public func attachClient(userfaultfd: Int32, base: UInt64, length: Int,
-                             end: (@Sendable (String) -> Void)? = nil) throws -> @Sendable () -> Void {
-        let mapping: AttachMapping
-        do {
-            mapping = try AttachMapping(base: base, length: length, regionSize: region.geometry.size)
-        } catch {
-            throw PostCopyError.badClientMapping("\(error)")
-        }
-        guard faults.clientCount < Self.maxClients else {
-            throw PostCopyError.badClientMapping("too many attached processes (at most \(Self.maxClients))")
-        }
-        guard !state.withLock({ $0.stopped }),
-              let id = faults.addClient(uffd: userfaultfd, base: mapping.base, length: mapping.length) else {
-            throw PostCopyError.badClientMapping("the lazy replica has stopped, or cannot watch another userfaultfd (epoll_ctl)")
-        }
-        if let end { state.withLock { $0.clientEnds[id] = end } }
-        let faults = self.faults
-        let state = self.state
-        return {
-            state.withLock { s in
-                s.clientEnds.removeValue(forKey: id)
-                s.clientWaits.removeValue(forKey: id)
-            }
-            faults.removeClient(id)
-        }
-    }
-
     public var progress: Progress {
         state.withLock { s in
             Progress(chunkCount: s.chunks.chunkCount, chunksPresent: s.chunks.presentCount, subscribed: s.subscribed,
@@ -272,24 +191,7 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// time restarts the epoch count, and the resume's hashes revalidate
     /// every chunk held (the primary names those that differ in DIRTY).
     public func run(over connection: any TransportConnection, identity: RegionIdentity = .fresh()) async throws {
-        let g = region.geometry
-        let control = FrameStream(try await connection.openStream())
-        let key = ChunkHashKey.random()
-        let held = try heldChunkHashes(key: key)
-        let known = state.withLock { s -> RegionIdentity? in
-            defer {
-                if s.identity != identity { s.lastEpoch = 0 }
-                s.identity = identity
-            }
-            return s.identity
-        }
-        try await control.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
-                                                mode: .lazy, hashedChunks: UInt64(held.count), hashKey: key.bytes,
-                                                knownRegionID: known?.id ?? "", knownGeneration: known?.generation ?? 0)))
-        for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
-            let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
-            try await control.send(.have(firstChunk: UInt64(start), hashes: part))
-        }
+        let control = try await subscribe(over: connection, identity: identity)
         let reads = try await openReads(on: connection, mode: .reads)
         let pulls = options.backgroundPull ? try await openReads(on: connection, mode: .pull) : nil
         let (faultSignals, faultWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -309,42 +211,14 @@ public final class PostCopyMirror: @unchecked Sendable {
             s.faultQueue = faultQueue
             s.faultRequester = loopReads.map { Self.requester(on: $0.0.onLoop, queue: faultQueue) }
         }
-        // Over QUIC the connection's loop reads the faults itself (ours and
-        // attached processes') and sends each READ in the same turn; the
-        // fault thread takes them back once this run ends. Both steps run
-        // on the loop, in the order posted.
-        let watch = Locked<UInt64?>(nil)
-        if let loop = loopReads?.0.onLoop.loop {
-            let faults = self.faults
-            loop.post {
-                let loopID = ObjectIdentifier(loop)
-                guard let token = try? loop.watchOnLoop(faults.descriptor, handler: { faults.serveOnLoop(loopID) }) else { return }
-                watch.withLock { $0 = token }
-                faults.lendToLoop(true)
-            }
-        }
+        let loop = loopReads?.0.onLoop.loop
+        let watch = loop.map { lendFaults(to: $0) }
         defer {
-            state.withLock { s in
-                s.wakeFaultRequests = nil; s.wakePuller = nil; s.faultRequester = nil; s.faultQueue = nil; s.pullQueue = nil
-                s.wakeRetries = nil
-                s.running = false
-                s.idleSince = .now
-                // Held bytes may go stale while nobody follows DIRTY: the
-                // next run asks for those chunks afresh.
-                for chunk in s.retries.keys { _ = s.chunks.invalidate(chunk) }
-                s.retries = [:]
-            }
+            endRun()
             faultWake.finish()
             pullWake.finish()
             retryWake.finish()
-            if let loop = loopReads?.0.onLoop.loop {
-                let faults = self.faults
-                loop.post {
-                    guard let token = watch.withLock({ $0 }) else { return }
-                    faults.lendToLoop(false)
-                    loop.unwatchOnLoop(token)
-                }
-            }
+            if let loop, let watch { takeFaultsBack(from: loop, watch: watch) }
         }
         // Faults that waited through a reconnect are asked for first.
         requestWaitingFaults()
@@ -355,18 +229,7 @@ public final class PostCopyMirror: @unchecked Sendable {
                 group.addTask { try await self.followInvalidations(control) }
                 group.addTask { await self.retryInstalls(signals: retrySignals) }
                 if let (served, leftover) = loopReads {
-                    // Fault reads over QUIC: the loop reads faults and sends
-                    // READs, and installs DATA.
-                    let reader = LoopFrameReader(leftover: leftover) { [self] frame, stream in
-                        if try accept(frame, queue: faultQueue, forFaults: true) {
-                            requestWaitingFaults(onLoop: ObjectIdentifier(stream.loop))
-                        }
-                        return nil
-                    }
-                    group.addTask {
-                        try await served.readOnLoop(reader)
-                        throw ReplicationError.streamEnded
-                    }
+                    addLoopFaultReads(to: &group, served: served, leftover: leftover, queue: faultQueue)
                 } else {
                     group.addTask { try await self.requestFaults(on: reads, queue: faultQueue, signals: faultSignals) }
                     group.addTask { try await self.receiveChunks(on: reads, queue: faultQueue, forFaults: true, onEach: nil) }
@@ -391,6 +254,87 @@ public final class PostCopyMirror: @unchecked Sendable {
             }
         } catch let violation as ProtocolViolation {
             throw ReplicationError.violation(violation)
+        }
+    }
+
+    /// Opens the region stream: SUBSCRIBE (naming the identity followed
+    /// last, which `identity` now replaces) and the hashes of the chunks
+    /// held, in HAVE frames.
+    private func subscribe(over connection: any TransportConnection, identity: RegionIdentity) async throws -> FrameStream {
+        let g = region.geometry
+        let control = FrameStream(try await connection.openStream())
+        let key = ChunkHashKey.random()
+        let held = try heldChunkHashes(key: key)
+        let known = state.withLock { s -> RegionIdentity? in
+            defer {
+                if s.identity != identity { s.lastEpoch = 0 }
+                s.identity = identity
+            }
+            return s.identity
+        }
+        try await control.send(.subscribe(.init(name: remoteName, size: UInt64(g.size), chunkSize: UInt64(g.chunkSize),
+                                                mode: .lazy, hashedChunks: UInt64(held.count), hashKey: key.bytes,
+                                                knownRegionID: known?.id ?? "", knownGeneration: known?.generation ?? 0)))
+        for start in stride(from: 0, to: held.count, by: FrameLimits.maxHashesPerFrame) {
+            let part = Array(held[start..<min(start + FrameLimits.maxHashesPerFrame, held.count)])
+            try await control.send(.have(firstChunk: UInt64(start), hashes: part))
+        }
+        return control
+    }
+
+    /// Over QUIC the connection's loop reads the faults itself (ours and
+    /// attached processes') and sends each READ in the same turn; the
+    /// fault thread takes them back once this run ends
+    /// (`takeFaultsBack`). Both steps run on the loop, in the order posted.
+    /// Returns where the loop keeps its watch's token.
+    private func lendFaults(to loop: any TransportEventLoop) -> Locked<UInt64?> {
+        let watch = Locked<UInt64?>(nil)
+        let faults = self.faults
+        loop.post {
+            let loopID = ObjectIdentifier(loop)
+            guard let token = try? loop.watchOnLoop(faults.descriptor, handler: { faults.serveOnLoop(loopID) }) else { return }
+            watch.withLock { $0 = token }
+            faults.lendToLoop(true)
+        }
+        return watch
+    }
+
+    private func takeFaultsBack(from loop: any TransportEventLoop, watch: Locked<UInt64?>) {
+        let faults = self.faults
+        loop.post {
+            guard let token = watch.withLock({ $0 }) else { return }
+            faults.lendToLoop(false)
+            loop.unwatchOnLoop(token)
+        }
+    }
+
+    /// The run is over: nothing wakes its tasks any more.
+    private func endRun() {
+        state.withLock { s in
+            s.wakeFaultRequests = nil; s.wakePuller = nil; s.faultRequester = nil; s.faultQueue = nil; s.pullQueue = nil
+            s.wakeRetries = nil
+            s.running = false
+            s.idleSince = .now
+            // Held bytes may go stale while nobody follows DIRTY: the
+            // next run asks for those chunks afresh.
+            for chunk in s.retries.keys { _ = s.chunks.invalidate(chunk) }
+            s.retries = [:]
+        }
+    }
+
+    /// Fault reads over QUIC: the loop reads faults and sends READs, and
+    /// installs DATA.
+    private func addLoopFaultReads(to group: inout ThrowingTaskGroup<Void, any Error>, served: any LoopServedStream,
+                                   leftover: [UInt8], queue: Locked<Deque<FaultRequest>>) {
+        let reader = LoopFrameReader(leftover: leftover) { [self] frame, stream in
+            if try accept(frame, queue: queue, forFaults: true) {
+                requestWaitingFaults(onLoop: ObjectIdentifier(stream.loop))
+            }
+            return nil
+        }
+        group.addTask {
+            try await served.readOnLoop(reader)
+            throw ReplicationError.streamEnded
         }
     }
 
@@ -448,156 +392,5 @@ public final class PostCopyMirror: @unchecked Sendable {
             }
         }
         throw ReplicationError.streamEnded
-    }
-
-    /// Sends READs for faults from any thread: the loop queues each and its
-    /// READ in one step, so the queue's order is the stream's. A stream
-    /// that can no longer send means the run is ending; the next run asks
-    /// again for whatever still waits.
-    private static func requester(on stream: any LoopStream, queue: Locked<Deque<FaultRequest>>) -> FaultRequester {
-        { due, loop in
-            let send: @Sendable () -> Void = {
-                for request in due {
-                    queue.withLock { $0.append(request) }
-                    guard let frame = try? Frame.read(firstChunk: UInt64(request.chunk), count: 1).encoded(),
-                          (try? stream.sendOnLoop(frame.withUnsafeBytes(OwnedBytes.copy))) != nil else { return }
-                }
-                stream.loop.keepPollingForRequests()
-            }
-            // On this connection's loop (a fault read there, or DATA that
-            // must be asked again) the READ leaves in this turn's writes.
-            // Any other thread, or another endpoint's loop still watching
-            // the faults for a moment after a reconnect, posts.
-            let owner = stream.loop
-            if loop == ObjectIdentifier(owner) { send() } else { owner.post(send) }
-        }
-    }
-
-    /// Asks for every faulted chunk not asked for on this connection yet.
-    private func requestWaitingFaults(onLoop loop: ObjectIdentifier? = nil) {
-        let (due, requester, wake) = state.withLock { s -> ([FaultRequest], FaultRequester?, AsyncStream<Void>.Continuation?) in
-            guard let requester = s.faultRequester else { return ([], nil, s.wakeFaultRequests) }
-            return (s.chunks.takeFaultRequests(), requester, nil)
-        }
-        if !due.isEmpty { requester?(due, loop) }
-        wake?.yield()
-    }
-
-    /// One READ per faulted chunk, as faults come in.
-    private func requestFaults(on frames: FrameStream, queue: Locked<Deque<FaultRequest>>,
-                               signals: AsyncStream<Void>) async throws {
-        for await _ in signals {
-            let due = state.withLock { $0.chunks.takeFaultRequests() }
-            for request in due {
-                queue.withLock { $0.append(request) }
-                try await frames.send(.read(firstChunk: UInt64(request.chunk), count: 1))
-            }
-        }
-    }
-
-    /// Background READs of runs of missing chunks, a window's worth in flight.
-    private func pull(on frames: FrameStream, queue: Locked<Deque<FaultRequest>>,
-                      signals: AsyncStream<Void>) async throws {
-        let chunkSize = region.geometry.chunkSize
-        let window = max(1, options.pullWindowBytes / chunkSize)
-        let batch = max(1, min(Int(FrameLimits.maxReadChunks), options.pullBatchBytes / chunkSize))
-        var wakeups = signals.makeAsyncIterator()
-        while !Task.isCancelled {
-            let room = window - queue.withLock { $0.count }
-            // Not before SYNCED: by then the primary has named in DIRTY each
-            // chunk held from an earlier connection that changed, and tracks
-            // every later write, so a chunk pulled from here on is never
-            // dropped by that DIRTY and pulled twice.
-            if room > 0, let run = state.withLock({ $0.subscribed ? $0.chunks.takePullRun(limit: min(batch, room)) : nil }) {
-                queue.withLock { $0.append(contentsOf: run) }
-                try await frames.send(.read(firstChunk: UInt64(run[0].chunk), count: UInt64(run.count)))
-                continue
-            }
-            guard await wakeups.next() != nil else { return }
-        }
-    }
-
-    /// DATA, in the order READs were sent on this stream.
-    private func receiveChunks(on frames: FrameStream, queue: Locked<Deque<FaultRequest>>,
-                               forFaults: Bool, onEach: AsyncStream<Void>.Continuation?) async throws {
-        while let frame = try await frames.receive() {
-            if try accept(frame, queue: queue, forFaults: forFaults) { requestWaitingFaults() }
-            onEach?.yield()
-        }
-        throw ReplicationError.streamEnded
-    }
-
-    /// Checks that a frame on a reads stream is the DATA asked for next and
-    /// installs it, unless it is stale or the chunk is present. True when a
-    /// fault waiting on that chunk must ask again (the bytes predate a DIRTY).
-    private func accept(_ frame: Frame, queue: Locked<Deque<FaultRequest>>, forFaults: Bool) throws -> Bool {
-        guard case .data(let first, let bytes) = frame else {
-            throw ProtocolViolation(.unexpectedFrame, "a reads stream answers with DATA only")
-        }
-        guard let expected = queue.withLock({ $0.popFirst() }), UInt64(expected.chunk) == first else {
-            throw ProtocolViolation(.unexpectedFrame, "DATA for chunk \(first) that was not asked for next")
-        }
-        guard bytes.count == region.geometry.byteRange(ofChunk: expected.chunk)!.count else {
-            throw ProtocolViolation(.malformedFrame, "DATA for chunk \(first) carries \(bytes.count) bytes")
-        }
-        return state.withLock { s -> Bool in
-            switch s.chunks.arrived(expected.chunk, askedAt: expected.generation, forFault: forFaults) {
-            case .stale:
-                return s.chunks.waiting[expected.chunk] != nil
-            case .alreadyPresent:
-                break
-            case .held:
-                return false
-            case .install:
-                do {
-                    try bytes.withUnsafeBytes { try faults.install(chunk: expected.chunk, bytes: $0) }
-                } catch {
-                    // No memory, or the tmpfs is full: keep the bytes and
-                    // retry; whoever waits keeps waiting (never on a hole).
-                    s.chunks.installFailed(expected.chunk)
-                    s.retries[expected.chunk] = (bytes, expected.generation, .now)
-                    s.installError = "\(error)"
-                    s.wakeRetries?.yield()
-                    return false
-                }
-            }
-            s.noteInstalled(expected.chunk)
-            return false
-        }
-    }
-
-    /// Installs held chunks again, backing off from 10 ms to 1 s while none
-    /// succeeds; ends with the run.
-    private func retryInstalls(signals: AsyncStream<Void>) async {
-        var wakeups = signals.makeAsyncIterator()
-        var delay = Duration.milliseconds(10)
-        while !Task.isCancelled {
-            guard state.withLock({ !$0.retries.isEmpty }) else {
-                guard await wakeups.next() != nil else { return }
-                delay = .milliseconds(10)
-                continue
-            }
-            do { try await Task.sleep(for: delay) } catch { return }
-            let installed = state.withLock { s -> Int in
-                var done = 0
-                for (chunk, held) in s.retries {
-                    guard s.chunks.mayInstallHeld(chunk, generation: held.generation) else {
-                        s.retries.removeValue(forKey: chunk)
-                        continue
-                    }
-                    do {
-                        try held.bytes.withUnsafeBytes { try faults.install(chunk: chunk, bytes: $0) }
-                    } catch {
-                        s.installError = "\(error)"
-                        continue
-                    }
-                    s.retries.removeValue(forKey: chunk)
-                    s.noteInstalled(chunk)
-                    done += 1
-                }
-                return done
-            }
-            delay = installed > 0 ? .milliseconds(10) : min(delay * 2, .seconds(1))
-        }
     }
 }

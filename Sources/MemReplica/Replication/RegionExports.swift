@@ -47,7 +47,7 @@ public final class RegionExports: Sendable {
     }
     /// How often each mirror's loop asks the region's tracker for changed chunks.
     public let scanInterval: Duration
-    private let observer: (any ReplicationObserver)?
+    let observer: (any ReplicationObserver)?
     private let logger: Logger
     /// Regions whose failure was logged already (once each).
     private let reportedFailures = Locked<Set<String>>([])
@@ -92,7 +92,7 @@ public final class RegionExports: Sendable {
     /// Throws `region_unavailable` once the region's backing failed:
     /// `checkingSize` also compares the file's size (an fstat, once per
     /// pass); without it only the SIGBUS count is read (after every copy).
-    private static func servable(_ region: Region, checkingSize: Bool = false) throws(ProtocolViolation) {
+    static func servable(_ region: Region, checkingSize: Bool = false) throws(ProtocolViolation) {
         if let reason = region.unavailability(checkingSize: checkingSize) {
             throw ProtocolViolation(.regionUnavailable, "region '\(region.name)' is unavailable: \(reason)")
         }
@@ -240,93 +240,6 @@ public final class RegionExports: Sendable {
         return hashes
     }
 
-    /// A reads stream: every READ is answered with one DATA per chunk, in
-    /// order, each copied from the live mapping as it is sent. Over QUIC the
-    /// answers are made on the loop thread as READs arrive, so a fault's
-    /// request is answered without waking a task; elsewhere by this task.
-    /// On a fault stream (`forFaults`) the loop then polls a moment for the
-    /// next fault's READ: a faulting thread often touches its next missing
-    /// page within µs.
-    private func serveReads(_ region: Region, over frames: FrameStream, peer: String, forFaults: Bool) async throws {
-        let observer = self.observer
-        if let served = frames.stream as? any LoopServedStream, let leftover = frames.handOverReading() {
-            try await served.readOnLoop(LoopFrameReader(leftover: leftover) { frame, stream in
-                let arrived = ContinuousClock.now
-                let asked = try Self.chunks(askedBy: frame, of: region)
-                var bytes = 0
-                for chunk in asked {
-                    if stream.sendBacklogged {
-                        // The rest comes back as a READ of its own once ACKs make room.
-                        observer?.servedRead(region: region.name, peer: peer, chunks: Int(chunk - asked.lowerBound),
-                                             bytes: bytes, duration: arrived.duration(to: .now))
-                        return .read(firstChunk: chunk, count: asked.upperBound - chunk)
-                    }
-                    let data = try region.chunkBytes(Int(chunk))
-                    let header = try Frame.dataHeader(firstChunk: chunk, byteCount: data.count)
-                    let copy = OwnedBytes.copy(header: header, body: data)
-                    do {
-                        try Self.servable(region)
-                    } catch {
-                        copy.deallocate()
-                        throw error
-                    }
-                    try stream.sendOnLoop(copy)
-                    bytes += data.count
-                }
-                observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
-                                     duration: arrived.duration(to: .now))
-                if forFaults { stream.loop.keepPollingForRequests() }
-                return nil
-            })
-            return
-        }
-        while let frame = try await frames.receive() {
-            let arrived = ContinuousClock.now
-            let asked = try Self.chunks(askedBy: frame, of: region)
-            var bytes = 0
-            for chunk in asked {
-                let data = try region.chunkBytes(Int(chunk))
-                bytes += data.count
-                try await frames.sendData(firstChunk: chunk, bytes: data) { try Self.servable(region) }
-            }
-            observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
-                                 duration: arrived.duration(to: .now))
-        }
-    }
-
-    /// A verify stream: every DIGEST_READ is answered with DIGESTS, SHA-256
-    /// of the live bytes of each group of chunks (`RegionDigest.group`).
-    private func serveDigests(_ region: Region, over frames: FrameStream) async throws {
-        let chunks = UInt64(region.geometry.chunkCount)
-        while let frame = try await frames.receive() {
-            guard case .digestRead(let first, let count, let group) = frame else {
-                throw ProtocolViolation(.unexpectedFrame, "a verify stream carries only DIGEST_READ")
-            }
-            guard first < chunks, count <= chunks - first else {
-                throw ProtocolViolation(.chunkOutOfRange, "DIGEST_READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
-            }
-            var digests: [UInt8] = []
-            for start in stride(from: Int(first), to: Int(first + count), by: Int(group)) {
-                digests += try RegionDigest.group(first: start, group: min(Int(group), Int(first + count) - start),
-                                              chunkCount: Int(chunks)) { try region.copyChunk($0) }
-            }
-            try await frames.send(.digests(firstChunk: first, group: group, digests: digests))
-        }
-    }
-
-    /// The chunks a frame on a reads stream asks for: it must be a READ
-    /// within the region.
-    private static func chunks(askedBy frame: Frame, of region: Region) throws -> Range<UInt64> {
-        let chunks = UInt64(region.geometry.chunkCount)
-        guard case .read(let first, let count) = frame else {
-            throw ProtocolViolation(.unexpectedFrame, "a reads stream carries only READ")
-        }
-        guard first < chunks, count <= chunks - first else {
-            throw ProtocolViolation(.chunkOutOfRange, "READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
-        }
-        return first..<(first + count)
-    }
-
     /// Armed before an initial pass copies a chunk, so a write during the
     /// pass is sent again after it. One tracker per region, shared by its
     /// mirrors (see RegionChangeFeed); which one, and why, is logged.
@@ -373,10 +286,10 @@ public final class RegionExports: Sendable {
     /// reader would wait for the mirror for ever (reads do not see
     /// cancellation), so the stream is ended here: ERROR and FIN, then a
     /// wait (at most `mirrorLeaveTimeout`) for the mirror, which leaves once
-    /// it has read the ERROR, and only then STOP_SENDING. Measured: a
+    /// it has read the ERROR, and only then STOP_SENDING. Why: a
     /// STOP_SENDING sent right after the ERROR (as `FrameStream.fail` does)
-    /// sometimes left the mirror without the ERROR, waiting for data that
-    /// never came.
+    /// can leave the mirror without the ERROR, waiting for data that never
+    /// comes.
     private static func firstToEnd(of group: inout ThrowingTaskGroup<Void, any Error>, on frames: FrameStream) async throws {
         do {
             try await group.next()

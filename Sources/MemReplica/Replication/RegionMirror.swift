@@ -97,9 +97,50 @@ public final class RegionMirror: @unchecked Sendable {
     public func run(over connection: any TransportConnection) async throws {
         let frames = FrameStream(try await connection.openStream())
         let g = region.geometry
-        // What we hold already (zeros for a new file): the primary sends
-        // only chunks that differ, as rsync does.
         let hasher = ChunkHasher(key: key)
+        try await subscribe(on: frames, hasher: hasher)
+        if !offersHeldChunks { prefaultAhead() }
+        var stream = StreamState(chunkCount: g.chunkCount)
+        let marker = startCompleteMarker()
+        defer { marker?.cancel() }
+        do {
+            while let frame = try await frames.receive() {
+                switch frame {
+                case .write(let chunk, let version, let bytes):
+                    try apply(chunk: chunk, version: version, bytes: bytes, to: &stream)
+                case .synced(_, let digest):
+                    try applySynced(digest: digest, hasher: hasher, to: &stream)
+                case .error(let code, let message):
+                    throw ReplicationError.refusedByPeer(code: code, message: message)
+                default:
+                    throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, SYNCED or ERROR on a region stream")
+                }
+                // ACK once what has arrived is applied, not per frame.
+                if stream.unacknowledged && !frames.hasBufferedBytes {
+                    try await acknowledge(on: frames, stream: &stream)
+                }
+            }
+            throw ReplicationError.streamEnded
+        } catch let violation as ProtocolViolation {
+            await frames.fail(violation)
+            throw ReplicationError.violation(violation)
+        }
+    }
+
+    /// What one run knows of its region stream.
+    private struct StreamState {
+        /// The version of each chunk applied (0: none yet).
+        var versions: [UInt64]
+        var unacknowledged = false
+        /// A durable mirror's batch of stores not yet recorded as complete.
+        var batchOpen = false
+        init(chunkCount: Int) { versions = [UInt64](repeating: 0, count: chunkCount) }
+    }
+
+    /// SUBSCRIBE, then the hashes of what we hold already (zeros for a new
+    /// file): the primary sends only chunks that differ, as rsync does.
+    private func subscribe(on frames: FrameStream, hasher: ChunkHasher) async throws {
+        let g = region.geometry
         let held = offersHeldChunks ? (0..<g.chunkCount).map { hasher.hash(region, chunk: $0) } : []
         // Hashes of pages our file could not provide are no offer.
         try region.checkBacking()
@@ -119,13 +160,12 @@ public final class RegionMirror: @unchecked Sendable {
             }
             throw TransportError.streamReset(errorCode: code)
         }
-        if !offersHeldChunks { prefaultAhead() }
-        var versions = [UInt64](repeating: 0, count: g.chunkCount)
-        var unacknowledged = false
-        var batchOpen = false
-        // A durable mirror records a clean copy at most every interval
-        // while writes stream in (and at once at SYNCED).
-        let marker = durable.map { durable in
+    }
+
+    /// A durable mirror records a clean copy at most every interval while
+    /// writes stream in (and at once at SYNCED). Nil when not durable.
+    private func startCompleteMarker() -> Task<Void, Never>? {
+        durable.map { durable in
             Task {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: DurableMirrorState.completeMarkInterval)
@@ -133,80 +173,72 @@ public final class RegionMirror: @unchecked Sendable {
                 }
             }
         }
-        defer { marker?.cancel() }
-        do {
-            while let frame = try await frames.receive() {
-                switch frame {
-                case .write(let chunk, let version, let bytes):
-                    guard chunk < UInt64(g.chunkCount) else {
-                        throw ProtocolViolation(.chunkOutOfRange, "chunk \(chunk) of a \(g.chunkCount)-chunk region")
-                    }
-                    let index = Int(chunk)
-                    guard version > versions[index] else {
-                        throw ProtocolViolation(.versionWentBackwards,
-                                                "chunk \(chunk) at version \(version) after \(versions[index])")
-                    }
-                    guard let range = g.byteRange(ofChunk: index), bytes.count == range.count else {
-                        throw ProtocolViolation(.malformedFrame, "chunk \(chunk) carries \(bytes.count) bytes")
-                    }
-                    if let durable, !batchOpen {
-                        try durable.beginBatch(path: durablePath, geometry: g, identity: identity)
-                        batchOpen = true
-                    }
-                    try region.storeChunk(index, bytes)
-                    if durable != nil { unsynced.append(range) }
-                    let first = versions[index] == 0
-                    versions[index] = version
-                    progress.withLock { p in
-                        if first { p.chunksPresent += 1 }
-                        p.chunksApplied += 1
-                        p.lastAppliedVersion = max(p.lastAppliedVersion, version)
-                    }
-                    unacknowledged = true
-                case .synced(_, let digest):
-                    // Everything not sent in the initial pass was identical.
-                    // What we hold now must hash to the primary's digest;
-                    // later WRITEs wait until it has been checked.
-                    if !digest.isEmpty {
-                        let ours = RegionDigest.synced((0..<g.chunkCount).map { hasher.hash(region, chunk: $0) })
-                        progress.withLock { $0.selfCheckPassed = ours == digest }
-                        guard ours == digest else {
-                            throw ReplicationError.selfCheckFailed(region: region.name)
-                        }
-                    }
-                    if let durable {
-                        // The file is a complete, checked copy: on disk, then said so.
-                        try syncStored()
-                        durable.endBatch(version: progress.withLock { $0.lastAppliedVersion })
-                        try durable.recordCompleteIfClean()
-                        batchOpen = false
-                    }
-                    progress.withLock { $0.synced = true }
-                case .error(let code, let message):
-                    throw ReplicationError.refusedByPeer(code: code, message: message)
-                default:
-                    throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, SYNCED or ERROR on a region stream")
-                }
-                // ACK once what has arrived is applied, not per frame; a
-                // durable mirror once it is on stable storage too.
-                if unacknowledged && !frames.hasBufferedBytes {
-                    let (version, synced) = progress.withLock { ($0.lastAppliedVersion, $0.synced) }
-                    if let durable {
-                        try syncStored()
-                        // Before SYNCED the file is not a whole copy yet.
-                        if synced {
-                            durable.endBatch(version: version)
-                            batchOpen = false
-                        }
-                    }
-                    try await frames.send(.ack(version: version))
-                    unacknowledged = false
-                }
-            }
-            throw ReplicationError.streamEnded
-        } catch let violation as ProtocolViolation {
-            await frames.fail(violation)
-            throw ReplicationError.violation(violation)
+    }
+
+    /// Stores a WRITE's chunk, which must be newer than the one held.
+    private func apply(chunk: UInt64, version: UInt64, bytes: [UInt8], to stream: inout StreamState) throws {
+        let g = region.geometry
+        guard chunk < UInt64(g.chunkCount) else {
+            throw ProtocolViolation(.chunkOutOfRange, "chunk \(chunk) of a \(g.chunkCount)-chunk region")
         }
+        let index = Int(chunk)
+        guard version > stream.versions[index] else {
+            throw ProtocolViolation(.versionWentBackwards,
+                                    "chunk \(chunk) at version \(version) after \(stream.versions[index])")
+        }
+        guard let range = g.byteRange(ofChunk: index), bytes.count == range.count else {
+            throw ProtocolViolation(.malformedFrame, "chunk \(chunk) carries \(bytes.count) bytes")
+        }
+        if let durable, !stream.batchOpen {
+            try durable.beginBatch(path: durablePath, geometry: g, identity: identity)
+            stream.batchOpen = true
+        }
+        try region.storeChunk(index, bytes)
+        if durable != nil { unsynced.append(range) }
+        let first = stream.versions[index] == 0
+        stream.versions[index] = version
+        progress.withLock { p in
+            if first { p.chunksPresent += 1 }
+            p.chunksApplied += 1
+            p.lastAppliedVersion = max(p.lastAppliedVersion, version)
+        }
+        stream.unacknowledged = true
+    }
+
+    /// Everything not sent in the initial pass was identical. What we hold
+    /// now must hash to the primary's digest; later WRITEs wait until it
+    /// has been checked.
+    private func applySynced(digest: [UInt8], hasher: ChunkHasher, to stream: inout StreamState) throws {
+        if !digest.isEmpty {
+            let ours = RegionDigest.synced((0..<region.geometry.chunkCount).map { hasher.hash(region, chunk: $0) })
+            progress.withLock { $0.selfCheckPassed = ours == digest }
+            guard ours == digest else {
+                throw ReplicationError.selfCheckFailed(region: region.name)
+            }
+        }
+        if let durable {
+            // The file is a complete, checked copy: on disk, then said so.
+            try syncStored()
+            durable.endBatch(version: progress.withLock { $0.lastAppliedVersion })
+            try durable.recordCompleteIfClean()
+            stream.batchOpen = false
+        }
+        progress.withLock { $0.synced = true }
+    }
+
+    /// ACKs the highest version applied; a durable mirror once it is on
+    /// stable storage too.
+    private func acknowledge(on frames: FrameStream, stream: inout StreamState) async throws {
+        let (version, synced) = progress.withLock { ($0.lastAppliedVersion, $0.synced) }
+        if let durable {
+            try syncStored()
+            // Before SYNCED the file is not a whole copy yet.
+            if synced {
+                durable.endBatch(version: version)
+                stream.batchOpen = false
+            }
+        }
+        try await frames.send(.ack(version: version))
+        stream.unacknowledged = false
     }
 }

@@ -353,7 +353,9 @@ public struct WANBenchmark {
         let mirror = RegionMirror(region: replica, offersHeldChunks: false)
         let following = Task { try await mirror.run(over: connection) }
         defer { following.cancel() }
-        // At 150 ms and 2 % loss a single TCP connection moves ~80 KB/s.
+        // Bounded: over the longest, lossiest links a single TCP connection
+        // is too slow to finish in any useful time (figure in
+        // bench/RESULTS.md, "Figures behind design choices").
         let syncDeadline = ContinuousClock.now + .seconds(30)
         while !mirror.initialSyncComplete {
             guard ContinuousClock.now < syncDeadline else { return }

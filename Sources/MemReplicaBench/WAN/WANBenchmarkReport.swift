@@ -2,7 +2,7 @@ import MemReplica
 import MemReplicaWAN
 /// The whole of one `bench wan` invocation: calibration, every run, the
 /// per-scenario medians, the QUIC/TCP ratios from the same runs and the
-/// issue's targets checked against them.
+/// design targets checked against them.
 public struct WANBenchmarkReport: Codable, Sendable {
     public struct Settings: Codable, Sendable {
         public var runs: Int
@@ -113,7 +113,7 @@ extension WANBenchmarkReport {
                                     lagP50: ratio(quic.lagP50Milliseconds, tcp.lagP50Milliseconds),
                                     connect: ratio(quic.connectMilliseconds, tcp.connectMilliseconds)))
             }
-            // The targets, each where its scenario was run.
+            // The design targets, each where its scenario was run.
             if scenario.regions == 16, scenario.rttMilliseconds == 50, (1...2).contains(scenario.lossPercent),
                let tcp = here[TransportKind.tcp.rawValue] {
                 let r = quic.readP99Milliseconds / max(tcp.readP99Milliseconds, .leastNonzeroMagnitude)

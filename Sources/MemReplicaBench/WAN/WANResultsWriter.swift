@@ -73,14 +73,45 @@ public struct WANResultsWriter {
 
     public func markdownSection(plots: [String]) -> String {
         var out: [String] = [Self.beginMarker, "", "## TCP vs QUIC over an emulated WAN (`memreplica bench wan`)", ""]
+        out += settingsLines()
+        out += calibrationLines()
+        out.append("")
+        out.append("Ratios are QUIC ÷ TCP from the same runs: below 1 QUIC is faster for latencies; above 1 QUIC moves more bytes. **TCP wins** marks a ratio where a TCP mode did better than QUIC by more than 5 %.")
+        let byScenario = Dictionary(grouping: report.summaries, by: \.scenario)
+        let scenarios = report.summaries.map(\.scenario).reduce(into: [WANScenario]()) { if !$0.contains($1) { $0.append($1) } }
+        let controllers = scenarios.map(\.congestionControl).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        for cc in controllers {
+            let mine = scenarios.filter { $0.congestionControl == cc }
+            out += latencyTable(cc, scenarios: mine, byScenario: byScenario)
+            out += throughputTable(cc, scenarios: mine, byScenario: byScenario)
+        }
+        out += targetLines()
+        if !plots.isEmpty {
+            out.append("")
+            for p in plots { out.append("![\(p)](\(p))") }
+        }
+        out.append("")
+        out.append(Self.endMarker)
+        return out.joined(separator: "\n")
+    }
+
+    /// When the runs were made, and the link and workload they measured.
+    private func settingsLines() -> [String] {
         let s = report.settings
-        out.append("Run \(report.startedAt), \(String(format: "%.0f", report.seconds)) s\(report.quick ? " (quick smoke mode)" : ""); files `results/\(baseName).json` and `.csv`.")
-        out.append("Each cell is the median of \(s.runs) run\(s.runs == 1 ? "" : "s"); the transports ran alternately in the same runs. "
-                   + "Link: \(s.rateBitsPerSecond.map { "\(formatNumber(Double($0) / 1e6)) Mbit/s" } ?? "no rate limit") each way, "
-                   + "\(s.queueLimitBytes >> 10) KiB tail-drop queue, loss applied to \(s.lossAppliedTo). "
-                   + "Reads: \(s.readers) streams, one random \(s.readChunkBytes >> 10) KiB READ outstanding on each, timed while "
-                   + "\(s.bulkBytes >> 20) MiB in \(s.bulkChunkBytes >> 10) KiB chunks sync in bulk (stopped after \(formatNumber(s.bulkTimeLimitSeconds)) s). "
-                   + "Lag: \(s.lagWrites) writes at \(s.lagWritesPerSecond)/s, each timed from the store in the primary until the replica's mapping holds it (one way plus the \(formatNumber(s.scanIntervalMilliseconds)) ms scan), on a fresh connection after the bulk phase.")
+        return [
+            "Run \(report.startedAt), \(String(format: "%.0f", report.seconds)) s\(report.quick ? " (quick smoke mode)" : ""); files `results/\(baseName).json` and `.csv`.",
+            "Each cell is the median of \(s.runs) run\(s.runs == 1 ? "" : "s"); the transports ran alternately in the same runs. "
+                + "Link: \(s.rateBitsPerSecond.map { "\(formatNumber(Double($0) / 1e6)) Mbit/s" } ?? "no rate limit") each way, "
+                + "\(s.queueLimitBytes >> 10) KiB tail-drop queue, loss applied to \(s.lossAppliedTo). "
+                + "Reads: \(s.readers) streams, one random \(s.readChunkBytes >> 10) KiB READ outstanding on each, timed while "
+                + "\(s.bulkBytes >> 20) MiB in \(s.bulkChunkBytes >> 10) KiB chunks sync in bulk (stopped after \(formatNumber(s.bulkTimeLimitSeconds)) s). "
+                + "Lag: \(s.lagWrites) writes at \(s.lagWritesPerSecond)/s, each timed from the store in the primary until the replica's mapping holds it (one way plus the \(formatNumber(s.scanIntervalMilliseconds)) ms scan), on a fresh connection after the bulk phase.",
+        ]
+    }
+
+    /// How closely the emulator matched each link's configured RTT and loss.
+    private func calibrationLines() -> [String] {
+        var out: [String] = []
         if !report.calibrations.isEmpty {
             out.append("")
             out.append("Emulator calibration, before each link's first run (UDP echoes; RTT within 5 % of the configured one, "
@@ -100,52 +131,64 @@ public struct WANResultsWriter {
                            + (report.calibrations.first?.baselineRTT.map { String(format: "; the host path adds %.3f ms to every RTT, which is why sub-millisecond RTTs do not agree within 5 %%.", $0.milliseconds) } ?? "."))
             }
         }
+        return out
+    }
+
+    /// Chunk-read latency percentiles per transport, one row per scenario.
+    private func latencyTable(_ cc: String, scenarios mine: [WANScenario],
+                              byScenario: [WANScenario: [WANBenchmarkReport.Summary]]) -> [String] {
+        var out: [String] = []
         out.append("")
-        out.append("Ratios are QUIC ÷ TCP from the same runs: below 1 QUIC is faster for latencies; above 1 QUIC moves more bytes. **TCP wins** marks a ratio where a TCP mode did better than QUIC by more than 5 %.")
-        let byScenario = Dictionary(grouping: report.summaries, by: \.scenario)
-        let scenarios = report.summaries.map(\.scenario).reduce(into: [WANScenario]()) { if !$0.contains($1) { $0.append($1) } }
-        let controllers = scenarios.map(\.congestionControl).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
-        for cc in controllers {
-            let mine = scenarios.filter { $0.congestionControl == cc }
-            out.append("")
-            out.append("### Chunk-read latency while a bulk sync runs, \(cc) (ms)")
-            out.append("")
-            out.append("| RTT ms | loss % | regions | quic p50 | quic p99 | tcp p50 | tcp p99 | tcp-per-region p50 | tcp-per-region p99 | p99 quic/tcp | p99 quic/per-region |")
-            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for sc in mine {
-                let row = byScenario[sc] ?? []
-                func cell(_ kind: TransportKind, _ value: (WANBenchmarkReport.Summary) -> Double) -> String {
-                    row.first { $0.transport == kind.rawValue }.map { String(format: "%.1f", value($0)) } ?? "–"
-                }
-                out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | "
-                           + "\(cell(.quic) { $0.readP50Milliseconds }) | \(cell(.quic) { $0.readP99Milliseconds }) | "
-                           + "\(cell(.tcp) { $0.readP50Milliseconds }) | \(cell(.tcp) { $0.readP99Milliseconds }) | "
-                           + "\(cell(.tcpPerRegion) { $0.readP50Milliseconds }) | \(cell(.tcpPerRegion) { $0.readP99Milliseconds }) | "
-                           + "\(ratioCell(sc, .tcp, \.readP99, higherIsBetter: false)) | \(ratioCell(sc, .tcpPerRegion, \.readP99, higherIsBetter: false)) |")
+        out.append("### Chunk-read latency while a bulk sync runs, \(cc) (ms)")
+        out.append("")
+        out.append("| RTT ms | loss % | regions | quic p50 | quic p99 | tcp p50 | tcp p99 | tcp-per-region p50 | tcp-per-region p99 | p99 quic/tcp | p99 quic/per-region |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for sc in mine {
+            let row = byScenario[sc] ?? []
+            func cell(_ kind: TransportKind, _ value: (WANBenchmarkReport.Summary) -> Double) -> String {
+                row.first { $0.transport == kind.rawValue }.map { String(format: "%.1f", value($0)) } ?? "–"
             }
-            out.append("")
-            out.append("### Bulk sync throughput, replication lag and connect times, \(cc)")
-            out.append("")
-            out.append("| RTT ms | loss % | regions | quic Mbit/s | tcp Mbit/s | tcp-per-region Mbit/s | quic/per-region | lag p50 ms quic / tcp / per-region | connect ms quic / tcp | reconnect ms quic / tcp |")
-            out.append("|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
-            for sc in mine {
-                let row = byScenario[sc] ?? []
-                func summary(_ kind: TransportKind) -> WANBenchmarkReport.Summary? { row.first { $0.transport == kind.rawValue } }
-                func mbps(_ kind: TransportKind) -> String {
-                    guard let s = summary(kind) else { return "–" }
-                    let partial = s.bulkCompletedRuns < s.runs ? "*" : ""
-                    return String(format: s.throughputMbps < 10 ? "%.2g" : "%.0f", s.throughputMbps) + partial
-                }
-                func ms(_ v: Double?) -> String { v.map { String(format: "%.1f", $0) } ?? "–" }
-                let lag = [TransportKind.quic, .tcp, .tcpPerRegion].map { ms(summary($0)?.lagP50Milliseconds) }.joined(separator: " / ")
-                let connect = [TransportKind.quic, .tcp].map { ms(summary($0)?.connectMilliseconds) }.joined(separator: " / ")
-                let reconnect = [TransportKind.quic, .tcp].map { ms(summary($0)?.reconnectMilliseconds) }.joined(separator: " / ")
-                out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | \(mbps(.quic)) | \(mbps(.tcp)) | \(mbps(.tcpPerRegion)) | "
-                           + "\(ratioCell(sc, .tcpPerRegion, \.throughput, higherIsBetter: true)) | \(lag) | \(connect) | \(reconnect) |")
-            }
-            out.append("")
-            out.append("\\* the bulk sync hit the time limit in some runs: the rate is bytes synced by then over the limit.")
+            out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | "
+                       + "\(cell(.quic) { $0.readP50Milliseconds }) | \(cell(.quic) { $0.readP99Milliseconds }) | "
+                       + "\(cell(.tcp) { $0.readP50Milliseconds }) | \(cell(.tcp) { $0.readP99Milliseconds }) | "
+                       + "\(cell(.tcpPerRegion) { $0.readP50Milliseconds }) | \(cell(.tcpPerRegion) { $0.readP99Milliseconds }) | "
+                       + "\(ratioCell(sc, .tcp, \.readP99, higherIsBetter: false)) | \(ratioCell(sc, .tcpPerRegion, \.readP99, higherIsBetter: false)) |")
         }
+        return out
+    }
+
+    /// Bulk throughput, replication lag and connect times per transport.
+    private func throughputTable(_ cc: String, scenarios mine: [WANScenario],
+                                 byScenario: [WANScenario: [WANBenchmarkReport.Summary]]) -> [String] {
+        var out: [String] = []
+        out.append("")
+        out.append("### Bulk sync throughput, replication lag and connect times, \(cc)")
+        out.append("")
+        out.append("| RTT ms | loss % | regions | quic Mbit/s | tcp Mbit/s | tcp-per-region Mbit/s | quic/per-region | lag p50 ms quic / tcp / per-region | connect ms quic / tcp | reconnect ms quic / tcp |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+        for sc in mine {
+            let row = byScenario[sc] ?? []
+            func summary(_ kind: TransportKind) -> WANBenchmarkReport.Summary? { row.first { $0.transport == kind.rawValue } }
+            func mbps(_ kind: TransportKind) -> String {
+                guard let s = summary(kind) else { return "–" }
+                let partial = s.bulkCompletedRuns < s.runs ? "*" : ""
+                return String(format: s.throughputMbps < 10 ? "%.2g" : "%.0f", s.throughputMbps) + partial
+            }
+            func ms(_ v: Double?) -> String { v.map { String(format: "%.1f", $0) } ?? "–" }
+            let lag = [TransportKind.quic, .tcp, .tcpPerRegion].map { ms(summary($0)?.lagP50Milliseconds) }.joined(separator: " / ")
+            let connect = [TransportKind.quic, .tcp].map { ms(summary($0)?.connectMilliseconds) }.joined(separator: " / ")
+            let reconnect = [TransportKind.quic, .tcp].map { ms(summary($0)?.reconnectMilliseconds) }.joined(separator: " / ")
+            out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | \(mbps(.quic)) | \(mbps(.tcp)) | \(mbps(.tcpPerRegion)) | "
+                       + "\(ratioCell(sc, .tcpPerRegion, \.throughput, higherIsBetter: true)) | \(lag) | \(connect) | \(reconnect) |")
+        }
+        out.append("")
+        out.append("\\* the bulk sync hit the time limit in some runs: the rate is bytes synced by then over the limit.")
+        return out
+    }
+
+    /// Each target the report checks, and whether it was met.
+    private func targetLines() -> [String] {
+        var out: [String] = []
         if !report.targets.isEmpty {
             out.append("")
             out.append("### Targets")
@@ -156,13 +199,7 @@ public struct WANResultsWriter {
                 out.append("| \(t.target) | \(t.scenario) | \(t.measured) | \(t.met ? "yes" : "**no**") |")
             }
         }
-        if !plots.isEmpty {
-            out.append("")
-            for p in plots { out.append("![\(p)](\(p))") }
-        }
-        out.append("")
-        out.append(Self.endMarker)
-        return out.joined(separator: "\n")
+        return out
     }
 
     private func ratioCell(_ scenario: WANScenario, _ against: TransportKind, _ field: KeyPath<WANBenchmarkReport.Ratio, Double?>,
