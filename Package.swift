@@ -181,7 +181,7 @@ let package = Package(
 if Context.environment["MEMREPLICA_FUZZ"] != nil {
     package.targets.append(.executableTarget(
         name: "memreplica-fuzz",
-        dependencies: ["MemReplica", "MemReplicaHTTP3", "MemReplicaQUIC", "MemReplicaTCP", "MemReplicaTransportCore",
+        dependencies: ["MemReplica", "MemReplicaBench", "MemReplicaHTTP3", "MemReplicaQUIC", "MemReplicaTCP", "MemReplicaTransportCore",
                        "MemReplicaSystem", "QuicShim", "LinuxShim", .product(name: "Logging", package: "swift-log")],
         path: "Fuzz/Sources"
     ))

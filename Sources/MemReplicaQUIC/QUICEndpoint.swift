@@ -607,6 +607,3 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
         poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
     }
 }
-
-/// The QUIC implementation of `Transport`.
-public typealias QUICTransport = QUICEndpoint

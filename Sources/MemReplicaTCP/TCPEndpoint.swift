@@ -462,6 +462,3 @@ public final class TCPEndpoint: Transport, CommandLoop, @unchecked Sendable {
         if byToken[core.token] === core { byToken[core.token] = nil }
     }
 }
-
-/// The TLS-over-TCP implementation of `Transport`.
-public typealias TCPTransport = TCPEndpoint
