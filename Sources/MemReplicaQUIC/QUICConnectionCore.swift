@@ -154,6 +154,29 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
         frameAllowance = FrameAllowance(limit: Int(window), budget: endpoint.memoryBudget)
         shared.setReceiveWindow(window)
         let streamWindow = min(config.streamReceiveWindow, window)
+        var settings = makeSettings(window: window, streamWindow: streamWindow)
+        var params = makeTransportParameters(window: window, streamWindow: streamWindow, scid: scid,
+                                             originalDCID: originalDCID, retrySCID: retrySCID)
+        var callbacks = QUICCallbacks.table(isClient: isClient)
+        var dcidVar = dcid, scidVar = scid
+        let user = Unmanaged.passUnretained(self).toOpaque()
+        var connPtr: OpaquePointer?
+        let rc = withPath { path in
+            isClient
+                ? qs_conn_client_new(&connPtr, &dcidVar, &scidVar, path, version, &callbacks, &settings, &params, user)
+                : qs_conn_server_new(&connPtr, &dcidVar, &scidVar, path, version, &callbacks, &settings, &params, user)
+        }
+        guard rc == 0, let c = connPtr else {
+            throw TransportError.protocolFailure("creating connection: \(String(cString: ngtcp2_strerror(rc)))")
+        }
+        conn = c
+        try startTLS(on: c, user: user, resume: resume, offerEarlyData: offerEarlyData)
+    }
+
+    /// ngtcp2's settings: packet sizes (larger to a peer on this host),
+    /// windows, timeouts and the congestion controller.
+    private func makeSettings(window: UInt64, streamWindow: UInt64) -> ngtcp2_settings {
+        let config = endpoint.configuration
         var settings = ngtcp2_settings()
         qs_settings_default(&settings)
         settings.initial_ts = monotonicNanoseconds()
@@ -176,7 +199,14 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
         case .reno: settings.cc_algo = NGTCP2_CC_ALGO_RENO
         }
         if config.debugLog { qs_settings_log_to_stderr(&settings) }
+        return settings
+    }
 
+    /// What we grant the peer (windows, streams, idle timeout) and, as a
+    /// server, the IDs and token the client checks.
+    private func makeTransportParameters(window: UInt64, streamWindow: UInt64, scid: ngtcp2_cid,
+                                         originalDCID: ngtcp2_cid?, retrySCID: ngtcp2_cid?) -> ngtcp2_transport_params {
+        let config = endpoint.configuration
         var params = ngtcp2_transport_params()
         qs_transport_params_default(&params)
         params.initial_max_stream_data_bidi_local = streamWindow
@@ -205,21 +235,13 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
             params.retry_scid = retrySCID
             params.retry_scid_present = 1
         }
+        return params
+    }
 
-        var callbacks = QUICCallbacks.table(isClient: isClient)
-        var dcidVar = dcid, scidVar = scid
-        let user = Unmanaged.passUnretained(self).toOpaque()
-        var connPtr: OpaquePointer?
-        let rc = withPath { path in
-            isClient
-                ? qs_conn_client_new(&connPtr, &dcidVar, &scidVar, path, version, &callbacks, &settings, &params, user)
-                : qs_conn_server_new(&connPtr, &dcidVar, &scidVar, path, version, &callbacks, &settings, &params, user)
-        }
-        guard rc == 0, let c = connPtr else {
-            throw TransportError.protocolFailure("creating connection: \(String(cString: ngtcp2_strerror(rc)))")
-        }
-        conn = c
-
+    /// The GnuTLS session (ALPN, a ticket to resume with, early data), tied
+    /// to the new ngtcp2 connection `c`; on failure the connection is freed.
+    private func startTLS(on c: OpaquePointer, user: UnsafeMutableRawPointer, resume: SessionTicket?,
+                          offerEarlyData: Bool) throws {
         var err = [CChar](repeating: 0, count: 256)
         let alpn = acceptedProtocols.map { strdup($0) }
         defer { alpn.forEach { free($0) } }

@@ -45,39 +45,15 @@ extension QUICConnectionCore {
         }
 
         while true {
-            var stream: QUICStreamCore?
-            var vecCount = 0
-            var flags = UInt32(NGTCP2_WRITE_STREAM_FLAG_MORE)
-            // Connection-level credit gone: only ACKs and control frames.
-            if ngtcp2_conn_get_max_data_left(conn) > 0 {
-                stream = sendQueue.next { $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }
-            }
-            if let s = stream {
-                vecCount = s.sendBuffer.unsentVectors(into: vecs)
-                let coversAll = vecCount < vecs.count || vecsTotal(vecs, vecCount) == s.sendBuffer.unsent
-                if s.finQueued && coversAll { flags |= UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) }
-            }
+            let (stream, vecCount, flags) = nextStreamData(into: vecs)
             var accepted: ngtcp2_ssize = -1
             let n = qs_conn_writev_stream(conn, &ps.path, &info, base + used, maxPayload, &accepted, flags,
                                           stream?.id ?? -1, vecs.baseAddress, vecCount, now)
             if n < 0 {
-                switch Int32(n) {
-                case NGTCP2_ERR_STREAM_DATA_BLOCKED:
-                    stream?.flowBlocked = true
-                    dequeue(stream)
-                    continue
-                case NGTCP2_ERR_STREAM_SHUT_WR, NGTCP2_ERR_STREAM_NOT_FOUND:
-                    stream?.failSend(.streamReset(errorCode: 0))
-                    dequeue(stream)
-                    continue
-                case NGTCP2_ERR_WRITE_MORE:
-                    consume(stream, accepted: accepted, flags: flags)
-                    continue
-                default:
-                    _ = flush(used, segment: segmentSize)
-                    handleFatal(Int32(n), now: now)
-                    return .idle
-                }
+                if recovered(from: Int32(n), stream: stream, accepted: accepted, flags: flags) { continue }
+                _ = flush(used, segment: segmentSize)
+                handleFatal(Int32(n), now: now)
+                return .idle
             }
             if accepted >= 0 { consume(stream, accepted: accepted, flags: flags) }
             if n == 0 {
@@ -111,6 +87,42 @@ extension QUICConnectionCore {
             packets = 0
             if written >= budget { return .more }
         }
+    }
+
+    /// The stream to write from next (nil: only ACKs and control frames,
+    /// also when the connection's credit is gone), its unsent data as
+    /// vectors, and FIN when those vectors reach its end.
+    @inline(__always)
+    private func nextStreamData(into vecs: UnsafeMutableBufferPointer<ngtcp2_vec>)
+        -> (stream: QUICStreamCore?, vecCount: Int, flags: UInt32) {
+        var flags = UInt32(NGTCP2_WRITE_STREAM_FLAG_MORE)
+        guard ngtcp2_conn_get_max_data_left(conn) > 0,
+              let s = sendQueue.next(ready: { $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }) else {
+            return (nil, 0, flags)
+        }
+        let vecCount = s.sendBuffer.unsentVectors(into: vecs)
+        let coversAll = vecCount < vecs.count || vecsTotal(vecs, vecCount) == s.sendBuffer.unsent
+        if s.finQueued && coversAll { flags |= UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) }
+        return (s, vecCount, flags)
+    }
+
+    /// A stream-level refusal from ngtcp2 that the writer goes on past
+    /// (true); false for an error that ends the connection.
+    @inline(__always)
+    private func recovered(from error: Int32, stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32) -> Bool {
+        switch error {
+        case NGTCP2_ERR_STREAM_DATA_BLOCKED:
+            stream?.flowBlocked = true
+            dequeue(stream)
+        case NGTCP2_ERR_STREAM_SHUT_WR, NGTCP2_ERR_STREAM_NOT_FOUND:
+            stream?.failSend(.streamReset(errorCode: 0))
+            dequeue(stream)
+        case NGTCP2_ERR_WRITE_MORE:
+            consume(stream, accepted: accepted, flags: flags)
+        default:
+            return false
+        }
+        return true
     }
 
     /// The largest datagram to write now. Until the handshake is confirmed
