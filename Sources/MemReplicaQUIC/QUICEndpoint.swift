@@ -31,16 +31,16 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     /// endpoint and never stored, so tokens die with the process.
     let retryTokenSecret: [UInt8]
 
-    private let socket: UDPSocket
-    private let poller: Poller
-    private static let socketToken: UInt64 = 1
+    let socket: UDPSocket
+    let poller: Poller
+    static let socketToken: UInt64 = 1
     /// Commands, live connections, accept and stop (shared with TCP).
-    private let loop: EndpointLoop<QUICConnectionCore>
+    let loop: EndpointLoop<QUICConnectionCore>
     /// Other threads reach the loop through it (`post`, `onLoop`).
     package var commands: EventLoopCommandQueue { loop.commands }
 
     // Loop-confined state.
-    private var routes: [ConnectionID: QUICConnectionCore] = [:]
+    var routes: [ConnectionID: QUICConnectionCore] = [:]
     var liveConnections: Dictionary<ObjectIdentifier, QUICConnectionCore>.Values { loop.live.values }
     /// Bounds the stateless resets we send (QUICEndpoint+StatelessReset).
     var statelessResetLimiter = StatelessResetLimiter()
@@ -57,7 +57,7 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     private var watchers: [UInt64: (fd: Int32, handler: () -> Bool)] = [:]
     private var nextWatchToken: UInt64 = socketToken + 1
     /// Inbound connections by source host, and the caps on them.
-    private var admission: ConnectionAdmission
+    var admission: ConnectionAdmission
     /// When the loop next looks for stalled streams.
     private var nextStallSweep: UInt64 = 0
     private let stallTimeout: UInt64
@@ -66,10 +66,12 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     /// Application protocols served next to memreplica's, by ALPN (`serve`).
     var applications: [String: any QUICApplication] = [:]
     /// Bytes the kernel would not take yet (EAGAIN); everything waits on them.
-    private var pendingSend: (bytes: [UInt8], segment: Int, to: SocketAddressStorage)?
+    var pendingSend: (bytes: [UInt8], segment: Int, to: SocketAddressStorage)?
     package let transmitBuffer: UnsafeMutableRawBufferPointer
     let vectorScratch: UnsafeMutableBufferPointer<ngtcp2_vec>
     private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// Retry packets sent (address validation under handshake load).
+    var retriesSent = 0
     /// Half-open or established connections allowed at once (a flood of
     /// Initials must not exhaust memory).
     public static let maxConnections = 1024
@@ -333,132 +335,6 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
         for s in now { s.wakeReader() }
     }
 
-    private func handleDatagram(_ data: UnsafeRawBufferPointer, from: SocketAddressStorage, now: UInt64) {
-        var vc = ngtcp2_version_cid()
-        let bytes = data.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        let rc = ngtcp2_pkt_decode_version_cid(&vc, bytes, data.count, ConnectionID.localLength)
-        guard rc == 0, let dcid = vc.dcid else { return }  // garbage or another version: drop
-        let key = ConnectionID(UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen))
-        let core: QUICConnectionCore
-        if let known = routes[key] {
-            core = known
-        } else if bytes[0] & 0x80 == 0 {
-            // A short header no connection here owns: a stateless reset
-            // for one of ours, or a packet of a connection we lost.
-            handleUnknownShortHeader(data, dcid: UnsafeRawBufferPointer(start: dcid, count: vc.dcidlen), from: from, now: now)
-            return
-        } else {
-            guard configuration.acceptsConnections, !loop.stopping, loop.live.count < Self.maxConnections else { return }
-            var header = ngtcp2_pkt_hd()
-            guard ngtcp2_accept(&header, bytes, data.count) == 0 else { return }
-            guard let admitted = admit(header, from: from, now: now) else { return }
-            do {
-                core = try QUICConnectionCore.server(endpoint: self, remote: from, header: header,
-                                                     originalDCID: admitted.originalDCID, retrySCID: admitted.retrySCID)
-            } catch {
-                logger.warning("cannot accept connection from \(PeerAddress(storage: from)): \(error)")
-                return
-            }
-            core.admittedHost = admitted.host
-            core.countedHalfOpen = true
-            admission.connectionOpened(host: admitted.host)
-            admission.handshakeStarted(host: admitted.host)
-            register(core)
-        }
-        core.receive(data, now: now)
-        if !core.isClosed { needsWrite(core) }
-    }
-
-    /// Decides a client's first Initial: a new connection (with the
-    /// original DCID a valid Retry token carried), a Retry sent instead
-    /// (nil), or nothing (nil: over a cap, or a token that does not verify).
-    private func admit(_ header: ngtcp2_pkt_hd, from: SocketAddressStorage, now: UInt64)
-        -> (host: String, originalDCID: ngtcp2_cid, retrySCID: ngtcp2_cid?)? {
-        let host = PeerAddress(storage: from).host
-        var header = header
-        var originalDCID = header.dcid
-        var validated = false
-        if header.token.len > 0, header.token.base[0] == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
-            let lifetime = UInt64(PeerLimits.retryTokenLifetime.seconds * 1e9)
-            let rc = retryTokenSecret.withUnsafeBufferPointer { secret in
-                from.withSockaddr { addr, len in
-                    ngtcp2_crypto_verify_retry_token(&originalDCID, header.token.base, header.token.len,
-                                                     secret.baseAddress, secret.count, header.version,
-                                                     addr, ngtcp2_socklen(len), &header.dcid, lifetime, now)
-                }
-            }
-            guard rc == 0 else {
-                logger.debug("dropping an Initial with an invalid Retry token", metadata: ["peer": "\(PeerAddress(storage: from))"])
-                return nil
-            }
-            validated = true
-        }
-        switch admission.decide(host: host, addressValidated: validated) {
-        case .accept:
-            return (host, originalDCID, validated ? header.dcid : nil)
-        case .retry:
-            sendRetry(header, to: from, now: now)
-            return nil
-        case .refuse(let reason):
-            logger.warning("refusing a QUIC connection: \(reason)", metadata: ["peer": "\(PeerAddress(storage: from))"])
-            return nil
-        }
-    }
-
-    /// Answers an Initial with a Retry carrying a token that binds the
-    /// client's address and original DCID to a new connection ID.
-    private func sendRetry(_ header: ngtcp2_pkt_hd, to remote: SocketAddressStorage, now: UInt64) {
-        var originalDCID = header.dcid
-        var clientSCID = header.scid
-        var (_, retrySCID) = ConnectionID.random()
-        // NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN (a sizeof macro Swift cannot
-        // import) is 78 in ngtcp2 0.12.
-        var token = [UInt8](repeating: 0, count: 128)
-        let tokenLength = retryTokenSecret.withUnsafeBufferPointer { secret in
-            remote.withSockaddr { addr, len in
-                ngtcp2_crypto_generate_retry_token(&token, secret.baseAddress, secret.count, header.version,
-                                                   addr, ngtcp2_socklen(len), &retrySCID, &originalDCID, now)
-            }
-        }
-        guard tokenLength > 0 else { return }
-        var packet = [UInt8](repeating: 0, count: 256)
-        let n = ngtcp2_crypto_write_retry(&packet, packet.count, header.version, &clientSCID, &retrySCID,
-                                          &originalDCID, token, Int(tokenLength))
-        guard n > 0 else { return }
-        retriesSent += 1
-        _ = packet.withUnsafeBytes { socket.send(UnsafeRawBufferPointer(rebasing: $0.prefix(n)), segmentSize: 0, to: remote) }
-    }
-
-    /// Retry packets sent (address validation under handshake load).
-    private(set) var retriesSent = 0
-
-    /// Retry packets this endpoint has sent.
-    func retryCount() async -> Int { await onLoop { [self] in retriesSent } }
-
-    /// Server connections whose handshake has not completed.
-    func halfOpenHandshakeCount() async -> Int { await onLoop { [self] in admission.halfOpenTotal } }
-
-    /// Called as a server connection's handshake ends (either way).
-    func serverHandshakeEnded(_ core: QUICConnectionCore) {
-        guard let host = core.admittedHost, core.countedHalfOpen else { return }
-        core.countedHalfOpen = false
-        admission.handshakeEnded(host: host)
-    }
-
-    /// A reason to refuse `core`, whose handshake just completed, when its
-    /// certificate already holds `maxConnectionsPerIdentity` connections.
-    func identityOverCap(_ core: QUICConnectionCore) -> String? {
-        let limit = configuration.peerLimits.maxConnectionsPerIdentity
-        let fingerprint = core.peerIdentity.fingerprint
-        let held = loop.live.values.reduce(0) { n, other in
-            guard other !== core, !other.isClient, case .established = other.state,
-                  other.peerIdentity.fingerprint == fingerprint else { return n }
-            return n + 1
-        }
-        guard held >= limit else { return nil }
-        return "\(held) connections from this certificate already (limit \(limit))"
-    }
-
     /// Resets every stream whose peer stopped taking its bytes.
     private func sweepStalledStreams(now: UInt64) {
         for core in Array(loop.live.values) where !core.isClosed {
@@ -521,7 +397,7 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
         writeQueue.append(core)
     }
 
-    private func register(_ core: QUICConnectionCore) {
+    func register(_ core: QUICConnectionCore) {
         loop.live[ObjectIdentifier(core)] = core
         for id in core.routedIDs { routes[id] = core }
     }
@@ -556,54 +432,4 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
         loop.established(core)
     }
 
-    /// Sends datagrams; false when the kernel buffer is full (the rest is
-    /// kept and sent first once the socket drains).
-    @discardableResult
-    package func sendDatagrams(_ data: UnsafeRawBufferPointer, segmentSize: Int, for core: QUICConnectionCore) -> Bool {
-        guard data.count > 0 else { return true }
-        if pendingSend != nil { return false }
-        switch socket.send(data, segmentSize: segmentSize, to: core.remote) {
-        case .sent:
-            return true
-        case .wouldBlock:
-            pendingSend = (Array(data), segmentSize, core.remote)
-            poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue | EPOLLOUT.rawValue)
-            return false
-        case .failed(let e):
-            if e == EIO && segmentSize > 0 {
-                // GSO refused (e.g. a device without it): send one by one.
-                var offset = 0
-                while offset < data.count {
-                    let len = min(segmentSize, data.count - offset)
-                    _ = socket.send(UnsafeRawBufferPointer(rebasing: data[offset..<offset + len]), segmentSize: 0, to: core.remote)
-                    offset += len
-                }
-                return true
-            }
-            if e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH {
-                if case .handshaking = core.state {
-                    core.callbackError = .peerUnreachable(address: core.remoteAddress.description,
-                                                          detail: String(cString: strerror(e)))
-                }
-            } else {
-                logger.debug("send failed: \(String(cString: strerror(e)))")
-            }
-            return true
-        }
-    }
-
-    /// Sends one datagram that belongs to no connection (a stateless
-    /// reset); dropped when the kernel buffer is full, as the network might.
-    func sendWithoutConnection(_ data: UnsafeRawBufferPointer, to address: SocketAddressStorage) {
-        guard pendingSend == nil else { return }
-        _ = socket.send(data, segmentSize: 0, to: address)
-    }
-
-    private func flushPendingSend() {
-        guard let p = pendingSend else { return }
-        let result = p.bytes.withUnsafeBytes { socket.send($0, segmentSize: p.segment, to: p.to) }
-        if case .wouldBlock = result { return }
-        pendingSend = nil
-        poller.modify(socket.fd.rawValue, token: Self.socketToken, events: EPOLLIN.rawValue)
-    }
 }

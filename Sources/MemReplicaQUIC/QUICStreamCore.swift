@@ -57,6 +57,8 @@ package final class QUICStreamCore: StreamCore, SendScheduled, @unchecked Sendab
 
     // MARK: StreamCore
 
+    package var frameAllowance: FrameAllowance? { connection.frameAllowance }
+
     package func postToLoop(_ body: @escaping @Sendable () -> Void) { connection.endpoint.post(body) }
 
     package func returnConnectionCredit() { connection.returnAllCredit() }

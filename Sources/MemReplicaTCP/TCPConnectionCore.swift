@@ -18,9 +18,9 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     /// What its streams share across threads: send share, credit, close reason.
     let shared: ConnectionSharedState
     let isClient: Bool
-    let remoteAddress: PeerAddress
+    package let remoteAddress: PeerAddress
     var state = State.handshaking
-    var peerIdentity = PeerIdentity.none
+    package var peerIdentity = PeerIdentity.none
     /// Names this connection to links that join it (server-made, random).
     var token: [UInt8] = []
     private(set) var sessionLink: TCPLink!
@@ -34,17 +34,17 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     private var nextLocalStreamID: Int64
     private var nextPeerStreamID: Int64
     private var localStreamsOpened: UInt64 = 0
-    private var localStreamLimit: UInt64 = 0
+    var localStreamLimit: UInt64 = 0
     private var peerStreamsOpened: UInt64 = 0
     private var peerStreamLimit: UInt64
 
     // Flow control, connection level.
     private var peerStreamWindow: UInt64 = 0
-    private var connectionSendLimit: UInt64 = 0
+    var connectionSendLimit: UInt64 = 0
     private(set) var connectionSent: UInt64 = 0
-    private var connectionReceiveLimit: UInt64
-    private var connectionReceived: UInt64 = 0
-    private var waitingForCredit: [TCPStreamCore] = []
+    var connectionReceiveLimit: UInt64
+    var connectionReceived: UInt64 = 0
+    var waitingForCredit: [TCPStreamCore] = []
 
     // Liveness.
     var lastReceivedAt: UInt64
@@ -179,7 +179,7 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
 
     /// The stream a stream-level record on `link` is for; nil when the
     /// record concerns a stream that is over and may be ignored.
-    private func stream(_ id: Int64, for type: MuxRecordType, on link: TCPLink) throws -> TCPStreamCore? {
+    func stream(_ id: Int64, for type: MuxRecordType, on link: TCPLink) throws -> TCPStreamCore? {
         if let s = streams[id] {
             guard s.link === link else { throw MuxViolation("stream \(id) records arrived on another TCP connection") }
             return s
@@ -229,86 +229,13 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     }
 
     /// The peer raised our stream limit: serve waiting openers.
-    private func serveOpenWaiters() {
+    func serveOpenWaiters() {
         while !waiters.openWaiters.isEmpty {
             do {
                 guard let stream = try openStreamNow() else { return }
                 waiters.openWaiters.removeFirst().succeed(stream)
             } catch {
                 waiters.openWaiters.removeFirst().fail(error)
-            }
-        }
-    }
-
-    // MARK: records in
-
-    /// The stream a DATA record is for, after checking both windows; nil
-    /// drops the bytes.
-    func dataStarts(stream id: Int64, length: Int, on link: TCPLink) throws -> TCPStreamCore? {
-        guard connectionReceived + UInt64(length) <= connectionReceiveLimit else {
-            throw MuxViolation(.flowControl, "the connection got more than its \(connectionReceiveLimit)-byte window")
-        }
-        connectionReceived += UInt64(length)
-        guard let s = try stream(id, for: .data, on: link) else { return nil }
-        try s.dataStarts(length: length)
-        return s
-    }
-
-    func handle(_ type: MuxRecordType, stream id: Int64, payload: [UInt8], on link: TCPLink) throws {
-        switch type {
-        case .settings:
-            throw MuxViolation("a second SETTINGS")
-        case .data:
-            break  // DATA comes as dataStarts + bytes
-        case .fin:
-            guard payload.isEmpty else { throw MuxViolation("FIN with a payload") }
-            if let s = try stream(id, for: type, on: link) {
-                try s.peerFin()
-                streamMayBeDone(s)
-            }
-        case .reset:
-            let code = try MuxRecord.value(of: payload, in: type)
-            if let s = try stream(id, for: type, on: link) {
-                s.peerReset(code: code)
-                streamMayBeDone(s)
-            }
-        case .stopSending:
-            let code = try MuxRecord.value(of: payload, in: type)
-            if let s = try stream(id, for: type, on: link) {
-                s.peerStopSending(code: code)
-                streamMayBeDone(s)
-            }
-        case .streamWindow:
-            let increment = try MuxRecord.value(of: payload, in: type)
-            try stream(id, for: type, on: link)?.peerWindow(increment)
-        case .connectionWindow:
-            let increment = try MuxRecord.value(of: payload, in: type)
-            guard increment <= VarInt.max - connectionSendLimit else {
-                throw MuxViolation(.flowControl, "connection window beyond 2^62")
-            }
-            connectionSendLimit += increment
-            let waiting = waitingForCredit
-            waitingForCredit.removeAll()
-            for s in waiting {
-                s.waitingForConnectionCredit = false
-                s.link.schedule(s)
-            }
-        case .streamCredit:
-            let increment = try MuxRecord.value(of: payload, in: type)
-            guard increment <= VarInt.max - localStreamLimit else { throw MuxViolation("stream credit beyond 2^62") }
-            localStreamLimit += increment
-            serveOpenWaiters()
-        case .ping:
-            guard payload.count == 8 else { throw MuxViolation("PING of \(payload.count) bytes (expected 8)") }
-            link.queueControl(.pong, payload: payload)
-        case .pong:
-            guard payload.count == 8 else { throw MuxViolation("PONG of \(payload.count) bytes (expected 8)") }
-        case .close:
-            let close = try MuxClose(decoding: payload)
-            if close.isApplication {
-                finish(.peerClosed(errorCode: close.code, reason: close.reason))
-            } else {
-                finish(.protocolFailure("the peer closed with mux error \(close.code): \(close.reason)"))
             }
         }
     }
@@ -413,7 +340,7 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     // MARK: ending
 
     /// Closes with an application error code, as the user asked.
-    func closeByApplication(errorCode: UInt64, reason: String) {
+    package func closeByApplication(errorCode: UInt64, reason: String) {
         finish(.closedLocally, telling: MuxClose(isApplication: true, code: errorCode, reason: reason))
     }
 

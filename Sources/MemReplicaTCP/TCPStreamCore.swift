@@ -73,6 +73,8 @@ final class TCPStreamCore: StreamCore, SendScheduled, @unchecked Sendable {
 
     // MARK: StreamCore
 
+    package var frameAllowance: FrameAllowance? { connection.frameAllowance }
+
     func postToLoop(_ body: @escaping @Sendable () -> Void) { connection.endpoint.post(body) }
 
     func returnConnectionCredit() { connection.returnAllCredit() }

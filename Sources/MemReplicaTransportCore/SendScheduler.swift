@@ -16,8 +16,14 @@ package protocol SendScheduled: AnyObject {
 /// a slow link, steady reads could take every turn and stall the bulk
 /// streams for as long as they last. So a waiting bulk stream gets every
 /// fifth turn: bulk keeps at least a fifth of the connection.
+///
+/// The queue holds existentials, not `Stream`s: this module's code is not
+/// specialized for the transports' stream types (the compiler does not
+/// inline `package` declarations across modules), and a `Deque<Stream>`
+/// operated on generically looked up its metadata on every packet. The
+/// generic surface only casts back.
 package struct SendScheduler<Stream: SendScheduled> {
-    private var queue = Deque<Stream>()
+    private var queue = Deque<any SendScheduled>()
     /// Turns in a row that urgent streams took.
     private var urgentTurnsInARow = 0
     /// Turns urgent streams may take in a row while a bulk stream waits.
@@ -33,16 +39,20 @@ package struct SendScheduler<Stream: SendScheduled> {
         enqueue(stream)
     }
 
-    private mutating func enqueue(_ stream: Stream) {
+    private mutating func enqueue(_ stream: any SendScheduled) {
         guard stream.urgent else { return queue.append(stream) }
         queue.insert(stream, at: queue.firstIndex { !$0.urgent } ?? queue.endIndex)
+    }
+
+    private func index(of stream: any SendScheduled) -> Int? {
+        queue.firstIndex { $0 === stream }
     }
 
     /// Makes `stream` urgent, moving it forward if it is already queued.
     package mutating func makeUrgent(_ stream: Stream) {
         guard !stream.urgent else { return }
         stream.urgent = true
-        guard stream.scheduled, let i = queue.firstIndex(where: { $0 === stream }) else { return }
+        guard stream.scheduled, let i = index(of: stream) else { return }
         queue.remove(at: i)
         enqueue(stream)
     }
@@ -52,16 +62,16 @@ package struct SendScheduler<Stream: SendScheduled> {
     /// waits. Streams at the front that are not `ready` leave the queue.
     package mutating func next(ready: (Stream) -> Bool) -> Stream? {
         while let head = queue.first {
-            if ready(head) { break }
+            if ready(Self.cast(head)) { break }
             head.scheduled = false
             queue.removeFirst()
         }
         guard let head = queue.first else { return nil }
         if head.urgent, urgentTurnsInARow >= Self.urgentTurnsBeforeBulk,
-           let bulk = queue.first(where: { !$0.urgent && ready($0) }) {
-            return bulk
+           let bulk = queue.first(where: { !$0.urgent && ready(Self.cast($0)) }) {
+            return Self.cast(bulk)
         }
-        return head
+        return Self.cast(head)
     }
 
     /// `stream` (from `next`) took a turn: what counts toward bulk's share.
@@ -75,7 +85,7 @@ package struct SendScheduler<Stream: SendScheduled> {
         if let first = queue.first, first === stream, queue.count > 1 {
             queue.removeFirst()
             enqueue(stream)
-        } else if !stream.urgent, let i = queue.firstIndex(where: { $0 === stream }), i > 0 {
+        } else if !stream.urgent, let i = index(of: stream), i > 0 {
             // A bulk stream served out of turn goes to the back of the bulk ones.
             queue.remove(at: i)
             queue.append(stream)
@@ -84,7 +94,7 @@ package struct SendScheduler<Stream: SendScheduled> {
 
     /// Takes `stream` out of the queue (nothing to send, or blocked).
     package mutating func remove(_ stream: Stream) {
-        if let i = queue.firstIndex(where: { $0 === stream }) { queue.remove(at: i) }
+        if let i = index(of: stream) { queue.remove(at: i) }
         stream.scheduled = false
     }
 
@@ -92,5 +102,10 @@ package struct SendScheduler<Stream: SendScheduled> {
     package mutating func removeAll() {
         for s in queue { s.scheduled = false }
         queue.removeAll()
+    }
+
+    /// Every queued stream is a `Stream`: only `schedule` and `makeUrgent` add.
+    private static func cast(_ stream: any SendScheduled) -> Stream {
+        unsafeDowncast(stream, to: Stream.self)
     }
 }

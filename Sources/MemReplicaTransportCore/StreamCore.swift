@@ -7,6 +7,8 @@ import MemReplicaSystem
 /// run, the same for every transport.
 package protocol StreamCore: LoopBound {
     var state: StreamCoreState { get }
+    /// What readers of the stream's connection may hold of what they read.
+    var frameAllowance: FrameAllowance? { get }
     /// Loop thread: moves what tasks wrote into the transport's send queue.
     func drainMailbox()
     /// Loop thread: opens the stream's and connection's windows by what

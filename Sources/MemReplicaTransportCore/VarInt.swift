@@ -20,17 +20,25 @@ package enum VarInt {
     }
 
     /// Decodes at `offset`; nil when the bytes end before the integer does.
-    package static func decode(_ bytes: some RandomAccessCollection<UInt8>, at offset: inout Int) -> UInt64? {
-        guard offset < bytes.count else { return nil }
-        let start = bytes.index(bytes.startIndex, offsetBy: offset)
-        let first = bytes[start]
+    /// Concrete overloads, not one generic over collections: every frame
+    /// header is decoded here, and code in this module is not specialized
+    /// for its callers' types.
+    package static func decode(_ bytes: [UInt8], at offset: inout Int) -> UInt64? {
+        bytes.withUnsafeBytes { decode($0, at: &offset) }
+    }
+
+    package static func decode(_ bytes: ArraySlice<UInt8>, at offset: inout Int) -> UInt64? {
+        bytes.withUnsafeBytes { decode($0, at: &offset) }
+    }
+
+    package static func decode(_ bytes: UnsafeRawBufferPointer, at offset: inout Int) -> UInt64? {
+        guard offset >= 0, offset < bytes.count else { return nil }
+        let first = bytes[offset]
         let length = 1 << Int(first >> 6)
         guard offset + length <= bytes.count else { return nil }
         var value = UInt64(first & 0x3f)
-        var i = bytes.index(after: start)
-        for _ in 1..<length {
+        for i in offset + 1..<offset + length {
             value = value << 8 | UInt64(bytes[i])
-            i = bytes.index(after: i)
         }
         offset += length
         return value
