@@ -104,8 +104,8 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
 
     /// Calls body with this connection's path (local socket, remote peer).
     func withPath<R>(_ body: (UnsafePointer<ngtcp2_path>) -> R) -> R {
-        endpoint.localStorage.withSockaddr { local, localLen in
-            remote.withSockaddr { rem, remLen in
+        endpoint.localStorage.withPacketSockaddr { local, localLen in
+            remote.withPacketSockaddr { rem, remLen in
                 var path = ngtcp2_path(
                     local: ngtcp2_addr(addr: UnsafeMutablePointer(mutating: local), addrlen: localLen),
                     remote: ngtcp2_addr(addr: UnsafeMutablePointer(mutating: rem), addrlen: remLen),

@@ -71,7 +71,7 @@ final class UDPSocket {
     enum SendResult { case sent, wouldBlock, failed(Int32) }
 
     func send(_ buffer: UnsafeRawBufferPointer, segmentSize: Int, to address: SocketAddressStorage) -> SendResult {
-        let n = address.withSockaddr { sa, len in
+        let n = address.withPacketSockaddr { sa, len in
             qs_udp_send(fd.rawValue, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count,
                         segmentSize, sa, len)
         }

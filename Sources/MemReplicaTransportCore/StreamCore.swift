@@ -31,28 +31,24 @@ extension StreamCore {
 
     // Each write reserves its bytes in the memory budget (waiting for room)
     // before it copies them: the copy is what the budget counts.
-    @inlinable
     package func write(_ bytes: [UInt8]) async throws {
         guard !bytes.isEmpty else { return }
         try await state.reserve(bytes.count)
         try enqueue(bytes.withUnsafeBytes(OwnedBytes.copy))
     }
 
-    @inlinable
     package func write(_ bytes: UnsafeRawBufferPointer) async throws {
         guard bytes.count > 0 else { return }
         try await state.reserve(bytes.count)
         try enqueue(OwnedBytes.copy(bytes))
     }
 
-    @inlinable
     package func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
         guard header.count + body.count > 0 else { return }
         try await state.reserve(header.count + body.count)
         try enqueue(OwnedBytes.copy(header: header, body: body))
     }
 
-    @inlinable
     package func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
                        checkingCopy check: () throws -> Void) async throws {
         let count = header.count + body.count
@@ -70,17 +66,14 @@ extension StreamCore {
     }
 
     /// Queues owned memory that `reserve` made room for; never waits.
-    @inlinable
     package func enqueue(_ memory: UnsafeMutableRawBufferPointer) throws {
         if try state.enqueue(memory) { postToLoop { [self] in drainMailbox() } }
     }
 
-    @inlinable
     package func finish() throws {
         if try state.requestFinish() { postToLoop { [self] in drainMailbox() } }
     }
 
-    @inlinable
     package func read(maxLength: Int) async throws -> [UInt8]? {
         precondition(maxLength > 0, "maxLength must be positive")
         let state = self.state
@@ -123,8 +116,7 @@ extension StreamCore {
     /// Loop thread: up to `maxLength` received bytes, their credit given
     /// back at once (for readers on the loop itself).
     package func takeOnLoop(maxLength: Int) -> [UInt8]? {
-        guard let bytes = state.mailbox.withLock({ $0.take(maxLength: maxLength) }) else { return nil }
-        _ = state.shared.noteCreditTaken(bytes.count)
+        guard let bytes = state.takeOnLoop(maxLength: maxLength) else { return nil }
         returnCredit()
         return bytes
     }

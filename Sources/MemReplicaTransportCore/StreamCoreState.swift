@@ -171,6 +171,14 @@ package final class StreamCoreState: @unchecked Sendable {
         }
     }
 
+    /// Loop thread: up to `maxLength` received bytes for a reader on the
+    /// loop, their credit counted as taken (the caller returns it at once).
+    package func takeOnLoop(maxLength: Int) -> [UInt8]? {
+        guard let bytes = mailbox.withLock({ $0.take(maxLength: maxLength) }) else { return nil }
+        _ = shared.noteCreditTaken(bytes.count)
+        return bytes
+    }
+
     private func claimCreditPost(_ m: inout StreamMailbox) -> Bool {
         guard m.unreportedCredit >= creditThreshold || (m.forgotten && m.unreportedCredit > 0), !m.creditPosted else {
             return false
