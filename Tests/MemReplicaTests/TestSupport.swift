@@ -193,3 +193,19 @@ struct PeerProcessPair {
         primary.terminate(grace: grace)
     }
 }
+
+/// A logger that says nothing below critical (for suites whose peers log a lot).
+func silentLogger() -> Logger {
+    var l = Logger(label: "test")
+    l.logLevel = .critical
+    return l
+}
+
+/// Polls `condition` every 5 ms until it holds; throws after `seconds`.
+func pollUntil(_ what: String, seconds: Double, _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw TimeoutError(what: what, seconds: seconds) }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}

@@ -21,11 +21,32 @@ public final class RegionExports: Sendable {
         public var allow: AllowList { AllowList(names: allowedPeers) }
     }
 
-    private let exports: [String: Export]
-    /// The last DIRTY epoch announced per region, across its subscriptions:
-    /// epochs only grow within a generation, so a lazy mirror that comes
-    /// back on a new stream never sees one go backwards.
-    private let epochs: [String: Locked<UInt64>]
+    /// Where a region this peer no longer exports went (a hand-over).
+    public struct Moved: Sendable, Equatable {
+        public var identity: RegionIdentity
+        /// The new owner's address, as the migration reached it.
+        public var owner: String
+        public init(identity: RegionIdentity, owner: String) {
+            self.identity = identity
+            self.owner = owner
+        }
+    }
+
+    private struct Table {
+        var exports: [String: Export] = [:]
+        /// The last DIRTY epoch announced per region, across its
+        /// subscriptions: epochs only grow within a generation, so a lazy
+        /// mirror that comes back on a new stream never sees one go backwards.
+        var epochs: [String: Locked<UInt64>] = [:]
+        var moved: [String: Moved] = [:]
+        /// Who may learn where a moved region went: its last allow list.
+        var movedAllow: [String: AllowList] = [:]
+    }
+
+    /// The exports change at run time only by a hand-over (`add`,
+    /// `relinquish`); every stream reads a snapshot.
+    private let table: Locked<Table>
+    private var exports: [String: Export] { table.withLock { $0.exports } }
     /// Mirrors being served now, for status.
     private let subscriptions = Locked<[Int: MirrorState]>([:])
     private let nextSubscription = Locked(0)
@@ -59,8 +80,10 @@ public final class RegionExports: Sendable {
 
     public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
                 observer: (any ReplicationObserver)? = nil, syncedDigests: Bool = true, logger: Logger) {
-        self.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
-        epochs = self.exports.mapValues { _ in Locked(0) }
+        var table = Table()
+        table.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
+        table.epochs = table.exports.mapValues { _ in Locked(0) }
+        self.table = Locked(table)
         self.scanInterval = scanInterval
         self.observer = observer
         self.syncedDigests = syncedDigests
@@ -68,6 +91,49 @@ public final class RegionExports: Sendable {
     }
 
     public func export(named name: String) -> Export? { exports[name] }
+
+    /// Starts exporting `export` (a region this peer now owns, e.g. handed
+    /// over to it). Throws when a region of that name is exported already.
+    public func add(_ export: Export) throws {
+        let name = export.region.name
+        try table.withLock { t in
+            guard t.exports[name] == nil else { throw ExportTableError.alreadyExported(name) }
+            t.exports[name] = export
+            t.epochs[name] = Locked(0)
+            t.moved[name] = nil
+        }
+    }
+
+    /// Stops exporting `name`, which now belongs to `moved.owner` at
+    /// `moved.identity`: new subscriptions are refused with `stale_generation`
+    /// naming the owner, and the streams serving it end the same way at
+    /// their next pass. Returns the export it was, nil if none.
+    @discardableResult
+    public func relinquish(_ name: String, movedTo moved: Moved) -> Export? {
+        table.withLock { t in
+            t.moved[name] = moved
+            t.movedAllow[name] = t.exports[name]?.allow ?? t.movedAllow[name]
+            t.epochs[name] = nil
+            return t.exports.removeValue(forKey: name)
+        }
+    }
+
+    /// Where `name` went, if this peer handed it over.
+    public func moved(_ name: String) -> Moved? { table.withLock { $0.moved[name] } }
+
+    /// Throws `stale_generation` when `region` is no longer exported as
+    /// `identity` (handed over since the stream began).
+    private func checkStillOwned(_ region: Region, as identity: RegionIdentity) throws(ProtocolViolation) {
+        let (current, moved) = table.withLock { ($0.exports[region.name], $0.moved[region.name]) }
+        guard current?.region !== region || current?.identity != identity else { return }
+        throw Self.movedViolation(region.name, moved)
+    }
+
+    private static func movedViolation(_ name: String, _ moved: Moved?) -> ProtocolViolation {
+        guard let moved else { return ProtocolViolation(.unknownRegion, "'\(name)' is no longer exported here") }
+        return ProtocolViolation(.staleGeneration,
+                                 "'\(name)' moved to \(moved.owner) at generation \(moved.identity.generation)")
+    }
 
     /// Checks every exported region's backing (`Region.checkBacking`) and
     /// logs each that failed, once; the peer calls it periodically, so a
@@ -172,10 +238,11 @@ public final class RegionExports: Sendable {
             }
             let key = ChunkHashKey(bytes: subscription.hashKey)!
             if subscription.mode == .lazy {
-                try await publishDirty(export.region, over: frames, mirrorHolds: held, key: key,
-                                       epoch: epochs[export.region.name]!, record: record)
+                try await publishDirty(export.region, as: export.identity, over: frames, mirrorHolds: held, key: key,
+                                       epoch: epoch(of: export.region.name), record: record)
             } else {
-                try await publish(export.region, over: frames, mirrorHolds: held, key: key, peer: peerName, record: record)
+                try await publish(export.region, as: export.identity, over: frames, mirrorHolds: held, key: key, peer: peerName,
+                                  record: record)
             }
         } catch let sent as ViolationSent {
             log(sent.violation, region: subscription.name, peer: peer)
@@ -196,10 +263,23 @@ public final class RegionExports: Sendable {
         }
     }
 
+    private func epoch(of name: String) -> Locked<UInt64> {
+        table.withLock { t in
+            if let e = t.epochs[name] { return e }
+            let e = Locked<UInt64>(0)
+            t.epochs[name] = e
+            return e
+        }
+    }
+
     private func acceptSubscription(_ s: Frame.Subscribe, peer: PeerIdentity) throws -> Export {
         // A peer the allow list leaves out learns nothing, not even that
         // the region exists.
-        guard let export = exports[s.name], export.allow.permits(peer) else {
+        let (found, moved, movedAllow) = table.withLock { ($0.exports[s.name], $0.moved[s.name], $0.movedAllow[s.name]) }
+        if found == nil, let moved, movedAllow?.permits(peer) ?? false {
+            throw Self.movedViolation(s.name, moved)
+        }
+        guard let export = found, export.allow.permits(peer) else {
             throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported to this peer")
         }
         let g = export.region.geometry
@@ -317,7 +397,7 @@ public final class RegionExports: Sendable {
     /// holds; then SYNCED; then one DIRTY per scan that found changes. The
     /// mirror drops those chunks and pulls them when touched; it ACKs each
     /// DIRTY's epoch once the chunks are dropped.
-    private func publishDirty(_ region: Region, over frames: FrameStream, mirrorHolds held: [ChunkHash]?,
+    private func publishDirty(_ region: Region, as identity: RegionIdentity, over frames: FrameStream, mirrorHolds held: [ChunkHash]?,
                               key: ChunkHashKey, epoch regionEpoch: Locked<UInt64>,
                               record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
@@ -329,7 +409,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, epoch) }
                 }
             }
-            group.addTask { [scanInterval] in
+            group.addTask { [scanInterval, self] in
                 let hasher = ChunkHasher(key: key)
                 var epoch = regionEpoch.withLock { $0 }
                 func announce(_ chunks: [Int]) async throws {
@@ -352,6 +432,7 @@ public final class RegionExports: Sendable {
                 while true {
                     try await Task.sleep(for: scanInterval)
                     try Self.servable(region, checkingSize: true)
+                    try checkStillOwned(region, as: identity)
                     let changed = changes.changedChunks()
                     // The scan read the region: what it found counts only if
                     // the backing held.
@@ -365,7 +446,7 @@ public final class RegionExports: Sendable {
 
     /// Initial pass (every chunk, or for a resuming mirror only those whose
     /// hash differs), SYNCED, then every change until the mirror's side ends.
-    private func publish(_ region: Region, over frames: FrameStream, mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
+    private func publish(_ region: Region, as identity: RegionIdentity, over frames: FrameStream, mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
                          peer: String, record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
@@ -377,7 +458,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger, syncedDigests] in
+            group.addTask { [scanInterval, logger, syncedDigests, self] in
                 let hasher = ChunkHasher(key: key)
                 var version: UInt64 = 0
                 /// Sends the chunk; in the initial pass (`snapshot` given)
@@ -431,11 +512,22 @@ public final class RegionExports: Sendable {
                 while true {
                     try await Task.sleep(for: scanInterval)
                     try Self.servable(region, checkingSize: true)
+                    try checkStillOwned(region, as: identity)
                     for chunk in changes.changedChunks() { _ = try await push(chunk) }
                 }
             }
             // Whichever side ends first ends the subscription.
             try await Self.firstToEnd(of: &group, on: frames)
+        }
+    }
+}
+
+/// Why the export table refused a change.
+public enum ExportTableError: Error, CustomStringConvertible, Equatable {
+    case alreadyExported(String)
+    public var description: String {
+        switch self {
+        case .alreadyExported(let name): return "a region named '\(name)' is exported already"
         }
     }
 }
