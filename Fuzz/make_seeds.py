@@ -56,6 +56,11 @@ def frames():
         "digests": frame(0x23, varint(0) + varint(16) + bytes(range(64))),
         "echo": frame(0x30, b"ping"),
         "error": frame(0x3F, varint(0x10) + string("no region 'x'")),
+        "migrate": frame(0x40, string("cache") + varint(1 << 30) + varint(65536) + string(region_id) + varint(4) + varint(0)
+                         + bytes(range(16)) + varint(0)),
+        "migrate-ready": frame(0x41, varint(4) + varint(1 << 33)),
+        "handover": frame(0x42, varint(5) + varint(77) + bytes(range(32))),
+        "handed-over": frame(0x43, varint(5)),
         "stream": frame(0x01, varint(2) + string("r") + varint(0)) + frame(0x12, varint(1)) + frame(0x13, varint(2) + varint(0)),
         "partial": frame(0x10, varint(1) + varint(2) + b"abc")[:-1],
         "oversize": bytes([0x10]) + varint((1 << 20) + 65),

@@ -26,6 +26,15 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
     /// The region cannot be served: its bytes are not current or readable
     /// here (a replica not synced yet, a primary's file truncated under it).
     case regionUnavailable = 0x16
+    /// A destination cannot take a region handed to it: it does not mirror
+    /// it from the source, the mirror is not synced, or it cannot record
+    /// the new generation (docs/MIGRATION.md).
+    case migrationRefused = 0x17
+    /// The destination's copy at the final version does not hash to the
+    /// source's frozen region: nothing was committed.
+    case handoverMismatch = 0x18
+    /// The source gave up a migration (timeout, not converging, stopped).
+    case migrationAborted = 0x19
     /// A stream whose peer read nothing of what was sent to it for
     /// `PeerLimits.stalledStreamTimeout`, or that would not take an ERROR
     /// within `FrameStream.failTimeout`: reset to free its buffers.
@@ -50,6 +59,9 @@ public enum ProtocolErrorCode: UInt64, Sendable, CaseIterable, CustomStringConve
         case .notAllowed: return "not allowed for this peer"
         case .staleGeneration: return "stale region generation"
         case .regionUnavailable: return "region unavailable"
+        case .migrationRefused: return "migration refused"
+        case .handoverMismatch: return "hand-over digest mismatch"
+        case .migrationAborted: return "migration aborted"
         case .peerStalled: return "peer stopped reading"
         case .tooManyConnections: return "too many connections from this peer"
         case .internalError: return "internal error"

@@ -9,6 +9,6 @@ struct MemReplicaCommand: AsyncParsableCommand {
             Exit status: 0 success, 1 runtime failure, 2 bad usage.
             """,
         version: memReplicaVersion,
-        subcommands: [PeerCommand.self, StatusCommand.self, StatsCommand.self, CatCommand.self, VerifyCommand.self, PingCommand.self, CertsCommand.self, BenchCommand.self,
+        subcommands: [PeerCommand.self, StatusCommand.self, StatsCommand.self, CatCommand.self, VerifyCommand.self, MigrateCommand.self, PingCommand.self, CertsCommand.self, BenchCommand.self,
                       VersionCommand.self, AttachWriteCommand.self, WANEmulatorCommand.self])
 }

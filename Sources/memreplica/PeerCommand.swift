@@ -109,8 +109,9 @@ struct PeerCommand: AsyncParsableCommand {
         let quic = try quicConfiguration(configuration, stateDirectory: stateDirectory)
         let endpoint = try transport.makeTransport(bind: address, tls: tlsConfiguration, configuration: quic, logger: logger)
         let exported: [RegionExports.Export]
+        let mirrorSpecs: [MirrorSpec]
         do {
-            exported = try Self.exports(configuration, stateDirectory: stateDirectory, logger: logger)
+            (exported, mirrorSpecs) = try Self.regions(configuration, stateDirectory: stateDirectory, logger: logger)
         } catch {
             await endpoint.close()
             throw error
@@ -119,12 +120,13 @@ struct PeerCommand: AsyncParsableCommand {
         let statistics = PeerStatistics(metrics: configuration.metrics == nil ? nil : PrometheusStatistics())
         var lazyOptions = PostCopyMirror.Options()
         if let limit = configuration.faultTimeout { lazyOptions.faultWaitLimit = limit }
-        let runners = configuration.mirrors.map {
+        let runners = mirrorSpecs.map {
             MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, lazyOptions: lazyOptions,
                          stateDirectory: stateDirectory, logger: logger)
         }
         let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
-                                  mirrors: runners, statistics: statistics, logger: logger)
+                                  mirrors: runners, statistics: statistics,
+                                  identities: RegionIdentityStore(stateDirectory: stateDirectory), logger: logger)
         // The HTTP/3 face shares the QUIC port (ALPN h3) and its mutual TLS.
         if let quicEndpoint = endpoint as? QUICEndpoint {
             await quicEndpoint.serveHTTP3(PeerHTTP3Responder(service: service))
@@ -180,19 +182,51 @@ struct PeerCommand: AsyncParsableCommand {
         return quic
     }
 
-    /// Opens (or creates) each exported region's file.
-    private static func exports(_ configuration: PeerConfiguration, stateDirectory: StateDirectory,
-                                logger: Logger) throws -> [RegionExports.Export] {
+    /// Opens (or creates) each exported region's file, and decides what the
+    /// state folder's hand-over records change (docs/MIGRATION.md): a region
+    /// handed over is not exported (its file mirrors the new owner when the
+    /// hand-over said so); a region taken over is exported even though a
+    /// mirror line names it.
+    private static func regions(_ configuration: PeerConfiguration, stateDirectory: StateDirectory,
+                                logger: Logger) throws -> ([RegionExports.Export], [MirrorSpec]) {
         let identities = RegionIdentityStore(stateDirectory: stateDirectory)
-        return try configuration.exports.map { spec in
+        var exports: [RegionExports.Export] = []
+        var mirrors: [MirrorSpec] = []
+        for spec in configuration.exports {
+            let identity: RegionIdentity
+            do {
+                // A new generation per start: writes made while no peer
+                // tracked the file are unknown to every mirror.
+                identity = try identities.advance(region: spec.name, path: spec.path)
+            } catch let moved as RegionIdentityStore.HandedOver {
+                logger.error("\(moved)")
+                if moved.handOver.state == "done", moved.handOver.then == "mirror" {
+                    let address = try PeerAddress(parsing: moved.handOver.owner)
+                    mirrors.append(try MirrorSpec(name: spec.name, address: address, path: spec.path))
+                    logger.notice("'\(spec.name)' mirrors its new owner \(moved.handOver.owner) into \(spec.path)")
+                }
+                continue
+            }
             let region = try Region(name: spec.name, backing: .file(path: spec.path), size: spec.size,
                                     chunkSize: spec.chunkSize)
-            // A new generation per start: writes made while no peer
-            // tracked the file are unknown to every mirror.
-            let identity = try identities.advance(region: spec.name, path: spec.path)
             logger.notice("exporting '\(spec.name)' from \(spec.path): \(region.geometry), generation \(identity.generation)")
-            return RegionExports.Export(region: region, allowedPeers: spec.allowedPeers, identity: identity)
+            exports.append(RegionExports.Export(region: region, allowedPeers: spec.allowedPeers, identity: identity))
         }
+        for spec in configuration.mirrors {
+            guard let taken = try identities.takenOver(region: spec.name, path: spec.path), let chunkSize = taken.chunkSize else {
+                mirrors.append(spec)
+                continue
+            }
+            let identity = try identities.advance(region: spec.name, path: spec.path)
+            let region = try Region(name: spec.name, backing: .file(path: spec.path), size: nil, chunkSize: chunkSize)
+            logger.notice("""
+                exporting '\(spec.name)' from \(spec.path) instead of mirroring it: it was handed over to this peer \
+                (\(region.geometry), generation \(identity.generation))
+                """)
+            exports.append(RegionExports.Export(region: region, allowedPeers: taken.allowedPeers.map(Set.init),
+                                                identity: identity))
+        }
+        return (exports, mirrors)
     }
 
     /// Mirrors that name no expected primary accept any peer the CA signed.

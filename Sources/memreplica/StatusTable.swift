@@ -36,7 +36,19 @@ enum StatusTable {
         }
         var out = "regions    \(regions.count)\n" + table(rows)
         for r in regions {
-            if let problem = r.problem { out += "  \(r.name): \(r.role == "primary" ? "unavailable" : "not current"): \(problem)\n" }
+            if let problem = r.problem {
+                let what = r.role == "primary" ? "unavailable" : r.role == "handed over" ? "handed over" : "not current"
+                out += "  \(r.name): \(what): \(problem)\n"
+            }
+            if let m = r.migration {
+                let estimate = m.estimatedDowntimeMilliseconds.map { Format.milliseconds($0) } ?? "-"
+                out += "  \(r.name): migrating: \(m.phase), round \(m.round), \(Format.bytes(m.pendingBytes)) to send, "
+                    + "estimated downtime \(estimate), \(Format.bytes(UInt64(m.rateBytesPerSecond)))/s\n"
+            } else if let last = r.lastMigration {
+                let downtime = last.downtimeMilliseconds.map { ", downtime \(Format.milliseconds($0))" } ?? ""
+                out += "  \(r.name): last migration to \(last.destination): \(last.outcome)\(downtime)"
+                    + "\(last.reason.map { ": \($0)" } ?? "")\n"
+            }
         }
         let attached = regions.flatMap { r in (r.attached ?? []).map { (r.name, $0) } }
         guard !attached.isEmpty else { return out }

@@ -16,7 +16,8 @@ struct FrameGenerator {
     }
 
     static let allTypes: [Frame.TypeCode] = [.hello, .catalog, .subscribe, .have, .write, .dirty, .ack, .synced,
-                                             .read, .data, .digestRead, .digests, .echo, .error]
+                                             .read, .data, .digestRead, .digests, .echo, .error,
+                                             .migrate, .migrateReady, .handover, .handedOver]
 
     /// Varints favouring the edges of each encoded length.
     mutating func varint() -> UInt64 {
@@ -109,6 +110,17 @@ struct FrameGenerator {
             return .echo(bytes(max: FrameLimits.maxPayload))
         case .error:
             return .error(code: varint(), message: string(limit: FrameLimits.maxMessage))
+        case .migrate:
+            return .migrate(.init(name: string(limit: FrameLimits.maxName), size: varint(), chunkSize: varint(),
+                                  identity: RegionIdentity(id: string(limit: FrameLimits.maxRegionID), generation: varint()),
+                                  mode: MigrationMode.allCases[Int(rng.next() % 3)], hashKey: raw(ChunkHashKey.byteCount),
+                                  committing: varint()))
+        case .migrateReady:
+            return .migrateReady(generation: varint(), appliedVersion: varint())
+        case .handover:
+            return .handover(generation: varint(), finalVersion: varint(), digest: raw(RegionDigest.byteCount))
+        case .handedOver:
+            return .handedOver(generation: varint())
         }
     }
 }

@@ -24,6 +24,14 @@ struct FrameCodecTests {
         .read(firstChunk: 12, count: 4),
         .data(firstChunk: 12, bytes: [1, 2, 3]),
         .error(code: ProtocolErrorCode.unknownRegion.rawValue, message: "no region 'x'"),
+        .migrate(.init(name: "cache", size: 1 << 30, chunkSize: 65536,
+                       identity: RegionIdentity(id: "0123456789abcdef0123456789abcdef", generation: 4), mode: .precopy,
+                       hashKey: Array(repeating: 9, count: 16))),
+        .migrate(.init(name: "cache", size: 4096, chunkSize: 4096, identity: RegionIdentity(id: "x", generation: 1),
+                       mode: .hybrid, hashKey: Array(0..<16), committing: 2)),
+        .migrateReady(generation: 4, appliedVersion: 1 << 33),
+        .handover(generation: 5, finalVersion: 77, digest: Array(repeating: 0xcd, count: 32)),
+        .handedOver(generation: 5),
     ]
 
     @Test("every frame type survives encode → decode, whole and one byte at a time")

@@ -45,6 +45,16 @@ public struct ControlClient: Sendable {
         }
     }
 
+    /// Runs a migration on the peer (its answer comes when the migration
+    /// ended: give a timeout above the migration's own).
+    public func migrate(_ request: MigrationRequest) async throws -> MigrationReport {
+        switch try await send(.migrate(request)) {
+        case .migrate(let report): return report
+        case .error(let message): throw ControlError.refused(message)
+        default: throw ControlError.malformed("the peer answered 'migrate' with another report")
+        }
+    }
+
     public func stats() async throws -> StatsReport {
         switch try await send(.stats) {
         case .stats(let report): return report

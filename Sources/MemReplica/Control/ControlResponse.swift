@@ -5,11 +5,13 @@ public enum ControlResponse: Codable, Sendable, Equatable {
     case status(StatusReport)
     case stats(StatsReport)
     case verify(VerifyReport)
+    case migrate(MigrationReport)
     case error(String)
 
     /// `connections` is a key of a stats report only, `differingCount` of a
     /// verify report only: they tell the reports apart.
-    private enum Keys: String, CodingKey { case error, connections, differingCount }
+    /// `outcome` of a migration report only.
+    private enum Keys: String, CodingKey { case error, connections, differingCount, outcome }
 
     public init(from decoder: any Decoder) throws {
         let keyed = try decoder.container(keyedBy: Keys.self)
@@ -19,6 +21,8 @@ public enum ControlResponse: Codable, Sendable, Equatable {
             self = .stats(try StatsReport(from: decoder))
         } else if keyed.contains(.differingCount) {
             self = .verify(try VerifyReport(from: decoder))
+        } else if keyed.contains(.outcome) {
+            self = .migrate(try MigrationReport(from: decoder))
         } else {
             self = .status(try StatusReport(from: decoder))
         }
@@ -31,6 +35,8 @@ public enum ControlResponse: Codable, Sendable, Equatable {
         case .stats(let report):
             try report.encode(to: encoder)
         case .verify(let report):
+            try report.encode(to: encoder)
+        case .migrate(let report):
             try report.encode(to: encoder)
         case .error(let message):
             var keyed = encoder.container(keyedBy: Keys.self)

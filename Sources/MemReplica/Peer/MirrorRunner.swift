@@ -28,6 +28,9 @@ public final class MirrorRunner: Sendable {
     private let live = Locked(false)
     /// That run's connection (for `verify`).
     private let liveConnection = Locked<(any TransportConnection)?>(nil)
+    /// Set once the region was handed over to this peer: the mirror ends
+    /// for good (`stopForHandOver`).
+    private let stopped = Locked(false)
 
     private struct Learnt {
         var followed: RegionIdentity?
@@ -138,6 +141,29 @@ public final class MirrorRunner: Sendable {
         try await body()
     }
 
+    /// The primary's allow list as its last catalog gave it (nil before one).
+    public var primaryAllow: AllowList? { learnt.withLock { $0.primaryAllow } }
+
+    /// The primary this mirror follows now (nil while not connected): only
+    /// that peer may hand the region over to us.
+    public var primaryIdentity: PeerIdentity? { liveConnection.withLock { $0?.peerIdentity } }
+
+    /// Ends this mirror for good because the region is now ours (a
+    /// hand-over committed): no more reconnects. Returns the eager
+    /// mirror's region, which becomes the export; `closeAfterHandOver`
+    /// then ends the connection to the old primary.
+    func stopForHandOver() -> Region? {
+        stopped.withLock { $0 = true }
+        if case .eager(let m)? = mirror { return m.region }
+        return nil
+    }
+
+    func closeAfterHandOver() async {
+        if let connection = liveConnection.withLock({ $0 }) {
+            await connection.close(errorCode: 0, reason: "region handed over to this peer")
+        }
+    }
+
     /// Compares this replica with its primary (`memreplica verify`): needs
     /// a live connection to the primary.
     public func verify() async throws -> VerifyReport {
@@ -186,7 +212,7 @@ public final class MirrorRunner: Sendable {
             return
         }
         var backoff = Duration.milliseconds(250)
-        while !Task.isCancelled {
+        while !Task.isCancelled && !stopped.withLock({ $0 }) {
             var connection: (any TransportConnection)?
             do {
                 let (opened, control) = try await connectSendingHello()
@@ -230,6 +256,9 @@ public final class MirrorRunner: Sendable {
                 return
             } catch is CancellationError {
                 await connection?.close(errorCode: 0, reason: "mirror stopped")
+                return
+            } catch _ where stopped.withLock({ $0 }) {
+                logger.info("mirror of '\(spec.name)' ended: the region was handed over to this peer")
                 return
             } catch let refusal as MirrorRefusal {
                 // Not this peer, or not this region: say so once, and look

@@ -14,19 +14,38 @@ public final class PeerService: Sendable {
     public let endpoint: any Transport
     public let startedAt: Date
     private let started: ContinuousClock.Instant
-    private let logger: Logger
+    let logger: Logger
     private let echo: DiagnosticEcho
     public let exports: RegionExports
-    public let mirrors: [MirrorRunner]
+    /// The mirrors running now: a hand-over removes the one whose region
+    /// became ours, and adds one when we follow a region we handed over.
+    public var mirrors: [MirrorRunner] { mirrorList.withLock { $0 } }
+    private let mirrorList: Locked<[MirrorRunner]>
+    /// Mirrors started after `run` began, so `run` can stop them.
+    private let addedMirrors = Locked<[Task<Void, Never>]>([])
+    /// Where region identities and hand-overs are kept (nil: in memory only,
+    /// e.g. a library user without a state folder).
+    public let identities: RegionIdentityStore?
+    /// Regions in a migration now (one at a time each), and the last
+    /// report of each.
+    let migrations = Locked(MigrationBook())
     /// What `memreplica stats` and the metrics endpoint report; the
     /// exports and mirrors should have been given the same one.
     public let statistics: PeerStatistics
     /// Attach sessions open now, by a number of their own: region and process.
-    private let attachments = Locked((next: 0, open: [Int: (region: String, process: StatusReport.Region.AttachedProcess)]()))
+    let attachments = Locked((next: 0, open: [Int: Attachment]()))
+
+    struct Attachment {
+        var region: String
+        var process: StatusReport.Region.AttachedProcess
+        /// Ends the session, telling the process why.
+        var end: (@Sendable (String) -> Void)?
+    }
 
     public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [],
-                statistics: PeerStatistics = PeerStatistics(), logger: Logger) {
-        self.mirrors = mirrors
+                statistics: PeerStatistics = PeerStatistics(), identities: RegionIdentityStore? = nil, logger: Logger) {
+        mirrorList = Locked(mirrors)
+        self.identities = identities
         self.statistics = statistics
         self.endpoint = endpoint
         self.logger = logger
@@ -51,6 +70,20 @@ public final class PeerService: Sendable {
             // The endpoint is closed: stop the mirrors' reconnect loops.
             group.cancelAll()
         }
+        let added = addedMirrors.withLock { tasks in defer { tasks.removeAll() }; return tasks }
+        for task in added { task.cancel() }
+        for task in added { await task.value }
+    }
+
+    /// Starts a mirror while the peer runs (after handing a region over).
+    func startMirror(_ runner: MirrorRunner) {
+        mirrorList.withLock { $0.append(runner) }
+        addedMirrors.withLock { $0.append(Task { await runner.run() }) }
+    }
+
+    /// Forgets a mirror that ended for good (its region was handed to us).
+    func removeMirror(_ runner: MirrorRunner) {
+        mirrorList.withLock { $0.removeAll { $0 === runner } }
     }
 
     private func serve(_ connection: any TransportConnection) async {
@@ -104,6 +137,8 @@ public final class PeerService: Sendable {
                 try await answerHello(hello, on: frames, peer: connection.peerIdentity)
             case .echo(let bytes)?:
                 try await echo.serve(frames, first: bytes, peer: peer)
+            case .migrate(let migration)?:
+                try await takeOver(migration, on: frames, from: connection)
             case let other?:
                 throw ProtocolViolation(.unexpectedFrame, "a stream starts with SUBSCRIBE or ECHO, not \(other)")
             case nil:
@@ -167,11 +202,22 @@ public final class PeerService: Sendable {
             }
             return region
         }
+        let names = Set((primaries + replicas).map(\.name))
+        let moved = exports.movedRegions().filter { !names.contains($0.key) }.sorted { $0.key < $1.key }.map { name, moved in
+            var region = StatusReport.Region(name: name, role: "handed over", path: "", size: 0, chunkSize: 0, chunks: 0)
+            region.regionID = moved.identity.id
+            region.generation = moved.identity.generation
+            region.problem = "moved to \(moved.owner) at generation \(moved.identity.generation)"
+            return region
+        }
         let attached = attachments.withLock { Array($0.open.values) }
-        return (primaries + replicas).map { region in
+        let book = migrations.withLock { $0 }
+        return (primaries + replicas + moved).map { region in
             var region = region
             region.attached = attached.filter { $0.region == region.name }.map(\.process)
                 .sorted { ($0.pid, $0.mode) < ($1.pid, $1.mode) }
+            region.migration = book.running[region.name]
+            region.lastMigration = book.last[region.name]
             return region
         }
     }
@@ -208,8 +254,9 @@ public final class PeerService: Sendable {
         let outcome = decideAttach(request, from: process)
         guard case .accepted(let answer, let detach?) = outcome else { return outcome }
         // A session: listed in status until it ends.
-        let entry = (region: answer.region,
-                     process: StatusReport.Region.AttachedProcess(pid: process.pid, mode: answer.lazy ? "lazy reader" : "writer"))
+        let entry = Attachment(region: answer.region,
+                               process: .init(pid: process.pid, mode: answer.lazy ? "lazy reader" : "writer"),
+                               end: process.endSession)
         let id = attachments.withLock { a -> Int in
             a.next += 1
             a.open[a.next] = entry
@@ -368,6 +415,13 @@ public final class PeerService: Sendable {
             return .status(await statusReport())
         case ControlRequest.stats.command:
             return .stats(await statsReport())
+        case "migrate":
+            guard let migration = request.migration else { return .error("migrate needs a migration (region, destination ...)") }
+            do {
+                return .migrate(try await migrate(migration))
+            } catch {
+                return .error(Self.oneLine("\(error)"))
+            }
         case "verify":
             guard let name = request.region else { return .error("verify needs a region") }
             guard let runner = mirrors.first(where: { $0.spec.name == name }) else {
@@ -382,7 +436,7 @@ public final class PeerService: Sendable {
                 return .error("cannot verify '\(name)': \(error)")
             }
         default:
-            return .error("unknown command '\(request.command)' (this peer knows: status, stats, verify)")
+            return .error("unknown command '\(request.command)' (this peer knows: status, stats, verify, migrate)")
         }
     }
 }

@@ -39,6 +39,40 @@ public enum Frame: Equatable, Sendable {
     /// 0x3f, either way: why the sender is about to end this stream.
     case error(code: UInt64, message: String)
 
+    /// 0x40, source → destination, first on a migration stream: "I own this
+    /// region and will hand it to you" (docs/MIGRATION.md).
+    case migrate(Migrate)
+    /// 0x41, destination → source: it mirrors the region at `generation`
+    /// and has applied the source's WRITEs up to `appliedVersion`.
+    case migrateReady(generation: UInt64, appliedVersion: UInt64)
+    /// 0x42, source → destination: the commit request. Writers are frozen,
+    /// every change up to `finalVersion` is acknowledged; `digest` is
+    /// `RegionDigest.synced` of the frozen region under MIGRATE's hash key.
+    case handover(generation: UInt64, finalVersion: UInt64, digest: [UInt8])
+    /// 0x43, destination → source: it owns the region at `generation` now.
+    case handedOver(generation: UInt64)
+
+    public struct Migrate: Equatable, Sendable {
+        public var name: String
+        public var size: UInt64
+        public var chunkSize: UInt64
+        /// The region's id and the source's owner generation.
+        public var identity: RegionIdentity
+        public var mode: MigrationMode
+        /// The key (16 bytes) HANDOVER's digest is computed under: the
+        /// destination hashes its copy with it while the source is frozen.
+        public var hashKey: [UInt8]
+        /// 0 for a new migration. A source whose connection broke after it
+        /// sent HANDOVER asks again with the generation it offered: the
+        /// answer is HANDED_OVER if the destination committed, else an ERROR.
+        public var committing: UInt64
+        public init(name: String, size: UInt64, chunkSize: UInt64, identity: RegionIdentity, mode: MigrationMode,
+                    hashKey: [UInt8], committing: UInt64 = 0) {
+            self.name = name; self.size = size; self.chunkSize = chunkSize; self.identity = identity
+            self.mode = mode; self.hashKey = hashKey; self.committing = committing
+        }
+    }
+
     public struct Hello: Equatable, Sendable {
         public var protocolVersion: UInt64
         public var peerName: String
@@ -124,6 +158,7 @@ public enum Frame: Equatable, Sendable {
         case read = 0x20, data = 0x21, digestRead = 0x22, digests = 0x23
         case echo = 0x30
         case error = 0x3f
+        case migrate = 0x40, migrateReady = 0x41, handover = 0x42, handedOver = 0x43
     }
 }
 
@@ -171,6 +206,10 @@ extension Frame {
         case .digests: "DIGESTS"
         case .echo: "ECHO"
         case .error: "ERROR"
+        case .migrate: "MIGRATE"
+        case .migrateReady: "MIGRATE_READY"
+        case .handover: "HANDOVER"
+        case .handedOver: "HANDED_OVER"
         }
     }
 

@@ -162,7 +162,32 @@ private struct PayloadReader {
             return .echo(rest())
         case .error:
             return .error(code: try varint("code"), message: try string("message", limit: FrameLimits.maxMessage))
+        case .migrate:
+            return .migrate(try migration())
+        case .migrateReady:
+            let generation = try varint("generation")
+            return .migrateReady(generation: generation, appliedVersion: try varint("applied version"))
+        case .handover:
+            let generation = try varint("generation"), finalVersion = try varint("final version")
+            return .handover(generation: generation, finalVersion: finalVersion,
+                             digest: try raw("digest", count: RegionDigest.byteCount))
+        case .handedOver:
+            return .handedOver(generation: try varint("generation"))
         }
+    }
+
+    private mutating func migration() throws(ProtocolViolation) -> Frame.Migrate {
+        let name = try string("region name", limit: FrameLimits.maxName)
+        let size = try varint("size"), chunkSize = try varint("chunk size")
+        let identity = RegionIdentity(id: try string("region id", limit: FrameLimits.maxRegionID),
+                                      generation: try varint("generation"))
+        let rawMode = try varint("mode")
+        guard let mode = MigrationMode(wireValue: rawMode) else {
+            throw ProtocolViolation(.malformedFrame, "unknown migration mode \(rawMode)")
+        }
+        let key = try raw("hash key", count: ChunkHashKey.byteCount)
+        return .init(name: name, size: size, chunkSize: chunkSize, identity: identity, mode: mode, hashKey: key,
+                     committing: try varint("committing generation"))
     }
 
     private mutating func catalogEntries() throws(ProtocolViolation) -> [Frame.CatalogEntry] {

@@ -81,6 +81,44 @@ extension Frame {
             try Self.putString(Self.cut(message, toUTF8Bytes: FrameLimits.maxMessage), limit: FrameLimits.maxMessage,
                                into: &payload)
             return .error
+        case .migrate, .migrateReady, .handover, .handedOver:
+            return try encodeMigration(into: &payload)
+        }
+    }
+
+    /// The hand-over frames (docs/MIGRATION.md).
+    private func encodeMigration(into payload: inout [UInt8]) throws(ProtocolViolation) -> TypeCode {
+        switch self {
+        case .migrate(let m):
+            try Self.putString(m.name, limit: FrameLimits.maxName, into: &payload)
+            VarInt.encode(m.size, into: &payload)
+            VarInt.encode(m.chunkSize, into: &payload)
+            try Self.putString(m.identity.id, limit: FrameLimits.maxRegionID, into: &payload)
+            VarInt.encode(m.identity.generation, into: &payload)
+            VarInt.encode(m.mode.wireValue, into: &payload)
+            guard m.hashKey.count == ChunkHashKey.byteCount else {
+                throw ProtocolViolation(.malformedFrame, "a hash key is \(ChunkHashKey.byteCount) bytes, not \(m.hashKey.count)")
+            }
+            payload.append(contentsOf: m.hashKey)
+            VarInt.encode(m.committing, into: &payload)
+            return .migrate
+        case .migrateReady(let generation, let applied):
+            VarInt.encode(generation, into: &payload)
+            VarInt.encode(applied, into: &payload)
+            return .migrateReady
+        case .handover(let generation, let finalVersion, let digest):
+            guard digest.count == RegionDigest.byteCount else {
+                throw ProtocolViolation(.malformedFrame, "a HANDOVER digest is \(RegionDigest.byteCount) bytes, not \(digest.count)")
+            }
+            VarInt.encode(generation, into: &payload)
+            VarInt.encode(finalVersion, into: &payload)
+            payload.append(contentsOf: digest)
+            return .handover
+        case .handedOver(let generation):
+            VarInt.encode(generation, into: &payload)
+            return .handedOver
+        default:
+            preconditionFailure("\(self) is not a hand-over frame")
         }
     }
 

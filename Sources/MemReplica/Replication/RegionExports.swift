@@ -59,7 +59,29 @@ public final class RegionExports: Sendable {
         public var sentVersion: UInt64 = 0
         public var acknowledgedVersion: UInt64 = 0
         public var synced = false
+        /// Scan passes completed after the initial pass, and when the
+        /// last completed one began: a pass that began after a writer
+        /// stopped has sent everything that writer stored.
+        public var passes: UInt64 = 0
+        public var lastPassBegan: ContinuousClock.Instant?
         public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
+    }
+
+    /// Told of every chunk a region's eager subscriptions push (a
+    /// migration counts bytes and re-sent chunks with it).
+    public typealias SendTap = @Sendable (_ peer: String, _ chunk: Int, _ bytes: Int) -> Void
+    private let sendTaps = Locked<[String: SendTap]>([:])
+    /// Wakes the region's publish loops for a pass before their interval ends.
+    private let passTriggers = Locked<[String: [ObjectIdentifier: PassTrigger]]>([:])
+
+    /// Sets (or with nil removes) the tap of `region`'s pushes.
+    public func tapSends(of region: String, _ tap: SendTap?) {
+        sendTaps.withLock { $0[region] = tap }
+    }
+
+    /// Asks every subscription of `region` for a scan pass now.
+    public func requestPass(of region: String) {
+        for trigger in passTriggers.withLock({ Array(($0[region] ?? [:]).values) }) { trigger.fire() }
     }
 
     /// Every mirror being served, by region name.
@@ -117,6 +139,9 @@ public final class RegionExports: Sendable {
             return t.exports.removeValue(forKey: name)
         }
     }
+
+    /// Every region this peer handed over, by name.
+    public func movedRegions() -> [String: Moved] { table.withLock { $0.moved } }
 
     /// Where `name` went, if this peer handed it over.
     public func moved(_ name: String) -> Moved? { table.withLock { $0.moved[name] } }
@@ -458,7 +483,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger, syncedDigests, self] in
+            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, self] in
                 let hasher = ChunkHasher(key: key)
                 var version: UInt64 = 0
                 /// Sends the chunk; in the initial pass (`snapshot` given)
@@ -467,6 +492,7 @@ public final class RegionExports: Sendable {
                     version += 1
                     let live = try region.chunkBytes(chunk)
                     observer?.willSend(region: region.name, peer: peer, chunk: chunk, bytes: live.count, version: version, at: .now)
+                    if let tap = sendTaps.withLock({ $0[region.name] }) { tap(peer, chunk, live.count) }
                     sent.withLock { $0 = version }
                     record { $0.sentVersion = version }
                     guard let snapshot else {
@@ -509,11 +535,19 @@ public final class RegionExports: Sendable {
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
                     "resumed": "\(held != nil)",
                 ])
+                let trigger = PassTrigger()
+                passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
+                defer { passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) } }
                 while true {
-                    try await Task.sleep(for: scanInterval)
+                    try await trigger.wait(upTo: scanInterval)
+                    let began = ContinuousClock.now
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
                     for chunk in changes.changedChunks() { _ = try await push(chunk) }
+                    record {
+                        $0.passes += 1
+                        $0.lastPassBegan = began
+                    }
                 }
             }
             // Whichever side ends first ends the subscription.

@@ -102,6 +102,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var lazy: Lazy?
         /// Processes of this host attached through the control socket now.
         public var attached: [AttachedProcess]?
+        /// A migration of this region running now (source side), and the
+        /// last one's report.
+        public var migration: MigrationProgress?
+        public var lastMigration: MigrationReport?
 
         public struct AttachedProcess: Codable, Sendable, Equatable {
             public var pid: Int32

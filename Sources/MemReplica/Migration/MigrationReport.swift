@@ -1,0 +1,40 @@
+import Foundation
+
+/// The outcome of one migration, as `memreplica migrate --json` prints it
+/// (a stable object: keys are only ever added).
+public struct MigrationReport: Sendable, Codable, Equatable {
+    public var region: String
+    public var destination: String
+    public var mode: MigrationMode
+    /// "handed over" (the destination owns the region) or "aborted" (the
+    /// source still does, unharmed).
+    public var outcome: String
+    /// Why it was aborted; nil when handed over.
+    public var reason: String?
+    /// From the freeze of the writers to the destination's HANDED_OVER:
+    /// the time no writer could store to the region anywhere. Nil when no
+    /// freeze happened.
+    public var downtimeMilliseconds: Double?
+    /// Of the downtime: the last scan and flush, and hashing the frozen region.
+    public var finalFlushMilliseconds: Double?
+    public var digestMilliseconds: Double?
+    public var totalSeconds: Double
+    /// Chunk bytes sent to the destination during the migration (rounds
+    /// and final flush; an initial sync the destination needed included).
+    public var bytesSent: UInt64
+    public var regionBytes: UInt64
+    /// Pre-copy rounds: scan passes that found changes to send.
+    public var rounds: Int
+    /// Chunks sent more than once during the migration.
+    public var chunksResent: UInt64
+    /// The region's owner generation afterwards (the destination's when
+    /// handed over, the source's when aborted).
+    public var generation: UInt64
+    /// The estimate the freeze was decided on.
+    public var estimatedDowntimeMilliseconds: Double?
+    /// Attached writer processes stopped at the freeze.
+    public var frozenProcesses: [Int32]
+    public var startedAt: Date
+
+    public var handedOver: Bool { outcome == "handed over" }
+}

@@ -1,0 +1,377 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
+import Foundation
+import Logging
+
+/// The source's side of one pre-copy migration (docs/MIGRATION.md): the
+/// destination's eager mirror of the region converges while the writers
+/// run; once what is left to send fits the downtime budget the writers are
+/// frozen, a last scan pass is sent and acknowledged, the frozen region is
+/// hashed, and HANDOVER asks the destination to commit.
+final class SourceMigration: Sendable {
+    let request: MigrationRequest
+    let export: RegionExports.Export
+    let address: PeerAddress
+    let exports: RegionExports
+    let endpoint: any Transport
+    let identities: RegionIdentityStore?
+    let freeze: MigrationFreeze?
+    /// The PIDs of the processes attached to the region as writers now.
+    let attachedWriters: @Sendable () -> [Int32]
+    /// Progress for status, as it changes.
+    let report: @Sendable (MigrationProgress) -> Void
+    let logger: Logger
+
+    private let started = ContinuousClock.now
+    private let startedAt = Date()
+    private let deadline: ContinuousClock.Instant
+    private let key = ChunkHashKey.random()
+    private let counts: Locked<Counts>
+
+    /// What the destination's subscription pushed since the migration began.
+    private struct Counts {
+        var bytes: UInt64 = 0
+        var resent: UInt64 = 0
+        var sent: [Bool]
+    }
+
+    init(request: MigrationRequest, export: RegionExports.Export, address: PeerAddress, exports: RegionExports,
+         endpoint: any Transport, identities: RegionIdentityStore?, freeze: MigrationFreeze?,
+         attachedWriters: @escaping @Sendable () -> [Int32], report: @escaping @Sendable (MigrationProgress) -> Void,
+         logger: Logger) {
+        self.request = request
+        self.export = export
+        self.address = address
+        self.exports = exports
+        self.endpoint = endpoint
+        self.identities = identities
+        self.freeze = freeze
+        self.attachedWriters = attachedWriters
+        self.report = report
+        self.logger = logger
+        deadline = started + .milliseconds(Int64(request.timeoutSeconds * 1000))
+        counts = Locked(Counts(sent: [Bool](repeating: false, count: export.region.geometry.chunkCount)))
+    }
+
+    private var region: Region { export.region }
+    private var name: String { region.name }
+    private var chunkSize: Int { region.geometry.chunkSize }
+
+    /// What `run` found; the caller acts on a hand-over (relinquish, mirror back).
+    struct Result {
+        var report: MigrationReport
+        /// The destination committed; the source must stop acting as primary.
+        var handedOver: Bool
+        /// Neither side's answer is known: stay fenced.
+        var uncertain: Bool
+        /// Writers stopped at the freeze (still stopped when handed over).
+        var stoppedProcesses: [Int32]
+        var destinationIdentity: PeerIdentity?
+    }
+
+    /// Why the migration gives up; the source keeps the region.
+    private struct Abort: Error {
+        let reason: String
+    }
+
+    private let phaseDetail = Locked(MigrationProgress.initial)
+
+    private func progress(_ update: (inout MigrationProgress) -> Void) {
+        let now = phaseDetail.withLock { p -> MigrationProgress in
+            update(&p)
+            return p
+        }
+        report(now)
+    }
+
+    func run() async -> Result {
+        var result = Result(report: emptyReport(), handedOver: false, uncertain: false, stoppedProcesses: [])
+        var connection: (any TransportConnection)?
+        var stream: MigrationStream?
+        var frozen: Frozen?
+        do {
+            progress { $0.phase = "connecting" }
+            let opened = try await endpoint.connect(to: address)
+            connection = opened
+            result.destinationIdentity = opened.peerIdentity
+            guard export.allow.permits(opened.peerIdentity) else {
+                throw Abort(reason: "\(address) is \(opened.peerIdentity), which the region's allow list (\(export.allow)) "
+                            + "leaves out: it cannot be mirroring '\(name)'")
+            }
+            let destination = opened.peerIdentity.commonName ?? opened.peerIdentity.subject
+            exports.tapSends(of: name) { [counts] peer, chunk, bytes in
+                guard peer == destination else { return }
+                counts.withLock { c in
+                    c.bytes += UInt64(bytes)
+                    if c.sent[chunk] { c.resent += 1 } else { c.sent[chunk] = true }
+                }
+            }
+            let s = MigrationStream(frames: FrameStream(try await opened.openStream()))
+            stream = s
+            try await s.send(.migrate(.init(name: name, size: UInt64(region.geometry.size),
+                                            chunkSize: UInt64(region.geometry.chunkSize), identity: export.identity,
+                                            mode: request.mode, hashKey: key.bytes)))
+            progress { $0.phase = "waiting for the destination's mirror to sync" }
+            guard case .migrateReady = try await s.receive(before: deadline) else {
+                throw ProtocolViolation(.unexpectedFrame, "the destination answers MIGRATE with MIGRATE_READY")
+            }
+            let estimate = try await converge(over: opened, destination: destination, result: &result)
+            result.report.estimatedDowntimeMilliseconds = estimate * 1000
+            frozen = try await freezeWriters()
+            result.stoppedProcesses = frozen!.processes
+            result.report.frozenProcesses = frozen!.processes
+            let (finalVersion, digest) = try await flush(destination: destination, frozen: frozen!, result: &result)
+            progress { $0.phase = "handing over" }
+            let next = RegionIdentity(id: export.identity.id, generation: export.identity.generation + 1)
+            do {
+                try identities?.beginHandOver(region: name, path: region.backing.description, from: export.identity,
+                                              to: request.destination, then: request.then)
+            } catch {
+                throw Abort(reason: "cannot record the hand-over in the state folder: \(error)")
+            }
+            let answer: Frame
+            do {
+                try await s.send(.handover(generation: next.generation, finalVersion: finalVersion, digest: digest))
+                answer = try await s.receive(before: max(deadline, .now + .seconds(10)))
+            } catch ReplicationError.refusedByPeer(let code, let message) {
+                // The destination refused: it did not commit.
+                try? identities?.abandonHandOver(region: name)
+                throw Abort(reason: "the destination refused the hand-over (\(ProtocolErrorCode(rawValue: code).map { "\($0)" } ?? "code \(code)")): \(message)")
+            } catch {
+                // Sent, or maybe sent: only the destination knows.
+                let committed = await askWhetherCommitted(next)
+                guard let committed else {
+                    result.uncertain = true
+                    throw Abort(reason: "the connection to the destination broke during the hand-over (\(error)) and it "
+                                + "could not be asked again within \(request.timeoutSeconds) s: the region stays fenced "
+                                + "(read-only here) until an operator resolves it")
+                }
+                guard committed else {
+                    try? identities?.abandonHandOver(region: name)
+                    throw Abort(reason: "the connection to the destination broke during the hand-over (\(error)); "
+                                + "it had not committed")
+                }
+                answer = .handedOver(generation: next.generation)
+            }
+            guard case .handedOver(let generation) = answer, generation == next.generation else {
+                throw Abort(reason: "the destination answered HANDOVER with \(answer.name), not HANDED_OVER at \(next.generation)")
+            }
+            try? identities?.finishHandOver(region: name)
+            let done = ContinuousClock.now
+            result.handedOver = true
+            result.report.outcome = "handed over"
+            result.report.generation = generation
+            result.report.downtimeMilliseconds = frozen!.began.duration(to: done).seconds * 1000
+            progress { $0.phase = "handed over" }
+            await connection?.close(errorCode: 0, reason: "migration done")
+        } catch {
+            let reason: String = switch error {
+            case let abort as Abort: abort.reason
+            case is MigrationStream.DeadlinePassed:
+                "no answer from the destination within --timeout (\(request.timeoutSeconds) s)"
+            case ReplicationError.refusedByPeer(let code, let message):
+                "the destination refused (\(ProtocolErrorCode(rawValue: code).map { "\($0)" } ?? "code \(code)")): \(message)"
+            default: "\(error)"
+            }
+            result.report.reason = reason
+            result.report.outcome = result.uncertain ? "uncertain" : "aborted"
+            if !result.uncertain, let frozen { await thaw(frozen) }
+            progress { $0.phase = result.uncertain ? "fenced: hand-over unconfirmed" : "aborted" }
+            logger.warning("migration of '\(name)' to \(request.destination) \(result.report.outcome): \(reason)")
+            await stream?.abort(reason)
+            await connection?.close(errorCode: ProtocolErrorCode.migrationAborted.rawValue, reason: "migration aborted")
+        }
+        exports.tapSends(of: name, nil)
+        let c = counts.withLock { $0 }
+        result.report.bytesSent = c.bytes
+        result.report.chunksResent = c.resent
+        result.report.totalSeconds = started.duration(to: .now).seconds
+        return result
+    }
+
+    private func emptyReport() -> MigrationReport {
+        MigrationReport(region: name, destination: request.destination, mode: request.mode, outcome: "aborted",
+                        totalSeconds: 0, bytesSent: 0, regionBytes: UInt64(region.geometry.size), rounds: 0,
+                        chunksResent: 0, generation: export.identity.generation, frozenProcesses: [], startedAt: startedAt)
+    }
+
+    /// One sample of the destination's subscription.
+    private struct Sample {
+        var at: ContinuousClock.Instant
+        var sent: UInt64
+        var acknowledged: UInt64
+    }
+
+    /// Pre-copy rounds: waits until the estimated downtime fits the budget.
+    /// Returns the estimate (seconds). The estimate is what is unacknowledged
+    /// plus what the writers dirty per scan interval, at the best
+    /// acknowledged rate seen, plus one RTT and the digest of the frozen
+    /// region on both sides.
+    private func converge(over connection: any TransportConnection, destination: String,
+                          result: inout Result) async throws -> Double {
+        let budget = request.maxDowntimeMilliseconds / 1000
+        let digestSeconds = FrozenRegionDigest.secondsPerChunk(region, key: key) * Double(region.geometry.chunkCount)
+            * 2 / Double(min(4, max(1, ProcessInfo.processInfo.activeProcessorCount)))
+        var samples: [Sample] = []
+        var bestRate = 0.0
+        var lastPasses: UInt64?
+        var lastSent: UInt64 = 0
+        progress { $0.phase = "pre-copy rounds" }
+        while true {
+            let now = ContinuousClock.now
+            guard let state = subscription(of: destination) else {
+                guard now < deadline else { throw Abort(reason: "the destination's mirror did not stay subscribed") }
+                samples.removeAll()
+                try await Task.sleep(for: .milliseconds(10))
+                continue
+            }
+            if let p = lastPasses, state.passes > p, state.sentVersion > lastSent { result.report.rounds += 1 }
+            lastPasses = state.passes
+            lastSent = state.sentVersion
+            samples.append(Sample(at: now, sent: state.sentVersion, acknowledged: state.acknowledgedVersion))
+            samples.removeAll { $0.at.duration(to: now) > .seconds(1) }
+            let stats = await connection.statistics()
+            let rtt = stats.smoothedRTT.seconds
+            var dirtyRate = 0.0
+            if let first = samples.first, first.at < now {
+                let span = first.at.duration(to: now).seconds
+                let acked = Double(state.acknowledgedVersion - min(first.acknowledged, state.acknowledgedVersion))
+                dirtyRate = Double(state.sentVersion - min(first.sent, state.sentVersion)) * Double(chunkSize) / span
+                if span >= 0.1 { bestRate = max(bestRate, acked * Double(chunkSize) / span) }
+            }
+            bestRate = max(bestRate, Double(stats.deliveryRateBytesPerSecond))
+            let pending = Double(state.versionLag) * Double(chunkSize) + dirtyRate * exports.scanInterval.seconds
+            let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(100)
+            let transfer = pending == 0 ? 0 : (bestRate > 0 ? pending / bestRate : .infinity)
+            let estimate = transfer + rtt + digestSeconds
+            progress {
+                $0.round = result.report.rounds
+                $0.pendingBytes = UInt64(pending)
+                $0.estimatedDowntimeMilliseconds = estimate.isFinite ? estimate * 1000 : nil
+                $0.rateBytesPerSecond = bestRate
+            }
+            if known, estimate <= budget { return estimate }
+            guard now < deadline else {
+                throw Abort(reason: String(
+                    format: "did not converge within %.0f s: the writers dirty %.1f MB/s, the destination acknowledges "
+                        + "at most %.1f MB/s; estimated downtime %.0f ms against --max-downtime %.0f ms",
+                    request.timeoutSeconds, dirtyRate / 1e6, bestRate / 1e6, estimate.isFinite ? estimate * 1000 : -1,
+                    request.maxDowntimeMilliseconds))
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    private func subscription(of destination: String) -> RegionExports.MirrorState? {
+        exports.mirrorStates().filter { $0.region == name && $0.peer == destination && $0.synced }
+            .max { $0.sentVersion < $1.sentVersion }
+    }
+
+    /// Writers stopped: when the freeze began and which processes.
+    private struct Frozen {
+        var began: ContinuousClock.Instant
+        /// Every writer has stopped from here on.
+        var complete: ContinuousClock.Instant
+        var processes: [Int32]
+    }
+
+    private func freezeWriters() async throws -> Frozen {
+        progress { $0.phase = "freezing writers" }
+        let began = ContinuousClock.now
+        if let freeze {
+            // Unstructured: a pause that never returns must not hold the migration.
+            let paused = Locked(false)
+            Task {
+                await freeze.pause()
+                paused.withLock { $0 = true }
+            }
+            let limit = ContinuousClock.now + MigrationFreeze.pauseLimit
+            while !paused.withLock({ $0 }), ContinuousClock.now < limit {
+                try? await Task.sleep(for: .microseconds(200))
+            }
+            guard paused.withLock({ $0 }) else {
+                await freeze.resume(false)
+                throw Abort(reason: "the in-process writers did not pause within \(MigrationFreeze.pauseLimit)")
+            }
+        }
+        let processes: [Int32]
+        do {
+            processes = try ProcessFreezer.stop(attachedWriters())
+        } catch {
+            await freeze?.resume(false)
+            throw Abort(reason: error.description)
+        }
+        return Frozen(began: began, complete: .now, processes: processes)
+    }
+
+    private func thaw(_ frozen: Frozen) async {
+        ProcessFreezer.resume(frozen.processes)
+        await freeze?.resume(false)
+    }
+
+    /// The final flush: a scan pass that began after every writer stopped,
+    /// its WRITEs acknowledged; meanwhile the frozen region is hashed.
+    /// Returns the final version and the digest.
+    private func flush(destination: String, frozen: Frozen, result: inout Result) async throws -> (UInt64, [UInt8]) {
+        progress { $0.phase = "final flush" }
+        let region = self.region, key = self.key
+        let hashing = Task { () -> (digest: [UInt8], seconds: Double) in
+            let start = ContinuousClock.now
+            let digest = await FrozenRegionDigest.compute(region, key: key)
+            return (digest, start.duration(to: .now).seconds)
+        }
+        defer { hashing.cancel() }
+        var target: UInt64?
+        var asked: UInt64?
+        while true {
+            guard let state = subscription(of: destination) else {
+                throw Abort(reason: "the destination's mirror went away during the final flush")
+            }
+            if target == nil, let began = state.lastPassBegan, began > frozen.complete {
+                target = state.sentVersion
+            }
+            if let target, state.acknowledgedVersion >= target { break }
+            if target == nil, asked != state.passes {
+                asked = state.passes
+                exports.requestPass(of: name)
+            }
+            guard ContinuousClock.now < deadline else {
+                throw Abort(reason: "the final flush was not acknowledged within --timeout (\(request.timeoutSeconds) s)")
+            }
+            try await Task.sleep(for: .microseconds(500))
+        }
+        let flushed = ContinuousClock.now
+        let (digest, seconds) = await hashing.value
+        result.report.finalFlushMilliseconds = frozen.complete.duration(to: flushed).seconds * 1000
+        result.report.digestMilliseconds = seconds * 1000
+        return (target!, digest)
+    }
+
+    /// After a broken hand-over: asks the destination, until the timeout,
+    /// whether it committed `next`. Nil when it could not be asked.
+    private func askWhetherCommitted(_ next: RegionIdentity) async -> Bool? {
+        let until = ContinuousClock.now + .milliseconds(Int64(request.timeoutSeconds * 1000))
+        while ContinuousClock.now < until {
+            do {
+                let connection = try await endpoint.connect(to: address)
+                defer { Task { await connection.close(errorCode: 0, reason: "migration query") } }
+                let s = MigrationStream(frames: FrameStream(try await connection.openStream()))
+                try await s.send(.migrate(.init(name: name, size: UInt64(region.geometry.size),
+                                                chunkSize: UInt64(region.geometry.chunkSize), identity: export.identity,
+                                                mode: request.mode, hashKey: key.bytes, committing: next.generation)))
+                do {
+                    if case .handedOver(let g) = try await s.receive(before: .now + .seconds(10)), g == next.generation {
+                        return true
+                    }
+                    return false
+                } catch ReplicationError.refusedByPeer {
+                    return false
+                }
+            } catch {
+                logger.info("asking \(address) whether it committed '\(name)': \(error); trying again")
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,107 @@
+import MemReplicaSystem
+import MemReplicaTransportCore
+import Foundation
+
+/// The source's side of a migration: `memreplica migrate`, the control
+/// socket's `migrate` request, or a library call.
+extension PeerService {
+    /// Hands `request.region` over to `request.destination` (which must be
+    /// running and allowed to mirror it). Returns the report whether the
+    /// migration was handed over or aborted; throws `MigrationError` only
+    /// for a request that cannot start (bad usage).
+    ///
+    /// `freeze` is how this process's own writers of the region stop for
+    /// the final flush; attached writer processes are stopped with SIGSTOP.
+    public func migrate(_ request: MigrationRequest, freeze: MigrationFreeze? = nil) async throws -> MigrationReport {
+        let name = request.region
+        guard request.mode == .precopy else {
+            throw MigrationError("mode \(request.mode.rawValue) is not available in this build; precopy is")
+        }
+        guard request.maxDowntimeMilliseconds > 0, request.timeoutSeconds > 0 else {
+            throw MigrationError("the downtime budget and the timeout must be positive")
+        }
+        guard let export = exports.export(named: name) else {
+            if let moved = exports.moved(name) {
+                throw MigrationError("'\(name)' was handed over to \(moved.owner) at generation \(moved.identity.generation): "
+                                     + "run migrate on its owner")
+            }
+            if mirrors.contains(where: { $0.spec.name == name }) {
+                throw MigrationError("'\(name)' is a replica here: run migrate on the peer that owns it")
+            }
+            throw MigrationError(Self.oneLine("no region named '\(name)' on this peer"))
+        }
+        let address: PeerAddress
+        do {
+            address = try PeerAddress(parsing: request.destination)
+        } catch {
+            throw MigrationError(Self.oneLine("destination '\(request.destination)': \(error)"))
+        }
+        let began = migrations.withLock { book -> Bool in
+            guard book.running[name] == nil else { return false }
+            book.running[name] = .initial
+            return true
+        }
+        guard began else { throw MigrationError("a migration of '\(name)' is running already") }
+        logger.notice("""
+            migrating '\(name)' to \(request.destination) (\(request.mode.rawValue), max downtime \
+            \(request.maxDowntimeMilliseconds) ms, timeout \(request.timeoutSeconds) s)
+            """)
+        let session = SourceMigration(
+            request: request, export: export, address: address, exports: exports, endpoint: endpoint,
+            identities: identities, freeze: freeze,
+            attachedWriters: { [attachments] in
+                attachments.withLock { $0.open.values.filter { $0.region == name && $0.process.mode == "writer" }.map(\.process.pid) }
+            },
+            report: { [migrations] progress in migrations.withLock { $0.running[name] = progress } },
+            logger: logger)
+        let result = await session.run()
+        if result.handedOver || result.uncertain {
+            // Never a primary at the old generation again: new subscriptions
+            // and the mirrors still following end with `stale_generation`.
+            let owner = result.handedOver ? request.destination : "\(request.destination) (unconfirmed)"
+            exports.relinquish(name, movedTo: .init(identity: .init(id: export.identity.id,
+                                                                    generation: export.identity.generation + 1),
+                                                    owner: owner))
+            endWriterSessions(of: name, reason: "region '\(name)' moved to \(owner) at generation "
+                              + "\(export.identity.generation + 1); this process stays stopped (its stores would reach "
+                              + "a copy nobody replicates): restart it against the new owner")
+        }
+        if result.handedOver {
+            await freeze?.resume(true)
+            if request.then == .mirror { mirrorBack(export, from: address, owner: result.destinationIdentity) }
+        }
+        let report = result.report
+        migrations.withLock { book in
+            book.running[name] = nil
+            book.last[name] = report
+        }
+        let downtime = report.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? ""
+        logger.notice("migration of '\(name)' to \(request.destination): \(report.outcome)\(downtime)\(report.reason.map { ": \($0)" } ?? "")")
+        return report
+    }
+
+    /// Ends the attach sessions of `region`'s writers, telling them why.
+    private func endWriterSessions(of region: String, reason: String) {
+        let ends = attachments.withLock { $0.open.values.filter { $0.region == region && $0.process.mode == "writer" }.compactMap(\.end) }
+        for end in ends { end(reason) }
+    }
+
+    /// `--then mirror`: the region's file follows its new owner from now on
+    /// (a resuming mirror: only chunks that differ travel).
+    private func mirrorBack(_ export: RegionExports.Export, from address: PeerAddress, owner: PeerIdentity?) {
+        guard case .file(let path) = export.region.backing else {
+            logger.notice("'\(export.region.name)' is not file-backed: not mirroring it back from its new owner")
+            return
+        }
+        let spec: MirrorSpec
+        do {
+            spec = try MirrorSpec(name: export.region.name, address: address, path: path,
+                                  expectedPrimary: owner.map { .fingerprint($0.fingerprint) })
+        } catch {
+            logger.error("cannot mirror '\(export.region.name)' back from \(address): \(error)")
+            return
+        }
+        startMirror(MirrorRunner(spec: spec, endpoint: endpoint, statistics: statistics, logger: logger))
+        logger.notice("'\(export.region.name)' now mirrors its new owner \(address) into \(path)")
+    }
+}

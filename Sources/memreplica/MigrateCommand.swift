@@ -1,0 +1,111 @@
+import MemReplica
+import ArgumentParser
+import Foundation
+
+struct MigrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Hand a region this peer owns over to another peer (live migration); exit 1 if aborted.",
+        discussion: """
+            Run on the source host: asks the running peer (its control socket) to hand REGION over to \
+            the peer at --to, which must mirror the region from this peer (an eager mirror). Pre-copy: \
+            the mirror converges while writers run; once the estimated downtime is below --max-downtime, \
+            the writers are frozen (attached processes with SIGSTOP), the last changes are sent and \
+            acknowledged, both copies are hashed, and the destination commits generation g+1. Then the \
+            destination owns the region and this peer mirrors it back (--then mirror) or stops serving \
+            it (--then stop). Attached writers here stay stopped: their session ends naming the new owner. \
+            Exit 0: handed over; 1: aborted (this peer still owns the region, unharmed) or the outcome is \
+            unconfirmed (the region stays fenced); 2: bad usage. See docs/MIGRATION.md.
+            """)
+
+    @Argument(help: "The region to hand over, as this peer exports it.")
+    var region: String
+
+    @Option(help: ArgumentHelp("The destination peer's listen address.", valueName: "host:port"))
+    var to: String
+
+    @Option(help: "precopy (postcopy and hybrid are not available in this build).")
+    var mode: String = MigrationMode.precopy.rawValue
+
+    @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Freeze once the estimated downtime is below this.", valueName: "ms"))
+    var maxDowntime: Double = MigrationRequest.defaultMaxDowntimeMilliseconds
+
+    @Option(help: "now (quiet is not available in this build).")
+    var when: String = "now"
+
+    @Option(help: ArgumentHelp("Abort (the source keeps the region) after this many seconds.", valueName: "seconds"))
+    var timeout: Double = MigrationRequest.defaultTimeoutSeconds
+
+    @Option(help: "After the hand-over: mirror the region from its new owner, or stop serving it.")
+    var then: String = MigrationRequest.AfterHandOver.mirror.rawValue
+
+    @Flag(help: "Print the JSON report instead of a summary.")
+    var json = false
+
+    @Option(help: ArgumentHelp("The peer's control socket (default: STATE_DIR/control.sock).", valueName: "path"))
+    var control: String?
+
+    @OptionGroup var state: StateOptions
+
+    func validate() throws {
+        guard let mode = MigrationMode(rawValue: mode) else {
+            throw ValidationError("--mode must be precopy, postcopy or hybrid, not '\(mode)'")
+        }
+        guard mode == .precopy else { throw ValidationError("--mode \(mode.rawValue) is not available in this build; use precopy") }
+        guard when == "now" else {
+            throw ValidationError(when == "quiet" ? "--when quiet is not available in this build; use now"
+                                                  : "--when must be now or quiet, not '\(when)'")
+        }
+        guard MigrationRequest.AfterHandOver(rawValue: then) != nil else {
+            throw ValidationError("--then must be mirror or stop, not '\(then)'")
+        }
+        guard maxDowntime > 0 else { throw ValidationError("--max-downtime must be positive") }
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+    }
+
+    func run() async throws {
+        let request = MigrationRequest(region: region, destination: to, mode: MigrationMode(rawValue: mode)!,
+                                       maxDowntimeMilliseconds: maxDowntime, timeoutSeconds: timeout,
+                                       then: MigrationRequest.AfterHandOver(rawValue: then)!)
+        let path = control ?? state.directory.controlSocketPath
+        // The peer answers when the migration ended: up to the timeout twice
+        // over (rounds, then asking a destination whose answer was lost).
+        let client = ControlClient(path: path, timeout: .milliseconds(Int64((2 * timeout + 30) * 1000)))
+        let report: MigrationReport
+        do {
+            report = try await client.migrate(request)
+        } catch ControlError.refused(let message) {
+            CommandRunner.printError(message)
+            throw ExitCode(2)
+        }
+        if json {
+            let data = try StatusReport.makeEncoder(pretty: true).encode(report)
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(Self.summary(report))
+        }
+        if !report.handedOver { throw ExitCode(1) }
+    }
+
+    static func summary(_ r: MigrationReport) -> String {
+        var lines: [String] = []
+        if r.handedOver {
+            lines.append("\(r.region): handed over to \(r.destination) at generation \(r.generation)")
+        } else {
+            lines.append("\(r.region): \(r.outcome.uppercased()): \(r.reason ?? "no reason given")")
+        }
+        func ms(_ v: Double?) -> String { v.map { String(format: "%.1f ms", $0) } ?? "-" }
+        if r.downtimeMilliseconds != nil || r.handedOver {
+            lines.append("  downtime \(ms(r.downtimeMilliseconds)) (final flush \(ms(r.finalFlushMilliseconds)), "
+                         + "digest \(ms(r.digestMilliseconds)); estimated \(ms(r.estimatedDowntimeMilliseconds)))")
+        }
+        lines.append(String(format: "  %@, %.2f s in all, %@ sent for a %@ region (%.2f×), %d rounds, %llu chunks re-sent",
+                            r.mode.rawValue, r.totalSeconds, Format.bytes(r.bytesSent), Format.bytes(r.regionBytes),
+                            r.regionBytes == 0 ? 0 : Double(r.bytesSent) / Double(r.regionBytes), r.rounds, r.chunksResent))
+        if !r.frozenProcesses.isEmpty {
+            lines.append("  attached writers stopped: \(r.frozenProcesses.map(String.init).joined(separator: ", "))"
+                         + (r.handedOver ? " (they stay stopped: restart them against the new owner)" : " (continued)"))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
