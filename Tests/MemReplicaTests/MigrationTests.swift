@@ -187,7 +187,7 @@ struct MigrationTests {
         #expect(report.reason?.contains("hand-over digest mismatch") == true, "\(report.reason ?? "")")
         #expect(peers.a.exports.export(named: "moving")?.identity.generation == 1)
         #expect(peers.b.exports.export(named: "moving") == nil)
-        #expect(try peers.a.identities!.record(region: "moving")?.handOver == nil, "an abandoned hand-over stays recorded")
+        #expect(try peers.a.identities!.record(region: "moving", path: peers.pathA)?.handOver == nil, "an abandoned hand-over stays recorded")
         #expect(try peers.b.identities!.takenOver(region: "moving", path: peers.pathB) == nil)
     }
 

@@ -135,7 +135,7 @@ final class SourceMigration: Sendable {
                 answer = try await s.receive(before: max(deadline, .now + .seconds(10)))
             } catch ReplicationError.refusedByPeer(let code, let message) {
                 // The destination refused: it did not commit.
-                try? identities?.abandonHandOver(region: name)
+                try? identities?.abandonHandOver(region: name, path: region.backing.description)
                 throw Abort(reason: "the destination refused the hand-over (\(ProtocolErrorCode(rawValue: code).map { "\($0)" } ?? "code \(code)")): \(message)")
             } catch {
                 // Sent, or maybe sent: only the destination knows.
@@ -147,7 +147,7 @@ final class SourceMigration: Sendable {
                                 + "(read-only here) until an operator resolves it")
                 }
                 guard committed else {
-                    try? identities?.abandonHandOver(region: name)
+                    try? identities?.abandonHandOver(region: name, path: region.backing.description)
                     throw Abort(reason: "the connection to the destination broke during the hand-over (\(error)); "
                                 + "it had not committed")
                 }
@@ -156,7 +156,7 @@ final class SourceMigration: Sendable {
             guard case .handedOver(let generation) = answer, generation == next.generation else {
                 throw Abort(reason: "the destination answered HANDOVER with \(answer.name), not HANDED_OVER at \(next.generation)")
             }
-            try? identities?.finishHandOver(region: name)
+            try? identities?.finishHandOver(region: name, path: region.backing.description)
             let done = ContinuousClock.now
             result.handedOver = true
             result.report.outcome = "handed over"

@@ -1,8 +1,11 @@
 import MemReplicaSystem
+import Crypto
 import Foundation
 
 /// Keeps each region's identity in the state folder
-/// (`regions/NAME.identity.json`, written atomically), so a restarted primary
+/// (`regions/NAME.PATHHASH.identity.json`, written atomically; the file's
+/// path is part of the key, since peers that share a state folder, as the
+/// demo's do, hold the same region name in different files), so a restarted primary
 /// keeps its region id and moves to the next generation, and a hand-over
 /// survives a restart of either side (docs/MIGRATION.md, "The single commit
 /// point"):
@@ -64,11 +67,21 @@ public struct RegionIdentityStore: Sendable {
         }
     }
 
-    private func file(_ name: String) -> String { folder + "/" + AtomicFile.safeName(name) + ".identity.json" }
+    private func file(_ name: String, path: String) -> String {
+        let pathHash = SHA256.hash(data: Data(path.utf8)).prefix(6).map { String(format: "%02x", $0) }.joined()
+        return folder + "/" + AtomicFile.safeName(name) + "." + pathHash + ".identity.json"
+    }
 
-    public func record(region name: String) throws -> Record? {
-        guard let bytes = try AtomicFile.read(file(name)) else { return nil }
-        return try? JSONDecoder.iso8601.decode(Record.self, from: Data(bytes))
+    /// The record of `name` exported from (or mirrored into) `path`; before
+    /// the path was part of the key, the file was `NAME.identity.json`.
+    public func record(region name: String, path: String) throws -> Record? {
+        if let bytes = try AtomicFile.read(file(name, path: path)) {
+            return try? JSONDecoder.iso8601.decode(Record.self, from: Data(bytes))
+        }
+        let legacy = folder + "/" + AtomicFile.safeName(name) + ".identity.json"
+        guard let bytes = try AtomicFile.read(legacy),
+              let record = try? JSONDecoder.iso8601.decode(Record.self, from: Data(bytes)), record.path == path else { return nil }
+        return record
     }
 
     private func write(_ record: Record, region name: String) throws {
@@ -77,7 +90,7 @@ public struct RegionIdentityStore: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
-        try AtomicFile.write(Array(try encoder.encode(record)), to: file(name))
+        try AtomicFile.write(Array(try encoder.encode(record)), to: file(name, path: record.path))
     }
 
     /// The identity for exporting `name` from `path` in this run: the same id
@@ -86,7 +99,7 @@ public struct RegionIdentityStore: Sendable {
     /// this peer handed over from that file.
     public func advance(region name: String, path: String) throws -> RegionIdentity {
         var record: Record
-        if let old = try self.record(region: name), old.path == path, old.generation < UInt64(1) << 62 {
+        if let old = try self.record(region: name, path: path), old.generation < UInt64(1) << 62 {
             if let handOver = old.handOver { throw HandedOver(region: name, handOver: handOver) }
             record = old
             record.generation += 1
@@ -101,14 +114,14 @@ public struct RegionIdentityStore: Sendable {
     /// hand-over and has not handed it on: it exports it, whatever its
     /// mirror lines say.
     public func takenOver(region name: String, path: String) throws -> Record? {
-        guard let r = try record(region: name), r.path == path, r.acquired == true, r.handOver == nil else { return nil }
+        guard let r = try record(region: name, path: path), r.acquired == true, r.handOver == nil else { return nil }
         return r
     }
 
     /// Source: recorded before HANDOVER is sent.
     public func beginHandOver(region name: String, path: String, from identity: RegionIdentity, to owner: String,
                               then: MigrationRequest.AfterHandOver) throws {
-        var record = try self.record(region: name) ?? Record(id: identity.id, generation: identity.generation, path: path)
+        var record = try self.record(region: name, path: path) ?? Record(id: identity.id, generation: identity.generation, path: path)
         record.id = identity.id
         record.generation = identity.generation
         record.path = path
@@ -118,16 +131,16 @@ public struct RegionIdentityStore: Sendable {
     }
 
     /// Source: the destination confirmed.
-    public func finishHandOver(region name: String) throws {
-        guard var record = try self.record(region: name), record.handOver != nil else { return }
+    public func finishHandOver(region name: String, path: String) throws {
+        guard var record = try self.record(region: name, path: path), record.handOver != nil else { return }
         record.handOver?.state = "done"
         record.handOver?.recordedAt = Date()
         try write(record, region: name)
     }
 
     /// Source: the destination said it did not commit; the region is ours.
-    public func abandonHandOver(region name: String) throws {
-        guard var record = try self.record(region: name), record.handOver != nil else { return }
+    public func abandonHandOver(region name: String, path: String) throws {
+        guard var record = try self.record(region: name, path: path), record.handOver != nil else { return }
         record.handOver = nil
         try write(record, region: name)
     }
