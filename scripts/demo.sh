@@ -3,7 +3,10 @@
 # exports a 64 MiB region; a client proves its identity with mutual TLS and
 # echoes data over fresh QUIC streams, reporting RTT; a second peer mirrors
 # the region while the primary is written to, shows the replica converge and
-# compares SHA-256 of both; both peers shut down cleanly on SIGTERM.
+# compares SHA-256 of both; then the region is migrated to the second peer
+# while a process writes to it (pre-copy: the writer is frozen for the last
+# flush, its stores land on the new owner, the old owner mirrors it back);
+# both peers shut down cleanly on SIGTERM.
 #
 #   MEMREPLICA_DEMO_PORT     UDP port for the peer (default 4433)
 #   MEMREPLICA_SCRATCH_PATH  build folder (default: SwiftPM's .build)
@@ -28,9 +31,11 @@ state=$(mktemp -d "${TMPDIR:-/tmp}/memreplica-demo.XXXXXX")
 peer_pid=""
 ping_pid=""
 replica_pid=""
+writer_pid=""
 cleanup() {
   local rc=$?
   [[ -n $ping_pid ]] && kill "$ping_pid" 2>/dev/null || true
+  [[ -n $writer_pid ]] && kill -KILL "$writer_pid" 2>/dev/null || true
   if [[ -n $replica_pid ]] && kill -0 "$replica_pid" 2>/dev/null; then
     kill -TERM "$replica_pid" 2>/dev/null || true
     wait "$replica_pid" 2>/dev/null || true
@@ -112,6 +117,30 @@ dd if=/dev/urandom of="$state/primary.bin" bs=4096 count=1 seek=$((40 << 8)) con
 converge "after writes"
 "$memreplica" status --control "$replica_sock"
 printf '  primary sha256 %s\n  replica sha256 %s\n' "$(digest "$state/primary.bin")" "$(digest "$state/replica.bin")"
+
+step "migrate the region to the second peer while a process writes to it"
+# A writer attached to the primary stores a counter at three offsets every millisecond.
+offsets=(0 $((8 << 20)) $(((64 << 20) - 8)))
+"$memreplica" attach-write demo --control "$state/control.sock" --rounds 0 --offsets "${offsets[@]}" >/dev/null &
+writer_pid=$!
+sleep 0.5
+mr migrate demo --to "127.0.0.1:$((port + 1))" --timeout 60
+word() { od -An -tx8 -j "$2" -N 8 "$1" | tr -d ' '; }
+printf '  the writer (pid %s) is %s: stopped at the freeze, its session ended naming the new owner\n' \
+  "$writer_pid" "$(awk '{print $3}' "/proc/$writer_pid/stat")"
+for offset in "${offsets[@]}"; do
+  a=$(word "$state/primary.bin" "$offset") b=$(word "$state/replica.bin" "$offset")
+  printf '  offset %-9s old owner %s  new owner %s\n' "$offset" "$a" "$b"
+  [[ $a == "$b" ]] || { echo "demo: the writer's last store at $offset is not on the new owner" >&2; exit 1; }
+done
+kill -KILL "$writer_pid"
+wait "$writer_pid" 2>/dev/null || true
+writer_pid=""
+echo "  the new owner:"
+"$memreplica" status --control "$replica_sock" | sed -n '/^regions/,$p'
+echo "  the old owner, now its mirror:"
+converge "mirror back"
+mr status | sed -n '/^regions/,$p'
 kill -TERM "$replica_pid"
 rc=0
 wait "$replica_pid" || rc=$?
@@ -133,4 +162,4 @@ if [[ -e $state/control.sock ]]; then
   exit 1
 fi
 echo
-echo "demo: OK (mutual TLS, 50 verified echoes, a 64 MiB region mirrored and identical by SHA-256 after live writes, status over the control socket, clean shutdowns)"
+echo "demo: OK (mutual TLS, 50 verified echoes, a 64 MiB region mirrored and identical by SHA-256 after live writes, migrated to the mirror with a live writer, status over the control socket, clean shutdowns)"
