@@ -40,6 +40,24 @@ struct BenchPeers {
                 try make(try PeerAddress(host: client.host, port: 0), clientTLS, clientConfig, logger))
     }
 
+    /// Two QUIC endpoints that both accept connections (two peers: a
+    /// migration connects both ways), each in its namespace if given.
+    func peers(_ quic: QUICConfiguration,
+               a: (host: String, namespace: NetworkNamespace?) = ("127.0.0.1", nil),
+               b: (host: String, namespace: NetworkNamespace?) = ("127.0.0.1", nil)) throws -> (a: QUICEndpoint, b: QUICEndpoint) {
+        var logger = Logger(label: "memreplica.bench")
+        logger.logLevel = .warning
+        var configA = quic, configB = quic
+        configA.acceptsConnections = true
+        configB.acceptsConnections = true
+        configA.networkNamespace = a.namespace
+        configB.networkNamespace = b.namespace
+        return (try QUICEndpoint(bind: try PeerAddress(host: a.host, port: 0), tls: pki.files(for: "bench-server").tls,
+                                 configuration: configA, logger: logger),
+                try QUICEndpoint(bind: try PeerAddress(host: b.host, port: 0), tls: clientTLS, configuration: configB,
+                                 logger: logger))
+    }
+
     /// A listening endpoint serving `exports` on its first connection, and a
     /// client connected to it. Cancel the task and close both when done.
     func connectServing(_ exports: RegionExports) async throws

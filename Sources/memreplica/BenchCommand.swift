@@ -9,7 +9,7 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Run a benchmark scenario (figures are ratios measured side by side in one run).",
         subcommands: [BenchTransportCommand.self, BenchSyncCommand.self, BenchDirtyCommand.self, BenchFaultsCommand.self,
-                      BenchWANCommand.self])
+                      BenchWANCommand.self, BenchMigrateCommand.self])
 }
 
 struct BenchTransportCommand: AsyncParsableCommand {

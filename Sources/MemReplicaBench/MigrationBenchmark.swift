@@ -1,0 +1,278 @@
+import MemReplica
+import MemReplicaQUIC
+import MemReplicaSystem
+import MemReplicaTransportCore
+import MemReplicaWAN
+import Crypto
+import Foundation
+import Logging
+
+/// `memreplica bench migrate`: pre-copy hand-overs of a region between two
+/// peers in this process while a writer stores into it, on loopback and
+/// through the WAN emulator. Per cell: the downtime (from the freeze of the
+/// writer until the destination owns the region and the writer may store
+/// there), total time, bytes sent per region byte, chunks re-sent, and
+/// whether the destination's bytes equal the source's frozen state
+/// (SHA-256 of both, every run).
+public struct MigrationBenchmark: Sendable {
+    public struct Options: Sendable {
+        public var regionBytes = 1 << 30
+        public var chunkSize = 65536
+        public var writers: [Writer] = [.idle, .pages(bytesPerSecond: 10_000_000), .pages(bytesPerSecond: 100_000_000)]
+        public var links: [Link] = [.loopback]
+        public var runs = 3
+        public var maxDowntimeMilliseconds = MigrationRequest.defaultMaxDowntimeMilliseconds
+        public var timeoutSeconds = 60.0
+        public var congestionControl: QUICConfiguration.CongestionControl = .cubic
+        /// The emulated link's rate (bits per second).
+        public var rateBitsPerSecond: UInt64 = 1_000_000_000
+        public init() {}
+    }
+
+    /// Who writes to the region while it migrates.
+    public enum Writer: Sendable, Equatable, CustomStringConvertible {
+        case idle
+        /// Random 4 KiB pages (one 8-byte store each) at this many page bytes per second.
+        case pages(bytesPerSecond: Double)
+
+        public var description: String {
+            switch self {
+            case .idle: "idle"
+            case .pages(let rate): String(format: "%.0f MB/s pages", rate / 1e6)
+            }
+        }
+    }
+
+    public struct Link: Sendable, Equatable, CustomStringConvertible {
+        public var rttMilliseconds: Double
+        public var lossPercent: Double
+        /// Loopback: no emulator at all.
+        public var emulated: Bool
+        public static let loopback = Link(rttMilliseconds: 0, lossPercent: 0, emulated: false)
+        public init(rttMilliseconds: Double, lossPercent: Double, emulated: Bool = true) {
+            self.rttMilliseconds = rttMilliseconds
+            self.lossPercent = lossPercent
+            self.emulated = emulated
+        }
+        public var description: String {
+            emulated ? String(format: "%.0f ms RTT, %.0f%% loss", rttMilliseconds, lossPercent) : "loopback"
+        }
+    }
+
+    public struct Run: Codable, Sendable {
+        public var outcome: String
+        public var reason: String?
+        public var downtimeMilliseconds: Double?
+        public var finalFlushMilliseconds: Double?
+        public var digestMilliseconds: Double?
+        public var totalSeconds: Double
+        public var bytesSent: UInt64
+        public var chunksResent: UInt64
+        public var rounds: Int
+        /// The destination's region hashed (SHA-256) equal to the source's frozen region.
+        public var lossless: Bool?
+    }
+
+    public struct Cell: Codable, Sendable {
+        public var writer: String
+        public var link: String
+        public var rttMilliseconds: Double
+        public var lossPercent: Double
+        public var mode: String
+        public var runs: [Run]
+        public var downtimeP50Milliseconds: Double?
+        public var downtimeMaxMilliseconds: Double?
+        public var totalSecondsP50: Double?
+        public var bytesSentPerRegionByte: Double?
+        public var chunksResentP50: UInt64?
+        /// Every run handed over, and every one was lossless.
+        public var allLossless: Bool
+        /// The target: downtime ≤ 1 RTT + 20 ms (pre-copy).
+        public var downtimeTargetMilliseconds: Double
+    }
+
+    public struct Report: Codable, Sendable {
+        public var regionBytes: Int
+        public var chunkSize: Int
+        public var congestionControl: String
+        public var maxDowntimeMilliseconds: Double
+        public var cells: [Cell]
+    }
+
+    public let options: Options
+    let peers: BenchPeers
+    let log: @Sendable (String) -> Void
+
+    public init(options: Options, workDirectory: String, log: @escaping @Sendable (String) -> Void) throws {
+        self.options = options
+        self.log = log
+        peers = try BenchPeers(workDirectory: workDirectory)
+    }
+
+    public func run() async throws -> Report {
+        var emulator: WANEmulator?
+        defer { emulator?.shutdown() }
+        if options.links.contains(where: \.emulated) {
+            emulator = try WANEmulator(aToB: WANLinkProfile(), bToA: WANLinkProfile())
+        }
+        var cells: [Cell] = []
+        for link in options.links {
+            for writer in options.writers {
+                var runs: [Run] = []
+                for n in 1...options.runs {
+                    log("migrate: \(link), writer \(writer), run \(n) of \(options.runs)")
+                    let run = try await once(link: link, writer: writer, emulator: emulator)
+                    log("  \(run.outcome)" + (run.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? "")
+                        + String(format: ", %.2f s, %.2f× the region sent", run.totalSeconds,
+                                 Double(run.bytesSent) / Double(options.regionBytes)) + (run.reason.map { ": \($0)" } ?? ""))
+                    runs.append(run)
+                }
+                cells.append(cell(link: link, writer: writer, runs: runs))
+            }
+        }
+        return Report(regionBytes: options.regionBytes, chunkSize: options.chunkSize,
+                      congestionControl: options.congestionControl.rawValue,
+                      maxDowntimeMilliseconds: options.maxDowntimeMilliseconds, cells: cells)
+    }
+
+    private func cell(link: Link, writer: Writer, runs: [Run]) -> Cell {
+        func median<T: Comparable>(_ values: [T]) -> T? { values.isEmpty ? nil : values.sorted()[values.count / 2] }
+        let done = runs.filter { $0.outcome == "handed over" }
+        let downtimes = done.compactMap(\.downtimeMilliseconds)
+        return Cell(writer: writer.description, link: link.description, rttMilliseconds: link.rttMilliseconds,
+                    lossPercent: link.lossPercent, mode: MigrationMode.precopy.rawValue, runs: runs,
+                    downtimeP50Milliseconds: median(downtimes), downtimeMaxMilliseconds: downtimes.max(),
+                    totalSecondsP50: median(done.map(\.totalSeconds)),
+                    bytesSentPerRegionByte: median(done.map { Double($0.bytesSent) / Double(options.regionBytes) }),
+                    chunksResentP50: median(done.map(\.chunksResent)),
+                    allLossless: done.count == runs.count && done.allSatisfy { $0.lossless == true },
+                    downtimeTargetMilliseconds: link.rttMilliseconds + 20)
+    }
+
+    /// One migration from a fresh pair of peers: the destination mirrors the
+    /// region first (over a lossless link), then the link takes its profile
+    /// and the writer runs while the region is handed over.
+    private func once(link: Link, writer: Writer, emulator: WANEmulator?) async throws -> Run {
+        var quic = QUICConfiguration()
+        quic.congestionControl = options.congestionControl
+        let endpoints: (a: QUICEndpoint, b: QUICEndpoint)
+        if link.emulated, let emulator {
+            emulator.setProfiles(aToB: WANLinkProfile(), bToA: WANLinkProfile())
+            endpoints = try peers.peers(quic, a: (emulator.addressA, emulator.sideA), b: (emulator.addressB, emulator.sideB))
+        } else {
+            endpoints = try peers.peers(quic)
+        }
+        var logger = Logger(label: "memreplica.bench.migrate")
+        logger.logLevel = .warning
+        let region = try Region(name: "bench", backing: .memory, size: options.regionBytes, chunkSize: options.chunkSize)
+        fillPattern(region.bytes, seed: 77)
+        let a = PeerService(endpoint: endpoints.a, exports: RegionExports([.init(region: region)], logger: logger), logger: logger)
+        let replicaPath = "/dev/shm/memreplica-bench-migrate-\(getpid())"
+        unlink(replicaPath)
+        defer { unlink(replicaPath) }
+        let hostA = link.emulated ? emulator!.addressA : "127.0.0.1"
+        let spec = try MirrorSpec(name: "bench", address: PeerAddress(host: hostA, port: endpoints.a.localAddress.port),
+                                  path: replicaPath)
+        let runner = MirrorRunner(spec: spec, endpoint: endpoints.b, logger: logger)
+        let b = PeerService(endpoint: endpoints.b, exports: RegionExports([], logger: logger), mirrors: [runner], logger: logger)
+        let serving = [Task { await a.run() }, Task { await b.run() }]
+        defer {
+            Task {
+                await endpoints.a.close()
+                await endpoints.b.close()
+            }
+        }
+        let syncDeadline = ContinuousClock.now + .seconds(600)
+        while !runner.synced {
+            guard ContinuousClock.now < syncDeadline else { throw MigrationError("the destination's mirror never synced") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        if link.emulated, let emulator {
+            let profile = WANLinkProfile.symmetric(rtt: .microseconds(Int64(link.rttMilliseconds * 1000)),
+                                                   lossRate: link.lossPercent / 100,
+                                                   rateBitsPerSecond: options.rateBitsPerSecond)
+            emulator.setProfiles(aToB: profile.forward, bToA: profile.reverse)
+        }
+        let writing = PageWriter(region: region, writer: writer)
+        try await Task.sleep(for: .milliseconds(500))
+        let lossless = Locked<Bool?>(nil)
+        let freeze = MigrationFreeze(pause: {
+            await writing.pause()
+        }, resume: { handedOver in
+            if handedOver, let destination = b.exports.export(named: "bench")?.region {
+                // Checked before the writer may store at the destination.
+                let ours = Array(SHA256.hash(data: UnsafeRawBufferPointer(region.bytes)))
+                let theirs = Array(SHA256.hash(data: UnsafeRawBufferPointer(destination.bytes)))
+                lossless.withLock { $0 = ours == theirs }
+            }
+            writing.stop()
+        })
+        let report = try await a.migrate(.init(region: "bench", destination: "\(link.emulated ? emulator!.addressB : "127.0.0.1"):\(endpoints.b.localAddress.port)",
+                                               maxDowntimeMilliseconds: options.maxDowntimeMilliseconds,
+                                               timeoutSeconds: options.timeoutSeconds, then: .stop), freeze: freeze)
+        writing.stop()
+        await endpoints.a.close()
+        await endpoints.b.close()
+        for task in serving { await task.value }
+        return Run(outcome: report.outcome, reason: report.reason, downtimeMilliseconds: report.downtimeMilliseconds,
+                   finalFlushMilliseconds: report.finalFlushMilliseconds, digestMilliseconds: report.digestMilliseconds,
+                   totalSeconds: report.totalSeconds, bytesSent: report.bytesSent, chunksResent: report.chunksResent,
+                   rounds: report.rounds, lossless: lossless.withLock { $0 })
+    }
+}
+
+/// A writer thread storing 8 bytes into random 4 KiB pages at a set rate.
+final class PageWriter: Sendable {
+    private struct State {
+        var pauseRequested = false
+        var paused = false
+        var stopped = false
+    }
+    private let state = Locked(State())
+
+    init(region: Region, writer: MigrationBenchmark.Writer) {
+        guard case .pages(let rate) = writer else {
+            state.withLock { $0.stopped = true }
+            return
+        }
+        let state = self.state
+        let pages = region.geometry.size / 4096
+        let thread = Thread {
+            var rng = SystemRandomNumberGenerator()
+            let start = ContinuousClock.now
+            var written = 0.0
+            while true {
+                let (pause, stop) = state.withLock { s -> (Bool, Bool) in
+                    if s.pauseRequested { s.paused = true }
+                    return (s.pauseRequested, s.stopped)
+                }
+                if stop { return }
+                if !pause {
+                    let due = start.duration(to: .now).seconds * rate / 4096
+                    while written < due {
+                        let page = Int.random(in: 0..<pages, using: &rng)
+                        region.bytes.storeBytes(of: rng.next() as UInt64, toByteOffset: page * 4096, as: UInt64.self)
+                        written += 1
+                    }
+                } else {
+                    written = start.duration(to: .now).seconds * rate / 4096
+                }
+                usleep(500)
+            }
+        }
+        thread.name = "bench writer"
+        thread.start()
+    }
+
+    /// Returns once the thread has stopped storing.
+    func pause() async {
+        let already = state.withLock { s -> Bool in
+            s.pauseRequested = true
+            return s.stopped
+        }
+        if already { return }
+        while !state.withLock({ $0.paused || $0.stopped }) { try? await Task.sleep(for: .microseconds(100)) }
+    }
+
+    func stop() { state.withLock { $0.stopped = true } }
+}

@@ -1,0 +1,94 @@
+import MemReplica
+import MemReplicaBench
+import MemReplicaQUIC
+import ArgumentParser
+import Foundation
+
+struct BenchMigrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Pre-copy migrations between two peers in this process while a writer runs: downtime, total time, bytes sent.",
+        discussion: """
+            Each run: a fresh region (memfd) with random content, a second peer mirroring it, a writer \
+            storing into random 4 KiB pages at the given rate, then a pre-copy hand-over. The downtime is \
+            from the freeze of the writer until the destination owns the region. Every run checks that \
+            the destination's bytes equal the source's frozen state (SHA-256). --rtt and --loss run the \
+            cells through the WAN emulator (needs root; the initial sync runs over a lossless link).
+            """)
+
+    @Option(help: "Region size (suffixes K, M, G).")
+    var size: String = "1G"
+    @Option(help: ArgumentHelp("Writer rates in MB/s of random 4 KiB pages, comma-separated (0: idle).", valueName: "rates"))
+    var writers: String = "0,10,100"
+    @Option(help: ArgumentHelp("Emulated RTTs in ms, comma-separated (none: loopback only).", valueName: "ms"))
+    var rtt: String = ""
+    @Option(help: ArgumentHelp("Loss percentages for the emulated links, comma-separated.", valueName: "percent"))
+    var loss: String = "0"
+    @Option(help: "Migrations per cell.")
+    var runs: Int = 3
+    @Option(name: .customLong("max-downtime"), help: ArgumentHelp("The downtime budget.", valueName: "ms"))
+    var maxDowntime: Double = MigrationRequest.defaultMaxDowntimeMilliseconds
+    @Option(help: ArgumentHelp("Abort a migration after this long.", valueName: "seconds"))
+    var timeout: Double = 60
+    @Option(help: "Congestion controller for QUIC: cubic, bbr or reno.")
+    var cc: String = "cubic"
+    @Flag(help: "A small run for CI: 64 MiB, a 10 MB/s writer, loopback, one run.")
+    var quick = false
+    @Flag(help: "Print the report as JSON on stdout.")
+    var json = false
+
+    func validate() throws {
+        guard parseByteSize(size) != nil else { throw ValidationError("bad --size") }
+        guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+        guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else { throw ValidationError("--cc must be cubic, bbr or reno") }
+        guard Self.numbers(writers) != nil, Self.numbers(rtt) != nil, Self.numbers(loss) != nil else {
+            throw ValidationError("--writers, --rtt and --loss take comma-separated numbers")
+        }
+    }
+
+    static func numbers(_ text: String) -> [Double]? {
+        let parts = text.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+        return parts.contains(nil) ? nil : parts.compactMap { $0 }
+    }
+
+    func run() async throws {
+        var options = MigrationBenchmark.Options()
+        options.regionBytes = parseByteSize(quick ? "64M" : size)!
+        options.runs = quick ? 1 : runs
+        options.maxDowntimeMilliseconds = maxDowntime
+        options.timeoutSeconds = timeout
+        options.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
+        options.writers = (quick ? [10] : Self.numbers(writers)!).map { $0 == 0 ? .idle : .pages(bytesPerSecond: $0 * 1e6) }
+        let rtts = quick ? [] : Self.numbers(rtt)!
+        options.links = [.loopback] + rtts.flatMap { r in Self.numbers(loss)!.map { .init(rttMilliseconds: r, lossPercent: $0) } }
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("memreplica-bench-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let report = try await MigrationBenchmark(options: options, workDirectory: work, log: BenchOutput(json: json).progress).run()
+        if try BenchOutput(json: json).printJSON(report) {
+            if report.cells.contains(where: { !$0.allLossless }) { throw ExitCode(1) }
+            return
+        }
+        func ms(_ v: Double?) -> String { v.map { String(format: "%.1f", $0) } ?? "-" }
+        print("")
+        print("pre-copy migration of \(report.regionBytes >> 20) MiB (\(report.chunkSize >> 10) KiB chunks), "
+              + "--max-downtime \(ms(report.maxDowntimeMilliseconds)) ms, QUIC \(report.congestionControl):")
+        print("  link                  writer            downtime p50 / max   target   total p50   sent/region  re-sent  lossless")
+        for c in report.cells {
+            func pad(_ text: String, _ width: Int, right: Bool = false) -> String {
+                let fill = String(repeating: " ", count: max(0, width - text.count))
+                return right ? fill + text : text + fill
+            }
+            let line = "  " + pad(c.link, 22) + pad(c.writer, 18)
+                + pad(ms(c.downtimeP50Milliseconds), 12, right: true) + " / " + pad(ms(c.downtimeMaxMilliseconds), 8) + " ms"
+                + pad(ms(c.downtimeTargetMilliseconds), 7, right: true) + " ms"
+                + pad(c.totalSecondsP50.map { String(format: "%.2f", $0) } ?? "-", 9, right: true) + " s"
+                + pad(c.bytesSentPerRegionByte.map { String(format: "%.2f×", $0) } ?? "-", 13, right: true)
+                + pad(c.chunksResentP50.map(String.init) ?? "-", 9, right: true) + "  " + (c.allLossless ? "yes" : "NO")
+            print(line)
+            for run in c.runs where run.outcome != "handed over" {
+                print("    \(run.outcome): \(run.reason ?? "")")
+            }
+        }
+        if report.cells.contains(where: { !$0.allLossless }) { throw ExitCode(1) }
+    }
+}
