@@ -57,7 +57,7 @@ def frames():
         "echo": frame(0x30, b"ping"),
         "error": frame(0x3F, varint(0x10) + string("no region 'x'")),
         "migrate": frame(0x40, string("cache") + varint(1 << 30) + varint(65536) + string(region_id) + varint(4) + varint(0)
-                         + bytes(range(16)) + varint(0)),
+                         + bytes(range(16)) + varint(0) + varint(4433)),
         "migrate-ready": frame(0x41, varint(4) + varint(1 << 33)),
         "handover": frame(0x42, varint(5) + varint(77) + bytes(range(32))),
         "handed-over": frame(0x43, varint(5)),

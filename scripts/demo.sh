@@ -123,6 +123,7 @@ step "migrate the region to the second peer while a process writes to it"
 offsets=(0 $((8 << 20)) $(((64 << 20) - 8)))
 "$memreplica" attach-write demo --control "$state/control.sock" --rounds 0 --offsets "${offsets[@]}" >/dev/null &
 writer_pid=$!
+disown "$writer_pid"  # killed below; no job-control notice
 sleep 0.5
 mr migrate demo --to "127.0.0.1:$((port + 1))" --timeout 60
 word() { od -An -tx8 -j "$2" -N 8 "$1" | tr -d ' '; }
@@ -134,13 +135,18 @@ for offset in "${offsets[@]}"; do
   [[ $a == "$b" ]] || { echo "demo: the writer's last store at $offset is not on the new owner" >&2; exit 1; }
 done
 kill -KILL "$writer_pid"
-wait "$writer_pid" 2>/dev/null || true
 writer_pid=""
 echo "  the new owner:"
-"$memreplica" status --control "$replica_sock" | sed -n '/^regions/,$p'
-echo "  the old owner, now its mirror:"
-converge "mirror back"
-mr status | sed -n '/^regions/,$p'
+"$memreplica" status --control "$replica_sock" | sed -n '/^regions/,/^peers/p' | sed '$d'
+echo "  the old owner, now mirroring the new one (--then mirror):"
+start=$SECONDS
+until mr status --json 2>/dev/null | grep -q '"synced" *: *true'; do
+  ((SECONDS - start < 60)) || { echo "demo: the old owner did not mirror the new one within 60 s" >&2; exit 1; }
+  sleep 0.2
+done
+mr status | sed -n '/^regions/,/^peers/p' | sed '$d'
+printf '  old owner sha256 %s\n  new owner sha256 %s\n' "$(digest "$state/primary.bin")" "$(digest "$state/replica.bin")"
+[[ $(digest "$state/primary.bin") == $(digest "$state/replica.bin") ]] || { echo "demo: the copies differ" >&2; exit 1; }
 kill -TERM "$replica_pid"
 rc=0
 wait "$replica_pid" || rc=$?

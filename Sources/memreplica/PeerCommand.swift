@@ -79,6 +79,11 @@ struct PeerCommand: AsyncParsableCommand {
         valueName: "size"))
     var memoryBudget: String?
 
+    @Option(help: ArgumentHelp(
+        "Take migrations of regions this peer does not mirror: their mirror is started for the migration, into DIR/NAME.region (default: refuse them).",
+        valueName: "dir"))
+    var acceptMigrations: String?
+
     @OptionGroup var logging: LoggingOptions
 
     /// The config file, if any, with this command line on top.
@@ -87,7 +92,7 @@ struct PeerCommand: AsyncParsableCommand {
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
                                            metrics: metrics, faultTimeout: faultTimeout, liveness: liveness,
-                                           memoryBudget: memoryBudget)
+                                           memoryBudget: memoryBudget, acceptMigrations: acceptMigrations)
         return configuration
     }
 
@@ -126,7 +131,8 @@ struct PeerCommand: AsyncParsableCommand {
         }
         let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
                                   mirrors: runners, statistics: statistics,
-                                  identities: RegionIdentityStore(stateDirectory: stateDirectory), logger: logger)
+                                  identities: RegionIdentityStore(stateDirectory: stateDirectory),
+                                  acceptMigrationsInto: configuration.acceptMigrations, logger: logger)
         // The HTTP/3 face shares the QUIC port (ALPN h3) and its mutual TLS.
         if let quicEndpoint = endpoint as? QUICEndpoint {
             await quicEndpoint.serveHTTP3(PeerHTTP3Responder(service: service))
@@ -225,6 +231,16 @@ struct PeerCommand: AsyncParsableCommand {
                 """)
             exports.append(RegionExports.Export(region: region, allowedPeers: taken.allowedPeers.map(Set.init),
                                                 identity: identity))
+        }
+        // Regions handed to this peer that no line names (taken with --accept-migrations).
+        let named = Set(configuration.exports.map(\.name) + configuration.mirrors.map(\.name))
+        for taken in identities.allTakenOver() {
+            guard let name = taken.name, !named.contains(name), let chunkSize = taken.chunkSize,
+                  FileManager.default.fileExists(atPath: taken.path) else { continue }
+            let identity = try identities.advance(region: name, path: taken.path)
+            let region = try Region(name: name, backing: .file(path: taken.path), size: nil, chunkSize: chunkSize)
+            logger.notice("exporting '\(name)' from \(taken.path): it was handed over to this peer (generation \(identity.generation))")
+            exports.append(RegionExports.Export(region: region, allowedPeers: taken.allowedPeers.map(Set.init), identity: identity))
         }
         return (exports, mirrors)
     }

@@ -114,7 +114,7 @@ struct FrameGenerator {
             return .migrate(.init(name: string(limit: FrameLimits.maxName), size: varint(), chunkSize: varint(),
                                   identity: RegionIdentity(id: string(limit: FrameLimits.maxRegionID), generation: varint()),
                                   mode: MigrationMode.allCases[Int(rng.next() % 3)], hashKey: raw(ChunkHashKey.byteCount),
-                                  committing: varint()))
+                                  committing: varint(), sourcePort: rng.next() % 65536))
         case .migrateReady:
             return .migrateReady(generation: varint(), appliedVersion: varint())
         case .handover:

@@ -28,7 +28,7 @@ struct FrameCodecTests {
                        identity: RegionIdentity(id: "0123456789abcdef0123456789abcdef", generation: 4), mode: .precopy,
                        hashKey: Array(repeating: 9, count: 16))),
         .migrate(.init(name: "cache", size: 4096, chunkSize: 4096, identity: RegionIdentity(id: "x", generation: 1),
-                       mode: .hybrid, hashKey: Array(0..<16), committing: 2)),
+                       mode: .hybrid, hashKey: Array(0..<16), committing: 2, sourcePort: 4433)),
         .migrateReady(generation: 4, appliedVersion: 1 << 33),
         .handover(generation: 5, finalVersion: 77, digest: Array(repeating: 0xcd, count: 32)),
         .handedOver(generation: 5),

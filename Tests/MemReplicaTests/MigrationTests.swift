@@ -21,7 +21,8 @@ private struct MigrationPeers {
     var addressA: String { "127.0.0.1:\(a.endpoint.localAddress.port)" }
     var addressB: String { "127.0.0.1:\(b.endpoint.localAddress.port)" }
 
-    static func start(mirrorAllow: Set<String>? = nil) async throws -> MigrationPeers {
+    /// `mirrored` false: B does not mirror the region and takes migrations into `root/accepted`.
+    static func start(mirrorAllow: Set<String>? = nil, mirrored: Bool = true) async throws -> MigrationPeers {
         let root = NSTemporaryDirectory() + "mr-migrate-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let pki = try TestPKI(peers: ("peer-a", "peer-b"))
@@ -42,9 +43,10 @@ private struct MigrationPeers {
         let spec = try MirrorSpec(parsing: "moving@127.0.0.1:\(endpointA.localAddress.port)=\(pathB)")
         let runner = MirrorRunner(spec: spec, endpoint: endpointB, logger: silentLogger())
         let b = PeerService(endpoint: endpointB, exports: RegionExports([], scanInterval: .milliseconds(10), logger: silentLogger()),
-                            mirrors: [runner], identities: storeB, logger: silentLogger())
+                            mirrors: mirrored ? [runner] : [], identities: storeB,
+                            acceptMigrationsInto: mirrored ? nil : root + "/accepted", logger: silentLogger())
         let serving = [Task { await a.run() }, Task { await b.run() }]
-        try await pollUntil("B's mirror to sync", seconds: 30) { runner.synced }
+        if mirrored { try await pollUntil("B's mirror to sync", seconds: 30) { runner.synced } }
         return MigrationPeers(root: root, pki: pki, a: a, b: b, serving: serving, pathA: pathA, pathB: pathB)
     }
 
@@ -170,6 +172,40 @@ struct MigrationTests {
             guard let runner = peers.b.mirrors.first, runner.synced, case .eager(let m)? = runner.mirror else { return false }
             return sha(m.region) == sha(home.region)
         }
+    }
+
+    @Test("a destination that does not mirror the region refuses it, unless it accepts migrations: then it mirrors, syncs and takes it over")
+    func destinationStartsItsOwnMirror() async throws {
+
+        let peers = try await MigrationPeers.start(mirrored: false)
+        defer { Task { await peers.stop() } }
+        #expect(peers.b.mirrors.isEmpty)
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        let writer = InProcessWriter(regionA)
+        defer { writer.stop() }
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, timeoutSeconds: 30, then: .stop),
+                                               freeze: writer.freeze(next: { nil }))
+        #expect(report.handedOver, "\(report.reason ?? "")")
+        #expect(report.bytesSent >= UInt64(MigrationPeers.size), "the whole region travelled to the new mirror")
+        let atB = try #require(peers.b.exports.export(named: "moving"))
+        #expect(atB.region.backing == .file(path: peers.root + "/accepted/moving.region"))
+        writer.stop()
+        #expect(sha(atB.region) == sha(regionA))
+        #expect(peers.b.identities!.allTakenOver().map(\.name) == ["moving"])
+        #expect(peers.a.mirrors.isEmpty, "--then stop")
+    }
+
+    @Test("a destination that neither mirrors the region nor accepts migrations refuses: the source keeps it")
+    func destinationRefuses() async throws {
+        let peers = try await MigrationPeers.start()
+        defer { Task { await peers.stop() } }
+        // A second region A exports, which B does not mirror.
+        let other = try Region(name: "other", backing: .memory, size: 1 << 20, chunkSize: 65536)
+        try peers.a.exports.add(.init(region: other))
+        let report = try await peers.a.migrate(.init(region: "other", destination: peers.addressB, timeoutSeconds: 10))
+        #expect(!report.handedOver)
+        #expect(report.reason?.contains("migration refused") == true, "\(report.reason ?? "")")
+        #expect(peers.a.exports.export(named: "other") != nil)
     }
 
     @Test("a mirror that holds other bytes than the source fails the hand-over's digest: nothing is committed and the source keeps the region")

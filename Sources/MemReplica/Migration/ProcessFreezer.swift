@@ -15,7 +15,9 @@ enum ProcessFreezer {
     /// continuing the ones it stopped, when one cannot be stopped.
     static func stop(_ pids: [Int32]) throws(MigrationError) -> [Int32] {
         var stopped: [Int32] = []
-        for pid in Set(pids).sorted() {
+        // This process's own attachments (a library user attaching to its
+        // own peer) pause through `MigrationFreeze`; SIGSTOP would stop the peer.
+        for pid in Set(pids).sorted() where pid != getpid() {
             if kill(pid, SIGSTOP) == 0 {
                 stopped.append(pid)
             } else if errno != ESRCH {

@@ -110,7 +110,8 @@ final class SourceMigration: Sendable {
             stream = s
             try await s.send(.migrate(.init(name: name, size: UInt64(region.geometry.size),
                                             chunkSize: UInt64(region.geometry.chunkSize), identity: export.identity,
-                                            mode: request.mode, hashKey: key.bytes)))
+                                            mode: request.mode, hashKey: key.bytes,
+                                            sourcePort: UInt64(endpoint.localAddress.port))))
             progress { $0.phase = "waiting for the destination's mirror to sync" }
             guard case .migrateReady = try await s.receive(before: deadline) else {
                 throw ProtocolViolation(.unexpectedFrame, "the destination answers MIGRATE with MIGRATE_READY")

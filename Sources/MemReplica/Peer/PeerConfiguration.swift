@@ -57,6 +57,10 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// Bytes all stream buffers may hold (`MemoryBudget`); nil: the
     /// default, sized from physical memory.
     public var memoryBudget: Int?
+    /// Where regions handed to this peer without a mirror of them go (it
+    /// starts the mirror itself); nil refuses such migrations. Config key
+    /// `acceptMigrations`, flag `--accept-migrations`.
+    public var acceptMigrations: String?
     public private(set) var exports: [ExportSpec] = []
     public private(set) var mirrors: [MirrorSpec] = []
     /// Where each export and mirror came from, for duplicate errors.
@@ -90,7 +94,8 @@ public struct PeerConfiguration: Sendable, Equatable {
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
                                                               "exports", "mirrors", "metrics", "faultTimeout",
-                                                              "congestionControl", "livenessTimeout", "memoryBudget"])
+                                                              "congestionControl", "livenessTimeout", "memoryBudget",
+                                                              "acceptMigrations"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
@@ -98,6 +103,7 @@ public struct PeerConfiguration: Sendable, Equatable {
         tls = try top["tls"].flatMap { try reader.tls($0, at: "tls") }
         metrics = try top["metrics"].map { try reader.metricsAddress($0, at: "metrics") }
         faultTimeout = try top["faultTimeout"].map { try reader.seconds($0, at: "faultTimeout") }
+        acceptMigrations = try top["acceptMigrations"].map { try reader.filePath($0, at: "acceptMigrations") }
         congestionControl = try top["congestionControl"].map { value in
             let name = try reader.string(value, at: "congestionControl")
             guard QUICConfiguration.CongestionControl(rawValue: name) != nil else {
@@ -130,7 +136,8 @@ public struct PeerConfiguration: Sendable, Equatable {
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
                                           mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil,
                                           faultTimeout: Double? = nil, liveness: String? = nil,
-                                          memoryBudget: String? = nil) throws {
+                                          memoryBudget: String? = nil, acceptMigrations: String? = nil) throws {
+        if let acceptMigrations { self.acceptMigrations = acceptMigrations }
         if let faultTimeout {
             guard faultTimeout > 0, faultTimeout <= 86400 else {
                 throw PeerConfigurationError("--fault-timeout: \(faultTimeout) is not between 0 and 86400 seconds")

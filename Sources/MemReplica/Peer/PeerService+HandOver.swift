@@ -15,21 +15,84 @@ extension PeerService {
             try await answerCommitQuery(m, on: frames)
             return
         }
-        guard let runner = mirrors.first(where: { $0.spec.name == m.name }) else {
-            throw ProtocolViolation(.migrationRefused, "this peer does not mirror '\(m.name)': it can take over only a "
-                                    + "region it mirrors from the source")
-        }
-        guard !runner.spec.lazy else {
-            throw ProtocolViolation(.migrationRefused, "'\(m.name)' is a lazy mirror here; \(m.mode.rawValue) needs an eager one")
-        }
         guard let key = ChunkHashKey(bytes: m.hashKey) else {
             throw ProtocolViolation(.malformedFrame, "MIGRATE carries a \(ChunkHashKey.byteCount)-byte hash key")
         }
-        let mirror = try await syncedMirror(runner, for: m, from: source)
+        var started: MirrorRunner?
+        let runner: MirrorRunner
+        if let existing = mirrors.first(where: { $0.spec.name == m.name }) {
+            runner = existing
+        } else {
+            runner = try startMirror(for: m, from: connection)
+            started = runner
+        }
+        // Frames from the source, read from here on by one task: the wait
+        // for the mirror below must notice a source that gave up.
+        let (incoming, feed) = AsyncStream<Result<Frame?, any Error>>.makeStream()
+        let sourceLeft = Locked(false)
+        let reader = Task {
+            do {
+                while let frame = try await frames.receive() { feed.yield(.success(frame)) }
+                feed.yield(.success(nil))
+            } catch {
+                feed.yield(.failure(error))
+            }
+            sourceLeft.withLock { $0 = true }
+            feed.finish()
+        }
+        defer { reader.cancel() }
+        do {
+            try await commit(m, key: key, runner: runner, source: source, frames: frames,
+                             incoming: incoming, sourceLeft: sourceLeft)
+        } catch {
+            if let started {
+                // A mirror started for this migration ends with it.
+                _ = started.stopForHandOver()
+                removeMirror(started)
+                await started.closeAfterHandOver()
+            }
+            throw error
+        }
+    }
+
+    /// `--accept-migrations`: a mirror of the region from the source, into
+    /// DIR/NAME.region, started for this migration.
+    private func startMirror(for m: Frame.Migrate, from connection: any TransportConnection) throws -> MirrorRunner {
+        guard let folder = acceptMigrationsInto else {
+            throw ProtocolViolation(.migrationRefused, "this peer does not mirror '\(m.name)' and accepts no migrations of "
+                                    + "regions it does not mirror (peer --accept-migrations DIR)")
+        }
+        guard m.mode == .precopy, m.sourcePort != 0 else {
+            throw ProtocolViolation(.migrationRefused, "a migration to a peer that does not mirror the region needs pre-copy "
+                                    + "and the source's port")
+        }
+        let spec: MirrorSpec
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+            let address = try PeerAddress(host: connection.remoteAddress.host, port: UInt16(m.sourcePort))
+            spec = try MirrorSpec(name: m.name, address: address, path: folder + "/" + AtomicFile.safeName(m.name) + ".region",
+                                  expectedPrimary: .fingerprint(connection.peerIdentity.fingerprint))
+        } catch {
+            throw ProtocolViolation(.migrationRefused, "cannot mirror '\(m.name)' from the source: \(error)")
+        }
+        let runner = MirrorRunner(spec: spec, endpoint: endpoint, statistics: statistics, logger: logger)
+        startMirror(runner)
+        logger.notice("mirroring '\(m.name)' from \(spec.address) into \(spec.path): it is being migrated to this peer")
+        return runner
+    }
+
+    private func commit(_ m: Frame.Migrate, key: ChunkHashKey, runner: MirrorRunner, source: PeerIdentity, frames: FrameStream,
+                        incoming: AsyncStream<Result<Frame?, any Error>>, sourceLeft: Locked<Bool>) async throws {
+        guard !runner.spec.lazy else {
+            throw ProtocolViolation(.migrationRefused, "'\(m.name)' is a lazy mirror here; \(m.mode.rawValue) needs an eager one")
+        }
+        let mirror = try await syncedMirror(runner, for: m, from: source, sourceLeft: sourceLeft)
         let readyMirror = ObjectIdentifier(mirror)
         try await frames.send(.migrateReady(generation: m.identity.generation,
                                             appliedVersion: mirror.currentProgress.lastAppliedVersion))
-        guard let next = try await frames.receive() else { return }
+        var fromSource = incoming.makeAsyncIterator()
+        guard case .success(let received)? = await fromSource.next(), let next = received else { return }
         guard case .handover(let generation, let finalVersion, let digest) = next else {
             if case .error = next { return }
             throw ProtocolViolation(.unexpectedFrame, "MIGRATE_READY is answered with HANDOVER, not \(next.name)")
@@ -85,9 +148,13 @@ extension PeerService {
 
     /// Waits until `runner` follows the region of `m` from `source`,
     /// synced; refuses at once what can never become true.
-    private func syncedMirror(_ runner: MirrorRunner, for m: Frame.Migrate, from source: PeerIdentity) async throws -> RegionMirror {
+    private func syncedMirror(_ runner: MirrorRunner, for m: Frame.Migrate, from source: PeerIdentity,
+                              sourceLeft: Locked<Bool>) async throws -> RegionMirror {
         let limit = ContinuousClock.now + Self.migrationSyncLimit
         while true {
+            guard !sourceLeft.withLock({ $0 }) else {
+                throw ProtocolViolation(.migrationAborted, "the source ended the migration of '\(m.name)' before it was ready")
+            }
             if let followed = runner.followedIdentity {
                 guard followed.id == m.identity.id else {
                     throw ProtocolViolation(.migrationRefused, "the mirror of '\(m.name)' here follows another region "

@@ -26,6 +26,10 @@ public final class PeerService: Sendable {
     /// Where region identities and hand-overs are kept (nil: in memory only,
     /// e.g. a library user without a state folder).
     public let identities: RegionIdentityStore?
+    /// Where a region handed to this peer without a mirror of it goes: the
+    /// peer then starts the mirror itself (`peer --accept-migrations DIR`);
+    /// nil refuses such a migration.
+    public let acceptMigrationsInto: String?
     /// Regions in a migration now (one at a time each), and the last
     /// report of each.
     let migrations = Locked(MigrationBook())
@@ -43,9 +47,11 @@ public final class PeerService: Sendable {
     }
 
     public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [],
-                statistics: PeerStatistics = PeerStatistics(), identities: RegionIdentityStore? = nil, logger: Logger) {
+                statistics: PeerStatistics = PeerStatistics(), identities: RegionIdentityStore? = nil,
+                acceptMigrationsInto: String? = nil, logger: Logger) {
         mirrorList = Locked(mirrors)
         self.identities = identities
+        self.acceptMigrationsInto = acceptMigrationsInto
         self.statistics = statistics
         self.endpoint = endpoint
         self.logger = logger

@@ -24,6 +24,8 @@ public struct RegionIdentityStore: Sendable {
 
     /// What the state folder says of one region.
     public struct Record: Codable, Sendable, Equatable {
+        /// The region's name (records written before it was kept have none).
+        public var name: String?
         public var id: String
         public var generation: UInt64
         /// The file the region was exported from: another file under the same
@@ -149,8 +151,20 @@ public struct RegionIdentityStore: Sendable {
     /// peer owns `name` at `identity`.
     public func acquire(region name: String, path: String, identity: RegionIdentity, chunkSize: Int,
                         allowedPeers: Set<String>?) throws {
-        try write(Record(id: identity.id, generation: identity.generation, path: path, acquired: true, chunkSize: chunkSize,
-                         allowedPeers: allowedPeers.map { $0.sorted() }), region: name)
+        try write(Record(name: name, id: identity.id, generation: identity.generation, path: path, acquired: true,
+                         chunkSize: chunkSize, allowedPeers: allowedPeers.map { $0.sorted() }), region: name)
+    }
+
+    /// Every region this peer took over and still owns (for a restart:
+    /// those no configuration line names are exported too).
+    public func allTakenOver() -> [Record] {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return files.filter { $0.hasSuffix(".identity.json") }.compactMap { file -> Record? in
+            guard let bytes = try? AtomicFile.read(folder + "/" + file),
+                  let r = try? JSONDecoder.iso8601.decode(Record.self, from: Data(bytes)),
+                  r.name != nil, r.acquired == true, r.handOver == nil else { return nil }
+            return r
+        }.sorted { ($0.name ?? "") < ($1.name ?? "") }
     }
 }
 

@@ -66,10 +66,14 @@ public enum Frame: Equatable, Sendable {
         /// sent HANDOVER asks again with the generation it offered: the
         /// answer is HANDED_OVER if the destination committed, else an ERROR.
         public var committing: UInt64
+        /// The port the source listens on (its address as the destination
+        /// sees the connection, with this port): where a destination that
+        /// does not mirror the region yet starts a mirror from (0: unknown).
+        public var sourcePort: UInt64
         public init(name: String, size: UInt64, chunkSize: UInt64, identity: RegionIdentity, mode: MigrationMode,
-                    hashKey: [UInt8], committing: UInt64 = 0) {
+                    hashKey: [UInt8], committing: UInt64 = 0, sourcePort: UInt64 = 0) {
             self.name = name; self.size = size; self.chunkSize = chunkSize; self.identity = identity
-            self.mode = mode; self.hashKey = hashKey; self.committing = committing
+            self.mode = mode; self.hashKey = hashKey; self.committing = committing; self.sourcePort = sourcePort
         }
     }
 

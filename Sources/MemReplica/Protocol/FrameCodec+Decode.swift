@@ -186,8 +186,11 @@ private struct PayloadReader {
             throw ProtocolViolation(.malformedFrame, "unknown migration mode \(rawMode)")
         }
         let key = try raw("hash key", count: ChunkHashKey.byteCount)
+        let committing = try varint("committing generation")
+        let port = try varint("source port")
+        guard port <= UInt64(UInt16.max) else { throw ProtocolViolation(.malformedFrame, "source port \(port)") }
         return .init(name: name, size: size, chunkSize: chunkSize, identity: identity, mode: mode, hashKey: key,
-                     committing: try varint("committing generation"))
+                     committing: committing, sourcePort: port)
     }
 
     private mutating func catalogEntries() throws(ProtocolViolation) -> [Frame.CatalogEntry] {

@@ -101,6 +101,10 @@ extension Frame {
             }
             payload.append(contentsOf: m.hashKey)
             VarInt.encode(m.committing, into: &payload)
+            guard m.sourcePort <= UInt64(UInt16.max) else {
+                throw ProtocolViolation(.malformedFrame, "source port \(m.sourcePort)")
+            }
+            VarInt.encode(m.sourcePort, into: &payload)
             return .migrate
         case .migrateReady(let generation, let applied):
             VarInt.encode(generation, into: &payload)
