@@ -34,11 +34,26 @@ public struct MigrationBenchmark: Sendable {
         case idle
         /// Random 4 KiB pages (one 8-byte store each) at this many page bytes per second.
         case pages(bytesPerSecond: Double)
+        /// Bursts: `pages` at `bytesPerSecond` for `burstSeconds` of every
+        /// `periodSeconds`, idle the rest (a garbage collector, a periodic flush).
+        case cyclic(bytesPerSecond: Double, burstSeconds: Double, periodSeconds: Double)
 
         public var description: String {
             switch self {
             case .idle: "idle"
             case .pages(let rate): String(format: "%.0f MB/s pages", rate / 1e6)
+            case .cyclic(let rate, let burst, let period):
+                String(format: "bursts %.0f MB/s %.1f/%.0f s", rate / 1e6, burst, period)
+            }
+        }
+
+        /// Page bytes per second at `seconds` into the run.
+        func rate(at seconds: Double) -> Double {
+            switch self {
+            case .idle: 0
+            case .pages(let rate): rate
+            case .cyclic(let rate, let burst, let period):
+                seconds.truncatingRemainder(dividingBy: period) < burst ? rate : 0
             }
         }
     }
@@ -231,7 +246,7 @@ final class PageWriter: Sendable {
     private let state = Locked(State())
 
     init(region: Region, writer: MigrationBenchmark.Writer) {
-        guard case .pages(let rate) = writer else {
+        guard writer != .idle else {
             state.withLock { $0.stopped = true }
             return
         }
@@ -241,21 +256,26 @@ final class PageWriter: Sendable {
             var rng = SystemRandomNumberGenerator()
             let start = ContinuousClock.now
             var written = 0.0
+            var due = 0.0
+            var last = start
             while true {
+                // The rate may change over time (bursts): integrate it.
+                let now = ContinuousClock.now
+                due += last.duration(to: now).seconds * writer.rate(at: start.duration(to: now).seconds) / 4096
+                last = now
                 let (pause, stop) = state.withLock { s -> (Bool, Bool) in
                     if s.pauseRequested { s.paused = true }
                     return (s.pauseRequested, s.stopped)
                 }
                 if stop { return }
                 if !pause {
-                    let due = start.duration(to: .now).seconds * rate / 4096
                     while written < due {
                         let page = Int.random(in: 0..<pages, using: &rng)
                         region.bytes.storeBytes(of: rng.next() as UInt64, toByteOffset: page * 4096, as: UInt64.self)
                         written += 1
                     }
                 } else {
-                    written = start.duration(to: .now).seconds * rate / 4096
+                    written = due
                 }
                 usleep(500)
             }

@@ -20,6 +20,8 @@ struct BenchMigrateCommand: AsyncParsableCommand {
     var size: String = "1G"
     @Option(help: ArgumentHelp("Writer rates in MB/s of random 4 KiB pages, comma-separated (0: idle).", valueName: "rates"))
     var writers: String = "0,10,100"
+    @Flag(help: "Add a cyclic writer: 100 MB/s bursts of 0.5 s every 2 s.")
+    var cyclic = false
     @Option(help: ArgumentHelp("Emulated RTTs in ms, comma-separated (none: loopback only).", valueName: "ms"))
     var rtt: String = ""
     @Option(help: ArgumentHelp("Loss percentages for the emulated links, comma-separated.", valueName: "percent"))
@@ -59,6 +61,7 @@ struct BenchMigrateCommand: AsyncParsableCommand {
         options.timeoutSeconds = timeout
         options.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
         options.writers = (quick ? [10] : Self.numbers(writers)!).map { $0 == 0 ? .idle : .pages(bytesPerSecond: $0 * 1e6) }
+        if cyclic && !quick { options.writers.append(.cyclic(bytesPerSecond: 100e6, burstSeconds: 0.5, periodSeconds: 2)) }
         let rtts = quick ? [] : Self.numbers(rtt)!
         options.links = [.loopback] + rtts.flatMap { r in Self.numbers(loss)!.map { .init(rttMilliseconds: r, lossPercent: $0) } }
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("memreplica-bench-\(getpid())").path

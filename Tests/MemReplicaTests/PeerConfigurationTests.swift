@@ -40,6 +40,7 @@ struct PeerConfigurationTests {
               "name": "peer-a",
               "stateDir": "state",
               "control": "/run/memreplica.sock",
+              "acceptMigrations": "taken",
               "tls": {"cert": "a.pem", "key": "/keys/a-key.pem", "ca": "../ca.pem"},
               "exports": [
                 {"name": "cache", "path": "/dev/shm/cache", "size": "1G", "chunk": "64K", "allow": ["peer-b", "peer-c"]},
@@ -55,6 +56,7 @@ struct PeerConfigurationTests {
         // Relative paths are the config file's folder's.
         #expect(configuration.stateDirectory == "/etc/memreplica/state")
         #expect(configuration.control == "/run/memreplica.sock")
+        #expect(configuration.acceptMigrations == "/etc/memreplica/taken")
         #expect(configuration.tls == .init(cert: "/etc/memreplica/a.pem", key: "/keys/a-key.pem", ca: "/etc/ca.pem"))
         #expect(configuration.exports == [
             try ExportSpec(parsing: "cache=/dev/shm/cache,size=1G,chunk=64K,allow=peer-b+peer-c"),
@@ -80,7 +82,7 @@ struct PeerConfigurationTests {
         (#"{"exports": [{"name": "a", "path": "/a"}, {"name": "b", "path": "/b", "sise": "1M"}]}"#,
          "peer.json: exports[1].sise: unknown key; known keys: name, path, size, chunk, allow"),
         (#"{"lisen": ":4433"}"#,
-         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics, faultTimeout, congestionControl, livenessTimeout, memoryBudget"),
+         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics, faultTimeout, congestionControl, livenessTimeout, memoryBudget, acceptMigrations"),
         (#"{"tls": {"cert": "c", "key": "k", "ca": "a", "pin": "x"}}"#,
          "peer.json: tls.pin: unknown key; known keys: cert, key, ca"),
         (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "mode": "lazy"}]}"#,
@@ -245,7 +247,8 @@ struct PeerConfigurationFlagTests {
     @Test("scalar flags given replace the file's values; those not given leave them")
     func scalarsOverride() throws {
         var configuration = try load(file)
-        try configuration.applyCommandLine(listen: "127.0.0.1:6000", control: "/flag.sock")
+        try configuration.applyCommandLine(listen: "127.0.0.1:6000", control: "/flag.sock", acceptMigrations: "/taken")
+        #expect(configuration.acceptMigrations == "/taken")
         #expect(configuration.listen == (try PeerAddress(parsing: "127.0.0.1:6000")))
         #expect(configuration.control == "/flag.sock")
         #expect(configuration.name == "from-file" && configuration.stateDirectory == "/state")
