@@ -59,7 +59,9 @@ def frames():
         "migrate": frame(0x40, string("cache") + varint(1 << 30) + varint(65536) + string(region_id) + varint(4) + varint(0)
                          + bytes(range(16)) + varint(0) + varint(4433)),
         "migrate-ready": frame(0x41, varint(4) + varint(1 << 33)),
-        "handover": frame(0x42, varint(5) + varint(77) + bytes(range(32))),
+        "handover": frame(0x42, varint(5) + varint(77) + varint(32) + bytes(range(32))),
+        "handover-deferred": frame(0x42, varint(5) + varint(77) + varint(0)),
+        "handover-check": frame(0x44, bytes(range(32))),
         "handed-over": frame(0x43, varint(5)),
         "stream": frame(0x01, varint(2) + string("r") + varint(0)) + frame(0x12, varint(1)) + frame(0x13, varint(2) + varint(0)),
         "partial": frame(0x10, varint(1) + varint(2) + b"abc")[:-1],

@@ -39,6 +39,9 @@ struct MigrateCommand: AsyncParsableCommand {
     @Option(help: "After the hand-over: mirror the region from its new owner, or stop serving it.")
     var then: String = MigrationRequest.AfterHandOver.mirror.rawValue
 
+    @Option(help: "Compare the two copies before the destination commits (a difference aborts), or right after (a shorter downtime; a difference is reported).")
+    var verify: String = MigrationRequest.Verification.before.rawValue
+
     @Flag(help: "Print the JSON report instead of a summary.")
     var json = false
 
@@ -59,6 +62,9 @@ struct MigrateCommand: AsyncParsableCommand {
         guard MigrationRequest.AfterHandOver(rawValue: then) != nil else {
             throw ValidationError("--then must be mirror or stop, not '\(then)'")
         }
+        guard MigrationRequest.Verification(rawValue: verify) != nil else {
+            throw ValidationError("--verify must be before or after, not '\(verify)'")
+        }
         guard maxDowntime > 0 else { throw ValidationError("--max-downtime must be positive") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
     }
@@ -66,7 +72,8 @@ struct MigrateCommand: AsyncParsableCommand {
     func run() async throws {
         let request = MigrationRequest(region: region, destination: to, mode: MigrationMode(rawValue: mode)!,
                                        maxDowntimeMilliseconds: maxDowntime, timeoutSeconds: timeout,
-                                       then: MigrationRequest.AfterHandOver(rawValue: then)!)
+                                       then: MigrationRequest.AfterHandOver(rawValue: then)!,
+                                       verify: MigrationRequest.Verification(rawValue: verify)!)
         let path = control ?? state.directory.controlSocketPath
         // The peer answers when the migration ended: up to the timeout twice
         // over (rounds, then asking a destination whose answer was lost).
@@ -84,13 +91,18 @@ struct MigrateCommand: AsyncParsableCommand {
         } else {
             print(Self.summary(report))
         }
-        if !report.handedOver { throw ExitCode(1) }
+        if !report.handedOver || report.verified == false { throw ExitCode(1) }
     }
 
     static func summary(_ r: MigrationReport) -> String {
         var lines: [String] = []
         if r.handedOver {
             lines.append("\(r.region): handed over to \(r.destination) at generation \(r.generation)")
+            switch r.verified {
+            case true?: lines.append("  copies checked equal (keyed digest of the whole region, \(r.verify ?? "before") the commit)")
+            case false?: lines.append("  THE COPIES DIFFER: the destination's copy is not the frozen state; this peer keeps its frozen copy")
+            case nil: lines.append("  the copies were not compared: the destination's answer did not come")
+            }
         } else {
             lines.append("\(r.region): \(r.outcome.uppercased()): \(r.reason ?? "no reason given")")
         }

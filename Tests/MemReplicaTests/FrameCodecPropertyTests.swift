@@ -17,7 +17,7 @@ struct FrameGenerator {
 
     static let allTypes: [Frame.TypeCode] = [.hello, .catalog, .subscribe, .have, .write, .dirty, .ack, .synced,
                                              .read, .data, .digestRead, .digests, .echo, .error,
-                                             .migrate, .migrateReady, .handover, .handedOver]
+                                             .migrate, .migrateReady, .handover, .handedOver, .handoverCheck]
 
     /// Varints favouring the edges of each encoded length.
     mutating func varint() -> UInt64 {
@@ -118,7 +118,10 @@ struct FrameGenerator {
         case .migrateReady:
             return .migrateReady(generation: varint(), appliedVersion: varint())
         case .handover:
-            return .handover(generation: varint(), finalVersion: varint(), digest: raw(RegionDigest.byteCount))
+            return .handover(generation: varint(), finalVersion: varint(),
+                             digest: rng.next() % 2 == 0 ? [] : raw(RegionDigest.byteCount))
+        case .handoverCheck:
+            return .handoverCheck(digest: raw(RegionDigest.byteCount))
         case .handedOver:
             return .handedOver(generation: varint())
         }

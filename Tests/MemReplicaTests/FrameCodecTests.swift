@@ -32,6 +32,8 @@ struct FrameCodecTests {
         .migrateReady(generation: 4, appliedVersion: 1 << 33),
         .handover(generation: 5, finalVersion: 77, digest: Array(repeating: 0xcd, count: 32)),
         .handedOver(generation: 5),
+        .handover(generation: 6, finalVersion: 1, digest: []),
+        .handoverCheck(digest: Array(repeating: 0x5a, count: 32)),
     ]
 
     @Test("every frame type survives encode → decode, whole and one byte at a time")

@@ -227,6 +227,38 @@ struct MigrationTests {
         #expect(try peers.b.identities!.takenOver(region: "moving", path: peers.pathB) == nil)
     }
 
+    @Test("--verify after: the destination commits before the check, the check follows and passes; a copy that differs is handed over but reported, on both sides")
+    func verifyAfterCommit() async throws {
+        let peers = try await MigrationPeers.start()
+        defer { Task { await peers.stop() } }
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        let writer = InProcessWriter(regionA)
+        defer { writer.stop() }
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, timeoutSeconds: 30,
+                                                     then: .stop, verify: .after),
+                                               freeze: writer.freeze(next: { nil }))
+        #expect(report.handedOver && report.verified == true, "\(report)")
+        #expect(report.digestMilliseconds == nil, "the source hashed during the downtime")
+        let atB = try #require(peers.b.exports.export(named: "moving")).region
+        writer.stop()
+        #expect(sha(atB) == sha(regionA))
+
+        // A copy changed behind the mirror's back: the hand-over stands, the difference is told.
+        let peers2 = try await MigrationPeers.start()
+        defer { Task { await peers2.stop() } }
+        guard case .eager(let mirror)? = peers2.b.mirrors.first?.mirror else {
+            Issue.record("no eager mirror at B")
+            return
+        }
+        mirror.region.bytes[12345] ^= 0xff
+        let bad = try await peers2.a.migrate(.init(region: "moving", destination: peers2.addressB, timeoutSeconds: 30,
+                                                   then: .stop, verify: .after))
+        #expect(bad.handedOver && bad.verified == false, "\(bad)")
+        let status = await peers2.b.statusReport()
+        let problem = status.regions.first { $0.name == "moving" }?.problem ?? ""
+        #expect(problem.contains("differed from the source's frozen region"), "\(problem)")
+    }
+
     @Test("the destination gone during pre-copy rounds: the migration aborts, the source keeps the region and its writers run on")
     func destinationLostAborts() async throws {
         let peers = try await MigrationPeers.start()
@@ -267,5 +299,58 @@ struct MigrationTests {
             return
         }
         #expect(message.contains("replica"), "\(message)")
+    }
+}
+
+@Suite("a destination's hand-over hashes")
+struct HandOverHashesTests {
+    @Test("kept current through stores during and after the first pass: the digest equals a full hash of the final bytes")
+    func tableStaysCurrent() async throws {
+        let region = try Region(name: "h", backing: .memory, size: 32 << 20, chunkSize: 65536)
+        fillPattern(region.bytes, seed: 61)
+        let key = ChunkHashKey.random()
+        let hashes = HandOverHashes(region: region, key: key)
+        #expect(hashes.digest == nil, "a digest before the first pass")
+        let filling = Task { await hashes.fill() }
+        // Stores racing the pass, each reported as the mirror would.
+        for chunk in [0, 100, 511, 3] {
+            region.bytes.storeBytes(of: UInt64(chunk) &+ 0xfeed, toByteOffset: chunk * 65536 + 8, as: UInt64.self)
+            hashes.applied(chunk)
+        }
+        await filling.value
+        #expect(hashes.digest == (await FrozenRegionDigest.compute(region, key: key)))
+        region.bytes.storeBytes(of: 7, toByteOffset: 42 * 65536, as: UInt64.self)
+        #expect(hashes.digest != (await FrozenRegionDigest.compute(region, key: key)), "a store not reported went unseen")
+        hashes.applied(42)
+        #expect(hashes.digest == (await FrozenRegionDigest.compute(region, key: key)))
+    }
+
+    @Test("a mirror storing without pause while the first pass runs and ends: the table matches the bytes every time")
+    func racingStores() async throws {
+        // Many chunks stored during the pass: hashing them again takes a
+        // while, and stores during that must not be forgotten either.
+        for round in 0..<6 {
+            let region = try Region(name: "h", backing: .memory, size: 32 << 20, chunkSize: 65536)
+            fillPattern(region.bytes, seed: UInt64(70 + round))
+            let key = ChunkHashKey.random()
+            let hashes = HandOverHashes(region: region, key: key)
+            let stop = Locked(false)
+            // The mirror's apply loop: one store and report after another.
+            let applier = Thread {
+                var n: UInt64 = 0
+                while !stop.withLock({ $0 }) {
+                    n &+= 1
+                    let chunk = Int((n &* 7919) % 512)
+                    region.bytes.storeBytes(of: n, toByteOffset: chunk * 65536 + Int(n % 8000) * 8, as: UInt64.self)
+                    hashes.applied(chunk)
+                }
+            }
+            applier.start()
+            await hashes.fill()
+            try await Task.sleep(for: .milliseconds(2))
+            stop.withLock { $0 = true }
+            try await Task.sleep(for: .milliseconds(5))
+            #expect(hashes.digest == (await FrozenRegionDigest.compute(region, key: key)), "round \(round)")
+        }
     }
 }

@@ -11,7 +11,14 @@ enum FrozenRegionDigest {
     /// Hashes on up to `threads` threads of their own (not the
     /// cooperative pool, which this would stall for the whole pass).
     static func compute(_ region: Region, key: ChunkHashKey,
-                        threads: Int = min(4, max(1, ProcessInfo.processInfo.activeProcessorCount))) async -> [UInt8] {
+                        threads: Int = Self.threads) async -> [UInt8] {
+        RegionDigest.synced(await hashes(region, key: key, threads: threads))
+    }
+
+    static var threads: Int { min(4, max(1, ProcessInfo.processInfo.activeProcessorCount)) }
+
+    /// Every chunk's keyed hash, in chunk order.
+    static func hashes(_ region: Region, key: ChunkHashKey, threads: Int = Self.threads) async -> [ChunkHash] {
         let count = region.geometry.chunkCount
         let parts = max(1, min(threads, count))
         let hashes = Locked([ChunkHash](repeating: .none, count: count))
@@ -32,7 +39,7 @@ enum FrozenRegionDigest {
                 }
             }
         }
-        return RegionDigest.synced(hashes.withLock { $0 })
+        return hashes.withLock { $0 }
     }
 
     /// Seconds one thread takes per chunk, from hashing a few of them:

@@ -6,7 +6,7 @@ public struct MigrationProgress: Sendable, Codable, Equatable {
     /// Unacknowledged and freshly dirtied bytes, the estimate's numerator.
     public var pendingBytes: UInt64
     public var estimatedDowntimeMilliseconds: Double?
-    /// The best acknowledged rate seen (bytes per second).
+    /// What the destination acknowledged over the last second (bytes per second).
     public var rateBytesPerSecond: Double
 
     static let initial = MigrationProgress(phase: "starting", round: 0, pendingBytes: 0, estimatedDowntimeMilliseconds: nil,
@@ -18,4 +18,6 @@ public struct MigrationProgress: Sendable, Codable, Equatable {
 struct MigrationBook {
     var running: [String: MigrationProgress] = [:]
     var last: [String: MigrationReport] = [:]
+    /// Regions taken over whose check after the commit failed or never came.
+    var problems: [String: String] = [:]
 }

@@ -35,6 +35,13 @@ public struct MigrationReport: Sendable, Codable, Equatable {
     /// Attached writer processes stopped at the freeze.
     public var frozenProcesses: [Int32]
     public var startedAt: Date
+    /// The two copies hashed equal: checked before the commit (`verify`
+    /// before: always true when handed over), or right after it (false: the
+    /// destination's copy differs from the source's frozen state; nil: the
+    /// answer did not come).
+    public var verified: Bool?
+    /// "before" or "after".
+    public var verify: String?
 
     public var handedOver: Bool { outcome == "handed over" }
 }

@@ -14,9 +14,22 @@ public struct MigrationRequest: Sendable, Codable, Equatable {
     /// After the hand-over: mirror the region from its new owner, or stop
     /// serving it.
     public var then: AfterHandOver
+    /// When the two copies are compared (both hashed whole, keyed).
+    public var verify: Verification
 
     public enum AfterHandOver: String, Sendable, Codable {
         case mirror, stop
+    }
+
+    public enum Verification: String, Sendable, Codable {
+        /// Before the destination commits: a difference aborts the
+        /// migration, nothing lost; the source's hash is in the downtime.
+        case before
+        /// Right after the commit, the source still frozen: the downtime is
+        /// the flush and one round trip; a difference is reported (the
+        /// region is marked on the destination, the source keeps its frozen
+        /// copy) but the hand-over stands.
+        case after
     }
 
     /// QEMU's default downtime budget.
@@ -25,12 +38,29 @@ public struct MigrationRequest: Sendable, Codable, Equatable {
 
     public init(region: String, destination: String, mode: MigrationMode = .precopy,
                 maxDowntimeMilliseconds: Double = Self.defaultMaxDowntimeMilliseconds,
-                timeoutSeconds: Double = Self.defaultTimeoutSeconds, then: AfterHandOver = .mirror) {
+                timeoutSeconds: Double = Self.defaultTimeoutSeconds, then: AfterHandOver = .mirror,
+                verify: Verification = .before) {
         self.region = region
         self.destination = destination
         self.mode = mode
         self.maxDowntimeMilliseconds = maxDowntimeMilliseconds
         self.timeoutSeconds = timeoutSeconds
         self.then = then
+        self.verify = verify
+    }
+
+    private enum Keys: String, CodingKey {
+        case region, destination, mode, maxDowntimeMilliseconds, timeoutSeconds, then, verify
+    }
+
+    /// `verify` may be left out (before).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Keys.self)
+        self.init(region: try c.decode(String.self, forKey: .region), destination: try c.decode(String.self, forKey: .destination),
+                  mode: try c.decode(MigrationMode.self, forKey: .mode),
+                  maxDowntimeMilliseconds: try c.decode(Double.self, forKey: .maxDowntimeMilliseconds),
+                  timeoutSeconds: try c.decode(Double.self, forKey: .timeoutSeconds),
+                  then: try c.decode(AfterHandOver.self, forKey: .then),
+                  verify: try c.decodeIfPresent(Verification.self, forKey: .verify) ?? .before)
     }
 }

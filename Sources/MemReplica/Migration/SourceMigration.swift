@@ -20,6 +20,10 @@ final class SourceMigration: Sendable {
     let attachedWriters: @Sendable () -> [Int32]
     /// Progress for status, as it changes.
     let report: @Sendable (MigrationProgress) -> Void
+    /// Called once the destination committed, before a deferred check: the
+    /// source stops serving the region and lets its writers go on at the
+    /// new owner.
+    let onHandedOver: @Sendable (RegionIdentity) async -> Void
     let logger: Logger
 
     private let started = ContinuousClock.now
@@ -38,7 +42,8 @@ final class SourceMigration: Sendable {
     init(request: MigrationRequest, export: RegionExports.Export, address: PeerAddress, exports: RegionExports,
          endpoint: any Transport, identities: RegionIdentityStore?, freeze: MigrationFreeze?,
          attachedWriters: @escaping @Sendable () -> [Int32], report: @escaping @Sendable (MigrationProgress) -> Void,
-         logger: Logger) {
+         onHandedOver: @escaping @Sendable (RegionIdentity) async -> Void, logger: Logger) {
+        self.onHandedOver = onHandedOver
         self.request = request
         self.export = export
         self.address = address
@@ -163,6 +168,13 @@ final class SourceMigration: Sendable {
             result.report.outcome = "handed over"
             result.report.generation = generation
             result.report.downtimeMilliseconds = frozen!.began.duration(to: done).seconds * 1000
+            await onHandedOver(next)
+            if request.verify == .after {
+                progress { $0.phase = "checking the hand-over" }
+                result.report.verified = await checkAfterCommit(on: s)
+            } else {
+                result.report.verified = true
+            }
             progress { $0.phase = "handed over" }
             await connection?.close(errorCode: 0, reason: "migration done")
         } catch {
@@ -193,7 +205,30 @@ final class SourceMigration: Sendable {
     private func emptyReport() -> MigrationReport {
         MigrationReport(region: name, destination: request.destination, mode: request.mode, outcome: "aborted",
                         totalSeconds: 0, bytesSent: 0, regionBytes: UInt64(region.geometry.size), rounds: 0,
-                        chunksResent: 0, generation: export.identity.generation, frozenProcesses: [], startedAt: startedAt)
+                        chunksResent: 0, generation: export.identity.generation, frozenProcesses: [], startedAt: startedAt,
+                        verify: request.verify.rawValue)
+    }
+
+    /// `--verify after`: the region is still frozen here; its digest goes
+    /// to the destination, which compares it with its copy as committed.
+    /// Nil when no answer came.
+    private func checkAfterCommit(on stream: MigrationStream) async -> Bool? {
+        let start = ContinuousClock.now
+        let digest = await FrozenRegionDigest.compute(region, key: key)
+        do {
+            try await stream.send(.handoverCheck(digest: digest))
+            let answer = try await stream.receive(before: .now + .seconds(max(10, request.timeoutSeconds)))
+            guard case .handedOver = answer else { return nil }
+            logger.info("hand-over of '\(name)' checked: the copies are equal", metadata: [
+                "after": "\(start.duration(to: .now))"])
+            return true
+        } catch ReplicationError.refusedByPeer(let code, let message) where code == ProtocolErrorCode.handoverMismatch.rawValue {
+            logger.error("hand-over of '\(name)' to \(request.destination): \(message); this peer keeps its frozen copy")
+            return false
+        } catch {
+            logger.warning("hand-over of '\(name)' to \(request.destination) not checked: \(error)")
+            return nil
+        }
     }
 
     /// One sample of the destination's subscription.
@@ -205,16 +240,19 @@ final class SourceMigration: Sendable {
 
     /// Pre-copy rounds: waits until the estimated downtime fits the budget.
     /// Returns the estimate (seconds). The estimate is what is unacknowledged
-    /// plus what the writers dirty per scan interval, at the best
-    /// acknowledged rate seen, plus one RTT and the digest of the frozen
-    /// region on both sides.
+    /// plus what the writers dirty per scan interval, at the rate the
+    /// destination acknowledged over the last second, plus one RTT and the
+    /// source's digest of its frozen region (the destination's is kept
+    /// current during the rounds).
     private func converge(over connection: any TransportConnection, destination: String,
                           result: inout Result) async throws -> Double {
         let budget = request.maxDowntimeMilliseconds / 1000
+        // The source hashes its frozen region; the destination's hashes are
+        // kept current during the rounds (`HandOverHashes`).
         let digestSeconds = FrozenRegionDigest.secondsPerChunk(region, key: key) * Double(region.geometry.chunkCount)
-            * 2 / Double(min(4, max(1, ProcessInfo.processInfo.activeProcessorCount)))
+            / Double(FrozenRegionDigest.threads)
         var samples: [Sample] = []
-        var bestRate = 0.0
+        var rate = 0.0
         var lastPasses: UInt64?
         var lastSent: UInt64 = 0
         progress { $0.phase = "pre-copy rounds" }
@@ -238,26 +276,28 @@ final class SourceMigration: Sendable {
                 let span = first.at.duration(to: now).seconds
                 let acked = Double(state.acknowledgedVersion - min(first.acknowledged, state.acknowledgedVersion))
                 dirtyRate = Double(state.sentVersion - min(first.sent, state.sentVersion)) * Double(chunkSize) / span
-                if span >= 0.1 { bestRate = max(bestRate, acked * Double(chunkSize) / span) }
+                // The rate sustained over the window: a burst of ACKs after
+                // a stall must not pass for the link's capacity.
+                if span >= 0.25 { rate = acked * Double(chunkSize) / span }
             }
-            bestRate = max(bestRate, Double(stats.deliveryRateBytesPerSecond))
             let pending = Double(state.versionLag) * Double(chunkSize) + dirtyRate * exports.scanInterval.seconds
-            let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(100)
-            let transfer = pending == 0 ? 0 : (bestRate > 0 ? pending / bestRate : .infinity)
+            let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(250)
+            let transfer = pending == 0 ? 0 : (rate > 0 ? pending / rate : .infinity)
             let estimate = transfer + rtt + digestSeconds
             progress {
                 $0.round = result.report.rounds
                 $0.pendingBytes = UInt64(pending)
                 $0.estimatedDowntimeMilliseconds = estimate.isFinite ? estimate * 1000 : nil
-                $0.rateBytesPerSecond = bestRate
+                $0.rateBytesPerSecond = rate
             }
             if known, estimate <= budget { return estimate }
             guard now < deadline else {
-                throw Abort(reason: String(
-                    format: "did not converge within %.0f s: the writers dirty %.1f MB/s, the destination acknowledges "
-                        + "at most %.1f MB/s; estimated downtime %.0f ms against --max-downtime %.0f ms",
-                    request.timeoutSeconds, dirtyRate / 1e6, bestRate / 1e6, estimate.isFinite ? estimate * 1000 : -1,
-                    request.maxDowntimeMilliseconds))
+                let estimated = estimate.isFinite ? String(format: "%.0f ms", estimate * 1000) : "unbounded"
+                throw Abort(reason: "did not converge within \(Int(request.timeoutSeconds)) s: the writers dirty "
+                            + String(format: "%.1f MB/s, the destination acknowledged %.1f MB/s over the last second",
+                                     dirtyRate / 1e6, rate / 1e6)
+                            + "; estimated downtime \(estimated) against --max-downtime "
+                            + String(format: "%.0f ms", request.maxDowntimeMilliseconds))
             }
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -315,8 +355,9 @@ final class SourceMigration: Sendable {
     /// Returns the final version and the digest.
     private func flush(destination: String, frozen: Frozen, result: inout Result) async throws -> (UInt64, [UInt8]) {
         progress { $0.phase = "final flush" }
-        let region = self.region, key = self.key
+        let region = self.region, key = self.key, deferred = request.verify == .after
         let hashing = Task { () -> (digest: [UInt8], seconds: Double) in
+            guard !deferred else { return ([], 0) }
             let start = ContinuousClock.now
             let digest = await FrozenRegionDigest.compute(region, key: key)
             return (digest, start.duration(to: .now).seconds)
@@ -344,7 +385,7 @@ final class SourceMigration: Sendable {
         let flushed = ContinuousClock.now
         let (digest, seconds) = await hashing.value
         result.report.finalFlushMilliseconds = frozen.complete.duration(to: flushed).seconds * 1000
-        result.report.digestMilliseconds = seconds * 1000
+        result.report.digestMilliseconds = deferred ? nil : seconds * 1000
         return (target!, digest)
     }
 

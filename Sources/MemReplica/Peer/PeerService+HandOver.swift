@@ -89,6 +89,9 @@ extension PeerService {
         }
         let mirror = try await syncedMirror(runner, for: m, from: source, sourceLeft: sourceLeft)
         let readyMirror = ObjectIdentifier(mirror)
+        // Hashed now, kept current as WRITEs arrive: at HANDOVER our side
+        // of the check is ready while the source's writers are frozen.
+        let hashes = await mirror.startHandOverHashes(key: key)
         try await frames.send(.migrateReady(generation: m.identity.generation,
                                             appliedVersion: mirror.currentProgress.lastAppliedVersion))
         var fromSource = incoming.makeAsyncIterator()
@@ -107,10 +110,17 @@ extension PeerService {
             throw ProtocolViolation(.handoverMismatch, "the mirror applied version \(now.currentProgress.lastAppliedVersion), "
                                     + "not the final \(finalVersion)")
         }
-        let ours = await FrozenRegionDigest.compute(now.region, key: key)
-        guard ours == digest else {
+        guard let ours = hashes.digest else {
+            throw ProtocolViolation(.internalError, "the hand-over hashes of '\(m.name)' are not ready")
+        }
+        // An empty digest: the source checks after the commit (`--verify after`).
+        guard digest.isEmpty || ours == digest else {
+            // Which side is wrong: our bytes, or our running table of them?
+            let full = await FrozenRegionDigest.compute(now.region, key: key)
+            let why = full == digest ? "its bytes are equal, its running hash table was not (a bug: please report it)"
+                : full == ours ? "a full hash of it agrees: its bytes differ" : "and a full hash differs from both"
             throw ProtocolViolation(.handoverMismatch, "the copy of '\(m.name)' here does not hash to the source's frozen "
-                                    + "region: nothing committed")
+                                    + "region (\(why)): nothing committed")
         }
         let identity = RegionIdentity(id: m.identity.id, generation: generation)
         // Who may mirror it now: whom the old primary allowed, and the old
@@ -123,6 +133,7 @@ extension PeerService {
         } catch {
             throw ProtocolViolation(.migrationRefused, "cannot record generation \(generation) in the state folder: \(error)")
         }
+        migrations.withLock { $0.problems[m.name] = nil }
         let region = runner.stopForHandOver() ?? now.region
         removeMirror(runner)
         do {
@@ -132,8 +143,35 @@ extension PeerService {
         }
         logger.notice("took '\(m.name)' over from \(source) at generation \(generation): exporting it from \(runner.spec.path)")
         try await frames.send(.handedOver(generation: generation))
+        if digest.isEmpty {
+            await checkAfterCommit(m.name, committed: ours, generation: generation, frames: frames, from: &fromSource)
+        }
         try await frames.stream.finish()
         await runner.closeAfterHandOver()
+    }
+
+    /// `--verify after`: the source's digest of its frozen region, compared
+    /// with our copy as it was at the commit. A difference cannot undo the
+    /// hand-over (writers may be storing here already): it is logged, shown
+    /// in status as the region's problem, and told to the source, which
+    /// keeps its frozen copy.
+    private func checkAfterCommit(_ name: String, committed: [UInt8], generation: UInt64, frames: FrameStream,
+                                  from source: inout AsyncStream<Result<Frame?, any Error>>.Iterator) async {
+        guard case .success(let frame)? = await source.next(), case .handoverCheck(let digest)? = frame else {
+            logger.warning("'\(name)' was taken over without the source's check (it sent none)")
+            migrations.withLock { $0.problems[name] = "taken over at generation \(generation) unchecked: the source sent no digest" }
+            return
+        }
+        if digest == committed {
+            logger.info("'\(name)': the hand-over checked equal to the source's frozen region")
+            try? await frames.send(.handedOver(generation: generation))
+            return
+        }
+        let problem = "this copy differed from the source's frozen region when it was taken over at generation "
+            + "\(generation); the source keeps its frozen copy"
+        logger.error("'\(name)': \(problem)")
+        migrations.withLock { $0.problems[name] = problem }
+        try? await frames.send(.error(code: ProtocolErrorCode.handoverMismatch.rawValue, message: problem))
     }
 
     /// A source whose hand-over broke asks whether we committed.

@@ -53,22 +53,18 @@ extension PeerService {
                 attachments.withLock { $0.open.values.filter { $0.region == name && $0.process.mode == "writer" }.map(\.process.pid) }
             },
             report: { [migrations] progress in migrations.withLock { $0.running[name] = progress } },
+            onHandedOver: { [self] next in
+                fence(name, at: next, owner: request.destination)
+                await freeze?.resume(true)
+            },
             logger: logger)
         let result = await session.run()
-        if result.handedOver || result.uncertain {
-            // Never a primary at the old generation again: new subscriptions
-            // and the mirrors still following end with `stale_generation`.
-            let owner = result.handedOver ? request.destination : "\(request.destination) (unconfirmed)"
-            exports.relinquish(name, movedTo: .init(identity: .init(id: export.identity.id,
-                                                                    generation: export.identity.generation + 1),
-                                                    owner: owner))
-            endWriterSessions(of: name, reason: "region '\(name)' moved to \(owner) at generation "
-                              + "\(export.identity.generation + 1); this process stays stopped (its stores would reach "
-                              + "a copy nobody replicates): restart it against the new owner")
+        if result.uncertain {
+            fence(name, at: .init(id: export.identity.id, generation: export.identity.generation + 1),
+                  owner: "\(request.destination) (unconfirmed)")
         }
-        if result.handedOver {
-            await freeze?.resume(true)
-            if request.then == .mirror { mirrorBack(export, from: address, owner: result.destinationIdentity) }
+        if result.handedOver, request.then == .mirror {
+            mirrorBack(export, from: address, owner: result.destinationIdentity)
         }
         let report = result.report
         migrations.withLock { book in
@@ -78,6 +74,16 @@ extension PeerService {
         let downtime = report.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? ""
         logger.notice("migration of '\(name)' to \(request.destination): \(report.outcome)\(downtime)\(report.reason.map { ": \($0)" } ?? "")")
         return report
+    }
+
+    /// Never a primary of `name` at the old generation again: new
+    /// subscriptions and the mirrors still following end with
+    /// `stale_generation` naming the owner; attached writers' sessions end.
+    private func fence(_ name: String, at next: RegionIdentity, owner: String) {
+        exports.relinquish(name, movedTo: .init(identity: next, owner: owner))
+        endWriterSessions(of: name, reason: "region '\(name)' moved to \(owner) at generation \(next.generation); this "
+                          + "process stays stopped (its stores would reach a copy nobody replicates): restart it "
+                          + "against the new owner")
     }
 
     /// Ends the attach sessions of `region`'s writers, telling them why.

@@ -224,6 +224,7 @@ public final class PeerService: Sendable {
                 .sorted { ($0.pid, $0.mode) < ($1.pid, $1.mode) }
             region.migration = book.running[region.name]
             region.lastMigration = book.last[region.name]
+            if region.role == "primary", region.problem == nil { region.problem = book.problems[region.name] }
             return region
         }
     }

@@ -47,8 +47,14 @@ public enum Frame: Equatable, Sendable {
     case migrateReady(generation: UInt64, appliedVersion: UInt64)
     /// 0x42, source → destination: the commit request. Writers are frozen,
     /// every change up to `finalVersion` is acknowledged; `digest` is
-    /// `RegionDigest.synced` of the frozen region under MIGRATE's hash key.
+    /// `RegionDigest.synced` of the frozen region under MIGRATE's hash key,
+    /// or empty when it follows the commit in HANDOVER_CHECK (`--verify after`).
     case handover(generation: UInt64, finalVersion: UInt64, digest: [UInt8])
+    /// 0x44, source → destination after HANDED_OVER, when HANDOVER carried
+    /// no digest: the frozen region's digest, checked against the copy as
+    /// it was committed; answered with HANDED_OVER again, or ERROR
+    /// `handover_mismatch`.
+    case handoverCheck(digest: [UInt8])
     /// 0x43, destination → source: it owns the region at `generation` now.
     case handedOver(generation: UInt64)
 
@@ -162,7 +168,7 @@ public enum Frame: Equatable, Sendable {
         case read = 0x20, data = 0x21, digestRead = 0x22, digests = 0x23
         case echo = 0x30
         case error = 0x3f
-        case migrate = 0x40, migrateReady = 0x41, handover = 0x42, handedOver = 0x43
+        case migrate = 0x40, migrateReady = 0x41, handover = 0x42, handedOver = 0x43, handoverCheck = 0x44
     }
 }
 
@@ -214,6 +220,7 @@ extension Frame {
         case .migrateReady: "MIGRATE_READY"
         case .handover: "HANDOVER"
         case .handedOver: "HANDED_OVER"
+        case .handoverCheck: "HANDOVER_CHECK"
         }
     }
 

@@ -169,8 +169,13 @@ private struct PayloadReader {
             return .migrateReady(generation: generation, appliedVersion: try varint("applied version"))
         case .handover:
             let generation = try varint("generation"), finalVersion = try varint("final version")
-            return .handover(generation: generation, finalVersion: finalVersion,
-                             digest: try raw("digest", count: RegionDigest.byteCount))
+            let length = try varint("digest length")
+            guard length == 0 || length == UInt64(RegionDigest.byteCount) else {
+                throw ProtocolViolation(.malformedFrame, "a HANDOVER digest is \(RegionDigest.byteCount) bytes or none, not \(length)")
+            }
+            return .handover(generation: generation, finalVersion: finalVersion, digest: try raw("digest", count: Int(length)))
+        case .handoverCheck:
+            return .handoverCheck(digest: try raw("digest", count: RegionDigest.byteCount))
         case .handedOver:
             return .handedOver(generation: try varint("generation"))
         }

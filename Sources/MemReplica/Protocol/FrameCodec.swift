@@ -81,7 +81,7 @@ extension Frame {
             try Self.putString(Self.cut(message, toUTF8Bytes: FrameLimits.maxMessage), limit: FrameLimits.maxMessage,
                                into: &payload)
             return .error
-        case .migrate, .migrateReady, .handover, .handedOver:
+        case .migrate, .migrateReady, .handover, .handedOver, .handoverCheck:
             return try encodeMigration(into: &payload)
         }
     }
@@ -111,13 +111,20 @@ extension Frame {
             VarInt.encode(applied, into: &payload)
             return .migrateReady
         case .handover(let generation, let finalVersion, let digest):
-            guard digest.count == RegionDigest.byteCount else {
-                throw ProtocolViolation(.malformedFrame, "a HANDOVER digest is \(RegionDigest.byteCount) bytes, not \(digest.count)")
+            guard digest.isEmpty || digest.count == RegionDigest.byteCount else {
+                throw ProtocolViolation(.malformedFrame, "a HANDOVER digest is \(RegionDigest.byteCount) bytes or none, not \(digest.count)")
             }
             VarInt.encode(generation, into: &payload)
             VarInt.encode(finalVersion, into: &payload)
+            VarInt.encode(UInt64(digest.count), into: &payload)
             payload.append(contentsOf: digest)
             return .handover
+        case .handoverCheck(let digest):
+            guard digest.count == RegionDigest.byteCount else {
+                throw ProtocolViolation(.malformedFrame, "a HANDOVER_CHECK digest is \(RegionDigest.byteCount) bytes, not \(digest.count)")
+            }
+            payload.append(contentsOf: digest)
+            return .handoverCheck
         case .handedOver(let generation):
             VarInt.encode(generation, into: &payload)
             return .handedOver

@@ -48,6 +48,18 @@ public final class RegionMirror: @unchecked Sendable {
         self.durable = durable
     }
 
+    /// Kept while a migration to this peer runs (`startHandOverHashes`).
+    private let handOver = Locked<HandOverHashes?>(nil)
+
+    /// Keeps keyed hashes of this copy current from now on, under `key`
+    /// (a migration's); returns once the first full pass is done.
+    func startHandOverHashes(key: ChunkHashKey) async -> HandOverHashes {
+        let hashes = HandOverHashes(region: region, key: key)
+        handOver.withLock { $0 = hashes }
+        await hashes.fill()
+        return hashes
+    }
+
     /// Stored chunks not yet on stable storage (durable mirrors).
     private var unsynced: [Range<Int>] = []
 
@@ -194,6 +206,7 @@ public final class RegionMirror: @unchecked Sendable {
             stream.batchOpen = true
         }
         try region.storeChunk(index, bytes)
+        handOver.withLock { $0 }?.applied(index)
         if durable != nil { unsynced.append(range) }
         let first = stream.versions[index] == 0
         stream.versions[index] = version
