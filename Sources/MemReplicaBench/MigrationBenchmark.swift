@@ -26,6 +26,8 @@ public struct MigrationBenchmark: Sendable {
         public var congestionControl: QUICConfiguration.CongestionControl = .cubic
         /// The emulated link's rate (bits per second).
         public var rateBitsPerSecond: UInt64 = 1_000_000_000
+        /// When the copies are compared (`MigrationRequest.verify`).
+        public var verify: MigrationRequest.Verification = .before
         public init() {}
     }
 
@@ -111,6 +113,7 @@ public struct MigrationBenchmark: Sendable {
         public var chunkSize: Int
         public var congestionControl: String
         public var maxDowntimeMilliseconds: Double
+        public var verify: String
         public var cells: [Cell]
     }
 
@@ -147,7 +150,7 @@ public struct MigrationBenchmark: Sendable {
         }
         return Report(regionBytes: options.regionBytes, chunkSize: options.chunkSize,
                       congestionControl: options.congestionControl.rawValue,
-                      maxDowntimeMilliseconds: options.maxDowntimeMilliseconds, cells: cells)
+                      maxDowntimeMilliseconds: options.maxDowntimeMilliseconds, verify: options.verify.rawValue, cells: cells)
     }
 
     private func cell(link: Link, writer: Writer, runs: [Run]) -> Cell {
@@ -224,7 +227,8 @@ public struct MigrationBenchmark: Sendable {
         })
         let report = try await a.migrate(.init(region: "bench", destination: "\(link.emulated ? emulator!.addressB : "127.0.0.1"):\(endpoints.b.localAddress.port)",
                                                maxDowntimeMilliseconds: options.maxDowntimeMilliseconds,
-                                               timeoutSeconds: options.timeoutSeconds, then: .stop), freeze: freeze)
+                                               timeoutSeconds: options.timeoutSeconds, then: .stop, verify: options.verify),
+                                         freeze: freeze)
         writing.stop()
         await endpoints.a.close()
         await endpoints.b.close()
@@ -232,7 +236,7 @@ public struct MigrationBenchmark: Sendable {
         return Run(outcome: report.outcome, reason: report.reason, downtimeMilliseconds: report.downtimeMilliseconds,
                    finalFlushMilliseconds: report.finalFlushMilliseconds, digestMilliseconds: report.digestMilliseconds,
                    totalSeconds: report.totalSeconds, bytesSent: report.bytesSent, chunksResent: report.chunksResent,
-                   rounds: report.rounds, lossless: lossless.withLock { $0 })
+                   rounds: report.rounds, lossless: lossless.withLock { $0 }.map { $0 && report.verified == true })
     }
 }
 

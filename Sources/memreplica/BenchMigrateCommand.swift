@@ -34,6 +34,8 @@ struct BenchMigrateCommand: AsyncParsableCommand {
     var timeout: Double = 60
     @Option(help: "Congestion controller for QUIC: cubic, bbr or reno.")
     var cc: String = "cubic"
+    @Option(help: "Compare the copies before the commit or after it (see memreplica migrate --verify).")
+    var verify: String = "before"
     @Flag(help: "A small run for CI: 64 MiB, a 10 MB/s writer, loopback, one run.")
     var quick = false
     @Flag(help: "Print the report as JSON on stdout.")
@@ -41,6 +43,7 @@ struct BenchMigrateCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard parseByteSize(size) != nil else { throw ValidationError("bad --size") }
+        guard MigrationRequest.Verification(rawValue: verify) != nil else { throw ValidationError("--verify must be before or after") }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else { throw ValidationError("--cc must be cubic, bbr or reno") }
         guard Self.numbers(writers) != nil, Self.numbers(rtt) != nil, Self.numbers(loss) != nil else {
@@ -60,6 +63,7 @@ struct BenchMigrateCommand: AsyncParsableCommand {
         options.maxDowntimeMilliseconds = maxDowntime
         options.timeoutSeconds = timeout
         options.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!
+        options.verify = MigrationRequest.Verification(rawValue: verify)!
         options.writers = (quick ? [10] : Self.numbers(writers)!).map { $0 == 0 ? .idle : .pages(bytesPerSecond: $0 * 1e6) }
         if cyclic && !quick { options.writers.append(.cyclic(bytesPerSecond: 100e6, burstSeconds: 0.5, periodSeconds: 2)) }
         let rtts = quick ? [] : Self.numbers(rtt)!
@@ -74,7 +78,7 @@ struct BenchMigrateCommand: AsyncParsableCommand {
         func ms(_ v: Double?) -> String { v.map { String(format: "%.1f", $0) } ?? "-" }
         print("")
         print("pre-copy migration of \(report.regionBytes >> 20) MiB (\(report.chunkSize >> 10) KiB chunks), "
-              + "--max-downtime \(ms(report.maxDowntimeMilliseconds)) ms, QUIC \(report.congestionControl):")
+              + "--max-downtime \(ms(report.maxDowntimeMilliseconds)) ms, --verify \(report.verify), QUIC \(report.congestionControl):")
         print("  link                  writer            downtime p50 / max   target   total p50   sent/region  re-sent  lossless")
         for c in report.cells {
             func pad(_ text: String, _ width: Int, right: Bool = false) -> String {

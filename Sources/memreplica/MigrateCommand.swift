@@ -14,8 +14,10 @@ struct MigrateCommand: AsyncParsableCommand {
             acknowledged, both copies are hashed, and the destination commits generation g+1. Then the \
             destination owns the region and this peer mirrors it back (--then mirror) or stops serving \
             it (--then stop). Attached writers here stay stopped: their session ends naming the new owner. \
-            Exit 0: handed over; 1: aborted (this peer still owns the region, unharmed) or the outcome is \
-            unconfirmed (the region stays fenced); 2: bad usage. See docs/MIGRATION.md.
+            --verify after commits before comparing the copies (a shorter downtime; a difference is \
+            reported, not prevented). Exit 0: handed over; 1: aborted (this peer still owns the region, \
+            unharmed), the outcome is unconfirmed (the region stays fenced), or the copies differed after \
+            the commit; 2: bad usage. See docs/MIGRATION.md.
             """)
 
     @Argument(help: "The region to hand over, as this peer exports it.")

@@ -280,7 +280,10 @@ final class SourceMigration: Sendable {
                 // a stall must not pass for the link's capacity.
                 if span >= 0.25 { rate = acked * Double(chunkSize) / span }
             }
-            let pending = Double(state.versionLag) * Double(chunkSize) + dirtyRate * exports.scanInterval.seconds
+            // Unacknowledged, plus what was dirtied since the last scan: a pass
+            // that blocks on the window leaves more than one interval's worth.
+            let pending = Double(state.versionLag) * Double(chunkSize)
+                + dirtyRate * (exports.scanInterval.seconds + state.lastPassSeconds)
             let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(250)
             let transfer = pending == 0 ? 0 : (rate > 0 ? pending / rate : .infinity)
             let estimate = transfer + rtt + digestSeconds

@@ -64,6 +64,9 @@ public final class RegionExports: Sendable {
         /// stopped has sent everything that writer stored.
         public var passes: UInt64 = 0
         public var lastPassBegan: ContinuousClock.Instant?
+        /// How long the last pass took (its scan and sends): writes made
+        /// during a long pass wait for the next one.
+        public var lastPassSeconds: Double = 0
         public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
     }
 
@@ -544,9 +547,11 @@ public final class RegionExports: Sendable {
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
                     for chunk in changes.changedChunks() { _ = try await push(chunk) }
+                    let took = began.duration(to: .now).seconds
                     record {
                         $0.passes += 1
                         $0.lastPassBegan = began
+                        $0.lastPassSeconds = took
                     }
                 }
             }

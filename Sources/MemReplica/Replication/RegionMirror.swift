@@ -29,6 +29,9 @@ public final class RegionMirror: @unchecked Sendable {
     /// The region identity the mirror followed before, if any (SUBSCRIBE
     /// names it, so a stale primary refuses).
     public let known: RegionIdentity?
+    /// The longest an applied WRITE waits for its ACK while more keep arriving.
+    static let ackInterval: Duration = .milliseconds(10)
+
     /// Hashes chunks for this subscription only (SUBSCRIBE carries it).
     private let key = ChunkHashKey.random()
 
@@ -127,8 +130,12 @@ public final class RegionMirror: @unchecked Sendable {
                 default:
                     throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, SYNCED or ERROR on a region stream")
                 }
-                // ACK once what has arrived is applied, not per frame.
-                if stream.unacknowledged && !frames.hasBufferedBytes {
+                // ACK once what has arrived is applied, not per frame; but
+                // at least every `ackInterval` under a steady inflow, or the
+                // primary would see no progress (lag, a migration's rate)
+                // for as long as the writes keep coming.
+                if stream.unacknowledged
+                    && (!frames.hasBufferedBytes || stream.lastAck.duration(to: .now) >= Self.ackInterval) {
                     try await acknowledge(on: frames, stream: &stream)
                 }
             }
@@ -144,6 +151,7 @@ public final class RegionMirror: @unchecked Sendable {
         /// The version of each chunk applied (0: none yet).
         var versions: [UInt64]
         var unacknowledged = false
+        var lastAck = ContinuousClock.now
         /// A durable mirror's batch of stores not yet recorded as complete.
         var batchOpen = false
         init(chunkCount: Int) { versions = [UInt64](repeating: 0, count: chunkCount) }
@@ -253,5 +261,6 @@ public final class RegionMirror: @unchecked Sendable {
         }
         try await frames.send(.ack(version: version))
         stream.unacknowledged = false
+        stream.lastAck = .now
     }
 }
