@@ -83,6 +83,8 @@ public struct MigrationBenchmark: Sendable {
         public var finalFlushMilliseconds: Double?
         public var digestMilliseconds: Double?
         public var totalSeconds: Double
+        public var readySeconds: Double?
+        public var roundsSeconds: Double?
         public var bytesSent: UInt64
         public var chunksResent: UInt64
         public var rounds: Int
@@ -213,16 +215,12 @@ public struct MigrationBenchmark: Sendable {
         }
         let writing = PageWriter(region: region, writer: writer)
         try await Task.sleep(for: .milliseconds(500))
-        let lossless = Locked<Bool?>(nil)
+        // The writer stops for good at the hand-over (it would go on at the
+        // destination): both copies stay as they were at the freeze, and
+        // are compared once the migration returned (not inside its time).
         let freeze = MigrationFreeze(pause: {
             await writing.pause()
-        }, resume: { handedOver in
-            if handedOver, let destination = b.exports.export(named: "bench")?.region {
-                // Checked before the writer may store at the destination.
-                let ours = Array(SHA256.hash(data: UnsafeRawBufferPointer(region.bytes)))
-                let theirs = Array(SHA256.hash(data: UnsafeRawBufferPointer(destination.bytes)))
-                lossless.withLock { $0 = ours == theirs }
-            }
+        }, resume: { _ in
             writing.stop()
         })
         let report = try await a.migrate(.init(region: "bench", destination: "\(link.emulated ? emulator!.addressB : "127.0.0.1"):\(endpoints.b.localAddress.port)",
@@ -230,13 +228,20 @@ public struct MigrationBenchmark: Sendable {
                                                timeoutSeconds: options.timeoutSeconds, then: .stop, verify: options.verify),
                                          freeze: freeze)
         writing.stop()
+        var lossless: Bool?
+        if report.handedOver, let destination = b.exports.export(named: "bench")?.region {
+            let ours = Array(SHA256.hash(data: UnsafeRawBufferPointer(region.bytes)))
+            let theirs = Array(SHA256.hash(data: UnsafeRawBufferPointer(destination.bytes)))
+            lossless = ours == theirs && report.verified == true
+        }
         await endpoints.a.close()
         await endpoints.b.close()
         for task in serving { await task.value }
         return Run(outcome: report.outcome, reason: report.reason, downtimeMilliseconds: report.downtimeMilliseconds,
                    finalFlushMilliseconds: report.finalFlushMilliseconds, digestMilliseconds: report.digestMilliseconds,
-                   totalSeconds: report.totalSeconds, bytesSent: report.bytesSent, chunksResent: report.chunksResent,
-                   rounds: report.rounds, lossless: lossless.withLock { $0 }.map { $0 && report.verified == true })
+                   totalSeconds: report.totalSeconds, readySeconds: report.readySeconds, roundsSeconds: report.roundsSeconds,
+                   bytesSent: report.bytesSent, chunksResent: report.chunksResent,
+                   rounds: report.rounds, lossless: lossless)
     }
 }
 

@@ -18,6 +18,8 @@ struct BenchMigrateCommand: AsyncParsableCommand {
 
     @Option(help: "Region size (suffixes K, M, G).")
     var size: String = "1G"
+    @Option(help: "Chunk size: a power of two from 4K to 1M (a 4 KiB page write dirties one chunk).")
+    var chunk: String = "64K"
     @Option(help: ArgumentHelp("Writer rates in MB/s of random 4 KiB pages, comma-separated (0: idle).", valueName: "rates"))
     var writers: String = "0,10,100"
     @Flag(help: "Add a cyclic writer: 100 MB/s bursts of 0.5 s every 2 s.")
@@ -43,6 +45,9 @@ struct BenchMigrateCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard parseByteSize(size) != nil else { throw ValidationError("bad --size") }
+        guard let c = parseByteSize(chunk), c >= 4096, c <= 1 << 20, c & (c - 1) == 0 else {
+            throw ValidationError("--chunk must be a power of two from 4K to 1M")
+        }
         guard MigrationRequest.Verification(rawValue: verify) != nil else { throw ValidationError("--verify must be before or after") }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else { throw ValidationError("--cc must be cubic, bbr or reno") }
@@ -60,6 +65,7 @@ struct BenchMigrateCommand: AsyncParsableCommand {
         var options = MigrationBenchmark.Options()
         options.regionBytes = parseByteSize(quick ? "64M" : size)!
         options.runs = quick ? 1 : runs
+        options.chunkSize = parseByteSize(chunk)!
         options.maxDowntimeMilliseconds = maxDowntime
         options.timeoutSeconds = timeout
         options.congestionControl = QUICConfiguration.CongestionControl(rawValue: cc)!

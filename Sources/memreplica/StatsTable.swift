@@ -13,7 +13,19 @@ enum StatsTable {
         out += regions(report.regions)
         out += replicas(report.regions)
         out += latencies(report.regions)
+        out += migrations(report.migrations ?? [])
         return out
+    }
+
+    private static func migrations(_ migrations: [StatsReport.Migration]) -> String {
+        guard !migrations.isEmpty else { return "" }
+        let rows = migrations.map { m -> [String] in
+            let now = m.running.map { "\($0.phase), round \($0.round)" } ?? "-"
+            let last = m.last.map { l in l.outcome + (l.downtimeMilliseconds.map { ", downtime \(Format.milliseconds($0))" } ?? "") } ?? "-"
+            let counts = m.outcomes.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            return [m.region, now, last, counts]
+        }
+        return "migrations   \(migrations.count)\n" + StatusTable.table([["REGION", "NOW", "LAST", "SO FAR"]] + rows)
     }
 
     private static func connections(_ connections: [StatsReport.Connection]) -> String {

@@ -153,6 +153,14 @@ struct MigrationTests {
         let atB = try #require(peers.b.exports.export(named: "moving"))
         #expect(atB.identity.generation == 2)
         #expect(peers.b.mirrors.isEmpty)
+        // stats and Prometheus count it.
+        let stats = await peers.a.statsReport()
+        #expect(stats.migrations?.first { $0.region == "moving" }?.outcomes == ["handed over": 1])
+        let prometheus = PrometheusStatistics()
+        prometheus.update(from: stats)
+        let exposition = String(decoding: prometheus.exposition(), as: UTF8.self)
+        #expect(exposition.contains("memreplica_migrations_total{region=\"moving\",outcome=\"handed over\"} 1"), "\(exposition)")
+        #expect(exposition.contains("memreplica_migration_last_downtime_seconds{region=\"moving\"}"))
         // Both sides' state folders say so: A never exports it again, B does.
         #expect(throws: RegionIdentityStore.HandedOver.self) { try peers.a.identities!.advance(region: "moving", path: peers.pathA) }
         #expect(try peers.b.identities!.takenOver(region: "moving", path: peers.pathB)?.generation == 2)

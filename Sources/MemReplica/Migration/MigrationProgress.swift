@@ -20,4 +20,12 @@ struct MigrationBook {
     var last: [String: MigrationReport] = [:]
     /// Regions taken over whose check after the commit failed or never came.
     var problems: [String: String] = [:]
+    /// Migrations by region, then outcome.
+    var outcomes: [String: [String: Int]] = [:]
+
+    var statistics: [StatsReport.Migration] {
+        Set(running.keys).union(last.keys).sorted().map {
+            StatsReport.Migration(region: $0, running: running[$0], last: last[$0], outcomes: outcomes[$0] ?? [:])
+        }
+    }
 }

@@ -19,6 +19,10 @@ public struct MigrationReport: Sendable, Codable, Equatable {
     public var finalFlushMilliseconds: Double?
     public var digestMilliseconds: Double?
     public var totalSeconds: Double
+    /// Of the total: until the destination was ready (its mirror synced,
+    /// its hashes made), and the pre-copy rounds until the freeze.
+    public var readySeconds: Double?
+    public var roundsSeconds: Double?
     /// Chunk bytes sent to the destination during the migration (rounds
     /// and final flush; an initial sync the destination needed included).
     public var bytesSent: UInt64

@@ -121,7 +121,10 @@ final class SourceMigration: Sendable {
             guard case .migrateReady = try await s.receive(before: deadline) else {
                 throw ProtocolViolation(.unexpectedFrame, "the destination answers MIGRATE with MIGRATE_READY")
             }
+            let ready = ContinuousClock.now
+            result.report.readySeconds = started.duration(to: ready).seconds
             let estimate = try await converge(over: opened, destination: destination, result: &result)
+            result.report.roundsSeconds = ready.duration(to: .now).seconds
             result.report.estimatedDowntimeMilliseconds = estimate * 1000
             frozen = try await freezeWriters()
             result.stoppedProcesses = frozen!.processes

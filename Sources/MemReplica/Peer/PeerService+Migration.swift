@@ -70,6 +70,7 @@ extension PeerService {
         migrations.withLock { book in
             book.running[name] = nil
             book.last[name] = report
+            book.outcomes[name, default: [:]][report.outcome, default: 0] += 1
         }
         let downtime = report.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? ""
         logger.notice("migration of '\(name)' to \(request.destination): \(report.outcome)\(downtime)\(report.reason.map { ": \($0)" } ?? "")")

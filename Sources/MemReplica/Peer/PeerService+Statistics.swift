@@ -15,6 +15,7 @@ extension PeerService {
     public func statsReport(visibleTo peer: PeerIdentity) async -> StatsReport {
         var report = await statsReport()
         report.regions = report.regions.filter { mayRead($0.name, role: $0.role, peer: peer) }
+        report.migrations = report.migrations?.filter { mayRead($0.region, role: "primary", peer: peer) }
         return report
     }
 
@@ -33,12 +34,15 @@ extension PeerService {
                                                                               initiatedLocally: summary.initiatedLocally))
         }
         let me = endpoint.localIdentity
-        return StatsReport(
+        var report = StatsReport(
             version: memReplicaVersion, peer: me.commonName ?? me.subject, takenAt: Date(),
             uptimeSeconds: Date().timeIntervalSince(startedAt),
             windowSeconds: (statistics.slotDuration * statistics.slots).seconds,
             connections: connections.sorted { ($0.peer, $0.remoteAddress) < ($1.peer, $1.remoteAddress) },
             regions: primaryStatistics() + replicaStatistics(), memory: endpoint.memoryBudget)
+        let migrations = self.migrations.withLock { $0.statistics }
+        report.migrations = migrations.isEmpty ? nil : migrations
+        return report
     }
 
     /// Samples until cancelled (the peer's `run` does when it ends).

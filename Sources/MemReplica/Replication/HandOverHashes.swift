@@ -5,59 +5,63 @@ import Foundation
 /// migration runs, so HANDOVER's check costs the destination nothing while
 /// the writers are frozen: one full pass when the migration begins (on
 /// threads of its own), then each chunk again as the mirror applies it.
-/// A chunk applied while the pass runs is hashed again after it, so the
-/// table never holds a hash of bytes the mirror has since replaced.
+///
+/// Each chunk has a sequence number that every store raises; a hash is
+/// written only if no store came since its bytes were read, so a late,
+/// older hash never replaces a newer one. The pass ends after one more
+/// round over the chunks stored while it ran, however busy the mirror is.
 final class HandOverHashes: Sendable {
     let key: ChunkHashKey
     private let region: Region
     private struct State {
         var hashes: [ChunkHash]
+        var sequence: [UInt64]
         var complete = false
-        /// Applied while the full pass ran.
+        /// Stored while the full pass ran.
         var appliedDuringPass: Set<Int> = []
     }
     private let state: Locked<State>
-    /// Used by `applied` only, which the mirror calls from one task at a time.
+    /// Used by `applied` (one task at a time, the mirror's) and by `fill`'s last round.
     private let hasher: Locked<ChunkHasher>
 
     init(region: Region, key: ChunkHashKey) {
         self.region = region
         self.key = key
-        state = Locked(State(hashes: [ChunkHash](repeating: .none, count: region.geometry.chunkCount)))
+        let count = region.geometry.chunkCount
+        state = Locked(State(hashes: [ChunkHash](repeating: .none, count: count), sequence: [UInt64](repeating: 0, count: count)))
         hasher = Locked(ChunkHasher(key: key))
     }
 
     /// The full pass; returns when the table is complete.
     func fill() async {
         let hashes = await FrozenRegionDigest.hashes(region, key: key)
-        state.withLock { $0.hashes = hashes }
-        // Chunks stored while the pass ran may have been hashed before the
-        // store: hash them again, until a round finds none new. The table
-        // is complete only when the set is empty under the lock, so a
-        // store racing a round lands in the next one.
-        while true {
-            let again = state.withLock { s -> Set<Int> in
-                defer { s.appliedDuringPass = [] }
-                if s.appliedDuringPass.isEmpty { s.complete = true }
-                return s.appliedDuringPass
-            }
-            if again.isEmpty { return }
-            let rehashed = hasher.withLock { h in again.map { ($0, h.hash(region, chunk: $0)) } }
-            state.withLock { s in
-                for (chunk, hash) in rehashed { s.hashes[chunk] = hash }
-            }
+        // From here on every store hashes its own chunk; those stored while
+        // the pass ran may have been read before the store: once more each.
+        let again = state.withLock { s -> [(Int, UInt64)] in
+            s.hashes = hashes
+            s.complete = true
+            defer { s.appliedDuringPass = [] }
+            return s.appliedDuringPass.map { ($0, s.sequence[$0]) }
         }
+        for (chunk, seen) in again { rehash(chunk, seen: seen) }
     }
 
     /// The mirror stored `chunk`.
     func applied(_ chunk: Int) {
-        let complete = state.withLock { s -> Bool in
+        let (complete, seen) = state.withLock { s -> (Bool, UInt64) in
+            s.sequence[chunk] &+= 1
             if !s.complete { s.appliedDuringPass.insert(chunk) }
-            return s.complete
+            return (s.complete, s.sequence[chunk])
         }
-        guard complete else { return }
+        if complete { rehash(chunk, seen: seen) }
+    }
+
+    /// Hashes `chunk` and keeps the hash unless a store came after `seen`.
+    private func rehash(_ chunk: Int, seen: UInt64) {
         let hash = hasher.withLock { $0.hash(region, chunk: chunk) }
-        state.withLock { $0.hashes[chunk] = hash }
+        state.withLock { s in
+            if s.sequence[chunk] == seen { s.hashes[chunk] = hash }
+        }
     }
 
     /// `RegionDigest.synced` of the table, nil before the pass completed.

@@ -120,6 +120,22 @@ public final class PrometheusStatistics: Sendable {
                 gauge("memreplica_replica_time_lag_seconds", mirror, m.timeLagSeconds)
             }
         }
+        for m in report.migrations ?? [] {
+            let labels = [("region", m.region)]
+            for (outcome, n) in m.outcomes {
+                counter("memreplica_migrations_total", labels + [("outcome", outcome)], Double(n))
+            }
+            gauge("memreplica_migration_running", labels, m.running == nil ? 0 : 1)
+            if let p = m.running {
+                gauge("memreplica_migration_pending_bytes", labels, Double(p.pendingBytes))
+                if let e = p.estimatedDowntimeMilliseconds { gauge("memreplica_migration_estimated_downtime_seconds", labels, e / 1000) }
+            }
+            if let last = m.last {
+                if let d = last.downtimeMilliseconds { gauge("memreplica_migration_last_downtime_seconds", labels, d / 1000) }
+                gauge("memreplica_migration_last_total_seconds", labels, last.totalSeconds)
+                gauge("memreplica_migration_last_sent_bytes", labels, Double(last.bytesSent))
+            }
+        }
         removeSeries(except: seen)
     }
 

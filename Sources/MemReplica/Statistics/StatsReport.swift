@@ -24,6 +24,18 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var bufferedBytes: Int?
     public var peakBufferedBytes: Int?
     public var stalledStreamsReset: UInt64?
+    /// Regions this peer migrated (as the source) or is migrating.
+    public var migrations: [Migration]?
+
+    /// One region's migrations from this peer.
+    public struct Migration: Codable, Sendable, Equatable {
+        public var region: String
+        /// The migration running now, if any.
+        public var running: MigrationProgress?
+        public var last: MigrationReport?
+        /// Migrations by outcome ("handed over", "aborted", "uncertain").
+        public var outcomes: [String: Int]
+    }
 
     public init(version: String, peer: String, takenAt: Date, uptimeSeconds: Double, windowSeconds: Double,
                 connections: [Connection], regions: [Region], memory: MemoryBudget? = nil) {
