@@ -357,8 +357,10 @@ final class SourceMigration: Sendable {
     }
 
     /// The final flush: a scan pass that began after every writer stopped,
-    /// its WRITEs acknowledged; meanwhile the frozen region is hashed.
-    /// Returns the final version and the digest.
+    /// sent (not waited for: HANDOVER follows right behind it, and the
+    /// destination waits until its mirror applied `final_version`, which
+    /// saves a round trip of downtime); meanwhile the frozen region is
+    /// hashed. Returns the final version and the digest.
     private func flush(destination: String, frozen: Frozen, result: inout Result) async throws -> (UInt64, [UInt8]) {
         progress { $0.phase = "final flush" }
         let region = self.region, key = self.key, deferred = request.verify == .after
@@ -375,16 +377,16 @@ final class SourceMigration: Sendable {
             guard let state = subscription(of: destination) else {
                 throw Abort(reason: "the destination's mirror went away during the final flush")
             }
-            if target == nil, let began = state.lastPassBegan, began > frozen.complete {
+            if let began = state.lastPassBegan, began > frozen.complete {
                 target = state.sentVersion
+                break
             }
-            if let target, state.acknowledgedVersion >= target { break }
-            if target == nil, asked != state.passes {
+            if asked != state.passes {
                 asked = state.passes
                 exports.requestPass(of: name)
             }
             guard ContinuousClock.now < deadline else {
-                throw Abort(reason: "the final flush was not acknowledged within --timeout (\(request.timeoutSeconds) s)")
+                throw Abort(reason: "the final flush was not sent within --timeout (\(request.timeoutSeconds) s)")
             }
             try await Task.sleep(for: .microseconds(500))
         }

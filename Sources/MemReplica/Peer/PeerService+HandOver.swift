@@ -8,6 +8,9 @@ extension PeerService {
     /// How long a destination waits for its mirror to sync before it
     /// answers MIGRATE_READY (the source's own timeout usually ends it first).
     public static let migrationSyncLimit: Duration = .seconds(600)
+    /// How long a destination waits, after HANDOVER, for its mirror to
+    /// apply the final WRITEs (they travel on another stream).
+    public static let finalWritesLimit: Duration = .seconds(30)
 
     func takeOver(_ m: Frame.Migrate, on frames: FrameStream, from connection: any TransportConnection) async throws {
         let source = connection.peerIdentity
@@ -103,12 +106,21 @@ extension PeerService {
         guard generation == m.identity.generation + 1 else {
             throw ProtocolViolation(.migrationRefused, "HANDOVER offers generation \(generation), not \(m.identity.generation + 1)")
         }
-        guard case .eager(let now)? = runner.mirror, ObjectIdentifier(now) == readyMirror, runner.synced else {
-            throw ProtocolViolation(.migrationRefused, "the mirror of '\(m.name)' reconnected during the migration")
-        }
-        guard now.currentProgress.lastAppliedVersion >= finalVersion else {
-            throw ProtocolViolation(.handoverMismatch, "the mirror applied version \(now.currentProgress.lastAppliedVersion), "
-                                    + "not the final \(finalVersion)")
+        // The final WRITEs travel on the region stream, HANDOVER right
+        // behind them on this one: wait here until the mirror applied them.
+        let applyLimit = ContinuousClock.now + Self.finalWritesLimit
+        var now: RegionMirror
+        while true {
+            guard case .eager(let current)? = runner.mirror, ObjectIdentifier(current) == readyMirror, runner.synced else {
+                throw ProtocolViolation(.migrationRefused, "the mirror of '\(m.name)' reconnected during the migration")
+            }
+            now = current
+            if current.currentProgress.lastAppliedVersion >= finalVersion { break }
+            guard ContinuousClock.now < applyLimit else {
+                throw ProtocolViolation(.handoverMismatch, "the mirror applied version \(current.currentProgress.lastAppliedVersion), "
+                                        + "not the final \(finalVersion), within \(Self.finalWritesLimit)")
+            }
+            try await Task.sleep(for: .microseconds(200))
         }
         guard let ours = hashes.digest else {
             throw ProtocolViolation(.internalError, "the hand-over hashes of '\(m.name)' are not ready")
