@@ -343,6 +343,7 @@ struct HandOverHashesTests {
             let key = ChunkHashKey.random()
             let hashes = HandOverHashes(region: region, key: key)
             let stop = Locked(false)
+            let exited = Locked(false)
             // The mirror's apply loop: one store and report after another.
             let applier = Thread {
                 var n: UInt64 = 0
@@ -352,12 +353,14 @@ struct HandOverHashesTests {
                     region.bytes.storeBytes(of: n, toByteOffset: chunk * 65536 + Int(n % 8000) * 8, as: UInt64.self)
                     hashes.applied(chunk)
                 }
+                exited.withLock { $0 = true }
             }
             applier.start()
             await hashes.fill()
             try await Task.sleep(for: .milliseconds(2))
             stop.withLock { $0 = true }
-            try await Task.sleep(for: .milliseconds(5))
+            // Its last store reported, however late the thread runs.
+            try await pollUntil("the applier to stop", seconds: 10) { exited.withLock { $0 } }
             #expect(hashes.digest == (await FrozenRegionDigest.compute(region, key: key)), "round \(round)")
         }
     }

@@ -252,8 +252,10 @@ final class SourceMigration: Sendable {
         let budget = request.maxDowntimeMilliseconds / 1000
         // The source hashes its frozen region; the destination's hashes are
         // kept current during the rounds (`HandOverHashes`).
-        let digestSeconds = FrozenRegionDigest.secondsPerChunk(region, key: key) * Double(region.geometry.chunkCount)
-            / Double(FrozenRegionDigest.threads)
+        // With `--verify after` it follows the commit, outside the downtime.
+        let digestSeconds = request.verify == .after ? 0
+            : FrozenRegionDigest.secondsPerChunk(region, key: key) * Double(region.geometry.chunkCount)
+                / Double(FrozenRegionDigest.threads)
         var samples: [Sample] = []
         var rate = 0.0
         var lastPasses: UInt64?
@@ -283,12 +285,17 @@ final class SourceMigration: Sendable {
                 // a stall must not pass for the link's capacity.
                 if span >= 0.25 { rate = acked * Double(chunkSize) / span }
             }
+            // A writer slower than the link makes the ACK rate its own rate.
+            // What fits in the congestion window is on its way within a
+            // round trip, whatever that rate: drained at window per RTT.
+            let window = stats.smoothedRTT > .zero ? Double(stats.congestionWindow) / stats.smoothedRTT.seconds : 0
             // Unacknowledged, plus what was dirtied since the last scan: a pass
             // that blocks on the window leaves more than one interval's worth.
             let pending = Double(state.versionLag) * Double(chunkSize)
                 + dirtyRate * (exports.scanInterval.seconds + state.lastPassSeconds)
             let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(250)
-            let transfer = pending == 0 ? 0 : (rate > 0 ? pending / rate : .infinity)
+            let capacity = pending <= Double(stats.congestionWindow) ? max(rate, window) : rate
+            let transfer = pending == 0 ? 0 : (capacity > 0 ? pending / capacity : .infinity)
             let estimate = transfer + rtt + digestSeconds
             progress {
                 $0.round = result.report.rounds
