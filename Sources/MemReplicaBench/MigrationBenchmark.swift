@@ -76,20 +76,13 @@ public struct MigrationBenchmark: Sendable {
         }
     }
 
+    /// One migration: the source's report, and the benchmark's own check.
     public struct Run: Codable, Sendable {
-        public var outcome: String
-        public var reason: String?
-        public var downtimeMilliseconds: Double?
-        public var finalFlushMilliseconds: Double?
-        public var digestMilliseconds: Double?
-        public var totalSeconds: Double
-        public var readySeconds: Double?
-        public var roundsSeconds: Double?
-        public var bytesSent: UInt64
-        public var chunksResent: UInt64
-        public var rounds: Int
-        /// The destination's region hashed (SHA-256) equal to the source's frozen region.
+        public var report: MigrationReport
+        /// The destination's region hashed (SHA-256) equal to the source's
+        /// frozen region, and the protocol's check passed; nil if not handed over.
         public var lossless: Bool?
+        public var handedOver: Bool { report.handedOver }
     }
 
     public struct Cell: Codable, Sendable {
@@ -142,9 +135,10 @@ public struct MigrationBenchmark: Sendable {
                 for n in 1...options.runs {
                     log("migrate: \(link), writer \(writer), run \(n) of \(options.runs)")
                     let run = try await once(link: link, writer: writer, emulator: emulator)
-                    log("  \(run.outcome)" + (run.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? "")
-                        + String(format: ", %.2f s, %.2f× the region sent", run.totalSeconds,
-                                 Double(run.bytesSent) / Double(options.regionBytes)) + (run.reason.map { ": \($0)" } ?? ""))
+                    let r = run.report
+                    log("  \(r.outcome)" + (r.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? "")
+                        + String(format: ", %.2f s, %.2f× the region sent", r.totalSeconds,
+                                 Double(r.bytesSent) / Double(options.regionBytes)) + (r.reason.map { ": \($0)" } ?? ""))
                     runs.append(run)
                 }
                 cells.append(cell(link: link, writer: writer, runs: runs))
@@ -157,14 +151,14 @@ public struct MigrationBenchmark: Sendable {
 
     private func cell(link: Link, writer: Writer, runs: [Run]) -> Cell {
         func median<T: Comparable>(_ values: [T]) -> T? { values.isEmpty ? nil : values.sorted()[values.count / 2] }
-        let done = runs.filter { $0.outcome == "handed over" }
-        let downtimes = done.compactMap(\.downtimeMilliseconds)
+        let done = runs.filter(\.handedOver)
+        let downtimes = done.compactMap(\.report.downtimeMilliseconds)
         return Cell(writer: writer.description, link: link.description, rttMilliseconds: link.rttMilliseconds,
                     lossPercent: link.lossPercent, mode: MigrationMode.precopy.rawValue, runs: runs,
                     downtimeP50Milliseconds: median(downtimes), downtimeMaxMilliseconds: downtimes.max(),
-                    totalSecondsP50: median(done.map(\.totalSeconds)),
-                    bytesSentPerRegionByte: median(done.map { Double($0.bytesSent) / Double(options.regionBytes) }),
-                    chunksResentP50: median(done.map(\.chunksResent)),
+                    totalSecondsP50: median(done.map(\.report.totalSeconds)),
+                    bytesSentPerRegionByte: median(done.map { Double($0.report.bytesSent) / Double(options.regionBytes) }),
+                    chunksResentP50: median(done.map(\.report.chunksResent)),
                     allLossless: done.count == runs.count && done.allSatisfy { $0.lossless == true },
                     downtimeTargetMilliseconds: link.rttMilliseconds + 20)
     }
@@ -237,11 +231,7 @@ public struct MigrationBenchmark: Sendable {
         await endpoints.a.close()
         await endpoints.b.close()
         for task in serving { await task.value }
-        return Run(outcome: report.outcome, reason: report.reason, downtimeMilliseconds: report.downtimeMilliseconds,
-                   finalFlushMilliseconds: report.finalFlushMilliseconds, digestMilliseconds: report.digestMilliseconds,
-                   totalSeconds: report.totalSeconds, readySeconds: report.readySeconds, roundsSeconds: report.roundsSeconds,
-                   bytesSent: report.bytesSent, chunksResent: report.chunksResent,
-                   rounds: report.rounds, lossless: lossless)
+        return Run(report: report, lossless: lossless)
     }
 }
 

@@ -98,8 +98,8 @@ struct BenchMigrateCommand: AsyncParsableCommand {
                 + pad(c.bytesSentPerRegionByte.map { String(format: "%.2f×", $0) } ?? "-", 13, right: true)
                 + pad(c.chunksResentP50.map(String.init) ?? "-", 9, right: true) + "  " + (c.allLossless ? "yes" : "NO")
             print(line)
-            for run in c.runs where run.outcome != "handed over" {
-                print("    \(run.outcome): \(run.reason ?? "")")
+            for run in c.runs where !run.handedOver {
+                print("    \(run.report.outcome): \(run.report.reason ?? "")")
             }
         }
         if report.cells.contains(where: { !$0.allLossless }) { throw ExitCode(1) }
