@@ -26,7 +26,7 @@ struct MigrateCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The destination peer's listen address.", valueName: "host:port"))
     var to: String
 
-    @Option(help: "precopy (postcopy and hybrid are not available in this build).")
+    @Option(help: "precopy (rounds until the rest fits --max-downtime), postcopy (hand over at once; the destination pulls what it lacks), or hybrid (pre-copy rounds, post-copy once they stop converging).")
     var mode: String = MigrationMode.precopy.rawValue
 
     @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Freeze once the estimated downtime is below this.", valueName: "ms"))
@@ -56,7 +56,10 @@ struct MigrateCommand: AsyncParsableCommand {
         guard let mode = MigrationMode(rawValue: mode) else {
             throw ValidationError("--mode must be precopy, postcopy or hybrid, not '\(mode)'")
         }
-        guard mode == .precopy else { throw ValidationError("--mode \(mode.rawValue) is not available in this build; use precopy") }
+        if mode == .postcopy, verify == MigrationRequest.Verification.after.rawValue {
+            throw ValidationError("--verify after compares whole copies at the commit; a post-copy destination holds "
+                                  + "its copy only once the fill ends (each chunk is checked as it arrives)")
+        }
         guard when == "now" else {
             throw ValidationError(when == "quiet" ? "--when quiet is not available in this build; use now"
                                                   : "--when must be now or quiet, not '\(when)'")
@@ -100,10 +103,17 @@ struct MigrateCommand: AsyncParsableCommand {
         var lines: [String] = []
         if r.handedOver {
             lines.append("\(r.region): handed over to \(r.destination) at generation \(r.generation)")
-            switch r.verified {
-            case true?: lines.append("  copies checked equal (keyed digest of the whole region, \(r.verify ?? "before") the commit)")
-            case false?: lines.append("  THE COPIES DIFFER: the destination's copy is not the frozen state; this peer keeps its frozen copy")
-            case nil: lines.append("  the copies were not compared: the destination's answer did not come")
+            if r.handedOverAs == .postcopy {
+                let fill = r.fillSeconds.map { String(format: "every chunk there %.2f s after the commit", $0) }
+                    ?? "the fill was NOT confirmed: this peer keeps serving its frozen copy to the new owner"
+                lines.append("  post-copy\(r.mode == .hybrid ? " (after pre-copy rounds stopped converging)" : ""): "
+                             + "\(r.chunksPulled ?? 0) chunks pulled by the destination; \(fill)")
+            } else {
+                switch r.verified {
+                case true?: lines.append("  copies checked equal (keyed digest of the whole region, \(r.verify ?? "before") the commit)")
+                case false?: lines.append("  THE COPIES DIFFER: the destination's copy is not the frozen state; this peer keeps its frozen copy")
+                case nil: lines.append("  the copies were not compared: the destination's answer did not come")
+                }
             }
         } else {
             lines.append("\(r.region): \(r.outcome.uppercased()): \(r.reason ?? "no reason given")")

@@ -223,6 +223,10 @@ struct PeerCommand: AsyncParsableCommand {
                 mirrors.append(spec)
                 continue
             }
+            if let source = taken.filling {
+                logger.error("\(incompleteFill(spec.name, path: spec.path, source: source))")
+                continue
+            }
             let identity = try identities.advance(region: spec.name, path: spec.path)
             let region = try Region(name: spec.name, backing: .file(path: spec.path), size: nil, chunkSize: chunkSize)
             logger.notice("""
@@ -237,12 +241,24 @@ struct PeerCommand: AsyncParsableCommand {
         for taken in identities.allTakenOver() {
             guard let name = taken.name, !named.contains(name), let chunkSize = taken.chunkSize,
                   FileManager.default.fileExists(atPath: taken.path) else { continue }
+            if let source = taken.filling {
+                logger.error("\(incompleteFill(name, path: taken.path, source: source))")
+                continue
+            }
             let identity = try identities.advance(region: name, path: taken.path)
             let region = try Region(name: name, backing: .file(path: taken.path), size: nil, chunkSize: chunkSize)
             logger.notice("exporting '\(name)' from \(taken.path): it was handed over to this peer (generation \(identity.generation))")
             exports.append(RegionExports.Export(region: region, allowedPeers: taken.allowedPeers.map(Set.init), identity: identity))
         }
         return (exports, mirrors)
+    }
+
+    /// A region taken over by post-copy whose fill a stop interrupted: its
+    /// file lacks chunks (holes read as zeros), so it is never served.
+    private static func incompleteFill(_ name: String, path: String, source: String) -> String {
+        "'\(name)' was taken over by post-copy and this peer stopped before every chunk had come from \(source): "
+            + "\(path) is incomplete and is not exported (the source may still serve its frozen copy: migrate it again, "
+            + "or restore the region from a complete copy)"
     }
 
     /// Mirrors that name no expected primary accept any peer the CA signed.

@@ -116,10 +116,11 @@ struct FrameGenerator {
                                   mode: MigrationMode.allCases[Int(rng.next() % 3)], hashKey: raw(ChunkHashKey.byteCount),
                                   committing: varint(), sourcePort: rng.next() % 65536))
         case .migrateReady:
-            return .migrateReady(generation: varint(), appliedVersion: varint())
+            return .migrateReady(generation: varint(), appliedVersion: varint(), holdsCopy: rng.next() % 2 == 0)
         case .handover:
-            return .handover(generation: varint(), finalVersion: varint(),
-                             digest: rng.next() % 2 == 0 ? [] : raw(RegionDigest.byteCount))
+            let postcopy = rng.next() % 3 == 0
+            return .handover(generation: varint(), finalVersion: varint(), postcopy: postcopy,
+                             digest: postcopy || rng.next() % 2 == 0 ? [] : raw(RegionDigest.byteCount))
         case .handoverCheck:
             return .handoverCheck(digest: raw(RegionDigest.byteCount))
         case .handedOver:

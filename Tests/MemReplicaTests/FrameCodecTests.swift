@@ -33,6 +33,8 @@ struct FrameCodecTests {
         .handover(generation: 5, finalVersion: 77, digest: Array(repeating: 0xcd, count: 32)),
         .handedOver(generation: 5),
         .handover(generation: 6, finalVersion: 1, digest: []),
+        .migrateReady(generation: 0, appliedVersion: 0, holdsCopy: false),
+        .handover(generation: 7, finalVersion: 9, postcopy: true, digest: []),
         .handoverCheck(digest: Array(repeating: 0x5a, count: 32)),
     ]
 

@@ -108,7 +108,7 @@ struct MigrationProcessTests {
 
         // Usage errors exit 2; a destination nobody answers aborts with 1, the region unharmed.
         #expect(try await runShell("'\(peers.exe)' migrate r --to 127.0.0.1:\(peers.portA) --mode postcopy "
-                                   + "--control '\(peers.socketB)' 2>/dev/null") == 2)
+                                   + "--verify after --control '\(peers.socketB)' 2>/dev/null") == 2)
         #expect(try await runShell("'\(peers.exe)' migrate nosuch --to 127.0.0.1:\(peers.portA) "
                                    + "--control '\(peers.socketB)' 2>/dev/null") == 2)
         #expect(try await runShell("'\(peers.exe)' migrate r --to 127.0.0.1:\(unusedUDPPort()) --timeout 3 "

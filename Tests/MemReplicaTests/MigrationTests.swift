@@ -7,119 +7,6 @@ import Crypto
 import Foundation
 import Testing
 
-/// Two running peers, A exporting a file-backed region and B mirroring it
-/// eagerly, each with a state folder of its own.
-private struct MigrationPeers {
-    static let size = 8 << 20
-    let root: String
-    let pki: TestPKI
-    let a: PeerService
-    let b: PeerService
-    let serving: [Task<Void, Never>]
-    let pathA: String
-    let pathB: String
-    var addressA: String { "127.0.0.1:\(a.endpoint.localAddress.port)" }
-    var addressB: String { "127.0.0.1:\(b.endpoint.localAddress.port)" }
-
-    /// `mirrored` false: B does not mirror the region and takes migrations into `root/accepted`.
-    static func start(mirrorAllow: Set<String>? = nil, mirrored: Bool = true) async throws -> MigrationPeers {
-        let root = NSTemporaryDirectory() + "mr-migrate-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let pki = try TestPKI(peers: ("peer-a", "peer-b"))
-        let pathA = "/dev/shm/\(root.split(separator: "/").last!)-a"
-        let pathB = "/dev/shm/\(root.split(separator: "/").last!)-b"
-        let region = try Region(name: "moving", backing: .file(path: pathA), size: size, chunkSize: 65536)
-        fillPattern(region.bytes, seed: 41)
-        let storeA = RegionIdentityStore(stateDirectory: StateDirectory(explicit: root + "/a"))
-        let storeB = RegionIdentityStore(stateDirectory: StateDirectory(explicit: root + "/b"))
-        let identity = try storeA.advance(region: "moving", path: pathA)
-        let endpointA = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
-                                         configuration: quicConfig(server: true), logger: silentLogger())
-        let endpointB = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
-                                         configuration: quicConfig(server: true), logger: silentLogger())
-        let exports = RegionExports([.init(region: region, allowedPeers: mirrorAllow, identity: identity)],
-                                    scanInterval: .milliseconds(10), logger: silentLogger())
-        let a = PeerService(endpoint: endpointA, exports: exports, identities: storeA, logger: silentLogger())
-        let spec = try MirrorSpec(parsing: "moving@127.0.0.1:\(endpointA.localAddress.port)=\(pathB)")
-        let runner = MirrorRunner(spec: spec, endpoint: endpointB, logger: silentLogger())
-        let b = PeerService(endpoint: endpointB, exports: RegionExports([], scanInterval: .milliseconds(10), logger: silentLogger()),
-                            mirrors: mirrored ? [runner] : [], identities: storeB,
-                            acceptMigrationsInto: mirrored ? nil : root + "/accepted", logger: silentLogger())
-        let serving = [Task { await a.run() }, Task { await b.run() }]
-        if mirrored { try await pollUntil("B's mirror to sync", seconds: 30) { runner.synced } }
-        return MigrationPeers(root: root, pki: pki, a: a, b: b, serving: serving, pathA: pathA, pathB: pathB)
-    }
-
-    func stop() async {
-        await a.endpoint.close()
-        await b.endpoint.close()
-        for task in serving { await task.value }
-        unlink(pathA)
-        unlink(pathB)
-        pki.remove()
-        try? FileManager.default.removeItem(atPath: root)
-    }
-}
-
-/// A writer in the test's process that stores 8-byte values at random
-/// offsets until paused; pausing waits until it has stopped.
-private final class InProcessWriter: Sendable {
-    private struct State {
-        var region: Region?
-        var pauseRequested = false
-        var paused = false
-        var stopped = false
-        var stores = 0
-    }
-    private let state = Locked(State())
-
-    init(_ region: Region, storesPerMillisecond: Int = 4) {
-        state.withLock { $0.region = region }
-        let state = self.state
-        let thread = Thread {
-            var rng = SystemRandomNumberGenerator()
-            while true {
-                let (target, stop) = state.withLock { s -> (Region?, Bool) in
-                    if s.pauseRequested { s.paused = true }
-                    return (s.pauseRequested ? nil : s.region, s.stopped)
-                }
-                if stop { return }
-                if let target {
-                    for _ in 0..<storesPerMillisecond {
-                        let offset = Int.random(in: 0..<(target.geometry.size / 8), using: &rng) * 8
-                        target.bytes.storeBytes(of: rng.next() as UInt64, toByteOffset: offset, as: UInt64.self)
-                    }
-                    state.withLock { $0.stores += storesPerMillisecond }
-                }
-                usleep(1000)
-            }
-        }
-        thread.start()
-    }
-
-    var stores: Int { state.withLock { $0.stores } }
-
-    /// `MigrationFreeze` for this writer: after a hand-over it writes to
-    /// `next` (the region at its new owner), else where it wrote before.
-    func freeze(next: @escaping @Sendable () -> Region?) -> MigrationFreeze {
-        MigrationFreeze(pause: { [state] in
-            state.withLock { $0.pauseRequested = true; $0.paused = false }
-            while !state.withLock({ $0.paused }) { try? await Task.sleep(for: .microseconds(100)) }
-        }, resume: { [state] handedOver in
-            state.withLock { s in
-                if handedOver { s.region = next() }
-                s.pauseRequested = false
-            }
-        })
-    }
-
-    func stop() { state.withLock { $0.stopped = true } }
-}
-
-private func sha(_ region: Region) -> String {
-    SHA256.hash(data: UnsafeRawBufferPointer(region.bytes)).map { String(format: "%02x", $0) }.joined()
-}
-
 @Suite("live migration: pre-copy hand-over, fencing, aborts", .serialized)
 struct MigrationTests {
     @Test("pre-copy hands a written region over: the destination owns it at g+1 with the frozen bytes, the source is fenced, and it comes back A → B → A")
@@ -290,15 +177,12 @@ struct MigrationTests {
         #expect(status.regions.first { $0.name == "moving" }?.lastMigration?.outcome == "aborted")
     }
 
-    @Test("requests that cannot start are refused with a reason: unknown region, bad address, a mode not built, a replica")
+    @Test("requests that cannot start are refused with a reason: unknown region, bad address, a replica")
     func badRequests() async throws {
         let peers = try await MigrationPeers.start()
         defer { Task { await peers.stop() } }
         await #expect(throws: MigrationError.self) { try await peers.a.migrate(.init(region: "nosuch", destination: peers.addressB)) }
         await #expect(throws: MigrationError.self) { try await peers.a.migrate(.init(region: "moving", destination: "not an address")) }
-        await #expect(throws: MigrationError.self) {
-            try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .postcopy))
-        }
         await #expect(throws: MigrationError.self) { try await peers.b.migrate(.init(region: "moving", destination: peers.addressA)) }
         // B mirrors; it cannot be handed a region by a peer it does not follow.
         let response = await peers.b.handle(.migrate(.init(region: "moving", destination: peers.addressA)))

@@ -46,6 +46,16 @@ public struct MigrationReport: Sendable, Codable, Equatable {
     public var verified: Bool?
     /// "before" or "after".
     public var verify: String?
+    /// How the region was handed over: "precopy" or "postcopy" (a hybrid
+    /// migration says which it ended as). Nil when aborted before the freeze.
+    public var handedOverAs: MigrationMode?
+    /// Post-copy: chunks the destination's copy was told it held stale (or
+    /// every chunk, when it held no copy), pulled after the commit.
+    public var chunksPulled: Int?
+    /// Post-copy: from the commit until the destination held every chunk
+    /// and the source let go (nil: not confirmed; the source keeps serving
+    /// the new owner's reads of its frozen region).
+    public var fillSeconds: Double?
 
     public var handedOver: Bool { outcome == "handed over" }
 }

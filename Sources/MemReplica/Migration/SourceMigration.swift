@@ -3,11 +3,20 @@ import MemReplicaTransportCore
 import Foundation
 import Logging
 
-/// The source's side of one pre-copy migration (docs/MIGRATION.md): the
-/// destination's eager mirror of the region converges while the writers
-/// run; once what is left to send fits the downtime budget the writers are
-/// frozen, a last scan pass is sent and acknowledged, the frozen region is
+/// The source's side of one migration (docs/MIGRATION.md).
+///
+/// Pre-copy: the destination's eager mirror of the region converges while
+/// the writers run; once what is left to send fits the downtime budget the
+/// writers are frozen, a last scan pass is sent, the frozen region is
 /// hashed, and HANDOVER asks the destination to commit.
+///
+/// Post-copy: the writers are frozen at once; instead of data, DIRTY
+/// frames name the chunks the destination's copy may hold stale (every
+/// chunk changed since a point its mirror had acknowledged), and HANDOVER
+/// follows. The destination owns the region from its commit and pulls what
+/// it lacks from this frozen copy, which is served to it alone until it
+/// says it holds every chunk. Hybrid: pre-copy rounds while the estimated
+/// downtime keeps falling, post-copy once it stops.
 final class SourceMigration: Sendable {
     let request: MigrationRequest
     let export: RegionExports.Export
@@ -20,10 +29,12 @@ final class SourceMigration: Sendable {
     let attachedWriters: @Sendable () -> [Int32]
     /// Progress for status, as it changes.
     let report: @Sendable (MigrationProgress) -> Void
+    /// Told who the destination is, once connected.
+    let connected: @Sendable (PeerIdentity) -> Void
     /// Called once the destination committed, before a deferred check: the
-    /// source stops serving the region and lets its writers go on at the
-    /// new owner.
-    let onHandedOver: @Sendable (RegionIdentity) async -> Void
+    /// source stops acting as the region's primary (after post-copy, the
+    /// second argument, it serves the new owner's pulls until the fill ends).
+    let onHandedOver: @Sendable (RegionIdentity, Bool) async -> Void
     let logger: Logger
 
     private let started = ContinuousClock.now
@@ -42,7 +53,8 @@ final class SourceMigration: Sendable {
     init(request: MigrationRequest, export: RegionExports.Export, address: PeerAddress, exports: RegionExports,
          endpoint: any Transport, identities: RegionIdentityStore?, freeze: MigrationFreeze?,
          attachedWriters: @escaping @Sendable () -> [Int32], report: @escaping @Sendable (MigrationProgress) -> Void,
-         onHandedOver: @escaping @Sendable (RegionIdentity) async -> Void, logger: Logger) {
+         connected: @escaping @Sendable (PeerIdentity) -> Void,
+         onHandedOver: @escaping @Sendable (RegionIdentity, Bool) async -> Void, logger: Logger) {
         self.onHandedOver = onHandedOver
         self.request = request
         self.export = export
@@ -53,6 +65,7 @@ final class SourceMigration: Sendable {
         self.freeze = freeze
         self.attachedWriters = attachedWriters
         self.report = report
+        self.connected = connected
         self.logger = logger
         deadline = started + .milliseconds(Int64(request.timeoutSeconds * 1000))
         counts = Locked(Counts(sent: [Bool](repeating: false, count: export.region.geometry.chunkCount)))
@@ -72,6 +85,10 @@ final class SourceMigration: Sendable {
         /// Writers stopped at the freeze (still stopped when handed over).
         var stoppedProcesses: [Int32]
         var destinationIdentity: PeerIdentity?
+        /// Handed over by post-copy: the destination pulls from this peer.
+        var postcopy = false
+        /// After post-copy: the destination said it holds every chunk.
+        var filled = false
     }
 
     /// Why the migration gives up; the source keeps the region.
@@ -94,11 +111,14 @@ final class SourceMigration: Sendable {
         var connection: (any TransportConnection)?
         var stream: MigrationStream?
         var frozen: Frozen?
+        var marks: StaleMarks?
+        var heldFor: String?
         do {
             progress { $0.phase = "connecting" }
             let opened = try await endpoint.connect(to: address)
             connection = opened
             result.destinationIdentity = opened.peerIdentity
+            connected(opened.peerIdentity)
             guard export.allow.permits(opened.peerIdentity) else {
                 throw Abort(reason: "\(address) is \(opened.peerIdentity), which the region's allow list (\(export.allow)) "
                             + "leaves out: it cannot be mirroring '\(name)'")
@@ -118,20 +138,49 @@ final class SourceMigration: Sendable {
                                             mode: request.mode, hashKey: key.bytes,
                                             sourcePort: UInt64(endpoint.localAddress.port))))
             progress { $0.phase = "waiting for the destination's mirror to sync" }
-            guard case .migrateReady = try await s.receive(before: deadline) else {
+            guard case .migrateReady(_, _, let holdsCopy) = try await s.receive(before: deadline) else {
                 throw ProtocolViolation(.unexpectedFrame, "the destination answers MIGRATE with MIGRATE_READY")
+            }
+            guard holdsCopy || request.mode == .postcopy else {
+                throw Abort(reason: "the destination holds no copy of '\(name)'; only post-copy can start from none")
             }
             let ready = ContinuousClock.now
             result.report.readySeconds = started.duration(to: ready).seconds
-            let estimate = try await converge(over: opened, destination: destination, result: &result)
+            var postcopy = request.mode == .postcopy
+            if !postcopy {
+                let estimate = try await converge(over: opened, destination: destination, mayGiveUp: request.mode == .hybrid,
+                                                  result: &result)
+                if let estimate { result.report.estimatedDowntimeMilliseconds = estimate * 1000 } else { postcopy = true }
+            }
+            if postcopy, holdsCopy {
+                marks = try await markStale(destination: destination)
+                // From here the destination's copy is what it holds at
+                // `marks.version`; every later change is named instead.
+                exports.holdPasses(of: name, for: destination, true)
+                heldFor = destination
+            }
             result.report.roundsSeconds = ready.duration(to: .now).seconds
-            result.report.estimatedDowntimeMilliseconds = estimate * 1000
             frozen = try await freezeWriters()
             result.stoppedProcesses = frozen!.processes
             result.report.frozenProcesses = frozen!.processes
-            let (finalVersion, digest) = try await flush(destination: destination, frozen: frozen!, result: &result)
-            progress { $0.phase = "handing over" }
             let next = RegionIdentity(id: export.identity.id, generation: export.identity.generation + 1)
+            let handover: Frame
+            if postcopy {
+                progress { $0.phase = "naming the chunks the destination lacks" }
+                // A scan that began after every writer stopped: exact.
+                let stale = marks.map { Array(Set($0.changes.changedChunks())).sorted() }
+                for start in stride(from: 0, to: stale?.count ?? 0, by: FrameLimits.maxDirtyChunks) {
+                    let part = stale![start..<min(start + FrameLimits.maxDirtyChunks, stale!.count)]
+                    try await s.send(.dirty(epoch: next.generation, chunks: part.map { UInt64($0) }))
+                }
+                result.report.chunksPulled = stale?.count ?? region.geometry.chunkCount
+                result.report.finalFlushMilliseconds = frozen!.complete.duration(to: .now).seconds * 1000
+                handover = .handover(generation: next.generation, finalVersion: marks?.version ?? 0, postcopy: true, digest: [])
+            } else {
+                let (finalVersion, digest) = try await flush(destination: destination, frozen: frozen!, result: &result)
+                handover = .handover(generation: next.generation, finalVersion: finalVersion, digest: digest)
+            }
+            progress { $0.phase = "handing over" }
             do {
                 try identities?.beginHandOver(region: name, path: region.backing.description, from: export.identity,
                                               to: request.destination, then: request.then)
@@ -140,7 +189,7 @@ final class SourceMigration: Sendable {
             }
             let answer: Frame
             do {
-                try await s.send(.handover(generation: next.generation, finalVersion: finalVersion, digest: digest))
+                try await s.send(handover)
                 answer = try await s.receive(before: max(deadline, .now + .seconds(10)))
             } catch ReplicationError.refusedByPeer(let code, let message) {
                 // The destination refused: it did not commit.
@@ -171,8 +220,14 @@ final class SourceMigration: Sendable {
             result.report.outcome = "handed over"
             result.report.generation = generation
             result.report.downtimeMilliseconds = frozen!.began.duration(to: done).seconds * 1000
-            await onHandedOver(next)
-            if request.verify == .after {
+            result.report.handedOverAs = postcopy ? .postcopy : .precopy
+            result.postcopy = postcopy
+            await onHandedOver(next, postcopy)
+            if postcopy {
+                progress { $0.phase = "post-copy: the destination pulls what it lacks" }
+                result.filled = await waitForFill(on: s, generation: next.generation)
+                if result.filled { result.report.fillSeconds = done.duration(to: .now).seconds }
+            } else if request.verify == .after {
                 progress { $0.phase = "checking the hand-over" }
                 result.report.verified = await checkAfterCommit(on: s)
             } else {
@@ -197,6 +252,8 @@ final class SourceMigration: Sendable {
             await stream?.abort(reason)
             await connection?.close(errorCode: ProtocolErrorCode.migrationAborted.rawValue, reason: "migration aborted")
         }
+        marks?.changes.cancel()
+        if let heldFor { exports.holdPasses(of: name, for: heldFor, false) }
         exports.tapSends(of: name, nil)
         let c = counts.withLock { $0 }
         result.report.bytesSent = c.bytes
@@ -234,6 +291,81 @@ final class SourceMigration: Sendable {
         }
     }
 
+    /// After a post-copy hand-over: waits for the destination's second
+    /// HANDED_OVER, sent once it holds every chunk. False when the stream
+    /// ended without it (the source then keeps serving the new owner).
+    private func waitForFill(on stream: MigrationStream, generation: UInt64) async -> Bool {
+        do {
+            let answer = try await stream.receive(before: .now + Self.fillLimit)
+            guard case .handedOver(let g) = answer, g == generation else {
+                logger.warning("'\(name)': the new owner answered the post-copy fill with \(answer.name)")
+                return false
+            }
+            return true
+        } catch {
+            let why = "the post-copy fill by \(request.destination) was not confirmed (\(error)); this peer keeps "
+                + "serving its frozen copy to the new owner"
+            logger.warning("'\(name)': \(why)")
+            return false
+        }
+    }
+
+    /// How long a post-copy source waits for the new owner to hold every chunk.
+    static let fillLimit: Duration = .seconds(24 * 3600)
+
+    /// Where the destination's eager copy stands for a post-copy hand-over:
+    /// every change after `changes` began is named to it as stale; every
+    /// change before is in WRITEs up to `version`, which it acknowledged.
+    private struct StaleMarks {
+        let changes: ChangeSubscription
+        let version: UInt64
+    }
+
+    private func markStale(destination: String) async throws -> StaleMarks {
+        progress { $0.phase = "marking what the destination holds" }
+        let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
+        do {
+            let marked = ContinuousClock.now
+            var asked: UInt64?
+            var version: UInt64
+            // A pass that began after the mark has sent every change made
+            // before it (a write racing a copy marks its chunk again).
+            while true {
+                guard let state = subscription(of: destination) else {
+                    throw Abort(reason: "the destination's mirror is not subscribed")
+                }
+                if let began = state.lastPassBegan, began > marked {
+                    version = state.sentVersion
+                    break
+                }
+                if asked != state.passes {
+                    asked = state.passes
+                    exports.requestPass(of: name)
+                }
+                guard ContinuousClock.now < deadline else { throw Abort(reason: "no scan pass within --timeout") }
+                try await Task.sleep(for: .microseconds(500))
+            }
+            while true {
+                guard let state = subscription(of: destination) else {
+                    throw Abort(reason: "the destination's mirror went away")
+                }
+                if state.acknowledgedVersion >= version { break }
+                guard ContinuousClock.now < deadline else {
+                    throw Abort(reason: "the destination did not acknowledge version \(version) within --timeout")
+                }
+                try await Task.sleep(for: .microseconds(500))
+            }
+            return StaleMarks(changes: changes, version: version)
+        } catch {
+            changes.cancel()
+            throw error
+        }
+    }
+
+    /// Hybrid: how long the estimate may stay without falling by a tenth
+    /// before post-copy takes over.
+    static let hybridPatience: Duration = .seconds(1)
+
     /// One sample of the destination's subscription.
     private struct Sample {
         var at: ContinuousClock.Instant
@@ -247,8 +379,11 @@ final class SourceMigration: Sendable {
     /// destination acknowledged over the last second, plus one RTT and the
     /// source's digest of its frozen region (the destination's is kept
     /// current during the rounds).
-    private func converge(over connection: any TransportConnection, destination: String,
-                          result: inout Result) async throws -> Double {
+    /// With `mayGiveUp` (hybrid), returns nil once the estimate has not
+    /// fallen by a tenth for `hybridPatience`, or at the timeout: the
+    /// rounds stopped converging, post-copy takes over.
+    private func converge(over connection: any TransportConnection, destination: String, mayGiveUp: Bool = false,
+                          result: inout Result) async throws -> Double? {
         let budget = request.maxDowntimeMilliseconds / 1000
         // The source hashes its frozen region; the destination's hashes are
         // kept current during the rounds (`HandOverHashes`).
@@ -260,6 +395,7 @@ final class SourceMigration: Sendable {
         var rate = 0.0
         var lastPasses: UInt64?
         var lastSent: UInt64 = 0
+        var best: (estimate: Double, at: ContinuousClock.Instant)?
         progress { $0.phase = "pre-copy rounds" }
         while true {
             let now = ContinuousClock.now
@@ -304,6 +440,17 @@ final class SourceMigration: Sendable {
                 $0.rateBytesPerSecond = rate
             }
             if known, estimate <= budget { return estimate }
+            if mayGiveUp, known {
+                if let b = best, !(estimate < b.estimate * 0.9) {
+                    if b.at.duration(to: now) >= Self.hybridPatience || now >= deadline {
+                        let estimated = estimate.isFinite ? String(format: "%.0f ms", estimate * 1000) : "unbounded"
+                        logger.info("'\(name)': pre-copy rounds stopped converging (estimated downtime \(estimated)); switching to post-copy")
+                        return nil
+                    }
+                } else {
+                    best = (estimate, now)
+                }
+            }
             guard now < deadline else {
                 let estimated = estimate.isFinite ? String(format: "%.0f ms", estimate * 1000) : "unbounded"
                 throw Abort(reason: "did not converge within \(Int(request.timeoutSeconds)) s: the writers dirty "

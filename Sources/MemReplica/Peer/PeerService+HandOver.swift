@@ -13,7 +13,6 @@ extension PeerService {
     public static let finalWritesLimit: Duration = .seconds(30)
 
     func takeOver(_ m: Frame.Migrate, on frames: FrameStream, from connection: any TransportConnection) async throws {
-        let source = connection.peerIdentity
         if m.committing != 0 {
             try await answerCommitQuery(m, on: frames)
             return
@@ -21,14 +20,22 @@ extension PeerService {
         guard let key = ChunkHashKey(bytes: m.hashKey) else {
             throw ProtocolViolation(.malformedFrame, "MIGRATE carries a \(ChunkHashKey.byteCount)-byte hash key")
         }
+        if let taken = takeOvers.withLock({ $0[m.name] }), !taken.complete {
+            throw ProtocolViolation(.migrationRefused, "'\(m.name)' is still being filled after a post-copy hand-over")
+        }
         var started: MirrorRunner?
-        let runner: MirrorRunner
+        let runner: MirrorRunner?
         if let existing = mirrors.first(where: { $0.spec.name == m.name }) {
             runner = existing
+        } else if m.mode == .postcopy {
+            // Nothing held: every chunk is pulled after the commit.
+            runner = nil
+            _ = try takeOverPath(for: m)
         } else {
             runner = try startMirror(for: m, from: connection)
             started = runner
         }
+        if m.mode != .precopy { try checkPostCopyPossible(m, runner: runner) }
         // Frames from the source, read from here on by one task: the wait
         // for the mirror below must notice a source that gave up.
         let (incoming, feed) = AsyncStream<Result<Frame?, any Error>>.makeStream()
@@ -45,7 +52,7 @@ extension PeerService {
         }
         defer { reader.cancel() }
         do {
-            try await commit(m, key: key, runner: runner, source: source, frames: frames,
+            try await commit(m, key: key, runner: runner, from: connection, frames: frames,
                              incoming: incoming, sourceLeft: sourceLeft)
         } catch {
             if let started {
@@ -65,16 +72,15 @@ extension PeerService {
             throw ProtocolViolation(.migrationRefused, "this peer does not mirror '\(m.name)' and accepts no migrations of "
                                     + "regions it does not mirror (peer --accept-migrations DIR)")
         }
-        guard m.mode == .precopy, m.sourcePort != 0 else {
-            throw ProtocolViolation(.migrationRefused, "a migration to a peer that does not mirror the region needs pre-copy "
-                                    + "and the source's port")
+        guard m.sourcePort != 0 else {
+            throw ProtocolViolation(.migrationRefused, "a migration to a peer that does not mirror the region needs the "
+                                    + "source's port")
         }
         let spec: MirrorSpec
         do {
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
+            let path = try takeOverPath(for: m, in: folder)
             let address = try PeerAddress(host: connection.remoteAddress.host, port: UInt16(m.sourcePort))
-            spec = try MirrorSpec(name: m.name, address: address, path: folder + "/" + AtomicFile.safeName(m.name) + ".region",
+            spec = try MirrorSpec(name: m.name, address: address, path: path,
                                   expectedPrimary: .fingerprint(connection.peerIdentity.fingerprint))
         } catch {
             throw ProtocolViolation(.migrationRefused, "cannot mirror '\(m.name)' from the source: \(error)")
@@ -85,42 +91,97 @@ extension PeerService {
         return runner
     }
 
-    private func commit(_ m: Frame.Migrate, key: ChunkHashKey, runner: MirrorRunner, source: PeerIdentity, frames: FrameStream,
-                        incoming: AsyncStream<Result<Frame?, any Error>>, sourceLeft: Locked<Bool>) async throws {
-        guard !runner.spec.lazy else {
+    /// Where a region taken over without a mirror of it is kept:
+    /// DIR/NAME.region under `--accept-migrations DIR`.
+    private func takeOverPath(for m: Frame.Migrate, in folder: String? = nil) throws -> String {
+        guard let folder = folder ?? acceptMigrationsInto else {
+            throw ProtocolViolation(.migrationRefused, "this peer does not mirror '\(m.name)' and accepts no migrations of "
+                                    + "regions it does not mirror (peer --accept-migrations DIR)")
+        }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        return folder + "/" + AtomicFile.safeName(m.name) + ".region"
+    }
+
+    /// Post-copy faults need a file userfaultfd can watch for missing
+    /// pages (tmpfs, e.g. /dev/shm) and an eager mirror (or none):
+    /// refused before anything is frozen.
+    private func checkPostCopyPossible(_ m: Frame.Migrate, runner: MirrorRunner?) throws {
+        if let runner, runner.spec.lazy {
+            throw ProtocolViolation(.migrationRefused, "'\(m.name)' is a lazy mirror here; \(m.mode.rawValue) needs an eager "
+                                    + "one (or none, with peer --accept-migrations)")
+        }
+        let path = try runner?.spec.path ?? takeOverPath(for: m)
+        let folder = (path as NSString).deletingLastPathComponent
+        guard Region.isSharedMemory(folder: folder.isEmpty ? "." : folder) else {
+            throw ProtocolViolation(.migrationRefused, "\(m.mode.rawValue) needs the copy of '\(m.name)' on tmpfs (e.g. /dev/shm): "
+                                    + "userfaultfd cannot watch \(path) for missing pages")
+        }
+    }
+
+    private func commit(_ m: Frame.Migrate, key: ChunkHashKey, runner: MirrorRunner?, from connection: any TransportConnection,
+                        frames: FrameStream, incoming: AsyncStream<Result<Frame?, any Error>>,
+                        sourceLeft: Locked<Bool>) async throws {
+        let source = connection.peerIdentity
+        if let runner, runner.spec.lazy {
             throw ProtocolViolation(.migrationRefused, "'\(m.name)' is a lazy mirror here; \(m.mode.rawValue) needs an eager one")
         }
-        let mirror = try await syncedMirror(runner, for: m, from: source, sourceLeft: sourceLeft)
-        let readyMirror = ObjectIdentifier(mirror)
+        var mirror: RegionMirror?
+        if let runner { mirror = try await syncedMirror(runner, for: m, from: source, sourceLeft: sourceLeft) }
         // Hashed now, kept current as WRITEs arrive: at HANDOVER our side
         // of the check is ready while the source's writers are frozen.
-        let hashes = await mirror.startHandOverHashes(key: key)
-        try await frames.send(.migrateReady(generation: m.identity.generation,
-                                            appliedVersion: mirror.currentProgress.lastAppliedVersion))
-        var fromSource = incoming.makeAsyncIterator()
-        guard case .success(let received)? = await fromSource.next(), let next = received else { return }
-        guard case .handover(let generation, let finalVersion, let digest) = next else {
-            if case .error = next { return }
-            throw ProtocolViolation(.unexpectedFrame, "MIGRATE_READY is answered with HANDOVER, not \(next.name)")
+        let hashes = m.mode == .postcopy ? nil : await mirror?.startHandOverHashes(key: key)
+        // Post-copy pulls over a connection of its own, opened while the
+        // source is still deciding: the first fault after the commit does
+        // not wait for a handshake.
+        let pullFrom = try runner?.spec.address ?? PeerAddress(host: connection.remoteAddress.host, port: UInt16(m.sourcePort))
+        let early = m.mode == .precopy ? nil : Task { [endpoint] in try? await endpoint.connect(to: pullFrom) }
+        var handedEarly = false
+        defer {
+            if let early, !handedEarly { Task { await early.value?.close(errorCode: 0, reason: "migration ended") } }
         }
+        try await frames.send(.migrateReady(generation: m.identity.generation,
+                                            appliedVersion: mirror?.currentProgress.lastAppliedVersion ?? 0,
+                                            holdsCopy: mirror != nil))
+        var fromSource = incoming.makeAsyncIterator()
+        var stale: [Int] = []
+        let chunkCount = UInt64(m.size / max(1, m.chunkSize) + (m.size % max(1, m.chunkSize) == 0 ? 0 : 1))
+        var handover: (generation: UInt64, finalVersion: UInt64, postcopy: Bool, digest: [UInt8])?
+        while handover == nil {
+            guard case .success(let received)? = await fromSource.next(), let next = received else { return }
+            switch next {
+            case .handover(let generation, let finalVersion, let postcopy, let digest):
+                handover = (generation, finalVersion, postcopy, digest)
+            case .dirty(_, let chunks) where m.mode != .precopy && mirror != nil:
+                guard chunks.allSatisfy({ $0 < chunkCount }), stale.count + chunks.count <= Int(chunkCount) else {
+                    throw ProtocolViolation(.chunkOutOfRange, "the stale chunks named are not within the region's \(chunkCount)")
+                }
+                stale += chunks.map { Int($0) }
+            case .error:
+                return
+            default:
+                throw ProtocolViolation(.unexpectedFrame, "MIGRATE_READY is answered with HANDOVER, not \(next.name)")
+            }
+        }
+        let (generation, finalVersion, postcopy, digest) = handover!
         guard generation == m.identity.generation + 1 else {
             throw ProtocolViolation(.migrationRefused, "HANDOVER offers generation \(generation), not \(m.identity.generation + 1)")
         }
+        guard postcopy == (m.mode == .postcopy) || m.mode == .hybrid else {
+            throw ProtocolViolation(.unexpectedFrame, "a \(m.mode.rawValue) migration handed over as \(postcopy ? "post" : "pre")-copy")
+        }
         // The final WRITEs travel on the region stream, HANDOVER right
         // behind them on this one: wait here until the mirror applied them.
-        let applyLimit = ContinuousClock.now + Self.finalWritesLimit
-        var now: RegionMirror
-        while true {
-            guard case .eager(let current)? = runner.mirror, ObjectIdentifier(current) == readyMirror, runner.synced else {
-                throw ProtocolViolation(.migrationRefused, "the mirror of '\(m.name)' reconnected during the migration")
-            }
-            now = current
-            if current.currentProgress.lastAppliedVersion >= finalVersion { break }
-            guard ContinuousClock.now < applyLimit else {
-                throw ProtocolViolation(.handoverMismatch, "the mirror applied version \(current.currentProgress.lastAppliedVersion), "
-                                        + "not the final \(finalVersion), within \(Self.finalWritesLimit)")
-            }
-            try await Task.sleep(for: .microseconds(200))
+        var now: RegionMirror?
+        if let runner, let mirror { now = try await appliedMirror(runner, readyMirror: mirror, finalVersion: finalVersion, m) }
+        if postcopy {
+            handedEarly = true
+            try await commitPostCopy(m, generation: generation, runner: runner, mirror: now, stale: stale, frames: frames,
+                                     source: source, pullFrom: pullFrom, early: early)
+            return
+        }
+        guard let hashes, let runner, let now else {
+            throw ProtocolViolation(.unexpectedFrame, "a pre-copy hand-over needs the mirror's copy")
         }
         guard let ours = hashes.digest else {
             throw ProtocolViolation(.internalError, "the hand-over hashes of '\(m.name)' are not ready")
@@ -160,6 +221,97 @@ extension PeerService {
         }
         try await frames.stream.finish()
         await runner.closeAfterHandOver()
+    }
+
+    /// Waits until the eager mirror applied `finalVersion` (the WRITEs up to
+    /// it travel on the region stream, HANDOVER right behind them on the
+    /// migration stream).
+    private func appliedMirror(_ runner: MirrorRunner, readyMirror: RegionMirror, finalVersion: UInt64,
+                               _ m: Frame.Migrate) async throws -> RegionMirror {
+        let applyLimit = ContinuousClock.now + Self.finalWritesLimit
+        while true {
+            guard case .eager(let current)? = runner.mirror, current === readyMirror, runner.synced else {
+                throw ProtocolViolation(.migrationRefused, "the mirror of '\(m.name)' reconnected during the migration")
+            }
+            if current.currentProgress.lastAppliedVersion >= finalVersion { return current }
+            guard ContinuousClock.now < applyLimit else {
+                throw ProtocolViolation(.handoverMismatch, "the mirror applied version \(current.currentProgress.lastAppliedVersion), "
+                                        + "not the final \(finalVersion), within \(Self.finalWritesLimit)")
+            }
+            try await Task.sleep(for: .microseconds(200))
+        }
+    }
+
+    /// Post-copy: the copy here becomes the region's owner at once. Chunks
+    /// named stale (all, when nothing was held) are dropped and pulled from
+    /// the frozen source; once every chunk is here the region is exported
+    /// and a second HANDED_OVER tells the source to let go.
+    private func commitPostCopy(_ m: Frame.Migrate, generation: UInt64, runner: MirrorRunner?, mirror: RegionMirror?,
+                                stale: [Int], frames: FrameStream, source: PeerIdentity, pullFrom: PeerAddress,
+                                early: Task<(any TransportConnection)?, Never>?) async throws {
+        let path = try runner?.spec.path ?? takeOverPath(for: m)
+        // No WRITE lands in the mapping from here: its stale chunks go next.
+        _ = runner?.stopForHandOver()
+        mirror?.haltWrites()
+        let restartMirror = { [self] in
+            guard let runner else { return }
+            removeMirror(runner)
+            startMirror(MirrorRunner(spec: runner.spec, endpoint: endpoint, statistics: statistics, logger: logger))
+        }
+        let lazy: PostCopyMirror
+        do {
+            let region = try mirror?.region ?? Region(name: m.name, backing: .file(path: path), size: Int(m.size),
+                                                        chunkSize: Int(m.chunkSize))
+            var options = PostCopyMirror.Options()
+            options.owner = true
+            lazy = try PostCopyMirror(region: region, options: options,
+                                      missing: mirror == nil ? Array(0..<region.geometry.chunkCount) : stale)
+        } catch {
+            restartMirror()
+            throw ProtocolViolation(.migrationRefused, "cannot take '\(m.name)' over by post-copy here: \(error)")
+        }
+        let identity = RegionIdentity(id: m.identity.id, generation: generation)
+        // Who may mirror it now: whom the old primary allowed (learnt from
+        // its catalog), and the old primary itself. Without a mirror here
+        // that list is unknown: the old primary alone, until configured.
+        let formerPrimary = Set([source.commonName].compactMap { $0 })
+        let allowed: Set<String>? = runner.map { $0.primaryAllow?.names.map { $0.union(formerPrimary) } } ?? formerPrimary
+        do {
+            // The commit point: from this write on, the region is ours.
+            try identities?.acquire(region: m.name, path: path, identity: identity,
+                                    chunkSize: lazy.region.geometry.chunkSize, allowedPeers: allowed,
+                                    filling: pullFrom.description)
+        } catch {
+            lazy.stop()
+            restartMirror()
+            throw ProtocolViolation(.migrationRefused, "cannot record generation \(generation) in the state folder: \(error)")
+        }
+        migrations.withLock { $0.problems[m.name] = nil }
+        if let runner { removeMirror(runner) }
+        let takeOver = PostCopyTakeOver(name: m.name, mirror: lazy, source: pullFrom, sourceFingerprint: source.fingerprint,
+                                        sourceIdentity: m.identity, endpoint: endpoint, logger: logger)
+        takeOvers.withLock { $0[m.name] = takeOver }
+        let pulling = lazy.progress.chunkCount - lazy.progress.chunksPresent
+        logger.notice("took '\(m.name)' over from \(source) at generation \(generation) by post-copy: pulling \(pulling) chunks from it")
+        try await frames.send(.handedOver(generation: generation))
+        await runner?.closeAfterHandOver()
+        // Unstructured: the fill outlives the migration stream (it
+        // reconnects), and the stream's task may be cancelled.
+        let filling = Task { await takeOver.fill(first: await early?.value) }
+        await filling.value
+        guard takeOver.complete else { return }
+        do {
+            try identities?.finishFill(region: m.name, path: path)
+        } catch {
+            logger.error("'\(m.name)' holds every chunk, but the state folder cannot record it: \(error)")
+        }
+        do {
+            try exports.add(.init(region: lazy.region, allowedPeers: allowed, identity: identity))
+        } catch {
+            logger.error("'\(m.name)' is ours at generation \(generation) but cannot be exported: \(error)")
+        }
+        try? await frames.send(.handedOver(generation: generation))
+        try? await frames.stream.finish()
     }
 
     /// `--verify after`: the source's digest of its frozen region, compared

@@ -14,9 +14,6 @@ extension PeerService {
     /// the final flush; attached writer processes are stopped with SIGSTOP.
     public func migrate(_ request: MigrationRequest, freeze: MigrationFreeze? = nil) async throws -> MigrationReport {
         let name = request.region
-        guard request.mode == .precopy else {
-            throw MigrationError("mode \(request.mode.rawValue) is not available in this build; precopy is")
-        }
         guard request.maxDowntimeMilliseconds > 0, request.timeoutSeconds > 0 else {
             throw MigrationError("the downtime budget and the timeout must be positive")
         }
@@ -46,6 +43,9 @@ extension PeerService {
             migrating '\(name)' to \(request.destination) (\(request.mode.rawValue), max downtime \
             \(request.maxDowntimeMilliseconds) ms, timeout \(request.timeoutSeconds) s)
             """)
+        // Who the destination turned out to be (its certificate), for a
+        // post-copy source that serves it alone.
+        let destinationFingerprint = Locked<String?>(nil)
         let session = SourceMigration(
             request: request, export: export, address: address, exports: exports, endpoint: endpoint,
             identities: identities, freeze: freeze,
@@ -53,8 +53,16 @@ extension PeerService {
                 attachments.withLock { $0.open.values.filter { $0.region == name && $0.process.mode == "writer" }.map(\.process.pid) }
             },
             report: { [migrations] progress in migrations.withLock { $0.running[name] = progress } },
-            onHandedOver: { [self] next in
-                fence(name, at: next, owner: request.destination)
+            connected: { identity in destinationFingerprint.withLock { $0 = identity.fingerprint } },
+            onHandedOver: { [self] next, postcopy in
+                if postcopy {
+                    // The new owner pulls what it lacks from this frozen
+                    // copy: served to it alone until it holds every chunk.
+                    exports.serveOnly(name, to: destinationFingerprint.withLock { $0 })
+                    endWriterSessions(of: name, reason: movedReason(name, owner: request.destination, generation: next.generation))
+                } else {
+                    fence(name, at: next, owner: request.destination)
+                }
                 await freeze?.resume(true)
             },
             logger: logger)
@@ -63,7 +71,18 @@ extension PeerService {
             fence(name, at: .init(id: export.identity.id, generation: export.identity.generation + 1),
                   owner: "\(request.destination) (unconfirmed)")
         }
-        if result.handedOver, request.then == .mirror {
+        let next = RegionIdentity(id: export.identity.id, generation: export.identity.generation + 1)
+        if result.handedOver, result.postcopy {
+            if result.filled {
+                fence(name, at: next, owner: request.destination)
+            } else {
+                migrations.withLock {
+                    $0.problems[name] = "handed over to \(request.destination) by post-copy; its fill was not confirmed, so "
+                        + "this peer keeps serving its frozen copy to it"
+                }
+            }
+        }
+        if result.handedOver, request.then == .mirror, !result.postcopy || result.filled {
             mirrorBack(export, from: address, owner: result.destinationIdentity)
         }
         let report = result.report
@@ -82,9 +101,12 @@ extension PeerService {
     /// `stale_generation` naming the owner; attached writers' sessions end.
     private func fence(_ name: String, at next: RegionIdentity, owner: String) {
         exports.relinquish(name, movedTo: .init(identity: next, owner: owner))
-        endWriterSessions(of: name, reason: "region '\(name)' moved to \(owner) at generation \(next.generation); this "
-                          + "process stays stopped (its stores would reach a copy nobody replicates): restart it "
-                          + "against the new owner")
+        endWriterSessions(of: name, reason: movedReason(name, owner: owner, generation: next.generation))
+    }
+
+    private func movedReason(_ name: String, owner: String, generation: UInt64) -> String {
+        "region '\(name)' moved to \(owner) at generation \(generation); this process stays stopped (its stores "
+            + "would reach a copy nobody replicates): restart it against the new owner"
     }
 
     /// Ends the attach sessions of `region`'s writers, telling them why.

@@ -33,6 +33,9 @@ public final class PeerService: Sendable {
     /// Regions in a migration now (one at a time each), and the last
     /// report of each.
     let migrations = Locked(MigrationBook())
+    /// Regions taken over by post-copy: filling while incomplete; kept
+    /// after that for the processes attached during the fill.
+    let takeOvers = Locked<[String: PostCopyTakeOver]>([:])
     /// What `memreplica stats` and the metrics endpoint report; the
     /// exports and mirrors should have been given the same one.
     public let statistics: PeerStatistics
@@ -208,7 +211,22 @@ public final class PeerService: Sendable {
             }
             return region
         }
-        let names = Set((primaries + replicas).map(\.name))
+        let filling = takeOvers.withLock { Array($0.values) }.filter { !$0.complete }.map { t -> StatusReport.Region in
+            let m = t.mirror, p = m.progress
+            var region = StatusReport.Region(name: t.name, role: "primary", path: m.region.backing.description,
+                                             size: m.region.geometry.size, chunkSize: m.region.geometry.chunkSize,
+                                             chunks: p.chunkCount, chunksPresent: p.chunksPresent,
+                                             source: t.source.description)
+            region.regionID = t.sourceIdentity.id
+            region.generation = t.sourceIdentity.generation + 1
+            region.lazy = .init(faults: p.faults, faultsServed: p.faultsServed, chunksInvalidated: p.chunksInvalidated,
+                                oldestFaultWaitingSeconds: p.oldestFaultWaiting.map { ($0.duration(to: .now)).seconds },
+                                installsPending: p.installsPending, installError: p.installError,
+                                readersFailed: p.readersFailed)
+            region.problem = t.problem.map { "taken over by post-copy, \(p.chunkCount - p.chunksPresent) chunks still at the source: \($0)" }
+            return region
+        }
+        let names = Set((primaries + replicas + filling).map(\.name))
         let moved = exports.movedRegions().filter { !names.contains($0.key) }.sorted { $0.key < $1.key }.map { name, moved in
             var region = StatusReport.Region(name: name, role: "handed over", path: "", size: 0, chunkSize: 0, chunks: 0)
             region.regionID = moved.identity.id
@@ -218,7 +236,7 @@ public final class PeerService: Sendable {
         }
         let attached = attachments.withLock { Array($0.open.values) }
         let book = migrations.withLock { $0 }
-        return (primaries + replicas + moved).map { region in
+        return (primaries + replicas + filling + moved).map { region in
             var region = region
             region.attached = attached.filter { $0.region == region.name }.map(\.process)
                 .sorted { ($0.pid, $0.mode) < ($1.pid, $1.mode) }
@@ -286,6 +304,20 @@ public final class PeerService: Sendable {
         }
         if process.userfaultfd == nil, request.base != nil || request.length != nil {
             return refuse("base and length come with a descriptor (SCM_RIGHTS); a lookup has neither")
+        }
+        if let taken = takeOvers.withLock({ $0[request.region] }), !taken.complete {
+            // Its missing chunks fault in from the old owner: readers map it
+            // like a lazy replica's. A writer's stores must be tracked from
+            // its first, which the fill's fault path does not do yet.
+            if request.role == "primary" {
+                let p = taken.mirror.progress
+                return refuse("region '\(request.region)' was taken over by post-copy and is still being filled "
+                              + "(\(p.chunksPresent) of \(p.chunkCount) chunks here): writers attach once it holds every chunk")
+            }
+            let outcome = Self.attach(request, from: process, toLazy: taken.mirror, logger: logger)
+            guard case .accepted(var answer, let detach) = outcome else { return outcome }
+            answer.synced = false
+            return .accepted(answer, detach: detach)
         }
         if let runner = mirrors.first(where: { $0.spec.name == request.region }) {
             if request.role == "primary" { return refuse("region '\(request.region)' is a replica here, not a primary") }

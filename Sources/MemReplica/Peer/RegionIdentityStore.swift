@@ -38,6 +38,9 @@ public struct RegionIdentityStore: Sendable {
         public var allowedPeers: [String]?
         /// This peer handed the region over, or was doing so.
         public var handOver: HandOver?
+        /// Taken over by post-copy and not yet holding every chunk: the
+        /// source it pulls from. A restart finds the file incomplete.
+        public var filling: String?
 
         public var identity: RegionIdentity { RegionIdentity(id: id, generation: generation) }
     }
@@ -149,10 +152,18 @@ public struct RegionIdentityStore: Sendable {
 
     /// Destination: the commit point. Written atomically; from here on this
     /// peer owns `name` at `identity`.
+    /// `filling`: post-copy, the source still holding chunks this copy lacks.
     public func acquire(region name: String, path: String, identity: RegionIdentity, chunkSize: Int,
-                        allowedPeers: Set<String>?) throws {
+                        allowedPeers: Set<String>?, filling: String? = nil) throws {
         try write(Record(name: name, id: identity.id, generation: identity.generation, path: path, acquired: true,
-                         chunkSize: chunkSize, allowedPeers: allowedPeers.map { $0.sorted() }), region: name)
+                         chunkSize: chunkSize, allowedPeers: allowedPeers.map { $0.sorted() }, filling: filling), region: name)
+    }
+
+    /// Destination: a post-copy fill ended; the copy holds every chunk.
+    public func finishFill(region name: String, path: String) throws {
+        guard var record = try self.record(region: name, path: path), record.filling != nil else { return }
+        record.filling = nil
+        try write(record, region: name)
     }
 
     /// Every region this peer took over and still owns (for a restart:

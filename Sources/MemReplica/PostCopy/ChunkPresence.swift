@@ -35,6 +35,15 @@ struct ChunkPresence {
         holding = BitSet(reservingCapacity: chunkCount)
     }
 
+    /// Every chunk present except `missing` (a copy taken over after a
+    /// post-copy hand-over: what it held is current, the rest is pulled).
+    init(chunkCount: Int, missing: some Sequence<Int>) {
+        self.init(chunkCount: chunkCount)
+        present = [Bool](repeating: true, count: chunkCount)
+        for chunk in missing where chunk >= 0 && chunk < chunkCount { present[chunk] = false }
+        presentCount = present.lazy.filter { $0 }.count
+    }
+
     var chunkCount: Int { present.count }
     var isComplete: Bool { presentCount == present.count }
 

@@ -44,12 +44,18 @@ public enum Frame: Equatable, Sendable {
     case migrate(Migrate)
     /// 0x41, destination → source: it mirrors the region at `generation`
     /// and has applied the source's WRITEs up to `appliedVersion`.
-    case migrateReady(generation: UInt64, appliedVersion: UInt64)
-    /// 0x42, source → destination: the commit request. Writers are frozen,
-    /// every change up to `finalVersion` is acknowledged; `digest` is
+    /// `holdsCopy` false: it holds nothing of the region (a post-copy
+    /// destination that did not mirror it), so every chunk is missing there.
+    case migrateReady(generation: UInt64, appliedVersion: UInt64, holdsCopy: Bool = true)
+    /// 0x42, source → destination: the commit request. Writers are frozen.
+    /// Pre-copy: every change up to `finalVersion` is sent; `digest` is
     /// `RegionDigest.synced` of the frozen region under MIGRATE's hash key,
     /// or empty when it follows the commit in HANDOVER_CHECK (`--verify after`).
-    case handover(generation: UInt64, finalVersion: UInt64, digest: [UInt8])
+    /// Post-copy (`postcopy`, no digest): the DIRTY frames before it on the
+    /// migration stream name every chunk the destination's copy may hold
+    /// stale; WRITEs up to `finalVersion` must be applied before the
+    /// destination drops those and pulls them from the frozen source.
+    case handover(generation: UInt64, finalVersion: UInt64, postcopy: Bool = false, digest: [UInt8])
     /// 0x44, source → destination after HANDED_OVER, when HANDOVER carried
     /// no digest: the frozen region's digest, checked against the copy as
     /// it was committed; answered with HANDED_OVER again, or ERROR

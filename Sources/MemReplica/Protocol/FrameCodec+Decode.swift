@@ -94,6 +94,13 @@ private struct PayloadReader {
         return v
     }
 
+    /// A varint that must be 0 or 1.
+    mutating func flag(_ field: String) throws(ProtocolViolation) -> Bool {
+        let v = try varint(field)
+        guard v <= 1 else { throw ProtocolViolation(.malformedFrame, "\(type) \(field) is \(v), not 0 or 1") }
+        return v == 1
+    }
+
     mutating func string(_ field: String, limit: Int) throws(ProtocolViolation) -> String {
         let n = try varint(field)
         guard n <= UInt64(limit) else {
@@ -165,15 +172,18 @@ private struct PayloadReader {
         case .migrate:
             return .migrate(try migration())
         case .migrateReady:
-            let generation = try varint("generation")
-            return .migrateReady(generation: generation, appliedVersion: try varint("applied version"))
+            let generation = try varint("generation"), applied = try varint("applied version")
+            return .migrateReady(generation: generation, appliedVersion: applied, holdsCopy: try flag("holds copy"))
         case .handover:
             let generation = try varint("generation"), finalVersion = try varint("final version")
+            let postcopy = try flag("post-copy")
             let length = try varint("digest length")
-            guard length == 0 || length == UInt64(RegionDigest.byteCount) else {
-                throw ProtocolViolation(.malformedFrame, "a HANDOVER digest is \(RegionDigest.byteCount) bytes or none, not \(length)")
+            guard length == 0 || length == UInt64(RegionDigest.byteCount), !postcopy || length == 0 else {
+                throw ProtocolViolation(.malformedFrame, "a HANDOVER digest is \(RegionDigest.byteCount) bytes or none "
+                                        + "(none after post-copy), not \(length)")
             }
-            return .handover(generation: generation, finalVersion: finalVersion, digest: try raw("digest", count: Int(length)))
+            return .handover(generation: generation, finalVersion: finalVersion, postcopy: postcopy,
+                             digest: try raw("digest", count: Int(length)))
         case .handoverCheck:
             return .handoverCheck(digest: try raw("digest", count: RegionDigest.byteCount))
         case .handedOver:

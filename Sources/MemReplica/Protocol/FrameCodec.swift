@@ -106,16 +106,21 @@ extension Frame {
             }
             VarInt.encode(m.sourcePort, into: &payload)
             return .migrate
-        case .migrateReady(let generation, let applied):
+        case .migrateReady(let generation, let applied, let holdsCopy):
             VarInt.encode(generation, into: &payload)
             VarInt.encode(applied, into: &payload)
+            VarInt.encode(holdsCopy ? 1 : 0, into: &payload)
             return .migrateReady
-        case .handover(let generation, let finalVersion, let digest):
+        case .handover(let generation, let finalVersion, let postcopy, let digest):
             guard digest.isEmpty || digest.count == RegionDigest.byteCount else {
                 throw ProtocolViolation(.malformedFrame, "a HANDOVER digest is \(RegionDigest.byteCount) bytes or none, not \(digest.count)")
             }
+            guard !postcopy || digest.isEmpty else {
+                throw ProtocolViolation(.malformedFrame, "a post-copy HANDOVER carries no digest")
+            }
             VarInt.encode(generation, into: &payload)
             VarInt.encode(finalVersion, into: &payload)
+            VarInt.encode(postcopy ? 1 : 0, into: &payload)
             VarInt.encode(UInt64(digest.count), into: &payload)
             payload.append(contentsOf: digest)
             return .handover

@@ -292,6 +292,13 @@ public final class Region: @unchecked Sendable {
     }
     static let tmpfsMagic = 0x0102_1994
 
+    /// Whether files made in `folder` are shared memory (tmpfs).
+    public static func isSharedMemory(folder: String) -> Bool {
+        var fs = statfs()
+        guard statfs(folder, &fs) == 0 else { return false }
+        return fs.f_type == Region.tmpfsMagic
+    }
+
     /// One chunk's bytes read from the file, not the mapping: a hole reads
     /// as zeros without allocating a page or raising a userfaultfd fault.
     public func readChunkFromFile(_ index: Int) throws -> [UInt8] {

@@ -31,6 +31,11 @@ public final class PostCopyMirror: @unchecked Sendable {
         /// error (`AttachedRegion.failure`; `cat` exits 1). It is never
         /// handed a page of zeros instead.
         public var faultWaitLimit: Duration = .seconds(10)
+        /// The copy of a region taken over after a post-copy hand-over: the
+        /// source is frozen, so a DIRTY from it is a protocol violation
+        /// (it would drop bytes the new owner's writers stored), and the
+        /// subscription offers no hashes (what it holds is current).
+        public var owner = false
         public init() {}
     }
 
@@ -121,13 +126,25 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// Registers the region's mapping for MISSING faults and drops whatever
     /// pages it holds: what a lazy replica has not pulled on this run, it
     /// does not trust.
-    public init(region: Region, remoteName: String? = nil, options: Options = Options()) throws {
+    ///
+    /// With `missing`, only those chunks are dropped and pulled: the rest of
+    /// the mapping is current (a post-copy hand-over's copy; the source
+    /// named every chunk it may hold stale).
+    public init(region: Region, remoteName: String? = nil, options: Options = Options(), missing: [Int]? = nil) throws {
         self.region = region
         self.remoteName = remoteName ?? region.name
         self.options = options
-        let state = Locked(State(chunks: ChunkPresence(chunkCount: region.geometry.chunkCount)))
+        let count = region.geometry.chunkCount
+        let state = Locked(State(chunks: missing.map { ChunkPresence(chunkCount: count, missing: $0) }
+                                         ?? ChunkPresence(chunkCount: count)))
         self.state = state
-        try region.discard(0..<region.geometry.size)
+        if let missing {
+            for chunk in Set(missing) where chunk >= 0 && chunk < count {
+                try region.discard(region.geometry.byteRange(ofChunk: chunk)!)
+            }
+        } else {
+            try region.discard(0..<region.geometry.size)
+        }
         faults = try MissingFaultHandler(region: region) { chunk, loop, client in
             let (fresh, due, requester, wake) = state.withLock {
                 s -> (Bool, [FaultRequest], FaultRequester?, [AsyncStream<Void>.Continuation]) in
@@ -264,7 +281,7 @@ public final class PostCopyMirror: @unchecked Sendable {
         let g = region.geometry
         let control = FrameStream(try await connection.openStream())
         let key = ChunkHashKey.random()
-        let held = try heldChunkHashes(key: key)
+        let held = options.owner ? [] : try heldChunkHashes(key: key)
         let known = state.withLock { s -> RegionIdentity? in
             defer {
                 if s.identity != identity { s.lastEpoch = 0 }
@@ -368,6 +385,9 @@ public final class PostCopyMirror: @unchecked Sendable {
                     return s.wakePuller
                 }
                 wake?.yield()
+            case .dirty where options.owner:
+                throw ProtocolViolation(.unexpectedFrame, "the source of a post-copy hand-over sent DIRTY: its region "
+                                        + "must stay frozen until the new owner holds every chunk")
             case .dirty(let epoch, let chunks):
                 guard let last = chunks.last, last < chunkCount else {
                     throw ProtocolViolation(.chunkOutOfRange, "DIRTY names chunk \(chunks.last ?? 0) of a \(chunkCount)-chunk region")

@@ -13,7 +13,7 @@ extension RegionExports {
     /// next fault's READ: a faulting thread often touches its next missing
     /// page within µs.
     func serveReads(_ region: Region, over frames: FrameStream, peer: String, forFaults: Bool) async throws {
-        let observer = self.observer
+        let observer = self.observer, taps = sendTaps
         if let served = frames.stream as? any LoopServedStream, let leftover = frames.handOverReading() {
             try await served.readOnLoop(LoopFrameReader(leftover: leftover) { frame, stream in
                 let arrived = ContinuousClock.now
@@ -37,6 +37,7 @@ extension RegionExports {
                     }
                     try stream.sendOnLoop(copy)
                     bytes += data.count
+                    if let tap = taps.withLock({ $0[region.name] }) { tap(peer, Int(chunk), data.count) }
                 }
                 observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
                                      duration: arrived.duration(to: .now))
@@ -53,6 +54,7 @@ extension RegionExports {
                 let data = try region.chunkBytes(Int(chunk))
                 bytes += data.count
                 try await frames.sendData(firstChunk: chunk, bytes: data) { try Self.servable(region) }
+                if let tap = taps.withLock({ $0[region.name] }) { tap(peer, Int(chunk), data.count) }
             }
             observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
                                  duration: arrived.duration(to: .now))

@@ -41,6 +41,8 @@ public final class RegionExports: Sendable {
         var moved: [String: Moved] = [:]
         /// Who may learn where a moved region went: its last allow list.
         var movedAllow: [String: AllowList] = [:]
+        /// Post-copy sources: the one peer a region is served to.
+        var servingOnly: [String: String] = [:]
     }
 
     /// The exports change at run time only by a hand-over (`add`,
@@ -70,16 +72,36 @@ public final class RegionExports: Sendable {
         public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
     }
 
-    /// Told of every chunk a region's eager subscriptions push (a
-    /// migration counts bytes and re-sent chunks with it).
+    /// Told of every chunk a region's eager subscriptions push, and of every
+    /// chunk its reads streams answer (a migration counts bytes and re-sent
+    /// chunks with it).
     public typealias SendTap = @Sendable (_ peer: String, _ chunk: Int, _ bytes: Int) -> Void
-    private let sendTaps = Locked<[String: SendTap]>([:])
+    let sendTaps = Locked<[String: SendTap]>([:])
     /// Wakes the region's publish loops for a pass before their interval ends.
     private let passTriggers = Locked<[String: [ObjectIdentifier: PassTrigger]]>([:])
 
     /// Sets (or with nil removes) the tap of `region`'s pushes.
     public func tapSends(of region: String, _ tap: SendTap?) {
         sendTaps.withLock { $0[region] = tap }
+    }
+
+    /// Peers whose eager subscriptions of a region push nothing more for
+    /// now: a post-copy hand-over names the chunks they lack instead.
+    private let heldPasses = Locked<[String: Set<String>]>([:])
+
+    /// Holds (or lets go) the scan passes of `peer`'s subscriptions of
+    /// `region`: changes accumulate, nothing is pushed.
+    public func holdPasses(of region: String, for peer: String, _ hold: Bool) {
+        heldPasses.withLock { h in
+            if hold { h[region, default: []].insert(peer) } else { h[region]?.remove(peer) }
+        }
+    }
+
+    /// Serves `name` to the peer with `fingerprint` only (nil: to whom its
+    /// allow list names): a post-copy source serves its frozen region to
+    /// the new owner until that holds every chunk. Ends with `relinquish`.
+    public func serveOnly(_ name: String, to fingerprint: String?) {
+        table.withLock { $0.servingOnly[name] = fingerprint }
     }
 
     /// Asks every subscription of `region` for a scan pass now.
@@ -139,6 +161,7 @@ public final class RegionExports: Sendable {
             t.moved[name] = moved
             t.movedAllow[name] = t.exports[name]?.allow ?? t.movedAllow[name]
             t.epochs[name] = nil
+            t.servingOnly[name] = nil
             return t.exports.removeValue(forKey: name)
         }
     }
@@ -303,12 +326,18 @@ public final class RegionExports: Sendable {
     private func acceptSubscription(_ s: Frame.Subscribe, peer: PeerIdentity) throws -> Export {
         // A peer the allow list leaves out learns nothing, not even that
         // the region exists.
-        let (found, moved, movedAllow) = table.withLock { ($0.exports[s.name], $0.moved[s.name], $0.movedAllow[s.name]) }
+        let (found, moved, movedAllow, only) = table.withLock {
+            ($0.exports[s.name], $0.moved[s.name], $0.movedAllow[s.name], $0.servingOnly[s.name])
+        }
         if found == nil, let moved, movedAllow?.permits(peer) ?? false {
             throw Self.movedViolation(s.name, moved)
         }
         guard let export = found, export.allow.permits(peer) else {
             throw ProtocolViolation(.unknownRegion, "no region named '\(s.name)' is exported to this peer")
+        }
+        if let only, only != peer.fingerprint {
+            throw ProtocolViolation(.regionUnavailable, "'\(s.name)' was handed over after post-copy; it is served "
+                                    + "to its new owner only, until that holds every chunk")
         }
         let g = export.region.geometry
         guard s.size == UInt64(g.size), s.chunkSize == UInt64(g.chunkSize) else {
@@ -486,7 +515,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, self] in
+            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, heldPasses, self] in
                 let hasher = ChunkHasher(key: key)
                 var version: UInt64 = 0
                 /// Sends the chunk; in the initial pass (`snapshot` given)
@@ -543,6 +572,7 @@ public final class RegionExports: Sendable {
                 defer { passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) } }
                 while true {
                     try await trigger.wait(upTo: scanInterval)
+                    if heldPasses.withLock({ $0[region.name]?.contains(peer) ?? false }) { continue }
                     let began = ContinuousClock.now
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)

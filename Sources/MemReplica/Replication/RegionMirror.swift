@@ -63,6 +63,16 @@ public final class RegionMirror: @unchecked Sendable {
         return hashes
     }
 
+    /// Set by `haltWrites`: no WRITE is stored from then on.
+    private let halted = Locked(false)
+
+    /// Stops storing WRITEs; returns once a store under way has finished.
+    /// A post-copy hand-over then owns the mapping (its missing chunks are
+    /// dropped and pulled: a late WRITE must not land in them).
+    func haltWrites() {
+        halted.withLock { $0 = true }
+    }
+
     /// Stored chunks not yet on stable storage (durable mirrors).
     private var unsynced: [Range<Int>] = []
 
@@ -213,7 +223,12 @@ public final class RegionMirror: @unchecked Sendable {
             try durable.beginBatch(path: durablePath, geometry: g, identity: identity)
             stream.batchOpen = true
         }
-        try region.storeChunk(index, bytes)
+        try halted.withLock { stopped in
+            guard !stopped else {
+                throw ProtocolViolation(.migrationAborted, "the region was taken over after a post-copy hand-over")
+            }
+            try region.storeChunk(index, bytes)
+        }
         handOver.withLock { $0 }?.applied(index)
         if durable != nil { unsynced.append(range) }
         let first = stream.versions[index] == 0

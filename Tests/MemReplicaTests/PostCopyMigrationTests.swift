@@ -1,0 +1,140 @@
+@testable import MemReplica
+@testable import MemReplicaSystem
+import Foundation
+import Testing
+
+@Suite("live migration: post-copy and hybrid hand-overs", .serialized)
+struct PostCopyMigrationTests {
+    /// A freeze around `writer` that records the source's bytes once it has
+    /// stopped; after the hand-over the writer stops for good (the region
+    /// is exported at its new owner only once filled).
+    private static func recording(_ writer: InProcessWriter, _ region: Region,
+                                  afterCommit: @escaping @Sendable () -> Void = {}) -> (MigrationFreeze, Locked<String?>) {
+        let frozen = Locked<String?>(nil)
+        let inner = writer.freeze(next: { nil })
+        return (MigrationFreeze(pause: {
+            await inner.pause()
+            frozen.withLock { $0 = sha(region) }
+        }, resume: { handedOver in
+            if handedOver { afterCommit() }
+            await inner.resume(handedOver)
+        }), frozen)
+    }
+
+    @Test("post-copy hands over at once: the destination's eager copy keeps what is current, pulls the chunks named stale, ends equal to the frozen source, and the source lets go only then")
+    func postcopyFromEagerMirror() async throws {
+        let peers = try await MigrationPeers.start()
+        defer { Task { await peers.stop() } }
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        let writer = InProcessWriter(regionA)
+        defer { writer.stop() }
+        try await Task.sleep(for: .milliseconds(200))
+        let (freeze, frozen) = Self.recording(writer, regionA)
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .postcopy,
+                                                     timeoutSeconds: 30), freeze: freeze)
+        #expect(report.handedOver, "\(report.reason ?? "")")
+        #expect(report.handedOverAs == .postcopy)
+        #expect(report.generation == 2)
+        let pulled = try #require(report.chunksPulled)
+        #expect(pulled > 0 && pulled < regionA.geometry.chunkCount, "\(pulled): only what the writer changed since the mark")
+        #expect(report.fillSeconds != nil, "the destination confirmed it holds every chunk")
+        #expect(report.bytesSent >= UInt64(pulled * regionA.geometry.chunkSize), "pulled chunks count as sent")
+        let atB = try #require(peers.b.exports.export(named: "moving"))
+        #expect(atB.identity.generation == 2)
+        #expect(sha(atB.region) == frozen.withLock { $0 }, "the new owner's bytes are not the source's frozen state")
+        #expect(peers.a.exports.export(named: "moving") == nil, "the source let go after the fill")
+        #expect(peers.a.exports.moved("moving")?.identity.generation == 2)
+        #expect(try peers.b.identities!.takenOver(region: "moving", path: peers.pathB)?.filling == nil)
+        // The old primary mirrors its new owner (--then mirror) and converges.
+        try await pollUntil("A to mirror B", seconds: 20) {
+            guard let runner = peers.a.mirrors.first, runner.synced, case .eager(let m)? = runner.mirror else { return false }
+            return sha(m.region) == sha(atB.region)
+        }
+    }
+
+    @Test("post-copy into a peer that holds nothing (--accept-migrations on tmpfs): every chunk is pulled; stores made at the new owner during the fill are kept, never overwritten by a later pull")
+    func postcopyFromNothingWritableAtOnce() async throws {
+        let accepted = "/dev/shm/mr-accepted-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: accepted) }
+        let peers = try await MigrationPeers.start(mirrored: false, accepted: accepted)
+        defer { Task { await peers.stop() } }
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        let chunkSize = regionA.geometry.chunkSize, chunks = regionA.geometry.chunkCount
+        let writer = InProcessWriter(regionA)
+        defer { writer.stop() }
+        try await Task.sleep(for: .milliseconds(100))
+        // Right at the commit, before any pull: store a marker into every
+        // other chunk of B's copy, through B's own mapping (each first
+        // touch faults its chunk in from A).
+        let stored = Locked<[Int: UInt64]>([:])
+        let storing = Locked<Thread?>(nil)
+        let (freeze, frozen) = Self.recording(writer, regionA, afterCommit: {
+            guard let taken = peers.b.takeOvers.withLock({ $0["moving"] }) else { return }
+            let region = taken.mirror.region
+            let thread = Thread {
+                for chunk in stride(from: 0, to: chunks, by: 2) {
+                    let value = UInt64(chunk) | 0xfeed_0000_0000
+                    region.bytes.storeBytes(of: value, toByteOffset: chunk * chunkSize + 8, as: UInt64.self)
+                    stored.withLock { $0[chunk] = value }
+                }
+            }
+            storing.withLock { $0 = thread }
+            thread.start()
+        })
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .postcopy,
+                                                     timeoutSeconds: 30), freeze: freeze)
+        #expect(report.handedOver, "\(report.reason ?? "")")
+        #expect(report.chunksPulled == chunks)
+        #expect(report.fillSeconds != nil)
+        #expect(storing.withLock { $0 } != nil, "B took the region over before the source resumed its writers")
+        try await pollUntil("the stores at B", seconds: 10) { stored.withLock { $0.count } == (chunks + 1) / 2 }
+        let atB = try #require(peers.b.exports.export(named: "moving"))
+        #expect(atB.region.backing.description.hasPrefix(accepted))
+        // B = A's frozen bytes with the markers in.
+        let expected = try Region(name: "expected", backing: .memory, size: regionA.geometry.size, chunkSize: chunkSize)
+        expected.bytes.copyMemory(from: UnsafeRawBufferPointer(regionA.bytes))
+        #expect(sha(expected) == frozen.withLock { $0 }, "A changed after its freeze")
+        for (chunk, value) in stored.withLock({ $0 }) {
+            expected.bytes.storeBytes(of: value, toByteOffset: chunk * chunkSize + 8, as: UInt64.self)
+        }
+        #expect(sha(atB.region) == sha(expected), "a store at the new owner was lost, or a chunk is not the frozen source's")
+    }
+
+    @Test("hybrid: pre-copy rounds that cannot meet the budget switch to post-copy, and the copy ends exact")
+    func hybridSwitches() async throws {
+        let peers = try await MigrationPeers.start()
+        defer { Task { await peers.stop() } }
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        let writer = InProcessWriter(regionA)
+        defer { writer.stop() }
+        let (freeze, frozen) = Self.recording(writer, regionA)
+        // A budget no pre-copy round can meet: one microsecond.
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .hybrid,
+                                                     maxDowntimeMilliseconds: 0.001, timeoutSeconds: 30), freeze: freeze)
+        #expect(report.handedOver, "\(report.reason ?? "")")
+        #expect(report.mode == .hybrid)
+        #expect(report.handedOverAs == .postcopy)
+        #expect((report.roundsSeconds ?? 0) >= PostCopyMigrationTests.patience, "switched after the rounds stalled, not at once")
+        #expect(report.fillSeconds != nil)
+        let atB = try #require(peers.b.exports.export(named: "moving"))
+        #expect(sha(atB.region) == frozen.withLock { $0 })
+    }
+
+    static let patience = 0.9
+
+    @Test("post-copy needs the destination's copy on tmpfs: refused before anything is frozen, the source keeps the region and the mirror goes on")
+    func postcopyNeedsTmpfs() async throws {
+        let folder = NSTemporaryDirectory() + "mr-disk-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let peers = try await MigrationPeers.start(mirrorFolder: folder)
+        defer { Task { await peers.stop() } }
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .postcopy,
+                                                     timeoutSeconds: 10))
+        #expect(!report.handedOver)
+        #expect(report.reason?.contains("tmpfs") == true, "\(report.reason ?? "")")
+        #expect(report.downtimeMilliseconds == nil, "nothing was frozen")
+        #expect(peers.a.exports.export(named: "moving")?.identity.generation == 1)
+        #expect(peers.b.mirrors.first?.synced == true)
+    }
+}
