@@ -28,6 +28,9 @@ memreplica="$(swift build -c release "${scratch[@]}" --show-bin-path)/memreplica
 "$memreplica" version
 
 state=$(mktemp -d "${TMPDIR:-/tmp}/memreplica-demo.XXXXXX")
+# The regions' files live on tmpfs: a post-copy destination's copy must
+# (userfaultfd watches it for missing pages).
+data=$(mktemp -d /dev/shm/memreplica-demo.XXXXXX)
 peer_pid=""
 ping_pid=""
 replica_pid=""
@@ -52,7 +55,7 @@ cleanup() {
     echo "-- peer log --" >&2
     cat "$state/peer.log" >&2
   fi
-  rm -rf "$state"
+  rm -rf "$state" "$data"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -60,9 +63,9 @@ trap 'exit 130' INT TERM
 mr() { "$memreplica" "$@" --state-dir "$state"; }
 
 step "start a peer on 127.0.0.1:$port exporting a 64 MiB region (state folder $state)"
-head -c $((64 << 20)) /dev/urandom >"$state/primary.bin"
+head -c $((64 << 20)) /dev/urandom >"$data/primary.bin"
 "$memreplica" peer --listen "127.0.0.1:$port" --state-dir "$state" --name demo-peer \
-  --export "demo=$state/primary.bin" 2>"$state/peer.log" &
+  --export "demo=$data/primary.bin" 2>"$state/peer.log" &
 peer_pid=$!
 for _ in $(seq 100); do
   mr status >/dev/null 2>&1 && break
@@ -90,7 +93,7 @@ tail -n 3 "$state/ping2.log"
 step "mirror the region on a second peer (127.0.0.1:$((port + 1))) while the primary is written"
 replica_sock="$state/replica.sock"
 "$memreplica" peer --listen "127.0.0.1:$((port + 1))" --state-dir "$state" --name demo-replica \
-  --control "$replica_sock" --mirror "demo@127.0.0.1:$port=$state/replica.bin" 2>"$state/replica.log" &
+  --control "$replica_sock" --mirror "demo@127.0.0.1:$port=$data/replica.bin" 2>"$state/replica.log" &
 replica_pid=$!
 digest() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 progress() {
@@ -102,7 +105,7 @@ for r in json.load(sys.stdin)["regions"]:
 }
 converge() {  # $1: what we wait for; fails the demo after 60 s
   local start=$SECONDS
-  until [[ -f $state/replica.bin && $(digest "$state/primary.bin") == $(digest "$state/replica.bin") ]]; do
+  until [[ -f $data/replica.bin && $(digest "$data/primary.bin") == $(digest "$data/replica.bin") ]]; do
     ((SECONDS - start < 60)) || { echo "demo: the replica did not converge ($1) within 60 s" >&2; exit 1; }
     kill -0 "$replica_pid" 2>/dev/null || { echo "demo: the replica peer exited" >&2; exit 1; }
     printf '  %s: %s\n' "$1" "$(progress)"
@@ -112,11 +115,11 @@ converge() {  # $1: what we wait for; fails the demo after 60 s
 }
 converge "initial sync"
 # Live writes into the primary's file: 1 MiB at 10 MiB, one page at 40 MiB.
-dd if=/dev/urandom of="$state/primary.bin" bs=1M count=1 seek=10 conv=notrunc status=none
-dd if=/dev/urandom of="$state/primary.bin" bs=4096 count=1 seek=$((40 << 8)) conv=notrunc status=none
+dd if=/dev/urandom of="$data/primary.bin" bs=1M count=1 seek=10 conv=notrunc status=none
+dd if=/dev/urandom of="$data/primary.bin" bs=4096 count=1 seek=$((40 << 8)) conv=notrunc status=none
 converge "after writes"
 "$memreplica" status --control "$replica_sock"
-printf '  primary sha256 %s\n  replica sha256 %s\n' "$(digest "$state/primary.bin")" "$(digest "$state/replica.bin")"
+printf '  primary sha256 %s\n  replica sha256 %s\n' "$(digest "$data/primary.bin")" "$(digest "$data/replica.bin")"
 
 step "migrate the region to the second peer while a process writes to it"
 # A writer attached to the primary stores a counter at three offsets every millisecond.
@@ -130,7 +133,7 @@ word() { od -An -tx8 -j "$2" -N 8 "$1" | tr -d ' '; }
 printf '  the writer (pid %s) is %s: stopped at the freeze, its session ended naming the new owner\n' \
   "$writer_pid" "$(awk '{print $3}' "/proc/$writer_pid/stat")"
 for offset in "${offsets[@]}"; do
-  a=$(word "$state/primary.bin" "$offset") b=$(word "$state/replica.bin" "$offset")
+  a=$(word "$data/primary.bin" "$offset") b=$(word "$data/replica.bin" "$offset")
   printf '  offset %-9s old owner %s  new owner %s\n' "$offset" "$a" "$b"
   [[ $a == "$b" ]] || { echo "demo: the writer's last store at $offset is not on the new owner" >&2; exit 1; }
 done
@@ -145,8 +148,30 @@ until mr status --json 2>/dev/null | grep -q '"synced" *: *true'; do
   sleep 0.2
 done
 mr status | sed -n '/^regions/,/^peers/p' | sed '$d'
-printf '  old owner sha256 %s\n  new owner sha256 %s\n' "$(digest "$state/primary.bin")" "$(digest "$state/replica.bin")"
-[[ $(digest "$state/primary.bin") == $(digest "$state/replica.bin") ]] || { echo "demo: the copies differ" >&2; exit 1; }
+printf '  old owner sha256 %s\n  new owner sha256 %s\n' "$(digest "$data/primary.bin")" "$(digest "$data/replica.bin")"
+[[ $(digest "$data/primary.bin") == $(digest "$data/replica.bin") ]] || { echo "demo: the copies differ" >&2; exit 1; }
+
+step "migrate it back by post-copy while a process writes to it at its owner"
+"$memreplica" attach-write demo --control "$replica_sock" --rounds 0 --offsets "${offsets[@]}" >/dev/null &
+writer_pid=$!
+disown "$writer_pid"
+sleep 0.5
+"$memreplica" migrate demo --to "127.0.0.1:$port" --mode postcopy --timeout 60 --control "$replica_sock" --state-dir "$state"
+for offset in "${offsets[@]}"; do
+  a=$(word "$data/replica.bin" "$offset") b=$(word "$data/primary.bin" "$offset")
+  printf '  offset %-9s old owner %s  new owner %s\n' "$offset" "$a" "$b"
+  [[ $a == "$b" ]] || { echo "demo: the writer's last store at $offset is not on the new owner" >&2; exit 1; }
+done
+kill -KILL "$writer_pid"
+writer_pid=""
+start=$SECONDS
+until "$memreplica" status --json --control "$replica_sock" 2>/dev/null | grep -q '"synced" *: *true'; do
+  ((SECONDS - start < 60)) || { echo "demo: the old owner did not mirror the new one within 60 s" >&2; exit 1; }
+  sleep 0.2
+done
+mr status | sed -n '/^regions/,/^peers/p' | sed '$d'
+printf '  new owner sha256 %s\n  old owner sha256 %s\n' "$(digest "$data/primary.bin")" "$(digest "$data/replica.bin")"
+[[ $(digest "$data/primary.bin") == $(digest "$data/replica.bin") ]] || { echo "demo: the copies differ" >&2; exit 1; }
 kill -TERM "$replica_pid"
 rc=0
 wait "$replica_pid" || rc=$?
@@ -168,4 +193,4 @@ if [[ -e $state/control.sock ]]; then
   exit 1
 fi
 echo
-echo "demo: OK (mutual TLS, 50 verified echoes, a 64 MiB region mirrored and identical by SHA-256 after live writes, migrated to the mirror with a live writer, status over the control socket, clean shutdowns)"
+echo "demo: OK (mutual TLS, 50 verified echoes, a 64 MiB region mirrored and identical by SHA-256 after live writes, migrated to the mirror by pre-copy and back by post-copy with a live writer, status over the control socket, clean shutdowns)"

@@ -7,19 +7,27 @@ import Crypto
 import Foundation
 import Logging
 
-/// `memreplica bench migrate`: pre-copy hand-overs of a region between two
-/// peers in this process while a writer stores into it, on loopback and
-/// through the WAN emulator. Per cell: the downtime (from the freeze of the
-/// writer until the destination owns the region and the writer may store
-/// there), total time, bytes sent per region byte, chunks re-sent, and
-/// whether the destination's bytes equal the source's frozen state
-/// (SHA-256 of both, every run).
+/// `memreplica bench migrate`: hand-overs of a region between two peers in
+/// this process while a writer stores into it (pre-copy, post-copy, hybrid),
+/// on loopback and through the WAN emulator. Per cell: the downtime (from
+/// the freeze of the writer until the destination owns the region and the
+/// writer may store there), total time, bytes sent per region byte, chunks
+/// re-sent; after post-copy the fill time and the latency of the faults
+/// taken at the new owner (a reader touches random pages right after the
+/// commit); and whether the destination's bytes equal the source's frozen
+/// state (SHA-256 of both, every run).
 public struct MigrationBenchmark: Sendable {
     public struct Options: Sendable {
         public var regionBytes = 1 << 30
         public var chunkSize = 65536
         public var writers: [Writer] = [.idle, .pages(bytesPerSecond: 10_000_000), .pages(bytesPerSecond: 100_000_000)]
         public var links: [Link] = [.loopback]
+        public var modes: [MigrationMode] = MigrationMode.allCases
+        /// `--when`: side by side for each mode. A cyclic writer runs
+        /// `cyclicWarmUp` before the migration is asked for (the history
+        /// `quiet` looks for a cycle in), whichever the timing.
+        public var timings: [MigrationRequest.Timing] = [.now]
+        public var cyclicWarmUp: Duration = .seconds(8)
         public var runs = 3
         public var maxDowntimeMilliseconds = MigrationRequest.defaultMaxDowntimeMilliseconds
         public var timeoutSeconds = 60.0
@@ -79,6 +87,11 @@ public struct MigrationBenchmark: Sendable {
     /// One migration: the source's report, and the benchmark's own check.
     public struct Run: Codable, Sendable {
         public var report: MigrationReport
+        /// After post-copy: faults taken at the new owner during the fill,
+        /// from the fault to its chunk's install (milliseconds).
+        public var faults: Int?
+        public var faultP50Milliseconds: Double?
+        public var faultMaxMilliseconds: Double?
         /// The destination's region hashed (SHA-256) equal to the source's
         /// frozen region, and the protocol's check passed; nil if not handed over.
         public var lossless: Bool?
@@ -91,15 +104,21 @@ public struct MigrationBenchmark: Sendable {
         public var rttMilliseconds: Double
         public var lossPercent: Double
         public var mode: String
+        public var when: String
         public var runs: [Run]
         public var downtimeP50Milliseconds: Double?
         public var downtimeMaxMilliseconds: Double?
         public var totalSecondsP50: Double?
         public var bytesSentPerRegionByte: Double?
         public var chunksResentP50: UInt64?
+        /// Runs handed over by post-copy (a hybrid run switched).
+        public var postcopyRuns: Int
+        public var fillSecondsP50: Double?
+        public var faultP50Milliseconds: Double?
+        public var faultMaxMilliseconds: Double?
         /// Every run handed over, and every one was lossless.
         public var allLossless: Bool
-        /// The target: downtime ≤ 1 RTT + 20 ms (pre-copy).
+        /// The target: downtime ≤ 1 RTT + 20 ms (pre-copy, hybrid), 1 RTT + 5 ms (post-copy).
         public var downtimeTargetMilliseconds: Double
     }
 
@@ -131,17 +150,25 @@ public struct MigrationBenchmark: Sendable {
         var cells: [Cell] = []
         for link in options.links {
             for writer in options.writers {
-                var runs: [Run] = []
-                for n in 1...options.runs {
-                    log("migrate: \(link), writer \(writer), run \(n) of \(options.runs)")
-                    let run = try await once(link: link, writer: writer, emulator: emulator)
-                    let r = run.report
-                    log("  \(r.outcome)" + (r.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? "")
-                        + String(format: ", %.2f s, %.2f× the region sent", r.totalSeconds,
-                                 Double(r.bytesSent) / Double(options.regionBytes)) + (r.reason.map { ": \($0)" } ?? ""))
-                    runs.append(run)
+                for mode in options.modes {
+                  for when in options.timings {
+                    var runs: [Run] = []
+                    for n in 1...options.runs {
+                        log("migrate: \(link), writer \(writer), \(mode.rawValue), --when \(when.rawValue), run \(n) of \(options.runs)")
+                        let run = try await once(link: link, writer: writer, mode: mode, when: when, emulator: emulator)
+                        let r = run.report
+                        log("  \(r.outcome)" + (r.handedOverAs.map { " by \($0.rawValue)" } ?? "")
+                            + (r.downtimeMilliseconds.map { String(format: ", downtime %.1f ms", $0) } ?? "")
+                            + String(format: ", %.2f s, %.2f× the region sent", r.totalSeconds,
+                                     Double(r.bytesSent) / Double(options.regionBytes))
+                            + (r.waitedSeconds.map { String(format: " (waited %.2f s for quiet", $0)
+                                + (r.cycleSeconds.map { String(format: ", cycle %.1f s)", $0) } ?? ", no cycle)") } ?? "")
+                            + (r.reason.map { ": \($0)" } ?? ""))
+                        runs.append(run)
+                    }
+                    cells.append(cell(link: link, writer: writer, mode: mode, when: when, runs: runs))
+                  }
                 }
-                cells.append(cell(link: link, writer: writer, runs: runs))
             }
         }
         return Report(regionBytes: options.regionBytes, chunkSize: options.chunkSize,
@@ -149,24 +176,29 @@ public struct MigrationBenchmark: Sendable {
                       maxDowntimeMilliseconds: options.maxDowntimeMilliseconds, verify: options.verify.rawValue, cells: cells)
     }
 
-    private func cell(link: Link, writer: Writer, runs: [Run]) -> Cell {
+    private func cell(link: Link, writer: Writer, mode: MigrationMode, when: MigrationRequest.Timing, runs: [Run]) -> Cell {
         func median<T: Comparable>(_ values: [T]) -> T? { values.isEmpty ? nil : values.sorted()[values.count / 2] }
         let done = runs.filter(\.handedOver)
         let downtimes = done.compactMap(\.report.downtimeMilliseconds)
         return Cell(writer: writer.description, link: link.description, rttMilliseconds: link.rttMilliseconds,
-                    lossPercent: link.lossPercent, mode: MigrationMode.precopy.rawValue, runs: runs,
+                    lossPercent: link.lossPercent, mode: mode.rawValue, when: when.rawValue, runs: runs,
                     downtimeP50Milliseconds: median(downtimes), downtimeMaxMilliseconds: downtimes.max(),
                     totalSecondsP50: median(done.map(\.report.totalSeconds)),
                     bytesSentPerRegionByte: median(done.map { Double($0.report.bytesSent) / Double(options.regionBytes) }),
                     chunksResentP50: median(done.map(\.report.chunksResent)),
+                    postcopyRuns: done.filter { $0.report.handedOverAs == .postcopy }.count,
+                    fillSecondsP50: median(done.compactMap(\.report.fillSeconds)),
+                    faultP50Milliseconds: median(done.compactMap(\.faultP50Milliseconds)),
+                    faultMaxMilliseconds: done.compactMap(\.faultMaxMilliseconds).max(),
                     allLossless: done.count == runs.count && done.allSatisfy { $0.lossless == true },
-                    downtimeTargetMilliseconds: link.rttMilliseconds + 20)
+                    downtimeTargetMilliseconds: link.rttMilliseconds + (mode == .postcopy ? 5 : 20))
     }
 
     /// One migration from a fresh pair of peers: the destination mirrors the
     /// region first (over a lossless link), then the link takes its profile
     /// and the writer runs while the region is handed over.
-    private func once(link: Link, writer: Writer, emulator: WANEmulator?) async throws -> Run {
+    private func once(link: Link, writer: Writer, mode: MigrationMode, when: MigrationRequest.Timing,
+                      emulator: WANEmulator?) async throws -> Run {
         var quic = QUICConfiguration()
         quic.congestionControl = options.congestionControl
         let endpoints: (a: QUICEndpoint, b: QUICEndpoint)
@@ -208,30 +240,61 @@ public struct MigrationBenchmark: Sendable {
             emulator.setProfiles(aToB: profile.forward, bToA: profile.reverse)
         }
         let writing = PageWriter(region: region, writer: writer)
-        try await Task.sleep(for: .milliseconds(500))
+        if case .cyclic = writer { try await Task.sleep(for: options.cyclicWarmUp) } else { try await Task.sleep(for: .milliseconds(500)) }
         // The writer stops for good at the hand-over (it would go on at the
         // destination): both copies stay as they were at the freeze, and
         // are compared once the migration returned (not inside its time).
+        // After a post-copy commit a reader at the destination touches
+        // random pages while the fill runs: its faults are the ones timed.
+        let taken = Locked<PostCopyMirror?>(nil)
         let freeze = MigrationFreeze(pause: {
             await writing.pause()
-        }, resume: { _ in
+        }, resume: { handedOver in
             writing.stop()
+            guard handedOver, let mirror = b.postCopyTakeOver(named: "bench") else { return }
+            taken.withLock { $0 = mirror }
+            Self.touchPages(of: mirror)
         })
+        let verify = mode == .postcopy ? .before : options.verify
         let report = try await a.migrate(.init(region: "bench", destination: "\(link.emulated ? emulator!.addressB : "127.0.0.1"):\(endpoints.b.localAddress.port)",
-                                               maxDowntimeMilliseconds: options.maxDowntimeMilliseconds,
-                                               timeoutSeconds: options.timeoutSeconds, then: .stop, verify: options.verify),
+                                               mode: mode, maxDowntimeMilliseconds: options.maxDowntimeMilliseconds,
+                                               timeoutSeconds: options.timeoutSeconds, then: .stop, verify: verify, when: when),
                                          freeze: freeze)
         writing.stop()
-        var lossless: Bool?
+        var run = Run(report: report, lossless: nil)
         if report.handedOver, let destination = b.exports.export(named: "bench")?.region {
             let ours = Array(SHA256.hash(data: UnsafeRawBufferPointer(region.bytes)))
             let theirs = Array(SHA256.hash(data: UnsafeRawBufferPointer(destination.bytes)))
-            lossless = ours == theirs && report.verified == true
+            // Post-copy checks each chunk as it is pulled, not the whole.
+            run.lossless = ours == theirs && (report.verified == true || report.handedOverAs == .postcopy)
+        }
+        if let mirror = taken.withLock({ $0 }) {
+            let latencies = mirror.takeFaultLatencies().map { $0.seconds * 1000 }.sorted()
+            run.faults = latencies.count
+            run.faultP50Milliseconds = latencies.isEmpty ? nil : latencies[latencies.count / 2]
+            run.faultMaxMilliseconds = latencies.last
         }
         await endpoints.a.close()
         await endpoints.b.close()
         for task in serving { await task.value }
-        return Run(report: report, lossless: lossless)
+        return run
+    }
+
+    /// Reads one byte of 256 random pages of the new owner's copy, from a
+    /// thread of its own (a missing chunk's first touch blocks it).
+    private static func touchPages(of mirror: PostCopyMirror) {
+        let region = mirror.region
+        let thread = Thread {
+            var rng = SystemRandomNumberGenerator()
+            var sum: UInt8 = 0
+            for _ in 0..<256 {
+                let page = Int.random(in: 0..<(region.geometry.size / 4096), using: &rng)
+                sum &+= region.bytes.load(fromByteOffset: page * 4096, as: UInt8.self)
+            }
+            _ = sum
+        }
+        thread.name = "bench post-copy reader"
+        thread.start()
     }
 }
 

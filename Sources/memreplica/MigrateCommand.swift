@@ -32,7 +32,7 @@ struct MigrateCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-downtime"), help: ArgumentHelp("Freeze once the estimated downtime is below this.", valueName: "ms"))
     var maxDowntime: Double = MigrationRequest.defaultMaxDowntimeMilliseconds
 
-    @Option(help: "now (quiet is not available in this build).")
+    @Option(help: "now, or quiet: wait (at most half the timeout) for the start of the next quiet phase of a cycle in the region's dirty rate.")
     var when: String = "now"
 
     @Option(help: ArgumentHelp("Abort (the source keeps the region) after this many seconds.", valueName: "seconds"))
@@ -60,9 +60,8 @@ struct MigrateCommand: AsyncParsableCommand {
             throw ValidationError("--verify after compares whole copies at the commit; a post-copy destination holds "
                                   + "its copy only once the fill ends (each chunk is checked as it arrives)")
         }
-        guard when == "now" else {
-            throw ValidationError(when == "quiet" ? "--when quiet is not available in this build; use now"
-                                                  : "--when must be now or quiet, not '\(when)'")
+        guard MigrationRequest.Timing(rawValue: when) != nil else {
+            throw ValidationError("--when must be now or quiet, not '\(when)'")
         }
         guard MigrationRequest.AfterHandOver(rawValue: then) != nil else {
             throw ValidationError("--then must be mirror or stop, not '\(then)'")
@@ -78,7 +77,8 @@ struct MigrateCommand: AsyncParsableCommand {
         let request = MigrationRequest(region: region, destination: to, mode: MigrationMode(rawValue: mode)!,
                                        maxDowntimeMilliseconds: maxDowntime, timeoutSeconds: timeout,
                                        then: MigrationRequest.AfterHandOver(rawValue: then)!,
-                                       verify: MigrationRequest.Verification(rawValue: verify)!)
+                                       verify: MigrationRequest.Verification(rawValue: verify)!,
+                                       when: MigrationRequest.Timing(rawValue: when)!)
         let path = control ?? state.directory.controlSocketPath
         // The peer answers when the migration ended: up to the timeout twice
         // over (rounds, then asking a destination whose answer was lost).
@@ -122,6 +122,10 @@ struct MigrateCommand: AsyncParsableCommand {
         if r.downtimeMilliseconds != nil || r.handedOver {
             lines.append("  downtime \(ms(r.downtimeMilliseconds)) (final flush \(ms(r.finalFlushMilliseconds)), "
                          + "digest \(ms(r.digestMilliseconds)); estimated \(ms(r.estimatedDowntimeMilliseconds)))")
+        }
+        if let waited = r.waitedSeconds {
+            lines.append(String(format: "  --when quiet: waited %.2f s", waited)
+                         + (r.cycleSeconds.map { String(format: " for the quiet phase of a %.1f s cycle", $0) } ?? ", no cycle found"))
         }
         lines.append(String(format: "  %@, %.2f s in all, %@ sent for a %@ region (%.2f×), %d rounds, %llu chunks re-sent",
                             r.mode.rawValue, r.totalSeconds, Format.bytes(r.bytesSent), Format.bytes(r.regionBytes),

@@ -25,7 +25,8 @@ struct MigrationPeers {
     /// into `accepted` (default `root/accepted`). `mirrorFolder`: where B's
     /// copy lives (tmpfs by default; post-copy needs it).
     static func start(mirrorAllow: Set<String>? = nil, mirrored: Bool = true, accepted: String? = nil,
-                      mirrorFolder: String = "/dev/shm") async throws -> MigrationPeers {
+                      mirrorFolder: String = "/dev/shm",
+                      postCopy: PostCopyMirror.Options = .init()) async throws -> MigrationPeers {
         let root = NSTemporaryDirectory() + "mr-migrate-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let pki = try TestPKI(peers: ("peer-a", "peer-b"))
@@ -47,7 +48,8 @@ struct MigrationPeers {
         let runner = MirrorRunner(spec: spec, endpoint: endpointB, logger: silentLogger())
         let b = PeerService(endpoint: endpointB, exports: RegionExports([], scanInterval: .milliseconds(10), logger: silentLogger()),
                             mirrors: mirrored ? [runner] : [], identities: storeB,
-                            acceptMigrationsInto: mirrored ? nil : accepted ?? root + "/accepted", logger: silentLogger())
+                            acceptMigrationsInto: mirrored ? nil : accepted ?? root + "/accepted", postCopyOptions: postCopy,
+                            logger: silentLogger())
         let serving = [Task { await a.run() }, Task { await b.run() }]
         if mirrored { try await pollUntil("B's mirror to sync", seconds: 30) { runner.synced } }
         return MigrationPeers(root: root, pki: pki, a: a, b: b, serving: serving, pathA: pathA, pathB: pathB)
@@ -76,12 +78,33 @@ final class InProcessWriter: Sendable {
     }
     private let state = Locked(State())
 
-    init(_ region: Region, storesPerMillisecond: Int = 4) {
+    /// `cycle`: stores only during the first `burst` seconds of every
+    /// `period` seconds from `began`.
+    let cycle: (period: Double, burst: Double)?
+    let began = ContinuousClock.now
+
+    /// Whether a cyclic writer stores at `instant`.
+    func bursting(at instant: ContinuousClock.Instant = .now) -> Bool {
+        guard let cycle else { return true }
+        return began.duration(to: instant).seconds.truncatingRemainder(dividingBy: cycle.period) < cycle.burst
+    }
+
+    init(_ region: Region, storesPerMillisecond: Int = 4, cycle: (period: Double, burst: Double)? = nil) {
+        self.cycle = cycle
         state.withLock { $0.region = region }
         let state = self.state
+        let began = self.began
         let thread = Thread {
             var rng = SystemRandomNumberGenerator()
             while true {
+                if let cycle, began.duration(to: .now).seconds.truncatingRemainder(dividingBy: cycle.period) >= cycle.burst {
+                    if state.withLock({ s in
+                        if s.pauseRequested { s.paused = true }
+                        return s.stopped
+                    }) { return }
+                    usleep(1000)
+                    continue
+                }
                 let (target, stop) = state.withLock { s -> (Region?, Bool) in
                     if s.pauseRequested { s.paused = true }
                     return (s.pauseRequested ? nil : s.region, s.stopped)

@@ -138,3 +138,103 @@ struct PostCopyMigrationTests {
         #expect(peers.b.mirrors.first?.synced == true)
     }
 }
+
+@Suite("live migration: --when quiet", .serialized)
+struct QuietMigrationTests {
+    @Test("--when quiet finds a cyclic writer's period in the peer's dirty-rate history and freezes inside its quiet phase")
+    func freezesWhenQuiet() async throws {
+        let peers = try await MigrationPeers.start()
+        defer { Task { await peers.stop() } }
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        // Bursts of 0.3 s every second; four seconds of history first.
+        let writer = InProcessWriter(regionA, cycle: (period: 1, burst: 0.3))
+        defer { writer.stop() }
+        try await Task.sleep(for: .seconds(4))
+        let frozeBursting = Locked<Bool?>(nil)
+        let inner = writer.freeze(next: { nil })
+        let freeze = MigrationFreeze(pause: {
+            frozeBursting.withLock { $0 = writer.bursting() }
+            await inner.pause()
+        }, resume: { await inner.resume($0) })
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, timeoutSeconds: 30,
+                                                     when: .quiet), freeze: freeze)
+        #expect(report.handedOver, "\(report.reason ?? "")")
+        let cycle = try #require(report.cycleSeconds, "no cycle found")
+        #expect(abs(cycle - 1) <= 0.11, "period \(cycle) s")
+        #expect((report.waitedSeconds ?? 99) < 1.2, "waited at most about one period")
+        #expect(frozeBursting.withLock { $0 } == false, "the freeze fell inside a burst")
+    }
+
+    @Test("--when quiet with a steady writer finds no cycle and migrates without waiting for one")
+    func noCycleMigratesNow() async throws {
+        let peers = try await MigrationPeers.start()
+        defer { Task { await peers.stop() } }
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        let writer = InProcessWriter(regionA)
+        defer { writer.stop() }
+        try await Task.sleep(for: .seconds(4))
+        let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, timeoutSeconds: 10,
+                                                     when: .quiet), freeze: writer.freeze(next: { nil }))
+        #expect(report.handedOver, "\(report.reason ?? "")")
+        #expect(report.cycleSeconds == nil)
+        // No cycle in 4 s of history: it watches up to half the timeout.
+        #expect((report.waitedSeconds ?? 0) <= 5.5)
+    }
+}
+
+@Suite("live migration: the post-copy hazard", .serialized)
+struct PostCopyHazardTests {
+    @Test("the source lost before the new owner holds every chunk: the region is not exported, status names the missing chunks, and a reader of one gets an error, never zeros")
+    func sourceLostDuringFill() async throws {
+        let accepted = "/dev/shm/mr-accepted-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: accepted) }
+        var options = PostCopyMirror.Options()
+        options.backgroundPull = false      // only faults pull: the fill cannot end by itself
+        options.faultWaitLimit = .seconds(1)
+        let peers = try await MigrationPeers.start(mirrored: false, accepted: accepted, postCopy: options)
+        defer { Task { await peers.stop() } }
+        let socket = peers.root + "/b.sock"
+        let server = try ControlServer(path: socket, logger: silentLogger(), attachHandler: { request, process in
+            peers.b.attach(request, from: process)
+        }) { _ in .error("not served here") }
+        defer { Task { await server.stop() } }
+        let migrating = Task {
+            try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .postcopy, timeoutSeconds: 30))
+        }
+        try await pollUntil("B to take the region over", seconds: 10) { peers.b.postCopyTakeOver(named: "moving") != nil }
+        let taken = try #require(peers.b.postCopyTakeOver(named: "moving"))
+        // Writers attach once the fill ends; readers at once.
+        #expect(throws: (any Error).self) {
+            _ = try AttachedRegion(controlPath: socket, region: "moving", role: "primary", writable: true)
+        }
+        let reader = try AttachedRegion(controlPath: socket, region: "moving")
+        #expect(reader.answer.lazy)
+        // A chunk pulled while the source is up reads its bytes.
+        let regionA = try #require(peers.a.exports.export(named: "moving")).region
+        #expect(try reader.read(offset: 3 * 65536, count: 16) == Array(UnsafeRawBufferPointer(rebasing: regionA.bytes[(3 * 65536)..<(3 * 65536 + 16)])))
+        // The source goes away for good.
+        await peers.a.endpoint.close()
+        let report = try await migrating.value
+        #expect(report.handedOver && report.handedOverAs == .postcopy)
+        #expect(report.fillSeconds == nil, "the fill cannot have been confirmed")
+        let result = Locked<Result<[UInt8], any Error>?>(nil)
+        Thread {
+            let read = Result { try reader.read(offset: 9 * 65536 + 40, count: 8) }
+            result.withLock { $0 = read }
+        }.start()
+        try await pollUntil("the reader's answer", seconds: 15) { result.withLock { $0 } != nil }
+        guard case .failure(let error)? = result.withLock({ $0 }) else {
+            Issue.record("a missing chunk was read while its only holder was gone: \(String(describing: result.withLock { $0 }))")
+            return
+        }
+        #expect("\(error)".contains("out of reach"), "\(error)")
+        #expect(peers.b.exports.export(named: "moving") == nil, "an incomplete copy must not be exported")
+        #expect(taken.progress.chunksPresent < taken.progress.chunkCount)
+        let status = await peers.b.statusReport()
+        let region = try #require(status.regions.first { $0.name == "moving" })
+        #expect(region.problem?.contains("chunks still at the source") == true, "\(region.problem ?? "no problem shown")")
+        #expect(try peers.b.identities!.takenOver(region: "moving", path: accepted + "/moving.region")?.filling != nil,
+                "a restart must find the fill unfinished")
+        reader.detach()
+    }
+}

@@ -56,6 +56,11 @@ public struct MigrationReport: Sendable, Codable, Equatable {
     /// and the source let go (nil: not confirmed; the source keeps serving
     /// the new owner's reads of its frozen region).
     public var fillSeconds: Double?
+    /// `--when quiet`: how long the migration waited for a quiet phase
+    /// before it began (not in `totalSeconds`, nor its bytes in
+    /// `bytesSent`), and the writers' cycle it found (nil: none).
+    public var waitedSeconds: Double?
+    public var cycleSeconds: Double?
 
     public var handedOver: Bool { outcome == "handed over" }
 }

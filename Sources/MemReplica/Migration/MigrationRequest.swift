@@ -16,6 +16,16 @@ public struct MigrationRequest: Sendable, Codable, Equatable {
     public var then: AfterHandOver
     /// When the two copies are compared (both hashed whole, keyed).
     public var verify: Verification
+    /// Start now, or at the next quiet phase of the region's writers.
+    public var when: Timing
+
+    public enum Timing: String, Sendable, Codable {
+        case now
+        /// Wait (at most half the timeout) for the start of the next quiet
+        /// phase of a cycle found in the region's dirty rate
+        /// (`QuietPhaseModel`); at once when there is none.
+        case quiet
+    }
 
     public enum AfterHandOver: String, Sendable, Codable {
         case mirror, stop
@@ -39,7 +49,7 @@ public struct MigrationRequest: Sendable, Codable, Equatable {
     public init(region: String, destination: String, mode: MigrationMode = .precopy,
                 maxDowntimeMilliseconds: Double = Self.defaultMaxDowntimeMilliseconds,
                 timeoutSeconds: Double = Self.defaultTimeoutSeconds, then: AfterHandOver = .mirror,
-                verify: Verification = .before) {
+                verify: Verification = .before, when: Timing = .now) {
         self.region = region
         self.destination = destination
         self.mode = mode
@@ -47,13 +57,14 @@ public struct MigrationRequest: Sendable, Codable, Equatable {
         self.timeoutSeconds = timeoutSeconds
         self.then = then
         self.verify = verify
+        self.when = when
     }
 
     private enum Keys: String, CodingKey {
-        case region, destination, mode, maxDowntimeMilliseconds, timeoutSeconds, then, verify
+        case region, destination, mode, maxDowntimeMilliseconds, timeoutSeconds, then, verify, when
     }
 
-    /// `verify` may be left out (before).
+    /// `verify` and `when` may be left out (before, now).
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: Keys.self)
         self.init(region: try c.decode(String.self, forKey: .region), destination: try c.decode(String.self, forKey: .destination),
@@ -61,6 +72,7 @@ public struct MigrationRequest: Sendable, Codable, Equatable {
                   maxDowntimeMilliseconds: try c.decode(Double.self, forKey: .maxDowntimeMilliseconds),
                   timeoutSeconds: try c.decode(Double.self, forKey: .timeoutSeconds),
                   then: try c.decode(AfterHandOver.self, forKey: .then),
-                  verify: try c.decodeIfPresent(Verification.self, forKey: .verify) ?? .before)
+                  verify: try c.decodeIfPresent(Verification.self, forKey: .verify) ?? .before,
+                  when: try c.decodeIfPresent(Timing.self, forKey: .when) ?? .now)
     }
 }

@@ -31,6 +31,8 @@ final class SourceMigration: Sendable {
     let report: @Sendable (MigrationProgress) -> Void
     /// Told who the destination is, once connected.
     let connected: @Sendable (PeerIdentity) -> Void
+    /// The region's dirty-rate series (`DirtyRateHistory`), for `--when quiet`.
+    let dirtySeries: @Sendable () -> [Double]
     /// Called once the destination committed, before a deferred check: the
     /// source stops acting as the region's primary (after post-copy, the
     /// second argument, it serves the new owner's pulls until the fill ends).
@@ -53,7 +55,7 @@ final class SourceMigration: Sendable {
     init(request: MigrationRequest, export: RegionExports.Export, address: PeerAddress, exports: RegionExports,
          endpoint: any Transport, identities: RegionIdentityStore?, freeze: MigrationFreeze?,
          attachedWriters: @escaping @Sendable () -> [Int32], report: @escaping @Sendable (MigrationProgress) -> Void,
-         connected: @escaping @Sendable (PeerIdentity) -> Void,
+         connected: @escaping @Sendable (PeerIdentity) -> Void, dirtySeries: @escaping @Sendable () -> [Double],
          onHandedOver: @escaping @Sendable (RegionIdentity, Bool) async -> Void, logger: Logger) {
         self.onHandedOver = onHandedOver
         self.request = request
@@ -66,6 +68,7 @@ final class SourceMigration: Sendable {
         self.attachedWriters = attachedWriters
         self.report = report
         self.connected = connected
+        self.dirtySeries = dirtySeries
         self.logger = logger
         deadline = started + .milliseconds(Int64(request.timeoutSeconds * 1000))
         counts = Locked(Counts(sent: [Bool](repeating: false, count: export.region.geometry.chunkCount)))
@@ -132,6 +135,9 @@ final class SourceMigration: Sendable {
                 }
             }
             let s = MigrationStream(frames: FrameStream(try await opened.openStream()))
+            // Its few frames go ahead of the region stream's queued WRITEs:
+            // HANDOVER is sent while the writers are frozen.
+            await s.frames.stream.prioritize()
             stream = s
             try await s.send(.migrate(.init(name: name, size: UInt64(region.geometry.size),
                                             chunkSize: UInt64(region.geometry.chunkSize), identity: export.identity,
@@ -144,8 +150,9 @@ final class SourceMigration: Sendable {
             guard holdsCopy || request.mode == .postcopy else {
                 throw Abort(reason: "the destination holds no copy of '\(name)'; only post-copy can start from none")
             }
+            if request.when == .quiet { try await waitForQuiet(result: &result) }
             let ready = ContinuousClock.now
-            result.report.readySeconds = started.duration(to: ready).seconds
+            result.report.readySeconds = started.duration(to: ready).seconds - (result.report.waitedSeconds ?? 0)
             var postcopy = request.mode == .postcopy
             if !postcopy {
                 let estimate = try await converge(over: opened, destination: destination, mayGiveUp: request.mode == .hybrid,
@@ -153,11 +160,8 @@ final class SourceMigration: Sendable {
                 if let estimate { result.report.estimatedDowntimeMilliseconds = estimate * 1000 } else { postcopy = true }
             }
             if postcopy, holdsCopy {
-                marks = try await markStale(destination: destination)
-                // From here the destination's copy is what it holds at
-                // `marks.version`; every later change is named instead.
-                exports.holdPasses(of: name, for: destination, true)
                 heldFor = destination
+                marks = try await markStale(destination: destination)
             }
             result.report.roundsSeconds = ready.duration(to: .now).seconds
             frozen = try await freezeWriters()
@@ -253,12 +257,12 @@ final class SourceMigration: Sendable {
             await connection?.close(errorCode: ProtocolErrorCode.migrationAborted.rawValue, reason: "migration aborted")
         }
         marks?.changes.cancel()
-        if let heldFor { exports.holdPasses(of: name, for: heldFor, false) }
+        if let heldFor { exports.holdPasses(of: name, for: heldFor, after: nil) }
         exports.tapSends(of: name, nil)
         let c = counts.withLock { $0 }
         result.report.bytesSent = c.bytes
         result.report.chunksResent = c.resent
-        result.report.totalSeconds = started.duration(to: .now).seconds
+        result.report.totalSeconds = started.duration(to: .now).seconds - (result.report.waitedSeconds ?? 0)
         return result
     }
 
@@ -290,6 +294,46 @@ final class SourceMigration: Sendable {
             return nil
         }
     }
+
+    /// `--when quiet`: looks for a cycle in the region's dirty rate (from
+    /// before the migration, when the peer kept it) and waits for the start
+    /// of its next quiet phase; without enough history it watches for up
+    /// to `quietWatchLimit`. What the subscription sends meanwhile is
+    /// replication as usual: the migration's bytes and time start after.
+    private func waitForQuiet(result: inout Result) async throws {
+        let began = ContinuousClock.now
+        let model = QuietPhaseModel()
+        let bin = DirtyRateHistory.binDuration
+        let watchUntil = min(began + Self.quietWatchLimit, began + (deadline - began) / 2)
+        progress { $0.phase = "looking for a quiet phase" }
+        var found: QuietPhaseModel.Cycle?
+        // A history as long as the watch limit that shows no cycle has none.
+        while ContinuousClock.now < watchUntil {
+            let series = dirtySeries()
+            found = model.cycle(in: series)
+            if found != nil || Double(series.count) >= Self.quietWatchLimit / bin { break }
+            try await Task.sleep(for: bin)
+        }
+        if let cycle = found {
+            result.report.cycleSeconds = (bin * cycle.periodBins).seconds
+            let wait = bin * cycle.binsUntilQuiet
+            progress { $0.phase = "waiting for the quiet phase" }
+            logger.info("'\(name)': the writers cycle every \(bin * cycle.periodBins); the quiet phase begins in \(wait)")
+            if wait > .zero { try await Task.sleep(for: min(wait, deadline - .now)) }
+        } else {
+            logger.info("'\(name)': no cycle in the dirty rate; migrating now")
+        }
+        result.report.waitedSeconds = began.duration(to: .now).seconds
+        // The migration proper starts here.
+        counts.withLock { c in
+            c.bytes = 0
+            c.resent = 0
+            c.sent = [Bool](repeating: false, count: c.sent.count)
+        }
+    }
+
+    /// How long `--when quiet` watches for a cycle the history does not show yet.
+    static let quietWatchLimit: Duration = .seconds(20)
 
     /// After a post-copy hand-over: waits for the destination's second
     /// HANDED_OVER, sent once it holds every chunk. False when the stream
@@ -326,6 +370,14 @@ final class SourceMigration: Sendable {
         let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
         do {
             let marked = ContinuousClock.now
+            // No pushes after the first pass that began after the mark:
+            // what changes later is named instead, and the backlog drains
+            // without growing. A pass under way now is the (n+1)th, the
+            // next one (n+2) begins after the mark.
+            guard let before = subscription(of: destination) else {
+                throw Abort(reason: "the destination's mirror is not subscribed")
+            }
+            exports.holdPasses(of: name, for: destination, after: before.passes + 2)
             var asked: UInt64?
             var version: UInt64
             // A pass that began after the mark has sent every change made
@@ -425,10 +477,12 @@ final class SourceMigration: Sendable {
             // What fits in the congestion window is on its way within a
             // round trip, whatever that rate: drained at window per RTT.
             let window = stats.smoothedRTT > .zero ? Double(stats.congestionWindow) / stats.smoothedRTT.seconds : 0
-            // Unacknowledged, plus what was dirtied since the last scan: a pass
-            // that blocks on the window leaves more than one interval's worth.
-            let pending = Double(state.versionLag) * Double(chunkSize)
-                + dirtyRate * (exports.scanInterval.seconds + state.lastPassSeconds)
+            // Unacknowledged, plus what the pass under way has yet to send,
+            // plus what was dirtied since its scan: a pass that blocks on
+            // the window leaves more than one interval's worth.
+            let pending = Double(state.versionLag + UInt64(state.passPending)) * Double(chunkSize)
+                + dirtyRate * (exports.scanInterval.seconds
+                               + max(state.lastPassSeconds, state.passBegan.map { $0.duration(to: now).seconds } ?? 0))
             let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(250)
             let capacity = pending <= Double(stats.congestionWindow) ? max(rate, window) : rate
             let transfer = pending == 0 ? 0 : (capacity > 0 ? pending / capacity : .infinity)

@@ -91,6 +91,14 @@ extension PeerService {
         return runner
     }
 
+    /// The copy of `name` taken over by post-copy while it fills: this
+    /// peer's mapping of it is writable now (a store to a chunk not here
+    /// yet faults it in from the old owner first). Nil once every chunk is
+    /// here: it is exported then (`exports.export(named:)`).
+    public func postCopyTakeOver(named name: String) -> PostCopyMirror? {
+        takeOvers.withLock { $0[name] }.flatMap { $0.complete ? nil : $0.mirror }
+    }
+
     /// Where a region taken over without a mirror of it is kept:
     /// DIR/NAME.region under `--accept-migrations DIR`.
     private func takeOverPath(for m: Frame.Migrate, in folder: String? = nil) throws -> String {
@@ -137,6 +145,7 @@ extension PeerService {
         let pullFrom = try runner?.spec.address ?? PeerAddress(host: connection.remoteAddress.host, port: UInt16(m.sourcePort))
         let early = m.mode == .precopy ? nil : Task { [endpoint] in try? await endpoint.connect(to: pullFrom) }
         var handedEarly = false
+        await frames.stream.prioritize()
         defer {
             if let early, !handedEarly { Task { await early.value?.close(errorCode: 0, reason: "migration ended") } }
         }
@@ -262,7 +271,7 @@ extension PeerService {
         do {
             let region = try mirror?.region ?? Region(name: m.name, backing: .file(path: path), size: Int(m.size),
                                                         chunkSize: Int(m.chunkSize))
-            var options = PostCopyMirror.Options()
+            var options = postCopyOptions
             options.owner = true
             lazy = try PostCopyMirror(region: region, options: options,
                                       missing: mirror == nil ? Array(0..<region.geometry.chunkCount) : stale)

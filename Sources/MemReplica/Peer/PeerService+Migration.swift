@@ -54,6 +54,7 @@ extension PeerService {
             },
             report: { [migrations] progress in migrations.withLock { $0.running[name] = progress } },
             connected: { identity in destinationFingerprint.withLock { $0 = identity.fingerprint } },
+            dirtySeries: { [dirtyHistory] in dirtyHistory.series(of: name) },
             onHandedOver: { [self] next, postcopy in
                 if postcopy {
                     // The new owner pulls what it lacks from this frozen

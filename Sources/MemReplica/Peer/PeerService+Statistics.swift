@@ -45,6 +45,14 @@ extension PeerService {
         return report
     }
 
+    /// Feeds `dirtyHistory` one bin at a time until cancelled.
+    func sampleDirtyHistory() async {
+        while !Task.isCancelled {
+            dirtyHistory.record(exports.dirtyTracking().mapValues(\.statistics.totalChangedChunks))
+            do { try await Task.sleep(for: DirtyRateHistory.binDuration) } catch { return }
+        }
+    }
+
     /// Samples until cancelled (the peer's `run` does when it ends).
     func sampleStatistics() async {
         while !Task.isCancelled {

@@ -30,12 +30,17 @@ public final class PeerService: Sendable {
     /// peer then starts the mirror itself (`peer --accept-migrations DIR`);
     /// nil refuses such a migration.
     public let acceptMigrationsInto: String?
+    /// How a region taken over by post-copy pulls what it lacks (window,
+    /// batch, how long an attached reader may wait on a missing chunk).
+    public let postCopyOptions: PostCopyMirror.Options
     /// Regions in a migration now (one at a time each), and the last
     /// report of each.
     let migrations = Locked(MigrationBook())
     /// Regions taken over by post-copy: filling while incomplete; kept
     /// after that for the processes attached during the fill.
     let takeOvers = Locked<[String: PostCopyTakeOver]>([:])
+    /// Each exported region's dirty rate over the last minute (`--when quiet`).
+    public let dirtyHistory = DirtyRateHistory()
     /// What `memreplica stats` and the metrics endpoint report; the
     /// exports and mirrors should have been given the same one.
     public let statistics: PeerStatistics
@@ -51,7 +56,8 @@ public final class PeerService: Sendable {
 
     public init(endpoint: any Transport, exports: RegionExports? = nil, mirrors: [MirrorRunner] = [],
                 statistics: PeerStatistics = PeerStatistics(), identities: RegionIdentityStore? = nil,
-                acceptMigrationsInto: String? = nil, logger: Logger) {
+                acceptMigrationsInto: String? = nil, postCopyOptions: PostCopyMirror.Options = .init(), logger: Logger) {
+        self.postCopyOptions = postCopyOptions
         mirrorList = Locked(mirrors)
         self.identities = identities
         self.acceptMigrationsInto = acceptMigrationsInto
@@ -73,6 +79,7 @@ public final class PeerService: Sendable {
                 group.addTask { await mirror.run() }
             }
             group.addTask { await self.sampleStatistics() }
+            group.addTask { await self.sampleDirtyHistory() }
             while let connection = await endpoint.accept() {
                 group.addTask { await self.serve(connection) }
             }

@@ -139,9 +139,19 @@ public final class PostCopyMirror: @unchecked Sendable {
                                          ?? ChunkPresence(chunkCount: count)))
         self.state = state
         if let missing {
-            for chunk in Set(missing) where chunk >= 0 && chunk < count {
-                try region.discard(region.geometry.byteRange(ofChunk: chunk)!)
+            // One call per run of adjacent chunks: a busy writer's list
+            // covers most of the region, and each call costs microseconds.
+            var run: Range<Int>?
+            for chunk in Set(missing).filter({ $0 >= 0 && $0 < count }).sorted() {
+                let bytes = region.geometry.byteRange(ofChunk: chunk)!
+                if let r = run, r.upperBound == bytes.lowerBound {
+                    run = r.lowerBound..<bytes.upperBound
+                } else {
+                    if let r = run { try region.discard(r) }
+                    run = bytes
+                }
             }
+            if let r = run { try region.discard(r) }
         } else {
             try region.discard(0..<region.geometry.size)
         }

@@ -69,6 +69,11 @@ public final class RegionExports: Sendable {
         /// How long the last pass took (its scan and sends): writes made
         /// during a long pass wait for the next one.
         public var lastPassSeconds: Double = 0
+        /// Chunks the pass under way found changed and has not sent yet
+        /// (a pass held up by the congestion window leaves many).
+        public var passPending = 0
+        /// When the pass under way began (nil between passes).
+        public var passBegan: ContinuousClock.Instant?
         public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
     }
 
@@ -85,16 +90,16 @@ public final class RegionExports: Sendable {
         sendTaps.withLock { $0[region] = tap }
     }
 
-    /// Peers whose eager subscriptions of a region push nothing more for
-    /// now: a post-copy hand-over names the chunks they lack instead.
-    private let heldPasses = Locked<[String: Set<String>]>([:])
+    /// Peers whose eager subscriptions of a region push nothing more once
+    /// they completed this many passes: a post-copy hand-over names the
+    /// chunks they lack instead.
+    private let heldPasses = Locked<[String: [String: UInt64]]>([:])
 
-    /// Holds (or lets go) the scan passes of `peer`'s subscriptions of
-    /// `region`: changes accumulate, nothing is pushed.
-    public func holdPasses(of region: String, for peer: String, _ hold: Bool) {
-        heldPasses.withLock { h in
-            if hold { h[region, default: []].insert(peer) } else { h[region]?.remove(peer) }
-        }
+    /// Holds the scan passes of `peer`'s subscriptions of `region` once
+    /// they completed `after` passes (`MirrorState.passes`): changes
+    /// accumulate, nothing more is pushed. Nil lets them go.
+    public func holdPasses(of region: String, for peer: String, after passes: UInt64?) {
+        heldPasses.withLock { $0[region, default: [:]][peer] = passes }
     }
 
     /// Serves `name` to the peer with `fingerprint` only (nil: to whom its
@@ -526,7 +531,10 @@ public final class RegionExports: Sendable {
                     observer?.willSend(region: region.name, peer: peer, chunk: chunk, bytes: live.count, version: version, at: .now)
                     if let tap = sendTaps.withLock({ $0[region.name] }) { tap(peer, chunk, live.count) }
                     sent.withLock { $0 = version }
-                    record { $0.sentVersion = version }
+                    record {
+                        $0.sentVersion = version
+                        if $0.passPending > 0 { $0.passPending -= 1 }
+                    }
                     guard let snapshot else {
                         // The region is live: the transport's copy, taken here,
                         // is the snapshot it retransmits from. A write racing
@@ -567,21 +575,29 @@ public final class RegionExports: Sendable {
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
                     "resumed": "\(held != nil)",
                 ])
+                var completedPasses: UInt64 = 0
                 let trigger = PassTrigger()
                 passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
                 defer { passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) } }
                 while true {
                     try await trigger.wait(upTo: scanInterval)
-                    if heldPasses.withLock({ $0[region.name]?.contains(peer) ?? false }) { continue }
+                    if let after = heldPasses.withLock({ $0[region.name]?[peer] }), completedPasses >= after { continue }
                     let began = ContinuousClock.now
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
-                    for chunk in changes.changedChunks() { _ = try await push(chunk) }
+                    let changed = changes.changedChunks()
+                    record {
+                        $0.passPending = changed.count
+                        $0.passBegan = began
+                    }
+                    for chunk in changed { _ = try await push(chunk) }
                     let took = began.duration(to: .now).seconds
+                    completedPasses += 1
                     record {
                         $0.passes += 1
                         $0.lastPassBegan = began
                         $0.lastPassSeconds = took
+                        $0.passBegan = nil
                     }
                 }
             }
