@@ -282,6 +282,8 @@ public struct MigrationBenchmark: Sendable {
 
     /// Reads one byte of 256 random pages of the new owner's copy, from a
     /// thread of its own (a missing chunk's first touch blocks it).
+    private static let touched = Locked<UInt8>(0)
+
     private static func touchPages(of mirror: PostCopyMirror) {
         let region = mirror.region
         let thread = Thread {
@@ -291,7 +293,8 @@ public struct MigrationBenchmark: Sendable {
                 let page = Int.random(in: 0..<(region.geometry.size / 4096), using: &rng)
                 sum &+= region.bytes.load(fromByteOffset: page * 4096, as: UInt8.self)
             }
-            _ = sum
+            // Used, so the loads are not optimized away.
+            touched.withLock { $0 &+= sum }
         }
         thread.name = "bench post-copy reader"
         thread.start()

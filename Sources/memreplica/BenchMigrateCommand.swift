@@ -104,14 +104,14 @@ struct BenchMigrateCommand: AsyncParsableCommand {
         print("")
         print("migration of \(report.regionBytes >> 20) MiB (\(report.chunkSize >> 10) KiB chunks), "
               + "--max-downtime \(ms(report.maxDowntimeMilliseconds)) ms, pre-copy --verify \(report.verify), QUIC \(report.congestionControl):")
-        print("  link                  writer            mode    when   downtime p50 / max   target   total p50   sent/region  re-sent"
+        print("  link                  writer                  mode      when   downtime p50 / max   target   total p50   sent/region  re-sent"
               + "  post  fill p50  fault p50 / max   lossless")
         for c in report.cells {
             func pad(_ text: String, _ width: Int, right: Bool = false) -> String {
                 let fill = String(repeating: " ", count: max(0, width - text.count))
                 return right ? fill + text : text + fill
             }
-            let line = "  " + pad(c.link, 22) + pad(c.writer, 18) + pad(c.mode, 8) + pad(c.when, 6)
+            let line = "  " + pad(c.link, 22) + pad(c.writer, 24) + pad(c.mode, 10) + pad(c.when, 6)
                 + pad(ms(c.downtimeP50Milliseconds), 12, right: true) + " / " + pad(ms(c.downtimeMaxMilliseconds), 8) + " ms"
                 + pad(ms(c.downtimeTargetMilliseconds), 7, right: true) + " ms"
                 + pad(c.totalSecondsP50.map { String(format: "%.2f", $0) } ?? "-", 9, right: true) + " s"

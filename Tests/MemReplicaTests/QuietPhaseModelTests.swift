@@ -40,6 +40,8 @@ struct QuietPhaseModelTests {
         #expect(model.cycle(in: [Double](repeating: 300, count: 200)) == nil)
         #expect(model.cycle(in: [Double](repeating: 0, count: 200)) == nil)
         #expect(model.cycle(in: Self.square(count: 30, period: 20, burst: 5)) == nil, "fewer than three periods")
+        // A steady writer whose rate wobbles by a tenth with a period: nothing quiet to wait for.
+        #expect(model.cycle(in: (0..<120).map { 1000 + ($0 % 20 < 5 ? 100 : 0) }) == nil)
     }
 
     @Test("a harmonic is not taken for the period: the first strong peak wins")

@@ -10,7 +10,9 @@
 /// 3. The mean of each phase over the whole periods at the series' end
 ///    (the phase profile). A phase is quiet when its mean is within a
 ///    quarter of the profile's range above its minimum; the quiet phase is
-///    the longest run of quiet phases, wrapping around.
+///    the longest run of quiet phases, wrapping around. A profile whose
+///    quietest phase writes more than half of its busiest (a steady writer
+///    with a wobble) has no quiet phase worth waiting for: no cycle.
 /// 4. The next bin has phase 0 (the profile is aligned to the series'
 ///    end): the quiet phase begins in (start − 0) mod period bins, or now
 ///    when phase 0 lies in the first quarter of the quiet run.
@@ -18,6 +20,8 @@ public struct QuietPhaseModel: Sendable, Equatable {
     public var minimumPeriodBins = 3
     public var minimumCorrelation = 0.5
     public var periodsNeeded = 3
+    /// The quiet phase writes at most this share of the busy one.
+    public var maximumQuietShare = 0.5
 
     public init() {}
 
@@ -53,7 +57,7 @@ public struct QuietPhaseModel: Sendable, Equatable {
         var profile = [Double](repeating: 0, count: period)
         for t in (n - whole)..<n { profile[(t - (n - whole)) % period] += series[t] }
         let low = profile.min()!, high = profile.max()!
-        guard high > low else { return nil }
+        guard high > low, low <= high * maximumQuietShare else { return nil }
         let quiet = profile.map { $0 <= low + (high - low) / 4 }
         guard quiet.contains(false) else { return nil }
         // The longest circular run of quiet phases.

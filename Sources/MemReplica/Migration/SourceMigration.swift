@@ -114,8 +114,7 @@ final class SourceMigration: Sendable {
         var connection: (any TransportConnection)?
         var stream: MigrationStream?
         var frozen: Frozen?
-        var marks: StaleMarks?
-        var heldFor: String?
+        var cutFor: String?
         do {
             progress { $0.phase = "connecting" }
             let opened = try await endpoint.connect(to: address)
@@ -159,10 +158,6 @@ final class SourceMigration: Sendable {
                                                   result: &result)
                 if let estimate { result.report.estimatedDowntimeMilliseconds = estimate * 1000 } else { postcopy = true }
             }
-            if postcopy, holdsCopy {
-                heldFor = destination
-                marks = try await markStale(destination: destination)
-            }
             result.report.roundsSeconds = ready.duration(to: .now).seconds
             frozen = try await freezeWriters()
             result.stoppedProcesses = frozen!.processes
@@ -171,15 +166,21 @@ final class SourceMigration: Sendable {
             let handover: Frame
             if postcopy {
                 progress { $0.phase = "naming the chunks the destination lacks" }
-                // A scan that began after every writer stopped: exact.
-                let stale = marks.map { Array(Set($0.changes.changedChunks())).sorted() }
+                var stale: [Int]?
+                var acknowledged: UInt64 = 0
+                if holdsCopy {
+                    cutFor = destination
+                    let cut = try await cutSubscription(of: destination)
+                    stale = cut.stale
+                    acknowledged = cut.acknowledgedVersion
+                }
                 for start in stride(from: 0, to: stale?.count ?? 0, by: FrameLimits.maxDirtyChunks) {
                     let part = stale![start..<min(start + FrameLimits.maxDirtyChunks, stale!.count)]
                     try await s.send(.dirty(epoch: next.generation, chunks: part.map { UInt64($0) }))
                 }
                 result.report.chunksPulled = stale?.count ?? region.geometry.chunkCount
                 result.report.finalFlushMilliseconds = frozen!.complete.duration(to: .now).seconds * 1000
-                handover = .handover(generation: next.generation, finalVersion: marks?.version ?? 0, postcopy: true, digest: [])
+                handover = .handover(generation: next.generation, finalVersion: acknowledged, postcopy: true, digest: [])
             } else {
                 let (finalVersion, digest) = try await flush(destination: destination, frozen: frozen!, result: &result)
                 handover = .handover(generation: next.generation, finalVersion: finalVersion, digest: digest)
@@ -256,8 +257,9 @@ final class SourceMigration: Sendable {
             await stream?.abort(reason)
             await connection?.close(errorCode: ProtocolErrorCode.migrationAborted.rawValue, reason: "migration aborted")
         }
-        marks?.changes.cancel()
-        if let heldFor { exports.holdPasses(of: name, for: heldFor, after: nil) }
+        // Handed over: the destination stopped that mirror. Otherwise it
+        // resubscribes (and resumes) to follow the region again.
+        if let cutFor { exports.endCut(of: name, for: cutFor, release: !result.handedOver) }
         exports.tapSends(of: name, nil)
         let c = counts.withLock { $0 }
         result.report.bytesSent = c.bytes
@@ -357,60 +359,18 @@ final class SourceMigration: Sendable {
     /// How long a post-copy source waits for the new owner to hold every chunk.
     static let fillLimit: Duration = .seconds(24 * 3600)
 
-    /// Where the destination's eager copy stands for a post-copy hand-over:
-    /// every change after `changes` began is named to it as stale; every
-    /// change before is in WRITEs up to `version`, which it acknowledged.
-    private struct StaleMarks {
-        let changes: ChangeSubscription
-        let version: UInt64
-    }
-
-    private func markStale(destination: String) async throws -> StaleMarks {
-        progress { $0.phase = "marking what the destination holds" }
-        let changes = RegionChangeFeed.subscribe(to: region, logger: logger)
-        do {
-            let marked = ContinuousClock.now
-            // No pushes after the first pass that began after the mark:
-            // what changes later is named instead, and the backlog drains
-            // without growing. A pass under way now is the (n+1)th, the
-            // next one (n+2) begins after the mark.
-            guard let before = subscription(of: destination) else {
-                throw Abort(reason: "the destination's mirror is not subscribed")
+    /// Post-copy, writers frozen: the destination's subscription stops
+    /// pushing and names every chunk its mirror may not hold current.
+    private func cutSubscription(of destination: String) async throws -> SubscriptionCut.Answer {
+        let cut = exports.cutSubscription(of: name, for: destination)
+        let limit = min(deadline, .now + .seconds(10))
+        while true {
+            if let answer = cut.answer { return answer }
+            guard subscription(of: destination) != nil else {
+                throw Abort(reason: "the destination's mirror went away before the post-copy cut")
             }
-            exports.holdPasses(of: name, for: destination, after: before.passes + 2)
-            var asked: UInt64?
-            var version: UInt64
-            // A pass that began after the mark has sent every change made
-            // before it (a write racing a copy marks its chunk again).
-            while true {
-                guard let state = subscription(of: destination) else {
-                    throw Abort(reason: "the destination's mirror is not subscribed")
-                }
-                if let began = state.lastPassBegan, began > marked {
-                    version = state.sentVersion
-                    break
-                }
-                if asked != state.passes {
-                    asked = state.passes
-                    exports.requestPass(of: name)
-                }
-                guard ContinuousClock.now < deadline else { throw Abort(reason: "no scan pass within --timeout") }
-                try await Task.sleep(for: .microseconds(500))
-            }
-            while true {
-                guard let state = subscription(of: destination) else {
-                    throw Abort(reason: "the destination's mirror went away")
-                }
-                if state.acknowledgedVersion >= version { break }
-                guard ContinuousClock.now < deadline else {
-                    throw Abort(reason: "the destination did not acknowledge version \(version) within --timeout")
-                }
-                try await Task.sleep(for: .microseconds(500))
-            }
-            return StaleMarks(changes: changes, version: version)
-        } catch {
-            changes.cancel()
-            throw error
+            guard ContinuousClock.now < limit else { throw Abort(reason: "the destination's subscription did not stop pushing") }
+            try await Task.sleep(for: .microseconds(100))
         }
     }
 

@@ -1,6 +1,7 @@
 import MemReplicaSystem
 import MemReplicaTransportCore
 import Logging
+import DequeModule
 
 /// The regions this peer exports, and the primary side of replication: it
 /// answers a mirror's SUBSCRIBE on a region stream with the region's chunks
@@ -90,16 +91,23 @@ public final class RegionExports: Sendable {
         sendTaps.withLock { $0[region] = tap }
     }
 
-    /// Peers whose eager subscriptions of a region push nothing more once
-    /// they completed this many passes: a post-copy hand-over names the
-    /// chunks they lack instead.
-    private let heldPasses = Locked<[String: [String: UInt64]]>([:])
+    /// Post-copy cuts asked for, by region and peer.
+    private let cuts = Locked<[String: [String: SubscriptionCut]]>([:])
 
-    /// Holds the scan passes of `peer`'s subscriptions of `region` once
-    /// they completed `after` passes (`MirrorState.passes`): changes
-    /// accumulate, nothing more is pushed. Nil lets them go.
-    public func holdPasses(of region: String, for peer: String, after passes: UInt64?) {
-        heldPasses.withLock { $0[region, default: [:]][peer] = passes }
+    /// Asks `peer`'s eager subscription of `region` for a cut (see
+    /// `SubscriptionCut`); its answer comes within a chunk's push.
+    public func cutSubscription(of region: String, for peer: String) -> SubscriptionCut {
+        let cut = SubscriptionCut()
+        cuts.withLock { $0[region, default: [:]][peer] = cut }
+        requestPass(of: region)
+        return cut
+    }
+
+    /// Forgets the cut of `peer`'s subscription of `region`; `release`d
+    /// first, its subscription ends and the mirror resubscribes.
+    public func endCut(of region: String, for peer: String, release: Bool) {
+        let cut = cuts.withLock { $0[region]?.removeValue(forKey: peer) }
+        if release { cut?.release() }
     }
 
     /// Serves `name` to the peer with `fingerprint` only (nil: to whom its
@@ -513,16 +521,36 @@ public final class RegionExports: Sendable {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
         let sent = Locked<UInt64>(0)
+        let acknowledged = Locked<UInt64>(0)
         try await withThrowingTaskGroup(of: Void.self) { [observer] group in
             group.addTask {
                 try await Self.receiveAcks(on: frames, upTo: sent) { version in
                     observer?.acknowledged(region: region.name, peer: peer, version: version, at: .now)
+                    acknowledged.withLock { $0 = max($0, version) }
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, heldPasses, self] in
+            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, cuts, self] in
                 let hasher = ChunkHasher(key: key)
                 var version: UInt64 = 0
+                // Sent and maybe not yet acknowledged, oldest first: a cut
+                // names their chunks.
+                var unacknowledged = Deque<(version: UInt64, chunk: Int)>()
+                func pendingCut() -> SubscriptionCut? {
+                    cuts.withLock { $0[region.name]?[peer] }.flatMap { $0.isAnswered ? nil : $0 }
+                }
+                /// Answers `cut` and pushes nothing more; ends the
+                /// subscription if the cut is released.
+                func park(_ cut: SubscriptionCut, remaining: ArraySlice<Int>) async throws -> Never {
+                    let acked = acknowledged.withLock { $0 }
+                    var stale = Set(remaining)
+                    for sent in unacknowledged where sent.version > acked { stale.insert(sent.chunk) }
+                    stale.formUnion(changes.changedChunks())
+                    _ = cut.give(.init(stale: stale.sorted(), acknowledgedVersion: acked))
+                    while !cut.isReleased { try await Task.sleep(for: .milliseconds(20)) }
+                    throw ProtocolViolation(.migrationAborted, "the post-copy hand-over of '\(region.name)' was called off: "
+                                            + "resubscribe")
+                }
                 /// Sends the chunk; in the initial pass (`snapshot` given)
                 /// from a copy whose hash goes into SYNCED's digest.
                 func push(_ chunk: Int, snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
@@ -531,6 +559,9 @@ public final class RegionExports: Sendable {
                     observer?.willSend(region: region.name, peer: peer, chunk: chunk, bytes: live.count, version: version, at: .now)
                     if let tap = sendTaps.withLock({ $0[region.name] }) { tap(peer, chunk, live.count) }
                     sent.withLock { $0 = version }
+                    let acked = acknowledged.withLock { $0 }
+                    while let first = unacknowledged.first, first.version <= acked { unacknowledged.removeFirst() }
+                    unacknowledged.append((version, chunk))
                     record {
                         $0.sentVersion = version
                         if $0.passPending > 0 { $0.passPending -= 1 }
@@ -575,13 +606,12 @@ public final class RegionExports: Sendable {
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
                     "resumed": "\(held != nil)",
                 ])
-                var completedPasses: UInt64 = 0
                 let trigger = PassTrigger()
                 passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
                 defer { passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) } }
                 while true {
                     try await trigger.wait(upTo: scanInterval)
-                    if let after = heldPasses.withLock({ $0[region.name]?[peer] }), completedPasses >= after { continue }
+                    if let cut = pendingCut() { try await park(cut, remaining: []) }
                     let began = ContinuousClock.now
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
@@ -590,9 +620,11 @@ public final class RegionExports: Sendable {
                         $0.passPending = changed.count
                         $0.passBegan = began
                     }
-                    for chunk in changed { _ = try await push(chunk) }
+                    for (i, chunk) in changed.enumerated() {
+                        if let cut = pendingCut() { try await park(cut, remaining: changed[i...]) }
+                        _ = try await push(chunk)
+                    }
                     let took = began.duration(to: .now).seconds
-                    completedPasses += 1
                     record {
                         $0.passes += 1
                         $0.lastPassBegan = began
