@@ -24,8 +24,9 @@ public struct MigrationBenchmark: Sendable {
         public var links: [Link] = [.loopback]
         public var modes: [MigrationMode] = MigrationMode.allCases
         /// `--when`: side by side for each mode. A cyclic writer runs
-        /// `cyclicWarmUp` before the migration is asked for (the history
-        /// `quiet` looks for a cycle in), whichever the timing.
+        /// `cyclicWarmUp` and a random part of its period before the
+        /// migration is asked for (the history `quiet` looks for a cycle
+        /// in), whichever the timing.
         public var timings: [MigrationRequest.Timing] = [.now]
         public var cyclicWarmUp: Duration = .seconds(8)
         public var runs = 3
@@ -240,7 +241,12 @@ public struct MigrationBenchmark: Sendable {
             emulator.setProfiles(aToB: profile.forward, bToA: profile.reverse)
         }
         let writing = PageWriter(region: region, writer: writer)
-        if case .cyclic = writer { try await Task.sleep(for: options.cyclicWarmUp) } else { try await Task.sleep(for: .milliseconds(500)) }
+        if case .cyclic(_, _, let period) = writer {
+            // Plus a random part of a period: `now` lands anywhere in the cycle.
+            try await Task.sleep(for: options.cyclicWarmUp + .milliseconds(Int64.random(in: 0..<Int64(period * 1000))))
+        } else {
+            try await Task.sleep(for: .milliseconds(500))
+        }
         // The writer stops for good at the hand-over (it would go on at the
         // destination): both copies stay as they were at the freeze, and
         // are compared once the migration returned (not inside its time).

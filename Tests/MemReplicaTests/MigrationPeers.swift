@@ -26,7 +26,7 @@ struct MigrationPeers {
     /// copy lives (tmpfs by default; post-copy needs it).
     static func start(mirrorAllow: Set<String>? = nil, mirrored: Bool = true, accepted: String? = nil,
                       mirrorFolder: String = "/dev/shm",
-                      postCopy: PostCopyMirror.Options = .init()) async throws -> MigrationPeers {
+                      postCopy: PostCopyMirror.Options = .init(), alongside: String? = nil) async throws -> MigrationPeers {
         let root = NSTemporaryDirectory() + "mr-migrate-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let pki = try TestPKI(peers: ("peer-a", "peer-b"))
@@ -41,17 +41,28 @@ struct MigrationPeers {
                                          configuration: quicConfig(server: true), logger: silentLogger())
         let endpointB = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
                                          configuration: quicConfig(server: true), logger: silentLogger())
-        let exports = RegionExports([.init(region: region, allowedPeers: mirrorAllow, identity: identity)],
+        // `alongside`: a second region A exports and B mirrors, which stays put.
+        var others: [RegionExports.Export] = []
+        if let alongside {
+            let other = try Region(name: "staying", backing: .file(path: "\(pathA)-staying"), size: 1 << 20, chunkSize: 65536)
+            fillPattern(other.bytes, seed: 42)
+            others.append(.init(region: other, identity: try storeA.advance(region: "staying", path: "\(pathA)-staying")))
+            _ = alongside
+        }
+        let exports = RegionExports([.init(region: region, allowedPeers: mirrorAllow, identity: identity)] + others,
                                     scanInterval: .milliseconds(10), logger: silentLogger())
         let a = PeerService(endpoint: endpointA, exports: exports, identities: storeA, logger: silentLogger())
         let spec = try MirrorSpec(parsing: "moving@127.0.0.1:\(endpointA.localAddress.port)=\(pathB)")
         let runner = MirrorRunner(spec: spec, endpoint: endpointB, logger: silentLogger())
+        let otherRunners = try others.isEmpty ? [] : [MirrorRunner(spec: MirrorSpec(
+            parsing: "staying@127.0.0.1:\(endpointA.localAddress.port)=\(alongside!)"), endpoint: endpointB, logger: silentLogger())]
         let b = PeerService(endpoint: endpointB, exports: RegionExports([], scanInterval: .milliseconds(10), logger: silentLogger()),
-                            mirrors: mirrored ? [runner] : [], identities: storeB,
+                            mirrors: (mirrored ? [runner] : []) + otherRunners, identities: storeB,
                             acceptMigrationsInto: mirrored ? nil : accepted ?? root + "/accepted", postCopyOptions: postCopy,
                             logger: silentLogger())
         let serving = [Task { await a.run() }, Task { await b.run() }]
         if mirrored { try await pollUntil("B's mirror to sync", seconds: 30) { runner.synced } }
+        for other in otherRunners { try await pollUntil("B's second mirror to sync", seconds: 30) { other.synced } }
         return MigrationPeers(root: root, pki: pki, a: a, b: b, serving: serving, pathA: pathA, pathB: pathB)
     }
 
@@ -61,6 +72,7 @@ struct MigrationPeers {
         for task in serving { await task.value }
         unlink(pathA)
         unlink(pathB)
+        unlink("\(pathA)-staying")
         pki.remove()
         try? FileManager.default.removeItem(atPath: root)
     }

@@ -122,6 +122,34 @@ struct PostCopyMigrationTests {
 
     static let patience = 0.9
 
+    @Test("one region migrates (pre-copy, then back by post-copy) while another keeps replicating between the same two peers")
+    func othersKeepReplicating() async throws {
+        let staying = "/dev/shm/mr-staying-\(UUID().uuidString.prefix(8))"
+        defer { unlink(staying) }
+        let peers = try await MigrationPeers.start(alongside: staying)
+        defer { Task { await peers.stop() } }
+        let other = try #require(peers.a.exports.export(named: "staying")).region
+        let otherWriter = InProcessWriter(other)
+        defer { otherWriter.stop() }
+        let there = try #require(peers.b.mirrors.first { $0.spec.name == "staying" })
+        let away = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, timeoutSeconds: 30))
+        #expect(away.handedOver, "\(away.reason ?? "")")
+        try await pollUntil("A to mirror 'moving' back", seconds: 20) { peers.a.mirrors.first?.synced == true }
+        let back = try await peers.b.migrate(.init(region: "moving", destination: peers.addressA, mode: .postcopy, timeoutSeconds: 30))
+        #expect(back.handedOver && back.handedOverAs == .postcopy, "\(back.reason ?? "")")
+        #expect(peers.a.exports.export(named: "moving")?.identity.generation == 3)
+        // The other region never stopped: its writer stores on, its mirror follows.
+        #expect(there.synced)
+        #expect(peers.a.exports.export(named: "staying")?.identity.generation == 1)
+        otherWriter.stop()
+        try await Task.sleep(for: .milliseconds(50))
+        guard case .eager(let m)? = there.mirror else {
+            Issue.record("the second region's mirror is not running")
+            return
+        }
+        try await pollUntil("the second region's mirror to converge", seconds: 10) { sha(m.region) == sha(other) }
+    }
+
     @Test("post-copy needs the destination's copy on tmpfs: refused before anything is frozen, the source keeps the region and the mirror goes on")
     func postcopyNeedsTmpfs() async throws {
         let folder = NSTemporaryDirectory() + "mr-disk-\(UUID().uuidString.prefix(8))"

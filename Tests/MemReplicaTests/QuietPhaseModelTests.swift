@@ -50,19 +50,24 @@ struct QuietPhaseModelTests {
         #expect(QuietPhaseModel().cycle(in: series)?.periodBins == 10)
     }
 
-    @Test("the history bins the trackers' running totals, and starts again when a tracker is new or gone")
+    @Test("the history bins the trackers' running totals or the counts of its own scans, and starts again when a tracker is new or gone")
     func history() {
         let history = DirtyRateHistory()
-        history.record(["r": 10])
-        history.record(["r": 15])
-        history.record(["r": 15])
-        history.record(["r": 40])
+        history.record(totals: ["r": 10])
+        history.record(totals: ["r": 15])
+        history.record(totals: ["r": 15])
+        history.record(totals: ["r": 40])
         #expect(history.series(of: "r") == [5, 0, 25])
-        history.record(["r": 3])
+        history.record(totals: ["r": 3])
         #expect(history.series(of: "r") == [])
-        history.record(["r": 4])
-        history.record([:])
+        history.record(totals: ["r": 4])
+        history.record()
         #expect(history.series(of: "r") == [])
+        // Scanned every bin: the counts are the bins.
+        history.record(changed: ["w": 7])
+        history.record(changed: ["w": 0])
+        history.record(changed: ["w": 12])
+        #expect(history.series(of: "w") == [7, 0, 12])
     }
 }
 

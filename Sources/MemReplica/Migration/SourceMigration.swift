@@ -149,7 +149,7 @@ final class SourceMigration: Sendable {
             guard holdsCopy || request.mode == .postcopy else {
                 throw Abort(reason: "the destination holds no copy of '\(name)'; only post-copy can start from none")
             }
-            if request.when == .quiet { try await waitForQuiet(result: &result) }
+            let quietEnds = request.when == .quiet ? try await waitForQuiet(result: &result) : nil
             let ready = ContinuousClock.now
             result.report.readySeconds = started.duration(to: ready).seconds - (result.report.waitedSeconds ?? 0)
             var postcopy = request.mode == .postcopy
@@ -157,6 +157,12 @@ final class SourceMigration: Sendable {
                 let estimate = try await converge(over: opened, destination: destination, mayGiveUp: request.mode == .hybrid,
                                                   result: &result)
                 if let estimate { result.report.estimatedDowntimeMilliseconds = estimate * 1000 } else { postcopy = true }
+            }
+            if postcopy, holdsCopy, let quietEnds {
+                // The quiet phase begins right after a burst: let the
+                // mirror catch up on it (fewer chunks to name and pull),
+                // but freeze before the next burst.
+                try await catchUp(destination: destination, before: quietEnds - DirtyRateHistory.binDuration * 2)
             }
             result.report.roundsSeconds = ready.duration(to: .now).seconds
             frozen = try await freezeWriters()
@@ -302,7 +308,8 @@ final class SourceMigration: Sendable {
     /// of its next quiet phase; without enough history it watches for up
     /// to `quietWatchLimit`. What the subscription sends meanwhile is
     /// replication as usual: the migration's bytes and time start after.
-    private func waitForQuiet(result: inout Result) async throws {
+    /// Returns when the quiet phase is predicted to end (nil: no cycle).
+    private func waitForQuiet(result: inout Result) async throws -> ContinuousClock.Instant? {
         let began = ContinuousClock.now
         let model = QuietPhaseModel()
         let bin = DirtyRateHistory.binDuration
@@ -325,12 +332,25 @@ final class SourceMigration: Sendable {
         } else {
             logger.info("'\(name)': no cycle in the dirty rate; migrating now")
         }
+        let quietEnds = found.map { ContinuousClock.now + bin * $0.quietBins }
         result.report.waitedSeconds = began.duration(to: .now).seconds
         // The migration proper starts here.
         counts.withLock { c in
             c.bytes = 0
             c.resent = 0
             c.sent = [Bool](repeating: false, count: c.sent.count)
+        }
+        return quietEnds
+    }
+
+    /// Waits until the destination's mirror holds every change sent and
+    /// none is left to send, or until `limit`.
+    private func catchUp(destination: String, before limit: ContinuousClock.Instant) async throws {
+        progress { $0.phase = "letting the mirror catch up in the quiet phase" }
+        while ContinuousClock.now < min(limit, deadline) {
+            guard let state = subscription(of: destination) else { return }
+            if state.versionLag == 0, state.passPending == 0, state.passBegan == nil { return }
+            try await Task.sleep(for: .milliseconds(1))
         }
     }
 
@@ -408,6 +428,7 @@ final class SourceMigration: Sendable {
         var lastPasses: UInt64?
         var lastSent: UInt64 = 0
         var best: (estimate: Double, at: ContinuousClock.Instant)?
+        var fitAtPasses: UInt64?
         progress { $0.phase = "pre-copy rounds" }
         while true {
             let now = ContinuousClock.now
@@ -453,7 +474,15 @@ final class SourceMigration: Sendable {
                 $0.estimatedDowntimeMilliseconds = estimate.isFinite ? estimate * 1000 : nil
                 $0.rateBytesPerSecond = rate
             }
-            if known, estimate <= budget { return estimate }
+            // A fit counts once a whole pass confirms it: between a scan and
+            // the record of its result the state looks idle, and a burst
+            // that began since the last scan is not in it yet.
+            if known, estimate <= budget {
+                if let seen = fitAtPasses, state.passes > seen, state.passBegan == nil { return estimate }
+                if fitAtPasses == nil { fitAtPasses = state.passes }
+            } else {
+                fitAtPasses = nil
+            }
             if mayGiveUp, known {
                 if let b = best, !(estimate < b.estimate * 0.9) {
                     if b.at.duration(to: now) >= Self.hybridPatience || now >= deadline {

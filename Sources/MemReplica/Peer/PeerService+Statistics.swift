@@ -45,10 +45,38 @@ extension PeerService {
         return report
     }
 
-    /// Feeds `dirtyHistory` one bin at a time until cancelled.
+    /// Feeds `dirtyHistory` one bin at a time until cancelled. A region
+    /// whose mirrors armed a write-protect tracker is scanned every bin
+    /// through a subscription of its own (cheap: the scan's cost follows the
+    /// pages written; what it finds still reaches the mirrors); it is let
+    /// go when it is the region's last subscriber, so no tracker stays
+    /// armed for the history alone.
     func sampleDirtyHistory() async {
+        var own: [String: ChangeSubscription] = [:]
+        defer { for subscription in own.values { subscription.cancel() } }
         while !Task.isCancelled {
-            dirtyHistory.record(exports.dirtyTracking().mapValues(\.statistics.totalChangedChunks))
+            let tracking = exports.dirtyTracking()
+            var changed: [String: Int] = [:], totals: [String: Int] = [:]
+            for (name, status) in tracking {
+                if let subscription = own[name] {
+                    guard status.kind == .writeProtect, status.subscribers > 1,
+                          subscription.feed.region === exports.export(named: name)?.region else {
+                        subscription.cancel()
+                        own[name] = nil
+                        continue
+                    }
+                    changed[name] = subscription.changedChunks().count
+                } else if status.kind == .writeProtect, let region = exports.export(named: name)?.region {
+                    own[name] = RegionChangeFeed.subscribe(to: region, logger: logger)
+                } else {
+                    totals[name] = status.statistics.totalChangedChunks
+                }
+            }
+            for (name, subscription) in own where tracking[name] == nil {
+                subscription.cancel()
+                own[name] = nil
+            }
+            dirtyHistory.record(changed: changed, totals: totals)
             do { try await Task.sleep(for: DirtyRateHistory.binDuration) } catch { return }
         }
     }
