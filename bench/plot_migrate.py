@@ -21,7 +21,11 @@ def main():
         sys.exit(__doc__)
     cells = []
     for path in sys.argv[2:]:
-        cells += json.load(open(path))["cells"]
+        report = json.load(open(path))
+        for c in report["cells"]:
+            c = dict(c)
+            c["link"] = f"{c['link']}\n{report['chunkSize'] >> 10} KiB chunks"
+            cells.append(c)
     groups = []  # (link, writer) in order of appearance
     for c in cells:
         key = (c["link"], c["writer"])
@@ -33,7 +37,8 @@ def main():
         if key not in series:
             series.append(key)
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups)), 5))
+    labelled = set()
+    fig, ax = plt.subplots(figsize=(max(8, 1.9 * len(groups)), 5.5))
     for si, (mode, when) in enumerate(series):
         for gi, (link, writer) in enumerate(groups):
             match = [c for c in cells if (c["link"], c["writer"], c["mode"], c.get("when", "now")) == (link, writer, mode, when)]
@@ -43,7 +48,10 @@ def main():
             x = gi - 0.4 + width * (si + 0.5)
             runs = [r["report"].get("downtimeMilliseconds") for r in c["runs"] if r["report"]["outcome"] == "handed over"]
             runs = [v for v in runs if v is not None]
-            label = f"{mode}" + (f", --when {when}" if when != "now" else "") if gi == 0 else None
+            label = None
+            if (mode, when) not in labelled:
+                labelled.add((mode, when))
+                label = f"{mode}" + (f", --when {when}" if when != "now" else "")
             hatch = "//" if when == "quiet" else None
             if runs:
                 ax.bar(x, sorted(runs)[len(runs) // 2], width * 0.9, color=COLORS.get(mode, "grey"), alpha=0.6,
@@ -55,7 +63,7 @@ def main():
                     ax.bar(x, 0, width * 0.9, color=COLORS.get(mode, "grey"), alpha=0.6, hatch=hatch, label=label)
             ax.hlines(c["downtimeTargetMilliseconds"], x - width / 2, x + width / 2, colors="black", linestyles="dotted")
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{w}\n{l}" for l, w in groups], fontsize=8)
+    ax.set_xticklabels([f"{w}\n{l}" for l, w in groups], fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("downtime, ms (log; dots: runs, bar: p50, dotted: target)")
     ax.set_title("memreplica bench migrate: downtime by writer, link and mode")

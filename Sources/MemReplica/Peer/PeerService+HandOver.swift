@@ -302,7 +302,9 @@ extension PeerService {
         takeOvers.withLock { $0[m.name] = takeOver }
         let pulling = lazy.progress.chunkCount - lazy.progress.chunksPresent
         logger.notice("took '\(m.name)' over from \(source) at generation \(generation) by post-copy: pulling \(pulling) chunks from it")
-        try await frames.send(.handedOver(generation: generation))
+        // Committed: the fill runs whether or not this answer arrives (a
+        // source that missed it asks again, `answerCommitQuery`).
+        try? await frames.send(.handedOver(generation: generation))
         await runner?.closeAfterHandOver()
         // Unstructured: the fill outlives the migration stream (it
         // reconnects), and the stream's task may be cancelled.
@@ -349,8 +351,14 @@ extension PeerService {
 
     /// A source whose hand-over broke asks whether we committed.
     private func answerCommitQuery(_ m: Frame.Migrate, on frames: FrameStream) async throws {
-        guard let export = exports.export(named: m.name), export.identity.id == m.identity.id,
-              export.identity.generation >= m.committing else {
+        // The commit point is the state folder's record; the export follows
+        // it (after a post-copy fill only once every chunk is here), and a
+        // region handed on since was committed here too.
+        let recorded = identities?.allTakenOver().first { $0.name == m.name }?.identity
+        let filling = takeOvers.withLock { $0[m.name] }.flatMap { $0.complete ? nil : $0.sourceIdentity }
+        let known = [recorded, exports.export(named: m.name)?.identity, exports.moved(m.name)?.identity,
+                     filling.map { RegionIdentity(id: $0.id, generation: $0.generation + 1) }].compactMap { $0 }
+        guard known.contains(where: { $0.id == m.identity.id && $0.generation >= m.committing }) else {
             throw ProtocolViolation(.migrationRefused, "'\(m.name)' was not committed here at generation \(m.committing)")
         }
         try await frames.send(.handedOver(generation: m.committing))

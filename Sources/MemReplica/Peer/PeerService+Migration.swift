@@ -103,6 +103,9 @@ extension PeerService {
     private func fence(_ name: String, at next: RegionIdentity, owner: String) {
         exports.relinquish(name, movedTo: .init(identity: next, owner: owner))
         endWriterSessions(of: name, reason: movedReason(name, owner: owner, generation: next.generation))
+        // Taken over by post-copy earlier: its mapping (and the readers
+        // attached to it during that fill) retire with the region.
+        takeOvers.withLock { $0.removeValue(forKey: name) }?.mirror.stop()
     }
 
     private func movedReason(_ name: String, owner: String, generation: UInt64) -> String {
