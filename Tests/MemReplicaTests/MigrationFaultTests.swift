@@ -53,23 +53,28 @@ struct MigrationFaultTests {
             }
         }
         try await pollUntil("B's mirror to sync", seconds: 30) { runner.synced }
-        // A light writer: this test is about the lost answer, not convergence.
-        let writer = InProcessWriter(region, storesPerMillisecond: 1)
-        defer { writer.stop() }
-        try await Task.sleep(for: .milliseconds(200))
-        // At the freeze, B → A goes dark for 5 s: the final WRITEs and
-        // HANDOVER reach B, its HANDED_OVER (and every ACK) does not.
+        // Written before, not during: a final flush larger than the
+        // congestion window would wait for ACKs that cannot come, and the
+        // migration would (rightly) abort instead. This test is about the
+        // lost answer.
+        let writer = InProcessWriter(region)
+        try await Task.sleep(for: .milliseconds(100))
+        writer.stop()
+        try await pollUntil("B to catch up", seconds: 10) {
+            guard case .eager(let m)? = runner.mirror else { return false }
+            return sha(m.region) == sha(region)
+        }
+        // At the freeze, B → A goes dark for 5 s: HANDOVER reaches B, its
+        // HANDED_OVER (and every ACK) does not.
         let frozen = Locked<String?>(nil)
-        let inner = writer.freeze(next: { nil })
         let freeze = MigrationFreeze(pause: {
-            await inner.pause()
             frozen.withLock { $0 = sha(region) }
             emulator.setProfiles(aToB: .init(delay: .milliseconds(1)), bToA: .init(delay: .milliseconds(1), lossRate: 1))
             Task {
                 try? await Task.sleep(for: .seconds(5))
                 emulator.setProfiles(aToB: .init(delay: .milliseconds(1)), bToA: .init(delay: .milliseconds(1)))
             }
-        }, resume: { await inner.resume($0) })
+        }, resume: { _ in })
         let report = try await a.migrate(.init(region: "moving", destination: "\(emulator.addressB):\(endpointB.localAddress.port)",
                                                mode: mode, maxDowntimeMilliseconds: 1000, timeoutSeconds: 30,
                                                verify: mode == .precopy ? .after : .before),
