@@ -83,10 +83,17 @@ struct MigrateCommand: AsyncParsableCommand {
         // The peer answers when the migration ended: up to the timeout twice
         // over (rounds, then asking a destination whose answer was lost).
         let client = ControlClient(path: path, timeout: .milliseconds(Int64((2 * timeout + 30) * 1000)))
+        // On a terminal, a progress line from the peer's status while it runs.
+        let showing = isatty(STDERR_FILENO) == 1 && !json
+        let progress = showing ? Task { await Self.showProgress(of: region, controlPath: path) } : nil
         let report: MigrationReport
         do {
             report = try await client.migrate(request)
+            progress?.cancel()
+            await progress?.value
         } catch ControlError.refused(let message) {
+            progress?.cancel()
+            await progress?.value
             CommandRunner.printError(message)
             throw ExitCode(2)
         }
@@ -97,6 +104,28 @@ struct MigrateCommand: AsyncParsableCommand {
             print(Self.summary(report))
         }
         if !report.handedOver || report.verified == false { throw ExitCode(1) }
+    }
+
+    /// Rewrites one line on stderr every 200 ms with the running
+    /// migration's phase, round, bytes still to send, estimated downtime
+    /// and rate (from `status`); clears it when cancelled.
+    static func showProgress(of region: String, controlPath: String) async {
+        let client = ControlClient(path: controlPath, timeout: .seconds(2))
+        var shown = false
+        while !Task.isCancelled {
+            if let status = try? await client.status(),
+               let p = status.regions.first(where: { $0.name == region })?.migration {
+                var line = "\(region): \(p.phase)"
+                if p.round > 0 { line += ", round \(p.round)" }
+                if p.pendingBytes > 0 { line += ", \(Format.bytes(p.pendingBytes)) to send" }
+                if let estimate = p.estimatedDowntimeMilliseconds { line += String(format: ", downtime ~%.0f ms", estimate) }
+                if p.rateBytesPerSecond > 0 { line += ", \(Format.bytes(UInt64(p.rateBytesPerSecond)))/s" }
+                FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+                shown = true
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        if shown { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
     }
 
     static func summary(_ r: MigrationReport) -> String {

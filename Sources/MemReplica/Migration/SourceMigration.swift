@@ -467,7 +467,8 @@ final class SourceMigration: Sendable {
             let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(250)
             let capacity = pending <= Double(stats.congestionWindow) ? max(rate, window) : rate
             let transfer = pending == 0 ? 0 : (capacity > 0 ? pending / capacity : .infinity)
-            let estimate = transfer + rtt + digestSeconds
+            // The final flush scans once more after the freeze.
+            let estimate = transfer + rtt + digestSeconds + state.lastScanSeconds
             progress {
                 $0.round = result.report.rounds
                 $0.pendingBytes = UInt64(pending)

@@ -75,6 +75,9 @@ public final class RegionExports: Sendable {
         public var passPending = 0
         /// When the pass under way began (nil between passes).
         public var passBegan: ContinuousClock.Instant?
+        /// How long the last pass's scan of the tracker took (a hashed
+        /// region's is a full read: the final flush pays it too).
+        public var lastScanSeconds: Double = 0
         public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
     }
 
@@ -616,9 +619,11 @@ public final class RegionExports: Sendable {
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
                     let changed = changes.changedChunks()
+                    let scanned = began.duration(to: .now).seconds
                     record {
                         $0.passPending = changed.count
                         $0.passBegan = began
+                        $0.lastScanSeconds = scanned
                     }
                     for (i, chunk) in changed.enumerated() {
                         if let cut = pendingCut() { try await park(cut, remaining: changed[i...]) }
