@@ -39,14 +39,14 @@ final class SourceMigration: Sendable {
     let onHandedOver: @Sendable (RegionIdentity, Bool) async -> Void
     let logger: Logger
 
-    private let started = ContinuousClock.now
+    let started = ContinuousClock.now
     private let startedAt = Date()
-    private let deadline: ContinuousClock.Instant
-    private let key = ChunkHashKey.random()
-    private let counts: Locked<Counts>
+    let deadline: ContinuousClock.Instant
+    let key = ChunkHashKey.random()
+    let counts: Locked<Counts>
 
     /// What the destination's subscription pushed since the migration began.
-    private struct Counts {
+    struct Counts {
         var bytes: UInt64 = 0
         var resent: UInt64 = 0
         var sent: [Bool]
@@ -74,9 +74,9 @@ final class SourceMigration: Sendable {
         counts = Locked(Counts(sent: [Bool](repeating: false, count: export.region.geometry.chunkCount)))
     }
 
-    private var region: Region { export.region }
-    private var name: String { region.name }
-    private var chunkSize: Int { region.geometry.chunkSize }
+    var region: Region { export.region }
+    var name: String { region.name }
+    var chunkSize: Int { region.geometry.chunkSize }
 
     /// What `run` found; the caller acts on a hand-over (relinquish, mirror back).
     struct Result {
@@ -95,13 +95,13 @@ final class SourceMigration: Sendable {
     }
 
     /// Why the migration gives up; the source keeps the region.
-    private struct Abort: Error {
+    struct Abort: Error {
         let reason: String
     }
 
     private let phaseDetail = Locked(MigrationProgress.initial)
 
-    private func progress(_ update: (inout MigrationProgress) -> Void) {
+    func progress(_ update: (inout MigrationProgress) -> Void) {
         let now = phaseDetail.withLock { p -> MigrationProgress in
             update(&p)
             return p
@@ -301,215 +301,6 @@ final class SourceMigration: Sendable {
             logger.warning("hand-over of '\(name)' to \(request.destination) not checked: \(error)")
             return nil
         }
-    }
-
-    /// `--when quiet`: looks for a cycle in the region's dirty rate (from
-    /// before the migration, when the peer kept it) and waits for the start
-    /// of its next quiet phase; without enough history it watches for up
-    /// to `quietWatchLimit`. What the subscription sends meanwhile is
-    /// replication as usual: the migration's bytes and time start after.
-    /// Returns when the quiet phase is predicted to end (nil: no cycle).
-    private func waitForQuiet(result: inout Result) async throws -> ContinuousClock.Instant? {
-        let began = ContinuousClock.now
-        let model = QuietPhaseModel()
-        let bin = DirtyRateHistory.binDuration
-        let watchUntil = min(began + Self.quietWatchLimit, began + (deadline - began) / 2)
-        progress { $0.phase = "looking for a quiet phase" }
-        var found: QuietPhaseModel.Cycle?
-        // A history as long as the watch limit that shows no cycle has none.
-        while ContinuousClock.now < watchUntil {
-            let series = dirtySeries()
-            found = model.cycle(in: series)
-            if found != nil || Double(series.count) >= Self.quietWatchLimit / bin { break }
-            try await Task.sleep(for: bin)
-        }
-        if let cycle = found {
-            result.report.cycleSeconds = (bin * cycle.periodBins).seconds
-            let wait = bin * cycle.binsUntilQuiet
-            progress { $0.phase = "waiting for the quiet phase" }
-            logger.info("'\(name)': the writers cycle every \(bin * cycle.periodBins); the quiet phase begins in \(wait)")
-            if wait > .zero { try await Task.sleep(for: min(wait, deadline - .now)) }
-        } else {
-            logger.info("'\(name)': no cycle in the dirty rate; migrating now")
-        }
-        let quietEnds = found.map { ContinuousClock.now + bin * $0.quietBins }
-        result.report.waitedSeconds = began.duration(to: .now).seconds
-        // The migration proper starts here.
-        counts.withLock { c in
-            c.bytes = 0
-            c.resent = 0
-            c.sent = [Bool](repeating: false, count: c.sent.count)
-        }
-        return quietEnds
-    }
-
-    /// Waits until the destination's mirror holds every change sent and
-    /// none is left to send, or until `limit`.
-    private func catchUp(destination: String, before limit: ContinuousClock.Instant) async throws {
-        progress { $0.phase = "letting the mirror catch up in the quiet phase" }
-        while ContinuousClock.now < min(limit, deadline) {
-            guard let state = subscription(of: destination) else { return }
-            if state.versionLag == 0, state.passPending == 0, state.passBegan == nil { return }
-            try await Task.sleep(for: .milliseconds(1))
-        }
-    }
-
-    /// How long `--when quiet` watches for a cycle the history does not show yet.
-    static let quietWatchLimit: Duration = .seconds(20)
-
-    /// After a post-copy hand-over: waits for the destination's second
-    /// HANDED_OVER, sent once it holds every chunk. False when the stream
-    /// ended without it (the source then keeps serving the new owner).
-    private func waitForFill(on stream: MigrationStream, generation: UInt64) async -> Bool {
-        do {
-            let answer = try await stream.receive(before: .now + Self.fillLimit)
-            guard case .handedOver(let g) = answer, g == generation else {
-                logger.warning("'\(name)': the new owner answered the post-copy fill with \(answer.name)")
-                return false
-            }
-            return true
-        } catch {
-            let why = "the post-copy fill by \(request.destination) was not confirmed (\(error)); this peer keeps "
-                + "serving its frozen copy to the new owner"
-            logger.warning("'\(name)': \(why)")
-            return false
-        }
-    }
-
-    /// How long a post-copy source waits for the new owner to hold every chunk.
-    static let fillLimit: Duration = .seconds(24 * 3600)
-
-    /// Post-copy, writers frozen: the destination's subscription stops
-    /// pushing and names every chunk its mirror may not hold current.
-    private func cutSubscription(of destination: String) async throws -> SubscriptionCut.Answer {
-        let cut = exports.cutSubscription(of: name, for: destination)
-        let limit = min(deadline, .now + .seconds(10))
-        while true {
-            if let answer = cut.answer { return answer }
-            guard subscription(of: destination) != nil else {
-                throw Abort(reason: "the destination's mirror went away before the post-copy cut")
-            }
-            guard ContinuousClock.now < limit else { throw Abort(reason: "the destination's subscription did not stop pushing") }
-            try await Task.sleep(for: .microseconds(100))
-        }
-    }
-
-    /// Hybrid: how long the estimate may stay without falling by a tenth
-    /// before post-copy takes over.
-    static let hybridPatience: Duration = .seconds(1)
-
-    /// One sample of the destination's subscription.
-    private struct Sample {
-        var at: ContinuousClock.Instant
-        var sent: UInt64
-        var acknowledged: UInt64
-    }
-
-    /// Pre-copy rounds: waits until the estimated downtime fits the budget.
-    /// Returns the estimate (seconds). The estimate is what is unacknowledged
-    /// plus what the writers dirty per scan interval, at the rate the
-    /// destination acknowledged over the last second, plus one RTT and the
-    /// source's digest of its frozen region (the destination's is kept
-    /// current during the rounds).
-    /// With `mayGiveUp` (hybrid), returns nil once the estimate has not
-    /// fallen by a tenth for `hybridPatience`, or at the timeout: the
-    /// rounds stopped converging, post-copy takes over.
-    private func converge(over connection: any TransportConnection, destination: String, mayGiveUp: Bool = false,
-                          result: inout Result) async throws -> Double? {
-        let budget = request.maxDowntimeMilliseconds / 1000
-        // The source hashes its frozen region; the destination's hashes are
-        // kept current during the rounds (`HandOverHashes`).
-        // With `--verify after` it follows the commit, outside the downtime.
-        let digestSeconds = request.verify == .after ? 0
-            : FrozenRegionDigest.secondsPerChunk(region, key: key) * Double(region.geometry.chunkCount)
-                / Double(FrozenRegionDigest.threads)
-        var samples: [Sample] = []
-        var rate = 0.0
-        var lastPasses: UInt64?
-        var lastSent: UInt64 = 0
-        var best: (estimate: Double, at: ContinuousClock.Instant)?
-        var fitAtPasses: UInt64?
-        progress { $0.phase = "pre-copy rounds" }
-        while true {
-            let now = ContinuousClock.now
-            guard let state = subscription(of: destination) else {
-                guard now < deadline else { throw Abort(reason: "the destination's mirror did not stay subscribed") }
-                samples.removeAll()
-                try await Task.sleep(for: .milliseconds(10))
-                continue
-            }
-            if let p = lastPasses, state.passes > p, state.sentVersion > lastSent { result.report.rounds += 1 }
-            lastPasses = state.passes
-            lastSent = state.sentVersion
-            samples.append(Sample(at: now, sent: state.sentVersion, acknowledged: state.acknowledgedVersion))
-            samples.removeAll { $0.at.duration(to: now) > .seconds(1) }
-            let stats = await connection.statistics()
-            let rtt = stats.smoothedRTT.seconds
-            var dirtyRate = 0.0
-            if let first = samples.first, first.at < now {
-                let span = first.at.duration(to: now).seconds
-                let acked = Double(state.acknowledgedVersion - min(first.acknowledged, state.acknowledgedVersion))
-                dirtyRate = Double(state.sentVersion - min(first.sent, state.sentVersion)) * Double(chunkSize) / span
-                // The rate sustained over the window: a burst of ACKs after
-                // a stall must not pass for the link's capacity.
-                if span >= 0.25 { rate = acked * Double(chunkSize) / span }
-            }
-            // A writer slower than the link makes the ACK rate its own rate.
-            // What fits in the congestion window is on its way within a
-            // round trip, whatever that rate: drained at window per RTT.
-            let window = stats.smoothedRTT > .zero ? Double(stats.congestionWindow) / stats.smoothedRTT.seconds : 0
-            // Unacknowledged, plus what the pass under way has yet to send,
-            // plus what was dirtied since its scan: a pass that blocks on
-            // the window leaves more than one interval's worth.
-            let pending = Double(state.versionLag + UInt64(state.passPending)) * Double(chunkSize)
-                + dirtyRate * (exports.scanInterval.seconds
-                               + max(state.lastPassSeconds, state.passBegan.map { $0.duration(to: now).seconds } ?? 0))
-            let known = samples.count >= 2 && samples.first!.at.duration(to: now) >= .milliseconds(250)
-            let capacity = pending <= Double(stats.congestionWindow) ? max(rate, window) : rate
-            let transfer = pending == 0 ? 0 : (capacity > 0 ? pending / capacity : .infinity)
-            // The final flush scans once more after the freeze.
-            let estimate = transfer + rtt + digestSeconds + state.lastScanSeconds
-            progress {
-                $0.round = result.report.rounds
-                $0.pendingBytes = UInt64(pending)
-                $0.estimatedDowntimeMilliseconds = estimate.isFinite ? estimate * 1000 : nil
-                $0.rateBytesPerSecond = rate
-            }
-            // A fit counts once a whole pass confirms it: between a scan and
-            // the record of its result the state looks idle, and a burst
-            // that began since the last scan is not in it yet.
-            if known, estimate <= budget {
-                if let seen = fitAtPasses, state.passes > seen, state.passBegan == nil { return estimate }
-                if fitAtPasses == nil { fitAtPasses = state.passes }
-            } else {
-                fitAtPasses = nil
-            }
-            if mayGiveUp, known {
-                if let b = best, !(estimate < b.estimate * 0.9) {
-                    if b.at.duration(to: now) >= Self.hybridPatience || now >= deadline {
-                        let estimated = estimate.isFinite ? String(format: "%.0f ms", estimate * 1000) : "unbounded"
-                        logger.info("'\(name)': pre-copy rounds stopped converging (estimated downtime \(estimated)); switching to post-copy")
-                        return nil
-                    }
-                } else {
-                    best = (estimate, now)
-                }
-            }
-            guard now < deadline else {
-                let estimated = estimate.isFinite ? String(format: "%.0f ms", estimate * 1000) : "unbounded"
-                throw Abort(reason: "did not converge within \(Int(request.timeoutSeconds)) s: the writers dirty "
-                            + String(format: "%.1f MB/s, the destination acknowledged %.1f MB/s over the last second",
-                                     dirtyRate / 1e6, rate / 1e6)
-                            + "; estimated downtime \(estimated) against --max-downtime "
-                            + String(format: "%.0f ms", request.maxDowntimeMilliseconds))
-            }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-    }
-
-    private func subscription(of destination: String) -> RegionExports.MirrorState? {
-        exports.mirrorStates().filter { $0.region == name && $0.peer == destination && $0.synced }
-            .max { $0.sentVersion < $1.sentVersion }
     }
 
     /// Writers stopped: when the freeze began and which processes.
