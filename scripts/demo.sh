@@ -130,23 +130,30 @@ disown "$writer_pid"  # killed below; no job-control notice
 sleep 0.5
 mr migrate demo --to "127.0.0.1:$((port + 1))" --timeout 60
 word() { od -An -tx8 -j "$2" -N 8 "$1" | tr -d ' '; }
+same_stores() {  # $1: the old owner's file, $2: the new owner's; the writer's last stores on both
+  local offset a b
+  for offset in "${offsets[@]}"; do
+    a=$(word "$1" "$offset") b=$(word "$2" "$offset")
+    printf '  offset %-9s old owner %s  new owner %s\n' "$offset" "$a" "$b"
+    [[ $a == "$b" ]] || { echo "demo: the writer's last store at $offset is not on the new owner" >&2; exit 1; }
+  done
+}
+mirroring() {  # waits until the peer at control socket $1 mirrors the region, synced
+  local start=$SECONDS
+  until "$memreplica" status --json --control "$1" 2>/dev/null | grep -q '"synced" *: *true'; do
+    ((SECONDS - start < 60)) || { echo "demo: the old owner did not mirror the new one within 60 s" >&2; exit 1; }
+    sleep 0.2
+  done
+}
 printf '  the writer (pid %s) is %s: stopped at the freeze, its session ended naming the new owner\n' \
   "$writer_pid" "$(awk '{print $3}' "/proc/$writer_pid/stat")"
-for offset in "${offsets[@]}"; do
-  a=$(word "$data/primary.bin" "$offset") b=$(word "$data/replica.bin" "$offset")
-  printf '  offset %-9s old owner %s  new owner %s\n' "$offset" "$a" "$b"
-  [[ $a == "$b" ]] || { echo "demo: the writer's last store at $offset is not on the new owner" >&2; exit 1; }
-done
+same_stores "$data/primary.bin" "$data/replica.bin"
 kill -KILL "$writer_pid"
 writer_pid=""
 echo "  the new owner:"
 "$memreplica" status --control "$replica_sock" | sed -n '/^regions/,/^peers/p' | sed '$d'
 echo "  the old owner, now mirroring the new one (--then mirror):"
-start=$SECONDS
-until mr status --json 2>/dev/null | grep -q '"synced" *: *true'; do
-  ((SECONDS - start < 60)) || { echo "demo: the old owner did not mirror the new one within 60 s" >&2; exit 1; }
-  sleep 0.2
-done
+mirroring "$state/control.sock"
 mr status | sed -n '/^regions/,/^peers/p' | sed '$d'
 printf '  old owner sha256 %s\n  new owner sha256 %s\n' "$(digest "$data/primary.bin")" "$(digest "$data/replica.bin")"
 [[ $(digest "$data/primary.bin") == $(digest "$data/replica.bin") ]] || { echo "demo: the copies differ" >&2; exit 1; }
@@ -157,18 +164,10 @@ writer_pid=$!
 disown "$writer_pid"
 sleep 0.5
 "$memreplica" migrate demo --to "127.0.0.1:$port" --mode postcopy --timeout 60 --control "$replica_sock" --state-dir "$state"
-for offset in "${offsets[@]}"; do
-  a=$(word "$data/replica.bin" "$offset") b=$(word "$data/primary.bin" "$offset")
-  printf '  offset %-9s old owner %s  new owner %s\n' "$offset" "$a" "$b"
-  [[ $a == "$b" ]] || { echo "demo: the writer's last store at $offset is not on the new owner" >&2; exit 1; }
-done
+same_stores "$data/replica.bin" "$data/primary.bin"
 kill -KILL "$writer_pid"
 writer_pid=""
-start=$SECONDS
-until "$memreplica" status --json --control "$replica_sock" 2>/dev/null | grep -q '"synced" *: *true'; do
-  ((SECONDS - start < 60)) || { echo "demo: the old owner did not mirror the new one within 60 s" >&2; exit 1; }
-  sleep 0.2
-done
+mirroring "$replica_sock"
 mr status | sed -n '/^regions/,/^peers/p' | sed '$d'
 printf '  new owner sha256 %s\n  old owner sha256 %s\n' "$(digest "$data/primary.bin")" "$(digest "$data/replica.bin")"
 [[ $(digest "$data/primary.bin") == $(digest "$data/replica.bin") ]] || { echo "demo: the copies differ" >&2; exit 1; }
