@@ -32,7 +32,7 @@ public struct MigrationBenchmark: Sendable {
         public var runs = 3
         public var maxDowntimeMilliseconds = MigrationRequest.defaultMaxDowntimeMilliseconds
         public var timeoutSeconds = 60.0
-        public var congestionControl: QUICConfiguration.CongestionControl = .cubic
+        public var congestionControl: QUICConfiguration.CongestionControl = .bbr
         /// The emulated link's rate (bits per second).
         public var rateBitsPerSecond: UInt64 = 1_000_000_000
         /// When the copies are compared (`MigrationRequest.verify`).

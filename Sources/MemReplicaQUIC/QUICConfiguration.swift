@@ -36,8 +36,11 @@ public struct QUICConfiguration: Sendable, StreamTransportConfiguration {
     public var maxDatagramsPerSend: Int = 32
     /// UDP socket buffer sizes (forced past rmem_max/wmem_max when root).
     public var socketBufferSize: Int = 16 << 20
-    /// Congestion controller: cubic (default, the same family as TCP's) or bbr.
-    public var congestionControl: CongestionControl = .cubic
+    /// Congestion controller. bbr by default: over the `bench wan` matrix
+    /// cubic collapses once the path loses packets (it reads every loss
+    /// as congestion), while bbr paces at the measured bottleneck rate;
+    /// without loss they move the same (README, WAN; bench/RESULTS.md).
+    public var congestionControl: CongestionControl = .bbr
     /// Spread packets over the RTT instead of sending bursts (RFC 9002
     /// §7.7). Keep it on for WANs; loopback benchmarks show its cost.
     public var pacing: Bool = true
@@ -60,8 +63,27 @@ public struct QUICConfiguration: Sendable, StreamTransportConfiguration {
     /// ngtcp2's own packet trace to stderr (very verbose).
     public var debugLog: Bool = false
 
+    /// `bbr` is ngtcp2 0.12's BBRv2 (loss-aware: it backs off when loss
+    /// passes 2 %), `bbr1` its BBRv1. The TCP transports take the kernel's
+    /// controller of the same family: `bbr` and `bbr1` are both the
+    /// kernel's `bbr` (v1; Linux has no v2 upstream).
     public enum CongestionControl: String, Sendable, CaseIterable {
-        case cubic, bbr, reno
+        case bbr, bbr1, cubic, reno
+
+        /// The Linux TCP_CONGESTION name of the same family.
+        public var kernelName: String {
+            switch self {
+            case .bbr, .bbr1: "bbr"
+            case .cubic: "cubic"
+            case .reno: "reno"
+            }
+        }
+
+        /// The names, for help and errors: "bbr, bbr1, cubic or reno".
+        public static var choices: String {
+            let names = allCases.map(\.rawValue)
+            return names.dropLast().joined(separator: ", ") + " or " + names.last!
+        }
     }
 
     public static let memReplicaALPN = TransportDefaults.memReplicaALPN

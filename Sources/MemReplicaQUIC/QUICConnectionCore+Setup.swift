@@ -102,6 +102,7 @@ extension QUICConnectionCore {
         switch config.congestionControl {
         case .cubic: settings.cc_algo = NGTCP2_CC_ALGO_CUBIC
         case .bbr: settings.cc_algo = NGTCP2_CC_ALGO_BBR2
+        case .bbr1: settings.cc_algo = NGTCP2_CC_ALGO_BBR
         case .reno: settings.cc_algo = NGTCP2_CC_ALGO_RENO
         }
         if config.debugLog { qs_settings_log_to_stderr(&settings) }

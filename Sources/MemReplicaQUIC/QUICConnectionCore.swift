@@ -260,6 +260,7 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
         s.handshakeDuration = handshakeDuration
         s.sessionResumed = sessionResumed
         s.earlyData = earlyDataOutcome
+        s.congestionControl = endpoint.configuration.congestionControl.rawValue
         guard let conn else { return s }
         var cs = ngtcp2_conn_stat()
         qs_conn_get_conn_stat(conn, &cs)

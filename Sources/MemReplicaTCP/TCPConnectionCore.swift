@@ -399,6 +399,7 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
         s.deliveryRateBytesPerSecond = info.deliveryRate
         s.pacingRateBytesPerSecond = info.pacingRate == UInt64.max ? 0 : Double(info.pacingRate)
         s.maxUDPPayloadSize = Int(info.mss)
+        s.congestionControl = info.congestionControl
         return s
     }
 }

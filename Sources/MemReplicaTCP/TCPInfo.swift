@@ -21,6 +21,8 @@ struct TCPInfo {
     var minRTTMicroseconds: UInt64 = 0
     var deliveryRate: UInt64 = 0
     var bytesSent: UInt64 = 0
+    /// The socket's congestion controller (TCP_CONGESTION), e.g. "bbr".
+    var congestionControl = ""
 
     init() {}
 
@@ -49,5 +51,10 @@ struct TCPInfo {
         minRTTMicroseconds = u32(148)
         deliveryRate = u64(160)
         bytesSent = u64(200)
+        var name = [UInt8](repeating: 0, count: 16)
+        var nameLength = socklen_t(name.count)
+        if getsockopt(fd, Int32(IPPROTO_TCP), TCP_CONGESTION, &name, &nameLength) == 0 {
+            congestionControl = String(decoding: name.prefix(Int(nameLength)).prefix { $0 != 0 }, as: UTF8.self)
+        }
     }
 }

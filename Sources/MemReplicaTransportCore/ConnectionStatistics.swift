@@ -26,6 +26,10 @@ public struct ConnectionStatistics: Sendable, Codable, Equatable {
     public var sessionResumed: Bool
     /// What became of 0-RTT early data on this connection.
     public var earlyData: EarlyDataOutcome
+    /// The congestion controller sending on this connection: QUIC's as
+    /// configured (`bbr` is ngtcp2's BBRv2), TCP's as the kernel reports it
+    /// for the session socket (TCP_CONGESTION).
+    public var congestionControl: String
 
     public init() {
         latestRTT = .zero; minRTT = .zero; smoothedRTT = .zero; rttVariance = .zero
@@ -35,6 +39,7 @@ public struct ConnectionStatistics: Sendable, Codable, Equatable {
         handshakeDuration = nil
         sessionResumed = false
         earlyData = .notAttempted
+        congestionControl = ""
     }
 }
 

@@ -8,14 +8,16 @@ public struct StreamTransportSettings: Sendable {
     /// Application protocols offered (client) or accepted (server), in order.
     public var applicationProtocols: [String] = [TransportDefaults.memReplicaALPN]
     /// Per-stream receive window (QUIC or mux flow control). Should cover
-    /// the bandwidth-delay product of one stream: 16 MiB ≈ 850 Mbit/s at
-    /// 150 ms.
-    public var streamReceiveWindow: UInt64 = 16 << 20
+    /// the bandwidth-delay product of one stream: 32 MiB ≈ 1.7 Gbit/s at
+    /// 150 ms (1 Gbit/s × 150 ms is 18.75 MB; 16 MiB held one region's
+    /// stream under 900 Mbit/s there).
+    public var streamReceiveWindow: UInt64 = 32 << 20
     /// Connection receive window (all streams together).
     public var connectionReceiveWindow: UInt64 = 64 << 20
     /// Bytes a stream may hold unacknowledged (QUIC), or not yet handed to
     /// TLS (TCP), before `write` suspends.
-    public var streamSendBuffer: Int = 16 << 20
+    /// Covers the same bandwidth-delay product as the receive window.
+    public var streamSendBuffer: Int = 32 << 20
     /// Concurrent bidirectional streams the peer may open; credit is given
     /// back as streams close.
     public var maxConcurrentStreams: UInt64 = 256

@@ -27,8 +27,8 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var iterations: Int = 2000
     @Option(help: "Connections per handshake measurement (full, resumed, 0-RTT).")
     var handshakes: Int = 200
-    @Option(help: "Congestion controller for QUIC: cubic, bbr or reno.")
-    var cc: String = "cubic"
+    @Option(help: "Congestion controller for QUIC: bbr, bbr1, cubic or reno.")
+    var cc: String = "bbr"
     @Option(help: "Largest UDP payload QUIC sends on a path of unknown MTU (1452 fits Ethernet).")
     var maxUdpPayload: Int = 1452
     @Option(help: "Largest UDP payload QUIC sends to a peer on this host, as here (0: size packets as for any path).")
@@ -53,7 +53,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
         guard handshakes >= 1 else { throw ValidationError("--handshakes must be at least 1") }
         guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else {
-            throw ValidationError("--cc must be cubic, bbr or reno")
+            throw ValidationError("--cc must be \(QUICConfiguration.CongestionControl.choices)")
         }
         guard (1200...65527).contains(maxUdpPayload) else { throw ValidationError("--max-udp-payload must be 1200...65527") }
         guard hostLocalPayload == 0 || (1200...65527).contains(hostLocalPayload) else {

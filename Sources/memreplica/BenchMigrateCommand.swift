@@ -39,8 +39,8 @@ struct BenchMigrateCommand: AsyncParsableCommand {
     var maxDowntime: Double = MigrationRequest.defaultMaxDowntimeMilliseconds
     @Option(help: ArgumentHelp("Abort a migration after this long.", valueName: "seconds"))
     var timeout: Double = 60
-    @Option(help: "Congestion controller for QUIC: cubic, bbr or reno.")
-    var cc: String = "cubic"
+    @Option(help: "Congestion controller for QUIC: bbr, bbr1, cubic or reno.")
+    var cc: String = "bbr"
     @Option(help: "Compare the copies before the commit or after it (see memreplica migrate --verify).")
     var verify: String = "before"
     @Flag(help: "A small run for CI: 64 MiB, a 10 MB/s writer, loopback, one run per mode.")
@@ -57,7 +57,7 @@ struct BenchMigrateCommand: AsyncParsableCommand {
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard Self.timings(when) != nil else { throw ValidationError("--when takes now and quiet, comma-separated") }
         guard Self.modes(mode) != nil else { throw ValidationError("--mode takes precopy, postcopy and hybrid, comma-separated") }
-        guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else { throw ValidationError("--cc must be cubic, bbr or reno") }
+        guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else { throw ValidationError("--cc must be \(QUICConfiguration.CongestionControl.choices)") }
         guard Self.numbers(writers) != nil, Self.numbers(rtt) != nil, Self.numbers(loss) != nil else {
             throw ValidationError("--writers, --rtt and --loss take comma-separated numbers")
         }

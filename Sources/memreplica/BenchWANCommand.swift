@@ -25,8 +25,8 @@ struct BenchWANCommand: AsyncParsableCommand {
     var regions: String?
     @Option(help: ArgumentHelp("Transports, comma-separated: quic, tcp, tcp-per-region.", valueName: "kinds"))
     var transports: String = TransportKind.allCases.map(\.rawValue).joined(separator: ",")
-    @Option(help: ArgumentHelp("Congestion controllers, each a set of its own (QUIC and TCP alike): cubic, bbr, reno.", valueName: "cc,..."))
-    var cc: String = "cubic"
+    @Option(help: ArgumentHelp("Congestion controllers, each a set of its own (QUIC and TCP alike): bbr, bbr1, cubic, reno.", valueName: "cc,..."))
+    var cc: String = "bbr"
     @Option(help: "Runs per scenario and transport (medians are reported).")
     var runs: Int?
     @Option(help: "Bulk bytes per run, split over the regions (suffixes K, M, G).")
@@ -63,7 +63,7 @@ struct BenchWANCommand: AsyncParsableCommand {
             throw ValidationError("--transports takes quic, tcp and tcp-per-region, comma-separated")
         }
         guard !controllers.isEmpty, controllers.count == cc.split(separator: ",").count else {
-            throw ValidationError("--cc takes cubic, bbr and reno, comma-separated")
+            throw ValidationError("--cc takes \(QUICConfiguration.CongestionControl.choices), comma-separated")
         }
         if let runs, runs < 1 { throw ValidationError("--runs must be at least 1") }
         if let bulkSize, parseByteSize(bulkSize) == nil { throw ValidationError("--bulk-size: not a byte count: \(bulkSize)") }

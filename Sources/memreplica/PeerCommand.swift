@@ -60,7 +60,7 @@ struct PeerCommand: AsyncParsableCommand {
     var metrics: String?
 
     @Option(help: ArgumentHelp(
-        "Congestion controller for QUIC and the TCP transports: cubic (default), bbr or reno. Over lossy long paths cubic collapses; bbr does not.",
+        "Congestion controller for QUIC and the TCP transports: bbr (default; ngtcp2's BBRv2, the kernel's bbr for TCP), bbr1, cubic or reno. Over lossy long paths cubic collapses; bbr does not.",
         valueName: "name"))
     var cc: String?
 
@@ -177,7 +177,7 @@ struct PeerCommand: AsyncParsableCommand {
         quic.acceptsConnections = true
         if let controller = cc ?? configuration.congestionControl {
             guard let chosen = QUICConfiguration.CongestionControl(rawValue: controller) else {
-                throw ValidationError("--cc must be cubic, bbr or reno, not '\(controller)'")
+                throw ValidationError("--cc must be \(QUICConfiguration.CongestionControl.choices), not '\(controller)'")
             }
             quic.congestionControl = chosen
         }

@@ -30,10 +30,10 @@ enum StatsTable {
 
     private static func connections(_ connections: [StatsReport.Connection]) -> String {
         guard !connections.isEmpty else { return "connections  none\n" }
-        let header = ["PEER", "REMOTE", "DIR", "SRTT", "MIN RTT", "RTTVAR", "CWND", "IN FLIGHT", "RATE/S", "PTO",
+        let header = ["PEER", "REMOTE", "DIR", "CC", "SRTT", "MIN RTT", "RTTVAR", "CWND", "IN FLIGHT", "RATE/S", "PTO",
                       "SENT", "RECEIVED", "PACKETS OUT/IN", "HANDSHAKE", "RECONN"]
         let rows = connections.map { c in [
-            c.peer, c.remoteAddress, c.initiatedLocally ? "out" : "in",
+            c.peer, c.remoteAddress, c.initiatedLocally ? "out" : "in", c.congestionControl,
             Format.seconds(c.smoothedRTTSeconds), Format.seconds(c.minRTTSeconds), Format.seconds(c.rttVarianceSeconds),
             Format.bytes(c.congestionWindowBytes), Format.bytes(c.bytesInFlight), Format.bytes(c.deliveryRateBytesPerSecond),
             "\(c.ptoCount)", Format.bytes(c.bytesSent), Format.bytes(c.bytesReceived), "\(c.packetsSent)/\(c.packetsReceived)",

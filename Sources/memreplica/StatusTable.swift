@@ -14,11 +14,12 @@ enum StatusTable {
         out += regions(report.regions)
         guard !report.peers.isEmpty else { return out + "peers      none connected\n" }
         out += "peers      \(report.peers.count) connected\n"
-        let rows = [["REMOTE", "IDENTITY", "DIR", "SRTT", "MIN RTT", "LAST RTT", "SENT", "RECEIVED"]]
+        let rows = [["REMOTE", "IDENTITY", "DIR", "CC", "SRTT", "MIN RTT", "LAST RTT", "SENT", "RECEIVED"]]
         return out + table(rows + report.peers.map { p in [
                 p.remoteAddress,
                 "\(p.identity.commonName ?? p.identity.subject) (\(p.identity.fingerprint.prefix(12))…)",
                 p.initiatedLocally ? "out" : "in",
+                p.congestionControl,
                 Format.milliseconds(p.smoothedRTTMilliseconds),
                 Format.milliseconds(p.minRTTMilliseconds),
                 Format.milliseconds(p.latestRTTMilliseconds),

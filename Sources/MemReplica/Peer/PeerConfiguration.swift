@@ -44,7 +44,7 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// session ends with an error; nil: `PostCopyMirror.Options`' default.
     public var faultTimeout: Duration?
     /// QUIC's (and the TCP transports') congestion controller by name:
-    /// cubic, bbr or reno; nil: the transport's default.
+    /// bbr, bbr1, cubic or reno; nil: the transport's default (bbr).
     public var congestionControl: String?
     /// How long a silent peer has before it counts as gone
     /// (`QUICConfiguration.livenessTimeout`; nil: its 5 s default).
@@ -107,7 +107,7 @@ public struct PeerConfiguration: Sendable, Equatable {
         congestionControl = try top["congestionControl"].map { value in
             let name = try reader.string(value, at: "congestionControl")
             guard QUICConfiguration.CongestionControl(rawValue: name) != nil else {
-                throw reader.failure(at: "congestionControl", "expected cubic, bbr or reno, found \"\(name)\"")
+                throw reader.failure(at: "congestionControl", "expected \(QUICConfiguration.CongestionControl.choices), found \"\(name)\"")
             }
             return name
         }

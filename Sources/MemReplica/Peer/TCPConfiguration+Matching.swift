@@ -8,7 +8,7 @@ extension TCPConfiguration {
         self.init()
         settings = quic.settings
         socketBufferSize = quic.socketBufferSize
-        congestionControl = quic.congestionControl.rawValue
+        congestionControl = quic.congestionControl.kernelName
         self.connectionPerStream = connectionPerStream
     }
 }

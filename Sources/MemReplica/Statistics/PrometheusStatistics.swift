@@ -81,6 +81,8 @@ public final class PrometheusStatistics: Sendable {
         gauge("memreplica_uptime_seconds", [], report.uptimeSeconds)
         for c in report.connections {
             let labels = [("peer", c.peer), ("remote", c.remoteAddress), ("direction", c.initiatedLocally ? "out" : "in")]
+            // Info-style: the controller is a label, the value always 1.
+            gauge("memreplica_connection_info", labels + [("congestion_control", c.congestionControl)], 1)
             gauge("memreplica_latest_rtt_seconds", labels, c.latestRTTSeconds)
             gauge("memreplica_min_rtt_seconds", labels, c.minRTTSeconds)
             gauge("memreplica_smoothed_rtt_seconds", labels, c.smoothedRTTSeconds)

@@ -65,6 +65,8 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var minRTTSeconds: Double
         public var smoothedRTTSeconds: Double
         public var rttVarianceSeconds: Double
+        /// The congestion controller (`ConnectionStatistics.congestionControl`).
+        public var congestionControl: String
         public var congestionWindowBytes: UInt64
         public var bytesInFlight: UInt64
         public var deliveryRateBytesPerSecond: UInt64
@@ -94,6 +96,7 @@ public struct StatsReport: Codable, Sendable, Equatable {
             minRTTSeconds = s.minRTT.seconds
             smoothedRTTSeconds = s.smoothedRTT.seconds
             rttVarianceSeconds = s.rttVariance.seconds
+            congestionControl = s.congestionControl
             congestionWindowBytes = s.congestionWindow
             bytesInFlight = s.bytesInFlight
             deliveryRateBytesPerSecond = s.deliveryRateBytesPerSecond

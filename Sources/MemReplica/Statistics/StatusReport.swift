@@ -46,6 +46,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var identity: Identity
         /// True when this peer dialled out; false for connections it accepted.
         public var initiatedLocally: Bool
+        /// The congestion controller sending to this peer.
+        public var congestionControl: String
         public var smoothedRTTMilliseconds: Double
         public var minRTTMilliseconds: Double
         public var latestRTTMilliseconds: Double
@@ -59,6 +61,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
             identity = Identity(summary.identity)
             initiatedLocally = summary.initiatedLocally
             let s = summary.statistics
+            congestionControl = s.congestionControl
             smoothedRTTMilliseconds = s.smoothedRTT.milliseconds
             minRTTMilliseconds = s.minRTT.milliseconds
             latestRTTMilliseconds = s.latestRTT.milliseconds

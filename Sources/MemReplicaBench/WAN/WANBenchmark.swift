@@ -27,7 +27,7 @@ public struct WANBenchmark {
         public var lossPercents: [Double] = [0, 0.5, 1, 2]
         public var regionCounts: [Int] = [1, 4, 16]
         public var transports: [TransportKind] = TransportKind.allCases
-        public var congestionControls: [QUICConfiguration.CongestionControl] = [.cubic]
+        public var congestionControls: [QUICConfiguration.CongestionControl] = [.bbr]
         public var runs = 3
         /// Bulk bytes in all, split over the scenario's regions.
         public var bulkBytes = 64 << 20
@@ -93,7 +93,7 @@ public struct WANBenchmark {
         let scenarios = options.scenarios
         let first = scenarios.first.map { $0.linkProfiles(rateBitsPerSecond: options.rateBitsPerSecond, queueLimitBytes: options.queueLimitBytes) }
         let emulator = try WANEmulator(aToB: first?.aToB ?? WANLinkProfile(), bToA: first?.bToA ?? WANLinkProfile(),
-                                       tcpCongestionControl: scenarios.first?.congestionControl ?? "cubic")
+                                       tcpCongestionControl: scenarios.first.flatMap { QUICConfiguration.CongestionControl(rawValue: $0.congestionControl) }?.kernelName ?? "bbr")
         defer { emulator.shutdown() }
         log("emulator up: primary \(emulator.addressA) in \(emulator.sideA.name), replica \(emulator.addressB) in \(emulator.sideB.name)")
 
@@ -179,7 +179,7 @@ public struct WANBenchmark {
     private func measure(_ kind: TransportKind, scenario: WANScenario, run: Int, primaries: Primaries,
                          emulator: WANEmulator) async throws -> WANRunResult {
         var quic = QUICConfiguration()
-        quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: scenario.congestionControl) ?? .cubic
+        quic.congestionControl = QUICConfiguration.CongestionControl(rawValue: scenario.congestionControl) ?? .bbr
         // A dead path should fail a run in seconds, not hang it.
         quic.handshakeTimeout = .seconds(20)
         quic.livenessTimeout = .seconds(20)
