@@ -41,6 +41,8 @@ let package = Package(
             cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Werror"])]
         ),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl"),
+        // zstd and lz4 for chunk pages on the wire.
+        .systemLibrary(name: "CCompression"),
 
         // System: the event loop's poller, locks, promises, sockets, processes.
         .target(
@@ -111,6 +113,7 @@ let package = Package(
                 "MemReplicaTransportCore",
                 "MemReplicaSystem",
                 "LinuxShim",
+                "CCompression",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libnghttp3-dev libssl-dev pkg-config
+  libzstd-dev liblz4-dev        # chunk compression on the wire (PAGES frames)
+  sqlite3                       # bench --content sqlite: a real database image
   ngtcp2-client ngtcp2-server   # the stock tools the transport benchmark compares against;
                                 # gtlsclient also fetches from the HTTP/3 face in tests
   python3 python3-matplotlib    # benchmark tables and plots (bench/plot_wan.py runs on /usr/bin/python3)

@@ -44,14 +44,18 @@ enum StatsTable {
 
     private static func regions(_ regions: [StatsReport.Region]) -> String {
         guard !regions.isEmpty else { return "regions      none\n" }
-        let header = ["REGION", "ROLE", "SIZE", "PUSHED", "PULLED", "DIRTY/S", "SCAN LAST/MEAN/MAX", "PRESENT", "FAULTS",
-                      "RECONN"]
+        let header = ["REGION", "ROLE", "SIZE", "PUSHED", "PULLED", "DIRTY/S", "WIRE/DIRTY", "SKIPPED ZERO/SAME", "COMPRESSED",
+                      "SCAN LAST/MEAN/MAX", "PRESENT", "FAULTS", "RECONN"]
         let rows = regions.map { r -> [String] in
             let role = r.role == "replica" ? (r.lazy == true ? "replica (lazy)" : "replica") : r.role
             return [
                 r.name, role, Format.bytes(UInt64(r.size)),
                 transfer(r.chunksPushed, r.bytesPushed), transfer(r.chunksPulled, r.bytesPulled),
                 r.dirtyBytesPerSecond.map { Format.bytes(UInt64($0.rounded())) } ?? "-",
+                r.wire.map { String(format: "%.3f", $0.wireRatio) } ?? "-",
+                r.wire.map { "\($0.zeroChunks)/\($0.redundantChunks)" } ?? "-",
+                r.wire.map { $0.compressionInputBytes == 0 ? "-" : String(format: "%.2f×", 1 / $0.compressionRatio)
+                                                                    + " in \(Format.seconds($0.compressionSeconds))" } ?? "-",
                 r.scan.map { "\(Format.seconds($0.lastSeconds)) / \(Format.seconds($0.meanSeconds)) / \(Format.seconds($0.longestSeconds))" } ?? "-",
                 r.chunksPresent.map { "\($0) chunks" } ?? "-",
                 r.faults.map { "\(r.faultsServed ?? 0)/\($0) served" } ?? "-",

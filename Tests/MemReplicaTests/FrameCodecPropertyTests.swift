@@ -83,6 +83,21 @@ struct FrameGenerator {
             return .have(firstChunk: varint(), hashes: (0..<count).map { _ in ChunkHash(high: rng.next(), low: rng.next()) })
         case .write:
             return .write(chunk: varint(), version: varint(), bytes: bytes(max: FrameLimits.maxPayload - 16))
+        case .pages:
+            let pages = 1 + Int(rng.next() % UInt64(FrameLimits.maxPagesPerChunk))
+            let maskBytes = Frame.Pages.maskBytes(pages: pages)
+            var present = [UInt8](repeating: 0, count: maskBytes), zero = present
+            for i in 0..<pages {
+                switch rng.next() % 3 {
+                case 0: present[i >> 3] |= 1 << UInt8(i & 7)
+                case 1: zero[i >> 3] |= 1 << UInt8(i & 7)
+                default: break
+                }
+            }
+            return .pages(.init(chunk: varint(), version: varint(), pageCount: pages, present: present, zero: zero,
+                                codec: PageCodec(rawValue: UInt8(rng.next() % 3))!,
+                                check: rng.next() % 2 == 0 ? nil : ChunkHash(high: rng.next(), low: rng.next()),
+                                payload: bytes(max: FrameLimits.maxPayload - 128)))
         case .dirty:
             let count = allowsLarge && rng.next() % 200 == 0 ? FrameLimits.maxDirtyChunks : Int(rng.next() % 60)
             var chunks: [UInt64] = []

@@ -34,7 +34,7 @@ struct ReplicationPair {
         serving = Task {
             await withDiscardingTaskGroup { group in
                 while let stream = try? await server.acceptStream() {
-                    group.addTask { await exports.serve(stream, peer: server.peerIdentity) }
+                    group.addTask { await exports.serve(stream, peer: server.peerIdentity, offered: .all) }
                 }
             }
         }
@@ -57,7 +57,10 @@ struct TransportReplicationPair {
     let client: any TransportConnection
     let serving: Task<Void, Never>
 
-    init(_ kind: TransportKind, exports: RegionExports, serverConfig: QUICConfiguration = quicConfig(server: true)) async throws {
+    /// `offered`: what the mirror's HELLO would have offered (these pairs
+    /// send none; PAGES frames by default, as a peer's mirror offers them).
+    init(_ kind: TransportKind, exports: RegionExports, serverConfig: QUICConfiguration = quicConfig(server: true),
+         offered: WireCapabilities = .all) async throws {
         pki = try TestPKI()
         pair = try TransportPair(kind, pki: pki, serverConfig: serverConfig)
         let (client, server) = try await pair.connect()
@@ -65,7 +68,7 @@ struct TransportReplicationPair {
         serving = Task {
             await withDiscardingTaskGroup { group in
                 while let stream = try? await server.acceptStream() {
-                    group.addTask { await exports.serve(stream, peer: server.peerIdentity) }
+                    group.addTask { await exports.serve(stream, peer: server.peerIdentity, offered: offered) }
                 }
             }
         }

@@ -71,8 +71,14 @@ public final class MirrorRunner: Sendable {
     public let stateDirectory: StateDirectory?
     private let durableState = Locked<DurableMirrorState?>(nil)
 
+    /// What this mirror's HELLO offers to receive (PAGES frames and their
+    /// codecs); the primary uses what it supports of it.
+    public let offers: WireCapabilities
+
     public init(spec: MirrorSpec, endpoint: any Transport, statistics: PeerStatistics? = nil,
-                lazyOptions: PostCopyMirror.Options = .init(), stateDirectory: StateDirectory? = nil, logger: Logger) {
+                lazyOptions: PostCopyMirror.Options = .init(), stateDirectory: StateDirectory? = nil,
+                offers: WireCapabilities = .all, logger: Logger) {
+        self.offers = offers
         self.spec = spec
         self.endpoint = endpoint
         self.statistics = statistics
@@ -339,7 +345,7 @@ public final class MirrorRunner: Sendable {
     /// other transports send it once connected.
     private func connectSendingHello() async throws -> (any TransportConnection, any TransportStream) {
         let me = endpoint.localIdentity
-        let hello = try Frame.hello(.init(peerName: me.commonName ?? me.subject)).encoded()
+        let hello = try Frame.hello(.init(peerName: me.commonName ?? me.subject, capabilities: offers.rawValue)).encoded()
         if let early = endpoint as? any EarlyDataTransport {
             return try await early.connect(to: spec.address, replaySafeEarlyData: hello)
         }

@@ -114,6 +114,7 @@ extension PeerService {
     private func primaryStatistics() -> [StatsReport.Region] {
         let mirrorStates = exports.mirrorStates()
         let tracking = exports.dirtyTracking()
+        let savings = exports.wireSavings()
         return exports.catalog().compactMap { entry -> StatsReport.Region? in
             guard let r = exports.export(named: entry.name)?.region else { return nil }
             var region = StatsReport.Region(name: r.name, role: "primary", size: r.geometry.size, chunkSize: r.geometry.chunkSize)
@@ -124,6 +125,7 @@ extension PeerService {
             region.bytesPushed = moved.bytesPushed
             region.chunksPulled = moved.chunksPulled
             region.bytesPulled = moved.bytesPulled
+            region.wire = savings[r.name]
             if let status = tracking[r.name] {
                 region.scan = StatsReport.Scan(status)
                 if let rate = statistics.dirtyRate(region: r.name) {

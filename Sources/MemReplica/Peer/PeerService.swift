@@ -105,11 +105,14 @@ public final class PeerService: Sendable {
     private func serve(_ connection: any TransportConnection) async {
         let peer = "\(connection.remoteAddress)"
         statistics.connectionEstablished(fingerprint: connection.peerIdentity.fingerprint, initiatedLocally: false)
+        // What the peer's HELLO said it can receive; its region streams
+        // come after our answer to it.
+        let offered = Locked<WireCapabilities>([])
         await withDiscardingTaskGroup { group in
             do {
                 while true {
                     let stream = try await connection.acceptStream()
-                    group.addTask { await self.route(stream, connection: connection, peer: peer) }
+                    group.addTask { await self.route(stream, connection: connection, peer: peer, offered: offered) }
                 }
             } catch {
                 logger.info("peer disconnected: \(error)", metadata: ["peer": "\(peer)", "identity": "\(connection.peerIdentity)"])
@@ -137,7 +140,8 @@ public final class PeerService: Sendable {
         }
     }
 
-    private func route(_ stream: any TransportStream, connection: any TransportConnection, peer: String) async {
+    private func route(_ stream: any TransportStream, connection: any TransportConnection, peer: String,
+                       offered: Locked<WireCapabilities>) async {
         // What the peer's requests make us hold stays within its connection's allowance.
         let frames = FrameStream(stream, boundedBy: stream.frameAllowance)
         do {
@@ -148,8 +152,10 @@ public final class PeerService: Sendable {
             }
             switch first {
             case .subscribe(let subscription)?:
-                await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity)
+                await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity,
+                                    offered: offered.withLock { $0 })
             case .hello(let hello)?:
+                offered.withLock { $0 = WireCapabilities(rawValue: hello.capabilities) }
                 try await answerHello(hello, on: frames, peer: connection.peerIdentity)
             case .echo(let bytes)?:
                 try await echo.serve(frames, first: bytes, peer: peer)
@@ -175,7 +181,8 @@ public final class PeerService: Sendable {
             throw ProtocolViolation(.unsupportedVersion, "this peer speaks protocol \(Frame.protocolVersion), not \(hello.protocolVersion)")
         }
         let me = endpoint.localIdentity
-        try await frames.send(.hello(.init(peerName: me.commonName ?? me.subject)))
+        try await frames.send(.hello(.init(peerName: me.commonName ?? me.subject,
+                                           capabilities: exports.wireCapabilities.rawValue)))
         try await frames.send(.catalog(exports.catalog(for: peer)))
         try await frames.stream.finish()
     }

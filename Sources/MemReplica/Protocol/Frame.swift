@@ -19,6 +19,10 @@ public enum Frame: Equatable, Sendable {
     case synced(version: UInt64, digest: [UInt8] = [])
     /// 0x10, primary → replica: the bytes of one chunk at a version.
     case write(chunk: UInt64, version: UInt64, bytes: [UInt8])
+    /// 0x14, primary → replica, when the mirror's HELLO offered
+    /// `WireCapabilities.pages`: one chunk as the pages that changed since
+    /// what the replica holds, zero pages named, not sent (`Pages`).
+    case pages(Pages)
     /// 0x11, primary → replica: these chunks changed (lazy mirrors pull).
     case dirty(epoch: UInt64, chunks: [UInt64])
     /// 0x12, replica → primary: everything up to `version` is applied.
@@ -170,7 +174,7 @@ public enum Frame: Equatable, Sendable {
 
     enum TypeCode: UInt8 {
         case hello = 0x01, catalog = 0x02, subscribe = 0x03, have = 0x04
-        case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13
+        case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13, pages = 0x14
         case read = 0x20, data = 0x21, digestRead = 0x22, digests = 0x23
         case echo = 0x30
         case error = 0x3f
@@ -200,6 +204,8 @@ public enum FrameLimits {
     public static let maxDigestsPerFrame = 32768
     /// Chunks one digest may cover (a power of two).
     public static let maxDigestGroup: UInt64 = 1 << 20
+    /// Pages in one PAGES frame: a 1 MiB chunk of 4 KiB pages.
+    public static let maxPagesPerChunk = (1 << 20) / PageLayout.pageSize
     /// ERROR frame messages, in UTF-8 bytes.
     public static let maxMessage = 1024
 }
@@ -214,6 +220,7 @@ extension Frame {
         case .have: "HAVE"
         case .synced: "SYNCED"
         case .write: "WRITE"
+        case .pages: "PAGES"
         case .dirty: "DIRTY"
         case .ack: "ACK"
         case .read: "READ"

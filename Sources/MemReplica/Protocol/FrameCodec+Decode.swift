@@ -153,6 +153,8 @@ private struct PayloadReader {
         case .write:
             let chunk = try varint("chunk"), version = try varint("version")
             return .write(chunk: chunk, version: version, bytes: rest())
+        case .pages:
+            return .pages(try pages())
         case .dirty:
             return try dirty()
         case .ack:
@@ -189,6 +191,35 @@ private struct PayloadReader {
         case .handedOver:
             return .handedOver(generation: try varint("generation"))
         }
+    }
+
+    private mutating func pages() throws(ProtocolViolation) -> Frame.Pages {
+        let chunk = try varint("chunk"), version = try varint("version")
+        let count = try varint("page count")
+        guard count >= 1, count <= UInt64(FrameLimits.maxPagesPerChunk) else {
+            throw ProtocolViolation(.frameTooLarge, "PAGES of \(count) pages (1 to \(FrameLimits.maxPagesPerChunk))")
+        }
+        let maskBytes = Frame.Pages.maskBytes(pages: Int(count))
+        let present = try raw("present mask", count: maskBytes), zero = try raw("zero mask", count: maskBytes)
+        for i in 0..<maskBytes where present[i] & zero[i] != 0 {
+            throw ProtocolViolation(.malformedFrame, "PAGES names a page both present and zero")
+        }
+        // Bits past the last page must be clear.
+        let spare = UInt8(truncatingIfNeeded: 0xff << (count % 8)) & (count % 8 == 0 ? 0 : 0xff)
+        guard (present[maskBytes - 1] | zero[maskBytes - 1]) & spare == 0 else {
+            throw ProtocolViolation(.malformedFrame, "PAGES marks pages past its \(count)")
+        }
+        let rawCodec = try varint("codec")
+        guard rawCodec <= UInt64(UInt8.max), let codec = PageCodec(rawValue: UInt8(rawCodec)) else {
+            throw ProtocolViolation(.malformedFrame, "PAGES codec \(rawCodec) is not 0, 1 or 2")
+        }
+        let checkLength = try varint("check length")
+        guard checkLength == 0 || checkLength == UInt64(ChunkHash.byteCount) else {
+            throw ProtocolViolation(.malformedFrame, "a PAGES check is \(ChunkHash.byteCount) bytes or none, not \(checkLength)")
+        }
+        let check = checkLength == 0 ? nil : ChunkHash(bigEndian: try raw("check", count: ChunkHash.byteCount))
+        return Frame.Pages(chunk: chunk, version: version, pageCount: Int(count), present: present, zero: zero, codec: codec,
+                           check: check, payload: rest())
     }
 
     private mutating func migration() throws(ProtocolViolation) -> Frame.Migrate {

@@ -26,6 +26,8 @@ extension Frame {
             VarInt.encode(chunk, into: &fields)
             VarInt.encode(version, into: &fields)
             return try Self.bulk(.write, fields: fields, bytes: bytes)
+        case .pages(let p):
+            return try Self.bulk(.pages, fields: p.headerFields(), bytes: p.payload)
         case .data(let first, let bytes):
             var fields: [UInt8] = []
             VarInt.encode(first, into: &fields)
@@ -64,7 +66,7 @@ extension Frame {
         case .dirty(let epoch, let chunks):
             try Self.encodeDirty(epoch: epoch, chunks: chunks, into: &payload)
             return .dirty
-        case .write, .data, .echo:
+        case .write, .pages, .data, .echo:
             preconditionFailure("bulk frames are encoded by bulkEncoded()")
         case .ack(let version):
             VarInt.encode(version, into: &payload)
@@ -270,6 +272,11 @@ extension Frame {
         VarInt.encode(chunk, into: &fields)
         VarInt.encode(version, into: &fields)
         return try bulkHeader(.write, fields: fields, byteCount: byteCount)
+    }
+
+    /// The bytes of a PAGES frame that precede its page bytes.
+    public static func pagesHeader(_ pages: Pages, byteCount: Int) throws(ProtocolViolation) -> [UInt8] {
+        try bulkHeader(.pages, fields: pages.headerFields(), byteCount: byteCount)
     }
 
     /// `message` cut to at most `limit` UTF-8 bytes, at a character

@@ -58,6 +58,13 @@ public final class FrameStream: @unchecked Sendable {
         }
     }
 
+    /// A PAGES frame whose page bytes (`body`) are copied once, into the
+    /// transport's send buffer.
+    public func sendPages(_ pages: Frame.Pages, body: UnsafeRawBufferPointer) async throws {
+        let header = try Frame.pagesHeader(pages, byteCount: body.count)
+        try await stream.write(header, followedBy: body)
+    }
+
     /// A DATA frame copied once from the live mapping, like `sendWrite`.
     public func sendData(firstChunk: UInt64, bytes: UnsafeRawBufferPointer,
                          checkingCopy check: (() throws -> Void)? = nil) async throws {

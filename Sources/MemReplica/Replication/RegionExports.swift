@@ -141,8 +141,21 @@ public final class RegionExports: Sendable {
     /// to measure what the check costs (`bench sync`).
     public let syncedDigests: Bool
 
+    /// What this exporter sends beyond WRITE when a mirror's HELLO offers
+    /// it (PAGES frames, and their codecs: the first both sides take).
+    public let wireCapabilities: WireCapabilities
+    /// Codecs in the order this exporter prefers them.
+    public let codecPreference: [PageCodec]
+
+    /// Per region: what its subscriptions sent against what changed.
+    private let savings = Locked<[String: WireSavings]>([:])
+
+    /// What each exported region's eager subscriptions saved on the wire so far.
+    public func wireSavings() -> [String: WireSavings] { savings.withLock { $0 } }
+
     public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
-                observer: (any ReplicationObserver)? = nil, syncedDigests: Bool = true, logger: Logger) {
+                observer: (any ReplicationObserver)? = nil, syncedDigests: Bool = true,
+                wireCapabilities: WireCapabilities = .all, codecPreference: [PageCodec] = [.zstd, .lz4], logger: Logger) {
         var table = Table()
         table.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
         table.epochs = table.exports.mapValues { _ in Locked(0) }
@@ -150,7 +163,16 @@ public final class RegionExports: Sendable {
         self.scanInterval = scanInterval
         self.observer = observer
         self.syncedDigests = syncedDigests
+        self.wireCapabilities = wireCapabilities
+        self.codecPreference = codecPreference
         self.logger = logger
+    }
+
+    /// The codec for a mirror that offered `offered`: the first of ours it takes.
+    func codec(for offered: WireCapabilities) -> PageCodec? {
+        let both = offered.intersection(wireCapabilities)
+        guard both.contains(.pages) else { return nil }
+        return codecPreference.first { both.codecs.contains($0) } ?? PageCodec.none
     }
 
     public func export(named name: String) -> Export? { exports[name] }
@@ -253,14 +275,14 @@ public final class RegionExports: Sendable {
 
     /// Serves one region stream until the mirror goes away or breaks the
     /// protocol. Never throws: failures end this stream only, with a code.
-    public func serve(_ stream: any TransportStream, peer: PeerIdentity) async {
+    public func serve(_ stream: any TransportStream, peer: PeerIdentity, offered: WireCapabilities = []) async {
         let frames = FrameStream(stream)
         do {
             guard let first = try await frames.receive() else { return }
             guard case .subscribe(let s) = first else {
                 throw ProtocolViolation(.unexpectedFrame, "a region stream starts with SUBSCRIBE")
             }
-            await serve(frames, subscription: s, peer: peer)
+            await serve(frames, subscription: s, peer: peer, offered: offered)
         } catch let violation as ProtocolViolation {
             await frames.fail(violation)
         } catch {
@@ -268,8 +290,10 @@ public final class RegionExports: Sendable {
         }
     }
 
-    /// Serves a region stream whose SUBSCRIBE was already read.
-    public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity) async {
+    /// Serves a region stream whose SUBSCRIBE was already read. `offered`:
+    /// what the mirror's HELLO on this connection said it can receive.
+    public func serve(_ frames: FrameStream, subscription: Frame.Subscribe, peer: PeerIdentity,
+                      offered: WireCapabilities = []) async {
         do {
             let export = try acceptSubscription(subscription, peer: peer)
             if subscription.mode == .verify {
@@ -309,7 +333,7 @@ public final class RegionExports: Sendable {
                                        epoch: epoch(of: export.region.name), record: record)
             } else {
                 try await publish(export.region, as: export.identity, over: frames, mirrorHolds: held, key: key, peer: peerName,
-                                  record: record)
+                                  codec: codec(for: offered), record: record)
             }
         } catch let sent as ViolationSent {
             log(sent.violation, region: subscription.name, peer: peer)
@@ -519,8 +543,15 @@ public final class RegionExports: Sendable {
 
     /// Initial pass (every chunk, or for a resuming mirror only those whose
     /// hash differs), SYNCED, then every change until the mirror's side ends.
+    ///
+    /// With `codec` (the mirror takes PAGES), each chunk is copied and
+    /// encoded first (`ChunkEncoder`): a redundant one is not sent, a
+    /// changed one as its differing pages, zero pages named, maybe
+    /// compressed. Each pass sends the chunks that stayed clean longest
+    /// first and the most often dirtied last (Silo's volatility order), so
+    /// fewer are dirtied again after they were sent.
     private func publish(_ region: Region, as identity: RegionIdentity, over frames: FrameStream, mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
-                         peer: String, record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
+                         peer: String, codec: PageCodec?, record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
         let sent = Locked<UInt64>(0)
@@ -533,9 +564,31 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, cuts, self] in
+            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, cuts, savings, self] in
                 let hasher = ChunkHasher(key: key)
+                let encoder = codec.map { ChunkEncoder(geometry: region.geometry, key: key, codec: $0) }
                 var version: UInt64 = 0
+                var counted = WireSavings()
+                var sentBefore = [Bool](repeating: false, count: region.geometry.chunkCount)
+                /// Adds what this subscription sent since the last call to the region's totals.
+                func flushSavings() {
+                    if let encoder {
+                        counted.add(encoder.savings)
+                        encoder.savings = WireSavings()
+                    }
+                    let delta = counted
+                    counted = WireSavings()
+                    savings.withLock { $0[region.name, default: WireSavings()].add(delta) }
+                }
+                // The plain keyed hash of an all-zero chunk, for SYNCED.
+                var zeroChunkHash: (count: Int, hash: ChunkHash)?
+                func expectedHash(_ bytes: UnsafeRawBufferPointer) -> ChunkHash {
+                    guard encoder?.lastWasZero == true else { return hasher.hash(bytes) }
+                    if let z = zeroChunkHash, z.count == bytes.count { return z.hash }
+                    let h = hasher.hash([UInt8](repeating: 0, count: bytes.count))
+                    zeroChunkHash = (bytes.count, h)
+                    return h
+                }
                 // Sent and maybe not yet acknowledged, oldest first: a cut
                 // names their chunks.
                 var unacknowledged = Deque<(version: UInt64, chunk: Int)>()
@@ -554,13 +607,12 @@ public final class RegionExports: Sendable {
                     throw ProtocolViolation(.migrationAborted, "the post-copy hand-over of '\(region.name)' was called off: "
                                             + "resubscribe")
                 }
-                /// Sends the chunk; in the initial pass (`snapshot` given)
-                /// from a copy whose hash goes into SYNCED's digest.
-                func push(_ chunk: Int, snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
+                /// Takes the next version for `chunk` and tells the observer,
+                /// the tap and the mirror's state it is being sent.
+                func announce(_ chunk: Int, bytes: Int) {
                     version += 1
-                    let live = try region.chunkBytes(chunk)
-                    observer?.willSend(region: region.name, peer: peer, chunk: chunk, bytes: live.count, version: version, at: .now)
-                    if let tap = sendTaps.withLock({ $0[region.name] }) { tap(peer, chunk, live.count) }
+                    observer?.willSend(region: region.name, peer: peer, chunk: chunk, bytes: bytes, version: version, at: .now)
+                    if let tap = sendTaps.withLock({ $0[region.name] }) { tap(peer, chunk, bytes) }
                     sent.withLock { $0 = version }
                     let acked = acknowledged.withLock { $0 }
                     while let first = unacknowledged.first, first.version <= acked { unacknowledged.removeFirst() }
@@ -569,6 +621,47 @@ public final class RegionExports: Sendable {
                         $0.sentVersion = version
                         if $0.passPending > 0 { $0.passPending -= 1 }
                     }
+                }
+                let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
+                defer { scratch.deallocate() }
+                /// Sends the chunk; in the initial pass (`snapshot` given)
+                /// from a copy whose hash goes into SYNCED's digest.
+                func push(_ chunk: Int, snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
+                    let live = try region.chunkBytes(chunk)
+                    counted.chunksChanged += 1
+                    counted.bytesDirtied += UInt64(live.count)
+                    if sentBefore[chunk] { counted.chunksResent += 1 }
+                    sentBefore[chunk] = true
+                    if let encoder {
+                        let buffer = snapshot ?? scratch
+                        UnsafeMutableRawBufferPointer(rebasing: buffer[..<live.count]).copyMemory(from: live)
+                        let copy = UnsafeRawBufferPointer(rebasing: buffer[..<live.count])
+                        // Copied from a file truncated under us, it would be zeros.
+                        try Self.servable(region)
+                        let encoded = encoder.encode(chunk, copy)
+                        if case .redundant = encoded {
+                            record { if $0.passPending > 0 { $0.passPending -= 1 } }
+                            return snapshot == nil ? nil : expectedHash(copy)
+                        }
+                        announce(chunk, bytes: live.count)
+                        let began = ContinuousClock.now
+                        let wire: Int
+                        switch encoded {
+                        case .pages(var frame, let body):
+                            frame.version = version
+                            wire = try Frame.pagesHeader(frame, byteCount: body.count).count + body.count
+                            try await frames.sendPages(frame, body: body)
+                        default:
+                            wire = try Frame.writeHeader(chunk: UInt64(chunk), version: version, byteCount: copy.count).count + copy.count
+                            try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
+                        }
+                        encoder.sent(wireBytes: wire, took: began.duration(to: .now))
+                        counted.wireBytes += UInt64(wire)
+                        return snapshot == nil ? nil : expectedHash(copy)
+                    }
+                    announce(chunk, bytes: live.count)
+                    counted.wireBytes += UInt64(try Frame.writeHeader(chunk: UInt64(chunk), version: version,
+                                                                      byteCount: live.count).count + live.count)
                     guard let snapshot else {
                         // The region is live: the transport's copy, taken here,
                         // is the snapshot it retransmits from. A write racing
@@ -602,13 +695,19 @@ public final class RegionExports: Sendable {
                     }
                     expected[chunk] = try await push(chunk, snapshot: syncedDigests ? snapshot : nil) ?? .none
                     sentInitially += 1
+                    if sentInitially % 256 == 0 { flushSavings() }
                 }
+                flushSavings()
                 try await frames.send(.synced(version: version, digest: syncedDigests ? RegionDigest.synced(expected) : []))
                 record { $0.synced = true }
                 logger.info("initial sync sent", metadata: [
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
                     "resumed": "\(held != nil)",
                 ])
+                // Volatility order: the pass each chunk was last found
+                // changed in (0: never since the initial pass).
+                var lastChanged = [UInt32](repeating: 0, count: region.geometry.chunkCount)
+                var passNumber: UInt32 = 0
                 let trigger = PassTrigger()
                 passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
                 defer { passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) } }
@@ -618,7 +717,9 @@ public final class RegionExports: Sendable {
                     let began = ContinuousClock.now
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
-                    let changed = changes.changedChunks()
+                    passNumber += 1
+                    let changed = changes.changedChunks().sorted { (lastChanged[$0], $0) < (lastChanged[$1], $1) }
+                    for chunk in changed { lastChanged[chunk] = passNumber }
                     let scanned = began.duration(to: .now).seconds
                     record {
                         $0.passPending = changed.count
@@ -629,6 +730,7 @@ public final class RegionExports: Sendable {
                         if let cut = pendingCut() { try await park(cut, remaining: changed[i...]) }
                         _ = try await push(chunk)
                     }
+                    if !changed.isEmpty { flushSavings() }
                     let took = began.duration(to: .now).seconds
                     record {
                         $0.passes += 1

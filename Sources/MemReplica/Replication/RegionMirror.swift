@@ -133,12 +133,14 @@ public final class RegionMirror: @unchecked Sendable {
                 switch frame {
                 case .write(let chunk, let version, let bytes):
                     try apply(chunk: chunk, version: version, bytes: bytes, to: &stream)
+                case .pages(let pages):
+                    try apply(pages, to: &stream)
                 case .synced(_, let digest):
                     try applySynced(digest: digest, hasher: hasher, to: &stream)
                 case .error(let code, let message):
                     throw ReplicationError.refusedByPeer(code: code, message: message)
                 default:
-                    throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, SYNCED or ERROR on a region stream")
+                    throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, PAGES, SYNCED or ERROR on a region stream")
                 }
                 // ACK once what has arrived is applied, not per frame; but
                 // at least every `ackInterval` under a steady inflow, or the
@@ -205,10 +207,11 @@ public final class RegionMirror: @unchecked Sendable {
         }
     }
 
-    /// Stores a WRITE's chunk, which must be newer than the one held.
-    private func apply(chunk: UInt64, version: UInt64, bytes: [UInt8], to stream: inout StreamState) throws {
+    /// The chunk a WRITE or PAGES frame names, checked: in the region and
+    /// newer than the one held. Opens a durable mirror's batch.
+    private func admit(chunk: UInt64, version: UInt64, to stream: inout StreamState) throws -> (index: Int, range: Range<Int>) {
         let g = region.geometry
-        guard chunk < UInt64(g.chunkCount) else {
+        guard chunk < UInt64(g.chunkCount), let range = g.byteRange(ofChunk: Int(chunk)) else {
             throw ProtocolViolation(.chunkOutOfRange, "chunk \(chunk) of a \(g.chunkCount)-chunk region")
         }
         let index = Int(chunk)
@@ -216,19 +219,110 @@ public final class RegionMirror: @unchecked Sendable {
             throw ProtocolViolation(.versionWentBackwards,
                                     "chunk \(chunk) at version \(version) after \(stream.versions[index])")
         }
-        guard let range = g.byteRange(ofChunk: index), bytes.count == range.count else {
-            throw ProtocolViolation(.malformedFrame, "chunk \(chunk) carries \(bytes.count) bytes")
-        }
+        return (index, range)
+    }
+
+    private func openBatch(_ stream: inout StreamState) throws {
         if let durable, !stream.batchOpen {
-            try durable.beginBatch(path: durablePath, geometry: g, identity: identity)
+            try durable.beginBatch(path: durablePath, geometry: region.geometry, identity: identity)
             stream.batchOpen = true
         }
+    }
+
+    /// Stores a WRITE's chunk, which must be newer than the one held.
+    private func apply(chunk: UInt64, version: UInt64, bytes: [UInt8], to stream: inout StreamState) throws {
+        let (index, range) = try admit(chunk: chunk, version: version, to: &stream)
+        guard bytes.count == range.count else {
+            throw ProtocolViolation(.malformedFrame, "chunk \(chunk) carries \(bytes.count) bytes")
+        }
+        try openBatch(&stream)
         try halted.withLock { stopped in
             guard !stopped else {
                 throw ProtocolViolation(.migrationAborted, "the region was taken over after a post-copy hand-over")
             }
             try region.storeChunk(index, bytes)
         }
+        applied(index, range: range, version: version, to: &stream)
+    }
+
+    /// What PAGES frames need, made at the first one.
+    private final class PagesDecoding {
+        let hasher: PageTagHasher
+        let compressor = PageCompressor()
+        /// The present pages, decompressed; then the chunk as it will be.
+        let pages: UnsafeMutableRawBufferPointer
+        let assembled: UnsafeMutableRawBufferPointer
+        init(key: ChunkHashKey, chunkSize: Int) {
+            hasher = PageTagHasher(key: key)
+            pages = .allocate(byteCount: chunkSize, alignment: 64)
+            assembled = .allocate(byteCount: chunkSize, alignment: 64)
+        }
+        deinit {
+            pages.deallocate()
+            assembled.deallocate()
+        }
+    }
+    private var pagesDecoding: PagesDecoding?
+
+    /// Applies a PAGES frame: present pages stored, zero pages zeroed, the
+    /// rest kept. With a check, the chunk is assembled aside and hashed
+    /// first: a copy that is not what the primary last sent stores nothing.
+    /// A chunk all of zeros is dropped from the file (a hole) instead.
+    private func apply(_ p: Frame.Pages, to stream: inout StreamState) throws {
+        let (index, range) = try admit(chunk: p.chunk, version: p.version, to: &stream)
+        guard PageLayout.pageCount(ofChunkBytes: range.count) == p.pageCount else {
+            throw ProtocolViolation(.malformedFrame, "PAGES for chunk \(p.chunk) names \(p.pageCount) pages, "
+                                    + "not \(PageLayout.pageCount(ofChunkBytes: range.count))")
+        }
+        let decoding = pagesDecoding ?? PagesDecoding(key: key, chunkSize: region.geometry.chunkSize)
+        pagesDecoding = decoding
+        var expected = 0
+        for i in 0..<p.pageCount where p.isPresent(i) { expected += PageLayout.range(ofPage: i, inChunkOf: range.count).count }
+        try p.payload.withUnsafeBytes { payload in
+            try decoding.compressor.decompress(payload, with: p.codec, into: UnsafeMutableRawBufferPointer(rebasing: decoding.pages[..<expected]))
+        }
+        try openBatch(&stream)
+        try halted.withLock { stopped in
+            guard !stopped else {
+                throw ProtocolViolation(.migrationAborted, "the region was taken over after a post-copy hand-over")
+            }
+            let target = UnsafeMutableRawBufferPointer(rebasing: region.bytes[range])
+            if p.zeroCount == p.pageCount, (try? region.discard(range)) != nil {
+                try region.checkIntact()
+                return
+            }
+            if let check = p.check {
+                let assembled = UnsafeMutableRawBufferPointer(rebasing: decoding.assembled[..<range.count])
+                assembled.copyMemory(from: UnsafeRawBufferPointer(target))
+                Self.overlay(p, pages: UnsafeRawBufferPointer(decoding.pages), onto: assembled)
+                guard decoding.hasher.chunkHash(UnsafeRawBufferPointer(assembled)) == check else {
+                    throw ReplicationError.pageCheckFailed(region: region.name, chunk: index)
+                }
+            }
+            Self.overlay(p, pages: UnsafeRawBufferPointer(decoding.pages), onto: target)
+            // A store the file could not take landed in a private zero page.
+            try region.checkIntact()
+        }
+        applied(index, range: range, version: p.version, to: &stream)
+    }
+
+    /// Writes a PAGES frame's present pages (from `pages`, in order) and
+    /// zero pages into `chunk`; the others stay.
+    private static func overlay(_ p: Frame.Pages, pages: UnsafeRawBufferPointer, onto chunk: UnsafeMutableRawBufferPointer) {
+        var offset = 0
+        for i in 0..<p.pageCount {
+            let r = PageLayout.range(ofPage: i, inChunkOf: chunk.count)
+            if p.isPresent(i) {
+                UnsafeMutableRawBufferPointer(rebasing: chunk[r]).copyMemory(from: UnsafeRawBufferPointer(rebasing: pages[offset..<offset + r.count]))
+                offset += r.count
+            } else if p.isZero(i) {
+                UnsafeMutableRawBufferPointer(rebasing: chunk[r]).initializeMemory(as: UInt8.self, repeating: 0)
+            }
+        }
+    }
+
+    /// Bookkeeping after a chunk was stored at `version`.
+    private func applied(_ index: Int, range: Range<Int>, version: UInt64, to stream: inout StreamState) {
         handOver.withLock { $0 }?.applied(index)
         if durable != nil { unsynced.append(range) }
         let first = stream.versions[index] == 0

@@ -114,6 +114,19 @@ public final class PrometheusStatistics: Sendable {
                 counter("memreplica_scans_total", labels, Double(scan.scans))
                 counter("memreplica_scan_seconds_total", labels, scan.totalSeconds)
             }
+            if let w = r.wire {
+                counter("memreplica_dirtied_bytes_total", labels, Double(w.bytesDirtied))
+                counter("memreplica_wire_bytes_total", labels, Double(w.wireBytes))
+                gauge("memreplica_wire_ratio", labels, w.wireRatio)
+                counter("memreplica_redundant_chunks_total", labels, Double(w.redundantChunks))
+                counter("memreplica_zero_chunks_total", labels, Double(w.zeroChunks))
+                counter("memreplica_zero_pages_total", labels, Double(w.zeroPages))
+                counter("memreplica_delta_chunks_total", labels, Double(w.deltaChunks))
+                counter("memreplica_resent_chunks_total", labels, Double(w.chunksResent))
+                counter("memreplica_compression_input_bytes_total", labels, Double(w.compressionInputBytes))
+                counter("memreplica_compression_output_bytes_total", labels, Double(w.compressionOutputBytes))
+                counter("memreplica_compression_seconds_total", labels, w.compressionSeconds)
+            }
             if let v = r.faults { counter("memreplica_faults_total", labels, Double(v)) }
             if let v = r.reconnects { counter("memreplica_mirror_reconnects_total", labels, Double(v)) }
             for m in r.replicas ?? [] {

@@ -132,6 +132,10 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var dirtyBytesPerSecond: Double?
         /// Primary with a mirror: the dirty tracker's scans.
         public var scan: Scan?
+        /// Primary: what its eager subscriptions put on the wire against
+        /// the bytes they found dirty (zero, redundant and delta chunks,
+        /// compression ratio and CPU).
+        public var wire: WireSavings?
         /// Primary: each mirror served now.
         public var replicas: [Replica]?
         /// The region's id and owner generation (a primary's own; a
