@@ -8,7 +8,7 @@ import Glibc
 /// libdispatch's threads block most signals, so its children would inherit
 /// a mask that ignores SIGTERM; this one resets mask and dispositions.
 package final class ChildProcess: @unchecked Sendable {
-    let pid: pid_t
+    package let pid: pid_t
     private var status: Int32?
 
     /// `errorPath`: a file the child's stderr is written to (created or
@@ -44,7 +44,7 @@ package final class ChildProcess: @unchecked Sendable {
     }
 
     /// Sends `signal` to the child (e.g. SIGSTOP to freeze it in a test).
-    func signal(_ number: Int32) {
+    package func signal(_ number: Int32) {
         kill(pid, number)
     }
 

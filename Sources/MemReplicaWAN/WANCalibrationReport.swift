@@ -39,6 +39,66 @@ public struct WANCalibrationReport: Sendable, Codable, CustomStringConvertible {
 
     public var agrees: Bool { rttAgrees && lossAgrees }
 
+    /// JSON keys: every duration a number of milliseconds, named so.
+    private enum CodingKeys: String, CodingKey {
+        case probes, rttAgrees, configuredLossAToB, configuredLossBToA, measuredLossAToB, measuredLossBToA
+        case lossToleranceAToB, lossToleranceBToA, lossAgrees, capacityPacketsPerSecond, capacitySaturated, statistics
+        case configuredRTTMilliseconds, measuredRTTMilliseconds, minimumRTTMilliseconds, baselineRTTMilliseconds
+    }
+
+    public init(probes: Int, configuredRTT: Duration, measuredRTT: Duration, minimumRTT: Duration, rttAgrees: Bool,
+                configuredLossAToB: Double, configuredLossBToA: Double, measuredLossAToB: Double, measuredLossBToA: Double,
+                lossToleranceAToB: Double, lossToleranceBToA: Double, lossAgrees: Bool, capacityPacketsPerSecond: Double?,
+                capacitySaturated: Bool, baselineRTT: Duration?, statistics: WANEmulatorStatistics) {
+        self.probes = probes; self.configuredRTT = configuredRTT; self.measuredRTT = measuredRTT
+        self.minimumRTT = minimumRTT; self.rttAgrees = rttAgrees
+        self.configuredLossAToB = configuredLossAToB; self.configuredLossBToA = configuredLossBToA
+        self.measuredLossAToB = measuredLossAToB; self.measuredLossBToA = measuredLossBToA
+        self.lossToleranceAToB = lossToleranceAToB; self.lossToleranceBToA = lossToleranceBToA; self.lossAgrees = lossAgrees
+        self.capacityPacketsPerSecond = capacityPacketsPerSecond; self.capacitySaturated = capacitySaturated
+        self.baselineRTT = baselineRTT; self.statistics = statistics
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func duration(_ key: CodingKeys) throws -> Duration { .nanoseconds(Int64((try c.decode(Double.self, forKey: key) * 1e6).rounded())) }
+        self.init(probes: try c.decode(Int.self, forKey: .probes), configuredRTT: try duration(.configuredRTTMilliseconds),
+                  measuredRTT: try duration(.measuredRTTMilliseconds), minimumRTT: try duration(.minimumRTTMilliseconds),
+                  rttAgrees: try c.decode(Bool.self, forKey: .rttAgrees),
+                  configuredLossAToB: try c.decode(Double.self, forKey: .configuredLossAToB),
+                  configuredLossBToA: try c.decode(Double.self, forKey: .configuredLossBToA),
+                  measuredLossAToB: try c.decode(Double.self, forKey: .measuredLossAToB),
+                  measuredLossBToA: try c.decode(Double.self, forKey: .measuredLossBToA),
+                  lossToleranceAToB: try c.decode(Double.self, forKey: .lossToleranceAToB),
+                  lossToleranceBToA: try c.decode(Double.self, forKey: .lossToleranceBToA),
+                  lossAgrees: try c.decode(Bool.self, forKey: .lossAgrees),
+                  capacityPacketsPerSecond: try c.decodeIfPresent(Double.self, forKey: .capacityPacketsPerSecond),
+                  capacitySaturated: try c.decode(Bool.self, forKey: .capacitySaturated),
+                  baselineRTT: try c.decodeIfPresent(Double.self, forKey: .baselineRTTMilliseconds)
+                      .map { .nanoseconds(Int64(($0 * 1e6).rounded())) },
+                  statistics: try c.decode(WANEmulatorStatistics.self, forKey: .statistics))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(probes, forKey: .probes)
+        try c.encode(configuredRTT.wanMilliseconds, forKey: .configuredRTTMilliseconds)
+        try c.encode(measuredRTT.wanMilliseconds, forKey: .measuredRTTMilliseconds)
+        try c.encode(minimumRTT.wanMilliseconds, forKey: .minimumRTTMilliseconds)
+        try c.encode(rttAgrees, forKey: .rttAgrees)
+        try c.encode(configuredLossAToB, forKey: .configuredLossAToB)
+        try c.encode(configuredLossBToA, forKey: .configuredLossBToA)
+        try c.encode(measuredLossAToB, forKey: .measuredLossAToB)
+        try c.encode(measuredLossBToA, forKey: .measuredLossBToA)
+        try c.encode(lossToleranceAToB, forKey: .lossToleranceAToB)
+        try c.encode(lossToleranceBToA, forKey: .lossToleranceBToA)
+        try c.encode(lossAgrees, forKey: .lossAgrees)
+        try c.encodeIfPresent(capacityPacketsPerSecond, forKey: .capacityPacketsPerSecond)
+        try c.encode(capacitySaturated, forKey: .capacitySaturated)
+        try c.encodeIfPresent(baselineRTT?.wanMilliseconds, forKey: .baselineRTTMilliseconds)
+        try c.encode(statistics, forKey: .statistics)
+    }
+
     public var description: String {
         func percent(_ x: Double) -> String { String(format: "%.3f %%", x * 100) }
         func ms(_ d: Duration) -> String { String(format: "%.3f ms", d.wanMilliseconds) }

@@ -27,6 +27,10 @@ struct BenchWANCommand: AsyncParsableCommand {
     var transports: String = TransportKind.allCases.map(\.rawValue).joined(separator: ",")
     @Option(help: ArgumentHelp("Congestion controllers, each a set of its own (QUIC and TCP alike): bbr, bbr1, cubic, reno.", valueName: "cc,..."))
     var cc: String = "bbr"
+    @Option(help: ArgumentHelp("What the bulk regions hold, comma-separated, each a set of scenarios: random, zeros, python-heap (a CPython heap that parsed its standard library), sqlite (a database sqlite3 wrote of this machine's package list).", valueName: "kinds"))
+    var content: String = BenchContent.random.rawValue
+    @Option(help: ArgumentHelp("Wire formats the replica offers, comma-separated: pages (PAGES frames, zstd, lz4: what a peer offers), plain (whole WRITEs only, the format before PAGES).", valueName: "modes"))
+    var wire: String = WANWireMode.pages.rawValue
     @Option(help: "Runs per scenario and transport (medians are reported).")
     var runs: Int?
     @Option(help: "Bulk bytes per run, split over the regions (suffixes K, M, G).")
@@ -66,6 +70,12 @@ struct BenchWANCommand: AsyncParsableCommand {
             throw ValidationError("--cc takes \(QUICConfiguration.CongestionControl.choices), comma-separated")
         }
         if let runs, runs < 1 { throw ValidationError("--runs must be at least 1") }
+        guard contents.count == content.split(separator: ",").count, !contents.isEmpty else {
+            throw ValidationError("--content takes \(BenchContent.allCases.map(\.rawValue).joined(separator: ", ")), comma-separated")
+        }
+        guard wireModes.count == wire.split(separator: ",").count, !wireModes.isEmpty else {
+            throw ValidationError("--wire takes pages and plain, comma-separated")
+        }
         if let bulkSize, parseByteSize(bulkSize) == nil { throw ValidationError("--bulk-size: not a byte count: \(bulkSize)") }
         if let bulkSeconds, !(bulkSeconds > 0) { throw ValidationError("--bulk-seconds must be positive") }
         guard (1...256).contains(readers) else { throw ValidationError("--readers must be 1...256") }
@@ -78,6 +88,8 @@ struct BenchWANCommand: AsyncParsableCommand {
         return parts.map { $0! }
     }
 
+    private var contents: [BenchContent] { content.split(separator: ",").compactMap { BenchContent(rawValue: String($0)) } }
+    private var wireModes: [WANWireMode] { wire.split(separator: ",").compactMap { WANWireMode(rawValue: String($0)) } }
     private var kinds: [TransportKind] { transports.split(separator: ",").compactMap { TransportKind(rawValue: String($0)) } }
     private var controllers: [QUICConfiguration.CongestionControl] {
         cc.split(separator: ",").compactMap { QUICConfiguration.CongestionControl(rawValue: String($0)) }
@@ -93,6 +105,8 @@ struct BenchWANCommand: AsyncParsableCommand {
         if let regions { options.regionCounts = Self.numbers(regions)!.map { Int($0) } }
         options.transports = kinds
         options.congestionControls = controllers
+        options.contents = contents
+        options.wireModes = wireModes
         if let runs { options.runs = runs }
         if let bulkSize { options.bulkBytes = parseByteSize(bulkSize)! }
         if let bulkSeconds { options.bulkTimeLimit = .milliseconds(Int64(bulkSeconds * 1000)) }

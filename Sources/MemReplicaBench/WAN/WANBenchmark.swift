@@ -28,6 +28,10 @@ public struct WANBenchmark {
         public var regionCounts: [Int] = [1, 4, 16]
         public var transports: [TransportKind] = TransportKind.allCases
         public var congestionControls: [QUICConfiguration.CongestionControl] = [.bbr]
+        /// What the bulk regions hold, each a set of scenarios of its own.
+        public var contents: [BenchContent] = [.random]
+        /// Wire formats the replica offers, each a set of scenarios of its own.
+        public var wireModes: [WANWireMode] = [.pages]
         public var runs = 3
         /// Bulk bytes in all, split over the scenario's regions.
         public var bulkBytes = 64 << 20
@@ -68,9 +72,16 @@ public struct WANBenchmark {
 
         public var scenarios: [WANScenario] {
             congestionControls.flatMap { cc in
-                rttsMilliseconds.flatMap { rtt in
-                    lossPercents.flatMap { loss in
-                        regionCounts.map { WANScenario(rttMilliseconds: rtt, lossPercent: loss, regions: $0, congestionControl: cc.rawValue) }
+                contents.flatMap { content in
+                    wireModes.flatMap { wire in
+                        rttsMilliseconds.flatMap { rtt in
+                            lossPercents.flatMap { loss in
+                                regionCounts.map {
+                                    WANScenario(rttMilliseconds: rtt, lossPercent: loss, regions: $0, congestionControl: cc.rawValue,
+                                                content: content.rawValue, wire: wire.rawValue)
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -80,10 +91,13 @@ public struct WANBenchmark {
     public let options: Options
     let peers: BenchPeers
     let log: @Sendable (String) -> Void
+    let workDirectory: String
+    private let images = Locked<[String: [UInt8]]>([:])
 
     public init(options: Options, workDirectory: String, log: @escaping @Sendable (String) -> Void) throws {
         self.options = options
         self.log = log
+        self.workDirectory = workDirectory
         peers = try BenchPeers(workDirectory: workDirectory)
     }
 
@@ -155,12 +169,33 @@ public struct WANBenchmark {
         var all: [Region] { bulk + [read, lag] }
     }
 
+    /// The bulk regions' image of `content`, made once per run and size.
+    private func contentImage(_ content: BenchContent, bytes: Int) throws -> [UInt8] {
+        let key = "\(content.rawValue)-\(bytes)"
+        if let image = images.withLock({ $0[key] }) { return image }
+        var image = [UInt8](repeating: 0, count: bytes)
+        let repeated = try image.withUnsafeMutableBytes { try content.fill($0, workDirectory: workDirectory) }
+        log("content \(content.rawValue): \(bytes >> 20) MiB from a \(repeated >> 20) MiB image")
+        images.withLock { $0[key] = image }
+        return image
+    }
+
     private func makePrimaries(_ scenario: WANScenario) throws -> Primaries {
         let chunk = options.bulkChunkBytes
         let perRegion = max(chunk, (options.bulkBytes / scenario.regions) / chunk * chunk)
+        let content = BenchContent(rawValue: scenario.content) ?? .random
         let bulk = try (0..<scenario.regions).map { i in
             let r = try Region(name: "bulk-\(i)", backing: .memory, size: perRegion, chunkSize: chunk)
-            fillPattern(r.bytes, seed: UInt64(100 + i))
+            if content == .random {
+                fillPattern(r.bytes, seed: UInt64(100 + i))
+            } else {
+                // Each region a different part of the image.
+                let image = try contentImage(content, bytes: perRegion * scenario.regions)
+                image.withUnsafeBytes { source in
+                    let start = (i * perRegion) % max(1, source.count - perRegion + 1)
+                    r.bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<start + perRegion]))
+                }
+            }
             return r
         }
         let read = try Region(name: "read", backing: .memory, size: options.readRegionBytes, chunkSize: options.readChunkBytes)
@@ -187,12 +222,17 @@ public struct WANBenchmark {
                                                     client: (emulator.addressB, emulator.sideB))
         let exports = RegionExports(primaries.all.map { RegionExports.Export(region: $0) }, scanInterval: options.scanInterval,
                                     logger: quietLogger())
-        let serving = Task { await Self.serve(exports, on: server) }
+        let offered = (WANWireMode(rawValue: scenario.wire) ?? .pages).offered
+        let serving = Task { await Self.serve(exports, on: server, offered: offered) }
         let before = emulator.statistics()
         defer { serving.cancel() }
         do {
             let address = try PeerAddress(host: emulator.addressA, port: server.localAddress.port)
             var result = try await bulkAndReads(kind, scenario: scenario, run: run, client: client, address: address, primaries: primaries)
+            let savings = exports.wireSavings()
+            let wire = primaries.bulk.compactMap { savings[$0.name]?.wireBytes }.reduce(0, +)
+            result.bulkWireBytes = wire
+            result.wireBytesPerRegionByte = result.bulkBytesSynced > 0 ? Double(wire) / Double(result.bulkBytesSynced) : nil
             try await reconnectAndLag(&result, client: client, address: address, primaries: primaries)
             let during = emulator.statistics().since(before)
             let directions = [during.aToB, during.bToA]
@@ -211,13 +251,13 @@ public struct WANBenchmark {
     }
 
     /// Accepts connections and serves each stream (SUBSCRIBE of any mode).
-    private static func serve(_ exports: RegionExports, on server: any Transport) async {
+    private static func serve(_ exports: RegionExports, on server: any Transport, offered: WireCapabilities) async {
         await withDiscardingTaskGroup { group in
             while let connection = await server.accept() {
                 group.addTask {
                     await withDiscardingTaskGroup { streams in
                         while let stream = try? await connection.acceptStream() {
-                            streams.addTask { await exports.serve(stream, peer: connection.peerIdentity) }
+                            streams.addTask { await exports.serve(stream, peer: connection.peerIdentity, offered: offered) }
                         }
                     }
                 }

@@ -34,6 +34,8 @@ public struct WANBenchmarkReport: Codable, Sendable {
         public var lagP99Milliseconds: Double?
         public var connectMilliseconds: Double
         public var reconnectMilliseconds: Double
+        /// Median wire bytes per region byte of the bulk sync.
+        public var wireBytesPerRegionByte: Double? = nil
     }
 
     /// QUIC against a TCP mode in one scenario (medians of the same runs).
@@ -95,7 +97,9 @@ extension WANBenchmarkReport {
                     lagP50Milliseconds: lagged.isEmpty ? nil : median(lagged),
                     lagP99Milliseconds: lagged.isEmpty ? nil : median(runs.compactMap(\.lagP99Milliseconds)),
                     connectMilliseconds: median(runs.map(\.connectMilliseconds)),
-                    reconnectMilliseconds: median(runs.map(\.reconnectMilliseconds)))
+                    reconnectMilliseconds: median(runs.map(\.reconnectMilliseconds)),
+                    wireBytesPerRegionByte: runs.compactMap(\.wireBytesPerRegionByte).isEmpty ? nil
+                        : median(runs.compactMap(\.wireBytesPerRegionByte)))
                 here[kind.rawValue] = summary
                 summaries.append(summary)
             }

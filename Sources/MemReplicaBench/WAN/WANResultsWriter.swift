@@ -33,23 +33,25 @@ public struct WANResultsWriter {
 
     /// One line per run and transport.
     public func csvText() -> String {
-        let header = ["congestion_control", "rtt_ms", "loss_percent", "regions", "transport", "run",
+        let header = ["congestion_control", "content", "wire", "rtt_ms", "loss_percent", "regions", "transport", "run",
                       "connect_ms", "reconnect_ms", "read_samples", "read_p50_ms", "read_p99_ms", "read_p999_ms",
                       "read_max_ms", "bulk_bytes_synced", "bulk_bytes_total", "bulk_seconds", "bulk_completed",
                       "throughput_mbps", "lag_samples", "lag_p50_ms", "lag_p99_ms", "packets_passed",
-                      "dropped_by_loss", "dropped_by_queue", "kernel_tx_dropped"]
+                      "dropped_by_loss", "dropped_by_queue", "kernel_tx_dropped", "bulk_wire_bytes", "wire_per_region_byte"]
         var lines = [header.joined(separator: ",")]
         func f(_ v: Double?) -> String { v.map { String(format: "%.3f", $0) } ?? "" }
         for r in report.results {
             let s = r.scenario
-            lines.append([s.congestionControl, formatNumber(s.rttMilliseconds), formatNumber(s.lossPercent), String(s.regions),
-                          r.transport, String(r.run), f(r.connectMilliseconds), f(r.reconnectMilliseconds),
-                          String(r.readSamples), f(r.readP50Milliseconds), f(r.readP99Milliseconds),
-                          f(r.readP999Milliseconds), f(r.readMaxMilliseconds), String(r.bulkBytesSynced),
-                          String(r.bulkBytesTotal), f(r.bulkSeconds), String(r.bulkCompleted), f(r.throughputMbps),
-                          String(r.lagSamples), f(r.lagP50Milliseconds), f(r.lagP99Milliseconds),
-                          String(r.packetsPassed), String(r.packetsDroppedByLoss), String(r.packetsDroppedByQueue),
-                          String(r.kernelTxDropped)].joined(separator: ","))
+            let scenario: [String] = [s.congestionControl, s.content, s.wire, formatNumber(s.rttMilliseconds),
+                                      formatNumber(s.lossPercent), String(s.regions)]
+            let reads: [String] = [r.transport, String(r.run), f(r.connectMilliseconds), f(r.reconnectMilliseconds),
+                                   String(r.readSamples), f(r.readP50Milliseconds), f(r.readP99Milliseconds),
+                                   f(r.readP999Milliseconds), f(r.readMaxMilliseconds)]
+            let bulk: [String] = [String(r.bulkBytesSynced), String(r.bulkBytesTotal), f(r.bulkSeconds), String(r.bulkCompleted),
+                                  f(r.throughputMbps), String(r.lagSamples), f(r.lagP50Milliseconds), f(r.lagP99Milliseconds)]
+            let path: [String] = [String(r.packetsPassed), String(r.packetsDroppedByLoss), String(r.packetsDroppedByQueue),
+                                  String(r.kernelTxDropped), r.bulkWireBytes.map { String($0) } ?? "", f(r.wireBytesPerRegionByte)]
+            lines.append((scenario + reads + bulk + path).joined(separator: ","))
         }
         return lines.joined(separator: "\n") + "\n"
     }
@@ -141,14 +143,14 @@ public struct WANResultsWriter {
         out.append("")
         out.append("### Chunk-read latency while a bulk sync runs, \(cc) (ms)")
         out.append("")
-        out.append("| RTT ms | loss % | regions | quic p50 | quic p99 | tcp p50 | tcp p99 | tcp-per-region p50 | tcp-per-region p99 | p99 quic/tcp | p99 quic/per-region |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| RTT ms | loss % | regions | data | quic p50 | quic p99 | tcp p50 | tcp p99 | tcp-per-region p50 | tcp-per-region p99 | p99 quic/tcp | p99 quic/per-region |")
+        out.append("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for sc in mine {
             let row = byScenario[sc] ?? []
             func cell(_ kind: TransportKind, _ value: (WANBenchmarkReport.Summary) -> Double) -> String {
                 row.first { $0.transport == kind.rawValue }.map { String(format: "%.1f", value($0)) } ?? "–"
             }
-            out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | "
+            out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | \(Self.data(sc)) | "
                        + "\(cell(.quic) { $0.readP50Milliseconds }) | \(cell(.quic) { $0.readP99Milliseconds }) | "
                        + "\(cell(.tcp) { $0.readP50Milliseconds }) | \(cell(.tcp) { $0.readP99Milliseconds }) | "
                        + "\(cell(.tcpPerRegion) { $0.readP50Milliseconds }) | \(cell(.tcpPerRegion) { $0.readP99Milliseconds }) | "
@@ -157,6 +159,9 @@ public struct WANResultsWriter {
         return out
     }
 
+    /// What the bulk regions held and how the replica took it: "random, pages".
+    static func data(_ sc: WANScenario) -> String { "\(sc.content), \(sc.wire)" }
+
     /// Bulk throughput, replication lag and connect times per transport.
     private func throughputTable(_ cc: String, scenarios mine: [WANScenario],
                                  byScenario: [WANScenario: [WANBenchmarkReport.Summary]]) -> [String] {
@@ -164,8 +169,8 @@ public struct WANResultsWriter {
         out.append("")
         out.append("### Bulk sync throughput, replication lag and connect times, \(cc)")
         out.append("")
-        out.append("| RTT ms | loss % | regions | quic Mbit/s | tcp Mbit/s | tcp-per-region Mbit/s | quic/per-region | lag p50 ms quic / tcp / per-region | connect ms quic / tcp | reconnect ms quic / tcp |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+        out.append("| RTT ms | loss % | regions | data | quic Mbit/s | tcp Mbit/s | tcp-per-region Mbit/s | quic/per-region | quic wire/region byte | lag p50 ms quic / tcp / per-region | connect ms quic / tcp | reconnect ms quic / tcp |")
+        out.append("|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|")
         for sc in mine {
             let row = byScenario[sc] ?? []
             func summary(_ kind: TransportKind) -> WANBenchmarkReport.Summary? { row.first { $0.transport == kind.rawValue } }
@@ -178,8 +183,9 @@ public struct WANResultsWriter {
             let lag = [TransportKind.quic, .tcp, .tcpPerRegion].map { ms(summary($0)?.lagP50Milliseconds) }.joined(separator: " / ")
             let connect = [TransportKind.quic, .tcp].map { ms(summary($0)?.connectMilliseconds) }.joined(separator: " / ")
             let reconnect = [TransportKind.quic, .tcp].map { ms(summary($0)?.reconnectMilliseconds) }.joined(separator: " / ")
-            out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | \(mbps(.quic)) | \(mbps(.tcp)) | \(mbps(.tcpPerRegion)) | "
-                       + "\(ratioCell(sc, .tcpPerRegion, \.throughput, higherIsBetter: true)) | \(lag) | \(connect) | \(reconnect) |")
+            let wire = summary(.quic)?.wireBytesPerRegionByte.map { String(format: "%.3f", $0) } ?? "–"
+            out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | \(Self.data(sc)) | \(mbps(.quic)) | \(mbps(.tcp)) | \(mbps(.tcpPerRegion)) | "
+                       + "\(ratioCell(sc, .tcpPerRegion, \.throughput, higherIsBetter: true)) | \(wire) | \(lag) | \(connect) | \(reconnect) |")
         }
         out.append("")
         out.append("\\* the bulk sync hit the time limit in some runs: the rate is bytes synced by then over the limit.")

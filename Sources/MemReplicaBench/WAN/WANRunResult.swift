@@ -25,6 +25,10 @@ public struct WANRunResult: Codable, Sendable {
     public var bulkSeconds: Double
     public var bulkCompleted: Bool
     public var throughputMbps: Double
+    /// WRITE and PAGES frame bytes the bulk regions' streams sent, per byte
+    /// of region they synced (1.0: every chunk whole; below: the saving).
+    public var bulkWireBytes: UInt64? = nil
+    public var wireBytesPerRegionByte: Double? = nil
 
     /// Write in the primary → the replica's mapping holds it (one way plus
     /// the dirty scan interval; ARCHITECTURE's "write → replica ACK").

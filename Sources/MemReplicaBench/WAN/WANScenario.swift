@@ -1,3 +1,4 @@
+import MemReplica
 import MemReplicaWAN
 /// One network condition of `bench wan`: the emulated path both transports
 /// cross, and how many regions sync in bulk while chunks are read.
@@ -10,16 +11,37 @@ public struct WANScenario: Codable, Sendable, Hashable, CustomStringConvertible 
     public var regions: Int
     /// Congestion controller of both QUIC and TCP (the same family, as the method asks).
     public var congestionControl: String
+    /// What the bulk regions hold (`BenchContent`): random bytes unless said.
+    public var content: String
+    /// `pages`: the replica offers PAGES frames and both codecs, as a
+    /// peer's mirror does; `plain`: it offers nothing, every chunk travels
+    /// whole as a WRITE (the wire format before PAGES).
+    public var wire: String
 
-    public init(rttMilliseconds: Double, lossPercent: Double, regions: Int, congestionControl: String) {
+    public init(rttMilliseconds: Double, lossPercent: Double, regions: Int, congestionControl: String,
+                content: String = BenchContent.random.rawValue, wire: String = WANWireMode.pages.rawValue) {
         self.rttMilliseconds = rttMilliseconds
         self.lossPercent = lossPercent
         self.regions = regions
         self.congestionControl = congestionControl
+        self.content = content
+        self.wire = wire
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(rttMilliseconds: try c.decode(Double.self, forKey: .rttMilliseconds),
+                  lossPercent: try c.decode(Double.self, forKey: .lossPercent), regions: try c.decode(Int.self, forKey: .regions),
+                  congestionControl: try c.decode(String.self, forKey: .congestionControl),
+                  content: try c.decodeIfPresent(String.self, forKey: .content) ?? BenchContent.random.rawValue,
+                  wire: try c.decodeIfPresent(String.self, forKey: .wire) ?? WANWireMode.pages.rawValue)
     }
 
     public var description: String {
-        "rtt \(formatNumber(rttMilliseconds)) ms, loss \(formatNumber(lossPercent)) %, \(regions) region\(regions == 1 ? "" : "s"), \(congestionControl)"
+        var text = "rtt \(formatNumber(rttMilliseconds)) ms, loss \(formatNumber(lossPercent)) %, \(regions) region\(regions == 1 ? "" : "s"), \(congestionControl)"
+        if content != BenchContent.random.rawValue { text += ", \(content)" }
+        if wire != WANWireMode.pages.rawValue { text += ", \(wire) WRITEs" }
+        return text
     }
 
     /// The emulator's two directions for this scenario.
@@ -29,6 +51,13 @@ public struct WANScenario: Codable, Sendable, Hashable, CustomStringConvertible 
                                      queueLimitBytes: queueLimitBytes)
         return (profile, profile)
     }
+}
+
+/// What a `bench wan` replica offers in its HELLO.
+public enum WANWireMode: String, Codable, Sendable, CaseIterable {
+    case pages, plain
+
+    var offered: WireCapabilities { self == .pages ? .all : [] }
 }
 
 /// "0.2", "10", "1.5": no trailing zeros, for names and tables.
