@@ -52,6 +52,46 @@ final class ChunkEncoder {
     /// Forgets what the mirror holds of `chunk` (it was sent otherwise).
     func forget(_ chunk: Int) { chunkHashes[chunk] = .none }
 
+    /// `encode` for a chunk found all zeros in the live mapping, without a
+    /// copy (a write racing the check is the tracker's, as for a WRITE).
+    func encodeZero(_ chunk: Int, byteCount: Int) -> Encoded {
+        let pages = PageLayout.pageCount(ofChunkBytes: byteCount)
+        if zeroChunkHash == nil || zeroChunkHash!.count != byteCount {
+            let zeros = [UInt8](repeating: 0, count: byteCount)
+            zeroChunkHash = (byteCount, zeros.withUnsafeBytes { hasher.chunkHash($0) })
+        }
+        let hash = zeroChunkHash!.hash
+        lastWasZero = true
+        let known = chunkHashes[chunk] != .none
+        if known && chunkHashes[chunk] == hash {
+            savings.redundantChunks += 1
+            return .redundant
+        }
+        chunkHashes[chunk] = hash
+        let firstTag = chunk * pagesPerChunk
+        let zeroTag = hasher.zeroPageTag
+        var zero = [UInt8](repeating: 0, count: Frame.Pages.maskBytes(pages: pages))
+        var zeros = 0, unchanged = 0
+        for i in 0..<pages {
+            let full = PageLayout.range(ofPage: i, inChunkOf: byteCount).count == PageLayout.pageSize
+            // A short last page's tag is its own; it is always named.
+            if known && full && pageTags[firstTag + i] == zeroTag.low {
+                unchanged += 1
+                continue
+            }
+            if full { pageTags[firstTag + i] = zeroTag.low } else { pageTags[firstTag + i] = 0 }
+            zero[i >> 3] |= 1 << UInt8(i & 7)
+            zeros += 1
+        }
+        if unchanged > 0 { savings.deltaChunks += 1 }
+        savings.zeroPages += UInt64(zeros)
+        if zeros == pages { savings.zeroChunks += 1 }
+        let frame = Frame.Pages(chunk: UInt64(chunk), version: 0, pageCount: pages, present: [UInt8](repeating: 0, count: zero.count),
+                                zero: zero, codec: .none, check: unchanged > 0 ? hash : nil, payload: [])
+        return .pages(frame, body: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+    private var zeroChunkHash: (count: Int, hash: ChunkHash)?
+
     /// How to send `chunk`, whose bytes now are `bytes` (a snapshot that
     /// stays unchanged until the frame is queued). Records them as what the
     /// mirror holds once the frame is applied.

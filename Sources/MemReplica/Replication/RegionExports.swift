@@ -634,11 +634,17 @@ public final class RegionExports: Sendable {
                     sentBefore[chunk] = true
                     if let encoder {
                         let buffer = snapshot ?? scratch
-                        UnsafeMutableRawBufferPointer(rebasing: buffer[..<live.count]).copyMemory(from: live)
                         let copy = UnsafeRawBufferPointer(rebasing: buffer[..<live.count])
-                        // Copied from a file truncated under us, it would be zeros.
+                        let encoded: ChunkEncoder.Encoded
+                        if PageLayout.isZero(live) {
+                            // Nothing to copy; the snapshot's hash (SYNCED) is the zero chunk's.
+                            encoded = encoder.encodeZero(chunk, byteCount: live.count)
+                        } else {
+                            UnsafeMutableRawBufferPointer(rebasing: buffer[..<live.count]).copyMemory(from: live)
+                            encoded = encoder.encode(chunk, copy)
+                        }
+                        // Read from a file truncated under us, it would be zeros.
                         try Self.servable(region)
-                        let encoded = encoder.encode(chunk, copy)
                         if case .redundant = encoded {
                             record { if $0.passPending > 0 { $0.passPending -= 1 } }
                             return snapshot == nil ? nil : expectedHash(copy)

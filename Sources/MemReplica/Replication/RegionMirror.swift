@@ -287,7 +287,12 @@ public final class RegionMirror: @unchecked Sendable {
                 throw ProtocolViolation(.migrationAborted, "the region was taken over after a post-copy hand-over")
             }
             let target = UnsafeMutableRawBufferPointer(rebasing: region.bytes[range])
-            if p.zeroCount == p.pageCount, (try? region.discard(range)) != nil {
+            if p.zeroCount == p.pageCount {
+                // A fresh replica is zeros already (and being allocated by
+                // the prefault thread): reading is cheaper than a hole punch.
+                if !PageLayout.isZero(UnsafeRawBufferPointer(target)), (try? region.discard(range)) == nil {
+                    target.initializeMemory(as: UInt8.self, repeating: 0)
+                }
                 try region.checkIntact()
                 return
             }
@@ -340,7 +345,16 @@ public final class RegionMirror: @unchecked Sendable {
     /// has been checked.
     private func applySynced(digest: [UInt8], hasher: ChunkHasher, to stream: inout StreamState) throws {
         if !digest.isEmpty {
-            let ours = RegionDigest.synced((0..<region.geometry.chunkCount).map { hasher.hash(region, chunk: $0) })
+            // A zero chunk's hash is computed once (zeros are checked faster than hashed).
+            var zeroHash: (count: Int, hash: ChunkHash)?
+            let ours = RegionDigest.synced((0..<region.geometry.chunkCount).map { chunk in
+                let bytes = try! region.chunkBytes(chunk)
+                guard PageLayout.isZero(bytes) else { return hasher.hash(bytes) }
+                if let z = zeroHash, z.count == bytes.count { return z.hash }
+                let h = hasher.hash([UInt8](repeating: 0, count: bytes.count))
+                zeroHash = (bytes.count, h)
+                return h
+            })
             progress.withLock { $0.selfCheckPassed = ours == digest }
             guard ours == digest else {
                 throw ReplicationError.selfCheckFailed(region: region.name)
