@@ -47,6 +47,13 @@ def frames():
         "have": frame(0x04, varint(3) + bytes(16) + bytes(range(16))),
         "write": frame(0x10, varint(7) + varint(1 << 40) + chunk),
         "dirty": frame(0x11, dirty),
+        # 16 pages: 0 and 2 present (uncompressed), 7 and 11 zero, the rest unchanged, with a check.
+        "pages": frame(0x14, varint(7) + varint(9) + varint(16) + bytes([0b101, 0]) + bytes([0b10000000, 0b1000])
+                       + varint(0) + varint(16) + bytes(range(16)) + bytes(8192)),
+        "pages-zero-chunk": frame(0x14, varint(3) + varint(4) + varint(16) + bytes(2) + bytes([0xff, 0xff])
+                                  + varint(0) + varint(0)),
+        "pages-lz4": frame(0x14, varint(1) + varint(2) + varint(1) + bytes([1]) + bytes([0]) + varint(2) + varint(0)
+                           + bytes([0x1f, 0x00, 0x01, 0x00, 0xea, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xd6, 0x50, 0x00, 0x00, 0x00, 0x00, 0x00])),
         "ack": frame(0x12, varint(99)),
         "synced": frame(0x13, varint(1 << 50) + varint(0)),
         "synced-digest": frame(0x13, varint(7) + varint(32) + bytes(range(32))),

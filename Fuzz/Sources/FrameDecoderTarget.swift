@@ -6,8 +6,12 @@
 ///   gives the same frames and ends the same way;
 /// - every decoded frame encodes to bytes that decode to it again;
 /// - a refusal carries the code the header rules give when the header
-///   decides it, else malformed_frame or frame_too_large.
+///   decides it, else malformed_frame or frame_too_large;
+/// - a PAGES payload decompresses (as a replica would, into exactly the
+///   present pages' room) or is refused as malformed, never more.
 struct FrameDecoderTarget: FuzzTarget {
+    let compressor = PageCompressor()
+
     enum End: Equatable {
         case boundary, incomplete
         case violation(ProtocolErrorCode, offset: Int)
@@ -47,6 +51,19 @@ struct FrameDecoderTarget: FuzzTarget {
             let again = Self.decode(bytes, piece: bytes.count)
             guard again.frames == [frame], again.end == .boundary else {
                 fuzzFailure("a decoded \(frame.name) does not survive encoding: \(again.end)")
+            }
+            if case .pages(let p) = frame {
+                // Full pages: the room a replica gives them.
+                let room = p.presentCount * PageLayout.pageSize
+                let out = UnsafeMutableRawBufferPointer.allocate(byteCount: max(room, 1), alignment: 64)
+                defer { out.deallocate() }
+                do {
+                    try p.payload.withUnsafeBytes { try compressor.decompress($0, with: p.codec, into: UnsafeMutableRawBufferPointer(rebasing: out[..<room])) }
+                } catch let violation as ProtocolViolation where violation.code == .malformedFrame {
+                    // Refused, as a replica refuses it.
+                } catch {
+                    fuzzFailure("decompressing a PAGES payload failed with \(error)")
+                }
             }
         }
         if case .violation(let code, let offset) = whole.end {

@@ -65,6 +65,11 @@ struct PeerCommand: AsyncParsableCommand {
     var cc: String?
 
     @Option(help: ArgumentHelp(
+        "Compression of chunk pages on the wire: zstd (default: used when the link, measured, is slower than the compressor), lz4, or none (this peer's mirrors also ask for uncompressed pages).",
+        valueName: "codec"))
+    var compression: String?
+
+    @Option(help: ArgumentHelp(
         "Seconds a process attached to a lazy replica may wait on a chunk that cannot come (primary out of reach, install failing) before its read fails (default 10).",
         valueName: "seconds"))
     var faultTimeout: Double?
@@ -125,11 +130,16 @@ struct PeerCommand: AsyncParsableCommand {
         let statistics = PeerStatistics(metrics: configuration.metrics == nil ? nil : PrometheusStatistics())
         var lazyOptions = PostCopyMirror.Options()
         if let limit = configuration.faultTimeout { lazyOptions.faultWaitLimit = limit }
+        let wire = PageCodec.settings(try compression.map { name in
+            guard let codec = PageCodec(name: name) else { throw ValidationError("--compression must be zstd, lz4 or none, not '\(name)'") }
+            return codec
+        } ?? configuration.compression)
         let runners = mirrorSpecs.map {
             MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, lazyOptions: lazyOptions,
-                         stateDirectory: stateDirectory, logger: logger)
+                         stateDirectory: stateDirectory, offers: wire.offers, logger: logger)
         }
-        let service = PeerService(endpoint: endpoint, exports: RegionExports(exported, observer: statistics, logger: logger),
+        let exports = RegionExports(exported, observer: statistics, codecPreference: wire.preference, logger: logger)
+        let service = PeerService(endpoint: endpoint, exports: exports,
                                   mirrors: runners, statistics: statistics,
                                   identities: RegionIdentityStore(stateDirectory: stateDirectory),
                                   acceptMigrationsInto: configuration.acceptMigrations, logger: logger)

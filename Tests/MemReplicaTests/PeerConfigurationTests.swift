@@ -82,7 +82,7 @@ struct PeerConfigurationTests {
         (#"{"exports": [{"name": "a", "path": "/a"}, {"name": "b", "path": "/b", "sise": "1M"}]}"#,
          "peer.json: exports[1].sise: unknown key; known keys: name, path, size, chunk, allow"),
         (#"{"lisen": ":4433"}"#,
-         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics, faultTimeout, congestionControl, livenessTimeout, memoryBudget, acceptMigrations"),
+         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics, faultTimeout, congestionControl, compression, livenessTimeout, memoryBudget, acceptMigrations"),
         (#"{"tls": {"cert": "c", "key": "k", "ca": "a", "pin": "x"}}"#,
          "peer.json: tls.pin: unknown key; known keys: cert, key, ca"),
         (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "mode": "lazy"}]}"#,

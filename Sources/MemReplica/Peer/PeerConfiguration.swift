@@ -46,6 +46,10 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// QUIC's (and the TCP transports') congestion controller by name:
     /// bbr, bbr1, cubic or reno; nil: the transport's default (bbr).
     public var congestionControl: String?
+    /// PAGES payload compression this peer uses as exporter, and whether
+    /// its mirrors offer to receive compressed pages: zstd, lz4 or none
+    /// (nil: zstd preferred, lz4 taken).
+    public var compression: PageCodec?
     /// How long a silent peer has before it counts as gone
     /// (`QUICConfiguration.livenessTimeout`; nil: its 5 s default).
     /// Config key `livenessTimeout`, flag `--liveness`, in seconds.
@@ -94,7 +98,7 @@ public struct PeerConfiguration: Sendable, Equatable {
         let reader = Reader(file: file, folder: folder)
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
                                                               "exports", "mirrors", "metrics", "faultTimeout",
-                                                              "congestionControl", "livenessTimeout", "memoryBudget",
+                                                              "congestionControl", "compression", "livenessTimeout", "memoryBudget",
                                                               "acceptMigrations"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
@@ -110,6 +114,13 @@ public struct PeerConfiguration: Sendable, Equatable {
                 throw reader.failure(at: "congestionControl", "expected \(QUICConfiguration.CongestionControl.choices), found \"\(name)\"")
             }
             return name
+        }
+        compression = try top["compression"].map { value in
+            let name = try reader.string(value, at: "compression")
+            guard let codec = PageCodec(name: name) else {
+                throw reader.failure(at: "compression", "expected zstd, lz4 or none, found \"\(name)\"")
+            }
+            return codec
         }
         livenessTimeout = try top["livenessTimeout"].map { try reader.liveness($0, at: "livenessTimeout") }
         memoryBudget = try top["memoryBudget"].map { value in

@@ -59,6 +59,22 @@ extension Frame {
 /// How a PAGES frame's page bytes are compressed, as one block.
 public enum PageCodec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case none = 0, zstd = 1, lz4 = 2
+
+    /// By the name `description` gives ("zstd", "lz4", "none").
+    public init?(name: String) {
+        guard let codec = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = codec
+    }
+
+    /// What a peer set to `codec` offers as a mirror (none: pages only, it
+    /// spends no CPU on decompression) and prefers as an exporter.
+    public static func settings(_ codec: PageCodec?) -> (offers: WireCapabilities, preference: [PageCodec]) {
+        switch codec {
+        case nil, .zstd?: return (.all, [.zstd, .lz4])
+        case .lz4?: return (.all, [.lz4, .zstd])
+        case .none?: return ([.pages], [])
+        }
+    }
     public var description: String {
         switch self {
         case .none: "none"
