@@ -60,14 +60,14 @@ struct BenchPeers {
 
     /// A listening endpoint serving `exports` on its first connection, and a
     /// client connected to it. Cancel the task and close both when done.
-    func connectServing(_ exports: RegionExports) async throws
+    func connectServing(_ exports: RegionExports, offered: WireCapabilities = .all) async throws
         -> (server: QUICEndpoint, client: QUICEndpoint, connection: QUICConnection, serving: Task<Void, Never>) {
         let (server, client) = try endpoints()
         let serving = Task {
             guard let conn = await server.acceptQUIC() else { return }
             await withDiscardingTaskGroup { group in
                 while let stream = try? await conn.acceptStream() {
-                    group.addTask { await exports.serve(stream, peer: conn.peerIdentity) }
+                    group.addTask { await exports.serve(stream, peer: conn.peerIdentity, offered: offered) }
                 }
             }
         }

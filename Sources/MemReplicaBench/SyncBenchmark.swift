@@ -30,8 +30,12 @@ public struct SyncBenchmark {
     /// Where a replica keeps its bytes. `memfdNoDigest` is the memfd replica
     /// of a primary that sends SYNCED without a digest: what the self-check
     /// (a copy and a keyed hash of each chunk of the pass) costs.
+    /// `memfdPlain` is the memfd replica of a mirror that offers no PAGES
+    /// frames: every chunk whole, the wire format before them.
     public enum ReplicaKind: String, Codable, Sendable, CaseIterable {
-        case memfd, memfdNoDigest, file, durable
+        case memfd, memfdNoDigest, memfdPlain, file, durable
+
+        var offered: WireCapabilities { self == .memfdPlain ? [] : .all }
     }
 
     public struct KindResult: Codable, Sendable {
@@ -42,6 +46,8 @@ public struct SyncBenchmark {
         public var lagP50Milliseconds: Double
         public var lagP99Milliseconds: Double
         public var lagMaxMilliseconds: Double
+        /// WRITE/PAGES bytes sent per 8-byte write of the lag phase.
+        public var lagWireBytesPerWrite: Double?
     }
 
     public struct Report: Codable, Sendable {
@@ -65,6 +71,10 @@ public struct SyncBenchmark {
         public var durableLagP50Ratio: Double?
         /// Initial sync with SYNCED's digest over without (memfd, same run).
         public var digestSyncRatio: Double?
+        /// Wire bytes per random 8-byte write with PAGES over plain WRITEs,
+        /// and initial-sync throughput with over without (memfd, same run).
+        public var pagesLagWireRatio: Double?
+        public var pagesSyncRatio: Double?
     }
 
     public let options: Options
@@ -88,7 +98,7 @@ public struct SyncBenchmark {
     /// A fresh replica region of `kind` and, for a durable one, its state.
     private func makeReplica(_ kind: ReplicaKind, name: String, size: Int) throws -> (Region, DurableMirrorState?) {
         switch kind {
-        case .memfd, .memfdNoDigest:
+        case .memfd, .memfdNoDigest, .memfdPlain:
             return (try Region(name: name, backing: .memory, size: size, chunkSize: options.chunkSize), nil)
         case .file, .durable:
             let path = workDirectory + "/replica-\(name)-\(kind).bin"
@@ -105,7 +115,7 @@ public struct SyncBenchmark {
     public func run() async throws -> Report {
         let primary = try Region(name: "sync", backing: .memory, size: options.syncBytes, chunkSize: options.chunkSize)
         fillPattern(primary.bytes, seed: 1)
-        let kinds: [ReplicaKind] = options.compareDurable ? ReplicaKind.allCases : [.memfd]
+        let kinds: [ReplicaKind] = options.compareDurable ? ReplicaKind.allCases : [.memfd, .memfdPlain]
         var syncs: [ReplicaKind: [Double]] = [:]
         // Kinds take turns within each run, so a noisy moment hits all.
         for run in 1...options.runs {
@@ -118,15 +128,18 @@ public struct SyncBenchmark {
         }
         var results: [KindResult] = []
         for kind in kinds {
-            let lags = try await measureLag(into: kind).sorted()
+            let (unsorted, wire) = try await measureLag(into: kind)
+            let lags = unsorted.sorted()
             func pct(_ p: Double) -> Double { lags[min(lags.count - 1, Int(Double(lags.count) * p))] * 1000 }
             results.append(KindResult(kind: kind, syncRunsMBps: syncs[kind]!, syncMedianMBps: median(syncs[kind]!),
                                       lagSamples: lags.count, lagP50Milliseconds: pct(0.5), lagP99Milliseconds: pct(0.99),
-                                      lagMaxMilliseconds: (lags.last ?? 0) * 1000))
+                                      lagMaxMilliseconds: (lags.last ?? 0) * 1000,
+                                      lagWireBytesPerWrite: Double(wire) / Double(max(lags.count, 1))))
         }
         let memfd = results[0]
         let file = results.first { $0.kind == .file }, durable = results.first { $0.kind == .durable }
         let noDigest = results.first { $0.kind == .memfdNoDigest }
+        let plain = results.first { $0.kind == .memfdPlain }
         return Report(syncBytes: options.syncBytes, chunkSize: options.chunkSize, syncRunsMBps: memfd.syncRunsMBps,
                       syncMedianMBps: memfd.syncMedianMBps, lagRegionBytes: options.lagRegionBytes,
                       scanIntervalMilliseconds: options.scanInterval.milliseconds, writesPerSecond: options.writesPerSecond,
@@ -135,14 +148,16 @@ public struct SyncBenchmark {
                       kinds: results,
                       durableSyncRatio: durable.flatMap { d in file.map { d.syncMedianMBps / $0.syncMedianMBps } },
                       durableLagP50Ratio: durable.flatMap { d in file.map { d.lagP50Milliseconds / $0.lagP50Milliseconds } },
-                      digestSyncRatio: noDigest.map { memfd.syncMedianMBps / $0.syncMedianMBps })
+                      digestSyncRatio: noDigest.map { memfd.syncMedianMBps / $0.syncMedianMBps },
+                      pagesLagWireRatio: plain.flatMap { p in memfd.lagWireBytesPerWrite.flatMap { m in p.lagWireBytesPerWrite.map { m / $0 } } },
+                      pagesSyncRatio: plain.map { memfd.syncMedianMBps / $0.syncMedianMBps })
     }
 
     /// One initial sync of `primary` into a fresh replica of `kind`, in MB/s.
     private func initialSync(of primary: Region, into kind: ReplicaKind) async throws -> Double {
         let exports = RegionExports([.init(region: primary)], scanInterval: .seconds(3600),
                                     syncedDigests: kind != .memfdNoDigest, logger: quietLogger())
-        let (server, client, conn, serving) = try await peers.connectServing(exports)
+        let (server, client, conn, serving) = try await peers.connectServing(exports, offered: kind.offered)
         let (replica, durable) = try makeReplica(kind, name: "sync", size: options.syncBytes)
         let mirror = RegionMirror(region: replica, offersHeldChunks: false, durable: durable)
         let start = ContinuousClock.now
@@ -163,18 +178,20 @@ public struct SyncBenchmark {
     }
 
     /// Seconds from each write in the primary until the primary holds the
-    /// replica's ACK of a version that carries it.
-    private func measureLag(into kind: ReplicaKind) async throws -> [Double] {
+    /// replica's ACK of a version that carries it; and the WRITE/PAGES
+    /// bytes the writes cost.
+    private func measureLag(into kind: ReplicaKind) async throws -> (lags: [Double], wireBytes: UInt64) {
         let primary = try Region(name: "lag", backing: .memory, size: options.lagRegionBytes, chunkSize: options.chunkSize)
         let probe = LagProbe(region: "lag")
         let exports = RegionExports([.init(region: primary)], scanInterval: options.scanInterval, observer: probe,
                                     syncedDigests: kind != .memfdNoDigest, logger: quietLogger())
-        let (server, client, conn, serving) = try await peers.connectServing(exports)
+        let (server, client, conn, serving) = try await peers.connectServing(exports, offered: kind.offered)
         let (replica, durable) = try makeReplica(kind, name: "lag", size: options.lagRegionBytes)
         let mirror = RegionMirror(region: replica, durable: durable)
         let task = Task { try await mirror.run(over: conn) }
         defer { task.cancel(); serving.cancel() }
         while !mirror.initialSyncComplete { try await Task.sleep(for: .milliseconds(1)) }
+        let wireBefore = exports.wireSavings()["lag"]?.wireBytes ?? 0
         var lags: [Double] = []
         var rng = SystemRandomNumberGenerator()
         let period = Duration.seconds(1) / options.writesPerSecond
@@ -203,11 +220,12 @@ public struct SyncBenchmark {
             let next = start + period
             if ContinuousClock.now < next { try await Task.sleep(until: next) }
         }
+        let wire = (exports.wireSavings()["lag"]?.wireBytes ?? 0) - wireBefore
         await client.close()
         await server.close()
         log("lag, \(kind) replica: \(lags.count) writes at \(options.writesPerSecond)/s into \(options.lagRegionBytes >> 20) MiB, "
-            + "scan every \(options.scanInterval)")
-        return lags
+            + "scan every \(options.scanInterval), \(wire / UInt64(max(lags.count, 1))) wire bytes per write")
+        return (lags, wire)
     }
 }
 

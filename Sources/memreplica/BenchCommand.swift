@@ -148,7 +148,12 @@ struct BenchSyncCommand: AsyncParsableCommand {
         for kind in report.kinds {
             print("\(kind.kind) replica: initial sync of \(report.syncBytes >> 20) MiB median \(String(format: "%.1f", kind.syncMedianMBps)) MB/s; "
                   + "lag write → replica ACK, \(kind.lagSamples) writes: p50 \(String(format: "%.2f", kind.lagP50Milliseconds)) ms, "
-                  + "p99 \(String(format: "%.2f", kind.lagP99Milliseconds)) ms, max \(String(format: "%.2f", kind.lagMaxMilliseconds)) ms")
+                  + "p99 \(String(format: "%.2f", kind.lagP99Milliseconds)) ms, max \(String(format: "%.2f", kind.lagMaxMilliseconds)) ms"
+                  + (kind.lagWireBytesPerWrite.map { String(format: ", %.0f wire bytes per write", $0) } ?? ""))
+        }
+        if let wire = report.pagesLagWireRatio, let sync = report.pagesSyncRatio {
+            print("PAGES against plain WRITEs (memfd, same run): \(String(format: "%.3f", wire)) × the wire bytes per random write, "
+                  + "initial sync \(String(format: "%.2f", sync)) × the throughput")
         }
         if let digest = report.digestSyncRatio {
             print("SYNCED's digest (each chunk of the pass copied and hashed): initial sync \(String(format: "%.2f", digest)) × the same without")
