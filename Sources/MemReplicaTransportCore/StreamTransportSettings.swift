@@ -8,10 +8,12 @@ public struct StreamTransportSettings: Sendable {
     /// Application protocols offered (client) or accepted (server), in order.
     public var applicationProtocols: [String] = [TransportDefaults.memReplicaALPN]
     /// Per-stream receive window (QUIC or mux flow control). Should cover
-    /// the bandwidth-delay product of one stream: 32 MiB ≈ 1.7 Gbit/s at
-    /// 150 ms (1 Gbit/s × 150 ms is 18.75 MB; 16 MiB held one region's
-    /// stream under 900 Mbit/s there).
-    public var streamReceiveWindow: UInt64 = 32 << 20
+    /// the bandwidth-delay product of one stream: 16 MiB ≈ 850 Mbit/s at
+    /// 150 ms. Not more: with 32 MiB, Debian's ngtcp2 0.12.1 (deb12u1)
+    /// ended a 1 GiB single-stream sync at 150 ms / 1 % loss with
+    /// ERR_INTERNAL, its limit of 5000 gaps in one stream's reassembly
+    /// (bench/RESULTS.md, WAN efficiency).
+    public var streamReceiveWindow: UInt64 = 16 << 20
     /// Connection receive window (all streams together).
     public var connectionReceiveWindow: UInt64 = 64 << 20
     /// Bytes a stream may hold unacknowledged (QUIC), or not yet handed to
