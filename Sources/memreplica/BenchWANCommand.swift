@@ -29,7 +29,7 @@ struct BenchWANCommand: AsyncParsableCommand {
     var cc: String = "bbr"
     @Option(help: ArgumentHelp("What the bulk regions hold, comma-separated, each a set of scenarios: random, zeros, python-heap (a CPython heap that parsed its standard library), sqlite (a database sqlite3 wrote of this machine's package list).", valueName: "kinds"))
     var content: String = BenchContent.random.rawValue
-    @Option(help: ArgumentHelp("Wire formats the replica offers, comma-separated: pages (PAGES frames, zstd, lz4: what a peer offers), plain (whole WRITEs only, the format before PAGES).", valueName: "modes"))
+    @Option(help: ArgumentHelp("Wire formats the replica offers, comma-separated: pages (PAGES frames, zstd, lz4: what a peer offers), pages-lz4 (PAGES, lz4 only), plain (whole WRITEs only, the format before PAGES).", valueName: "modes"))
     var wire: String = WANWireMode.pages.rawValue
     @Option(help: "Runs per scenario and transport (medians are reported).")
     var runs: Int?
@@ -74,7 +74,7 @@ struct BenchWANCommand: AsyncParsableCommand {
             throw ValidationError("--content takes \(BenchContent.allCases.map(\.rawValue).joined(separator: ", ")), comma-separated")
         }
         guard wireModes.count == wire.split(separator: ",").count, !wireModes.isEmpty else {
-            throw ValidationError("--wire takes pages and plain, comma-separated")
+            throw ValidationError("--wire takes pages, pages-lz4 and plain, comma-separated")
         }
         if let bulkSize, parseByteSize(bulkSize) == nil { throw ValidationError("--bulk-size: not a byte count: \(bulkSize)") }
         if let bulkSeconds, !(bulkSeconds > 0) { throw ValidationError("--bulk-seconds must be positive") }

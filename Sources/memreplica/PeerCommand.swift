@@ -65,7 +65,7 @@ struct PeerCommand: AsyncParsableCommand {
     var cc: String?
 
     @Option(help: ArgumentHelp(
-        "Compression of chunk pages on the wire: zstd (default: used when the link, measured, is slower than the compressor), lz4, or none (this peer's mirrors also ask for uncompressed pages).",
+        "Compression of chunk pages on the wire, used when the link, measured, is slower than the compressor: lz4 (default), zstd (level 1), or none (this peer's mirrors also ask for uncompressed pages).",
         valueName: "codec"))
     var compression: String?
 

@@ -153,6 +153,12 @@ struct WireEncodingTests {
         let mirror = RegionMirror(region: replica, offersHeldChunks: false)
         let running = Task { try await mirror.run(over: pair.client) }
         try await waitConverged(primary, replica, within: 30)
+        // SYNCED's self-check must be behind us: it would catch the drift first.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !mirror.initialSyncComplete {
+            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "initial sync", seconds: 30) }
+            try await Task.sleep(for: .milliseconds(5))
+        }
         // Page 3 of chunk 5 drifts on the replica; then the primary changes page 9.
         replica.bytes[5 * Self.chunkSize + 3 * 4096] ^= 0x5a
         let drifted = Array(replica.bytes[5 * Self.chunkSize..<6 * Self.chunkSize])

@@ -48,7 +48,7 @@ public struct PeerConfiguration: Sendable, Equatable {
     public var congestionControl: String?
     /// PAGES payload compression this peer uses as exporter, and whether
     /// its mirrors offer to receive compressed pages: zstd, lz4 or none
-    /// (nil: zstd preferred, lz4 taken).
+    /// (nil: lz4 preferred, zstd taken).
     public var compression: PageCodec?
     /// How long a silent peer has before it counts as gone
     /// (`QUICConfiguration.livenessTimeout`; nil: its 5 s default).

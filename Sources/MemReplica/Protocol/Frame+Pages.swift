@@ -70,8 +70,8 @@ public enum PageCodec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     /// spends no CPU on decompression) and prefers as an exporter.
     public static func settings(_ codec: PageCodec?) -> (offers: WireCapabilities, preference: [PageCodec]) {
         switch codec {
-        case nil, .zstd?: return (.all, [.zstd, .lz4])
-        case .lz4?: return (.all, [.lz4, .zstd])
+        case .zstd?: return (.all, [.zstd, .lz4])
+        case nil, .lz4?: return (.all, [.lz4, .zstd])
         case .none?: return ([.pages], [])
         }
     }

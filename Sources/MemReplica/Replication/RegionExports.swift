@@ -155,7 +155,7 @@ public final class RegionExports: Sendable {
 
     public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
                 observer: (any ReplicationObserver)? = nil, syncedDigests: Bool = true,
-                wireCapabilities: WireCapabilities = .all, codecPreference: [PageCodec] = [.zstd, .lz4], logger: Logger) {
+                wireCapabilities: WireCapabilities = .all, codecPreference: [PageCodec] = [.lz4, .zstd], logger: Logger) {
         var table = Table()
         table.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
         table.epochs = table.exports.mapValues { _ in Locked(0) }
@@ -622,6 +622,7 @@ public final class RegionExports: Sendable {
                         if $0.passPending > 0 { $0.passPending -= 1 }
                     }
                 }
+                var pushedSinceYield = 0
                 let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
                 defer { scratch.deallocate() }
                 /// Sends the chunk; in the initial pass (`snapshot` given)
@@ -663,6 +664,14 @@ public final class RegionExports: Sendable {
                         }
                         encoder.sent(wireBytes: wire, took: began.duration(to: .now))
                         counted.wireBytes += UInt64(wire)
+                        // Zero chunks and compression can run for a long
+                        // time without a send that suspends: let the READ
+                        // answers sharing this pool's threads in.
+                        pushedSinceYield += 1
+                        if pushedSinceYield >= 8 {
+                            pushedSinceYield = 0
+                            await Task.yield()
+                        }
                         return snapshot == nil ? nil : expectedHash(copy)
                     }
                     announce(chunk, bytes: live.count)

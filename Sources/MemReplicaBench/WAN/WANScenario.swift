@@ -40,7 +40,7 @@ public struct WANScenario: Codable, Sendable, Hashable, CustomStringConvertible 
     public var description: String {
         var text = "rtt \(formatNumber(rttMilliseconds)) ms, loss \(formatNumber(lossPercent)) %, \(regions) region\(regions == 1 ? "" : "s"), \(congestionControl)"
         if content != BenchContent.random.rawValue { text += ", \(content)" }
-        if wire != WANWireMode.pages.rawValue { text += ", \(wire) WRITEs" }
+        if wire == WANWireMode.plain.rawValue { text += ", plain WRITEs" } else if wire != WANWireMode.pages.rawValue { text += ", \(wire)" }
         return text
     }
 
@@ -54,10 +54,19 @@ public struct WANScenario: Codable, Sendable, Hashable, CustomStringConvertible 
 }
 
 /// What a `bench wan` replica offers in its HELLO.
+/// `pages-lz4`: PAGES with lz4 as the only codec offered (zstd is the
+/// primary's first choice otherwise).
 public enum WANWireMode: String, Codable, Sendable, CaseIterable {
     case pages, plain
+    case pagesLZ4 = "pages-lz4"
 
-    var offered: WireCapabilities { self == .pages ? .all : [] }
+    var offered: WireCapabilities {
+        switch self {
+        case .pages: .all
+        case .pagesLZ4: [.pages, .lz4]
+        case .plain: []
+        }
+    }
 }
 
 /// "0.2", "10", "1.5": no trailing zeros, for names and tables.
