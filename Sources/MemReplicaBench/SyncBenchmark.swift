@@ -24,6 +24,8 @@ public struct SyncBenchmark {
         public var scanInterval: Duration = .milliseconds(2)
         /// Also measure file-backed and durable replicas (in the work folder).
         public var compareDurable = true
+        /// What the initial sync's region holds.
+        public var content: BenchContent = .random
         public init() {}
     }
 
@@ -51,6 +53,7 @@ public struct SyncBenchmark {
     }
 
     public struct Report: Codable, Sendable {
+        public var content: BenchContent
         public var syncBytes: Int
         public var chunkSize: Int
         /// The memfd replica's figures (as before the durable comparison).
@@ -114,7 +117,8 @@ public struct SyncBenchmark {
 
     public func run() async throws -> Report {
         let primary = try Region(name: "sync", backing: .memory, size: options.syncBytes, chunkSize: options.chunkSize)
-        fillPattern(primary.bytes, seed: 1)
+        let image = try options.content.fill(primary.bytes, workDirectory: workDirectory)
+        if options.content != .random { log("content \(options.content.rawValue): \(options.syncBytes >> 20) MiB from a \(image >> 20) MiB image") }
         let kinds: [ReplicaKind] = options.compareDurable ? ReplicaKind.allCases : [.memfd, .memfdPlain]
         var syncs: [ReplicaKind: [Double]] = [:]
         // Kinds take turns within each run, so a noisy moment hits all.
@@ -140,7 +144,7 @@ public struct SyncBenchmark {
         let file = results.first { $0.kind == .file }, durable = results.first { $0.kind == .durable }
         let noDigest = results.first { $0.kind == .memfdNoDigest }
         let plain = results.first { $0.kind == .memfdPlain }
-        return Report(syncBytes: options.syncBytes, chunkSize: options.chunkSize, syncRunsMBps: memfd.syncRunsMBps,
+        return Report(content: options.content, syncBytes: options.syncBytes, chunkSize: options.chunkSize, syncRunsMBps: memfd.syncRunsMBps,
                       syncMedianMBps: memfd.syncMedianMBps, lagRegionBytes: options.lagRegionBytes,
                       scanIntervalMilliseconds: options.scanInterval.milliseconds, writesPerSecond: options.writesPerSecond,
                       lagSamples: memfd.lagSamples, lagP50Milliseconds: memfd.lagP50Milliseconds,

@@ -122,8 +122,10 @@ struct BenchSyncCommand: AsyncParsableCommand {
     var writes: Int = 500
     @Option(help: "Hash-scan interval in milliseconds on the primary.")
     var scanMs: Double = 2
-    @Flag(help: "Measure only the memfd replica (skip the digest-off, file and durable=true replicas).")
+    @Flag(help: "Measure only the memfd replicas, with and without PAGES (skip the digest-off, file and durable=true replicas).")
     var noDurable = false
+    @Option(help: "What the initial sync's region holds: random, zeros, python-heap (a CPython heap that parsed its standard library), sqlite (a database sqlite3 wrote of this machine's package list).")
+    var content: BenchContent = .random
     @Flag(help: "Print the report as JSON on stdout.")
     var json = false
 
@@ -141,6 +143,7 @@ struct BenchSyncCommand: AsyncParsableCommand {
         options.lagWrites = writes
         options.scanInterval = .microseconds(Int(scanMs * 1000))
         options.compareDurable = !noDurable
+        options.content = content
         let work = NSTemporaryDirectory() + "memreplica-bench-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: work) }
         let report = try await SyncBenchmark(options: options, workDirectory: work, log: BenchOutput(json: json).progress).run()
