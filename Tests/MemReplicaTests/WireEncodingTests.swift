@@ -2,14 +2,7 @@
 @testable import MemReplicaBench
 @testable import MemReplicaSystem
 import Foundation
-import Logging
 import Testing
-
-private func wireTestLogger() -> Logger {
-    var l = Logger(label: "wire-encoding-test")
-    l.logLevel = .critical
-    return l
-}
 
 /// PAGES frames end to end: zero chunks, page deltas, redundant writes and
 /// compression, each checked by the replica's SHA-256 against the
@@ -17,6 +10,14 @@ private func wireTestLogger() -> Logger {
 @Suite("Wire encoding: zero chunks, page deltas, redundant writes, compression", .serialized)
 struct WireEncodingTests {
     static let chunkSize = 65536
+
+    private func waitSynced(_ mirror: RegionMirror) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !mirror.initialSyncComplete {
+            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "initial sync", seconds: 30) }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
 
     private func waitSavings(_ exports: RegionExports, _ name: String, _ what: String,
                              _ condition: (WireSavings) -> Bool) async throws {
@@ -34,18 +35,14 @@ struct WireEncodingTests {
         let primary = try Region(name: name, backing: .memory, size: size, chunkSize: Self.chunkSize)
         fill(primary.bytes)
         let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), codecPreference: codecs,
-                                    logger: wireTestLogger())
+                                    logger: testLogger)
         let pair = try await TransportReplicationPair(.quic, exports: exports, offered: offered)
         let replica = try Region(name: name, backing: .memory, size: size, chunkSize: Self.chunkSize)
         let mirror = RegionMirror(region: replica, offersHeldChunks: false)
         let running = Task { try await mirror.run(over: pair.client) }
         defer { running.cancel() }
         // A fresh replica equals an all-zero primary before anything arrived.
-        let deadline = ContinuousClock.now + .seconds(30)
-        while !mirror.initialSyncComplete {
-            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "initial sync", seconds: 30) }
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        try await waitSynced(mirror)
         try await waitConverged(primary, replica, within: 30)
         try await body(primary, replica, exports)
         running.cancel()
@@ -145,7 +142,7 @@ struct WireEncodingTests {
         let size = 2 << 20
         let primary = try Region(name: "drift", backing: .memory, size: size, chunkSize: Self.chunkSize)
         fillPattern(primary.bytes, seed: 11)
-        let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), logger: wireTestLogger())
+        let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), logger: testLogger)
         let pair = try await TransportReplicationPair(.quic, exports: exports)
         let path = NSTemporaryDirectory() + "mr-drift-\(UUID().uuidString.prefix(8))"
         defer { unlink(path) }
@@ -154,11 +151,7 @@ struct WireEncodingTests {
         let running = Task { try await mirror.run(over: pair.client) }
         try await waitConverged(primary, replica, within: 30)
         // SYNCED's self-check must be behind us: it would catch the drift first.
-        let deadline = ContinuousClock.now + .seconds(30)
-        while !mirror.initialSyncComplete {
-            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "initial sync", seconds: 30) }
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        try await waitSynced(mirror)
         // Page 3 of chunk 5 drifts on the replica; then the primary changes page 9.
         replica.bytes[5 * Self.chunkSize + 3 * 4096] ^= 0x5a
         let drifted = Array(replica.bytes[5 * Self.chunkSize..<6 * Self.chunkSize])

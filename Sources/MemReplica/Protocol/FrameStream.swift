@@ -48,21 +48,26 @@ public final class FrameStream: @unchecked Sendable {
     /// A WRITE frame whose bytes are copied once, from `bytes` (a live
     /// mapping) into the transport's send buffer: that copy is the snapshot.
     /// `check`, if given, runs after the copy; a throw drops the frame.
+    /// Returns the frame's size on the wire.
+    @discardableResult
     public func sendWrite(chunk: UInt64, version: UInt64, bytes: UnsafeRawBufferPointer,
-                          checkingCopy check: (() throws -> Void)? = nil) async throws {
+                          checkingCopy check: (() throws -> Void)? = nil) async throws -> Int {
         let header = try Frame.writeHeader(chunk: chunk, version: version, byteCount: bytes.count)
         if let check {
             try await stream.write(header, followedBy: bytes, checkingCopy: check)
         } else {
             try await stream.write(header, followedBy: bytes)
         }
+        return header.count + bytes.count
     }
 
     /// A PAGES frame whose page bytes (`body`) are copied once, into the
-    /// transport's send buffer.
-    public func sendPages(_ pages: Frame.Pages, body: UnsafeRawBufferPointer) async throws {
+    /// transport's send buffer. Returns the frame's size on the wire.
+    @discardableResult
+    public func sendPages(_ pages: Frame.Pages, body: UnsafeRawBufferPointer) async throws -> Int {
         let header = try Frame.pagesHeader(pages, byteCount: body.count)
         try await stream.write(header, followedBy: body)
+        return header.count + body.count
     }
 
     /// A DATA frame copied once from the live mapping, like `sendWrite`.

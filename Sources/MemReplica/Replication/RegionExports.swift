@@ -656,11 +656,9 @@ public final class RegionExports: Sendable {
                         switch encoded {
                         case .pages(var frame, let body):
                             frame.version = version
-                            wire = try Frame.pagesHeader(frame, byteCount: body.count).count + body.count
-                            try await frames.sendPages(frame, body: body)
+                            wire = try await frames.sendPages(frame, body: body)
                         default:
-                            wire = try Frame.writeHeader(chunk: UInt64(chunk), version: version, byteCount: copy.count).count + copy.count
-                            try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
+                            wire = try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
                         }
                         encoder.sent(wireBytes: wire, took: began.duration(to: .now))
                         counted.wireBytes += UInt64(wire)
@@ -675,22 +673,20 @@ public final class RegionExports: Sendable {
                         return snapshot == nil ? nil : expectedHash(copy)
                     }
                     announce(chunk, bytes: live.count)
-                    counted.wireBytes += UInt64(try Frame.writeHeader(chunk: UInt64(chunk), version: version,
-                                                                      byteCount: live.count).count + live.count)
                     guard let snapshot else {
                         // The region is live: the transport's copy, taken here,
                         // is the snapshot it retransmits from. A write racing
                         // the copy marks the chunk changed again for the next pass.
-                        try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: live) {
+                        counted.wireBytes += UInt64(try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: live) {
                             try Self.servable(region)
-                        }
+                        })
                         return nil
                     }
                     let copy = UnsafeRawBufferPointer(rebasing: snapshot[..<live.count])
                     UnsafeMutableRawBufferPointer(rebasing: snapshot[..<live.count]).copyMemory(from: live)
                     // Copied from a file truncated under us, it would be zeros.
                     try Self.servable(region)
-                    try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
+                    counted.wireBytes += UInt64(try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy))
                     return hasher.hash(copy)
                 }
                 let snapshot = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
