@@ -49,9 +49,6 @@ final class ChunkEncoder {
         compressed.deallocate()
     }
 
-    /// Forgets what the mirror holds of `chunk` (it was sent otherwise).
-    func forget(_ chunk: Int) { chunkHashes[chunk] = .none }
-
     /// `encode` for a chunk found all zeros in the live mapping, without a
     /// copy (a write racing the check is the tracker's, as for a WRITE).
     func encodeZero(_ chunk: Int, byteCount: Int) -> Encoded {
