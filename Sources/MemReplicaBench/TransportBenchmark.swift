@@ -125,12 +125,32 @@ public struct TransportBenchmark {
         }
 
         var latency: [Latency] = []
+        // The floors: the same request and response over bare loopback UDP
+        // and TCP to a second process (no crypto, no framing).
+        let served = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { served.deallocate() }
+        served.initializeMemory(as: UInt8.self, repeating: 0x5a)
+        let floorPeer = try PageServerProcess(serving: UnsafeRawBufferPointer(served))
+        defer { floorPeer.stop() }
+        for kind in [PageServerProcess.Kind.udp, .tcp] {
+            let samples = try await floorPeer.roundTrips(kind, iterations: options.latencyIterations,
+                                                         responseBytes: options.responseBytes, sourceBytes: served.count)
+            latency.append(summarize("floor: bare \(kind.rawValue.uppercased()), a second process", samples))
+        }
         for kind in options.transports { latency += try await latencies(kind) }
         if options.includeTLSOverTCP {
             let samples = try TLSOverTCPBaseline(tls: peers.clientTLS)
                 .measureLatency(iterations: options.latencyIterations, request: options.requestBytes,
                                 response: options.responseBytes)
             latency.append(summarize("TLS/TCP, one connection", samples))
+        }
+        if let quic = latency.first(where: { $0.name == "QUIC, one long-lived stream" }) {
+            for (key, name) in [("udp", "floor: bare UDP, a second process"), ("tcp", "floor: bare TCP, a second process"),
+                                ("tls_tcp", "TLS/TCP, one connection")] {
+                if let other = latency.first(where: { $0.name == name }), other.p50Microseconds > 0 {
+                    ratios["quic_request_p50_over_\(key)"] = quic.p50Microseconds / other.p50Microseconds
+                }
+            }
         }
         for l in latency {
             log("latency \(l.name): p50 \(fmt(l.p50Microseconds)) µs, p99 \(fmt(l.p99Microseconds)) µs")

@@ -160,9 +160,20 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
     }
 
     /// Resets the streams whose peer took none of their bytes for `timeout` ns.
+    /// A stream counts as stalled only while the peer holds it back: its
+    /// bytes are all sent and not acknowledged, or its or the connection's
+    /// flow-control credit is spent. One that waits its turn behind the
+    /// connection's other streams (1024 regions' initial syncs on one
+    /// connection) is not the peer's doing, and its clock starts again.
     func resetStalledStreams(now: UInt64, after timeout: UInt64) {
         guard case .established = state else { return }
-        for stream in Array(streams.values) where !stream.closedByStack && stream.isStalled(now: now, after: timeout) {
+        let connectionBlocked = ngtcp2_conn_get_max_data_left(conn) == 0
+        for stream in Array(streams.values) where !stream.closedByStack {
+            if !connectionBlocked && stream.hasUnsentBytes && ngtcp2_conn_get_max_stream_data_left(conn, stream.id) > 0 {
+                stream.waitingItsTurn(now: now)
+                continue
+            }
+            guard stream.isStalled(now: now, after: timeout) else { continue }
             endpoint.logger.info("resetting a stream whose peer stopped reading",
                                  metadata: ["peer": "\(remoteAddress)", "stream": "\(stream.id)"])
             ngtcp2_conn_shutdown_stream(conn, stream.id, ProtocolErrorCode.peerStalled.rawValue)

@@ -126,6 +126,13 @@ package final class QUICStreamCore: StreamCore, SendScheduled, @unchecked Sendab
         if sendBuffer.unacknowledged == 0 { lastSendProgress = monotonicNanoseconds() }
     }
 
+    var hasUnsentBytes: Bool { sendBuffer.unsent > 0 }
+
+    /// Ready to send, held back by nothing of the peer's: not stalled.
+    func waitingItsTurn(now: UInt64) {
+        if sendBuffer.unacknowledged > 0 { lastSendProgress = max(lastSendProgress, now) }
+    }
+
     /// Holds bytes the peer has not acknowledged, with no progress for `timeout` ns.
     func isStalled(now: UInt64, after timeout: UInt64) -> Bool {
         sendBuffer.unacknowledged > 0 && now >= lastSendProgress && now - lastSendProgress >= timeout

@@ -152,9 +152,17 @@ final class TCPStreamCore: StreamCore, SendScheduled, @unchecked Sendable {
         state.settle(count)
     }
 
-    /// Holds bytes not yet handed to TLS, with no progress for `timeout` ns.
+    /// Holds bytes not yet handed to TLS, with no progress for `timeout` ns,
+    /// while the peer holds it back (its or the connection's credit is
+    /// spent). A stream waiting its turn behind the connection's others is
+    /// not stalled, and its clock starts again.
     func isStalled(now: UInt64, after timeout: UInt64) -> Bool {
-        !sendDone && queuedBytes > 0 && now >= lastSendProgress && now - lastSendProgress >= timeout
+        guard !sendDone && queuedBytes > 0 else { return false }
+        if streamCreditLeft > 0 && connection.connectionCreditLeft > 0 {
+            lastSendProgress = max(lastSendProgress, now)
+            return false
+        }
+        return now >= lastSendProgress && now - lastSendProgress >= timeout
     }
 
     /// The peer granted `increment` more bytes.

@@ -21,8 +21,11 @@ public struct StreamTransportSettings: Sendable {
     /// Covers the same bandwidth-delay product as the receive window.
     public var streamSendBuffer: Int = 32 << 20
     /// Concurrent bidirectional streams the peer may open; credit is given
-    /// back as streams close.
-    public var maxConcurrentStreams: UInt64 = 256
+    /// back as streams close. A peer's mirrors of our regions share one
+    /// connection, with one stream per eager mirror (three per lazy one):
+    /// 4096 covers 1024 lazy mirrors. A stream the peer opens and leaves
+    /// without a first frame is reset after `PeerService.firstFrameTimeout`.
+    public var maxConcurrentStreams: UInt64 = 4096
     /// Liveness: a peer silent for this long (nothing at all, while
     /// keep-alive PINGs ask it for a packet, or a PONG, every
     /// `keepAliveInterval`) counts as gone and its connection ends with

@@ -9,7 +9,7 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Run a benchmark scenario (figures are ratios measured side by side in one run).",
         subcommands: [BenchTransportCommand.self, BenchSyncCommand.self, BenchDirtyCommand.self, BenchFaultsCommand.self,
-                      BenchWANCommand.self, BenchMigrateCommand.self])
+                      BenchWANCommand.self, BenchMigrateCommand.self, BenchScaleCommand.self])
 }
 
 struct BenchTransportCommand: AsyncParsableCommand {

@@ -26,6 +26,7 @@
 #include "qs_unixfd.h"
 #include "qs_userfaultfd.h"
 #include "qs_wan.h"
+#include "qs_pageserver.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -19,6 +19,13 @@ public final class ChangeSubscription: Sendable {
         feed.changedChunks(for: id)
     }
 
+    /// Chunks the last scan (`ScanClock`'s, or another subscription's)
+    /// handed to this subscription, without scanning again.
+    public func takePending() -> [Int] { feed.takePending(for: id) }
+
+    /// Whether a scan handed this subscription chunks it has not taken.
+    var hasPending: Bool { feed.hasPending(for: id) }
+
     /// How the region is tracked (kind, reason, scan statistics).
     public var status: DirtyTrackingStatus { feed.status }
 

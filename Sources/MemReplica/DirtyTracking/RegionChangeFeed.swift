@@ -176,39 +176,9 @@ public final class RegionChangeFeed: Sendable {
     /// Scans, hands the result to every other subscriber, and returns what
     /// subscriber `id` has not taken yet, ascending.
     func changedChunks(for id: Int) -> [Int] {
-        let chunkCount = region.geometry.chunkCount
-        return state.withLock { s -> [Int] in
-            guard let tracker = s.tracker, s.pending[id] != nil else { return [] }
-            var scanned: [Int]
-            do {
-                scanned = try tracker.changedChunks()
-            } catch Region.Failure.unavailable {
-                // The region itself failed, not the tracker: nothing is
-                // served from it any more (each subscription's pass says why).
-                return []
-            } catch {
-                logger.error("dirty tracker failed: hashing from now on, every chunk is sent again",
-                             metadata: ["region": "\(region.name)", "tracker": "\(s.kind)", "error": "\(error)"])
-                s.lastStatistics = tracker.statistics
-                s.tracker = ChunkHashScanner(region: region)
-                s.kind = .hashScan
-                s.reason = "the \(tracker.kind) tracker failed (\(error)): hashing instead"
-                scanned = Array(0..<chunkCount)
-            }
-            // Attached writers' mappings: their trackers are exact for their
-            // own stores; one that fails reports every chunk, once.
-            let key = ObjectIdentifier(region)
-            for (writerID, entry) in Self.writers.withLock({ $0[key] ?? [:] }) {
-                do {
-                    scanned += try entry.tracker.changedChunks()
-                } catch {
-                    logger.error("an attached writer's tracker failed: every chunk is sent again",
-                                 metadata: ["region": "\(region.name)", "error": "\(error)"])
-                    Self.writers.withLock { $0[key]?[writerID] = nil }
-                    scanned = Array(0..<chunkCount)
-                }
-            }
-            scanned = Array(Set(scanned)).sorted()
+        state.withLock { s -> [Int] in
+            guard s.tracker != nil, s.pending[id] != nil else { return [] }
+            let scanned = scan(&s)
             for other in s.pending.keys where other != id {
                 s.pending[other]!.insert(scanned)
             }
@@ -216,5 +186,61 @@ public final class RegionChangeFeed: Sendable {
             s.pending[id]!.insert(scanned)
             return s.pending[id]!.takeAll()
         }
+    }
+
+    /// Scans and hands the result to every subscriber (`ScanClock`'s tick).
+    func scanForAll() {
+        state.withLock { s in
+            guard s.tracker != nil, !s.pending.isEmpty else { return }
+            let scanned = scan(&s)
+            guard !scanned.isEmpty else { return }
+            for other in s.pending.keys { s.pending[other]!.insert(scanned) }
+        }
+    }
+
+    /// Whether subscriber `id` has chunks to take.
+    func hasPending(for id: Int) -> Bool {
+        state.withLock { !($0.pending[id]?.isEmpty ?? true) }
+    }
+
+    /// What subscriber `id` has not taken yet, ascending, without a scan.
+    func takePending(for id: Int) -> [Int] {
+        state.withLock { $0.pending[id]?.takeAll() ?? [] }
+    }
+
+    /// One scan of the tracker and of attached writers' trackers, ascending.
+    private func scan(_ s: inout State) -> [Int] {
+        guard let tracker = s.tracker else { return [] }
+        let chunkCount = region.geometry.chunkCount
+        var scanned: [Int]
+        do {
+            scanned = try tracker.changedChunks()
+        } catch Region.Failure.unavailable {
+            // The region itself failed, not the tracker: nothing is
+            // served from it any more (each subscription's pass says why).
+            return []
+        } catch {
+            logger.error("dirty tracker failed: hashing from now on, every chunk is sent again",
+                         metadata: ["region": "\(region.name)", "tracker": "\(s.kind)", "error": "\(error)"])
+            s.lastStatistics = tracker.statistics
+            s.tracker = ChunkHashScanner(region: region)
+            s.kind = .hashScan
+            s.reason = "the \(tracker.kind) tracker failed (\(error)): hashing instead"
+            scanned = Array(0..<chunkCount)
+        }
+        // Attached writers' mappings: their trackers are exact for their
+        // own stores; one that fails reports every chunk, once.
+        let key = ObjectIdentifier(region)
+        for (writerID, entry) in Self.writers.withLock({ $0[key] ?? [:] }) {
+            do {
+                scanned += try entry.tracker.changedChunks()
+            } catch {
+                logger.error("an attached writer's tracker failed: every chunk is sent again",
+                             metadata: ["region": "\(region.name)", "error": "\(error)"])
+                Self.writers.withLock { $0[key]?[writerID] = nil }
+                scanned = Array(0..<chunkCount)
+            }
+        }
+        return scanned.count < 2 ? scanned : Array(Set(scanned)).sorted()
     }
 }

@@ -91,7 +91,11 @@ extension SourceMigration {
             // that began since the last scan is not in it yet.
             if known, estimate <= budget {
                 if let seen = fitAtPasses, state.passes > seen, state.passBegan == nil { return estimate }
-                if fitAtPasses == nil { fitAtPasses = state.passes }
+                if fitAtPasses == nil {
+                    fitAtPasses = state.passes
+                    // An idle region passes only every second on its own.
+                    exports.requestPass(of: name)
+                }
             } else {
                 fitAtPasses = nil
             }

@@ -31,6 +31,10 @@ public final class MirrorRunner: Sendable {
     /// Set once the region was handed over to this peer: the mirror ends
     /// for good (`stopForHandOver`).
     private let stopped = Locked(false)
+    /// Open once `run` returned.
+    private let runEnded = Latch()
+    /// Open once stopped: ends a wait between attempts.
+    private let stopping = Latch()
 
     private struct Learnt {
         var followed: RegionIdentity?
@@ -157,16 +161,24 @@ public final class MirrorRunner: Sendable {
     /// Ends this mirror for good because the region is now ours (a
     /// hand-over committed): no more reconnects. Returns the eager
     /// mirror's region, which becomes the export; `closeAfterHandOver`
-    /// then ends the connection to the old primary.
+    /// then ends the mirror's streams to the old primary.
     func stopForHandOver() -> Region? {
         stopped.withLock { $0 = true }
+        stopping.open()
         if case .eager(let m)? = mirror { return m.region }
         return nil
     }
 
+    /// Ends the mirror's streams (the connection may carry other mirrors
+    /// and closes with its last one) and waits for `run` to return.
     func closeAfterHandOver() async {
-        if let connection = liveConnection.withLock({ $0 }) {
-            await connection.close(errorCode: 0, reason: "region handed over to this peer")
+        switch mirror {
+        case .eager(let m)?: await m.end()
+        case .lazy(let m)?: await m.end()
+        case nil: break
+        }
+        if !(await runEnded.wait(timeout: .seconds(5))) {
+            logger.warning("mirror of '\(spec.name)' did not end within 5 s of the hand-over")
         }
     }
 
@@ -206,10 +218,15 @@ public final class MirrorRunner: Sendable {
         if first { logger.error("\(message)") } else { logger.debug("\(message)") }
     }
 
-    public func run() async {
+    /// Mirrors until cancelled or handed over, reconnecting on failure.
+    /// `shared`: the peer's connections to its primaries (one
+    /// per primary for all its mirrors); nil: a connection of this mirror's own.
+    public func run(using shared: PrimaryConnections? = nil) async {
         defer {
             if case .lazy(let mirror)? = current.withLock({ $0 }) { mirror.stop() }
+            runEnded.open()
         }
+        let pool = shared ?? PrimaryConnections(endpoint: endpoint, statistics: statistics, logger: logger)
         let durable: DurableMirrorState?
         do {
             durable = try openDurableState()
@@ -218,67 +235,81 @@ public final class MirrorRunner: Sendable {
             return
         }
         var backoff = Duration.milliseconds(250)
+        var freshCatalog = false
+        var lastConnection: (any TransportConnection)?
         while !Task.isCancelled && !stopped.withLock({ $0 }) {
-            var connection: (any TransportConnection)?
+            var lease: PrimaryConnections.Lease?
+            var failure: any Error = CancellationError()
             do {
-                let (opened, control) = try await connectSendingHello()
-                connection = opened
-                if let expected = spec.expectedPrimary, !expected.matches(opened.peerIdentity) {
+                let opened = try await pool.lease(spec.address, offers: offers, freshCatalog: freshCatalog)
+                lease = opened
+                if let expected = spec.expectedPrimary, !expected.matches(opened.connection.peerIdentity) {
                     throw MirrorRefusal.unexpectedPeer(
-                        "mirror of '\(spec.name)': \(spec.address) is \(opened.peerIdentity), not the expected primary "
-                        + "(\(expected)); not mirroring from it")
+                        "mirror of '\(spec.name)': \(spec.address) is \(opened.connection.peerIdentity), not the expected "
+                        + "primary (\(expected)); not mirroring from it")
                 }
                 backoff = .milliseconds(250)
-                connections.withLock { $0 += 1 }
-                statistics?.connectionEstablished(fingerprint: opened.peerIdentity.fingerprint, initiatedLocally: true)
-                let stats = await opened.statistics()
-                if stats.sessionResumed {
-                    logger.info("resumed session (0-RTT \(stats.earlyData.rawValue))",
-                                metadata: ["region": "\(spec.name)", "from": "\(spec.address)"])
+                if lastConnection !== opened.connection {
+                    connections.withLock { $0 += 1 }
+                    lastConnection = opened.connection
                 }
-                let entry = try await catalogEntry(over: FrameStream(control))
-                let known = try accept(entry)
-                if spec.lazy {
-                    let mirror = try lazyMirror(for: entry)
-                    learnt.withLock { $0.loggedProblem = nil }
-                    try await following(opened) { try await mirror.run(over: opened, identity: entry.identity) }
-                } else {
-                    let existed = FileManager.default.fileExists(atPath: spec.path)
-                    let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
-                                            chunkSize: Int(entry.chunkSize))
-                    let mirror = RegionMirror(region: region, offersHeldChunks: existed, known: known, identity: entry.identity,
-                                              durable: durable)
-                    learnt.withLock { $0.loggedProblem = nil }
-                    current.withLock { $0 = .eager(mirror) }
-                    logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
-                                                        "geometry": "\(region.geometry)", "path": "\(spec.path)"])
-                    try await following(opened) { try await mirror.run(over: opened) }
-                }
-            } catch let error as PostCopyError {
+                try await follow(opened, durable: durable)
+            } catch {
+                failure = error
+            }
+            if let lease { await pool.release(lease) }
+            switch failure {
+            case let error as PostCopyError:
                 // Not a passing fault: retrying cannot help.
                 learnt.withLock { $0.problem = "\(error)" }
-                await connection?.close(errorCode: 0, reason: "mirror failed")
                 logger.error("lazy mirror of '\(spec.name)' cannot run: \(error)")
                 return
-            } catch is CancellationError {
-                await connection?.close(errorCode: 0, reason: "mirror stopped")
+            case is CancellationError:
                 return
-            } catch _ where stopped.withLock({ $0 }) {
+            case _ where stopped.withLock({ $0 }):
                 logger.info("mirror of '\(spec.name)' ended: the region was handed over to this peer")
                 return
-            } catch let refusal as MirrorRefusal {
+            case let refusal as MirrorRefusal:
                 // Not this peer, or not this region: say so once, and look
                 // again later (the right primary may come back there).
-                await connection?.close(errorCode: 0, reason: "mirror refused the peer")
                 report(refusal.description)
                 backoff = .seconds(5)
-            } catch {
-                learnt.withLock { $0.problem = "\(error)" }
-                await connection?.close(errorCode: 0, reason: "mirror restarting")
-                logger.warning("mirror of '\(spec.name)' from \(spec.address) interrupted: \(error); retrying in \(backoff)")
+            default:
+                learnt.withLock { $0.problem = "\(failure)" }
+                logger.warning("mirror of '\(spec.name)' from \(spec.address) interrupted: \(failure); retrying in \(backoff)")
             }
-            try? await Task.sleep(for: backoff)
+            // What failed may be the catalog's (a region since exported,
+            // re-created or handed over): ask the primary again.
+            freshCatalog = true
+            await stopping.wait(timeout: backoff)
             backoff = min(backoff * 2, .seconds(5))
+        }
+    }
+
+    /// One run over a leased connection: this region's catalog entry
+    /// checked, then mirrored until the connection or a stream ends.
+    private func follow(_ lease: PrimaryConnections.Lease, durable: DurableMirrorState?) async throws {
+        guard let entry = lease.catalog.first(where: { $0.name == spec.name }) else {
+            throw ReplicationError.refusedByPeer(code: ProtocolErrorCode.unknownRegion.rawValue,
+                                                 message: "\(spec.address) exports \(lease.catalog.map(\.name)), not '\(spec.name)'")
+        }
+        let known = try accept(entry)
+        let opened = lease.connection
+        if spec.lazy {
+            let mirror = try lazyMirror(for: entry)
+            learnt.withLock { $0.loggedProblem = nil }
+            try await following(opened) { try await mirror.run(over: opened, identity: entry.identity) }
+        } else {
+            let existed = FileManager.default.fileExists(atPath: spec.path)
+            let region = try Region(name: spec.name, backing: .file(path: spec.path), size: Int(entry.size),
+                                    chunkSize: Int(entry.chunkSize))
+            let mirror = RegionMirror(region: region, offersHeldChunks: existed, known: known, identity: entry.identity,
+                                      durable: durable)
+            learnt.withLock { $0.loggedProblem = nil }
+            current.withLock { $0 = .eager(mirror) }
+            logger.info("mirroring", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
+                                                "geometry": "\(region.geometry)", "path": "\(spec.path)"])
+            try await following(opened) { try await mirror.run(over: opened) }
         }
     }
 
@@ -338,46 +369,6 @@ public final class MirrorRunner: Sendable {
         logger.info("mirroring lazily (post-copy)", metadata: ["region": "\(spec.name)", "from": "\(spec.address)",
                                                                "geometry": "\(region.geometry)", "path": "\(spec.path)"])
         return mirror
-    }
-
-    /// Connects and sends HELLO on the control stream. Over QUIC the HELLO
-    /// rides in 0-RTT when a session ticket is at hand (it is replay-safe);
-    /// other transports send it once connected.
-    private func connectSendingHello() async throws -> (any TransportConnection, any TransportStream) {
-        let me = endpoint.localIdentity
-        let hello = try Frame.hello(.init(peerName: me.commonName ?? me.subject, capabilities: offers.rawValue)).encoded()
-        if let early = endpoint as? any EarlyDataTransport {
-            return try await early.connect(to: spec.address, replaySafeEarlyData: hello)
-        }
-        let connection = try await endpoint.connect(to: spec.address)
-        do {
-            let control = try await connection.openStream()
-            try await control.write(hello)
-            return (connection, control)
-        } catch {
-            await connection.close(errorCode: 0, reason: "mirror restarting")
-            throw error
-        }
-    }
-
-    /// The control stream, our HELLO already sent: the exporter's HELLO,
-    /// then its CATALOG.
-    private func catalogEntry(over frames: FrameStream) async throws -> Frame.CatalogEntry {
-        try await frames.stream.finish()
-        guard case .hello(let hello)? = try await frames.receive() else {
-            throw ProtocolViolation(.unexpectedFrame, "the control stream starts with HELLO")
-        }
-        guard hello.protocolVersion == Frame.protocolVersion else {
-            throw ProtocolViolation(.unsupportedVersion, "peer speaks protocol \(hello.protocolVersion)")
-        }
-        guard case .catalog(let entries)? = try await frames.receive() else {
-            throw ProtocolViolation(.unexpectedFrame, "CATALOG follows HELLO")
-        }
-        guard let entry = entries.first(where: { $0.name == spec.name }) else {
-            throw ReplicationError.refusedByPeer(code: ProtocolErrorCode.unknownRegion.rawValue,
-                                                 message: "\(spec.address) exports \(entries.map(\.name)), not '\(spec.name)'")
-        }
-        return entry
     }
 }
 

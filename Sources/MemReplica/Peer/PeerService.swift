@@ -23,6 +23,8 @@ public final class PeerService: Sendable {
     private let mirrorList: Locked<[MirrorRunner]>
     /// Mirrors started after `run` began, so `run` can stop them.
     private let addedMirrors = Locked<[Task<Void, Never>]>([])
+    /// The mirrors' connections: one per primary, shared by all its mirrors.
+    public let primaryConnections: PrimaryConnections
     /// Where region identities and hand-overs are kept (nil: in memory only,
     /// e.g. a library user without a state folder).
     public let identities: RegionIdentityStore?
@@ -66,6 +68,7 @@ public final class PeerService: Sendable {
         self.logger = logger
         self.exports = exports ?? RegionExports([], logger: logger)
         echo = DiagnosticEcho(logger: logger)
+        primaryConnections = PrimaryConnections(endpoint: endpoint, statistics: statistics, logger: logger)
         startedAt = Date()
         started = .now
     }
@@ -76,7 +79,7 @@ public final class PeerService: Sendable {
         logger.notice("listening on \(endpoint.localAddress) as \(identity.commonName ?? identity.subject) (sha256 \(identity.fingerprint))")
         await withDiscardingTaskGroup { group in
             for mirror in mirrors {
-                group.addTask { await mirror.run() }
+                group.addTask { await mirror.run(using: self.primaryConnections) }
             }
             group.addTask { await self.sampleStatistics() }
             group.addTask { await self.sampleDirtyHistory() }
@@ -94,7 +97,7 @@ public final class PeerService: Sendable {
     /// Starts a mirror while the peer runs (after handing a region over).
     func startMirror(_ runner: MirrorRunner) {
         mirrorList.withLock { $0.append(runner) }
-        addedMirrors.withLock { $0.append(Task { await runner.run() }) }
+        addedMirrors.withLock { $0.append(Task { await runner.run(using: self.primaryConnections) }) }
     }
 
     /// Forgets a mirror that ended for good (its region was handed to us).

@@ -1,18 +1,24 @@
 import MemReplicaSystem
 
-/// Lets another task cut a publish loop's wait between scan passes short:
-/// a migration's final flush wants a pass that begins after the writers
-/// stopped, now rather than up to one interval later.
+/// Starts a publish loop's next pass: `ScanClock` fires it when its scan
+/// left the subscription chunks to send; a migration's final flush fires
+/// it for a pass that scans after the writers stopped, now rather than at
+/// the next tick.
 final class PassTrigger: Sendable {
     private struct State {
         var fired = false
+        /// A firing asked for a scan of its own (not the clock's).
+        var needsScan = false
         var waiter: CheckedContinuation<Void, Never>?
     }
     private let state = Locked(State())
 
-    /// Ends the current wait, or the next one at once.
-    func fire() {
+    /// Ends the current wait, or the next one at once. `scanned`: the
+    /// clock's scan just handed the subscription its chunks; otherwise the
+    /// pass scans first.
+    func fire(scanned: Bool = false) {
         let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if !scanned { s.needsScan = true }
             guard let w = s.waiter else {
                 s.fired = true
                 return nil
@@ -23,11 +29,21 @@ final class PassTrigger: Sendable {
         waiter?.resume()
     }
 
-    /// Returns after `interval`, or sooner when fired; throws when cancelled.
-    func wait(upTo interval: Duration) async throws {
-        if state.withLock({ s in defer { s.fired = false }; return s.fired }) { return }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await Task.sleep(for: interval) }
+    /// Returns when fired, or after `interval`; throws when cancelled.
+    /// True when the pass should scan first: a firing asked for it, or
+    /// nothing fired within `interval` (a periodic pass).
+    func wait(upTo interval: Duration) async throws -> Bool {
+        let ready = state.withLock { s -> Bool? in
+            guard s.fired else { return nil }
+            defer { s.fired = false; s.needsScan = false }
+            return s.needsScan
+        }
+        if let ready { return ready }
+        let timedOut = try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await Task.sleep(for: interval)
+                return true
+            }
             group.addTask { [self] in
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { continuation in
@@ -48,9 +64,14 @@ final class PassTrigger: Sendable {
                     }
                     waiter?.resume()
                 }
+                return false
             }
             defer { group.cancelAll() }
-            try await group.next()
+            return try await group.next() ?? true
+        }
+        return state.withLock { s -> Bool in
+            defer { s.needsScan = false }
+            return timedOut || s.needsScan
         }
     }
 }

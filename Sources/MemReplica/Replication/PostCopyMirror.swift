@@ -121,6 +121,8 @@ public final class PostCopyMirror: @unchecked Sendable {
     public let remoteName: String
     public let options: Options
     let state: Locked<State>
+    /// The run's region stream, so `end` can reset it.
+    private let controlStream = Locked<(stream: (any TransportStream)?, ended: Bool)>((nil, false))
     let faults: MissingFaultHandler
 
     /// Registers the region's mapping for MISSING faults and drops whatever
@@ -212,6 +214,17 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// The region identity the last subscription followed.
     public var followedIdentity: RegionIdentity? { state.withLock { $0.identity } }
 
+    /// Ends the run (now, or as soon as it starts) by resetting its region
+    /// stream, which ends the others; the connection, which may carry other
+    /// mirrors, stays. The mapping stays too (`stop` retires it).
+    public func end() async {
+        let stream = controlStream.withLock { s in
+            s.ended = true
+            return s.stream
+        }
+        await stream?.reset(errorCode: ProtocolErrorCode.noError.rawValue)
+    }
+
     /// Mirrors until the connection or a stream ends; throws why. Call again
     /// with a new connection to resume. `identity` is what the exporter's
     /// CATALOG says of the region now: another id or generation than last
@@ -219,6 +232,14 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// every chunk held (the primary names those that differ in DIRTY).
     public func run(over connection: any TransportConnection, identity: RegionIdentity = .fresh()) async throws {
         let control = try await subscribe(over: connection, identity: identity)
+        guard controlStream.withLock({ s in
+            if s.ended { return false }
+            s.stream = control.stream
+            return true
+        }) else {
+            await control.stream.reset(errorCode: ProtocolErrorCode.noError.rawValue)
+            throw ReplicationError.streamEnded
+        }
         let reads = try await openReads(on: connection, mode: .reads)
         let pulls = options.backgroundPull ? try await openReads(on: connection, mode: .pull) : nil
         let (faultSignals, faultWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))

@@ -129,8 +129,13 @@ public final class RegionExports: Sendable {
     public func mirrorStates() -> [MirrorState] {
         subscriptions.withLock { Array($0.values) }.sorted { ($0.region, $0.peer) < ($1.region, $1.peer) }
     }
-    /// How often each mirror's loop asks the region's tracker for changed chunks.
+    /// How often the regions' trackers are scanned for changed chunks
+    /// (`ScanClock`, one for all regions).
     public let scanInterval: Duration
+    private let scanClock: ScanClock
+    /// A subscription whose region did not change passes this often anyway:
+    /// it checks that the region is still servable and still ours.
+    static let idlePassInterval: Duration = .seconds(1)
     let observer: (any ReplicationObserver)?
     private let logger: Logger
     /// Regions whose failure was logged already (once each).
@@ -161,6 +166,7 @@ public final class RegionExports: Sendable {
         table.epochs = table.exports.mapValues { _ in Locked(0) }
         self.table = Locked(table)
         self.scanInterval = scanInterval
+        scanClock = ScanClock(interval: scanInterval)
         self.observer = observer
         self.syncedDigests = syncedDigests
         self.wireCapabilities = wireCapabilities
@@ -195,7 +201,8 @@ public final class RegionExports: Sendable {
     /// their next pass. Returns the export it was, nil if none.
     @discardableResult
     public func relinquish(_ name: String, movedTo moved: Moved) -> Export? {
-        table.withLock { t in
+        defer { requestPass(of: name) }
+        return table.withLock { t in
             t.moved[name] = moved
             t.movedAllow[name] = t.exports[name]?.allow ?? t.movedAllow[name]
             t.epochs[name] = nil
@@ -506,7 +513,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, epoch) }
                 }
             }
-            group.addTask { [scanInterval, self] in
+            group.addTask { [scanClock, passTriggers, self] in
                 let hasher = ChunkHasher(key: key)
                 var epoch = regionEpoch.withLock { $0 }
                 func announce(_ chunks: [Int]) async throws {
@@ -526,11 +533,18 @@ public final class RegionExports: Sendable {
                 }
                 try await frames.send(.synced(version: epoch))
                 record { $0.synced = true }
+                let trigger = PassTrigger()
+                passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
+                scanClock.register(changes, trigger: trigger)
+                defer {
+                    scanClock.unregister(trigger)
+                    passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) }
+                }
                 while true {
-                    try await Task.sleep(for: scanInterval)
+                    let scan = try await trigger.wait(upTo: Self.idlePassInterval)
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
-                    let changed = changes.changedChunks()
+                    let changed = scan ? changes.changedChunks() : changes.takePending()
                     // The scan read the region: what it found counts only if
                     // the backing held.
                     try Self.servable(region)
@@ -564,7 +578,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanInterval, logger, syncedDigests, sendTaps, passTriggers, cuts, savings, self] in
+            group.addTask { [scanClock, logger, syncedDigests, sendTaps, passTriggers, cuts, savings, self] in
                 let hasher = ChunkHasher(key: key)
                 let encoder = codec.map { ChunkEncoder(geometry: region.geometry, key: key, codec: $0) }
                 var version: UInt64 = 0
@@ -721,15 +735,20 @@ public final class RegionExports: Sendable {
                 var passNumber: UInt32 = 0
                 let trigger = PassTrigger()
                 passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
-                defer { passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) } }
+                scanClock.register(changes, trigger: trigger)
+                defer {
+                    scanClock.unregister(trigger)
+                    passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) }
+                }
                 while true {
-                    try await trigger.wait(upTo: scanInterval)
+                    let scan = try await trigger.wait(upTo: Self.idlePassInterval)
                     if let cut = pendingCut() { try await park(cut, remaining: []) }
                     let began = ContinuousClock.now
                     try Self.servable(region, checkingSize: true)
                     try checkStillOwned(region, as: identity)
                     passNumber += 1
-                    let changed = changes.changedChunks().sorted { (lastChanged[$0], $0) < (lastChanged[$1], $1) }
+                    let found = scan ? changes.changedChunks() : changes.takePending()
+                    let changed = found.sorted { (lastChanged[$0], $0) < (lastChanged[$1], $1) }
                     for chunk in changed { lastChanged[chunk] = passNumber }
                     let scanned = began.duration(to: .now).seconds
                     record {
