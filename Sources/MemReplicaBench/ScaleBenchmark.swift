@@ -21,10 +21,11 @@ public struct ScaleBenchmark {
     public struct Options: Sendable {
         public var regionCounts = [1, 16, 256, 1024]
         public var bytesPerRegion = 1 << 20
-        public var sizes = [1 << 30, 4 << 30, 16 << 30]
+        public var sizes = [1 << 30, 4 << 30, 8 << 30]
         /// Sizes above this are filled sparsely (one chunk in `sparseStride`
-        /// random, the rest holes) so primary and replica fit in memory.
-        public var denseLimit = 4 << 30
+        /// random, the rest holes) and mirrored to a file on disk, so both
+        /// fit on this host.
+        public var denseLimit = 8 << 30
         public var sparseStride = 4
         public var fanOut = [1, 4, 16]
         public var fanOutBytes = 256 << 20
@@ -51,6 +52,8 @@ public struct ScaleBenchmark {
 
     public struct SizeCase: Codable, Sendable {
         public var regionBytes: Int
+        /// The replica was a file on disk (/var/tmp), not in /dev/shm.
+        public var replicaOnDisk: Bool
         /// Bytes of random content; the rest are holes (zero chunks).
         public var dataBytes: Int
         public var syncSeconds: Double
@@ -115,9 +118,10 @@ public struct ScaleBenchmark {
         }
         for size in options.sizes {
             let c = try await sized(size)
-            log(String(format: "%6.2f GiB region (%.2f GiB data): synced in %.2f s (%.0f MB/s of data), 1 %% dirty scan %.2f ms, "
+            log(String(format: "%6.2f GiB region (%.2f GiB data%@): synced in %.2f s (%.0f MB/s of data), 1 %% dirty scan %.2f ms, "
                        + "memory +%.3f %% of the region, %.2f s CPU per GiB%@",
-                       Double(size) / Double(1 << 30), Double(c.dataBytes) / Double(1 << 30), c.syncSeconds,
+                       Double(size) / Double(1 << 30), Double(c.dataBytes) / Double(1 << 30),
+                       c.replicaOnDisk ? ", replica on disk" : "", c.syncSeconds,
                        c.dataMegabytesPerSecond, c.scanMilliseconds, c.anonymousOverheadPercent, c.cpuSecondsPerGiB,
                        c.exact ? "" : ", REPLICA DIFFERS"))
             report.sizes.append(c)
@@ -144,9 +148,12 @@ public struct ScaleBenchmark {
         return l
     }
 
-    /// A folder in /dev/shm for one case's replica files.
-    private func replicaFolder(_ label: String) throws -> String {
-        let path = "/dev/shm/memreplica-bench-scale-\(getpid())-\(label)"
+    /// A folder in /dev/shm for one case's replica files, or on disk
+    /// (/var/tmp): a replica reserves its whole size (so that a full file
+    /// system is an error, never a SIGBUS), and a 16 GiB one beside its
+    /// primary does not fit in memory here.
+    private func replicaFolder(_ label: String, onDisk: Bool = false) throws -> String {
+        let path = (onDisk ? "/var/tmp" : "/dev/shm") + "/memreplica-bench-scale-\(getpid())-\(label)"
         try? FileManager.default.removeItem(atPath: path)
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
@@ -272,7 +279,7 @@ public struct ScaleBenchmark {
     }
 
     private func sized(_ size: Int) async throws -> SizeCase {
-        let folder = try replicaFolder("size")
+        let folder = try replicaFolder("size", onDisk: size > options.denseLimit)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let region = try Region(name: "big", backing: .memory, size: size, chunkSize: options.chunkSize)
         let chunk = options.chunkSize
@@ -305,16 +312,24 @@ public struct ScaleBenchmark {
         }
         let replica = Self.replica(p.runners[0][0])
         let deadline = ContinuousClock.now + .seconds(120)
+        // The longest scan since the writes that found any of them (each
+        // scan's figures are read as it lands: one every tick).
+        var scan = Duration.zero
+        var seen = scansBefore
+        func noteScan() {
+            guard let s = p.a.exports.dirtyTracking()["big"]?.statistics, s.scans > seen else { return }
+            seen = s.scans
+            if s.lastChangedChunks > 0 { scan = max(scan, s.lastDuration) }
+        }
         while let replica, ContinuousClock.now < deadline,
               writes.contains(where: { replica.bytes.load(fromByteOffset: $0.offset, as: UInt64.self) != $0.value }) {
+            noteScan()
             try await Task.sleep(for: .milliseconds(1))
         }
-        // The longest scan since the writes: the one that found most of them.
-        let status = p.a.exports.dirtyTracking()["big"]?.statistics
-        let scan = status.map { $0.scans > scansBefore ? $0.longestDuration : $0.lastDuration } ?? .zero
+        noteScan()
         let exact = Self.equal(region, replica)
         await p.close()
-        return SizeCase(regionBytes: size, dataBytes: data, syncSeconds: syncSeconds,
+        return SizeCase(regionBytes: size, replicaOnDisk: size > options.denseLimit, dataBytes: data, syncSeconds: syncSeconds,
                         dataMegabytesPerSecond: Double(data) / syncSeconds / 1e6, dirtyChunks: dirty,
                         scanMilliseconds: scan.seconds * 1000,
                         anonymousOverheadPercent: Double(anon) / Double(size) * 100,

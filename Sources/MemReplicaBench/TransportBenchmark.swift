@@ -155,7 +155,7 @@ public struct TransportBenchmark {
         for l in latency {
             log("latency \(l.name): p50 \(fmt(l.p50Microseconds)) µs, p99 \(fmt(l.p99Microseconds)) µs")
         }
-        let handshakes = try await quicHandshakes()
+        let handshakes = options.handshakeIterations > 0 ? try await quicHandshakes() : []
         for l in handshakes {
             log("handshake \(l.name): p50 \(fmt(l.p50Microseconds)) µs, p99 \(fmt(l.p99Microseconds)) µs")
         }
@@ -302,12 +302,25 @@ extension TransportBenchmark {
         let n = options.handshakeIterations
         let warmup = min(20, n)
 
-        func ticket() async throws {
-            let deadline = monotonicNanoseconds() + 5_000_000_000
+        /// Waits up to `seconds` for a ticket from the server; false if none came.
+        func ticket(within seconds: Double) async throws -> Bool {
+            let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
             while await client.sessionTicketCount(for: address) == 0 {
-                guard monotonicNanoseconds() < deadline else { throw TransportError.protocolFailure("no session ticket arrived") }
+                guard monotonicNanoseconds() < deadline else { return false }
                 try await Task.sleep(for: .microseconds(200))
             }
+            return true
+        }
+        // A server now and then sends no ticket after a handshake (GnuTLS's
+        // ticket send fails; seen about once in 60 resumed connections):
+        // an untimed full connection then fetches one, and the report counts it.
+        var missedTickets = 0
+        func ticket() async throws {
+            if try await ticket(within: 1) { return }
+            missedTickets += 1
+            let extra = try await client.connectQUIC(to: address)
+            defer { Task { await extra.close(errorCode: 0, reason: "") } }
+            guard try await ticket(within: 5) else { throw TransportError.protocolFailure("no session ticket arrived") }
         }
         /// Times `body` `n` times after a warm-up; `resumed` says whether
         /// each run starts with the last connection's ticket or without any.
@@ -324,8 +337,8 @@ extension TransportBenchmark {
                 }
                 if i >= warmup { samples.append(t1 - t0) }
                 // The server's ticket comes after the handshake: keep the
-                // connection until it has.
-                try await ticket()
+                // connection until it has (or a second has passed).
+                _ = try await ticket(within: 1)
                 await conn.close(errorCode: 0, reason: "")
             }
             return samples
@@ -347,6 +360,9 @@ extension TransportBenchmark {
         }
         await client.close()
         await server.close()
+        if missedTickets > 0 {
+            log("handshakes: \(missedTickets) connection(s) got no session ticket from the server; an untimed connection fetched one")
+        }
         return [summarize("QUIC connect, full handshake", full),
                 summarize("QUIC connect, resumed session", resumed),
                 summarize("first response byte, full handshake", fullRequest),

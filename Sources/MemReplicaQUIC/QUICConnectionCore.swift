@@ -159,17 +159,23 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
         tls.deallocate()
     }
 
+    /// When the peer last acknowledged stream bytes on this connection.
+    var lastSendProgress = monotonicNanoseconds()
+
     /// Resets the streams whose peer took none of their bytes for `timeout` ns.
     /// A stream counts as stalled only while the peer holds it back: its
-    /// bytes are all sent and not acknowledged, or its or the connection's
-    /// flow-control credit is spent. One that waits its turn behind the
-    /// connection's other streams (1024 regions' initial syncs on one
-    /// connection) is not the peer's doing, and its clock starts again.
+    /// bytes are all sent and not acknowledged, or its flow-control credit
+    /// is spent, or the connection's is and the peer took nothing on any
+    /// stream for as long. One that waits its turn behind the connection's
+    /// other streams (1024 regions' initial syncs on one connection, with
+    /// the peer reading them all) is not the peer's doing: its clock
+    /// starts again.
     func resetStalledStreams(now: UInt64, after timeout: UInt64) {
         guard case .established = state else { return }
-        let connectionBlocked = ngtcp2_conn_get_max_data_left(conn) == 0
+        let connectionHeld = ngtcp2_conn_get_max_data_left(conn) == 0
+            && now >= lastSendProgress && now - lastSendProgress >= timeout
         for stream in Array(streams.values) where !stream.closedByStack {
-            if !connectionBlocked && stream.hasUnsentBytes && ngtcp2_conn_get_max_stream_data_left(conn, stream.id) > 0 {
+            if !connectionHeld && stream.hasUnsentBytes && ngtcp2_conn_get_max_stream_data_left(conn, stream.id) > 0 {
                 stream.waitingItsTurn(now: now)
                 continue
             }

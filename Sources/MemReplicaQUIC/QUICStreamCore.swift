@@ -141,7 +141,10 @@ package final class QUICStreamCore: StreamCore, SendScheduled, @unchecked Sendab
     func acknowledged(upTo offset: UInt64) {
         let before = sendBuffer.ackedOffset
         sendBuffer.acknowledge(upTo: offset)
-        if sendBuffer.ackedOffset > before { lastSendProgress = monotonicNanoseconds() }
+        if sendBuffer.ackedOffset > before {
+            lastSendProgress = monotonicNanoseconds()
+            connection.lastSendProgress = lastSendProgress
+        }
         if loopReaderWantsRoom, !sendBacklogged, !wakePending {
             // Called inside ngtcp2's packet processing: resume the reader
             // once the batch is done, as for bytes that arrive.

@@ -284,6 +284,8 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
 
     /// When `tick` next looks for stalled streams.
     private var nextStallCheck: UInt64 = 0
+    /// When a stream last handed bytes to TLS on this connection.
+    var lastSendProgress = monotonicNanoseconds()
 
     /// Resets the streams whose peer took none of their bytes for the
     /// endpoint's `stalledStreamTimeout`; returns when to look again.

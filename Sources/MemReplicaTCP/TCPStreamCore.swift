@@ -149,16 +149,20 @@ final class TCPStreamCore: StreamCore, SendScheduled, @unchecked Sendable {
 
     private func handedOff(_ count: Int) {
         lastSendProgress = connection.endpoint.now
+        connection.lastSendProgress = lastSendProgress
         state.settle(count)
     }
 
     /// Holds bytes not yet handed to TLS, with no progress for `timeout` ns,
-    /// while the peer holds it back (its or the connection's credit is
-    /// spent). A stream waiting its turn behind the connection's others is
+    /// while the peer holds it back: its credit is spent, or the
+    /// connection's is and the peer took nothing on any stream for as
+    /// long. A stream waiting its turn behind the connection's others is
     /// not stalled, and its clock starts again.
     func isStalled(now: UInt64, after timeout: UInt64) -> Bool {
         guard !sendDone && queuedBytes > 0 else { return false }
-        if streamCreditLeft > 0 && connection.connectionCreditLeft > 0 {
+        let last = connection.lastSendProgress
+        let connectionHeld = connection.connectionCreditLeft == 0 && now >= last && now - last >= timeout
+        if streamCreditLeft > 0 && !connectionHeld {
             lastSendProgress = max(lastSendProgress, now)
             return false
         }

@@ -25,7 +25,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
     var runs: Int = 5
     @Option(help: "Request/response exchanges per latency measurement.")
     var iterations: Int = 2000
-    @Option(help: "Connections per handshake measurement (full, resumed, 0-RTT).")
+    @Option(help: "Connections per handshake measurement (full, resumed, 0-RTT; 0: none).")
     var handshakes: Int = 200
     @Option(help: "Congestion controller for QUIC: bbr, bbr1, cubic or reno.")
     var cc: String = "bbr"
@@ -51,7 +51,7 @@ struct BenchTransportCommand: AsyncParsableCommand {
         guard streams >= 1, streams <= 256 else { throw ValidationError("--streams must be 1...256") }
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
-        guard handshakes >= 1 else { throw ValidationError("--handshakes must be at least 1") }
+        guard handshakes >= 0 else { throw ValidationError("--handshakes must be 0 (none) or more") }
         guard QUICConfiguration.CongestionControl(rawValue: cc) != nil else {
             throw ValidationError("--cc must be \(QUICConfiguration.CongestionControl.choices)")
         }
@@ -98,7 +98,9 @@ struct BenchTransportCommand: AsyncParsableCommand {
         for l in report.latency {
             print("  \(l.name.padding(toLength: 40, withPad: " ", startingAt: 0)) p50 \(String(format: "%7.1f", l.p50Microseconds)) µs  p99 \(String(format: "%7.1f", l.p99Microseconds)) µs")
         }
-        print("handshakes, \(options.handshakeIterations) connections each (loopback: CPU, not round trips, dominates):")
+        if !report.handshakes.isEmpty {
+            print("handshakes, \(options.handshakeIterations) connections each (loopback: CPU, not round trips, dominates):")
+        }
         for l in report.handshakes {
             print("  \(l.name.padding(toLength: 40, withPad: " ", startingAt: 0)) p50 \(String(format: "%7.1f", l.p50Microseconds)) µs  p99 \(String(format: "%7.1f", l.p99Microseconds)) µs")
         }

@@ -12,8 +12,8 @@ struct BenchScaleCommand: AsyncParsableCommand {
             Two or more peers in this process over QUIC on loopback, each case from nothing. Regions: N regions \
             of --region-size mirrored by one peer (one connection): time until all replicas equal their \
             primaries, aggregate MB/s, lag of one write into every region, anonymous memory per region. Sizes: \
-            one region of each size (sizes above 4 GiB filled one chunk in four, the rest holes, so both copies \
-            fit in memory): sync, the dirty scan finding 1 % of chunks written, memory overhead, CPU per GiB. \
+            one region of each size (sizes above 8 GiB filled one chunk in four, the rest holes, and mirrored to \
+            a file on disk: a replica reserves its whole size): sync, the dirty scan finding 1 % of chunks written, memory overhead, CPU per GiB. \
             Fan-out: one region mirrored by several peers: time, bytes sent per mirror, CPU per mirror. Every \
             replica is compared with its primary byte for byte; a difference exits 1.
             """)
@@ -23,7 +23,7 @@ struct BenchScaleCommand: AsyncParsableCommand {
     @Option(name: .customLong("region-size"), help: "Size of each region in the region-count cases.")
     var regionSize: String = "1M"
     @Option(help: ArgumentHelp("Single-region sizes, comma-separated (suffixes K, M, G).", valueName: "sizes"))
-    var sizes: String = "1G,4G,16G"
+    var sizes: String = "1G,4G,8G"
     @Option(help: ArgumentHelp("Mirror counts for one region, comma-separated.", valueName: "counts"))
     var mirrors: String = "1,4,16"
     @Option(name: .customLong("fan-out-size"), help: "Size of the region the fan-out cases mirror.")

@@ -105,11 +105,17 @@ public final class RegionMirror: @unchecked Sendable {
     public var currentProgress: Progress { progress.withLock { $0 } }
     public var initialSyncComplete: Bool { currentProgress.synced }
 
-    /// A new replica receives every chunk: allocate its pages on a thread of
-    /// their own while the first chunks are on their way, so the receive
-    /// path copies into memory that is already there.
+    /// A new replica receives every chunk that is not zero: allocate its
+    /// pages on a thread of their own while the first chunks are on their
+    /// way, so the receive path copies into memory that is already there.
+    /// Not for a replica larger than half the memory free now: a mostly
+    /// zero region (a sparse 16 GiB one) would take all of its size in
+    /// pages the stream never fills, where without prefaulting only the
+    /// chunks that arrive take memory.
     private func prefaultAhead() {
         let region = self.region
+        let free = sysconf(Int32(_SC_AVPHYS_PAGES)) * sysconf(Int32(_SC_PAGESIZE))
+        guard free > 0, region.geometry.size <= free / 2 else { return }
         let step = 64 << 20
         let thread = Thread {
             for start in stride(from: 0, to: region.geometry.size, by: step) {
