@@ -75,26 +75,7 @@ enum BareFaultFloor {
             _ = write(stop, &one, 8)
             handlerDone.wait()
         }
-        let primaryBase = UInt(bitPattern: primary.baseAddress)
-        let samples: [UInt64] = try await withCheckedThrowingContinuation { done in
-            let toucher = Thread {
-                var samples: [UInt64] = []
-                samples.reserveCapacity(pages.count)
-                for p in pages {
-                    let offset = p * page
-                    let start = DispatchTime.now().uptimeNanoseconds
-                    let got = UnsafeRawPointer(bitPattern: baseAddress)!.load(fromByteOffset: offset, as: UInt64.self)
-                    samples.append(DispatchTime.now().uptimeNanoseconds - start)
-                    guard got == UnsafeRawPointer(bitPattern: primaryBase)!.load(fromByteOffset: offset, as: UInt64.self) else {
-                        done.resume(throwing: handlerError.withLock { $0 } ?? Errno.badMessage)
-                        return
-                    }
-                }
-                done.resume(returning: samples)
-            }
-            toucher.name = "bench floor faults"
-            toucher.start()
-        }
-        return samples
+        return try await timeFirstTouches(of: UnsafeRawBufferPointer(start: base, count: length), against: primary,
+                                          pages: pages) { _ in handlerError.withLock { $0 } ?? Errno.badMessage }
     }
 }

@@ -152,31 +152,44 @@ public struct FaultBenchmark {
     /// the kernel; the cooperative pool must stay free to serve it), timing
     /// each load, and checks every word read against the primary.
     private func timeTouches(_ replica: UnsafeMutableRawBufferPointer, _ primary: Region, pages: [Int]) async throws -> Latency {
-        // An address crosses into the thread; the mapping outlives it.
-        let replicaBase = UInt(bitPattern: replica.baseAddress)
-        // The thread resumes the task when done: a task polling for the
-        // result would wake every few ms and take a core from the loops.
-        let samples: [UInt64] = try await withCheckedThrowingContinuation { done in
-            let page = Int(getpagesize())
-            let thread = Thread {
-                var samples: [UInt64] = []
-                samples.reserveCapacity(pages.count)
-                for p in pages {
-                    let offset = p * page
-                    let start = DispatchTime.now().uptimeNanoseconds
-                    let got = UnsafeRawPointer(bitPattern: replicaBase)!.load(fromByteOffset: offset, as: UInt64.self)
-                    samples.append(DispatchTime.now().uptimeNanoseconds - start)
-                    guard got == primary.bytes.load(fromByteOffset: offset, as: UInt64.self) else {
-                        done.resume(throwing: ReplicationError.violation(ProtocolViolation(.internalError, "page \(p) read wrong bytes")))
-                        return
-                    }
+        Latency(try await timeFirstTouches(of: UnsafeRawBufferPointer(replica), against: UnsafeRawBufferPointer(primary.bytes),
+                                           pages: pages) {
+            ReplicationError.violation(ProtocolViolation(.internalError, "page \($0) read wrong bytes"))
+        })
+    }
+}
+
+/// Loads one word of each page in `pages` of `mapping`, in order, on a
+/// thread of its own (each may fault and sleep in the kernel; the
+/// cooperative pool must stay free to serve it), and returns each load's
+/// time in ns. A word that differs from `expected`'s at the same offset
+/// ends it with `mismatch(page)`. The thread resumes the task when done: a
+/// task polling for the result would wake every few ms and take a core
+/// from the loops.
+func timeFirstTouches(of mapping: UnsafeRawBufferPointer, against expected: UnsafeRawBufferPointer, pages: [Int],
+                      mismatch: @escaping @Sendable (Int) -> any Error) async throws -> [UInt64] {
+    // Addresses cross into the thread; the mappings outlive it.
+    let base = UInt(bitPattern: mapping.baseAddress)
+    let expectedBase = UInt(bitPattern: expected.baseAddress)
+    return try await withCheckedThrowingContinuation { done in
+        let page = Int(getpagesize())
+        let thread = Thread {
+            var samples: [UInt64] = []
+            samples.reserveCapacity(pages.count)
+            for p in pages {
+                let offset = p * page
+                let start = DispatchTime.now().uptimeNanoseconds
+                let got = UnsafeRawPointer(bitPattern: base)!.load(fromByteOffset: offset, as: UInt64.self)
+                samples.append(DispatchTime.now().uptimeNanoseconds - start)
+                guard got == UnsafeRawPointer(bitPattern: expectedBase)!.load(fromByteOffset: offset, as: UInt64.self) else {
+                    done.resume(throwing: mismatch(p))
+                    return
                 }
-                done.resume(returning: samples)
             }
-            thread.name = "bench faults"
-            thread.start()
+            done.resume(returning: samples)
         }
-        return Latency(samples)
+        thread.name = "bench faults"
+        thread.start()
     }
 }
 

@@ -121,8 +121,8 @@ public final class PostCopyMirror: @unchecked Sendable {
     public let remoteName: String
     public let options: Options
     let state: Locked<State>
-    /// The run's region stream, so `end` can reset it.
-    private let controlStream = Locked<(stream: (any TransportStream)?, ended: Bool)>((nil, false))
+    /// Ends the run from another task (`end`).
+    private let ending = RunEnding()
     let faults: MissingFaultHandler
 
     /// Registers the region's mapping for MISSING faults and drops whatever
@@ -218,11 +218,7 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// stream, which ends the others; the connection, which may carry other
     /// mirrors, stays. The mapping stays too (`stop` retires it).
     public func end() async {
-        let stream = controlStream.withLock { s in
-            s.ended = true
-            return s.stream
-        }
-        await stream?.reset(errorCode: ProtocolErrorCode.noError.rawValue)
+        await ending.end()
     }
 
     /// Mirrors until the connection or a stream ends; throws why. Call again
@@ -232,14 +228,7 @@ public final class PostCopyMirror: @unchecked Sendable {
     /// every chunk held (the primary names those that differ in DIRTY).
     public func run(over connection: any TransportConnection, identity: RegionIdentity = .fresh()) async throws {
         let control = try await subscribe(over: connection, identity: identity)
-        guard controlStream.withLock({ s in
-            if s.ended { return false }
-            s.stream = control.stream
-            return true
-        }) else {
-            await control.stream.reset(errorCode: ProtocolErrorCode.noError.rawValue)
-            throw ReplicationError.streamEnded
-        }
+        try await ending.begin(control.stream)
         let reads = try await openReads(on: connection, mode: .reads)
         let pulls = options.backgroundPull ? try await openReads(on: connection, mode: .pull) : nil
         let (faultSignals, faultWake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))

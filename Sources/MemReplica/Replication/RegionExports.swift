@@ -120,6 +120,21 @@ public final class RegionExports: Sendable {
         table.withLock { $0.servingOnly[name] = fingerprint }
     }
 
+    /// A subscription's publish loop waits on this between passes: the
+    /// scan clock fires it when `changes` has chunks, `requestPass` when a
+    /// pass is wanted now.
+    private func followPasses(of region: Region, _ changes: ChangeSubscription) -> PassTrigger {
+        let trigger = PassTrigger()
+        passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
+        scanClock.register(changes, trigger: trigger)
+        return trigger
+    }
+
+    private func unfollowPasses(of region: Region, _ trigger: PassTrigger) {
+        scanClock.unregister(trigger)
+        passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) }
+    }
+
     /// Asks every subscription of `region` for a scan pass now.
     public func requestPass(of region: String) {
         for trigger in passTriggers.withLock({ Array(($0[region] ?? [:]).values) }) { trigger.fire() }
@@ -513,7 +528,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, epoch) }
                 }
             }
-            group.addTask { [scanClock, passTriggers, self] in
+            group.addTask { [self] in
                 let hasher = ChunkHasher(key: key)
                 var epoch = regionEpoch.withLock { $0 }
                 func announce(_ chunks: [Int]) async throws {
@@ -533,13 +548,8 @@ public final class RegionExports: Sendable {
                 }
                 try await frames.send(.synced(version: epoch))
                 record { $0.synced = true }
-                let trigger = PassTrigger()
-                passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
-                scanClock.register(changes, trigger: trigger)
-                defer {
-                    scanClock.unregister(trigger)
-                    passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) }
-                }
+                let trigger = followPasses(of: region, changes)
+                defer { unfollowPasses(of: region, trigger) }
                 while true {
                     let scan = try await trigger.wait(upTo: Self.idlePassInterval)
                     try Self.servable(region, checkingSize: true)
@@ -578,7 +588,7 @@ public final class RegionExports: Sendable {
                     record { $0.acknowledgedVersion = max($0.acknowledgedVersion, version) }
                 }
             }
-            group.addTask { [scanClock, logger, syncedDigests, sendTaps, passTriggers, cuts, savings, self] in
+            group.addTask { [logger, syncedDigests, sendTaps, cuts, savings, self] in
                 let hasher = ChunkHasher(key: key)
                 let encoder = codec.map { ChunkEncoder(geometry: region.geometry, key: key, codec: $0) }
                 var version: UInt64 = 0
@@ -733,13 +743,8 @@ public final class RegionExports: Sendable {
                 // changed in (0: never since the initial pass).
                 var lastChanged = [UInt32](repeating: 0, count: region.geometry.chunkCount)
                 var passNumber: UInt32 = 0
-                let trigger = PassTrigger()
-                passTriggers.withLock { $0[region.name, default: [:]][ObjectIdentifier(trigger)] = trigger }
-                scanClock.register(changes, trigger: trigger)
-                defer {
-                    scanClock.unregister(trigger)
-                    passTriggers.withLock { _ = $0[region.name]?.removeValue(forKey: ObjectIdentifier(trigger)) }
-                }
+                let trigger = followPasses(of: region, changes)
+                defer { unfollowPasses(of: region, trigger) }
                 while true {
                     let scan = try await trigger.wait(upTo: Self.idlePassInterval)
                     if let cut = pendingCut() { try await park(cut, remaining: []) }

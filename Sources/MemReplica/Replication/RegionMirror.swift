@@ -65,8 +65,8 @@ public final class RegionMirror: @unchecked Sendable {
 
     /// Set by `haltWrites`: no WRITE is stored from then on.
     private let halted = Locked(false)
-    /// The run's region stream, so `end` can reset it.
-    private let regionStream = Locked<(stream: (any TransportStream)?, ended: Bool)>((nil, false))
+    /// Ends the run from another task (`end`).
+    private let ending = RunEnding()
 
     /// Stops storing WRITEs; returns once a store under way has finished.
     /// A post-copy hand-over then owns the mapping (its missing chunks are
@@ -129,24 +129,13 @@ public final class RegionMirror: @unchecked Sendable {
     /// Ends the run (now, or as soon as it starts) by resetting its region
     /// stream; the connection, which may carry other mirrors, stays.
     public func end() async {
-        let stream = regionStream.withLock { s in
-            s.ended = true
-            return s.stream
-        }
-        await stream?.reset(errorCode: ProtocolErrorCode.noError.rawValue)
+        await ending.end()
     }
 
     /// Mirrors until the connection or stream ends; throws why.
     public func run(over connection: any TransportConnection) async throws {
         let frames = FrameStream(try await connection.openStream())
-        guard regionStream.withLock({ s in
-            if s.ended { return false }
-            s.stream = frames.stream
-            return true
-        }) else {
-            await frames.stream.reset(errorCode: ProtocolErrorCode.noError.rawValue)
-            throw ReplicationError.streamEnded
-        }
+        try await ending.begin(frames.stream)
         let g = region.geometry
         let hasher = ChunkHasher(key: key)
         try await subscribe(on: frames, hasher: hasher)
