@@ -133,3 +133,13 @@ int qs_fallocate(int fd, int64_t offset, int64_t length) {
     }
     return 0;
 }
+
+int64_t qs_seek_data(int fd, int64_t offset) {
+    off_t at = lseek(fd, (off_t)offset, SEEK_DATA);
+    return at < 0 ? -errno : (int64_t)at;
+}
+
+int64_t qs_seek_hole(int fd, int64_t offset) {
+    off_t at = lseek(fd, (off_t)offset, SEEK_HOLE);
+    return at < 0 ? -errno : (int64_t)at;
+}

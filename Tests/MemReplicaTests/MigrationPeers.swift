@@ -70,11 +70,24 @@ struct MigrationPeers {
         await a.endpoint.close()
         await b.endpoint.close()
         for task in serving { await task.value }
+        removeSharedMemoryFiles()
+        pki.remove()
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    /// For a `defer`, which cannot wait: the tmpfs files go now (the peers'
+    /// mappings outlive the names), the rest in a task. The process may end
+    /// before that task runs, and a left-over file would hold 8 MiB of
+    /// /dev/shm until the next boot.
+    func stopSoon() {
+        removeSharedMemoryFiles()
+        Task { await stop() }
+    }
+
+    private func removeSharedMemoryFiles() {
         unlink(pathA)
         unlink(pathB)
         unlink("\(pathA)-staying")
-        pki.remove()
-        try? FileManager.default.removeItem(atPath: root)
     }
 }
 

@@ -12,7 +12,7 @@ struct MigrationTests {
     @Test("pre-copy hands a written region over: the destination owns it at g+1 with the frozen bytes, the source is fenced, and it comes back A → B → A")
     func precopyRoundTrip() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let writer = InProcessWriter(regionA)
         defer { writer.stop() }
@@ -73,7 +73,7 @@ struct MigrationTests {
     func destinationStartsItsOwnMirror() async throws {
 
         let peers = try await MigrationPeers.start(mirrored: false)
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         #expect(peers.b.mirrors.isEmpty)
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let writer = InProcessWriter(regionA)
@@ -93,7 +93,7 @@ struct MigrationTests {
     @Test("a destination that neither mirrors the region nor accepts migrations refuses: the source keeps it")
     func destinationRefuses() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         // A second region A exports, which B does not mirror.
         let other = try Region(name: "other", backing: .memory, size: 1 << 20, chunkSize: 65536)
         try peers.a.exports.add(.init(region: other))
@@ -106,7 +106,7 @@ struct MigrationTests {
     @Test("a mirror that holds other bytes than the source fails the hand-over's digest: nothing is committed and the source keeps the region")
     func digestMismatchAborts() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         guard case .eager(let mirror)? = peers.b.mirrors.first?.mirror else {
             Issue.record("no eager mirror at B")
             return
@@ -125,7 +125,7 @@ struct MigrationTests {
     @Test("--verify after: the destination commits before the check, the check follows and passes; a copy that differs is handed over but reported, on both sides")
     func verifyAfterCommit() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let writer = InProcessWriter(regionA)
         defer { writer.stop() }
@@ -140,7 +140,7 @@ struct MigrationTests {
 
         // A copy changed behind the mirror's back: the hand-over stands, the difference is told.
         let peers2 = try await MigrationPeers.start()
-        defer { Task { await peers2.stop() } }
+        defer { peers2.stopSoon() }
         guard case .eager(let mirror)? = peers2.b.mirrors.first?.mirror else {
             Issue.record("no eager mirror at B")
             return
@@ -157,7 +157,7 @@ struct MigrationTests {
     @Test("the destination gone during pre-copy rounds: the migration aborts, the source keeps the region and its writers run on")
     func destinationLostAborts() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let writer = InProcessWriter(regionA)
         defer { writer.stop() }
@@ -180,7 +180,7 @@ struct MigrationTests {
     @Test("requests that cannot start are refused with a reason: unknown region, bad address, a replica")
     func badRequests() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         await #expect(throws: MigrationError.self) { try await peers.a.migrate(.init(region: "nosuch", destination: peers.addressB)) }
         await #expect(throws: MigrationError.self) { try await peers.a.migrate(.init(region: "moving", destination: "not an address")) }
         await #expect(throws: MigrationError.self) { try await peers.b.migrate(.init(region: "moving", destination: peers.addressA)) }

@@ -24,7 +24,7 @@ struct PostCopyMigrationTests {
     @Test("post-copy hands over at once: the destination's eager copy keeps what is current, pulls the chunks named stale, ends equal to the frozen source, and the source lets go only then")
     func postcopyFromEagerMirror() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let writer = InProcessWriter(regionA)
         defer { writer.stop() }
@@ -57,7 +57,7 @@ struct PostCopyMigrationTests {
         let accepted = "/dev/shm/mr-accepted-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: accepted) }
         let peers = try await MigrationPeers.start(mirrored: false, accepted: accepted)
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let chunkSize = regionA.geometry.chunkSize, chunks = regionA.geometry.chunkCount
         let writer = InProcessWriter(regionA)
@@ -103,7 +103,7 @@ struct PostCopyMigrationTests {
     @Test("hybrid: pre-copy rounds that cannot meet the budget switch to post-copy, and the copy ends exact")
     func hybridSwitches() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let writer = InProcessWriter(regionA)
         defer { writer.stop() }
@@ -127,7 +127,7 @@ struct PostCopyMigrationTests {
         let staying = "/dev/shm/mr-staying-\(UUID().uuidString.prefix(8))"
         defer { unlink(staying) }
         let peers = try await MigrationPeers.start(alongside: staying)
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let other = try #require(peers.a.exports.export(named: "staying")).region
         let otherWriter = InProcessWriter(other)
         defer { otherWriter.stop() }
@@ -156,7 +156,7 @@ struct PostCopyMigrationTests {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let peers = try await MigrationPeers.start(mirrorFolder: folder)
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .postcopy,
                                                      timeoutSeconds: 10))
         #expect(!report.handedOver)
@@ -172,7 +172,7 @@ struct QuietMigrationTests {
     @Test("--when quiet finds a cyclic writer's period in the peer's dirty-rate history and freezes inside its quiet phase")
     func freezesWhenQuiet() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         // Bursts of 0.3 s every second; four seconds of history first.
         let writer = InProcessWriter(regionA, cycle: (period: 1, burst: 0.3))
@@ -196,7 +196,7 @@ struct QuietMigrationTests {
     @Test("--when quiet with a steady writer finds no cycle and migrates without waiting for one")
     func noCycleMigratesNow() async throws {
         let peers = try await MigrationPeers.start()
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let regionA = try #require(peers.a.exports.export(named: "moving")).region
         let writer = InProcessWriter(regionA)
         defer { writer.stop() }
@@ -220,7 +220,7 @@ struct PostCopyHazardTests {
         options.backgroundPull = false      // only faults pull: the fill cannot end by itself
         options.faultWaitLimit = .seconds(1)
         let peers = try await MigrationPeers.start(mirrored: false, accepted: accepted, postCopy: options)
-        defer { Task { await peers.stop() } }
+        defer { peers.stopSoon() }
         let socket = peers.root + "/b.sock"
         let server = try ControlServer(path: socket, logger: silentLogger(), attachHandler: { request, process in
             peers.b.attach(request, from: process)

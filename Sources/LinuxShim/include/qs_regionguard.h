@@ -47,6 +47,12 @@ uintptr_t qs_guard_first_fault(int slot);
  * -EOPNOTSUPP where the filesystem cannot. */
 int qs_fallocate(int fd, int64_t offset, int64_t length);
 
+/* lseek(2) with SEEK_DATA / SEEK_HOLE, which Glibc's module hides behind
+ * _GNU_SOURCE: the first byte of data (of a hole) at or past `offset`.
+ * -ENXIO: no data at or past `offset`. */
+int64_t qs_seek_data(int fd, int64_t offset);
+int64_t qs_seek_hole(int fd, int64_t offset);
+
 #ifdef __cplusplus
 }
 #endif

@@ -78,6 +78,8 @@ public final class Region: @unchecked Sendable {
     public let geometry: RegionGeometry
     public let backing: Backing
     private let fd: FileDescriptor
+    /// The backing's descriptor, for `HoleCursor`'s lseek.
+    var backingDescriptor: Int32 { fd.rawValue }
     private let base: UnsafeMutableRawPointer
     private let backingGuard: BackingGuard
     /// Why the backing failed, once it did (sticky), and a flag that says

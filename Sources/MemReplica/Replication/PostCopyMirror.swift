@@ -42,7 +42,9 @@ public final class PostCopyMirror: @unchecked Sendable {
     public struct Progress: Sendable, Equatable {
         public var chunkCount: Int
         public var chunksPresent: Int
-        /// The primary answered SUBSCRIBE (and listed what changed while apart).
+        /// The primary answered this connection's SUBSCRIBE (and listed what
+        /// changed while apart): what is present is current. False between
+        /// runs, and from a run's start until its SYNCED.
         public var subscribed: Bool
         /// Page faults raised (several threads on one chunk count apiece).
         public var faults: Int
@@ -240,7 +242,6 @@ public final class PostCopyMirror: @unchecked Sendable {
         }
         state.withLock { s in
             s.chunks.connectionChanged()
-            s.subscribed = false
             s.running = true
             s.wakeRetries = retryWake
             s.wakeFaultRequests = faultWake
@@ -303,6 +304,7 @@ public final class PostCopyMirror: @unchecked Sendable {
         let key = ChunkHashKey.random()
         let held = options.owner ? [] : try heldChunkHashes(key: key)
         let known = state.withLock { s -> RegionIdentity? in
+            s.subscribed = false
             defer {
                 if s.identity != identity { s.lastEpoch = 0 }
                 s.identity = identity
@@ -352,6 +354,10 @@ public final class PostCopyMirror: @unchecked Sendable {
             s.wakeRetries = nil
             s.running = false
             s.idleSince = .now
+            // Not current from here on: the primary may write on without
+            // us. `subscribed` stays false until the next run's SYNCED,
+            // which follows the DIRTY naming what changed meanwhile.
+            s.subscribed = false
             // Held bytes may go stale while nobody follows DIRTY: the
             // next run asks for those chunks afresh.
             for chunk in s.retries.keys { _ = s.chunks.invalidate(chunk) }

@@ -19,6 +19,7 @@ extension RegionExports {
                 let arrived = ContinuousClock.now
                 let asked = try Self.chunks(askedBy: frame, of: region)
                 var bytes = 0
+                var holes = HoleCursor(region)
                 for chunk in asked {
                     if stream.sendBacklogged {
                         // The rest comes back as a READ of its own once ACKs make room.
@@ -26,7 +27,7 @@ extension RegionExports {
                                              bytes: bytes, duration: arrived.duration(to: .now))
                         return .read(firstChunk: chunk, count: asked.upperBound - chunk)
                     }
-                    let data = try region.chunkBytes(Int(chunk))
+                    let data = try Self.bytes(of: Int(chunk), in: region, holes: &holes, forFaults: forFaults)
                     let header = try Frame.dataHeader(firstChunk: chunk, byteCount: data.count)
                     let copy = OwnedBytes.copy(header: header, body: data)
                     do {
@@ -50,8 +51,9 @@ extension RegionExports {
             let arrived = ContinuousClock.now
             let asked = try Self.chunks(askedBy: frame, of: region)
             var bytes = 0
+            var holes = HoleCursor(region)
             for chunk in asked {
-                let data = try region.chunkBytes(Int(chunk))
+                let data = try Self.bytes(of: Int(chunk), in: region, holes: &holes, forFaults: forFaults)
                 bytes += data.count
                 try await frames.sendData(firstChunk: chunk, bytes: data) { try Self.servable(region) }
                 if let tap = taps.withLock({ $0[region.name] }) { tap(peer, Int(chunk), data.count) }
@@ -59,6 +61,15 @@ extension RegionExports {
             observer?.servedRead(region: region.name, peer: peer, chunks: asked.count, bytes: bytes,
                                  duration: arrived.duration(to: .now))
         }
+    }
+
+    /// A chunk's bytes for DATA. A pull reads a hole of a sparse backing as
+    /// zeros without allocating it (a lazy mirror pulls every chunk); a
+    /// fault's READ skips the check, whose lseek would add to its latency
+    /// (one chunk: the page is allocated, as any reader's touch would).
+    private static func bytes(of chunk: Int, in region: Region, holes: inout HoleCursor,
+                              forFaults: Bool) throws -> UnsafeRawBufferPointer {
+        forFaults ? try region.chunkBytes(chunk) : try holes.chunkBytes(chunk, of: region)
     }
 
     /// A verify stream: every DIGEST_READ is answered with DIGESTS, SHA-256
@@ -73,9 +84,15 @@ extension RegionExports {
                 throw ProtocolViolation(.chunkOutOfRange, "DIGEST_READ of chunks \(first)..+\(count) of a \(chunks)-chunk region")
             }
             var digests: [UInt8] = []
+            var holes = HoleCursor(region)
             for start in stride(from: Int(first), to: Int(first + count), by: Int(group)) {
                 digests += try RegionDigest.group(first: start, group: min(Int(group), Int(first + count) - start),
-                                              chunkCount: Int(chunks)) { try region.copyChunk($0) }
+                                              chunkCount: Int(chunks)) { chunk in
+                    // Holes as zeros, untouched: verifying a sparse region must not allocate it.
+                    let copy = Array(try holes.chunkBytes(chunk, of: region))
+                    try region.checkIntact()
+                    return copy
+                }
             }
             try await frames.send(.digests(firstChunk: first, group: group, digests: digests))
         }

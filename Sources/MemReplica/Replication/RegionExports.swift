@@ -542,7 +542,11 @@ public final class RegionExports: Sendable {
                     }
                 }
                 if let held {
-                    let differing = (0..<region.geometry.chunkCount).filter { held[$0] != hasher.hash(region, chunk: $0) }
+                    // Holes of a sparse backing hash as zeros, untouched.
+                    var holes = HoleCursor(region)
+                    let differing = try (0..<region.geometry.chunkCount).filter {
+                        held[$0] != hasher.hash(try holes.chunkBytes($0, of: region))
+                    }
                     try Self.servable(region)
                     try await announce(differing)
                 }
@@ -649,10 +653,15 @@ public final class RegionExports: Sendable {
                 var pushedSinceYield = 0
                 let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
                 defer { scratch.deallocate() }
-                /// Sends the chunk; in the initial pass (`snapshot` given)
-                /// from a copy whose hash goes into SYNCED's digest.
-                func push(_ chunk: Int, snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
-                    let live = try region.chunkBytes(chunk)
+                // The initial pass reads a hole of a sparse backing as
+                // zeros without touching (and allocating) it; the tracker,
+                // armed above, sees a write into it after the check.
+                var holes = HoleCursor(region)
+                /// Sends the chunk; with `snapshot`, from a copy whose hash
+                /// goes into SYNCED's digest.
+                func push(_ chunk: Int, initial: Bool = false,
+                          snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
+                    let live = initial ? try holes.chunkBytes(chunk, of: region) : try region.chunkBytes(chunk)
                     counted.chunksChanged += 1
                     counted.bytesDirtied += UInt64(live.count)
                     if sentBefore[chunk] { counted.chunksResent += 1 }
@@ -722,13 +731,13 @@ public final class RegionExports: Sendable {
                 // a later write is the tracker's.
                 for chunk in 0..<region.geometry.chunkCount {
                     if let held {
-                        let now = hasher.hash(region, chunk: chunk)
+                        let now = hasher.hash(try holes.chunkBytes(chunk, of: region))
                         if held[chunk] == now {
                             expected[chunk] = now
                             continue
                         }
                     }
-                    expected[chunk] = try await push(chunk, snapshot: syncedDigests ? snapshot : nil) ?? .none
+                    expected[chunk] = try await push(chunk, initial: true, snapshot: syncedDigests ? snapshot : nil) ?? .none
                     sentInitially += 1
                     if sentInitially % 256 == 0 { flushSavings() }
                 }
