@@ -23,7 +23,7 @@ struct BenchScaleCommand: AsyncParsableCommand {
     @Option(name: .customLong("region-size"), help: "Size of each region in the region-count cases.")
     var regionSize: String = "1M"
     @Option(help: ArgumentHelp("Single-region sizes, comma-separated (suffixes K, M, G).", valueName: "sizes"))
-    var sizes: String = "1G,4G,8G"
+    var sizes: String = "1G,4G,8G,16G"
     @Option(help: ArgumentHelp("Mirror counts for one region, comma-separated.", valueName: "counts"))
     var mirrors: String = "1,4,16"
     @Option(name: .customLong("fan-out-size"), help: "Size of the region the fan-out cases mirror.")
