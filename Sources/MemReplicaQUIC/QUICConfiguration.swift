@@ -49,11 +49,13 @@ public struct QUICConfiguration: Sendable, StreamTransportConfiguration {
     public var busyPoll: Duration? = nil
     /// After a request whose follow-up is due within µs goes out (a
     /// post-copy fault's READ on a replica, its DATA on the primary: see
-    /// `TransportEventLoop.keepPollingForRequests`), the loop polls this
-    /// long for what comes next instead of sleeping: a thread waiting on
-    /// the answer waits through every wake-up on the way, and each costs
-    /// tens of µs on a VM. It yields the CPU while it polls, so a waiting
-    /// thread on the same core still runs. nil: never.
+    /// `TransportEventLoop.keepPollingForRequests` and `pollForAnswers`),
+    /// the loop polls this long for what comes next instead of sleeping: a
+    /// thread waiting on the answer waits through every wake-up on the way,
+    /// and each costs tens of µs on a VM. It yields the CPU while it polls,
+    /// so a waiting thread on the same core still runs, and a replica stops
+    /// polling once its fault READs are answered (the woken thread then has
+    /// the core to itself). nil: never.
     public var requestPollWindow: Duration? = .microseconds(300)
     /// Server: 0-RTT anti-replay window (RFC 8446 §8.2). Early data is
     /// taken only from a ticket issued after the window's start, whose age

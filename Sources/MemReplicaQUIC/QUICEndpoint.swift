@@ -52,6 +52,10 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     /// Until when the loop polls instead of sleeping, asked for by
     /// `keepPollingForRequests` (0: not asked).
     private var pollUntil: UInt64 = 0
+    /// The same for answers this side awaits (`pollForAnswers`), ended
+    /// early once they came (`answersArrived`): an endpoint both serves and
+    /// mirrors, and one role's end must not cut the other's window.
+    private var answerPollUntil: UInt64 = 0
     /// Descriptors other than the socket that the loop watches
     /// (`watchOnLoop`), by token; a handler returning false is dropped.
     private var watchers: [UInt64: (fd: Int32, handler: () -> Bool)] = [:]
@@ -225,11 +229,15 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
             if loop.stopping && loop.live.isEmpty { break }
             var deadline = writeQueue.isEmpty && pendingSend == nil ? nextDeadline() : 0
             let now = monotonicNanoseconds()
-            let spin = max(busyPollNanoseconds ?? 0, pollUntil > now ? pollUntil - now : 0)
-            if deadline > now, spin > 0, deadline - now > spin {
+            let spin = max(busyPollNanoseconds ?? 0, pollUntil > now ? pollUntil - now : 0,
+                           answerPollUntil > now ? answerPollUntil - now : 0)
+            if deadline > now, spin > 0 {
                 // Poll a little before sleeping: a wake-up from epoll costs
-                // tens of µs on a VM, more than a reply usually takes.
-                if poller.poll(forNanoseconds: spin) { deadline = 0 }
+                // tens of µs on a VM, more than a reply usually takes, and
+                // a sleeping loop's idle vCPU takes as long again to run
+                // the thread a page install wakes. A timer due within the
+                // window (an ACK delay, pacing) ends the poll, not skips it.
+                if poller.poll(forNanoseconds: min(spin, deadline - now)) { deadline = 0 }
             }
             poller.wait(until: deadline) { token, events in
                 if token == Self.socketToken {
@@ -266,6 +274,15 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     package func keepPollingForRequests() {
         guard let window = requestPollNanoseconds else { return }
         pollUntil = max(pollUntil, monotonicNanoseconds() + window)
+    }
+
+    package func pollForAnswers() {
+        guard let window = requestPollNanoseconds else { return }
+        answerPollUntil = max(answerPollUntil, monotonicNanoseconds() + window)
+    }
+
+    package func answersArrived() {
+        answerPollUntil = 0
     }
 
     /// On the loop: calls `handler` on the loop whenever `fd` is readable

@@ -11,8 +11,15 @@ package protocol TransportEventLoop: AnyObject, Sendable {
     func watchOnLoop(_ fd: Int32, handler: @escaping () -> Bool) throws -> UInt64
     /// On the loop: stops watching (nothing if already stopped).
     func unwatchOnLoop(_ token: UInt64)
-    /// On the loop, as a request or its answer goes out whose follow-up is
-    /// due within µs (a post-copy fault's READ and DATA): poll a short,
-    /// configured window instead of sleeping.
+    /// On the loop, as an answer goes out whose next request is likely
+    /// within µs (a post-copy fault's DATA): poll a short, configured
+    /// window instead of sleeping.
     func keepPollingForRequests()
+    /// On the loop, as a request goes out whose answer is due within µs (a
+    /// fault's READ): poll for it, at most the same window.
+    func pollForAnswers()
+    /// On the loop, once every answer this side awaited has arrived: end
+    /// `pollForAnswers`'s window, so the loop sleeps and leaves the CPU to
+    /// the thread the answer woke (a faulting thread, on a two-core host).
+    func answersArrived()
 }

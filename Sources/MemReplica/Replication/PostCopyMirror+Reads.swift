@@ -19,7 +19,7 @@ extension PostCopyMirror {
                     guard let frame = try? Frame.read(firstChunk: UInt64(request.chunk), count: 1).encoded(),
                           (try? stream.sendOnLoop(frame.withUnsafeBytes(OwnedBytes.copy))) != nil else { return }
                 }
-                stream.loop.keepPollingForRequests()
+                stream.loop.pollForAnswers()
             }
             // On this connection's loop (a fault read there, or DATA that
             // must be asked again) the READ leaves in this turn's writes.

@@ -373,6 +373,9 @@ public final class PostCopyMirror: @unchecked Sendable {
             if try accept(frame, queue: queue, forFaults: true) {
                 requestWaitingFaults(onLoop: ObjectIdentifier(stream.loop))
             }
+            // Every fault READ answered: the loop need not poll for DATA,
+            // and the faulting thread it just woke gets the CPU.
+            if queue.withLock({ $0.isEmpty }) { stream.loop.answersArrived() }
             return nil
         }
         group.addTask {
