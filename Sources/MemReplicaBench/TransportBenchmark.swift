@@ -138,17 +138,27 @@ public struct TransportBenchmark {
             latency.append(summarize("floor: bare \(kind.rawValue.uppercased()), a second process", samples))
         }
         for kind in options.transports { latency += try await latencies(kind) }
+        if options.transports.contains(.quic) {
+            let (server, client) = try peers.endpoints(options.quic)
+            let samples = try await LoopServedRequests(request: options.requestBytes, response: options.responseBytes)
+                .measure(server: server, client: client, iterations: options.latencyIterations,
+                         warmup: min(200, options.latencyIterations))
+            await client.close()
+            await server.close()
+            latency.append(summarize(Self.loopServedRow, samples))
+        }
         if options.includeTLSOverTCP {
             let samples = try TLSOverTCPBaseline(tls: peers.clientTLS)
                 .measureLatency(iterations: options.latencyIterations, request: options.requestBytes,
                                 response: options.responseBytes)
             latency.append(summarize("TLS/TCP, one connection", samples))
         }
-        if let quic = latency.first(where: { $0.name == "QUIC, one long-lived stream" }) {
+        for (prefix, row) in [("quic_request", "QUIC, one long-lived stream"), ("quic_loop_request", Self.loopServedRow)] {
+            guard let quic = latency.first(where: { $0.name == row }) else { continue }
             for (key, name) in [("udp", "floor: bare UDP, a second process"), ("tcp", "floor: bare TCP, a second process"),
                                 ("tls_tcp", "TLS/TCP, one connection")] {
                 if let other = latency.first(where: { $0.name == name }), other.p50Microseconds > 0 {
-                    ratios["quic_request_p50_over_\(key)"] = quic.p50Microseconds / other.p50Microseconds
+                    ratios["\(prefix)_p50_over_\(key)"] = quic.p50Microseconds / other.p50Microseconds
                 }
             }
         }
@@ -215,6 +225,9 @@ public struct TransportBenchmark {
         await server.close()
         return Double(perStream * options.streams) / seconds / 1e6
     }
+
+    /// The latency row of `LoopServedRequests`: the path fault reads take.
+    static let loopServedRow = "QUIC, answered on the loops (fault reads' path)"
 
     private func latencies(_ kind: TransportKind) async throws -> [Latency] {
         let (server, client) = try peers.transports(kind, options.quic)
