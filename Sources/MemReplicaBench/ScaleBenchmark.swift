@@ -208,10 +208,6 @@ public struct ScaleBenchmark {
                 throw BenchScaleError("\(pending.count) mirrors never synced: \(some.joined(separator: "; "))")
             }
             if !pending.isEmpty { try await Task.sleep(for: .milliseconds(2)) }
-            if ProcessInfo.processInfo.environment["SCALE_DEBUG"] != nil, Int.random(in: 0..<500) == 0 {
-                let problems = pending.compactMap(\.problem)
-                log("  \(runners.count - pending.count) synced, \(problems.count) with problems: \(problems.prefix(2))")
-            }
         }
     }
 

@@ -181,7 +181,11 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
             }
             guard stream.isStalled(now: now, after: timeout) else { continue }
             endpoint.logger.info("resetting a stream whose peer stopped reading",
-                                 metadata: ["peer": "\(remoteAddress)", "stream": "\(stream.id)"])
+                                 metadata: ["peer": "\(remoteAddress)", "stream": "\(stream.id)",
+                                            "stream_credit_left": "\(ngtcp2_conn_get_max_stream_data_left(conn, stream.id))",
+                                            "connection_credit_left": "\(ngtcp2_conn_get_max_data_left(conn))",
+                                            "unsent": "\(stream.sendBuffer.unsent)",
+                                            "unacknowledged": "\(stream.sendBuffer.unacknowledged)"])
             ngtcp2_conn_shutdown_stream(conn, stream.id, ProtocolErrorCode.peerStalled.rawValue)
             stream.fail(.peerStalled(seconds: Double(timeout) / 1e9))
             stream.discardReceived()

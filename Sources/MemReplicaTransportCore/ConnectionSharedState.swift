@@ -27,8 +27,9 @@ package final class ConnectionSharedState: Sendable {
         credit.withLock { $0.threshold = Self.threshold(window) }
     }
 
-    /// Counts bytes a reader took; true when the caller should post a
-    /// connection-wide credit sweep.
+    /// Counts bytes a reader took; true when the caller must run (or post)
+    /// a connection-wide credit sweep (`returnConnectionCredit`): a true
+    /// claims it, and no other reader is told until it has run.
     package func noteCreditTaken(_ count: Int) -> Bool {
         credit.withLock { u in
             u.bytes += count

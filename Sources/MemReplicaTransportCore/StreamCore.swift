@@ -79,19 +79,17 @@ extension StreamCore {
         let state = self.state
         switch state.readNow(maxLength: maxLength) {
         case .bytes(let bytes, let postCredit):
-            if state.shared.noteCreditTaken(bytes.count) {
-                postToLoop { [self] in returnConnectionCredit() }
-            } else if postCredit {
-                postToLoop { [self] in returnCredit() }
-            }
+            let sweep = state.shared.noteCreditTaken(bytes.count)
+            if sweep || postCredit { postToLoop { [self] in giveCreditBack(sweep: sweep) } }
             return bytes
         case .end: return nil
         case .fail(let error): throw error
         case .wait:
             return try await withCheckedThrowingContinuation { c in
                 guard let ready = state.waitForBytes(maxLength: maxLength, c) else { return }
-                if case .success(let bytes?) = ready { _ = state.shared.noteCreditTaken(bytes.count) }
-                postToLoop { [self] in returnCredit() }
+                let sweep: Bool
+                if case .success(let bytes?) = ready { sweep = state.shared.noteCreditTaken(bytes.count) } else { sweep = false }
+                postToLoop { [self] in giveCreditBack(sweep: sweep) }
                 c.resume(with: ready)
             }
         }
@@ -103,21 +101,29 @@ extension StreamCore {
 
     package func reset(errorCode: UInt64) async { await onLoop { [self] in resetLocally(code: errorCode) } }
 
+    /// Loop thread: this stream's credit, then, when a reader's take claimed
+    /// it (`noteCreditTaken`), the connection's sweep. Both, always: a
+    /// claimed sweep that does not run is never posted again (credit left
+    /// on many streams, each under its own threshold, closed the window for
+    /// good), and the sweep visits only streams the connection still lists
+    /// (one that ended is not, and its last credit would stay unreturned).
+    private func giveCreditBack(sweep: Bool) {
+        returnCredit()
+        if sweep { returnConnectionCredit() }
+    }
+
     /// Loop thread: hands what arrived to a waiting reading task.
     package func wakeWaitingReader() {
         guard let (continuation, out) = state.handOffToWaitingReader() else { return }
         continuation.resume(returning: out)
-        if let out {
-            _ = state.shared.noteCreditTaken(out.count)
-            returnCredit()
-        }
+        if let out { giveCreditBack(sweep: state.shared.noteCreditTaken(out.count)) }
     }
 
     /// Loop thread: up to `maxLength` received bytes, their credit given
     /// back at once (for readers on the loop itself).
     package func takeOnLoop(maxLength: Int) -> [UInt8]? {
-        guard let bytes = state.takeOnLoop(maxLength: maxLength) else { return nil }
-        returnCredit()
-        return bytes
+        guard let taken = state.takeOnLoop(maxLength: maxLength) else { return nil }
+        giveCreditBack(sweep: taken.sweep)
+        return taken.bytes
     }
 }

@@ -172,11 +172,11 @@ package final class StreamCoreState: @unchecked Sendable {
     }
 
     /// Loop thread: up to `maxLength` received bytes for a reader on the
-    /// loop, their credit counted as taken (the caller returns it at once).
-    package func takeOnLoop(maxLength: Int) -> [UInt8]? {
+    /// loop, their credit counted as taken (the caller returns it at once:
+    /// the whole connection's when `sweep`, see `noteCreditTaken`).
+    package func takeOnLoop(maxLength: Int) -> (bytes: [UInt8], sweep: Bool)? {
         guard let bytes = mailbox.withLock({ $0.take(maxLength: maxLength) }) else { return nil }
-        _ = shared.noteCreditTaken(bytes.count)
-        return bytes
+        return (bytes, shared.noteCreditTaken(bytes.count))
     }
 
     private func claimCreditPost(_ m: inout StreamMailbox) -> Bool {

@@ -181,4 +181,57 @@ struct TransportStreamTests {
         }
         await pair.close()
     }
+
+    /// 256 streams of 48 KiB each through a 256 KiB connection window (the
+    /// transports that share one connection among streams): no
+    /// stream reads as much as its own credit threshold (an eighth of its
+    /// 4 MiB window), so the window reopens only through the connection's
+    /// credit sweeps. A reader handed bytes on wake-up used to claim the
+    /// sweep and drop it; no sweep ran after that, credit stayed stranded
+    /// on the streams, and the window closed for good (1024 regions on one
+    /// connection: hundreds of mirrors reset as stalled, never synced).
+    @Test("many streams each reading less than their own credit threshold keep the connection's window open",
+          arguments: [TransportKind.quic, .tcp])
+    func smallStreamsKeepTheWindowOpen(_ kind: TransportKind) async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var serverConfig = quicConfig(server: true)
+        serverConfig.peerLimits.stalledStreamTimeout = .seconds(10)
+        var clientConfig = quicConfig(server: false)
+        clientConfig.streamReceiveWindow = 4 << 20
+        clientConfig.connectionReceiveWindow = 256 << 10
+        let pair = try TransportPair(kind, pki: pki, serverConfig: serverConfig, clientConfig: clientConfig)
+        let (client, server) = try await pair.connect()
+        let answer = [UInt8](repeating: 0x5c, count: 48 << 10)
+        let serving = Task {
+            await withTaskGroup(of: Void.self) { group in
+                while let stream = try? await server.acceptStream() {
+                    group.addTask {
+                        guard (try? await stream.readExactly(1)) != nil else { return }
+                        try? await stream.write(answer)
+                        try? await stream.finish()
+                    }
+                }
+            }
+        }
+        let received = try await withTimeout(60, "256 streams of 48 KiB") {
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<256 {
+                    group.addTask {
+                        let stream = try await client.openStream()
+                        try await stream.write([1])
+                        try await stream.finish()
+                        var total = 0
+                        while let part = try await stream.read(maxLength: 4096) { total += part.count }
+                        return total
+                    }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+        }
+        #expect(received.count == 256 && received.allSatisfy { $0 == answer.count })
+        await client.close(errorCode: 0, reason: "done")
+        serving.cancel()
+        await pair.close()
+    }
 }
