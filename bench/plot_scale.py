@@ -16,11 +16,20 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def two_axes(title, xlabel):
-    fig, left = plt.subplots(figsize=(7, 4))
-    left.set_title(title)
-    left.set_xlabel(xlabel)
-    return fig, left, left.twinx()
+def plot_pair(path, title, xlabel, x, left, right, log2_x=False):
+    """One figure: `left` and `right` are (values, label, color, style)
+    series on their own y axes, both from zero."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    for axis, (values, label, color, style) in ((ax, left), (ax.twinx(), right)):
+        axis.plot(x, values, style, color=color)
+        axis.set_ylabel(label, color=color)
+        axis.set_ylim(bottom=0)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -30,44 +39,25 @@ def main():
 
     rows = report["regions"]
     if rows:
-        n = [r["regions"] for r in rows]
-        fig, left, right = two_axes(f"Regions of {rows[0]['bytesPerRegion'] >> 20} MiB on one connection",
-                                    "regions (log scale)")
-        left.plot(n, [r["aggregateMegabytesPerSecond"] for r in rows], "o-", color="#1f77b4")
-        left.set_ylabel("aggregate initial sync, MB/s", color="#1f77b4")
-        left.set_ylim(bottom=0)
-        right.plot(n, [r["lagP99Milliseconds"] for r in rows], "s--", color="#d62728")
-        right.set_ylabel("lag p99 of one write per region, ms", color="#d62728")
-        right.set_ylim(bottom=0)
-        left.set_xscale("log", base=2)
-        fig.tight_layout()
-        fig.savefig(prefix + "-regions.png", dpi=110)
+        plot_pair(prefix + "-regions.png", f"Regions of {rows[0]['bytesPerRegion'] >> 20} MiB on one connection",
+                  "regions (log scale)", [r["regions"] for r in rows],
+                  ([r["aggregateMegabytesPerSecond"] for r in rows], "aggregate initial sync, MB/s", "#1f77b4", "o-"),
+                  ([r["lagP99Milliseconds"] for r in rows], "lag p99 of one write per region, ms", "#d62728", "s--"),
+                  log2_x=True)
 
     rows = report["sizes"]
     if rows:
-        gib = [r["regionBytes"] / (1 << 30) for r in rows]
-        fig, left, right = two_axes("One region: initial sync and the scan finding 1 % dirty", "region size, GiB")
-        left.plot(gib, [r["syncSeconds"] for r in rows], "o-", color="#1f77b4")
-        left.set_ylabel("initial sync, s", color="#1f77b4")
-        left.set_ylim(bottom=0)
-        right.plot(gib, [r["scanMilliseconds"] for r in rows], "s--", color="#2ca02c")
-        right.set_ylabel("dirty scan, ms", color="#2ca02c")
-        right.set_ylim(bottom=0)
-        fig.tight_layout()
-        fig.savefig(prefix + "-sizes.png", dpi=110)
+        plot_pair(prefix + "-sizes.png", "One region: initial sync and the scan finding 1 % dirty", "region size, GiB",
+                  [r["regionBytes"] / (1 << 30) for r in rows],
+                  ([r["syncSeconds"] for r in rows], "initial sync, s", "#1f77b4", "o-"),
+                  ([r["scanMilliseconds"] for r in rows], "dirty scan, ms", "#2ca02c", "s--"))
 
     rows = report["fanOut"]
     if rows:
-        m = [r["mirrors"] for r in rows]
-        fig, left, right = two_axes(f"Mirrors of one {rows[0]['regionBytes'] >> 20} MiB region", "mirrors")
-        left.plot(m, [r["syncSeconds"] for r in rows], "o-", color="#1f77b4")
-        left.set_ylabel("until all synced, s", color="#1f77b4")
-        left.set_ylim(bottom=0)
-        right.plot(m, [r["cpuSecondsPerMirror"] for r in rows], "s--", color="#9467bd")
-        right.set_ylabel("process CPU per mirror, s", color="#9467bd")
-        right.set_ylim(bottom=0)
-        fig.tight_layout()
-        fig.savefig(prefix + "-fanout.png", dpi=110)
+        plot_pair(prefix + "-fanout.png", f"Mirrors of one {rows[0]['regionBytes'] >> 20} MiB region", "mirrors",
+                  [r["mirrors"] for r in rows],
+                  ([r["syncSeconds"] for r in rows], "until all synced, s", "#1f77b4", "o-"),
+                  ([r["cpuSecondsPerMirror"] for r in rows], "process CPU per mirror, s", "#9467bd", "s--"))
 
 
 if __name__ == "__main__":
