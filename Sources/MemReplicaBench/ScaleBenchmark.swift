@@ -1,3 +1,4 @@
+import LinuxShim
 import MemReplica
 import MemReplicaQUIC
 import MemReplicaSystem
@@ -42,9 +43,13 @@ public struct ScaleBenchmark {
         /// Write → replica holds it, one write into every region at once.
         public var lagP50Milliseconds: Double
         public var lagP99Milliseconds: Double
-        /// Both peers' anonymous memory (not the regions' mappings) grown
-        /// during the case, per region.
+        /// Both peers' anonymous memory (not the regions' mappings) while
+        /// they follow the synced regions, over what the process held
+        /// before they started, per region (`ProcessMemory.settledAnonymousBytes`).
         public var anonymousBytesPerRegion: Double
+        /// The same taken the moment the last replica synced, without
+        /// trimming: adds the bytes in flight and what the allocator keeps.
+        public var anonymousBytesPerRegionAtSync: Double
         public var cpuSeconds: Double
         public var connections: Int
         public var exact: Bool
@@ -61,8 +66,13 @@ public struct ScaleBenchmark {
         public var dirtyChunks: Int
         /// The tracker's scan that found the 1 % written.
         public var scanMilliseconds: Double
-        /// Anonymous memory both peers grew by, as a share of the region.
+        /// Anonymous memory both peers hold while following the synced
+        /// region, beyond what the process held before, as a share of the
+        /// region (`ProcessMemory.settledAnonymousBytes`).
         public var anonymousOverheadPercent: Double
+        /// The same taken the moment the replica synced, without trimming:
+        /// adds the bytes in flight and what the allocator keeps.
+        public var anonymousAtSyncPercent: Double
         public var cpuSecondsPerGiB: Double
         public var exact: Bool
     }
@@ -106,9 +116,9 @@ public struct ScaleBenchmark {
         for n in options.regionCounts {
             let c = try await regions(n)
             log(String(format: "%5d regions of %d KiB: synced in %.2f s (%.0f MB/s), lag p50 %.1f ms p99 %.1f ms, "
-                       + "%.0f KiB anonymous per region, %.2f s CPU, %d connection(s)%@",
+                       + "%.0f KiB anonymous per region following (%.0f at sync), %.2f s CPU, %d connection(s)%@",
                        n, c.bytesPerRegion >> 10, c.syncSeconds, c.aggregateMegabytesPerSecond, c.lagP50Milliseconds,
-                       c.lagP99Milliseconds, c.anonymousBytesPerRegion / 1024, c.cpuSeconds, c.connections,
+                       c.lagP99Milliseconds, c.anonymousBytesPerRegion / 1024, c.anonymousBytesPerRegionAtSync / 1024, c.cpuSeconds, c.connections,
                        c.exact ? "" : ", REPLICA DIFFERS"))
             report.regions.append(c)
         }
@@ -119,10 +129,10 @@ public struct ScaleBenchmark {
         for size in options.sizes {
             let c = try await sized(size)
             log(String(format: "%6.2f GiB region (%.2f GiB data%@): synced in %.2f s (%.0f MB/s of data), 1 %% dirty scan %.2f ms, "
-                       + "memory +%.3f %% of the region, %.2f s CPU per GiB%@",
+                       + "memory +%.3f %% of the region following (+%.3f %% at sync), %.2f s CPU per GiB%@",
                        Double(size) / Double(1 << 30), Double(c.dataBytes) / Double(1 << 30),
                        c.replicaOnDisk ? ", replica on disk" : "", c.syncSeconds,
-                       c.dataMegabytesPerSecond, c.scanMilliseconds, c.anonymousOverheadPercent, c.cpuSecondsPerGiB,
+                       c.dataMegabytesPerSecond, c.scanMilliseconds, c.anonymousOverheadPercent, c.anonymousAtSyncPercent, c.cpuSecondsPerGiB,
                        c.exact ? "" : ", REPLICA DIFFERS"))
             report.sizes.append(c)
         }
@@ -237,7 +247,7 @@ public struct ScaleBenchmark {
             fillPattern(r.bytes, seed: UInt64(1000 + i))
             return r
         }
-        let anonBefore = ProcessMemory.anonymousBytes()
+        let anonBefore = ProcessMemory.settledAnonymousBytes()
         let cpuBefore = ProcessMemory.cpuSeconds()
         let began = ContinuousClock.now
         let p = try start(regions, mirrorSets: [regions.map(\.name)], folder: folder)
@@ -271,13 +281,15 @@ public struct ScaleBenchmark {
             if !waiting.isEmpty { exact = false }
         }
         let connections = p.mirroring[0].primaryConnections.openCount
+        let settled = ProcessMemory.settledAnonymousBytes() - anonBefore
         await p.close()
         lags.sort()
         func pct(_ q: Double) -> Double { lags.isEmpty ? 0 : lags[min(lags.count - 1, Int(Double(lags.count) * q))] }
         return RegionsCase(regions: n, bytesPerRegion: options.bytesPerRegion, syncSeconds: syncSeconds,
                            aggregateMegabytesPerSecond: Double(n * options.bytesPerRegion) / syncSeconds / 1e6,
                            lagP50Milliseconds: pct(0.5), lagP99Milliseconds: pct(0.99),
-                           anonymousBytesPerRegion: Double(anon) / Double(n), cpuSeconds: cpu,
+                           anonymousBytesPerRegion: Double(settled) / Double(n),
+                           anonymousBytesPerRegionAtSync: Double(anon) / Double(n), cpuSeconds: cpu,
                            connections: connections, exact: exact)
     }
 
@@ -293,7 +305,7 @@ public struct ScaleBenchmark {
             fillPattern(part, seed: UInt64(7 + i))
             data += part.count
         }
-        let anonBefore = ProcessMemory.anonymousBytes()
+        let anonBefore = ProcessMemory.settledAnonymousBytes()
         let cpuBefore = ProcessMemory.cpuSeconds()
         let began = ContinuousClock.now
         let p = try start([region], mirrorSets: [["big"]], folder: folder)
@@ -331,11 +343,13 @@ public struct ScaleBenchmark {
         }
         noteScan()
         let exact = Self.equal(region, replica)
+        let settled = ProcessMemory.settledAnonymousBytes() - anonBefore
         await p.close()
         return SizeCase(regionBytes: size, replicaOnDisk: size > options.denseLimit, dataBytes: data, syncSeconds: syncSeconds,
                         dataMegabytesPerSecond: Double(data) / syncSeconds / 1e6, dirtyChunks: dirty,
                         scanMilliseconds: scan.seconds * 1000,
-                        anonymousOverheadPercent: Double(anon) / Double(size) * 100,
+                        anonymousOverheadPercent: Double(settled) / Double(size) * 100,
+                        anonymousAtSyncPercent: Double(anon) / Double(size) * 100,
                         cpuSecondsPerGiB: cpu / (Double(size) / Double(1 << 30)), exact: exact)
     }
 
@@ -376,6 +390,14 @@ enum ProcessMemory {
             return kib * 1024
         }
         return 0
+    }
+
+    /// RssAnon once the allocator has returned its free memory
+    /// (`malloc_trim`): what the peers hold live, without the transfer
+    /// buffers freed since and kept by glibc for reuse.
+    static func settledAnonymousBytes() -> Int {
+        malloc_trim(0)
+        return anonymousBytes()
     }
 
     static func cpuSeconds() -> Double {

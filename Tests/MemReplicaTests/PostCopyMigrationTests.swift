@@ -8,12 +8,18 @@ struct PostCopyMigrationTests {
     /// A freeze around `writer` that records the source's bytes once it has
     /// stopped; after the hand-over the writer stops for good (the region
     /// is exported at its new owner only once filled).
-    private static func recording(_ writer: InProcessWriter, _ region: Region,
+    /// `lastStore`: one more store once the writer has paused and before
+    /// the freeze ends, so that at least one chunk changed since the last
+    /// scan however the writer thread was scheduled.
+    private static func recording(_ writer: InProcessWriter, _ region: Region, lastStore: Bool = false,
                                   afterCommit: @escaping @Sendable () -> Void = {}) -> (MigrationFreeze, Locked<String?>) {
         let frozen = Locked<String?>(nil)
         let inner = writer.freeze(next: { nil })
         return (MigrationFreeze(pause: {
             await inner.pause()
+            if lastStore {
+                region.bytes.storeBytes(of: UInt64.random(in: 1...UInt64.max), toByteOffset: region.geometry.size / 2, as: UInt64.self)
+            }
             frozen.withLock { $0 = sha(region) }
         }, resume: { handedOver in
             if handedOver { afterCommit() }
@@ -29,7 +35,7 @@ struct PostCopyMigrationTests {
         let writer = InProcessWriter(regionA)
         defer { writer.stop() }
         try await Task.sleep(for: .milliseconds(200))
-        let (freeze, frozen) = Self.recording(writer, regionA)
+        let (freeze, frozen) = Self.recording(writer, regionA, lastStore: true)
         let report = try await peers.a.migrate(.init(region: "moving", destination: peers.addressB, mode: .postcopy,
                                                      timeoutSeconds: 30), freeze: freeze)
         #expect(report.handedOver, "\(report.reason ?? "")")

@@ -3,7 +3,8 @@
  * does not export. No logic lives here; each header says what its Swift
  * caller is.
  *
- * - headers Glibc's module leaves out: epoll, eventfd, getrandom, statfs;
+ * - headers Glibc's module leaves out: epoll, eventfd, getrandom, statfs,
+ *   malloc_trim;
  * - userfaultfd and PAGEMAP_SCAN (qs_userfaultfd.h);
  * - SCM_RIGHTS descriptor passing (qs_unixfd.h);
  * - TUN devices, setns and timer slack for the WAN emulator (qs_wan.h);
@@ -14,6 +15,7 @@
 #define LINUXSHIM_H
 
 #include <stddef.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
