@@ -281,7 +281,7 @@ public struct ScaleBenchmark {
             if !waiting.isEmpty { exact = false }
         }
         let connections = p.mirroring[0].primaryConnections.openCount
-        let settled = ProcessMemory.settledAnonymousBytes() - anonBefore
+        let settled = try await ProcessMemory.followingAnonymousBytes() - anonBefore
         await p.close()
         lags.sort()
         func pct(_ q: Double) -> Double { lags.isEmpty ? 0 : lags[min(lags.count - 1, Int(Double(lags.count) * q))] }
@@ -343,7 +343,7 @@ public struct ScaleBenchmark {
         }
         noteScan()
         let exact = Self.equal(region, replica)
-        let settled = ProcessMemory.settledAnonymousBytes() - anonBefore
+        let settled = try await ProcessMemory.followingAnonymousBytes() - anonBefore
         await p.close()
         return SizeCase(regionBytes: size, replicaOnDisk: size > options.denseLimit, dataBytes: data, syncSeconds: syncSeconds,
                         dataMegabytesPerSecond: Double(data) / syncSeconds / 1e6, dirtyChunks: dirty,
@@ -398,6 +398,18 @@ enum ProcessMemory {
     static func settledAnonymousBytes() -> Int {
         malloc_trim(0)
         return anonymousBytes()
+    }
+
+    /// What peers that have synced hold while they follow: the least of
+    /// five settled samples over a second, so ACKs and frames still in
+    /// flight when the last write landed do not count.
+    static func followingAnonymousBytes() async throws -> Int {
+        var least = Int.max
+        for i in 0..<5 {
+            if i > 0 { try await Task.sleep(for: .milliseconds(200)) }
+            least = min(least, settledAnonymousBytes())
+        }
+        return least
     }
 
     static func cpuSeconds() -> Double {

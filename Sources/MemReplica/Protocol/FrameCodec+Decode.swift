@@ -53,6 +53,12 @@ public struct FrameDecoder: Sendable {
         let frame = try reader.frame()
         try reader.expectEnd()
         consumed = end
+        // Frames own copies of their bytes: a stream gone idle keeps no
+        // buffer (it was up to a transport read's 256 KiB, per stream).
+        if consumed == buffer.count {
+            buffer = []
+            consumed = 0
+        }
         return frame
     }
 

@@ -7,7 +7,8 @@
 /// - or whole, as a plain WRITE, when every page is new and nothing compresses.
 ///
 /// Memory: 8 bytes per 4 KiB page and 16 per chunk (0.2 % of the region),
-/// plus two chunk-sized buffers. A chunk the mirror may hold differently
+/// plus two chunk-sized buffers while a pass runs (`releaseBuffers` after
+/// it: a peer following many idle regions holds none). A chunk the mirror may hold differently
 /// from what was sent (a resumed subscription's) is unknown until first
 /// sent whole: only its zero pages are left out then.
 final class ChunkEncoder {
@@ -25,8 +26,11 @@ final class ChunkEncoder {
     private var pageTags: [UInt64]
     private var chunkHashes: [ChunkHash]
     private var tags: [ChunkHash] = []
-    private let gathered: UnsafeMutableRawBufferPointer
-    private let compressed: UnsafeMutableRawBufferPointer
+    private let chunkSize: Int
+    /// The pages a frame carries, gathered; then compressed. Made at the
+    /// first chunk that needs them, freed by `releaseBuffers`.
+    private var gatheredBuffer: UnsafeMutableRawBufferPointer?
+    private var compressedBuffer: UnsafeMutableRawBufferPointer?
     private let compressor = PageCompressor()
     private(set) var policy: CompressionPolicy
     /// What this encoder saved so far (the caller adds wire bytes).
@@ -39,14 +43,33 @@ final class ChunkEncoder {
         hasher = PageTagHasher(key: key)
         pageTags = [UInt64](repeating: 0, count: geometry.chunkCount * pagesPerChunk)
         chunkHashes = [ChunkHash](repeating: .none, count: geometry.chunkCount)
-        gathered = .allocate(byteCount: geometry.chunkSize, alignment: 64)
-        compressed = .allocate(byteCount: PageCompressor.bound(geometry.chunkSize), alignment: 64)
+        chunkSize = geometry.chunkSize
         policy = CompressionPolicy(codec: codec)
     }
 
-    deinit {
-        gathered.deallocate()
-        compressed.deallocate()
+    deinit { releaseBuffers() }
+
+    /// Frees the chunk-sized buffers; a frame `encode` returned must have
+    /// been sent first (its body points into them).
+    func releaseBuffers() {
+        gatheredBuffer?.deallocate()
+        compressedBuffer?.deallocate()
+        gatheredBuffer = nil
+        compressedBuffer = nil
+    }
+
+    private var gathered: UnsafeMutableRawBufferPointer {
+        if let b = gatheredBuffer { return b }
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 64)
+        gatheredBuffer = b
+        return b
+    }
+
+    private var compressed: UnsafeMutableRawBufferPointer {
+        if let b = compressedBuffer { return b }
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: PageCompressor.bound(chunkSize), alignment: 64)
+        compressedBuffer = b
+        return b
     }
 
     /// `encode` for a chunk found all zeros in the live mapping, without a
@@ -133,7 +156,8 @@ final class ChunkEncoder {
         savings.zeroPages += UInt64(zeros)
         if zeros == pages { savings.zeroChunks += 1 }
         var codec = PageCodec.none
-        var body = UnsafeRawBufferPointer(rebasing: gathered[..<gatheredCount])
+        var body = gatheredCount > 0 ? UnsafeRawBufferPointer(rebasing: gathered[..<gatheredCount])
+                                     : UnsafeRawBufferPointer(start: nil, count: 0)
         if gatheredCount > 0, policy.shouldCompress() {
             let began = ContinuousClock.now
             let size = compressor.compress(body, with: policy.codec, into: compressed)

@@ -4,22 +4,36 @@ import CCompression
 /// contexts. Decompression never writes past the size the frame's masks
 /// imply, and any other result is a malformed frame.
 ///
+/// The zstd contexts (about 300 KiB to compress, 95 KiB to decompress,
+/// once used) are made on first use: a region stream that never meets
+/// zstd, the default being lz4, holds neither.
+///
 /// Not thread-safe: one per region stream side.
 public final class PageCompressor {
-    private let zstdCompression: OpaquePointer
-    private let zstdDecompression: OpaquePointer
+    private var zstdCompressionContext: OpaquePointer?
+    private var zstdDecompressionContext: OpaquePointer?
     /// zstd's fastest standard level: the link, not the ratio, is the point.
     static let zstdLevel: Int32 = 1
 
-    public init() {
-        guard let c = ZSTD_createCCtx(), let d = ZSTD_createDCtx() else { fatalError("zstd: out of memory") }
-        zstdCompression = c
-        zstdDecompression = d
-    }
+    public init() {}
 
     deinit {
-        ZSTD_freeCCtx(zstdCompression)
-        ZSTD_freeDCtx(zstdDecompression)
+        if let c = zstdCompressionContext { ZSTD_freeCCtx(c) }
+        if let d = zstdDecompressionContext { ZSTD_freeDCtx(d) }
+    }
+
+    private var zstdCompression: OpaquePointer {
+        if let c = zstdCompressionContext { return c }
+        guard let c = ZSTD_createCCtx() else { fatalError("zstd: out of memory") }
+        zstdCompressionContext = c
+        return c
+    }
+
+    private var zstdDecompression: OpaquePointer {
+        if let d = zstdDecompressionContext { return d }
+        guard let d = ZSTD_createDCtx() else { fatalError("zstd: out of memory") }
+        zstdDecompressionContext = d
+        return d
     }
 
     /// Room `compress` may need for `count` bytes.

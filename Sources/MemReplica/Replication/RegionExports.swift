@@ -651,8 +651,21 @@ public final class RegionExports: Sendable {
                     }
                 }
                 var pushedSinceYield = 0
-                let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
-                defer { scratch.deallocate() }
+                // Chunk-sized copies, held while a pass runs: a peer
+                // following many idle regions holds none.
+                var scratchBuffer: UnsafeMutableRawBufferPointer?
+                func scratch() -> UnsafeMutableRawBufferPointer {
+                    if let b = scratchBuffer { return b }
+                    let b = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
+                    scratchBuffer = b
+                    return b
+                }
+                func passEnded() {
+                    scratchBuffer?.deallocate()
+                    scratchBuffer = nil
+                    encoder?.releaseBuffers()
+                }
+                defer { passEnded() }
                 // The initial pass reads a hole of a sparse backing as
                 // zeros without touching (and allocating) it; the tracker,
                 // armed above, sees a write into it after the check.
@@ -667,7 +680,7 @@ public final class RegionExports: Sendable {
                     if sentBefore[chunk] { counted.chunksResent += 1 }
                     sentBefore[chunk] = true
                     if let encoder {
-                        let buffer = snapshot ?? scratch
+                        let buffer = snapshot ?? scratch()
                         let copy = UnsafeRawBufferPointer(rebasing: buffer[..<live.count])
                         let encoded: ChunkEncoder.Encoded
                         if PageLayout.isZero(live) {
@@ -722,8 +735,9 @@ public final class RegionExports: Sendable {
                     counted.wireBytes += UInt64(try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy))
                     return hasher.hash(copy)
                 }
-                let snapshot = UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize, alignment: 64)
-                defer { snapshot.deallocate() }
+                var snapshot = syncedDigests ? UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize,
+                                                                                       alignment: 64) : nil
+                defer { snapshot?.deallocate() }
                 var sentInitially = 0
                 // What the mirror holds once the pass is applied, chunk by chunk.
                 var expected = [ChunkHash](repeating: .none, count: region.geometry.chunkCount)
@@ -737,12 +751,16 @@ public final class RegionExports: Sendable {
                             continue
                         }
                     }
-                    expected[chunk] = try await push(chunk, initial: true, snapshot: syncedDigests ? snapshot : nil) ?? .none
+                    expected[chunk] = try await push(chunk, initial: true, snapshot: snapshot) ?? .none
                     sentInitially += 1
                     if sentInitially % 256 == 0 { flushSavings() }
                 }
                 flushSavings()
+                snapshot?.deallocate()
+                snapshot = nil
+                passEnded()
                 try await frames.send(.synced(version: version, digest: syncedDigests ? RegionDigest.synced(expected) : []))
+                expected = []
                 record { $0.synced = true }
                 logger.info("initial sync sent", metadata: [
                     "region": "\(region.name)", "chunks": "\(sentInitially) of \(region.geometry.chunkCount)",
@@ -774,6 +792,7 @@ public final class RegionExports: Sendable {
                         if let cut = pendingCut() { try await park(cut, remaining: changed[i...]) }
                         _ = try await push(chunk)
                     }
+                    passEnded()
                     if !changed.isEmpty { flushSavings() }
                     let took = began.duration(to: .now).seconds
                     record {

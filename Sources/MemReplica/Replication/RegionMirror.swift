@@ -260,21 +260,14 @@ public final class RegionMirror: @unchecked Sendable {
         applied(index, range: range, version: version, to: &stream)
     }
 
-    /// What PAGES frames need, made at the first one.
+    /// What PAGES frames need, made at the first one. The chunk-sized
+    /// buffers are each frame's own, freed once it is applied: a peer
+    /// following many idle regions holds none.
     private final class PagesDecoding {
         let hasher: PageTagHasher
         let compressor = PageCompressor()
-        /// The present pages, decompressed; then the chunk as it will be.
-        let pages: UnsafeMutableRawBufferPointer
-        let assembled: UnsafeMutableRawBufferPointer
-        init(key: ChunkHashKey, chunkSize: Int) {
+        init(key: ChunkHashKey) {
             hasher = PageTagHasher(key: key)
-            pages = .allocate(byteCount: chunkSize, alignment: 64)
-            assembled = .allocate(byteCount: chunkSize, alignment: 64)
-        }
-        deinit {
-            pages.deallocate()
-            assembled.deallocate()
         }
     }
     private var pagesDecoding: PagesDecoding?
@@ -289,12 +282,15 @@ public final class RegionMirror: @unchecked Sendable {
             throw ProtocolViolation(.malformedFrame, "PAGES for chunk \(p.chunk) names \(p.pageCount) pages, "
                                     + "not \(PageLayout.pageCount(ofChunkBytes: range.count))")
         }
-        let decoding = pagesDecoding ?? PagesDecoding(key: key, chunkSize: region.geometry.chunkSize)
+        let decoding = pagesDecoding ?? PagesDecoding(key: key)
         pagesDecoding = decoding
         var expected = 0
         for i in 0..<p.pageCount where p.isPresent(i) { expected += PageLayout.range(ofPage: i, inChunkOf: range.count).count }
+        // The present pages, decompressed.
+        let pages = UnsafeMutableRawBufferPointer.allocate(byteCount: max(expected, 1), alignment: 64)
+        defer { pages.deallocate() }
         try p.payload.withUnsafeBytes { payload in
-            try decoding.compressor.decompress(payload, with: p.codec, into: UnsafeMutableRawBufferPointer(rebasing: decoding.pages[..<expected]))
+            try decoding.compressor.decompress(payload, with: p.codec, into: UnsafeMutableRawBufferPointer(rebasing: pages[..<expected]))
         }
         try openBatch(&stream)
         try halted.withLock { stopped in
@@ -312,14 +308,16 @@ public final class RegionMirror: @unchecked Sendable {
                 return
             }
             if let check = p.check {
-                let assembled = UnsafeMutableRawBufferPointer(rebasing: decoding.assembled[..<range.count])
+                // The chunk as it will be, assembled aside and checked first.
+                let assembled = UnsafeMutableRawBufferPointer.allocate(byteCount: range.count, alignment: 64)
+                defer { assembled.deallocate() }
                 assembled.copyMemory(from: UnsafeRawBufferPointer(target))
-                Self.overlay(p, pages: UnsafeRawBufferPointer(decoding.pages), onto: assembled)
+                Self.overlay(p, pages: UnsafeRawBufferPointer(pages), onto: assembled)
                 guard decoding.hasher.chunkHash(UnsafeRawBufferPointer(assembled)) == check else {
                     throw ReplicationError.pageCheckFailed(region: region.name, chunk: index)
                 }
             }
-            Self.overlay(p, pages: UnsafeRawBufferPointer(decoding.pages), onto: target)
+            Self.overlay(p, pages: UnsafeRawBufferPointer(pages), onto: target)
             // A store the file could not take landed in a private zero page.
             try region.checkIntact()
         }
