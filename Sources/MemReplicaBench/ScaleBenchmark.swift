@@ -45,7 +45,7 @@ public struct ScaleBenchmark {
         public var lagP99Milliseconds: Double
         /// Both peers' anonymous memory (not the regions' mappings) while
         /// they follow the synced regions, over what the process held
-        /// before they started, per region (`ProcessMemory.settledAnonymousBytes`).
+        /// before they started, per region (`ProcessMemory.followingAnonymousBytes`).
         public var anonymousBytesPerRegion: Double
         /// The same taken the moment the last replica synced, without
         /// trimming: adds the bytes in flight and what the allocator keeps.
@@ -68,7 +68,7 @@ public struct ScaleBenchmark {
         public var scanMilliseconds: Double
         /// Anonymous memory both peers hold while following the synced
         /// region, beyond what the process held before, as a share of the
-        /// region (`ProcessMemory.settledAnonymousBytes`).
+        /// region (`ProcessMemory.followingAnonymousBytes`).
         public var anonymousOverheadPercent: Double
         /// The same taken the moment the replica synced, without trimming:
         /// adds the bytes in flight and what the allocator keeps.

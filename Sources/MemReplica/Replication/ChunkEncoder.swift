@@ -8,9 +8,9 @@
 ///
 /// Memory: 8 bytes per 4 KiB page and 16 per chunk (0.2 % of the region),
 /// plus two chunk-sized buffers while a pass runs (`releaseBuffers` after
-/// it: a peer following many idle regions holds none). A chunk the mirror may hold differently
-/// from what was sent (a resumed subscription's) is unknown until first
-/// sent whole: only its zero pages are left out then.
+/// it: a peer following many idle regions holds none). A chunk the mirror
+/// may hold differently from what was sent (a resumed subscription's) is
+/// unknown until first sent whole: only its zero pages are left out then.
 final class ChunkEncoder {
     enum Encoded {
         /// Equal to what the mirror was last sent: send nothing.
