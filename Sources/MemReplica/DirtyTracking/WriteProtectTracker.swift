@@ -73,7 +73,9 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     /// ours to undo.
     private let remote: Bool
     /// The scan's output buffer, allocated once; a scan with more runs than
-    /// it holds takes several ioctls.
+    /// it holds takes several ioctls. 512 runs (12 KiB) by default: a peer
+    /// following a thousand regions holds one per region, and a scan that
+    /// finds more runs than that does enough work to amortise the calls.
     private let runs: UnsafeMutableBufferPointer<PagemapScan.Run>
 
     /// Tracks a region's mapping. Throws `Failure` when the kernel or the
@@ -86,7 +88,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     /// while the tracker lives (`owner` is retained for that). Chunks are
     /// `chunkSize` bytes from the start; the last may be short.
     public init(memory: UnsafeMutableRawBufferPointer, chunkSize: Int, keepingAlive owner: AnyObject? = nil,
-                runCapacity: Int = 4096) throws {
+                runCapacity: Int = 512) throws {
         pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
         guard let base = memory.baseAddress, memory.count > 0,
               Int(bitPattern: base) % pageSize == 0 else {
@@ -158,7 +160,7 @@ public final class WriteProtectTracker: DirtyTracker, @unchecked Sendable {
     /// process: the range must lie within the user address space
     /// (`AttachMapping`), so the scan's address arithmetic cannot overflow.
     init(attachedProcessFD userfaultfd: Int32, pagemap: Int32, base: UInt64, length: Int, chunkSize: Int,
-         runCapacity: Int = 4096) throws {
+         runCapacity: Int = 512) throws {
         let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
         let mapping: AttachMapping
         do {
