@@ -328,6 +328,9 @@ extension TransportBenchmark {
         // ticket send fails; seen about once in 60 resumed connections):
         // an untimed full connection then fetches one, and the report counts it.
         var missedTickets = 0
+        // 0-RTT a server refused (its windows were smaller than the ticket's
+        // connection had): those requests went again in 1-RTT.
+        var refusedEarlyData = 0
         func ticket() async throws {
             if try await ticket(within: 1) { return }
             missedTickets += 1
@@ -348,6 +351,7 @@ extension TransportBenchmark {
                 guard stats.sessionResumed == resumed else {
                     throw TransportError.protocolFailure("expected \(resumed ? "a resumed" : "a full") handshake")
                 }
+                if stats.earlyData == .rejected { refusedEarlyData += 1 }
                 if i >= warmup { samples.append(t1 - t0) }
                 // The server's ticket comes after the handshake: keep the
                 // connection until it has (or a second has passed).
@@ -373,6 +377,9 @@ extension TransportBenchmark {
         }
         await client.close()
         await server.close()
+        if refusedEarlyData > 0 {
+            log("handshakes: the server refused 0-RTT on \(refusedEarlyData) connection(s); their requests went in 1-RTT")
+        }
         if missedTickets > 0 {
             log("handshakes: \(missedTickets) connection(s) got no session ticket from the server; an untimed connection fetched one")
         }

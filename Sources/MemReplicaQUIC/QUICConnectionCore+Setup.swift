@@ -76,7 +76,14 @@ extension QUICConnectionCore {
             throw TransportError.protocolFailure("creating connection: \(String(cString: ngtcp2_strerror(rc)))")
         }
         conn = c
-        try startTLS(on: c, user: user, resume: resume, offerEarlyData: offerEarlyData)
+        // A server accepts 0-RTT only with the fullest windows: the client's
+        // early data obeys the windows of the connection its ticket came
+        // from, and accepted 0-RTT may not be granted less (refused 0-RTT
+        // costs a round trip; the bytes go again in 1-RTT).
+        let earlyData = isClient
+            ? offerEarlyData
+            : window >= endpoint.memoryBudget.largestReceiveWindow(wanted: config.connectionReceiveWindow)
+        try startTLS(on: c, user: user, resume: resume, earlyData: earlyData)
     }
 
     /// ngtcp2's settings: packet sizes (larger to a peer on this host),
@@ -145,10 +152,11 @@ extension QUICConnectionCore {
         return params
     }
 
-    /// The GnuTLS session (ALPN, a ticket to resume with, early data), tied
-    /// to the new ngtcp2 connection `c`; on failure the connection is freed.
+    /// The GnuTLS session (ALPN, a ticket to resume with, early data: offered
+    /// by a client, accepted by a server), tied to the new ngtcp2 connection
+    /// `c`; on failure the connection is freed.
     private func startTLS(on c: OpaquePointer, user: UnsafeMutableRawPointer, resume: SessionTicket?,
-                          offerEarlyData: Bool) throws {
+                          earlyData: Bool) throws {
         var err = [CChar](repeating: 0, count: 256)
         let alpn = acceptedProtocols.map { strdup($0) }
         defer { alpn.forEach { free($0) } }
@@ -156,7 +164,7 @@ extension QUICConnectionCore {
         let tlsRC = alpn.map { UnsafePointer<CChar>($0) }.withUnsafeBufferPointer { list in
             resumeData.withUnsafeBufferPointer { data in
                 qs_tls_session_new(tls, endpoint.tls.handle, isClient ? 0 : 1, list.baseAddress, list.count,
-                                   nil, resume == nil ? nil : data.baseAddress, data.count, offerEarlyData ? 1 : 0,
+                                   nil, resume == nil ? nil : data.baseAddress, data.count, earlyData ? 1 : 0,
                                    &err, err.count)
             }
         }

@@ -93,21 +93,37 @@ public final class MemoryBudget: Sendable {
         return (min(stream, UInt64(limit / 16), connectionWindow), connectionWindow)
     }
 
-    /// Reserves a connection's receive window: `wanted`, but at most 1/32
-    /// of the receive share still free, so each connection gets a little
-    /// less than the one before and many fit (with the default 3 GiB
-    /// budget: 48 MiB for the first, about 6.5 MiB for the 64th, about 240
-    /// in all); never less than `minimumReceiveWindow`, nil when not
+    /// Reserves a connection's receive window: the largest window
+    /// (`largestReceiveWindow`) while at least half the receive share stays
+    /// free after it, then 1/32 of the receive share still free, so many
+    /// more fit (with the default 3 GiB budget: 48 MiB for each of the
+    /// first 16, 24 MiB for the 17th, about 5.4 MiB for the 64th, about
+    /// 235 in all); never less than `minimumReceiveWindow`, nil when not
     /// even that is free. Give it back with `releaseReceiveWindow`.
+    ///
+    /// The first connections all get the same window so that a server can
+    /// accept 0-RTT on them: a client sends early data under the windows it
+    /// remembers from an earlier connection, and RFC 9000 §7.4.1 forbids
+    /// granting less once 0-RTT is accepted (ngtcp2 closes with
+    /// PROTOCOL_VIOLATION).
     package func reserveReceiveWindow(wanted: UInt64) -> UInt64? {
-        state.withLock { s in
+        let largest = Int(largestReceiveWindow(wanted: wanted))
+        return state.withLock { s in
             let available = receiveShare - s.receiveReserved
             guard available >= Self.minimumReceiveWindow else { return nil }
-            let window = min(Int(clamping: wanted), limit / 8, max(available / 32, Self.minimumReceiveWindow))
+            let window = available - largest >= receiveShare / 2
+                ? largest
+                : min(largest, max(available / 32, Self.minimumReceiveWindow))
             s.receiveReserved += window
             s.peak = max(s.peak, s.used)
             return UInt64(window)
         }
+    }
+
+    /// The largest window `reserveReceiveWindow(wanted:)` gives: `wanted`,
+    /// but at most 1/8 of the budget and 1/32 of the receive share.
+    package func largestReceiveWindow(wanted: UInt64) -> UInt64 {
+        UInt64(min(Int(clamping: wanted), limit / 8, max(receiveShare / 32, Self.minimumReceiveWindow)))
     }
 
     package func releaseReceiveWindow(_ window: UInt64) {

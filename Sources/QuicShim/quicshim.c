@@ -326,9 +326,12 @@ int qs_tls_session_new(qs_tls_session *ts, qs_tls_ctx *ctx, int is_server,
   }
   if (is_server) {
     /* Tickets are sent by hand once the client's certificate is verified
-     * (qs_tls_send_ticket); 0-RTT is accepted under anti-replay. */
-    flags |= GNUTLS_SERVER | GNUTLS_ENABLE_EARLY_DATA |
-             GNUTLS_NO_AUTO_SEND_TICKET;
+     * (qs_tls_send_ticket); 0-RTT, when early_data allows it, is accepted
+     * under anti-replay. */
+    flags |= GNUTLS_SERVER | GNUTLS_NO_AUTO_SEND_TICKET;
+    if (early_data) {
+      flags |= GNUTLS_ENABLE_EARLY_DATA;
+    }
   } else {
     flags |= GNUTLS_CLIENT;
     if (early_data && resume_data) {

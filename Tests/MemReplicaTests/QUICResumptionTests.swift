@@ -255,6 +255,47 @@ struct QUICResumptionTests {
         await server.close()
     }
 
+    @Test("a server short of memory for the windows a ticket remembers refuses 0-RTT instead of breaking the connection")
+    func earlyDataRefusedWhenWindowsShrink() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let serverConfig = quicConfig(server: true)
+        let budget = serverConfig.memoryBudget
+        let pair = try EndpointPair(pki: pki, serverConfig: serverConfig)
+        let address = try pair.serverAddress
+        let (c1, s1) = try await pair.connect("full handshake")
+        try await exchange(c1, s1, Array("warm-up".utf8))
+        try await waitForTicket(pair)
+        await c1.close(errorCode: 0, reason: "")
+
+        // Other connections now hold half the server's receive share: the
+        // next gets a smaller window than the ticket's connection had.
+        var held: [UInt64] = []
+        let full = Int(budget.largestReceiveWindow(wanted: serverConfig.connectionReceiveWindow))
+        while budget.receiveShare - Int(held.reduce(0, +)) - full >= budget.receiveShare / 2 {
+            held.append(try #require(budget.reserveReceiveWindow(wanted: serverConfig.connectionReceiveWindow)))
+        }
+        defer { held.forEach { budget.releaseReceiveWindow($0) } }
+
+        // Several packets of early data, more than a shrunken window would
+        // be told about in time to matter.
+        let request = patternBytes(count: 5000, seed: 9)
+        let echo = echoFirstStream(pair.server, count: request.count)
+        let (conn, stream) = try await withTimeout(10, "resumed connect, windows smaller than remembered") {
+            try await pair.client.connectQUIC(to: address, replaySafeEarlyData: request)
+        }
+        try await stream.finish()
+        #expect(try await stream.readAll(limit: 1 << 20) == request)
+        let (serverSide, early) = try await served(echo)
+        #expect(!early)
+        let stats = await conn.statistics()
+        #expect(stats.sessionResumed, "the ticket still resumed the session")
+        #expect(stats.earlyData == .rejected)
+        try await exchange(conn, serverSide, Array("after".utf8))
+        await conn.close(errorCode: 0, reason: "")
+        await pair.close()
+    }
+
     @Test("a recorded 0-RTT flight replayed to the server is not acted on again")
     func replayedFlightRefused() async throws {
         let pki = try TestPKI()

@@ -110,7 +110,8 @@ typedef struct qs_tls_session {
 /* alpn: protocol names this side offers (client) or accepts (server).
  * Client only: resume_data (a ticket from qs_tls_session.ticket, or NULL)
  * asks to resume that session; early_data also offers 0-RTT with it. A
- * ticket GnuTLS cannot read is ignored (a full handshake follows). */
+ * ticket GnuTLS cannot read is ignored (a full handshake follows).
+ * Server: early_data says whether 0-RTT may be accepted. */
 int qs_tls_session_new(qs_tls_session *ts, qs_tls_ctx *ctx, int is_server,
                        const char *const *alpn, size_t alpn_count,
                        const char *server_name, const uint8_t *resume_data,
