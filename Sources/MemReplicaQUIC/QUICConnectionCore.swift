@@ -126,7 +126,16 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
             qs_conn_read_pkt(conn, path, &info, packet.baseAddress!.assumingMemoryBound(to: UInt8.self),
                              packet.count, now)
         }
-        if rc != 0 {
+        if rc == NGTCP2_ERR_RETRY, !isClient {
+            // The client's first Initial came without the start of its
+            // ClientHello (a resumed one with a certificate in its ticket
+            // spans two packets, and the first was lost). ngtcp2 buffers
+            // such data only from a validated address: answer with a Retry,
+            // whose token makes the client send it all again, and forget
+            // this attempt without a CONNECTION_CLOSE.
+            endpoint.answerWithRetry(packet, from: remote, now: now)
+            finish(.protocolFailure("the client's first Initial lacked the start of its ClientHello"))
+        } else if rc != 0 {
             handleFatal(rc, now: now)
         } else if let reason = pendingRefusal {
             pendingRefusal = nil

@@ -82,6 +82,17 @@ extension QUICEndpoint {
         }
     }
 
+    /// Answers `packet`, a client's Initial that ngtcp2 asked a Retry for,
+    /// with one, unless the client already followed a Retry (it takes only
+    /// one): then nothing is sent and its next Initial starts afresh.
+    func answerWithRetry(_ packet: UnsafeRawBufferPointer, from: SocketAddressStorage, now: UInt64) {
+        var header = ngtcp2_pkt_hd()
+        guard ngtcp2_accept(&header, packet.baseAddress!.assumingMemoryBound(to: UInt8.self), packet.count) == 0,
+              header.type == UInt8(NGTCP2_PKT_INITIAL.rawValue) else { return }
+        if header.token.len > 0, header.token.base[0] == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) { return }
+        sendRetry(header, to: from, now: now)
+    }
+
     /// Answers an Initial with a Retry carrying a token that binds the
     /// client's address and original DCID to a new connection ID.
     private func sendRetry(_ header: ngtcp2_pkt_hd, to remote: SocketAddressStorage, now: UInt64) {

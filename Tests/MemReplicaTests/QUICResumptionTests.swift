@@ -296,6 +296,54 @@ struct QUICResumptionTests {
         await pair.close()
     }
 
+    @Test("a resumed ClientHello whose first packet is lost gets a Retry and the connection resumes")
+    func resumedClientHelloFirstPacketLost() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let server = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.server.tls,
+                                      configuration: quicConfig(server: true))
+        let relay = UDPRelay(toServerPort: server.localAddress.port)
+        defer { relay.stop() }
+        // Packets sized as for a path of unknown MTU: the client's first
+        // flight goes in 1200-byte datagrams, as across a WAN.
+        var clientConfig = quicConfig(server: false)
+        clientConfig.hostLocalUDPPayloadSize = nil
+        let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
+                                      configuration: clientConfig)
+        let address = try PeerAddress(host: "127.0.0.1", port: relay.port)
+        do {
+            async let accepted = server.acceptQUIC()
+            let conn = try await client.connectQUIC(to: address)
+            _ = await accepted
+            try await withTimeout(5, "ticket") {
+                while await client.sessionTicketCount(for: address) == 0 { try await Task.sleep(for: .milliseconds(2)) }
+            }
+            await conn.close(errorCode: 0, reason: "")
+        }
+        // The resumed ClientHello carries the ticket, which holds the
+        // client's certificate: more than one Initial packet. Lose the first.
+        relay.recordClientDatagrams()
+        relay.dropClientInitials(1)
+        let accepting = Task { await server.acceptQUIC() }
+        let conn: QUICConnection
+        do {
+            conn = try await withTimeout(10, "resumed connect, first Initial lost") {
+                try await client.connectQUIC(to: address)
+            }
+        } catch {
+            await client.close()
+            await server.close()
+            throw error
+        }
+        guard let serverSide = await accepting.value else { throw TransportError.closedLocally }
+        #expect(relay.retriesFromServer == 1, "the server answered the ClientHello's second packet with a Retry")
+        #expect(await conn.statistics().sessionResumed)
+        try await exchange(conn, serverSide, Array("after the Retry".utf8))
+        await conn.close(errorCode: 0, reason: "")
+        await client.close()
+        await server.close()
+    }
+
     @Test("a recorded 0-RTT flight replayed to the server is not acted on again")
     func replayedFlightRefused() async throws {
         let pki = try TestPKI()

@@ -11,7 +11,8 @@ import Glibc
 
 /// A loopback UDP relay between a client and a server, for faults the
 /// network would cause: it can stop forwarding (a cut cable, a dead host)
-/// or let through only the first N server datagrams (a stalled handshake).
+/// or let through only the first N server datagrams (a stalled handshake),
+/// or lose the client's next datagrams.
 /// With a one-way delay it stands for a long path (round trips count).
 final class UDPRelay: @unchecked Sendable {
     let port: UInt16
@@ -25,6 +26,8 @@ final class UDPRelay: @unchecked Sendable {
     struct State {
         var cut = false
         var serverDatagramsAllowed = Int.max
+        var clientDatagramsToDrop = 0
+        var clientInitialsToDrop = 0
         var clientPort: UInt16 = 0
         var stop = false
         var forwarded = 0
@@ -66,6 +69,11 @@ final class UDPRelay: @unchecked Sendable {
     /// Forwards again after `cut` (the cable is plugged back in).
     func restore() { state.withLock { $0.cut = false } }
     func allowServerDatagrams(_ n: Int) { state.withLock { $0.serverDatagramsAllowed = n } }
+    /// Drops the next `n` datagrams from the client (lost packets).
+    func dropClientDatagrams(_ n: Int) { state.withLock { $0.clientDatagramsToDrop = n } }
+    /// Drops the next `n` datagrams from the client that start with an
+    /// Initial packet (the header's first byte is not encrypted there).
+    func dropClientInitials(_ n: Int) { state.withLock { $0.clientInitialsToDrop = n } }
     var forwarded: Int { state.withLock { $0.forwarded } }
     /// Keeps a copy of every client datagram from now on (an eavesdropper).
     func recordClientDatagrams() { state.withLock { $0.recording = true } }
@@ -119,6 +127,14 @@ final class UDPRelay: @unchecked Sendable {
                     return s.clientPort
                 }
                 s.clientPort = fromPort
+                if s.clientInitialsToDrop > 0, buf[0] & 0xf0 == 0xc0 {
+                    s.clientInitialsToDrop -= 1
+                    return nil
+                }
+                if s.clientDatagramsToDrop > 0 {
+                    s.clientDatagramsToDrop -= 1
+                    return nil
+                }
                 s.forwarded += 1
                 if s.recording { s.recorded.append(Array(buf[0..<n])) }
                 return serverPort
