@@ -148,11 +148,17 @@ struct MemoryBudgetTests {
         let filling = Task {
             while true { try await stream.write(chunk) }
         }
-        try await waitUntil("a write waiting for room", within: 10) {
+        let writeWaits = {
             if let quic = stream as? QUICStream { return quic.core.mailbox.withLock { !$0.writeWaiters.isEmpty } }
             if let tcp = stream as? TCPStream { return tcp.core.mailbox.withLock { !$0.writeWaiters.isEmpty } }
             return false
         }
+        try await waitUntil("a write waiting for room", within: 10, writeWaits)
+        // The first wait can come before the transport has sent what the
+        // client's window allows; room then frees once more, and the ERROR
+        // would fit after all. Wait until the stream is stuck for good.
+        try await Task.sleep(for: .milliseconds(300))
+        try await waitUntil("a write still waiting for room", within: 10, writeWaits)
         let frames = FrameStream(stream)
         let started = ContinuousClock.now
         try await withTimeout(10, "FrameStream.fail on a stream nobody reads") {
