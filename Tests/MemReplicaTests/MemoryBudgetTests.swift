@@ -148,7 +148,7 @@ struct MemoryBudgetTests {
         let filling = Task {
             while true { try await stream.write(chunk) }
         }
-        let writeWaits = {
+        let writeWaits: () -> Bool = {
             if let quic = stream as? QUICStream { return quic.core.mailbox.withLock { !$0.writeWaiters.isEmpty } }
             if let tcp = stream as? TCPStream { return tcp.core.mailbox.withLock { !$0.writeWaiters.isEmpty } }
             return false
