@@ -19,6 +19,18 @@ struct QUICResumptionTests {
         }
     }
 
+    /// One full connection from `client` to `server` (reached at
+    /// `address`), kept until its session ticket arrives, then closed.
+    private func connectForTicket(_ client: QUICEndpoint, to server: QUICEndpoint, at address: PeerAddress) async throws {
+        async let accepted = server.acceptQUIC()
+        let conn = try await client.connectQUIC(to: address)
+        _ = await accepted
+        try await withTimeout(5, "ticket") {
+            while await client.sessionTicketCount(for: address) == 0 { try await Task.sleep(for: .milliseconds(2)) }
+        }
+        await conn.close(errorCode: 0, reason: "")
+    }
+
     /// One request/response on a fresh stream: proves the connection works.
     private func exchange(_ client: QUICConnection, _ server: QUICConnection, _ payload: [UInt8]) async throws {
         let stream = try await client.openQUICStream()
@@ -218,15 +230,7 @@ struct QUICResumptionTests {
                                  configuration: quicConfig(server: false))
         let b = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
                                  configuration: quicConfig(server: false))
-        for client in [a, b] {
-            async let accepted = server.acceptQUIC()
-            let conn = try await client.connectQUIC(to: address)
-            _ = await accepted
-            try await withTimeout(5, "ticket") {
-                while await client.sessionTicketCount(for: address) == 0 { try await Task.sleep(for: .milliseconds(2)) }
-            }
-            await conn.close(errorCode: 0, reason: "")
-        }
+        for client in [a, b] { try await connectForTicket(client, to: server, at: address) }
         // Past the window, the next 0-RTT attempt starts a new one; tickets
         // issued before it no longer carry early data (GnuTLS's rule).
         try await Task.sleep(for: .milliseconds(250))
@@ -311,15 +315,7 @@ struct QUICResumptionTests {
         let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
                                       configuration: clientConfig)
         let address = try PeerAddress(host: "127.0.0.1", port: relay.port)
-        do {
-            async let accepted = server.acceptQUIC()
-            let conn = try await client.connectQUIC(to: address)
-            _ = await accepted
-            try await withTimeout(5, "ticket") {
-                while await client.sessionTicketCount(for: address) == 0 { try await Task.sleep(for: .milliseconds(2)) }
-            }
-            await conn.close(errorCode: 0, reason: "")
-        }
+        try await connectForTicket(client, to: server, at: address)
         // The resumed ClientHello carries the ticket, which holds the
         // client's certificate: more than one Initial packet. Lose the first.
         relay.recordClientDatagrams()
