@@ -78,4 +78,34 @@ struct SparseRegionTests {
         _ = await pulling.result
         post.stop()
     }
+
+    @Test("a new replica of zero chunks allocates nothing for them, and its prefault skips what the data jumps over")
+    func newReplicaAllocatesOnlyData() async throws {
+        // All zeros, but written (the primary sends zero chunks, not holes),
+        // and one chunk of data at the end of a region larger than the
+        // prefault's lookahead.
+        let size = ReplicaPrefault.lookahead * 2, last = size / Self.chunk - 1
+        let primary = try Region(name: "zeros", backing: .memory, size: size, chunkSize: Self.chunk)
+        primary.bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        let tail = patternBytes(count: Self.chunk, seed: 91)
+        UnsafeMutableRawBufferPointer(rebasing: primary.bytes[(last * Self.chunk)..<size]).copyBytes(from: tail)
+        let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5), logger: silentLogger())
+        let rp = try await ReplicationPair(exports: exports)
+
+        let replica = try Region(name: "zeros", backing: .memory, size: size, chunkSize: Self.chunk)
+        let mirror = RegionMirror(region: replica, offersHeldChunks: false)
+        let running = Task { try await mirror.run(over: rp.client) }
+        try await pollUntil("the sync", seconds: 30) { mirror.currentProgress.synced }
+        #expect(mirror.currentProgress.selfCheckPassed == true)
+        // The data chunk, and a page or so of slack; before, the prefault
+        // thread and the zero checks allocated the whole region. Taken
+        // before hashing: reading the mapping allocates its holes.
+        let held = Self.allocated(replica)
+        #expect(held >= Self.chunk && held <= 2 * Self.chunk, "the replica's memfd holds \(held) bytes for one chunk of data")
+        #expect(regionSHA(replica) == regionSHA(primary))
+
+        running.cancel()
+        await rp.close()
+        _ = await running.result
+    }
 }

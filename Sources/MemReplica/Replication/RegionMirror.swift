@@ -49,6 +49,7 @@ public final class RegionMirror: @unchecked Sendable {
         self.known = known
         self.identity = identity
         self.durable = durable
+        storedChunks = offersHeldChunks ? nil : [Bool](repeating: false, count: region.geometry.chunkCount)
     }
 
     /// Kept while a migration to this peer runs (`startHandOverHashes`).
@@ -105,26 +106,14 @@ public final class RegionMirror: @unchecked Sendable {
     public var currentProgress: Progress { progress.withLock { $0 } }
     public var initialSyncComplete: Bool { currentProgress.synced }
 
-    /// A new replica receives every chunk that is not zero: allocate its
-    /// pages on a thread of their own while the first chunks are on their
-    /// way, so the receive path copies into memory that is already there.
-    /// Not for a replica larger than half the memory free now: a mostly
-    /// zero region (a sparse 16 GiB one) would take all of its size in
-    /// pages the stream never fills, where without prefaulting only the
-    /// chunks that arrive take memory.
-    private func prefaultAhead() {
-        let region = self.region
-        let free = sysconf(Int32(_SC_AVPHYS_PAGES)) * sysconf(Int32(_SC_PAGESIZE))
-        guard free > 0, region.geometry.size <= free / 2 else { return }
-        let step = 64 << 20
-        let thread = Thread {
-            for start in stride(from: 0, to: region.geometry.size, by: step) {
-                guard region.populate(start..<min(start + step, region.geometry.size)) else { return }
-            }
-        }
-        thread.name = "prefault \(region.name)"
-        thread.start()
-    }
+    /// A new replica's pages made ahead of the data (this run's initial sync).
+    private var prefault: ReplicaPrefault?
+    /// For a new replica's file: the chunks this mirror has stored bytes
+    /// into, over all its runs. The others are holes, zeros already, so a
+    /// zero chunk for one of them needs nothing, not even a read (reading
+    /// a hole through the mapping would allocate its pages). Nil when the
+    /// file held bytes before: any chunk may hold data.
+    private var storedChunks: [Bool]?
 
     /// Ends the run (now, or as soon as it starts) by resetting its region
     /// stream; the connection, which may carry other mirrors, stays.
@@ -139,7 +128,8 @@ public final class RegionMirror: @unchecked Sendable {
         let g = region.geometry
         let hasher = ChunkHasher(key: key)
         try await subscribe(on: frames, hasher: hasher)
-        if !offersHeldChunks { prefaultAhead() }
+        if !offersHeldChunks { prefault = ReplicaPrefault.start(for: region) }
+        defer { prefault?.stop(); prefault = nil }
         var stream = StreamState(chunkCount: g.chunkCount)
         let marker = startCompleteMarker()
         defer { marker?.cancel() }
@@ -255,7 +245,10 @@ public final class RegionMirror: @unchecked Sendable {
             guard !stopped else {
                 throw ProtocolViolation(.migrationAborted, "the region was taken over after a post-copy hand-over")
             }
+            // Zeros into a chunk never stored into: it is zeros already.
+            if storedChunks?[index] == false, bytes.withUnsafeBytes(PageLayout.isZero) { return }
             try region.storeChunk(index, bytes)
+            storedChunks?[index] = true
         }
         applied(index, range: range, version: version, to: &stream)
     }
@@ -299,9 +292,10 @@ public final class RegionMirror: @unchecked Sendable {
             }
             let target = UnsafeMutableRawBufferPointer(rebasing: region.bytes[range])
             if p.zeroCount == p.pageCount {
-                // A fresh replica is zeros already (and being allocated by
-                // the prefault thread): reading is cheaper than a hole punch.
-                if !PageLayout.isZero(UnsafeRawBufferPointer(target)), (try? region.discard(range)) == nil {
+                // Nothing to do for a chunk never stored into; elsewhere
+                // reading is cheaper than a hole punch.
+                if storedChunks?[index] ?? true, !PageLayout.isZero(UnsafeRawBufferPointer(target)),
+                   (try? region.discard(range)) == nil {
                     target.initializeMemory(as: UInt8.self, repeating: 0)
                 }
                 try region.checkIntact()
@@ -318,6 +312,7 @@ public final class RegionMirror: @unchecked Sendable {
                 }
             }
             Self.overlay(p, pages: UnsafeRawBufferPointer(pages), onto: target)
+            storedChunks?[index] = true
             // A store the file could not take landed in a private zero page.
             try region.checkIntact()
         }
@@ -342,6 +337,7 @@ public final class RegionMirror: @unchecked Sendable {
     /// Bookkeeping after a chunk was stored at `version`.
     private func applied(_ index: Int, range: Range<Int>, version: UInt64, to stream: inout StreamState) {
         handOver.withLock { $0 }?.applied(index)
+        if storedChunks?[index] ?? true { prefault?.dataArrived(at: range) }
         if durable != nil { unsynced.append(range) }
         let first = stream.versions[index] == 0
         stream.versions[index] = version
@@ -359,9 +355,11 @@ public final class RegionMirror: @unchecked Sendable {
     private func applySynced(digest: [UInt8], hasher: ChunkHasher, to stream: inout StreamState) throws {
         if !digest.isEmpty {
             // A zero chunk's hash is computed once (zeros are checked faster than hashed).
+            // Holes read as zeros without allocating them.
             var zeroHash: (count: Int, hash: ChunkHash)?
+            var holes = HoleCursor(region)
             let ours = RegionDigest.synced((0..<region.geometry.chunkCount).map { chunk in
-                let bytes = try! region.chunkBytes(chunk)
+                let bytes = try! holes.chunkBytes(chunk, of: region)
                 guard PageLayout.isZero(bytes) else { return hasher.hash(bytes) }
                 if let z = zeroHash, z.count == bytes.count { return z.hash }
                 let h = hasher.hash([UInt8](repeating: 0, count: bytes.count))
@@ -381,6 +379,8 @@ public final class RegionMirror: @unchecked Sendable {
             stream.batchOpen = false
         }
         progress.withLock { $0.synced = true }
+        prefault?.stop()
+        prefault = nil
     }
 
     /// ACKs the highest version applied; a durable mirror once it is on
