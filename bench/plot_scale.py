@@ -16,12 +16,18 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_pair(path, title, xlabel, x, left, right, log2_x=False):
+def plot_pair(path, title, xlabel, x, left, right, log2_x=False, left_floor=None):
     """One figure: `left` and `right` are (values, label, color, style)
-    series on their own y axes, both from zero."""
+    series on their own y axes, both from zero; `left_floor`, a series in
+    `left`'s unit measured beside it (drawn grey, with a legend)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
+    if left_floor is not None:
+        values, label = left_floor
+        ax.plot(x, values, "o:", color="#7f7f7f", label=label)
+        ax.plot([], [], left[3], color=left[2], label=left[1])
+        ax.legend(loc="upper left", fontsize="small")
     for axis, (values, label, color, style) in ((ax, left), (ax.twinx(), right)):
         axis.plot(x, values, style, color=color)
         axis.set_ylabel(label, color=color)
@@ -50,7 +56,9 @@ def main():
         plot_pair(prefix + "-sizes.png", "One region: initial sync and the scan finding 1 % dirty", "region size, GiB",
                   [r["regionBytes"] / (1 << 30) for r in rows],
                   ([r["syncSeconds"] for r in rows], "initial sync, s", "#1f77b4", "o-"),
-                  ([r["scanMilliseconds"] for r in rows], "dirty scan, ms", "#2ca02c", "s--"))
+                  ([r["scanMilliseconds"] for r in rows], "dirty scan, ms", "#2ca02c", "s--"),
+                  left_floor=([r["allocateSeconds"] for r in rows], "the host making one copy's pages, s")
+                  if all("allocateSeconds" in r for r in rows) else None)
 
     rows = report["fanOut"]
     if rows:

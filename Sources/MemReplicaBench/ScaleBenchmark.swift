@@ -62,6 +62,12 @@ public struct ScaleBenchmark {
         /// Bytes of random content; the rest are holes (zero chunks).
         public var dataBytes: Int
         public var syncSeconds: Double
+        /// The floor beside it: the host making one copy's pages (the data
+        /// chunks' pages of a fresh memfd, MADV_POPULATE_WRITE), timed on
+        /// the primary just before it is filled. The replica pays the same
+        /// during the sync; on a VM, first touch of memory costs more per
+        /// GiB the more of it a process takes.
+        public var allocateSeconds: Double
         public var dataMegabytesPerSecond: Double
         public var dirtyChunks: Int
         /// The tracker's scan that found the 1 % written.
@@ -128,11 +134,12 @@ public struct ScaleBenchmark {
         }
         for size in options.sizes {
             let c = try await sized(size)
-            log(String(format: "%6.2f GiB region (%.2f GiB data%@): synced in %.2f s (%.0f MB/s of data), 1 %% dirty scan %.2f ms, "
-                       + "memory +%.3f %% of the region following (+%.3f %% at sync), %.2f s CPU per GiB%@",
+            log(String(format: "%6.2f GiB region (%.2f GiB data%@): synced in %.2f s (%.0f MB/s of data; the host made one copy's pages "
+                       + "in %.2f s), 1 %% dirty scan %.2f ms, memory +%.3f %% of the region following (+%.3f %% at sync), "
+                       + "%.2f s CPU per GiB%@",
                        Double(size) / Double(1 << 30), Double(c.dataBytes) / Double(1 << 30),
                        c.replicaOnDisk ? ", replica on disk" : "", c.syncSeconds,
-                       c.dataMegabytesPerSecond, c.scanMilliseconds, c.anonymousOverheadPercent, c.anonymousAtSyncPercent, c.cpuSecondsPerGiB,
+                       c.dataMegabytesPerSecond, c.allocateSeconds, c.scanMilliseconds, c.anonymousOverheadPercent, c.anonymousAtSyncPercent, c.cpuSecondsPerGiB,
                        c.exact ? "" : ", REPLICA DIFFERS"))
             report.sizes.append(c)
         }
@@ -299,6 +306,13 @@ public struct ScaleBenchmark {
         let region = try Region(name: "big", backing: .memory, size: size, chunkSize: options.chunkSize)
         let chunk = options.chunkSize
         let stride = size > options.denseLimit ? options.sparseStride : 1
+        let allocating = ContinuousClock.now
+        if stride == 1 {
+            for start in Swift.stride(from: 0, to: size, by: 64 << 20) { region.populate(start..<min(size, start + (64 << 20))) }
+        } else {
+            for start in Swift.stride(from: 0, to: size, by: chunk * stride) { region.populate(start..<min(size, start + chunk)) }
+        }
+        let allocateSeconds = (ContinuousClock.now - allocating).seconds
         var data = 0
         for (i, start) in Swift.stride(from: 0, to: size, by: chunk * stride).enumerated() {
             let part = UnsafeMutableRawBufferPointer(rebasing: region.bytes[start..<min(size, start + chunk)])
@@ -346,6 +360,7 @@ public struct ScaleBenchmark {
         let settled = try await ProcessMemory.followingAnonymousBytes() - anonBefore
         await p.close()
         return SizeCase(regionBytes: size, replicaOnDisk: size > options.denseLimit, dataBytes: data, syncSeconds: syncSeconds,
+                        allocateSeconds: allocateSeconds,
                         dataMegabytesPerSecond: Double(data) / syncSeconds / 1e6, dirtyChunks: dirty,
                         scanMilliseconds: scan.seconds * 1000,
                         anonymousOverheadPercent: Double(settled) / Double(size) * 100,

@@ -17,7 +17,7 @@ package final class QUICStreamCore: StreamCore, SendScheduled, @unchecked Sendab
     var budget: ConnectionSendShare { state.budget }
 
     // Loop-only.
-    var sendBuffer = SendBuffer()
+    var sendBuffer: SendBuffer
     var finQueued = false
     var finSent = false
     /// In the connection's round-robin queue of streams with data to send.
@@ -49,6 +49,7 @@ package final class QUICStreamCore: StreamCore, SendScheduled, @unchecked Sendab
         state = StreamCoreState(id: id, shared: connection.shared, sendLimit: config.streamSendBuffer,
                                 streamReceiveWindow: config.streamReceiveWindow,
                                 connectionReceiveWindow: config.connectionReceiveWindow)
+        sendBuffer = SendBuffer(copies: connection.shared.sendShare.copies)
     }
 
     var hasDataToSend: Bool {

@@ -1,5 +1,6 @@
 import QuicShim
 import DequeModule
+import MemReplicaTransportCore
 
 /// Bytes written to one stream, owned by the transport until the peer
 /// acknowledges them: ngtcp2 does not copy stream data, and retransmissions
@@ -12,6 +13,8 @@ struct SendBuffer: ~Copyable {
     }
 
     private var chunks = Deque<Chunk>()
+    /// Where acknowledged copies go for reuse.
+    private let copies: SendCopyCache
     /// Index in `chunks` of the chunk holding `sentOffset`.
     private var cursor = 0
     private(set) var ackedOffset: UInt64 = 0
@@ -21,6 +24,10 @@ struct SendBuffer: ~Copyable {
     /// Bytes queued but not yet acknowledged.
     var unacknowledged: Int { Int(writtenOffset - ackedOffset) }
     var unsent: Int { Int(writtenOffset - sentOffset) }
+
+    init(copies: SendCopyCache) {
+        self.copies = copies
+    }
 
     /// Takes ownership of memory allocated with `allocate(byteCount:alignment:)`.
     mutating func append(owning memory: UnsafeMutableRawBufferPointer) {
@@ -57,7 +64,7 @@ struct SendBuffer: ~Copyable {
         guard offset > ackedOffset else { return }
         ackedOffset = min(offset, sentOffset)
         while let first = chunks.first, first.end <= ackedOffset {
-            first.memory.deallocate()
+            copies.give(first.memory)
             chunks.removeFirst()
             cursor -= 1
         }

@@ -128,7 +128,7 @@ final class TCPStreamCore: StreamCore, SendScheduled, @unchecked Sendable {
                     copied += take
                     queueHead += take
                     if queueHead == chunk.count {
-                        chunk.deallocate()
+                        state.budget.copies.give(chunk)
                         queue.removeFirst()
                         queueHead = 0
                     }

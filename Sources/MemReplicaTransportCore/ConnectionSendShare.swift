@@ -14,6 +14,9 @@ package final class ConnectionSendShare: Sendable {
     let cap: Int
     private let sending = Locked(0)
 
+    /// Freed send copies kept for reuse (the budget's).
+    package var copies: SendCopyCache { budget.copies }
+
     package init(budget: MemoryBudget) {
         self.budget = budget
         cap = budget.sendShare / 2

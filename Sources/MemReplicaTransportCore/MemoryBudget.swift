@@ -20,6 +20,10 @@ import Foundation
 /// The halves are separate so that peers filling send buffers can never
 /// starve a new connection of its window, nor windows starve writers.
 ///
+/// Freed send copies are kept for reuse (`copies`), on top of the limit:
+/// at most 1/16 of the send share and 32 MiB, and only while some send copy
+/// is in flight; none once every copy is acknowledged.
+///
 /// Frames in hand, bytes read out of a stream and not yet done with (a
 /// frame being assembled, the frame its handler holds while it answers),
 /// are bounded per connection by its `FrameAllowance`: its receive window,
@@ -73,13 +77,21 @@ public final class MemoryBudget: Sendable {
     /// The default's upper bound (`defaultLimit`).
     public static let maximumDefaultLimit = 4 << 30
 
+    /// Send copies the transport freed, kept for the next writes.
+    package let copies: SendCopyCache
+    /// The most bytes `copies` keeps (with the default budget: 32 MiB).
+    public static let maximumKeptCopies = 32 << 20
+
     public init(limit: Int = MemoryBudget.defaultLimit()) {
         precondition(limit >= Self.minimumLimit, "a memory budget must be at least \(Self.minimumLimit) bytes")
         self.limit = limit
+        copies = SendCopyCache(limit: min((limit - limit / 2) / 16, Self.maximumKeptCopies))
     }
 
     /// Bytes held now.
     public var used: Int { state.withLock { $0.used } }
+    /// Send bytes held now (written, not yet acknowledged or handed off).
+    package var sending: Int { state.withLock { $0.sending } }
     /// The most bytes ever held at once.
     public var peak: Int { state.withLock { $0.peak } }
     /// Streams reset because their peer let their buffers sit undrained.
@@ -158,15 +170,17 @@ public final class MemoryBudget: Sendable {
 
     /// Returns send bytes and wakes whoever waits for room. Never call it
     /// while holding a stream's lock: a waiter's wake-up takes its own.
+    /// The last bytes in flight empty `copies`.
     func release(_ count: Int) {
         guard count > 0 else { return }
-        let wake = state.withLock { s -> [@Sendable () -> Void] in
+        let (wake, idle) = state.withLock { s -> ([@Sendable () -> Void], Bool) in
             s.sending -= count
             assert(s.sending >= 0, "memory budget released more than it charged")
-            guard !s.waiters.isEmpty else { return [] }
+            guard !s.waiters.isEmpty else { return ([], s.sending == 0) }
             defer { s.waiters.removeAll() }
-            return Array(s.waiters.values)
+            return (Array(s.waiters.values), s.sending == 0)
         }
+        if idle { copies.empty() }
         wake.forEach { $0() }
     }
 

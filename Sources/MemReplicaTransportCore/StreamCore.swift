@@ -34,19 +34,19 @@ extension StreamCore {
     package func write(_ bytes: [UInt8]) async throws {
         guard !bytes.isEmpty else { return }
         try await state.reserve(bytes.count)
-        try enqueue(bytes.withUnsafeBytes(OwnedBytes.copy))
+        try enqueue(bytes.withUnsafeBytes(state.budget.copies.copy))
     }
 
     package func write(_ bytes: UnsafeRawBufferPointer) async throws {
         guard bytes.count > 0 else { return }
         try await state.reserve(bytes.count)
-        try enqueue(OwnedBytes.copy(bytes))
+        try enqueue(state.budget.copies.copy(bytes))
     }
 
     package func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer) async throws {
         guard header.count + body.count > 0 else { return }
         try await state.reserve(header.count + body.count)
-        try enqueue(OwnedBytes.copy(header: header, body: body))
+        try enqueue(state.budget.copies.copy(header: header, body: body))
     }
 
     package func write(_ header: [UInt8], followedBy body: UnsafeRawBufferPointer,
@@ -54,7 +54,7 @@ extension StreamCore {
         let count = header.count + body.count
         guard count > 0 else { return }
         try await state.reserve(count)
-        let copy = OwnedBytes.copy(header: header, body: body)
+        let copy = state.budget.copies.copy(header: header, body: body)
         do {
             try check()
         } catch {

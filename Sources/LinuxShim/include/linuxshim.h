@@ -4,7 +4,7 @@
  * caller is.
  *
  * - headers Glibc's module leaves out: epoll, eventfd, getrandom, statfs,
- *   malloc_trim;
+ *   malloc_trim, malloc_usable_size;
  * - userfaultfd and PAGEMAP_SCAN (qs_userfaultfd.h);
  * - SCM_RIGHTS descriptor passing (qs_unixfd.h);
  * - TUN devices, setns and timer slack for the WAN emulator (qs_wan.h);
