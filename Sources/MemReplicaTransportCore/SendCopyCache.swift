@@ -35,6 +35,7 @@ package final class SendCopyCache: Sendable {
         var held = 0
         var reused: UInt64 = 0
         var made: UInt64 = 0
+        var kept: UInt64 = 0
     }
     private let state = Locked(State())
 
@@ -90,6 +91,7 @@ package final class SendCopyCache: Sendable {
             guard s.held + bytes <= limit else { return false }
             s.free[index].append(UInt(bitPattern: base))
             s.held += bytes
+            s.kept += 1
             return true
         }
         if !kept { memory.deallocate() }
@@ -108,8 +110,9 @@ package final class SendCopyCache: Sendable {
         for block in blocks { UnsafeMutableRawPointer(bitPattern: block)?.deallocate() }
     }
 
-    /// Bytes kept now; copies served from kept blocks and newly made.
-    package var statistics: (held: Int, reused: UInt64, made: UInt64) {
-        state.withLock { ($0.held, $0.reused, $0.made) }
+    /// Bytes kept now; copies served from kept blocks, newly made, and
+    /// blocks given back and kept.
+    package var statistics: (held: Int, reused: UInt64, made: UInt64, kept: UInt64) {
+        state.withLock { ($0.held, $0.reused, $0.made, $0.kept) }
     }
 }

@@ -33,6 +33,17 @@ struct SendCopyCacheTests {
         #expect(cache.statistics.held == 0)
     }
 
+    @Test("the budget empties the cache when its last send bytes are released, not before")
+    func emptiedWhenIdle() {
+        let budget = MemoryBudget(limit: 64 << 20)
+        #expect(budget.tryReserve(3 * SendCopyCache.granule))
+        budget.copies.give(budget.copies.take(SendCopyCache.granule))
+        budget.release(SendCopyCache.granule)
+        #expect(budget.copies.statistics.held == SendCopyCache.granule)
+        budget.release(2 * SendCopyCache.granule)
+        #expect(budget.copies.statistics.held == 0)
+    }
+
     @Test("memory allocated elsewhere files under the class its real size serves")
     func foreignBlock() {
         let g = SendCopyCache.granule
@@ -46,7 +57,7 @@ struct SendCopyCacheTests {
         #expect(cache.take(4 * g).baseAddress == base)
     }
 
-    @Test("a bulk transfer reuses its send copies and keeps none once every byte is acknowledged",
+    @Test("a bulk transfer gives its send copies back and keeps none once every byte is acknowledged",
           arguments: TransportKind.allCases)
     func reusedThenEmptied(_ kind: TransportKind) async throws {
         let pki = try TestPKI()
@@ -77,9 +88,10 @@ struct SendCopyCacheTests {
         // Everything acknowledged: the budget holds nothing, nor the cache.
         try await pollUntil("the client's send copies settled", seconds: 10) { budget.sending == 0 }
         #expect(budget.copies.statistics.held == 0)
-        let stats = budget.copies.statistics
-        #expect(stats.reused > 0, "no copy was served from a kept block (\(stats.made) made)")
-        #expect(stats.made < UInt64(writes), "\(stats.made) copies made for \(writes) writes")
+        // Every copy went back to the cache (whether a later write took it
+        // again depends on timing: the cache empties whenever nothing is in
+        // flight, which on loopback may be after any write).
+        #expect(budget.copies.statistics.kept > 0, "no send copy was given back")
         await pair.close()
     }
 }
