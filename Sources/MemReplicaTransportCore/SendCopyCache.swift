@@ -77,8 +77,9 @@ package final class SendCopyCache: Sendable {
         return memory
     }
 
-    /// Keeps `memory` (from `take` or any allocation of at least its count)
-    /// for a later `take`, or frees it when the cache is full.
+    /// Keeps `memory` (from `take`, or any whole block from malloc: Swift's
+    /// `allocate` with alignment up to 16, as every send copy is) for a
+    /// later `take`, or frees it when the cache is full.
     package func give(_ memory: UnsafeMutableRawBufferPointer) {
         guard let base = memory.baseAddress else { return }
         // The block's real size: a copy made elsewhere, or for a smaller
