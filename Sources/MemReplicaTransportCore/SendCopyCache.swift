@@ -1,8 +1,5 @@
 import LinuxShim
 import MemReplicaSystem
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Send copies freed by the transport, kept for the next writes of about
 /// the same size.

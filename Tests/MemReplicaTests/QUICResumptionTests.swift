@@ -155,13 +155,7 @@ struct QUICResumptionTests {
         let address = try PeerAddress(host: "127.0.0.1", port: port)
         let client = try QUICEndpoint(bind: PeerAddress(parsing: "127.0.0.1:0"), tls: pki.client.tls,
                                       configuration: quicConfig(server: false))
-        async let accepted = first.acceptQUIC()
-        let c1 = try await client.connectQUIC(to: address)
-        _ = await accepted
-        try await withTimeout(5, "ticket") {
-            while await client.sessionTicketCount(for: address) == 0 { try await Task.sleep(for: .milliseconds(2)) }
-        }
-        await c1.close(errorCode: 0, reason: "")
+        try await connectForTicket(client, to: first, at: address)
         await first.close()
 
         // Same address, new endpoint: its ticket key is new, the old ticket
