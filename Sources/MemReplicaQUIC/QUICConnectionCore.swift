@@ -168,6 +168,21 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
         tls.deallocate()
     }
 
+    /// Connection credit bulk streams leave to urgent ones
+    /// (`SendScheduler.urgentCreditReserve`), from the peer's window.
+    var urgentCreditReserve: UInt64 {
+        guard let params = ngtcp2_conn_get_remote_transport_params(conn) else { return 0 }
+        return SendScheduler<QUICStreamCore>.urgentCreditReserve(peerWindow: params.pointee.initial_max_data)
+    }
+
+    /// Credit a bulk stream may still use: what the peer's connection
+    /// window has left beyond the urgent streams' reserve.
+    var bulkCreditLeft: UInt64 {
+        let left = ngtcp2_conn_get_max_data_left(conn)
+        let reserve = urgentCreditReserve
+        return left > reserve ? left - reserve : 0
+    }
+
     /// When the peer last acknowledged stream bytes on this connection.
     var lastSendProgress = monotonicNanoseconds()
 
@@ -181,7 +196,7 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
     /// starts again.
     func resetStalledStreams(now: UInt64, after timeout: UInt64) {
         guard case .established = state else { return }
-        let connectionHeld = ngtcp2_conn_get_max_data_left(conn) == 0
+        let connectionHeld = bulkCreditLeft == 0
             && now >= lastSendProgress && now - lastSendProgress >= timeout
         for stream in Array(streams.values) where !stream.closedByStack {
             if !connectionHeld && stream.hasUnsentBytes && ngtcp2_conn_get_max_stream_data_left(conn, stream.id) > 0 {

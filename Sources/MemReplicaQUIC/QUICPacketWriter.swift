@@ -90,14 +90,18 @@ extension QUICConnectionCore {
     }
 
     /// The stream to write from next (nil: only ACKs and control frames,
-    /// also when the connection's credit is gone), its unsent data as
-    /// vectors, and FIN when those vectors reach its end.
+    /// also when the connection's credit is gone, or down to what is kept
+    /// for urgent streams and none has data), its unsent data as vectors,
+    /// and FIN when those vectors reach its end.
     @inline(__always)
     private func nextStreamData(into vecs: UnsafeMutableBufferPointer<ngtcp2_vec>)
         -> (stream: QUICStreamCore?, vecCount: Int, flags: UInt32) {
         var flags = UInt32(NGTCP2_WRITE_STREAM_FLAG_MORE)
-        guard ngtcp2_conn_get_max_data_left(conn) > 0,
-              let s = sendQueue.next(ready: { $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }) else {
+        let credit = ngtcp2_conn_get_max_data_left(conn)
+        let ready: (QUICStreamCore) -> Bool = { $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }
+        guard credit > 0,
+              let s = credit > urgentCreditReserve ? sendQueue.next(ready: ready) : sendQueue.nextUrgent(ready: ready)
+        else {
             return (nil, 0, flags)
         }
         let vecCount = s.sendBuffer.unsentVectors(into: vecs)

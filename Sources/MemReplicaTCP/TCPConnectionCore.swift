@@ -42,6 +42,8 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     private var peerStreamWindow: UInt64 = 0
     var connectionSendLimit: UInt64 = 0
     private(set) var connectionSent: UInt64 = 0
+    /// Connection credit bulk streams leave to urgent ones.
+    private(set) var urgentCreditReserve = 0
     var connectionReceiveLimit: UInt64
     var connectionReceived: UInt64 = 0
     var waitingForCredit: [TCPStreamCore] = []
@@ -121,6 +123,7 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     func apply(_ settings: MuxSettings) {
         peerStreamWindow = settings.streamWindow
         connectionSendLimit = settings.connectionWindow
+        urgentCreditReserve = Int(SendScheduler<TCPStreamCore>.urgentCreditReserve(peerWindow: settings.connectionWindow))
         localStreamLimit = settings.maxStreams
     }
 
@@ -244,6 +247,13 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
 
     /// Connection credit left for DATA now.
     var connectionCreditLeft: Int { Int(clamping: connectionSendLimit - min(connectionSendLimit, connectionSent)) }
+
+    /// Connection credit `stream` may use now: all of it for an urgent
+    /// stream; for a bulk one what is left beyond the urgent streams'
+    /// reserve (`SendScheduler.urgentCreditReserve`).
+    func creditLeft(for stream: TCPStreamCore) -> Int {
+        stream.urgent ? connectionCreditLeft : max(0, connectionCreditLeft - urgentCreditReserve)
+    }
 
     func sent(_ count: Int) { connectionSent += UInt64(count) }
 

@@ -102,7 +102,7 @@ extension TCPLink {
         }
         let maxRecord = endpoint.configuration.maxDataRecord
         while out.count - used > MuxLimits.maxHeader, let stream = sendStreams.next(ready: { !$0.removed }) {
-            let credit = connection.connectionCreditLeft
+            let credit = connection.creditLeft(for: stream)
             let (written, data) = stream.frame(into: UnsafeMutableRawBufferPointer(rebasing: out[used...]),
                                                connectionCredit: credit, maxRecord: maxRecord)
             used += written
@@ -112,7 +112,7 @@ extension TCPLink {
                 sendStreams.remove(stream)
                 connection.streamMayBeDone(stream)
             } else if stream.hasWork {
-                if stream.queuedBytes > 0 && connection.connectionCreditLeft == 0 {
+                if stream.queuedBytes > 0 && connection.creditLeft(for: stream) == 0 {
                     sendStreams.remove(stream)
                     connection.waitForCredit(stream)
                 } else if written > 0 {

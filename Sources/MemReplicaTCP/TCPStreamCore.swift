@@ -161,7 +161,7 @@ final class TCPStreamCore: StreamCore, SendScheduled, @unchecked Sendable {
     func isStalled(now: UInt64, after timeout: UInt64) -> Bool {
         guard !sendDone && queuedBytes > 0 else { return false }
         let last = connection.lastSendProgress
-        let connectionHeld = connection.connectionCreditLeft == 0 && now >= last && now - last >= timeout
+        let connectionHeld = connection.creditLeft(for: self) == 0 && now >= last && now - last >= timeout
         if streamCreditLeft > 0 && !connectionHeld {
             lastSendProgress = max(lastSendProgress, now)
             return false

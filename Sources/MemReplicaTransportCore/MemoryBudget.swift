@@ -61,9 +61,9 @@ public final class MemoryBudget: Sendable {
 
     /// Default: 1/8 of physical memory, at least 64 MiB and at most 4 GiB.
     /// A replication peer shares its host with the service whose memory it
-    /// copies, so it takes a small slice; 4 GiB still holds the full
-    /// default windows (64 MiB per connection) of 64 busy connections, and
-    /// 64 MiB the windows of one.
+    /// copies, so it takes a small slice; 4 GiB gives the full default
+    /// window (128 MiB) to 8 connections and smaller ones to about 200
+    /// more, and 64 MiB still gives a connection a 4 MiB window.
     public static func defaultLimit(physicalMemory: UInt64 = ProcessInfo.processInfo.physicalMemory) -> Int {
         Int(min(max(physicalMemory / 8, UInt64(minimumDefaultLimit)), UInt64(maximumDefaultLimit)))
     }
@@ -108,9 +108,9 @@ public final class MemoryBudget: Sendable {
     /// Reserves a connection's receive window: the largest window
     /// (`largestReceiveWindow`) while at least half the receive share stays
     /// free after it, then 1/32 of the receive share still free, so many
-    /// more fit (with the default 3 GiB budget: 48 MiB for each of the
-    /// first 16, 24 MiB for the 17th, about 5.4 MiB for the 64th, about
-    /// 235 in all); never less than `minimumReceiveWindow`, nil when not
+    /// more fit (with the default 3 GiB budget: 128 MiB for each of the
+    /// first 6, 24 MiB for the 7th, about 3.9 MiB for the 64th, about
+    /// 225 in all); never less than `minimumReceiveWindow`, nil when not
     /// even that is free. Give it back with `releaseReceiveWindow`.
     ///
     /// The first connections all get the same window so that a server can
@@ -133,9 +133,9 @@ public final class MemoryBudget: Sendable {
     }
 
     /// The largest window `reserveReceiveWindow(wanted:)` gives: `wanted`,
-    /// but at most 1/8 of the budget and 1/32 of the receive share.
+    /// but at most 1/8 of the budget and 1/8 of the receive share.
     package func largestReceiveWindow(wanted: UInt64) -> UInt64 {
-        UInt64(min(Int(clamping: wanted), limit / 8, max(receiveShare / 32, Self.minimumReceiveWindow)))
+        UInt64(min(Int(clamping: wanted), limit / 8, max(receiveShare / 8, Self.minimumReceiveWindow)))
     }
 
     package func releaseReceiveWindow(_ window: UInt64) {

@@ -74,6 +74,30 @@ package struct SendScheduler<Stream: SendScheduled> {
         return Self.cast(head)
     }
 
+    /// The urgent stream whose turn it is, leaving every bulk stream queued
+    /// (urgent streams are the queue's front): for when the connection's
+    /// credit is down to what is kept for them (`urgentCreditReserve`).
+    /// Urgent streams at the front that are not `ready` leave the queue.
+    package mutating func nextUrgent(ready: (Stream) -> Bool) -> Stream? {
+        while let head = queue.first, head.urgent {
+            if ready(Self.cast(head)) { return Self.cast(head) }
+            head.scheduled = false
+            queue.removeFirst()
+        }
+        return nil
+    }
+
+    /// The connection credit bulk streams leave to urgent ones, for a peer
+    /// whose connection window is `peerWindow`: 1/8 of it, at most 1 MiB
+    /// (sixteen 64 KiB fault answers). Bulk stops writing at it, so an
+    /// answer someone waits on never waits for the peer to read bulk bytes:
+    /// on a lossy path the window fills with a bulk's bytes held behind
+    /// lost packets, and an answer sent behind them arrived a round trip
+    /// or more late (bench/RESULTS.md, WAN efficiency).
+    package static func urgentCreditReserve(peerWindow: UInt64) -> UInt64 {
+        min(peerWindow / 8, 1 << 20)
+    }
+
     /// `stream` (from `next`) took a turn: what counts toward bulk's share.
     package mutating func tookTurn(_ stream: Stream) {
         urgentTurnsInARow = stream.urgent ? urgentTurnsInARow + 1 : 0

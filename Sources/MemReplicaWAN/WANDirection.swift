@@ -105,6 +105,8 @@ final class WANDirection {
                 statistics.droppedByQueue += 1
                 return
             }
+            statistics.packetsQueued += 1
+            statistics.queueWaitNanoseconds += linkFree > now ? linkFree - now : 0
             linkFree = max(linkFree, now) + UInt64(Double(length) * 8e9 / rate)
             departure = linkFree
         }

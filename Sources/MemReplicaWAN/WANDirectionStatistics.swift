@@ -14,6 +14,11 @@ public struct WANDirectionStatistics: Sendable, Equatable, Codable {
     public var droppedByCapacity: UInt64 = 0
     /// Writes into the receiving TUN device that failed.
     public var writeErrors: UInt64 = 0
+    /// Packets the rate limiter accepted, and the time they waited behind
+    /// earlier packets before their own transmission began, summed: the
+    /// bottleneck's queueing delay (what a sender's excess costs everyone).
+    public var packetsQueued: UInt64 = 0
+    public var queueWaitNanoseconds: UInt64 = 0
     /// Packets held (delayed or queued) at the moment of the snapshot.
     public var packetsInFlight: Int = 0
     /// The sending side's TUN device: packets its kernel dropped because the
@@ -22,6 +27,12 @@ public struct WANDirectionStatistics: Sendable, Equatable, Codable {
     public var kernelTxDropped: UInt64?
 
     public init() {}
+
+    /// Mean wait in the bottleneck's queue per packet; nil without a rate
+    /// limit or packets.
+    public var meanQueueWaitMilliseconds: Double? {
+        packetsQueued > 0 ? Double(queueWaitNanoseconds) / Double(packetsQueued) / 1e6 : nil
+    }
 
     /// The counts since `earlier` (in-flight is this snapshot's).
     public func since(_ earlier: WANDirectionStatistics) -> WANDirectionStatistics {
@@ -33,6 +44,8 @@ public struct WANDirectionStatistics: Sendable, Equatable, Codable {
         d.droppedByQueue -= min(earlier.droppedByQueue, droppedByQueue)
         d.droppedByCapacity -= min(earlier.droppedByCapacity, droppedByCapacity)
         d.writeErrors -= min(earlier.writeErrors, writeErrors)
+        d.packetsQueued -= min(earlier.packetsQueued, packetsQueued)
+        d.queueWaitNanoseconds -= min(earlier.queueWaitNanoseconds, queueWaitNanoseconds)
         if let now = kernelTxDropped, let then = earlier.kernelTxDropped { d.kernelTxDropped = now - min(then, now) }
         return d
     }

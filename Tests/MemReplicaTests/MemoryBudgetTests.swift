@@ -311,10 +311,10 @@ struct MemoryBudgetTests {
         while let w = budget.reserveReceiveWindow(wanted: 64 << 20) { windows.append(w) }
         // The same full window while half the receive share stays free,
         // then less (0-RTT is accepted only with the full window).
-        #expect(budget.largestReceiveWindow(wanted: 64 << 20) == 128 << 10)
-        #expect(windows.prefix(16).allSatisfy { $0 == 128 << 10 })
-        #expect(windows.count > 16 && windows[16] < 128 << 10)
-        #expect(windows.count >= 48)
+        #expect(budget.largestReceiveWindow(wanted: 64 << 20) == 512 << 10)
+        #expect(windows.prefix(4).allSatisfy { $0 == 512 << 10 })
+        #expect(windows.count > 4 && windows[4] < 512 << 10)
+        #expect(windows.count >= 36)
         #expect(windows.allSatisfy { $0 >= UInt64(MemoryBudget.minimumReceiveWindow) })
         #expect(windows.reduce(0, +) <= UInt64(budget.receiveShare))
         // Writers still have the other half, and no more.

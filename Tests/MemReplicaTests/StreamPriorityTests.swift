@@ -75,4 +75,46 @@ struct StreamPriorityTests {
         await client.close()
         await server.close()
     }
+
+    /// Bulk bytes the receiver has not read yet (on a lossy path: bytes
+    /// held behind a lost packet) count against its connection window.
+    /// Bulk streams leave part of that window to urgent ones, or an answer
+    /// would wait until the receiver reads the bulk.
+    @Test("an urgent stream's bytes get through while unread bulk bytes hold the connection's window",
+          arguments: [TransportKind.quic, .tcp])
+    func urgentPassesAHeldWindow(_ kind: TransportKind) async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var serverConfig = quicConfig(server: true)
+        serverConfig.streamReceiveWindow = 1 << 20
+        serverConfig.connectionReceiveWindow = 1 << 20
+        let pair = try TransportPair(kind, pki: pki, serverConfig: serverConfig, clientConfig: quicConfig(server: false))
+        let (connection, serverSide) = try await pair.connect()
+        let bulk = try await connection.openStream()
+        try await bulk.write(patternBytes(count: 4 << 20, seed: 5))
+        // The server takes the bulk stream and reads none of it.
+        let heldBulk = try await withTimeout(10, "the bulk stream") { try await serverSide.acceptStream() }
+        try await Task.sleep(for: .milliseconds(300))
+        let urgent = try await connection.openStream()
+        await urgent.prioritize()
+        let answer = patternBytes(count: 64 << 10, seed: 6)
+        try await urgent.write(answer)
+        try await urgent.finish()
+        // Polled, not awaited: without the reserve the urgent stream never
+        // arrives, and accepting does not end until the connection does.
+        let got = Locked<[UInt8]?>(nil)
+        let reading = Task {
+            let bytes = try await serverSide.acceptStream().readAll(limit: 1 << 20)
+            got.withLock { $0 = bytes }
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while got.withLock({ $0 }) != answer && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let arrived = got.withLock { $0 == answer }
+        #expect(arrived, "the urgent stream's bytes waited behind a window of unread bulk")
+        await heldBulk.reset(errorCode: 0)
+        await pair.close()
+        reading.cancel()
+    }
 }

@@ -136,9 +136,11 @@ public struct WANBenchmark {
                     results.append(result)
                     let elapsed = (ContinuousClock.now - clockStart).seconds
                     let eta = elapsed / Double(results.count) * Double(total - results.count)
-                    log(String(format: "[%d/%d] %@, %@ run %d: read p50 %.1f p99 %.1f ms (%d), %.3g Mbit/s%@, connect %.1f ms, lag p50 %@ (%.0f s left)",
+                    let queued = [result.bulkQueueWaitMilliseconds, result.readQueueWaitMilliseconds]
+                        .map { $0.map { String(format: "%.1f", $0) } ?? "–" }.joined(separator: "/")
+                    log(String(format: "[%d/%d] %@, %@ run %d: read p50 %.1f p99 %.1f ms (%d; queue wait %@ ms), %.3g Mbit/s%@, connect %.1f ms, lag p50 %@ (%.0f s left)",
                                results.count, total, scenario.description, kind.rawValue, run,
-                               result.readP50Milliseconds, result.readP99Milliseconds, result.readSamples,
+                               result.readP50Milliseconds, result.readP99Milliseconds, result.readSamples, queued,
                                result.throughputMbps, result.bulkCompleted ? "" : " (time limit)",
                                result.connectMilliseconds,
                                result.lagP50Milliseconds.map { String(format: "%.1f ms", $0) } ?? "n/a", eta))
@@ -228,7 +230,11 @@ public struct WANBenchmark {
         defer { serving.cancel() }
         do {
             let address = try PeerAddress(host: emulator.addressA, port: server.localAddress.port)
+            let bulkBefore = emulator.statistics()
             var result = try await bulkAndReads(kind, scenario: scenario, run: run, client: client, address: address, primaries: primaries)
+            let bulkPhase = emulator.statistics().since(bulkBefore)
+            result.bulkQueueWaitMilliseconds = bulkPhase.aToB.meanQueueWaitMilliseconds
+            result.readQueueWaitMilliseconds = bulkPhase.bToA.meanQueueWaitMilliseconds
             let savings = exports.wireSavings()
             let wire = primaries.bulk.compactMap { savings[$0.name]?.wireBytes }.reduce(0, +)
             result.bulkWireBytes = wire

@@ -36,6 +36,9 @@ public struct WANBenchmarkReport: Codable, Sendable {
         public var reconnectMilliseconds: Double
         /// Median wire bytes per region byte of the bulk sync.
         public var wireBytesPerRegionByte: Double? = nil
+        /// Median of the runs' mean wait in the emulated bottleneck's queue,
+        /// primary → replica, during the bulk phase (`WANRunResult`).
+        public var bulkQueueWaitMilliseconds: Double? = nil
     }
 
     /// QUIC against a TCP mode in one scenario (medians of the same runs).
@@ -99,7 +102,9 @@ extension WANBenchmarkReport {
                     connectMilliseconds: median(runs.map(\.connectMilliseconds)),
                     reconnectMilliseconds: median(runs.map(\.reconnectMilliseconds)),
                     wireBytesPerRegionByte: runs.compactMap(\.wireBytesPerRegionByte).isEmpty ? nil
-                        : median(runs.compactMap(\.wireBytesPerRegionByte)))
+                        : median(runs.compactMap(\.wireBytesPerRegionByte)),
+                    bulkQueueWaitMilliseconds: runs.compactMap(\.bulkQueueWaitMilliseconds).isEmpty ? nil
+                        : median(runs.compactMap(\.bulkQueueWaitMilliseconds)))
                 here[kind.rawValue] = summary
                 summaries.append(summary)
             }

@@ -78,7 +78,7 @@ public struct WANResultsWriter {
         out += settingsLines()
         out += calibrationLines()
         out.append("")
-        out.append("Ratios are QUIC ÷ TCP from the same runs: below 1 QUIC is faster for latencies; above 1 QUIC moves more bytes. **TCP wins** marks a ratio where a TCP mode did better than QUIC by more than 5 %.")
+        out.append("Ratios are QUIC ÷ TCP from the same runs: below 1 QUIC is faster for latencies; above 1 QUIC moves more bytes. **TCP wins** marks a ratio where a TCP mode did better than QUIC by more than 5 %. Queue wait is the mean time a packet from the primary spent in the emulated bottleneck's queue during the bulk phase: the network's share of a read's time above the RTT.")
         let byScenario = Dictionary(grouping: report.summaries, by: \.scenario)
         let scenarios = report.summaries.map(\.scenario).reduce(into: [WANScenario]()) { if !$0.contains($1) { $0.append($1) } }
         let controllers = scenarios.map(\.congestionControl).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
@@ -143,18 +143,20 @@ public struct WANResultsWriter {
         out.append("")
         out.append("### Chunk-read latency while a bulk sync runs, \(cc) (ms)")
         out.append("")
-        out.append("| RTT ms | loss % | regions | data | quic p50 | quic p99 | tcp p50 | tcp p99 | tcp-per-region p50 | tcp-per-region p99 | p99 quic/tcp | p99 quic/per-region |")
-        out.append("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| RTT ms | loss % | regions | data | quic p50 | quic p99 | tcp p50 | tcp p99 | tcp-per-region p50 | tcp-per-region p99 | p99 quic/tcp | p99 quic/per-region | queue wait ms quic / tcp / per-region |")
+        out.append("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for sc in mine {
             let row = byScenario[sc] ?? []
-            func cell(_ kind: TransportKind, _ value: (WANBenchmarkReport.Summary) -> Double) -> String {
-                row.first { $0.transport == kind.rawValue }.map { String(format: "%.1f", value($0)) } ?? "–"
+            func cell(_ kind: TransportKind, _ value: (WANBenchmarkReport.Summary) -> Double?) -> String {
+                row.first { $0.transport == kind.rawValue }.flatMap(value).map { String(format: "%.1f", $0) } ?? "–"
             }
+            let queued = [TransportKind.quic, .tcp, .tcpPerRegion].map { cell($0) { $0.bulkQueueWaitMilliseconds } }
             out.append("| \(formatNumber(sc.rttMilliseconds)) | \(formatNumber(sc.lossPercent)) | \(sc.regions) | \(Self.data(sc)) | "
                        + "\(cell(.quic) { $0.readP50Milliseconds }) | \(cell(.quic) { $0.readP99Milliseconds }) | "
                        + "\(cell(.tcp) { $0.readP50Milliseconds }) | \(cell(.tcp) { $0.readP99Milliseconds }) | "
                        + "\(cell(.tcpPerRegion) { $0.readP50Milliseconds }) | \(cell(.tcpPerRegion) { $0.readP99Milliseconds }) | "
-                       + "\(ratioCell(sc, .tcp, \.readP99, higherIsBetter: false)) | \(ratioCell(sc, .tcpPerRegion, \.readP99, higherIsBetter: false)) |")
+                       + "\(ratioCell(sc, .tcp, \.readP99, higherIsBetter: false)) | \(ratioCell(sc, .tcpPerRegion, \.readP99, higherIsBetter: false)) | "
+                       + "\(queued.joined(separator: " / ")) |")
         }
         return out
     }

@@ -30,6 +30,13 @@ public struct WANRunResult: Codable, Sendable {
     public var bulkWireBytes: UInt64? = nil
     public var wireBytesPerRegionByte: Double? = nil
 
+    /// Mean time a packet waited in the emulated bottleneck's queue during
+    /// the bulk phase, primary → replica (the bulk, and the reads' answers)
+    /// and replica → primary (ACKs and READs): the network's share of the
+    /// read latency above the RTT. Nil without a rate limit.
+    public var bulkQueueWaitMilliseconds: Double? = nil
+    public var readQueueWaitMilliseconds: Double? = nil
+
     /// Write in the primary → the replica's mapping holds it (one way plus
     /// the dirty scan interval; ARCHITECTURE's "write → replica ACK").
     /// Nil when the lag region's initial sync did not finish in time.
