@@ -9,10 +9,10 @@ public struct StreamTransportSettings: Sendable {
     public var applicationProtocols: [String] = [TransportDefaults.memReplicaALPN]
     /// Per-stream receive window (QUIC or mux flow control). Should cover
     /// the bandwidth-delay product of one stream: 16 MiB ≈ 850 Mbit/s at
-    /// 150 ms. Not more: with 32 MiB, Debian's ngtcp2 0.12.1 (deb12u1)
-    /// ended a 1 GiB single-stream sync at 150 ms / 1 % loss with
-    /// ERR_INTERNAL, its limit of 5000 gaps in one stream's reassembly
-    /// (bench/RESULTS.md, WAN efficiency).
+    /// 150 ms. Not more: with 32 MiB, ngtcp2 0.12.1 ended a 1 GiB
+    /// single-stream sync at 150 ms / 1 % loss with ERR_INTERNAL, its
+    /// limit of 1000 gaps in one stream's reassembly (bench/RESULTS.md,
+    /// WAN efficiency).
     public var streamReceiveWindow: UInt64 = 16 << 20
     /// Connection receive window (all streams together). It must hold
     /// what every stream's bytes behind a lost packet add up to, or a lossy
