@@ -23,6 +23,7 @@ open class StreamHandle: TransportStream, @unchecked Sendable {
     /// only), which an attacker can replay: act on them only if doing so
     /// twice is harmless.
     public var receivedEarlyData: Bool { streamCore.state.receivedEarlyData }
+    public var unsettledSendBytes: Int { streamCore.state.mailbox.withLock { $0.unsettled + $0.reserved } }
 
     public func write(_ bytes: [UInt8]) async throws { try await streamCore.write(bytes) }
     public func write(_ bytes: UnsafeRawBufferPointer) async throws { try await streamCore.write(bytes) }

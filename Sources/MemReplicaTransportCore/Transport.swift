@@ -74,6 +74,10 @@ public protocol TransportStream: AnyObject, Sendable {
     /// What the readers of this stream's connection may hold of the bytes
     /// they read (`FrameStream` takes from it); nil: unbounded.
     var frameAllowance: FrameAllowance? { get }
+    /// Bytes written (or being copied in) and not yet settled (QUIC:
+    /// acknowledged; TCP: framed): of several streams to one peer, the one
+    /// with the fewest is the one whose bytes get through fastest.
+    var unsettledSendBytes: Int { get }
 }
 
 extension TransportStream {
@@ -81,6 +85,8 @@ extension TransportStream {
     public var receivedEarlyData: Bool { false }
     /// Streams outside the peer's transports (test pipes) hold what they read.
     public var frameAllowance: FrameAllowance? { nil }
+    /// Streams outside the peer's transports do not say.
+    public var unsettledSendBytes: Int { 0 }
 }
 
 extension TransportStream {

@@ -31,6 +31,8 @@ struct BenchWANCommand: AsyncParsableCommand {
     var content: String = BenchContent.random.rawValue
     @Option(help: ArgumentHelp("Wire formats the replica offers, comma-separated: pages (PAGES frames, zstd, lz4: what a peer offers), pages-lz4 (PAGES, lz4 only), plain (whole WRITEs only, the format before PAGES).", valueName: "modes"))
     var wire: String = WANWireMode.pages.rawValue
+    @Option(help: ArgumentHelp("Streams each bulk region's initial pass is spread over (LANES), comma-separated, each a set of scenarios; applies to every transport. Default: each transport's own (8 for QUIC on regions of 64 MiB or more, 1 for TCP).", valueName: "n,..."))
+    var lanes: String?
     @Option(help: "Runs per scenario and transport (medians are reported).")
     var runs: Int?
     @Option(help: "Bulk bytes per run, split over the regions (suffixes K, M, G).")
@@ -51,6 +53,12 @@ struct BenchWANCommand: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
+        if let lanes {
+            guard let values = Self.numbers(lanes),
+                  values.allSatisfy({ $0 >= 1 && $0 <= Double(FrameLimits.maxLanes) && $0 == $0.rounded() }) else {
+                throw ValidationError("--lanes takes whole numbers from 1 to \(FrameLimits.maxLanes), comma-separated: \(lanes)")
+            }
+        }
         for (name, text) in [("--rtt", rtt), ("--loss", loss)] {
             guard let text else { continue }
             guard let values = Self.numbers(text), values.allSatisfy({ $0 >= 0 }) else {
@@ -107,6 +115,7 @@ struct BenchWANCommand: AsyncParsableCommand {
         options.congestionControls = controllers
         options.contents = contents
         options.wireModes = wireModes
+        if let lanes { options.laneCounts = Self.numbers(lanes)!.map { Int($0) } }
         if let runs { options.runs = runs }
         if let bulkSize { options.bulkBytes = parseByteSize(bulkSize)! }
         if let bulkSeconds { options.bulkTimeLimit = .milliseconds(Int64(bulkSeconds * 1000)) }

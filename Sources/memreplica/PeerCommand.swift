@@ -138,7 +138,8 @@ struct PeerCommand: AsyncParsableCommand {
             MirrorRunner(spec: $0, endpoint: endpoint, statistics: statistics, lazyOptions: lazyOptions,
                          stateDirectory: stateDirectory, offers: wire.offers, logger: logger)
         }
-        let exports = RegionExports(exported, observer: statistics, codecPreference: wire.preference, logger: logger)
+        let exports = RegionExports(exported, observer: statistics, codecPreference: wire.preference,
+                                    lanes: .standard(for: transport), logger: logger)
         let service = PeerService(endpoint: endpoint, exports: exports,
                                   mirrors: runners, statistics: statistics,
                                   identities: RegionIdentityStore(stateDirectory: stateDirectory),

@@ -58,10 +58,15 @@ enum StatusTable {
         return out
     }
 
-    /// "peer-b (lag 0), peer-c (syncing, lag 12)" — versions sent, not yet acknowledged.
+    /// "peer-b (lag 0), peer-c (syncing, lag 12)" — versions sent, not yet
+    /// acknowledged; "pass over 8 streams" when the initial pass used lanes.
     private static func mirrorList(_ mirrors: [StatusReport.Region.Mirror]) -> String {
         guard !mirrors.isEmpty else { return "none" }
-        return mirrors.map { "\($0.peer) (\($0.synced ? "" : "syncing, ")lag \($0.versionLag))" }.joined(separator: ", ")
+        return mirrors.map { m in
+            var lanes = ""
+            if let streams = m.passStreams, streams > 1 { lanes = ", pass over \(streams) streams" }
+            return "\(m.peer) (\(m.synced ? "" : "syncing, ")lag \(m.versionLag)\(lanes))"
+        }.joined(separator: ", ")
     }
 
     /// Left-aligned columns, two spaces apart, indented by two.

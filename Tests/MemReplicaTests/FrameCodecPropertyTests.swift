@@ -15,7 +15,7 @@ struct FrameGenerator {
         self.allowsLarge = allowsLarge
     }
 
-    static let allTypes: [Frame.TypeCode] = [.hello, .catalog, .subscribe, .have, .write, .dirty, .ack, .synced,
+    static let allTypes: [Frame.TypeCode] = [.hello, .catalog, .subscribe, .have, .write, .dirty, .ack, .synced, .lanes, .lane,
                                              .read, .data, .digestRead, .digests, .echo, .error,
                                              .migrate, .migrateReady, .handover, .handedOver, .handoverCheck]
 
@@ -107,6 +107,10 @@ struct FrameGenerator {
                 next += 1 + (rng.next() % 4 == 0 ? rng.next() % (1 << 20) : rng.next() % 3)
             }
             return .dirty(epoch: varint(), chunks: chunks)
+        case .lanes:
+            return .lanes(count: 2 + rng.next() % (FrameLimits.maxLanes - 1), token: raw(FrameLimits.laneTokenBytes))
+        case .lane:
+            return .lane(token: raw(FrameLimits.laneTokenBytes), index: 1 + rng.next() % (FrameLimits.maxLanes - 1))
         case .ack:
             return .ack(version: varint())
         case .synced:

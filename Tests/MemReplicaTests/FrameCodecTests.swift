@@ -21,6 +21,8 @@ struct FrameCodecTests {
         .write(chunk: 7, version: 1 << 40, bytes: patternBytes(count: 65536, seed: 9)),
         .dirty(epoch: 3, chunks: [0, 1, 2, 900, 1 << 33]),
         .ack(version: 99),
+        .lanes(count: 4, token: Array(0..<16)),
+        .lane(token: Array(repeating: 0xfe, count: 16), index: 15),
         .read(firstChunk: 12, count: 4),
         .data(firstChunk: 12, bytes: [1, 2, 3]),
         .error(code: ProtocolErrorCode.unknownRegion.rawValue, message: "no region 'x'"),
@@ -141,6 +143,13 @@ struct FrameCodecTests {
         #expect(decodeError([0x03, 0x06, 0x01, 0x61, 0x01, 0x01, 0x07, 0x00])?.code == .malformedFrame)
         // HAVE whose hashes are not whole 8-byte values.
         #expect(decodeError([0x04, 0x04, 0x00, 0x01, 0x02, 0x03])?.code == .malformedFrame)
+        // LANES of one stream, and of seventeen.
+        let token = [UInt8](repeating: 1, count: FrameLimits.laneTokenBytes)
+        #expect(decodeError([0x15, 17, 0x01] + token)?.code == .frameTooLarge)
+        #expect(decodeError([0x15, 17, 0x11] + token)?.code == .frameTooLarge)
+        // LANES whose token is short; LANE of index 0 (the region stream's).
+        #expect(decodeError([0x15, 16, 0x04] + token.dropLast())?.code == .malformedFrame)
+        #expect(decodeError([0x16, 17] + token + [0x00])?.code == .malformedFrame)
     }
 
     @Test("a partial frame waits for more bytes instead of failing")
@@ -161,5 +170,7 @@ struct FrameCodecTests {
         }
         #expect(throws: ProtocolViolation.self) { _ = try Frame.dirty(epoch: 0, chunks: [5, 5]).encoded() }
         #expect(throws: ProtocolViolation.self) { _ = try Frame.read(firstChunk: 0, count: 0).encoded() }
+        #expect(throws: ProtocolViolation.self) { _ = try Frame.lanes(count: 17, token: Array(0..<16)).encoded() }
+        #expect(throws: ProtocolViolation.self) { _ = try Frame.lane(token: Array(0..<15), index: 1).encoded() }
     }
 }

@@ -157,6 +157,8 @@ public final class PeerService: Sendable {
             case .subscribe(let subscription)?:
                 await exports.serve(frames, subscription: subscription, peer: connection.peerIdentity,
                                     offered: offered.withLock { $0 })
+            case .lane(let token, let index)?:
+                try await exports.joinLane(frames, token: token, index: index, peer: connection.peerIdentity)
             case .hello(let hello)?:
                 offered.withLock { $0 = WireCapabilities(rawValue: hello.capabilities) }
                 try await answerHello(hello, on: frames, peer: connection.peerIdentity)
@@ -165,7 +167,7 @@ public final class PeerService: Sendable {
             case .migrate(let migration)?:
                 try await takeOver(migration, on: frames, from: connection)
             case let other?:
-                throw ProtocolViolation(.unexpectedFrame, "a stream starts with SUBSCRIBE or ECHO, not \(other)")
+                throw ProtocolViolation(.unexpectedFrame, "a stream starts with HELLO, SUBSCRIBE, LANE, ECHO or MIGRATE, not \(other)")
             case nil:
                 return
             }
@@ -212,7 +214,7 @@ public final class PeerService: Sendable {
             region.generation = entry.identity.generation
             region.mirrors = states.filter { $0.region == r.name }.map {
                 .init(peer: $0.peer, sentVersion: $0.sentVersion, acknowledgedVersion: $0.acknowledgedVersion,
-                      versionLag: $0.versionLag, synced: $0.synced)
+                      versionLag: $0.versionLag, synced: $0.synced, passStreams: $0.passStreams > 0 ? $0.passStreams : nil)
             }
             region.problem = r.failure
             return region

@@ -72,7 +72,7 @@ public enum PageCodec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         switch codec {
         case .zstd?: return (.all, [.zstd, .lz4])
         case nil, .lz4?: return (.all, [.lz4, .zstd])
-        case .none?: return ([.pages], [])
+        case .none?: return ([.pages, .lanes], [])
         }
     }
     public var description: String {

@@ -23,6 +23,14 @@ public enum Frame: Equatable, Sendable {
     /// `WireCapabilities.pages`: one chunk as the pages that changed since
     /// what the replica holds, zero pages named, not sent (`Pages`).
     case pages(Pages)
+    /// 0x15, exporter → mirror, first on an eager region stream whose
+    /// mirror offered `WireCapabilities.lanes`: the initial pass also
+    /// travels on `count - 1` lane streams the mirror opens, each naming
+    /// `token` in LANE (`PassLanes`).
+    case lanes(count: UInt64, token: [UInt8])
+    /// 0x16, mirror → exporter, the only frame a lane stream carries that
+    /// way: it joins the subscription LANES named with `token`.
+    case lane(token: [UInt8], index: UInt64)
     /// 0x11, primary → replica: these chunks changed (lazy mirrors pull).
     case dirty(epoch: UInt64, chunks: [UInt64])
     /// 0x12, replica → primary: everything up to `version` is applied.
@@ -174,7 +182,7 @@ public enum Frame: Equatable, Sendable {
 
     enum TypeCode: UInt8 {
         case hello = 0x01, catalog = 0x02, subscribe = 0x03, have = 0x04
-        case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13, pages = 0x14
+        case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13, pages = 0x14, lanes = 0x15, lane = 0x16
         case read = 0x20, data = 0x21, digestRead = 0x22, digests = 0x23
         case echo = 0x30
         case error = 0x3f
@@ -208,6 +216,11 @@ public enum FrameLimits {
     public static let maxPagesPerChunk = (1 << 20) / PageLayout.pageSize
     /// ERROR frame messages, in UTF-8 bytes.
     public static let maxMessage = 1024
+    /// Streams one initial pass may be spread over (LANES), its region
+    /// stream included.
+    public static let maxLanes: UInt64 = 16
+    /// LANES and LANE tokens, in bytes.
+    public static let laneTokenBytes = 16
 }
 
 extension Frame {
@@ -221,6 +234,8 @@ extension Frame {
         case .synced: "SYNCED"
         case .write: "WRITE"
         case .pages: "PAGES"
+        case .lanes: "LANES"
+        case .lane: "LANE"
         case .dirty: "DIRTY"
         case .ack: "ACK"
         case .read: "READ"

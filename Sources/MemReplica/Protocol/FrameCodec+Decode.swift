@@ -165,6 +165,19 @@ private struct PayloadReader {
             return try dirty()
         case .ack:
             return .ack(version: try varint("version"))
+        case .lanes:
+            let count = try varint("count")
+            guard count >= 2, count <= FrameLimits.maxLanes else {
+                throw ProtocolViolation(.frameTooLarge, "LANES of \(count) streams (2 to \(FrameLimits.maxLanes))")
+            }
+            return .lanes(count: count, token: try raw("token", count: FrameLimits.laneTokenBytes))
+        case .lane:
+            let token = try raw("token", count: FrameLimits.laneTokenBytes)
+            let index = try varint("index")
+            guard index >= 1, index < FrameLimits.maxLanes else {
+                throw ProtocolViolation(.malformedFrame, "LANE index \(index) (1 to \(FrameLimits.maxLanes - 1))")
+            }
+            return .lane(token: token, index: index)
         case .read:
             let first = try varint("first chunk"), count = try varint("count")
             guard count >= 1, count <= FrameLimits.maxReadChunks else {

@@ -71,6 +71,22 @@ extension Frame {
         case .ack(let version):
             VarInt.encode(version, into: &payload)
             return .ack
+        case .lanes(let count, let token):
+            guard count >= 2, count <= FrameLimits.maxLanes else {
+                throw ProtocolViolation(.frameTooLarge, "LANES of \(count) streams (2 to \(FrameLimits.maxLanes))")
+            }
+            try Self.checkLaneToken(token)
+            VarInt.encode(count, into: &payload)
+            payload.append(contentsOf: token)
+            return .lanes
+        case .lane(let token, let index):
+            guard index >= 1, index < FrameLimits.maxLanes else {
+                throw ProtocolViolation(.malformedFrame, "LANE index \(index) (1 to \(FrameLimits.maxLanes - 1))")
+            }
+            try Self.checkLaneToken(token)
+            payload.append(contentsOf: token)
+            VarInt.encode(index, into: &payload)
+            return .lane
         case .read(let first, let count):
             guard count >= 1, count <= FrameLimits.maxReadChunks else {
                 throw ProtocolViolation(.frameTooLarge, "READ of \(count) chunks (1 to \(FrameLimits.maxReadChunks))")
@@ -85,6 +101,12 @@ extension Frame {
             return .error
         case .migrate, .migrateReady, .handover, .handedOver, .handoverCheck:
             return try encodeMigration(into: &payload)
+        }
+    }
+
+    private static func checkLaneToken(_ token: [UInt8]) throws(ProtocolViolation) {
+        guard token.count == FrameLimits.laneTokenBytes else {
+            throw ProtocolViolation(.malformedFrame, "a lane token is \(FrameLimits.laneTokenBytes) bytes, not \(token.count)")
         }
     }
 

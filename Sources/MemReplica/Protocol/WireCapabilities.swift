@@ -13,8 +13,12 @@ public struct WireCapabilities: OptionSet, Sendable, Hashable, CustomStringConve
     /// PAGES payloads compressed with lz4.
     public static let lz4 = WireCapabilities(rawValue: 1 << 2)
 
+    /// An eager subscription's initial pass spread over several streams
+    /// (LANES): the mirror opens the lane streams it is asked for.
+    public static let lanes = WireCapabilities(rawValue: 1 << 3)
+
     /// Everything this build can receive.
-    public static let all: WireCapabilities = [.pages, .zstd, .lz4]
+    public static let all: WireCapabilities = [.pages, .zstd, .lz4, .lanes]
 
     /// The codecs these capabilities take, best ratio first.
     public var codecs: [PageCodec] {
@@ -27,6 +31,7 @@ public struct WireCapabilities: OptionSet, Sendable, Hashable, CustomStringConve
         if contains(.pages) { names.append("pages") }
         if contains(.zstd) { names.append("zstd") }
         if contains(.lz4) { names.append("lz4") }
+        if contains(.lanes) { names.append("lanes") }
         return names.isEmpty ? "none" : names.joined(separator: "+")
     }
 }

@@ -78,6 +78,9 @@ public final class RegionExports: Sendable {
         /// How long the last pass's scan of the tracker took (a hashed
         /// region's is a full read: the final flush pays it too).
         public var lastScanSeconds: Double = 0
+        /// Streams the initial pass went over: the region stream and the
+        /// lanes that joined it (1 without lanes; 0 until the pass is sent).
+        public var passStreams = 0
         public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
     }
 
@@ -170,12 +173,19 @@ public final class RegionExports: Sendable {
     /// Per region: what its subscriptions sent against what changed.
     private let savings = Locked<[String: WireSavings]>([:])
 
+    /// How many streams an eager initial pass is spread over, for a mirror
+    /// that offered `lanes`.
+    public let lanePolicy: LanePolicy
+    /// Passes under way over lanes, by token: LANE streams join them.
+    private let passLanes = Locked<[[UInt8]: PassLanes]>([:])
+
     /// What each exported region's eager subscriptions saved on the wire so far.
     public func wireSavings() -> [String: WireSavings] { savings.withLock { $0 } }
 
     public init(_ exports: [Export], scanInterval: Duration = .milliseconds(20),
                 observer: (any ReplicationObserver)? = nil, syncedDigests: Bool = true,
-                wireCapabilities: WireCapabilities = .all, codecPreference: [PageCodec] = [.lz4, .zstd], logger: Logger) {
+                wireCapabilities: WireCapabilities = .all, codecPreference: [PageCodec] = [.lz4, .zstd],
+                lanes: LanePolicy = .single, logger: Logger) {
         var table = Table()
         table.exports = Dictionary(exports.map { ($0.region.name, $0) }, uniquingKeysWith: { first, _ in first })
         table.epochs = table.exports.mapValues { _ in Locked(0) }
@@ -186,6 +196,7 @@ public final class RegionExports: Sendable {
         self.syncedDigests = syncedDigests
         self.wireCapabilities = wireCapabilities
         self.codecPreference = codecPreference
+        lanePolicy = lanes
         self.logger = logger
     }
 
@@ -300,11 +311,16 @@ public final class RegionExports: Sendable {
     public func serve(_ stream: any TransportStream, peer: PeerIdentity, offered: WireCapabilities = []) async {
         let frames = FrameStream(stream)
         do {
-            guard let first = try await frames.receive() else { return }
-            guard case .subscribe(let s) = first else {
-                throw ProtocolViolation(.unexpectedFrame, "a region stream starts with SUBSCRIBE")
+            switch try await frames.receive() {
+            case nil:
+                return
+            case .subscribe(let s)?:
+                await serve(frames, subscription: s, peer: peer, offered: offered)
+            case .lane(let token, let index)?:
+                try await joinLane(frames, token: token, index: index, peer: peer)
+            default:
+                throw ProtocolViolation(.unexpectedFrame, "a region stream starts with SUBSCRIBE, a lane with LANE")
             }
-            await serve(frames, subscription: s, peer: peer, offered: offered)
         } catch let violation as ProtocolViolation {
             await frames.fail(violation)
         } catch {
@@ -354,8 +370,20 @@ public final class RegionExports: Sendable {
                 try await publishDirty(export.region, as: export.identity, over: frames, mirrorHolds: held, key: key,
                                        epoch: epoch(of: export.region.name), record: record)
             } else {
-                try await publish(export.region, as: export.identity, over: frames, mirrorHolds: held, key: key, peer: peerName,
-                                  codec: codec(for: offered), record: record)
+                let count = offered.contains(.lanes) ? lanePolicy.lanes(forRegionBytes: export.region.geometry.size) : 1
+                let lanes = count > 1 ? PassLanes(count: count, main: frames, fingerprint: peer.fingerprint) : nil
+                if let lanes {
+                    passLanes.withLock { $0[lanes.token] = lanes }
+                    try await frames.send(.lanes(count: UInt64(count), token: lanes.token))
+                }
+                defer { if let lanes { passLanes.withLock { _ = $0.removeValue(forKey: lanes.token) } } }
+                do {
+                    try await publish(export.region, as: export.identity, over: frames, lanes: lanes, mirrorHolds: held, key: key,
+                                      peer: peerName, codec: codec(for: offered), record: record)
+                } catch {
+                    await lanes?.abandon(code: (error as? ProtocolViolation)?.code ?? .internalError)
+                    throw error
+                }
             }
         } catch let sent as ViolationSent {
             log(sent.violation, region: subscription.name, peer: peer)
@@ -578,7 +606,8 @@ public final class RegionExports: Sendable {
     /// compressed. Each pass sends the chunks that stayed clean longest
     /// first and the most often dirtied last (Silo's volatility order), so
     /// fewer are dirtied again after they were sent.
-    private func publish(_ region: Region, as identity: RegionIdentity, over frames: FrameStream, mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
+    private func publish(_ region: Region, as identity: RegionIdentity, over frames: FrameStream, lanes: PassLanes?,
+                         mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
                          peer: String, codec: PageCodec?, record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
         defer { changes.cancel() }
@@ -675,6 +704,8 @@ public final class RegionExports: Sendable {
                 func push(_ chunk: Int, initial: Bool = false,
                           snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
                     let live = initial ? try holes.chunkBytes(chunk, of: region) : try region.chunkBytes(chunk)
+                    // The initial pass goes on whichever of its lanes moves.
+                    let out = initial ? lanes?.next() ?? frames : frames
                     counted.chunksChanged += 1
                     counted.bytesDirtied += UInt64(live.count)
                     if sentBefore[chunk] { counted.chunksResent += 1 }
@@ -702,9 +733,9 @@ public final class RegionExports: Sendable {
                         switch encoded {
                         case .pages(var frame, let body):
                             frame.version = version
-                            wire = try await frames.sendPages(frame, body: body)
+                            wire = try await out.sendPages(frame, body: body)
                         default:
-                            wire = try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
+                            wire = try await out.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
                         }
                         encoder.sent(wireBytes: wire, took: began.duration(to: .now))
                         counted.wireBytes += UInt64(wire)
@@ -723,7 +754,7 @@ public final class RegionExports: Sendable {
                         // The region is live: the transport's copy, taken here,
                         // is the snapshot it retransmits from. A write racing
                         // the copy marks the chunk changed again for the next pass.
-                        counted.wireBytes += UInt64(try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: live) {
+                        counted.wireBytes += UInt64(try await out.sendWrite(chunk: UInt64(chunk), version: version, bytes: live) {
                             try Self.servable(region)
                         })
                         return nil
@@ -732,7 +763,7 @@ public final class RegionExports: Sendable {
                     UnsafeMutableRawBufferPointer(rebasing: snapshot[..<live.count]).copyMemory(from: live)
                     // Copied from a file truncated under us, it would be zeros.
                     try Self.servable(region)
-                    counted.wireBytes += UInt64(try await frames.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy))
+                    counted.wireBytes += UInt64(try await out.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy))
                     return hasher.hash(copy)
                 }
                 var snapshot = syncedDigests ? UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize,
@@ -759,6 +790,10 @@ public final class RegionExports: Sendable {
                 snapshot?.deallocate()
                 snapshot = nil
                 passEnded()
+                // Every lane's frames are queued ahead of its FIN: the
+                // mirror applies SYNCED once it has them all.
+                let streams = try await lanes?.finish() ?? 1
+                record { $0.passStreams = streams }
                 try await frames.send(.synced(version: version, digest: syncedDigests ? RegionDigest.synced(expected) : []))
                 expected = []
                 record { $0.synced = true }
@@ -805,6 +840,28 @@ public final class RegionExports: Sendable {
             }
             // Whichever side ends first ends the subscription.
             try await Self.firstToEnd(of: &group, on: frames)
+        }
+    }
+}
+
+extension RegionExports {
+    /// A lane stream (first frame LANE): joins the pass its token names,
+    /// which must be one this peer's subscription is running. The mirror
+    /// sends nothing after LANE; the pass's frames, then FIN, come back.
+    public func joinLane(_ frames: FrameStream, token: [UInt8], index: UInt64, peer: PeerIdentity) async throws {
+        guard let lanes = passLanes.withLock({ $0[token] }), lanes.fingerprint == peer.fingerprint else {
+            throw ProtocolViolation(.unexpectedFrame, "LANE names no pass under way for this peer")
+        }
+        switch lanes.join(frames, index: Int(index)) {
+        case .refused:
+            throw ProtocolViolation(.unexpectedFrame, "LANE \(index) of \(lanes.count) joined already, or was not asked for")
+        case .passOver:
+            try await frames.stream.finish()
+        case .joined:
+            break
+        }
+        guard try await frames.receive() == nil else {
+            throw ProtocolViolation(.unexpectedFrame, "a mirror sends nothing after LANE")
         }
     }
 }

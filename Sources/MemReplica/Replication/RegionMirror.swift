@@ -134,16 +134,18 @@ public final class RegionMirror: @unchecked Sendable {
         let marker = startCompleteMarker()
         defer { marker?.cancel() }
         do {
-            while let frame = try await frames.receive() {
+            var next = try await frames.receive()
+            if case .lanes(let count, let token)? = next {
+                try await receivePassOverLanes(main: frames, connection: connection, count: Int(count), token: token,
+                                               hasher: hasher, stream: &stream)
+                next = try await frames.receive()
+            }
+            while let frame = next {
                 switch frame {
-                case .write(let chunk, let version, let bytes):
-                    try apply(chunk: chunk, version: version, bytes: bytes, to: &stream)
-                case .pages(let pages):
-                    try apply(pages, to: &stream)
+                case .write, .pages, .error:
+                    try apply(frame, to: &stream)
                 case .synced(_, let digest):
                     try applySynced(digest: digest, hasher: hasher, to: &stream)
-                case .error(let code, let message):
-                    throw ReplicationError.refusedByPeer(code: code, message: message)
                 default:
                     throw ProtocolViolation(.unexpectedFrame, "a primary sends WRITE, PAGES, SYNCED or ERROR on a region stream")
                 }
@@ -155,6 +157,7 @@ public final class RegionMirror: @unchecked Sendable {
                     && (!frames.hasBufferedBytes || stream.lastAck.duration(to: .now) >= Self.ackInterval) {
                     try await acknowledge(on: frames, stream: &stream)
                 }
+                next = try await frames.receive()
             }
             throw ReplicationError.streamEnded
         } catch let violation as ProtocolViolation {
@@ -164,13 +167,20 @@ public final class RegionMirror: @unchecked Sendable {
     }
 
     /// What one run knows of its region stream.
-    private struct StreamState {
+    struct StreamState {
         /// The version of each chunk applied (0: none yet).
         var versions: [UInt64]
         var unacknowledged = false
         var lastAck = ContinuousClock.now
         /// A durable mirror's batch of stores not yet recorded as complete.
         var batchOpen = false
+        /// The initial pass arrives over lanes: its versions (1, 2, 3...)
+        /// are applied out of order, and what is acknowledged is the
+        /// highest below which every version was applied.
+        var overLanes = false
+        var contiguousVersion: UInt64 = 0
+        /// Versions applied above `contiguousVersion` (lanes only).
+        var appliedAhead = Set<UInt64>()
         init(chunkCount: Int) { versions = [UInt64](repeating: 0, count: chunkCount) }
     }
 
@@ -209,6 +219,20 @@ public final class RegionMirror: @unchecked Sendable {
                     try? durable.recordCompleteIfClean()
                 }
             }
+        }
+    }
+
+    /// A WRITE or PAGES frame stored; an ERROR thrown as the peer's refusal.
+    func apply(_ frame: Frame, to stream: inout StreamState) throws {
+        switch frame {
+        case .write(let chunk, let version, let bytes):
+            try apply(chunk: chunk, version: version, bytes: bytes, to: &stream)
+        case .pages(let pages):
+            try apply(pages, to: &stream)
+        case .error(let code, let message):
+            throw ReplicationError.refusedByPeer(code: code, message: message)
+        default:
+            throw ProtocolViolation(.unexpectedFrame, "a pass carries WRITE or PAGES, not \(frame.name)")
         }
     }
 
@@ -341,10 +365,19 @@ public final class RegionMirror: @unchecked Sendable {
         if durable != nil { unsynced.append(range) }
         let first = stream.versions[index] == 0
         stream.versions[index] = version
+        if stream.overLanes {
+            if version == stream.contiguousVersion + 1 {
+                stream.contiguousVersion = version
+                while stream.appliedAhead.remove(stream.contiguousVersion + 1) != nil { stream.contiguousVersion += 1 }
+            } else {
+                stream.appliedAhead.insert(version)
+            }
+        }
+        let applied = stream.overLanes ? stream.contiguousVersion : version
         progress.withLock { p in
             if first { p.chunksPresent += 1 }
             p.chunksApplied += 1
-            p.lastAppliedVersion = max(p.lastAppliedVersion, version)
+            p.lastAppliedVersion = max(p.lastAppliedVersion, applied)
         }
         stream.unacknowledged = true
     }
@@ -352,7 +385,7 @@ public final class RegionMirror: @unchecked Sendable {
     /// Everything not sent in the initial pass was identical. What we hold
     /// now must hash to the primary's digest; later WRITEs wait until it
     /// has been checked.
-    private func applySynced(digest: [UInt8], hasher: ChunkHasher, to stream: inout StreamState) throws {
+    func applySynced(digest: [UInt8], hasher: ChunkHasher, to stream: inout StreamState) throws {
         if !digest.isEmpty {
             // A zero chunk's hash is computed once (zeros are checked faster than hashed).
             // Holes read as zeros without allocating them.
@@ -385,7 +418,7 @@ public final class RegionMirror: @unchecked Sendable {
 
     /// ACKs the highest version applied; a durable mirror once it is on
     /// stable storage too.
-    private func acknowledge(on frames: FrameStream, stream: inout StreamState) async throws {
+    func acknowledge(on frames: FrameStream, stream: inout StreamState) async throws {
         let (version, synced) = progress.withLock { ($0.lastAppliedVersion, $0.synced) }
         if let durable {
             try syncStored()

@@ -147,6 +147,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
             /// Versions sent but not yet acknowledged.
             public var versionLag: UInt64
             public var synced: Bool
+            /// Streams the initial pass went over (the region stream and its
+            /// lanes); nil until the pass is sent.
+            public var passStreams: Int?
         }
 
         public init(name: String, role: String, path: String, size: Int, chunkSize: Int, chunks: Int,

@@ -32,6 +32,8 @@ public struct WANBenchmark {
         public var contents: [BenchContent] = [.random]
         /// Wire formats the replica offers, each a set of scenarios of its own.
         public var wireModes: [WANWireMode] = [.pages]
+        /// Lanes per bulk region's pass; nil: each transport's default.
+        public var laneCounts: [Int?] = [nil]
         public var runs = 3
         /// Bulk bytes in all, split over the scenario's regions.
         public var bulkBytes = 64 << 20
@@ -74,11 +76,13 @@ public struct WANBenchmark {
             congestionControls.flatMap { cc in
                 contents.flatMap { content in
                     wireModes.flatMap { wire in
-                        rttsMilliseconds.flatMap { rtt in
-                            lossPercents.flatMap { loss in
-                                regionCounts.map {
-                                    WANScenario(rttMilliseconds: rtt, lossPercent: loss, regions: $0, congestionControl: cc.rawValue,
-                                                content: content.rawValue, wire: wire.rawValue)
+                        laneCounts.flatMap { lanes in
+                            rttsMilliseconds.flatMap { rtt in
+                                lossPercents.flatMap { loss in
+                                    regionCounts.map {
+                                        WANScenario(rttMilliseconds: rtt, lossPercent: loss, regions: $0, congestionControl: cc.rawValue,
+                                                    content: content.rawValue, wire: wire.rawValue, lanes: lanes)
+                                    }
                                 }
                             }
                         }
@@ -223,7 +227,7 @@ public struct WANBenchmark {
         let (server, client) = try peers.transports(kind, quic, server: (emulator.addressA, emulator.sideA),
                                                     client: (emulator.addressB, emulator.sideB))
         let exports = RegionExports(primaries.all.map { RegionExports.Export(region: $0) }, scanInterval: options.scanInterval,
-                                    logger: quietLogger())
+                                    lanes: scenario.lanes.map { LanePolicy(count: $0) } ?? .standard(for: kind), logger: quietLogger())
         let offered = (WANWireMode(rawValue: scenario.wire) ?? .pages).offered
         let serving = Task { await Self.serve(exports, on: server, offered: offered) }
         let before = emulator.statistics()

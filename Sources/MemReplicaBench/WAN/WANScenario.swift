@@ -17,15 +17,19 @@ public struct WANScenario: Codable, Sendable, Hashable, CustomStringConvertible 
     /// peer's mirror does; `plain`: it offers nothing, every chunk travels
     /// whole as a WRITE (the wire format before PAGES).
     public var wire: String
+    /// Streams each bulk region's initial pass is spread over (LANES), for
+    /// every transport; nil: each transport's default (`LanePolicy.standard`).
+    public var lanes: Int?
 
     public init(rttMilliseconds: Double, lossPercent: Double, regions: Int, congestionControl: String,
-                content: String = BenchContent.random.rawValue, wire: String = WANWireMode.pages.rawValue) {
+                content: String = BenchContent.random.rawValue, wire: String = WANWireMode.pages.rawValue, lanes: Int? = nil) {
         self.rttMilliseconds = rttMilliseconds
         self.lossPercent = lossPercent
         self.regions = regions
         self.congestionControl = congestionControl
         self.content = content
         self.wire = wire
+        self.lanes = lanes
     }
 
     public init(from decoder: any Decoder) throws {
@@ -34,13 +38,15 @@ public struct WANScenario: Codable, Sendable, Hashable, CustomStringConvertible 
                   lossPercent: try c.decode(Double.self, forKey: .lossPercent), regions: try c.decode(Int.self, forKey: .regions),
                   congestionControl: try c.decode(String.self, forKey: .congestionControl),
                   content: try c.decodeIfPresent(String.self, forKey: .content) ?? BenchContent.random.rawValue,
-                  wire: try c.decodeIfPresent(String.self, forKey: .wire) ?? WANWireMode.pages.rawValue)
+                  wire: try c.decodeIfPresent(String.self, forKey: .wire) ?? WANWireMode.pages.rawValue,
+                  lanes: try c.decodeIfPresent(Int.self, forKey: .lanes))
     }
 
     public var description: String {
         var text = "rtt \(formatNumber(rttMilliseconds)) ms, loss \(formatNumber(lossPercent)) %, \(regions) region\(regions == 1 ? "" : "s"), \(congestionControl)"
         if content != BenchContent.random.rawValue { text += ", \(content)" }
         if wire == WANWireMode.plain.rawValue { text += ", plain WRITEs" } else if wire != WANWireMode.pages.rawValue { text += ", \(wire)" }
+        if let lanes { text += ", \(lanes) lane\(lanes == 1 ? "" : "s")" }
         return text
     }
 
