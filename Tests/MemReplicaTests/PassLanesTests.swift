@@ -12,14 +12,6 @@ import Testing
 struct PassLanesTests {
     static let chunkSize = 65536
 
-    private func waitSynced(_ mirror: RegionMirror) async throws {
-        let deadline = ContinuousClock.now + .seconds(60)
-        while !mirror.initialSyncComplete {
-            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "initial sync", seconds: 60) }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-    }
-
     @Test("a pass over four streams, written to while it runs, leaves the replica equal to its primary",
           arguments: [TransportKind.quic, .tcp, .tcpPerRegion])
     func passOverLanes(kind: TransportKind) async throws {
@@ -49,7 +41,7 @@ struct PassLanesTests {
                 try? await Task.sleep(for: .milliseconds(1))
             }
         }
-        try await waitSynced(mirror)
+        try await waitSynced(mirror, within: 60)
         await writing.value
         try await waitConverged(primary, replica, within: 60)
         let state = try #require(exports.mirrorStates().first)
@@ -72,7 +64,7 @@ struct PassLanesTests {
             let replica = try Region(name: "plain", backing: .memory, size: size, chunkSize: Self.chunkSize)
             let mirror = RegionMirror(region: replica, offersHeldChunks: false)
             let running = Task { try await mirror.run(over: pair.client) }
-            try await waitSynced(mirror)
+            try await waitSynced(mirror, within: 60)
             try await waitConverged(primary, replica, within: 30)
             #expect(exports.mirrorStates().first?.passStreams == 1)
             running.cancel()

@@ -19,6 +19,15 @@ func waitConverged(_ primary: Region, _ mirror: Region, within seconds: Double) 
     }
 }
 
+/// Waits until `mirror`'s initial sync is complete (SYNCED applied).
+func waitSynced(_ mirror: RegionMirror, within seconds: Double) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while !mirror.initialSyncComplete {
+        guard ContinuousClock.now < deadline else { throw TimeoutError(what: "initial sync", seconds: seconds) }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
 /// An exporting server endpoint and a client connected to it.
 struct ReplicationPair {
     let pki: TestPKI

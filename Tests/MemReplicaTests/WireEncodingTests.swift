@@ -11,14 +11,6 @@ import Testing
 struct WireEncodingTests {
     static let chunkSize = 65536
 
-    private func waitSynced(_ mirror: RegionMirror) async throws {
-        let deadline = ContinuousClock.now + .seconds(30)
-        while !mirror.initialSyncComplete {
-            guard ContinuousClock.now < deadline else { throw TimeoutError(what: "initial sync", seconds: 30) }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-    }
-
     private func waitSavings(_ exports: RegionExports, _ name: String, _ what: String,
                              _ condition: (WireSavings) -> Bool) async throws {
         let deadline = ContinuousClock.now + .seconds(20)
@@ -42,7 +34,7 @@ struct WireEncodingTests {
         let running = Task { try await mirror.run(over: pair.client) }
         defer { running.cancel() }
         // A fresh replica equals an all-zero primary before anything arrived.
-        try await waitSynced(mirror)
+        try await waitSynced(mirror, within: 30)
         try await waitConverged(primary, replica, within: 30)
         try await body(primary, replica, exports)
         running.cancel()
@@ -151,7 +143,7 @@ struct WireEncodingTests {
         let running = Task { try await mirror.run(over: pair.client) }
         try await waitConverged(primary, replica, within: 30)
         // SYNCED's self-check must be behind us: it would catch the drift first.
-        try await waitSynced(mirror)
+        try await waitSynced(mirror, within: 30)
         // Page 3 of chunk 5 drifts on the replica; then the primary changes page 9.
         replica.bytes[5 * Self.chunkSize + 3 * 4096] ^= 0x5a
         let drifted = Array(replica.bytes[5 * Self.chunkSize..<6 * Self.chunkSize])
