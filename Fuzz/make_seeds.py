@@ -49,6 +49,7 @@ def frames():
         "dirty": frame(0x11, dirty),
         "lanes": frame(0x15, varint(4) + bytes(range(16))),
         "lane": frame(0x16, bytes(range(16)) + varint(3)),
+        "lanes-end": frame(0x17, varint(1 << 20)),
         # 16 pages: 0 and 2 present (uncompressed), 7 and 11 zero, the rest unchanged, with a check.
         "pages": frame(0x14, varint(7) + varint(9) + varint(16) + bytes([0b101, 0]) + bytes([0b10000000, 0b1000])
                        + varint(0) + varint(16) + bytes(range(16)) + bytes(8192)),

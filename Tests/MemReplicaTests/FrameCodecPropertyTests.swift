@@ -15,7 +15,7 @@ struct FrameGenerator {
         self.allowsLarge = allowsLarge
     }
 
-    static let allTypes: [Frame.TypeCode] = [.hello, .catalog, .subscribe, .have, .write, .dirty, .ack, .synced, .lanes, .lane,
+    static let allTypes: [Frame.TypeCode] = [.hello, .catalog, .subscribe, .have, .write, .dirty, .ack, .synced, .lanes, .lane, .lanesEnd,
                                              .read, .data, .digestRead, .digests, .echo, .error,
                                              .migrate, .migrateReady, .handover, .handedOver, .handoverCheck]
 
@@ -111,6 +111,8 @@ struct FrameGenerator {
             return .lanes(count: 2 + rng.next() % (FrameLimits.maxLanes - 1), token: raw(FrameLimits.laneTokenBytes))
         case .lane:
             return .lane(token: raw(FrameLimits.laneTokenBytes), index: 1 + rng.next() % (FrameLimits.maxLanes - 1))
+        case .lanesEnd:
+            return .lanesEnd(version: varint())
         case .ack:
             return .ack(version: varint())
         case .synced:

@@ -23,6 +23,7 @@ struct FrameCodecTests {
         .ack(version: 99),
         .lanes(count: 4, token: Array(0..<16)),
         .lane(token: Array(repeating: 0xfe, count: 16), index: 15),
+        .lanesEnd(version: 1 << 45),
         .read(firstChunk: 12, count: 4),
         .data(firstChunk: 12, bytes: [1, 2, 3]),
         .error(code: ProtocolErrorCode.unknownRegion.rawValue, message: "no region 'x'"),

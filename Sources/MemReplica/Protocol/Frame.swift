@@ -31,6 +31,10 @@ public enum Frame: Equatable, Sendable {
     /// 0x16, mirror → exporter, the only frame a lane stream carries that
     /// way: it joins the subscription LANES named with `token`.
     case lane(token: [UInt8], index: UInt64)
+    /// 0x17, exporter → mirror: a later pass that went over lanes is
+    /// complete at `version`; what follows on the region stream comes after
+    /// it (for the initial pass SYNCED says so).
+    case lanesEnd(version: UInt64)
     /// 0x11, primary → replica: these chunks changed (lazy mirrors pull).
     case dirty(epoch: UInt64, chunks: [UInt64])
     /// 0x12, replica → primary: everything up to `version` is applied.
@@ -182,7 +186,7 @@ public enum Frame: Equatable, Sendable {
 
     enum TypeCode: UInt8 {
         case hello = 0x01, catalog = 0x02, subscribe = 0x03, have = 0x04
-        case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13, pages = 0x14, lanes = 0x15, lane = 0x16
+        case write = 0x10, dirty = 0x11, ack = 0x12, synced = 0x13, pages = 0x14, lanes = 0x15, lane = 0x16, lanesEnd = 0x17
         case read = 0x20, data = 0x21, digestRead = 0x22, digests = 0x23
         case echo = 0x30
         case error = 0x3f
@@ -236,6 +240,7 @@ extension Frame {
         case .pages: "PAGES"
         case .lanes: "LANES"
         case .lane: "LANE"
+        case .lanesEnd: "LANES_END"
         case .dirty: "DIRTY"
         case .ack: "ACK"
         case .read: "READ"

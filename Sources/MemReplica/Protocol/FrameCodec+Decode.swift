@@ -178,6 +178,8 @@ private struct PayloadReader {
                 throw ProtocolViolation(.malformedFrame, "LANE index \(index) (1 to \(FrameLimits.maxLanes - 1))")
             }
             return .lane(token: token, index: index)
+        case .lanesEnd:
+            return .lanesEnd(version: try varint("version"))
         case .read:
             let first = try varint("first chunk"), count = try varint("count")
             guard count >= 1, count <= FrameLimits.maxReadChunks else {

@@ -87,6 +87,9 @@ extension Frame {
             payload.append(contentsOf: token)
             VarInt.encode(index, into: &payload)
             return .lane
+        case .lanesEnd(let version):
+            VarInt.encode(version, into: &payload)
+            return .lanesEnd
         case .read(let first, let count):
             guard count >= 1, count <= FrameLimits.maxReadChunks else {
                 throw ProtocolViolation(.frameTooLarge, "READ of \(count) chunks (1 to \(FrameLimits.maxReadChunks))")

@@ -18,6 +18,8 @@ final class PassLanes: Sendable {
 
     private struct State {
         var joined: [Int: FrameStream] = [:]
+        /// Lane indices that arrived, joined or after the pass was over.
+        var arrived = Set<Int>()
         /// The pass ended (or failed): a lane joining now is finished at once.
         var closed = false
     }
@@ -35,15 +37,20 @@ final class PassLanes: Sendable {
 
     /// Adds lane `index`: `passOver` when the pass was sent already (the
     /// lane has nothing to carry), `refused` for an index LANES did not ask
-    /// for or one that joined already.
-    func join(_ lane: FrameStream, index: Int) -> Joining {
+    /// for or one that arrived already. `allArrived`: every lane LANES
+    /// asked for has now come.
+    func join(_ lane: FrameStream, index: Int) -> (Joining, allArrived: Bool) {
         state.withLock { s in
-            guard index >= 1, index < count, s.joined[index] == nil else { return .refused }
-            guard !s.closed else { return .passOver }
+            guard index >= 1, index < count, s.arrived.insert(index).inserted else { return (.refused, false) }
+            let all = s.arrived.count == count - 1
+            guard !s.closed else { return (.passOver, all) }
             s.joined[index] = lane
-            return .joined
+            return (.joined, all)
         }
     }
+
+    /// Every lane LANES asked for has come (joined or after the pass).
+    var allArrived: Bool { state.withLock { $0.arrived.count == count - 1 } }
 
     /// The stream for the pass's next frame: of the region stream and the
     /// joined lanes, the one with the fewest bytes not yet settled.

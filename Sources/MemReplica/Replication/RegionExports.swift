@@ -81,6 +81,8 @@ public final class RegionExports: Sendable {
         /// Streams the initial pass went over: the region stream and the
         /// lanes that joined it (1 without lanes; 0 until the pass is sent).
         public var passStreams = 0
+        /// Passes (the initial one included) sent over lanes.
+        public var passesOverLanes = 0
         public var versionLag: UInt64 { sentVersion - acknowledgedVersion }
     }
 
@@ -370,18 +372,17 @@ public final class RegionExports: Sendable {
                 try await publishDirty(export.region, as: export.identity, over: frames, mirrorHolds: held, key: key,
                                        epoch: epoch(of: export.region.name), record: record)
             } else {
-                let count = offered.contains(.lanes) ? lanePolicy.lanes(forRegionBytes: export.region.geometry.size) : 1
-                let lanes = count > 1 ? PassLanes(count: count, main: frames, fingerprint: peer.fingerprint) : nil
-                if let lanes {
-                    passLanes.withLock { $0[lanes.token] = lanes }
-                    try await frames.send(.lanes(count: UInt64(count), token: lanes.token))
-                }
-                defer { if let lanes { passLanes.withLock { _ = $0.removeValue(forKey: lanes.token) } } }
+                // This subscription's passes over lanes (the last one may be
+                // under way): forgotten, and the open one ended, when it ends.
+                let lanes = Locked<[PassLanes]>([])
                 do {
-                    try await publish(export.region, as: export.identity, over: frames, lanes: lanes, mirrorHolds: held, key: key,
-                                      peer: peerName, codec: codec(for: offered), record: record)
+                    try await publish(export.region, as: export.identity, over: frames,
+                                      lanes: offered.contains(.lanes) ? (peer.fingerprint, lanes) : nil, mirrorHolds: held,
+                                      key: key, peer: peerName, codec: codec(for: offered), record: record)
                 } catch {
-                    await lanes?.abandon(code: (error as? ProtocolViolation)?.code ?? .internalError)
+                    let passes = lanes.withLock { $0 }
+                    endLanes(passes)
+                    for pass in passes { await pass.abandon(code: (error as? ProtocolViolation)?.code ?? .internalError) }
                     throw error
                 }
             }
@@ -606,7 +607,8 @@ public final class RegionExports: Sendable {
     /// compressed. Each pass sends the chunks that stayed clean longest
     /// first and the most often dirtied last (Silo's volatility order), so
     /// fewer are dirtied again after they were sent.
-    private func publish(_ region: Region, as identity: RegionIdentity, over frames: FrameStream, lanes: PassLanes?,
+    private func publish(_ region: Region, as identity: RegionIdentity, over frames: FrameStream,
+                         lanes laneOffer: (fingerprint: String, passes: Locked<[PassLanes]>)?,
                          mirrorHolds held: [ChunkHash]?, key: ChunkHashKey,
                          peer: String, codec: PageCodec?, record: @escaping @Sendable ((inout MirrorState) -> Void) -> Void) async throws {
         let changes = subscribeToChanges(of: region)
@@ -680,6 +682,8 @@ public final class RegionExports: Sendable {
                     }
                 }
                 var pushedSinceYield = 0
+                // The pass under way goes over these (nil: the region stream only).
+                var lanes: PassLanes?
                 // Chunk-sized copies, held while a pass runs: a peer
                 // following many idle regions holds none.
                 var scratchBuffer: UnsafeMutableRawBufferPointer?
@@ -704,8 +708,8 @@ public final class RegionExports: Sendable {
                 func push(_ chunk: Int, initial: Bool = false,
                           snapshot: UnsafeMutableRawBufferPointer? = nil) async throws -> ChunkHash? {
                     let live = initial ? try holes.chunkBytes(chunk, of: region) : try region.chunkBytes(chunk)
-                    // The initial pass goes on whichever of its lanes moves.
-                    let out = initial ? lanes?.next() ?? frames : frames
+                    // A pass over lanes goes on whichever of them moves.
+                    let out = lanes?.next() ?? frames
                     counted.chunksChanged += 1
                     counted.bytesDirtied += UInt64(live.count)
                     if sentBefore[chunk] { counted.chunksResent += 1 }
@@ -766,10 +770,32 @@ public final class RegionExports: Sendable {
                     counted.wireBytes += UInt64(try await out.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy))
                     return hasher.hash(copy)
                 }
+                /// The pass about to send up to `bytes` goes over lanes if
+                /// that many call for them (LANES, sent now).
+                func beginPass(bytes: Int) async throws {
+                    guard let laneOffer else { return }
+                    // Passes whose lanes all came are forgotten already.
+                    let awaiting = laneOffer.passes.withLock { passes in
+                        passes.removeAll { $0.allArrived }
+                        return passes.count
+                    }
+                    guard awaiting < Self.maxPassesAwaitingLanes else { return }
+                    lanes = try await beginLanes(forPassBytes: bytes, on: frames, fingerprint: laneOffer.fingerprint)
+                    if let lanes { laneOffer.passes.withLock { $0.append(lanes) } }
+                }
+                /// Finishes the pass's lanes; how many streams it went over.
+                func endPass() async throws -> Int {
+                    guard let open = lanes else { return 1 }
+                    let streams = try await open.finish()
+                    lanes = nil
+                    record { $0.passesOverLanes += 1 }
+                    return streams
+                }
                 var snapshot = syncedDigests ? UnsafeMutableRawBufferPointer.allocate(byteCount: region.geometry.chunkSize,
                                                                                        alignment: 64) : nil
                 defer { snapshot?.deallocate() }
                 var sentInitially = 0
+                try await beginPass(bytes: region.geometry.size)
                 // What the mirror holds once the pass is applied, chunk by chunk.
                 var expected = [ChunkHash](repeating: .none, count: region.geometry.chunkCount)
                 // A resuming mirror gets the chunks whose hash differs now;
@@ -792,7 +818,7 @@ public final class RegionExports: Sendable {
                 passEnded()
                 // Every lane's frames are queued ahead of its FIN: the
                 // mirror applies SYNCED once it has them all.
-                let streams = try await lanes?.finish() ?? 1
+                let streams = try await endPass()
                 record { $0.passStreams = streams }
                 try await frames.send(.synced(version: version, digest: syncedDigests ? RegionDigest.synced(expected) : []))
                 expected = []
@@ -823,9 +849,14 @@ public final class RegionExports: Sendable {
                         $0.passBegan = began
                         $0.lastScanSeconds = scanned
                     }
+                    try await beginPass(bytes: changed.count * region.geometry.chunkSize)
                     for (i, chunk) in changed.enumerated() {
                         if let cut = pendingCut() { try await park(cut, remaining: changed[i...]) }
                         _ = try await push(chunk)
+                    }
+                    if lanes != nil {
+                        _ = try await endPass()
+                        try await frames.send(.lanesEnd(version: version))
                     }
                     passEnded()
                     if !changed.isEmpty { flushSavings() }
@@ -845,6 +876,34 @@ public final class RegionExports: Sendable {
 }
 
 extension RegionExports {
+    /// A pass that may send `bytes` goes over lanes when the policy says
+    /// so: registered (LANE streams join it by its token), and LANES sent.
+    fileprivate func beginLanes(forPassBytes bytes: Int, on frames: FrameStream, fingerprint: String) async throws -> PassLanes? {
+        let count = lanePolicy.lanes(forPassBytes: bytes)
+        guard count > 1 else { return nil }
+        let lanes = PassLanes(count: count, main: frames, fingerprint: fingerprint)
+        passLanes.withLock { $0[lanes.token] = lanes }
+        do {
+            try await frames.send(.lanes(count: UInt64(count), token: lanes.token))
+        } catch {
+            endLanes([lanes])
+            throw error
+        }
+        return lanes
+    }
+
+    /// Forgets passes' lanes (their subscription ended): a LANE naming
+    /// one now is refused.
+    fileprivate func endLanes(_ lanes: [PassLanes]) {
+        passLanes.withLock { all in for l in lanes { all.removeValue(forKey: l.token) } }
+    }
+
+    /// Passes of one subscription whose lanes have not all come yet: a
+    /// LANE that arrives after its pass was sent is finished at once, not
+    /// refused. Past this many, a subscription's passes go on its region
+    /// stream only (a mirror that opens no lanes holds nothing more here).
+    static let maxPassesAwaitingLanes = 16
+
     /// A lane stream (first frame LANE): joins the pass its token names,
     /// which must be one this peer's subscription is running. The mirror
     /// sends nothing after LANE; the pass's frames, then FIN, come back.
@@ -852,7 +911,10 @@ extension RegionExports {
         guard let lanes = passLanes.withLock({ $0[token] }), lanes.fingerprint == peer.fingerprint else {
             throw ProtocolViolation(.unexpectedFrame, "LANE names no pass under way for this peer")
         }
-        switch lanes.join(frames, index: Int(index)) {
+        let (joining, allArrived) = lanes.join(frames, index: Int(index))
+        // A pass's entry goes once all its lanes came (or its subscription ended).
+        if allArrived { passLanes.withLock { _ = $0.removeValue(forKey: token) } }
+        switch joining {
         case .refused:
             throw ProtocolViolation(.unexpectedFrame, "LANE \(index) of \(lanes.count) joined already, or was not asked for")
         case .passOver:

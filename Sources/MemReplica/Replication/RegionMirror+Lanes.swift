@@ -1,11 +1,12 @@
 import MemReplicaTransportCore
 
 extension RegionMirror {
-    /// The initial pass spread over lanes (LANES was the primary's first
-    /// frame): opens the `count - 1` lane streams, applies WRITE and PAGES
-    /// from all of them as they come, and applies SYNCED, which comes on
-    /// the region stream, once every lane has ended and every version up
-    /// to SYNCED's is applied. Later frames come on the region stream only.
+    /// A pass spread over lanes (LANES came on the region stream): opens
+    /// the `count - 1` lane streams, applies WRITE and PAGES from all of
+    /// them as they come, and takes the pass's end from the region stream:
+    /// SYNCED for the initial pass (applied here), LANES_END for a later
+    /// one. It returns once every lane has ended and every version up to
+    /// the end's is applied; the region stream's later frames follow.
     func receivePassOverLanes(main: FrameStream, connection: any TransportConnection, count: Int, token: [UInt8],
                               hasher: ChunkHasher, stream: inout StreamState) async throws {
         var lanes: [FrameStream] = []
@@ -20,9 +21,13 @@ extension RegionMirror {
             for lane in lanes { await lane.stream.reset(errorCode: ProtocolErrorCode.internalError.rawValue) }
             throw error
         }
+        // Up to here versions came in order on the region stream.
+        let initial = !currentProgress.synced
         stream.overLanes = true
+        stream.contiguousVersion = stream.appliedVersion
+        stream.appliedAhead = []
         let all = [main] + lanes
-        var synced: (version: UInt64, digest: [UInt8])?
+        var end: (version: UInt64, digest: [UInt8])?
         try await withThrowingTaskGroup(of: (Int, Frame?).self) { group in
             for (i, frames) in all.enumerated() { group.addTask { (i, try await frames.receive()) } }
             do {
@@ -32,9 +37,12 @@ extension RegionMirror {
                         throw ReplicationError.streamEnded
                     case nil:
                         continue
-                    case .synced(let version, let digest)? where i == 0:
+                    case .synced(let version, let digest)? where i == 0 && initial:
                         // The region stream waits here until the lanes are done.
-                        synced = (version, digest)
+                        end = (version, digest)
+                        continue
+                    case .lanesEnd(let version)? where i == 0 && !initial:
+                        end = (version, [])
                         continue
                     case let frame?:
                         try apply(frame, to: &stream)
@@ -54,13 +62,13 @@ extension RegionMirror {
                 throw error
             }
         }
-        guard let synced else { throw ReplicationError.streamEnded }
-        guard stream.contiguousVersion == synced.version, stream.appliedAhead.isEmpty else {
-            throw ProtocolViolation(.unexpectedFrame, "SYNCED at version \(synced.version), but the lanes brought every "
-                                    + "version only up to \(stream.contiguousVersion)")
+        guard let end else { throw ReplicationError.streamEnded }
+        guard stream.contiguousVersion == end.version, stream.appliedAhead.isEmpty else {
+            throw ProtocolViolation(.unexpectedFrame, "\(initial ? "SYNCED" : "LANES_END") at version \(end.version), but the "
+                                    + "lanes brought every version only up to \(stream.contiguousVersion)")
         }
         stream.overLanes = false
-        try applySynced(digest: synced.digest, hasher: hasher, to: &stream)
+        if initial { try applySynced(digest: end.digest, hasher: hasher, to: &stream) }
         if stream.unacknowledged { try await acknowledge(on: main, stream: &stream) }
     }
 }

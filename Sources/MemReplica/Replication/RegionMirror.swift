@@ -135,13 +135,11 @@ public final class RegionMirror: @unchecked Sendable {
         defer { marker?.cancel() }
         do {
             var next = try await frames.receive()
-            if case .lanes(let count, let token)? = next {
-                try await receivePassOverLanes(main: frames, connection: connection, count: Int(count), token: token,
-                                               hasher: hasher, stream: &stream)
-                next = try await frames.receive()
-            }
             while let frame = next {
                 switch frame {
+                case .lanes(let count, let token):
+                    try await receivePassOverLanes(main: frames, connection: connection, count: Int(count), token: token,
+                                                   hasher: hasher, stream: &stream)
                 case .write, .pages, .error:
                     try apply(frame, to: &stream)
                 case .synced(_, let digest):
@@ -181,6 +179,10 @@ public final class RegionMirror: @unchecked Sendable {
         var contiguousVersion: UInt64 = 0
         /// Versions applied above `contiguousVersion` (lanes only).
         var appliedAhead = Set<UInt64>()
+        /// The highest version below which every one of this run's
+        /// subscription was applied (on the region stream alone they come
+        /// in order).
+        var appliedVersion: UInt64 = 0
         init(chunkCount: Int) { versions = [UInt64](repeating: 0, count: chunkCount) }
     }
 
@@ -374,6 +376,7 @@ public final class RegionMirror: @unchecked Sendable {
             }
         }
         let applied = stream.overLanes ? stream.contiguousVersion : version
+        stream.appliedVersion = max(stream.appliedVersion, applied)
         progress.withLock { p in
             if first { p.chunksPresent += 1 }
             p.chunksApplied += 1
@@ -419,7 +422,7 @@ public final class RegionMirror: @unchecked Sendable {
     /// ACKs the highest version applied; a durable mirror once it is on
     /// stable storage too.
     func acknowledge(on frames: FrameStream, stream: inout StreamState) async throws {
-        let (version, synced) = progress.withLock { ($0.lastAppliedVersion, $0.synced) }
+        let (version, synced) = (stream.appliedVersion, progress.withLock { $0.synced })
         if let durable {
             try syncStored()
             // Before SYNCED the file is not a whole copy yet.
