@@ -13,7 +13,7 @@ public struct WireCapabilities: OptionSet, Sendable, Hashable, CustomStringConve
     /// PAGES payloads compressed with lz4.
     public static let lz4 = WireCapabilities(rawValue: 1 << 2)
 
-    /// An eager subscription's initial pass spread over several streams
+    /// An eager subscription's large passes spread over several streams
     /// (LANES): the mirror opens the lane streams it is asked for.
     public static let lanes = WireCapabilities(rawValue: 1 << 3)
 

@@ -1,13 +1,13 @@
 import MemReplicaSystem
 import MemReplicaTransportCore
 
-/// The exporter's side of one initial pass spread over lanes: its region
-/// stream and the lane streams the mirror opened for it, each naming the
-/// pass's token in LANE (docs/PROTOCOL.md §5 item 3). Lanes join as they
-/// arrive; each chunk goes on the stream with the fewest unsettled bytes,
-/// so a lane held up by a lost packet takes no more until it moves. At the
-/// end of the pass every lane is finished before SYNCED goes on the
-/// region stream.
+/// The exporter's side of one pass spread over lanes: its region stream
+/// and the lane streams the mirror opened for it, each naming the pass's
+/// token in LANE (docs/PROTOCOL.md §5 item 3). Lanes join as they arrive;
+/// each chunk goes on the stream with the fewest unsettled bytes, so a lane
+/// held up by a lost packet takes no more until it moves. At the end of the
+/// pass every lane is finished before SYNCED (the initial pass) or
+/// LANES_END goes on the region stream.
 final class PassLanes: Sendable {
     let token: [UInt8]
     /// Streams asked for, the region stream included.

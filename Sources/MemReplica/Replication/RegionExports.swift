@@ -175,8 +175,8 @@ public final class RegionExports: Sendable {
     /// Per region: what its subscriptions sent against what changed.
     private let savings = Locked<[String: WireSavings]>([:])
 
-    /// How many streams an eager initial pass is spread over, for a mirror
-    /// that offered `lanes`.
+    /// How many streams an eager pass is spread over, and from what size,
+    /// for a mirror that offered `lanes`.
     public let lanePolicy: LanePolicy
     /// Passes under way over lanes, by token: LANE streams join them.
     private let passLanes = Locked<[[UInt8]: PassLanes]>([:])

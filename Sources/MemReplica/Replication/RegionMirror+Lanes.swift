@@ -22,7 +22,7 @@ extension RegionMirror {
             throw error
         }
         // Up to here versions came in order on the region stream.
-        let initial = !currentProgress.synced
+        let initial = !stream.synced
         stream.overLanes = true
         stream.contiguousVersion = stream.appliedVersion
         stream.appliedAhead = []

@@ -183,6 +183,8 @@ public final class RegionMirror: @unchecked Sendable {
         /// subscription was applied (on the region stream alone they come
         /// in order).
         var appliedVersion: UInt64 = 0
+        /// This run's SYNCED was applied: a pass over lanes now is a later one.
+        var synced = false
         init(chunkCount: Int) { versions = [UInt64](repeating: 0, count: chunkCount) }
     }
 
@@ -415,6 +417,7 @@ public final class RegionMirror: @unchecked Sendable {
             stream.batchOpen = false
         }
         progress.withLock { $0.synced = true }
+        stream.synced = true
         prefault?.stop()
         prefault = nil
     }
