@@ -31,8 +31,10 @@ struct BenchWANCommand: AsyncParsableCommand {
     var content: String = BenchContent.random.rawValue
     @Option(help: ArgumentHelp("Wire formats the replica offers, comma-separated: pages (PAGES frames, zstd, lz4: what a peer offers), pages-lz4 (PAGES, lz4 only), plain (whole WRITEs only, the format before PAGES).", valueName: "modes"))
     var wire: String = WANWireMode.pages.rawValue
-    @Option(help: ArgumentHelp("Streams each bulk region's initial pass is spread over (LANES), comma-separated, each a set of scenarios; applies to every transport. Default: each transport's own (8 for QUIC on regions of 64 MiB or more, 1 for TCP).", valueName: "n,..."))
+    @Option(help: ArgumentHelp("Streams each pass of 16 MiB or more is spread over (LANES), comma-separated, each a set of scenarios; applies to every transport. Default: each transport's own (8 for QUIC, 1 for TCP).", valueName: "n,..."))
     var lanes: String?
+    @Option(help: "After the lag phase, a region of this size (suffixes K, M, G) is synced, rewritten at once and timed until the replica equals it (default: no burst phase).")
+    var burstSize: String?
     @Option(help: "Runs per scenario and transport (medians are reported).")
     var runs: Int?
     @Option(help: "Bulk bytes per run, split over the regions (suffixes K, M, G).")
@@ -85,6 +87,7 @@ struct BenchWANCommand: AsyncParsableCommand {
             throw ValidationError("--wire takes pages, pages-lz4 and plain, comma-separated")
         }
         if let bulkSize, parseByteSize(bulkSize) == nil { throw ValidationError("--bulk-size: not a byte count: \(bulkSize)") }
+        if let burstSize, parseByteSize(burstSize) == nil { throw ValidationError("--burst-size: not a byte count: \(burstSize)") }
         if let bulkSeconds, !(bulkSeconds > 0) { throw ValidationError("--bulk-seconds must be positive") }
         guard (1...256).contains(readers) else { throw ValidationError("--readers must be 1...256") }
         guard rateMbit >= 0 else { throw ValidationError("--rate-mbit must not be negative") }
@@ -118,6 +121,7 @@ struct BenchWANCommand: AsyncParsableCommand {
         if let lanes { options.laneCounts = Self.numbers(lanes)!.map { Int($0) } }
         if let runs { options.runs = runs }
         if let bulkSize { options.bulkBytes = parseByteSize(bulkSize)! }
+        if let burstSize { options.burstBytes = parseByteSize(burstSize)! }
         if let bulkSeconds { options.bulkTimeLimit = .milliseconds(Int64(bulkSeconds * 1000)) }
         options.readers = readers
         options.rateBitsPerSecond = rateMbit > 0 ? UInt64(rateMbit * 1e6) : nil

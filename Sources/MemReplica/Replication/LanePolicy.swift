@@ -18,9 +18,9 @@ public struct LanePolicy: Sendable, Equatable {
         self.minimumPassBytes = minimumPassBytes
     }
 
-    /// Four stream windows (16 MiB each by default): a smaller pass is
-    /// over in well under a second anyway.
-    public static let defaultMinimumPassBytes = 64 << 20
+    /// One stream's window (16 MiB by default): a pass that fits in it
+    /// gains nothing from more windows.
+    public static let defaultMinimumPassBytes = 16 << 20
     public static let single = LanePolicy(count: 1)
 
     /// The default for a transport: QUIC spreads a large pass over

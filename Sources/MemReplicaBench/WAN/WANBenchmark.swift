@@ -47,6 +47,9 @@ public struct WANBenchmark {
         public var lagRegionBytes = 256 << 10
         public var lagWrites = 15
         public var lagWritesPerSecond = 25
+        /// A region this large is synced, then rewritten at once and timed
+        /// until the replica equals it (0: no burst phase).
+        public var burstBytes = 0
         public var scanInterval: Duration = .milliseconds(2)
         /// The emulated link's rate (each direction); nil: as fast as the forwarder goes.
         public var rateBitsPerSecond: UInt64? = 1_000_000_000
@@ -147,7 +150,8 @@ public struct WANBenchmark {
                                result.readP50Milliseconds, result.readP99Milliseconds, result.readSamples, queued,
                                result.throughputMbps, result.bulkCompleted ? "" : " (time limit)",
                                result.connectMilliseconds,
-                               result.lagP50Milliseconds.map { String(format: "%.1f ms", $0) } ?? "n/a", eta))
+                               result.lagP50Milliseconds.map { String(format: "%.1f ms", $0) } ?? "n/a", eta)
+                        + (result.burstMbps.map { String(format: ", burst %.0f Mbit/s", $0) } ?? ""))
                 }
             }
         }
@@ -172,7 +176,8 @@ public struct WANBenchmark {
         var bulk: [Region]
         var read: Region
         var lag: Region
-        var all: [Region] { bulk + [read, lag] }
+        var burst: Region?
+        var all: [Region] { bulk + [read, lag] + (burst.map { [$0] } ?? []) }
     }
 
     /// The bulk regions' image of `content`, made once per run and size.
@@ -208,7 +213,13 @@ public struct WANBenchmark {
         fillPattern(read.bytes, seed: 7)
         let lag = try Region(name: "lag", backing: .memory, size: options.lagRegionBytes, chunkSize: options.readChunkBytes)
         fillPattern(lag.bytes, seed: 9)
-        return Primaries(bulk: bulk, read: read, lag: lag)
+        var burst: Region?
+        if options.burstBytes > 0 {
+            let size = max(chunk, options.burstBytes / chunk * chunk)
+            burst = try Region(name: "burst", backing: .memory, size: size, chunkSize: chunk)
+            fillPattern(burst!.bytes, seed: 11)
+        }
+        return Primaries(bulk: bulk, read: read, lag: lag, burst: burst)
     }
 
     private func quietLogger() -> Logger {
@@ -385,6 +396,7 @@ public struct WANBenchmark {
         result.reconnectMilliseconds = (ContinuousClock.now - start).milliseconds
         do {
             try await measureLag(&result, over: connection, primaries: primaries)
+            if let burst = primaries.burst { try await measureBurst(&result, over: connection, primary: burst) }
         } catch {
             await connection.close(errorCode: 0, reason: "bench run failed")
             throw error
@@ -441,8 +453,42 @@ public struct WANBenchmark {
     }
 }
 
+extension WANBenchmark {
+    /// Syncs the burst region, then rewrites all of it at once and times
+    /// until the replica equals it: how fast a burst of writes on a synced
+    /// region gets across (later passes). Leaves the result unset if the
+    /// initial sync does not finish in 60 s.
+    func measureBurst(_ result: inout WANRunResult, over connection: any TransportConnection, primary: Region) async throws {
+        let size = primary.geometry.size
+        let replica = try Region(name: primary.name, backing: .memory, size: size, chunkSize: primary.geometry.chunkSize)
+        let mirror = RegionMirror(region: replica, offersHeldChunks: false)
+        let following = Task { try await mirror.run(over: connection) }
+        defer { following.cancel() }
+        let syncDeadline = ContinuousClock.now + .seconds(60)
+        while !mirror.initialSyncComplete {
+            guard ContinuousClock.now < syncDeadline else { return }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        // New bytes made aside, so the rewrite itself takes a memcpy's time.
+        let fresh = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { fresh.deallocate() }
+        fillPattern(fresh, seed: UInt64.random(in: 1000...UInt64.max))
+        let began = ContinuousClock.now
+        primary.bytes.copyMemory(from: UnsafeRawBufferPointer(fresh))
+        let deadline = began + .seconds(120)
+        while memcmp(primary.bytes.baseAddress!, replica.bytes.baseAddress!, size) != 0 {
+            guard ContinuousClock.now < deadline else { throw WANBenchmarkError.burstNotReplicated(bytes: size) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let seconds = (ContinuousClock.now - began).seconds
+        result.burstMilliseconds = seconds * 1000
+        result.burstMbps = Double(size) * 8 / seconds / 1e6
+    }
+}
+
 public enum WANBenchmarkError: Error, CustomStringConvertible {
     case replicaDiffers(region: String, transport: String)
+    case burstNotReplicated(bytes: Int)
     case readStreamEnded
     case wrongChunk(Int)
     case writeNotReplicated(Int)
@@ -453,6 +499,7 @@ public enum WANBenchmarkError: Error, CustomStringConvertible {
         case .readStreamEnded: "a reads stream ended before its DATA came"
         case .wrongChunk(let chunk): "READ of chunk \(chunk) was answered with other bytes"
         case .writeNotReplicated(let n): "write \(n) into the lag region did not reach the replica in 20 s"
+        case .burstNotReplicated(let bytes): "a \(bytes >> 20) MiB rewrite of the burst region did not reach the replica in 120 s"
         }
     }
 }

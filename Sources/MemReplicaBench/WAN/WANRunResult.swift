@@ -44,6 +44,13 @@ public struct WANRunResult: Codable, Sendable {
     public var lagP50Milliseconds: Double?
     public var lagP99Milliseconds: Double?
 
+    /// A synced region of `--burst-size` bytes rewritten at once (new bytes
+    /// copied in from aside): from the copy until the replica equals it. Its
+    /// later passes go over lanes when large. Nil when not asked for, or
+    /// when the region's initial sync did not finish in time.
+    public var burstMilliseconds: Double? = nil
+    public var burstMbps: Double? = nil
+
     /// What the emulator did during the run (both directions together).
     public var packetsPassed: UInt64
     public var packetsDroppedByLoss: UInt64
