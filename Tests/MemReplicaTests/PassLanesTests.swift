@@ -124,6 +124,40 @@ struct PassLanesTests {
         }
     }
 
+    @Test("a second LANE with an index that already joined is refused with unexpected_frame")
+    func duplicateLane() async throws {
+        let primary = try Region(name: "r", backing: .memory, size: 4 << 20, chunkSize: Self.chunkSize)
+        fillPattern(primary.bytes, seed: 5)
+        let exports = RegionExports([.init(region: primary)], lanes: LanePolicy(count: 4, minimumPassBytes: 0), logger: testLogger)
+        let pair = try await TransportReplicationPair(.quic, exports: exports)
+        let main = FrameStream(try await pair.client.openStream())
+        try await main.send(.subscribe(.init(name: "r", size: 4 << 20, chunkSize: UInt64(Self.chunkSize), mode: .eager,
+                                             hashKey: ChunkHashKey.random().bytes)))
+        guard case .lanes(_, let token)? = try await main.receive() else {
+            Issue.record("the exporter did not open the pass with LANES")
+            await pair.close()
+            return
+        }
+        let first = FrameStream(try await pair.client.openStream())
+        try await first.send(.lane(token: token, index: 1))
+        try await first.stream.finish()
+        // The first joins (its frames, or FIN if the pass was over); the
+        // same index again is refused.
+        _ = try await first.receive()
+        let second = FrameStream(try await pair.client.openStream())
+        try await second.send(.lane(token: token, index: 1))
+        try await second.stream.finish()
+        var answer = try await second.receive()
+        while case .write? = answer { answer = try await second.receive() }
+        guard case .error(let code, let message)? = answer else {
+            Issue.record("expected ERROR, got \(String(describing: answer))")
+            await pair.close()
+            return
+        }
+        #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue, "\(message)")
+        await pair.close()
+    }
+
     @Test("a LANE naming no pass under way is refused with unexpected_frame")
     func strayLane() async throws {
         let primary = try Region(name: "r", backing: .memory, size: 1 << 20, chunkSize: Self.chunkSize)
