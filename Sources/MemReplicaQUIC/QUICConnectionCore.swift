@@ -298,6 +298,18 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
         endpoint.needsWrite(self)
     }
 
+    /// What the congestion controller lets this connection send, bytes per
+    /// second: bbr's pacing rate; cubic and reno set none in ngtcp2 0.12,
+    /// so their window over the smoothed RTT.
+    func sendRate() -> Double? {
+        guard let conn, !isClosed else { return nil }
+        var cs = ngtcp2_conn_stat()
+        qs_conn_get_conn_stat(conn, &cs)
+        if cs.pacing_rate > 0 { return cs.pacing_rate * 1e9 }
+        guard cs.smoothed_rtt > 0, cs.cwnd > 0 else { return nil }
+        return Double(cs.cwnd) / (Double(cs.smoothed_rtt) / 1e9)
+    }
+
     package func statistics() -> ConnectionStatistics {
         var s = ConnectionStatistics()
         s.bytesSent = bytesSent; s.bytesReceived = bytesReceived

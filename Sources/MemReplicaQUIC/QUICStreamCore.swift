@@ -66,6 +66,8 @@ package final class QUICStreamCore: StreamCore, SendScheduled, @unchecked Sendab
 
     package func prioritizeLocally() { connection.makeUrgent(self) }
 
+    package func sendRateNow() -> Double? { connection.sendRate() }
+
     package func stopReadingLocally(code: UInt64) { shutDown(code: code, readingOnly: true) }
 
     package func resetLocally(code: UInt64) { shutDown(code: code, readingOnly: false) }

@@ -83,6 +83,15 @@ final class TCPStreamCore: StreamCore, SendScheduled, @unchecked Sendable {
     /// buffer goes first regardless (TCP's head-of-line cost).
     func prioritizeLocally() { link.makeUrgent(self) }
 
+    /// The kernel's pacing rate for this stream's TCP connection, else its
+    /// window over the smoothed RTT.
+    func sendRateNow() -> Double? {
+        guard let info = link.currentInfo else { return nil }
+        if info.pacingRate > 0, info.pacingRate != UInt64.max { return Double(info.pacingRate) }
+        guard info.rttMicroseconds > 0, info.cwndSegments > 0 else { return nil }
+        return Double(info.cwndSegments * info.mss) / (Double(info.rttMicroseconds) / 1e6)
+    }
+
     // MARK: loop side, sending
 
     /// Moves what tasks wrote into the send queue and schedules sending.

@@ -24,6 +24,8 @@ package protocol StreamCore: LoopBound {
     func resetLocally(code: UInt64)
     /// Loop thread: ends both directions with `error`, waking everyone waiting.
     func fail(_ error: TransportError)
+    /// Loop thread: `TransportStream.sendRate`.
+    func sendRateNow() -> Double?
 }
 
 extension StreamCore {

@@ -24,6 +24,10 @@ open class StreamHandle: TransportStream, @unchecked Sendable {
     /// twice is harmless.
     public var receivedEarlyData: Bool { streamCore.state.receivedEarlyData }
     public var unsettledSendBytes: Int { streamCore.state.mailbox.withLock { $0.unsettled + $0.reserved } }
+    public func sendRate() async -> Double? {
+        let core = streamCore
+        return await core.onLoop { core.sendRateNow() }
+    }
 
     public func write(_ bytes: [UInt8]) async throws { try await streamCore.write(bytes) }
     public func write(_ bytes: UnsafeRawBufferPointer) async throws { try await streamCore.write(bytes) }

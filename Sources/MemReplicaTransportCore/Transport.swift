@@ -78,6 +78,11 @@ public protocol TransportStream: AnyObject, Sendable {
     /// acknowledged; TCP: framed): of several streams to one peer, the one
     /// with the fewest is the one whose bytes get through fastest.
     var unsettledSendBytes: Int { get }
+    /// Bytes per second the congestion controller carrying this stream
+    /// lets it send now (its pacing rate, else its window over the smoothed
+    /// RTT); nil before it has a measure. A sender weighs work that saves
+    /// bytes against it (compression pays only while the link is slower).
+    func sendRate() async -> Double?
 }
 
 extension TransportStream {
@@ -87,6 +92,8 @@ extension TransportStream {
     public var frameAllowance: FrameAllowance? { nil }
     /// Streams outside the peer's transports do not say.
     public var unsettledSendBytes: Int { 0 }
+    /// Nor do they know their link.
+    public func sendRate() async -> Double? { nil }
 }
 
 extension TransportStream {

@@ -29,7 +29,7 @@ struct BenchWANCommand: AsyncParsableCommand {
     var cc: String = "bbr"
     @Option(help: ArgumentHelp("What the bulk regions hold, comma-separated, each a set of scenarios: random, zeros, python-heap (a CPython heap that parsed its standard library), sqlite (a database sqlite3 wrote of this machine's package list).", valueName: "kinds"))
     var content: String = BenchContent.random.rawValue
-    @Option(help: ArgumentHelp("Wire formats the replica offers, comma-separated: pages (PAGES frames, zstd, lz4: what a peer offers), pages-lz4 (PAGES, lz4 only), plain (whole WRITEs only, the format before PAGES).", valueName: "modes"))
+    @Option(help: ArgumentHelp("Wire formats the replica offers, comma-separated: pages (PAGES frames, zstd, lz4, lanes: what a peer offers; lz4 is the primary's choice), pages-lz4 or pages-zstd (PAGES and lanes, that codec only), plain (whole WRITEs on one stream only, the format before PAGES and lanes).", valueName: "modes"))
     var wire: String = WANWireMode.pages.rawValue
     @Option(help: ArgumentHelp("Streams each pass of 16 MiB or more is spread over (LANES), comma-separated, each a set of scenarios; applies to every transport. Default: each transport's own (8 for QUIC, 1 for TCP).", valueName: "n,..."))
     var lanes: String?
@@ -84,7 +84,7 @@ struct BenchWANCommand: AsyncParsableCommand {
             throw ValidationError("--content takes \(BenchContent.allCases.map(\.rawValue).joined(separator: ", ")), comma-separated")
         }
         guard wireModes.count == wire.split(separator: ",").count, !wireModes.isEmpty else {
-            throw ValidationError("--wire takes pages, pages-lz4 and plain, comma-separated")
+            throw ValidationError("--wire takes pages, pages-lz4, pages-zstd and plain, comma-separated")
         }
         if let bulkSize, parseByteSize(bulkSize) == nil { throw ValidationError("--bulk-size: not a byte count: \(bulkSize)") }
         if let burstSize, parseByteSize(burstSize) == nil { throw ValidationError("--burst-size: not a byte count: \(burstSize)") }

@@ -93,6 +93,27 @@ struct TransportStreamTests {
         await pair.close()
     }
 
+    @Test("a stream reports its congestion controller's send rate once data flowed", arguments: TransportKind.allCases)
+    func sendRate(_ kind: TransportKind) async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try TransportPair(kind, pki: pki)
+        let address = try pair.serverAddress
+        let server = Task { if let c = await pair.server.accept() { await serveHashes(c) } }
+        let conn = try await pair.client.connect(to: address)
+        let stream = try await conn.openStream()
+        let block = patternBytes(count: 1 << 20, seed: 5)
+        for _ in 0..<8 { try await stream.write(block) }
+        try await stream.finish()
+        _ = try await stream.readAll(limit: 200)
+        let rate = try #require(await stream.sendRate(), "no send rate after 8 MiB")
+        // Loopback: at least what 8 MiB in a few seconds took, and finite.
+        #expect(rate > 1e6 && rate.isFinite, "\(rate) bytes/s")
+        await conn.close(errorCode: 0, reason: "")
+        server.cancel()
+        await pair.close()
+    }
+
     @Test("10,000 short streams in sequence: stream credit is given back", arguments: TransportKind.allCases)
     func tenThousandStreams(_ kind: TransportKind) async throws {
         let pki = try TestPKI()

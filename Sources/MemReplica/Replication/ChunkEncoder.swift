@@ -177,8 +177,17 @@ final class ChunkEncoder {
         return .pages(frame, body: body)
     }
 
-    /// Adds what sending took to the compression policy's link measure.
-    func sent(wireBytes: Int, took: Duration) {
-        policy.sent(wireBytes: wireBytes, took: took)
+    /// When the compression policy wants the link's rate again.
+    private var nextLinkPoll = ContinuousClock.now
+
+    /// Gives the compression policy the link's rate from `stream`, at most
+    /// once per `CompressionPolicy.linkPollInterval` (asking costs a hop to
+    /// the transport's loop).
+    func pollLink(_ stream: any TransportStream) async {
+        guard policy.codec != .none else { return }
+        let now = ContinuousClock.now
+        guard now >= nextLinkPoll else { return }
+        nextLinkPoll = now + CompressionPolicy.linkPollInterval
+        policy.link(bytesPerSecond: await stream.sendRate())
     }
 }

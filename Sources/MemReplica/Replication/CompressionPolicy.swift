@@ -1,41 +1,50 @@
 /// Whether the next chunk's pages are worth compressing, from what was
-/// measured on this stream: compress only while the link, not the sender,
-/// is the bottleneck, the compressor outruns the link, and the content
-/// compresses. Incompressible content is skipped but probed every
-/// `probeInterval` chunks, so a change of content is noticed.
+/// measured on this subscription: compress while the content compresses
+/// and the compressor outruns the link; then the link, carrying fewer
+/// bytes per region byte, moves the region faster. Incompressible content
+/// is skipped but probed every `probeInterval` chunks, so a change of
+/// content is noticed.
 ///
-/// The link is measured, not guessed: over windows of `window`, the share
-/// of time the sender spent in `write` (which waits only when the stream's
-/// send buffer is full: the link cannot take more) and the bytes that got
-/// through. On loopback writes never wait and compression stays off; on a
-/// 1 Gbit/s WAN they wait most of the time and it turns on.
+/// The link's rate is its congestion controller's (`TransportStream.sendRate`:
+/// bbr's pacing rate, or the window over the smoothed RTT), read every
+/// `linkPollInterval` by the sender. It is not inferred from whether
+/// writes wait: a stream's send buffer holds a bandwidth-delay product and
+/// more, so a sender fills it without waiting long after the link became
+/// the bottleneck, and a sender busy compressing waits less than one that
+/// is not, which made an earlier inference turn compression off exactly
+/// where it paid. On loopback the controller's rate is gigabytes per second
+/// and compression stays off; on a 1 Gbit/s WAN it is the link's and
+/// compression runs.
 struct CompressionPolicy {
     let codec: PageCodec
     /// Compressed over raw bytes, moving average of recent attempts.
     private(set) var ratio = 0.5
     /// Raw bytes per CPU second the compressor took (nil: not measured yet).
     private(set) var compressorRate: Double?
-    /// Wire bytes per second the link took while it was the bottleneck.
+    /// Bytes per second the link lets this subscription send (nil: not
+    /// measured yet, and then the link is taken to be the slower: a WAN
+    /// stream compresses from its first chunk).
     private(set) var linkRate: Double?
-    /// Whether sends waited for the link for most of the last window.
-    /// Assumed at first, so a WAN stream compresses from its first chunk;
-    /// one window on a fast link turns it off.
-    private(set) var linkBound = true
     private var sinceProbe = 0
-    private var windowStart = ContinuousClock.now
-    private var windowBytes = 0
-    private var windowInSend: Duration = .zero
 
     static let probeInterval = 32
-    static let window: Duration = .milliseconds(100)
+    /// How often a sender asks its stream for the link's rate.
+    static let linkPollInterval: Duration = .milliseconds(100)
     /// Above this ratio compression is not worth a frame's CPU.
     static let worthwhileRatio = 0.9
 
     init(codec: PageCodec) { self.codec = codec }
 
+    /// Whether the compressor, as measured, feeds more region bytes per
+    /// second than the link carries raw.
+    var compressorOutrunsLink: Bool {
+        guard let linkRate, let compressorRate else { return true }
+        return compressorRate > linkRate
+    }
+
     mutating func shouldCompress() -> Bool {
         guard codec != .none else { return false }
-        if ratio < Self.worthwhileRatio, linkBound, (compressorRate ?? .infinity) > (linkRate ?? 0) { return true }
+        if ratio < Self.worthwhileRatio, compressorOutrunsLink { return true }
         sinceProbe += 1
         guard sinceProbe >= Self.probeInterval else { return false }
         sinceProbe = 0
@@ -50,18 +59,9 @@ struct CompressionPolicy {
         }
     }
 
-    mutating func sent(wireBytes: Int, took: Duration) {
-        windowBytes += wireBytes
-        windowInSend += took
-        let elapsed = windowStart.duration(to: .now)
-        guard elapsed >= Self.window else { return }
-        linkBound = windowInSend.seconds > 0.5 * elapsed.seconds
-        if linkBound {
-            let rate = Double(windowBytes) / elapsed.seconds
-            linkRate = linkRate.map { 0.5 * $0 + 0.5 * rate } ?? rate
-        }
-        windowStart = .now
-        windowBytes = 0
-        windowInSend = .zero
+    /// The link's rate as its stream last reported it (nil: not known).
+    mutating func link(bytesPerSecond: Double?) {
+        guard let bytesPerSecond, bytesPerSecond > 0 else { return }
+        linkRate = bytesPerSecond
     }
 }

@@ -732,7 +732,6 @@ public final class RegionExports: Sendable {
                             return snapshot == nil ? nil : expectedHash(copy)
                         }
                         announce(chunk, bytes: live.count)
-                        let began = ContinuousClock.now
                         let wire: Int
                         switch encoded {
                         case .pages(var frame, let body):
@@ -741,7 +740,7 @@ public final class RegionExports: Sendable {
                         default:
                             wire = try await out.sendWrite(chunk: UInt64(chunk), version: version, bytes: copy)
                         }
-                        encoder.sent(wireBytes: wire, took: began.duration(to: .now))
+                        await encoder.pollLink(out.stream)
                         counted.wireBytes += UInt64(wire)
                         // Zero chunks and compression can run for a long
                         // time without a send that suspends: let the READ

@@ -151,7 +151,11 @@ public struct WANBenchmark {
                                result.throughputMbps, result.bulkCompleted ? "" : " (time limit)",
                                result.connectMilliseconds,
                                result.lagP50Milliseconds.map { String(format: "%.1f ms", $0) } ?? "n/a", eta)
-                        + (result.burstMbps.map { String(format: ", burst %.0f Mbit/s", $0) } ?? ""))
+                        + (result.burstMbps.map { String(format: ", burst %.0f Mbit/s", $0) } ?? "")
+                        + (result.wireBytesPerRegionByte.map { String(format: ", wire %.3f per region byte", $0) } ?? "")
+                        + (result.compressionRatio.map {
+                            String(format: " (%.0f %% compressed, to %.3f)", 100 * (result.compressedShare ?? 0), $0)
+                        } ?? ""))
                 }
             }
         }
@@ -251,9 +255,15 @@ public struct WANBenchmark {
             result.bulkQueueWaitMilliseconds = bulkPhase.aToB.meanQueueWaitMilliseconds
             result.readQueueWaitMilliseconds = bulkPhase.bToA.meanQueueWaitMilliseconds
             let savings = exports.wireSavings()
-            let wire = primaries.bulk.compactMap { savings[$0.name]?.wireBytes }.reduce(0, +)
-            result.bulkWireBytes = wire
-            result.wireBytesPerRegionByte = result.bulkBytesSynced > 0 ? Double(wire) / Double(result.bulkBytesSynced) : nil
+            var bulk = WireSavings()
+            for region in primaries.bulk { if let s = savings[region.name] { bulk.add(s) } }
+            result.bulkWireBytes = bulk.wireBytes
+            // Per byte sent, not synced: at the time limit the send buffers
+            // still hold frames the replica has yet to apply.
+            result.wireBytesPerRegionByte = bulk.bytesDirtied > 0 ? bulk.wireRatio : nil
+            result.compressionRatio = bulk.compressionInputBytes > 0 ? bulk.compressionRatio : nil
+            result.compressedShare = bulk.bytesDirtied > 0
+                ? Double(bulk.compressionInputBytes) / Double(bulk.bytesDirtied) : nil
             try await reconnectAndLag(&result, client: client, address: address, primaries: primaries)
             let during = emulator.statistics().since(before)
             let directions = [during.aToB, during.bToA]

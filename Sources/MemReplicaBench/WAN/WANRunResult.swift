@@ -26,9 +26,14 @@ public struct WANRunResult: Codable, Sendable {
     public var bulkCompleted: Bool
     public var throughputMbps: Double
     /// WRITE and PAGES frame bytes the bulk regions' streams sent, per byte
-    /// of region they synced (1.0: every chunk whole; below: the saving).
+    /// of region they sent (1.0: every chunk whole; below: the saving).
     public var bulkWireBytes: UInt64? = nil
     public var wireBytesPerRegionByte: Double? = nil
+    /// Compressed over raw page bytes of what was compressed, and the share
+    /// of the region bytes sent that went through the compressor (nil:
+    /// nothing was compressed).
+    public var compressionRatio: Double? = nil
+    public var compressedShare: Double? = nil
 
     /// Mean time a packet waited in the emulated bottleneck's queue during
     /// the bulk phase, primary → replica (the bulk, and the reads' answers)

@@ -60,16 +60,18 @@ public struct WANScenario: Codable, Sendable, Hashable, CustomStringConvertible 
 }
 
 /// What a `bench wan` replica offers in its HELLO.
-/// `pages-lz4`: PAGES with lz4 as the only codec offered (zstd is the
-/// primary's first choice otherwise).
+/// `pages-lz4` and `pages-zstd`: PAGES with that codec the only one offered
+/// (the primary's first choice, lz4, otherwise). Each keeps lanes.
 public enum WANWireMode: String, Codable, Sendable, CaseIterable {
     case pages, plain
     case pagesLZ4 = "pages-lz4"
+    case pagesZstd = "pages-zstd"
 
     var offered: WireCapabilities {
         switch self {
         case .pages: .all
-        case .pagesLZ4: [.pages, .lz4]
+        case .pagesLZ4: [.pages, .lz4, .lanes]
+        case .pagesZstd: [.pages, .zstd, .lanes]
         case .plain: []
         }
     }
