@@ -175,4 +175,98 @@ struct PassLanesTests {
         #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue, "\(message)")
         await pair.close()
     }
+
+    /// A mirror subscribed to a scripted primary that opened a pass over
+    /// two streams; `script` plays the primary's side from there, given
+    /// the region stream and the lane. Returns how the mirror's run ended
+    /// and what came next on the region stream after any ACKs: a frame,
+    /// its end (nil), or how reading it failed.
+    private func scriptedPass(_ script: (FrameStream, FrameStream) async throws -> Void) async throws
+        -> (run: (any Error)?, answer: Result<Frame?, any Error>, mirror: RegionMirror) {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try TransportPair(.quic, pki: pki)
+        do {
+            let (client, server) = try await pair.connect()
+            let replica = try Region(name: "r", backing: .memory, size: 1 << 20, chunkSize: Self.chunkSize)
+            let mirror = RegionMirror(region: replica, offersHeldChunks: false)
+            let running = Task { try await mirror.run(over: client) }
+            let main = FrameStream(try await server.acceptStream())
+            guard case .subscribe? = try await main.receive() else { throw ScriptFailure("the mirror did not subscribe") }
+            let token = [UInt8](repeating: 3, count: FrameLimits.laneTokenBytes)
+            try await main.send(.lanes(count: 2, token: token))
+            let lane = FrameStream(try await server.acceptStream())
+            guard case .lane(token, 1)? = try await lane.receive() else { throw ScriptFailure("the mirror did not open lane 1") }
+            try await script(main, lane)
+            // A mirror that never answers must fail the test, not hang it:
+            // a read cannot be cancelled, but resetting our end wakes it.
+            let watchdog = Task {
+                try await Task.sleep(for: .seconds(20))
+                await main.stream.reset(errorCode: Self.watchdogCode)
+            }
+            defer { watchdog.cancel() }
+            var answer: Result<Frame?, any Error>
+            while true {
+                do { answer = .success(try await main.receive()) } catch { answer = .failure(error) }
+                guard case .success(.ack?) = answer else { break }
+            }
+            let ended: (any Error)?
+            do { try await withTimeout(20, "the mirror's run") { try await running.value }; ended = nil } catch { ended = error }
+            await pair.close()
+            return (ended, answer, mirror)
+        } catch {
+            await pair.close()
+            throw error
+        }
+    }
+
+    /// The code a scripted primary resets its region stream with when the
+    /// mirror said nothing for 20 s.
+    static let watchdogCode: UInt64 = 0x7e57
+
+    struct ScriptFailure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    @Test("SYNCED after lanes that left a version out is refused with unexpected_frame; the replica is not synced")
+    func syncedBeforeEveryVersion() async throws {
+        let (ended, answer, mirror) = try await scriptedPass { main, lane in
+            // Version 2 on the lane, version 1 nowhere, then the pass's end.
+            try await lane.send(.write(chunk: 0, version: 2, bytes: patternBytes(count: Self.chunkSize, seed: 1)))
+            try await lane.stream.finish()
+            try await main.send(.synced(version: 2, digest: [UInt8](repeating: 0, count: 32)))
+        }
+        guard case .success(.error(let code, let message)?) = answer else {
+            Issue.record("expected ERROR, got \(String(describing: answer))")
+            return
+        }
+        #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue, "\(message)")
+        guard case .violation(let violation)? = ended as? ReplicationError else {
+            Issue.record("the run ended with \(String(describing: ended))")
+            return
+        }
+        #expect(violation.code == .unexpectedFrame)
+        #expect(!mirror.initialSyncComplete)
+    }
+
+    @Test("a lane reset in the middle of a pass ends the run with the reset, resets the region stream, and the replica is not synced")
+    func laneResetMidPass() async throws {
+        let (ended, answer, mirror) = try await scriptedPass { main, lane in
+            try await lane.send(.write(chunk: 0, version: 1, bytes: patternBytes(count: Self.chunkSize, seed: 1)))
+            await lane.stream.reset(errorCode: ProtocolErrorCode.internalError.rawValue)
+            try await main.send(.synced(version: 2, digest: [UInt8](repeating: 0, count: 32)))
+        }
+        guard case .streamReset(let code)? = ended as? TransportError else {
+            Issue.record("the run ended with \(String(describing: ended))")
+            return
+        }
+        #expect(code == ProtocolErrorCode.internalError.rawValue)
+        guard case .failure(TransportError.streamReset(let mainCode)) = answer else {
+            Issue.record("the region stream was not reset: \(String(describing: answer))")
+            return
+        }
+        #expect(mainCode == ProtocolErrorCode.internalError.rawValue)
+        #expect(!mirror.initialSyncComplete)
+    }
 }

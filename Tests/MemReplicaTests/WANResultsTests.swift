@@ -173,6 +173,19 @@ struct WANResultsTests {
         try expectGolden("wan-sanity-problems.txt", problems.joined(separator: "\n") + "\n")
     }
 
+    @Test("a run whose connection ended is reported with its error in the JSON and Markdown, and named by the smoke check")
+    func failedRun() throws {
+        var report = Self.fullReport
+        report.failures = [WANRunFailure(scenario: Self.bbrLossy, transport: "quic", run: 3, error: "protocol error: ERR_INTERNAL")]
+        #expect(report.sanityProblems(transports: TransportKind.allCases)
+                == ["\(Self.bbrLossy.description), quic run 3: the connection ended: protocol error: ERR_INTERNAL"])
+        let decoded = try JSONDecoder().decode(WANBenchmarkReport.self, from: WANResultsWriter(report: report, stamp: "x").jsonData())
+        #expect(decoded.failures?.first?.error == "protocol error: ERR_INTERNAL")
+        let markdown = WANResultsWriter(report: report, stamp: "20260102T030405Z").markdownSection(plots: [])
+        #expect(markdown.contains("Runs whose connection ended, left out of the medians: "
+                                  + "\(Self.bbrLossy.description), quic run 3 (protocol error: ERR_INTERNAL)."))
+    }
+
     /// Whether python3 can import matplotlib (scripts/install-deps.sh installs it).
     static let hasMatplotlib: Bool = {
         let process = Process()

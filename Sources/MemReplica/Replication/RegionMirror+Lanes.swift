@@ -54,11 +54,20 @@ extension RegionMirror {
                     group.addTask { (i, try await all[i].receive()) }
                 }
             } catch {
-                // The other lanes' reads end only when their streams do;
-                // the region stream keeps its sending half for an ERROR.
-                let code = ((error as? ProtocolViolation)?.code ?? .internalError).rawValue
+                // The other lanes' reads end only when their streams do.
+                // A violation is answered with ERROR on the region stream,
+                // which keeps its sending half for it; anything else (a
+                // lane reset, a lane that could not be read) abandons the
+                // region stream too, so the primary learns now rather than
+                // at its next write.
+                let violation = error as? ProtocolViolation
+                let code = (violation?.code ?? .internalError).rawValue
                 for lane in lanes { await lane.stream.reset(errorCode: code) }
-                await main.stream.stopReading(errorCode: code)
+                if violation != nil {
+                    await main.stream.stopReading(errorCode: code)
+                } else {
+                    await main.stream.reset(errorCode: code)
+                }
                 throw error
             }
         }

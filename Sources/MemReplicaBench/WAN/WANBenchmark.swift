@@ -121,6 +121,7 @@ public struct WANBenchmark {
         var calibrations: [WANCalibrationReport] = []
         let total = scenarios.count * options.runs * options.transports.count
         var results: [WANRunResult] = []
+        var failures: [WANRunFailure] = []
         for scenario in scenarios {
             let link = scenario.linkProfiles(rateBitsPerSecond: options.rateBitsPerSecond, queueLimitBytes: options.queueLimitBytes)
             emulator.setProfiles(aToB: link.aToB, bToA: link.bToA)
@@ -139,14 +140,25 @@ public struct WANBenchmark {
                 // always meets a machine the other just warmed or loaded.
                 let kinds = run % 2 == 1 ? options.transports : options.transports.reversed()
                 for kind in kinds {
-                    let result = try await measure(kind, scenario: scenario, run: run, primaries: primaries, emulator: emulator)
+                    let result: WANRunResult
+                    do {
+                        result = try await measure(kind, scenario: scenario, run: run, primaries: primaries, emulator: emulator)
+                    } catch let error as TransportError {
+                        // Bytes that arrived wrong still end the benchmark.
+                        failures.append(WANRunFailure(scenario: scenario, transport: kind.rawValue, run: run,
+                                                      error: error.description))
+                        log("[\(results.count + failures.count)/\(total)] \(scenario.description), \(kind.rawValue) run \(run): "
+                            + "FAILED, the connection ended: \(error)")
+                        continue
+                    }
                     results.append(result)
                     let elapsed = (ContinuousClock.now - clockStart).seconds
-                    let eta = elapsed / Double(results.count) * Double(total - results.count)
+                    let done = results.count + failures.count
+                    let eta = elapsed / Double(done) * Double(total - done)
                     let queued = [result.bulkQueueWaitMilliseconds, result.readQueueWaitMilliseconds]
                         .map { $0.map { String(format: "%.1f", $0) } ?? "–" }.joined(separator: "/")
                     log(String(format: "[%d/%d] %@, %@ run %d: read p50 %.1f p99 %.1f ms (%d; queue wait %@ ms), %.3g Mbit/s%@, connect %.1f ms, lag p50 %@ (%.0f s left)",
-                               results.count, total, scenario.description, kind.rawValue, run,
+                               done, total, scenario.description, kind.rawValue, run,
                                result.readP50Milliseconds, result.readP99Milliseconds, result.readSamples, queued,
                                result.throughputMbps, result.bulkCompleted ? "" : " (time limit)",
                                result.connectMilliseconds,
@@ -171,7 +183,8 @@ public struct WANBenchmark {
                             scanIntervalMilliseconds: options.scanInterval.milliseconds,
                             rateBitsPerSecond: options.rateBitsPerSecond, queueLimitBytes: options.queueLimitBytes,
                             lossAppliedTo: "each direction independently"),
-            calibrations: calibrations, results: results, summaries: summaries, ratios: ratios, targets: targets)
+            calibrations: calibrations, results: results, failures: failures.isEmpty ? nil : failures,
+            summaries: summaries, ratios: ratios, targets: targets)
     }
 
     /// The scenario's primaries: bulk regions, the read region and the lag
@@ -420,19 +433,12 @@ public struct WANBenchmark {
     private func measureLag(_ result: inout WANRunResult, over connection: any TransportConnection,
                             primaries: Primaries) async throws {
         let primary = primaries.lag
-        let replica = try Region(name: primary.name, backing: .memory, size: primary.geometry.size,
-                                 chunkSize: primary.geometry.chunkSize)
-        let mirror = RegionMirror(region: replica, offersHeldChunks: false)
-        let following = Task { try await mirror.run(over: connection) }
-        defer { following.cancel() }
         // Bounded: over the longest, lossiest links a single TCP connection
         // is too slow to finish in any useful time (figure in
         // bench/RESULTS.md, "Figures behind design choices").
-        let syncDeadline = ContinuousClock.now + .seconds(30)
-        while !mirror.initialSyncComplete {
-            guard ContinuousClock.now < syncDeadline else { return }
-            try await Task.sleep(for: .milliseconds(2))
-        }
+        guard let (replica, following) = try await syncedReplica(of: primary, over: connection, within: .seconds(30),
+                                                                 polling: .milliseconds(2)) else { return }
+        defer { following.cancel() }
         var lags: [Double] = []
         var rng = SystemRandomNumberGenerator()
         let period = Duration.seconds(1) / options.lagWritesPerSecond
@@ -470,15 +476,9 @@ extension WANBenchmark {
     /// initial sync does not finish in 60 s.
     func measureBurst(_ result: inout WANRunResult, over connection: any TransportConnection, primary: Region) async throws {
         let size = primary.geometry.size
-        let replica = try Region(name: primary.name, backing: .memory, size: size, chunkSize: primary.geometry.chunkSize)
-        let mirror = RegionMirror(region: replica, offersHeldChunks: false)
-        let following = Task { try await mirror.run(over: connection) }
+        guard let (replica, following) = try await syncedReplica(of: primary, over: connection, within: .seconds(60),
+                                                                 polling: .milliseconds(5)) else { return }
         defer { following.cancel() }
-        let syncDeadline = ContinuousClock.now + .seconds(60)
-        while !mirror.initialSyncComplete {
-            guard ContinuousClock.now < syncDeadline else { return }
-            try await Task.sleep(for: .milliseconds(5))
-        }
         // New bytes made aside, so the rewrite itself takes a memcpy's time.
         let fresh = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
         defer { fresh.deallocate() }
@@ -493,6 +493,31 @@ extension WANBenchmark {
         let seconds = (ContinuousClock.now - began).seconds
         result.burstMilliseconds = seconds * 1000
         result.burstMbps = Double(size) * 8 / seconds / 1e6
+    }
+}
+
+extension WANBenchmark {
+    /// A new in-memory replica following `primary` over `connection`, once
+    /// its initial sync completed; nil, and nothing left running, if that
+    /// took longer than `limit`. The caller cancels the task it returns.
+    func syncedReplica(of primary: Region, over connection: any TransportConnection, within limit: Duration,
+                       polling interval: Duration) async throws -> (Region, Task<Void, any Error>)? {
+        let replica = try Region(name: primary.name, backing: .memory, size: primary.geometry.size,
+                                 chunkSize: primary.geometry.chunkSize)
+        let mirror = RegionMirror(region: replica, offersHeldChunks: false)
+        let following = Task { try await mirror.run(over: connection) }
+        let deadline = ContinuousClock.now + limit
+        while !mirror.initialSyncComplete {
+            guard ContinuousClock.now < deadline else {
+                following.cancel()
+                return nil
+            }
+            do { try await Task.sleep(for: interval) } catch {
+                following.cancel()
+                throw error
+            }
+        }
+        return (replica, following)
     }
 }
 

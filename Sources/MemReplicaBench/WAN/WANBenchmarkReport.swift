@@ -67,6 +67,8 @@ public struct WANBenchmarkReport: Codable, Sendable {
     /// One per distinct link (RTT and loss) of the matrix, before its first run.
     public var calibrations: [WANCalibrationReport]
     public var results: [WANRunResult]
+    /// Runs whose connection ended under them (nil: none); not in `results`.
+    public var failures: [WANRunFailure]?
     public var summaries: [Summary]
     public var ratios: [Ratio]
     public var targets: [TargetCheck]
@@ -163,6 +165,9 @@ extension WANBenchmarkReport {
         var problems: [String] = []
         for kind in transports where !results.contains(where: { $0.transport == kind.rawValue }) {
             problems.append("\(kind.rawValue): no results")
+        }
+        for f in failures ?? [] {
+            problems.append("\(f.scenario.description), \(f.transport) run \(f.run): the connection ended: \(f.error)")
         }
         for r in results {
             let rtt = r.scenario.rttMilliseconds

@@ -100,8 +100,10 @@ public struct WANResultsWriter {
     /// When the runs were made, and the link and workload they measured.
     private func settingsLines() -> [String] {
         let s = report.settings
+        let failed = (report.failures ?? []).map { "\($0.scenario.description), \($0.transport) run \($0.run) (\($0.error))" }
         return [
-            "Run \(report.startedAt), \(String(format: "%.0f", report.seconds)) s\(report.quick ? " (quick smoke mode)" : ""); files `results/\(baseName).json` and `.csv`.",
+            "Run \(report.startedAt), \(String(format: "%.0f", report.seconds)) s\(report.quick ? " (quick smoke mode)" : ""); files `results/\(baseName).json` and `.csv`."
+                + (failed.isEmpty ? "" : " Runs whose connection ended, left out of the medians: " + failed.joined(separator: "; ") + "."),
             "Each cell is the median of \(s.runs) run\(s.runs == 1 ? "" : "s"); the transports ran alternately in the same runs. "
                 + "Link: \(s.rateBitsPerSecond.map { "\(formatNumber(Double($0) / 1e6)) Mbit/s" } ?? "no rate limit") each way, "
                 + "\(s.queueLimitBytes >> 10) KiB tail-drop queue, loss applied to \(s.lossAppliedTo). "
