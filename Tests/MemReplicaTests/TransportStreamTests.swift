@@ -47,71 +47,71 @@ private func sendAndHash(_ conn: any TransportConnection, block: [UInt8], blocks
     return (answer, expected)
 }
 
+/// A client connection of `kind` to a server that answers each stream
+/// with the hash of what it read (`serveHashes`), for `body`.
+private func withHashingServer(_ kind: TransportKind,
+                               _ body: (any TransportConnection) async throws -> Void) async throws {
+    let pki = try TestPKI()
+    defer { pki.remove() }
+    let pair = try TransportPair(kind, pki: pki)
+    let server = Task { if let c = await pair.server.accept() { await serveHashes(c) } }
+    do {
+        let conn = try await pair.client.connect(to: try pair.serverAddress)
+        try await body(conn)
+        await conn.close(errorCode: 0, reason: "")
+    } catch {
+        server.cancel()
+        await pair.close()
+        throw error
+    }
+    server.cancel()
+    await pair.close()
+}
+
 /// Stream semantics every transport must keep: integrity, backpressure,
 /// stream credit and resets.
 @Suite("Transport streams", .serialized)
 struct TransportStreamTests {
     @Test("64 concurrent streams of 4 MiB each arrive intact", arguments: TransportKind.allCases)
     func manyConcurrentStreams(_ kind: TransportKind) async throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        let pair = try TransportPair(kind, pki: pki)
-        let address = try pair.serverAddress
-        let server = Task { if let c = await pair.server.accept() { await serveHashes(c) } }
-        let conn = try await pair.client.connect(to: address)
-        let block = patternBytes(count: 256 << 10, seed: 42)
-        let results = try await withTimeout(240, "64 × 4 MiB") {
-            try await withThrowingTaskGroup(of: (String, String).self) { group in
-                for s in 0..<64 {
-                    group.addTask { try await sendAndHash(conn, block: block, blocks: 16, tag: UInt64(s)) }
+        try await withHashingServer(kind) { conn in
+            let block = patternBytes(count: 256 << 10, seed: 42)
+            let results = try await withTimeout(240, "64 × 4 MiB") {
+                try await withThrowingTaskGroup(of: (String, String).self) { group in
+                    for s in 0..<64 {
+                        group.addTask { try await sendAndHash(conn, block: block, blocks: 16, tag: UInt64(s)) }
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
                 }
-                return try await group.reduce(into: []) { $0.append($1) }
             }
+            #expect(results.count == 64)
+            for (got, want) in results { #expect(got == want) }
         }
-        #expect(results.count == 64)
-        for (got, want) in results { #expect(got == want) }
-        await conn.close(errorCode: 0, reason: "")
-        server.cancel()
-        await pair.close()
     }
 
     @Test("one 1 GiB stream arrives intact", arguments: TransportKind.allCases)
     func oneHugeStream(_ kind: TransportKind) async throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        let pair = try TransportPair(kind, pki: pki)
-        let address = try pair.serverAddress
-        let server = Task { if let c = await pair.server.accept() { await serveHashes(c) } }
-        let conn = try await pair.client.connect(to: address)
-        let block = patternBytes(count: 1 << 20, seed: 7)
-        let (got, want) = try await withTimeout(600, "1 GiB stream") {
-            try await sendAndHash(conn, block: block, blocks: 1024, tag: 1)
+        try await withHashingServer(kind) { conn in
+            let block = patternBytes(count: 1 << 20, seed: 7)
+            let (got, want) = try await withTimeout(600, "1 GiB stream") {
+                try await sendAndHash(conn, block: block, blocks: 1024, tag: 1)
+            }
+            #expect(got == want)
         }
-        #expect(got == want)
-        await conn.close(errorCode: 0, reason: "")
-        server.cancel()
-        await pair.close()
     }
 
     @Test("a stream reports its congestion controller's send rate once data flowed", arguments: TransportKind.allCases)
     func sendRate(_ kind: TransportKind) async throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        let pair = try TransportPair(kind, pki: pki)
-        let address = try pair.serverAddress
-        let server = Task { if let c = await pair.server.accept() { await serveHashes(c) } }
-        let conn = try await pair.client.connect(to: address)
-        let stream = try await conn.openStream()
-        let block = patternBytes(count: 1 << 20, seed: 5)
-        for _ in 0..<8 { try await stream.write(block) }
-        try await stream.finish()
-        _ = try await stream.readAll(limit: 200)
-        let rate = try #require(await stream.sendRate(), "no send rate after 8 MiB")
-        // Loopback: at least what 8 MiB in a few seconds took, and finite.
-        #expect(rate > 1e6 && rate.isFinite, "\(rate) bytes/s")
-        await conn.close(errorCode: 0, reason: "")
-        server.cancel()
-        await pair.close()
+        try await withHashingServer(kind) { conn in
+            let stream = try await conn.openStream()
+            let block = patternBytes(count: 1 << 20, seed: 5)
+            for _ in 0..<8 { try await stream.write(block) }
+            try await stream.finish()
+            _ = try await stream.readAll(limit: 200)
+            let rate = try #require(await stream.sendRate(), "no send rate after 8 MiB")
+            // Loopback: at least what 8 MiB in a few seconds took, and finite.
+            #expect(rate > 1e6 && rate.isFinite, "\(rate) bytes/s")
+        }
     }
 
     @Test("10,000 short streams in sequence: stream credit is given back", arguments: TransportKind.allCases)
