@@ -8,13 +8,12 @@
 /// The link's rate is its congestion controller's (`TransportStream.sendRate`:
 /// bbr's pacing rate, or the window over the smoothed RTT), read every
 /// `linkPollInterval` by the sender. It is not inferred from whether
-/// writes wait: a stream's send buffer holds a bandwidth-delay product and
-/// more, so a sender fills it without waiting long after the link became
-/// the bottleneck, and a sender busy compressing waits less than one that
-/// is not, which made an earlier inference turn compression off exactly
-/// where it paid. On loopback the controller's rate is gigabytes per second
-/// and compression stays off; on a 1 Gbit/s WAN it is the link's and
-/// compression runs.
+/// writes wait: send buffers hold more than a bandwidth-delay product (and
+/// a pass over lanes has eight), so writes stop waiting long before the
+/// link stops being the bottleneck, and a sender busy compressing waits
+/// less. On a 1 Gbit/s WAN compression runs; on loopback TCP reports
+/// gigabytes per second and it stays off, while QUIC's bbr paces loopback
+/// at a few hundred MB/s and it runs (bench/RESULTS.md: no cost measured).
 struct CompressionPolicy {
     let codec: PageCodec
     /// Compressed over raw bytes, moving average of recent attempts.
