@@ -149,12 +149,7 @@ struct PassLanesTests {
         try await second.stream.finish()
         var answer = try await second.receive()
         while case .write? = answer { answer = try await second.receive() }
-        guard case .error(let code, let message)? = answer else {
-            Issue.record("expected ERROR, got \(String(describing: answer))")
-            await pair.close()
-            return
-        }
-        #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue, "\(message)")
+        expectUnexpectedFrame(answer)
         await pair.close()
     }
 
@@ -166,14 +161,17 @@ struct PassLanesTests {
         let frames = FrameStream(try await pair.client.openStream())
         try await frames.send(.lane(token: [UInt8](repeating: 7, count: FrameLimits.laneTokenBytes), index: 1))
         try await frames.stream.finish()
-        let answer = try await frames.receive()
+        expectUnexpectedFrame(try await frames.receive())
+        await pair.close()
+    }
+
+    /// Records an issue unless `answer` is ERROR with `unexpected_frame`.
+    private func expectUnexpectedFrame(_ answer: Frame?, sourceLocation: SourceLocation = #_sourceLocation) {
         guard case .error(let code, let message)? = answer else {
-            Issue.record("expected ERROR, got \(String(describing: answer))")
-            await pair.close()
+            Issue.record("expected ERROR, got \(String(describing: answer))", sourceLocation: sourceLocation)
             return
         }
-        #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue, "\(message)")
-        await pair.close()
+        #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue, "\(message)", sourceLocation: sourceLocation)
     }
 
     /// A mirror subscribed to a scripted primary that opened a pass over
@@ -237,11 +235,10 @@ struct PassLanesTests {
             try await lane.stream.finish()
             try await main.send(.synced(version: 2, digest: [UInt8](repeating: 0, count: 32)))
         }
-        guard case .success(.error(let code, let message)?) = answer else {
-            Issue.record("expected ERROR, got \(String(describing: answer))")
-            return
+        switch answer {
+        case .success(let frame): expectUnexpectedFrame(frame)
+        case .failure(let error): Issue.record("expected ERROR, the region stream failed: \(error)")
         }
-        #expect(code == ProtocolErrorCode.unexpectedFrame.rawValue, "\(message)")
         guard case .violation(let violation)? = ended as? ReplicationError else {
             Issue.record("the run ended with \(String(describing: ended))")
             return
