@@ -44,6 +44,17 @@ public struct QUICConfiguration: Sendable, StreamTransportConfiguration {
     /// Spread packets over the RTT instead of sending bursts (RFC 9002
     /// §7.7). Keep it on for WANs; loopback benchmarks show its cost.
     public var pacing: Bool = true
+    /// While urgent streams (fault and READ answers) send, bulk streams keep
+    /// the connection's bytes in flight under bbr's bandwidth × (min RTT +
+    /// this), so an answer waits about this long in the bottleneck's queue
+    /// behind them (`BulkQueueGate`). nil: bulk fills whatever the
+    /// controller allows. No effect with cubic or reno (no bandwidth
+    /// estimate in ngtcp2 0.12).
+    ///
+    /// 2.5 ms put READ p50 within RTT + 5 ms at 50 ms / 1 % with a 1 GiB
+    /// bulk running, where it was up to RTT + 27 ms, at ~10 % of the bulk's
+    /// rate (bench/RESULTS.md, WAN efficiency).
+    public var bulkQueueAllowance: Duration? = .microseconds(2500)
     /// Before sleeping, the loop polls this long for new work (nil: never).
     /// Cuts request/response latency at the price of CPU.
     public var busyPoll: Duration? = nil

@@ -94,8 +94,10 @@ extension QUICConnectionCore {
         qs_settings_default(&settings)
         settings.initial_ts = monotonicNanoseconds()
         settings.max_tx_udp_payload_size = config.maxUDPPayloadSize
-        if let cap = config.hostLocalUDPPayloadSize,
-           let routePayload = HostLocalRoute.payloadSize(to: remote, namespace: config.networkNamespace) {
+        let routePayload = HostLocalRoute.payloadSize(to: remote, namespace: config.networkNamespace)
+        // A peer on this host has no bottleneck queue to keep short.
+        bulkGate = routePayload == nil ? config.bulkQueueAllowance.map { BulkQueueGate(allowance: $0) } : nil
+        if let cap = config.hostLocalUDPPayloadSize, let routePayload {
             // A peer on this host: the loopback MTU is certain, nothing to
             // discover. A 4 KiB fault answer becomes one packet instead of
             // three, and bulk moves in fewer.

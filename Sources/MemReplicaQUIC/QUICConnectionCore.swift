@@ -35,6 +35,9 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
     package var streams: [Int64: QUICStreamCore] = [:]
     /// Streams with data to send, served round-robin one packet at a time.
     var sendQueue = SendScheduler<QUICStreamCore>()
+    /// Holds bulk streams to a short bottleneck queue while urgent ones
+    /// send (nil: off, or a peer on this host).
+    var bulkGate: BulkQueueGate?
     package var waiters = ConnectionWaiters<QUICStreamCore>()
     package var connectWaiter: Delivery<QUICConnectionCore>?
     /// Set by a callback; reported when ngtcp2 returns the failure.

@@ -37,6 +37,7 @@ extension QUICConnectionCore {
         var ps = ngtcp2_path_storage()
         ngtcp2_path_storage_zero(&ps)
         var info = ngtcp2_pkt_info()
+        updateBulkGate(now: now)
 
         func flush(_ length: Int, segment: Int) -> Bool {
             guard length > 0 else { return true }
@@ -50,12 +51,12 @@ extension QUICConnectionCore {
             let n = qs_conn_writev_stream(conn, &ps.path, &info, base + used, maxPayload, &accepted, flags,
                                           stream?.id ?? -1, vecs.baseAddress, vecCount, now)
             if n < 0 {
-                if recovered(from: Int32(n), stream: stream, accepted: accepted, flags: flags) { continue }
+                if recovered(from: Int32(n), stream: stream, accepted: accepted, flags: flags, now: now) { continue }
                 _ = flush(used, segment: segmentSize)
                 handleFatal(Int32(n), now: now)
                 return .idle
             }
-            if accepted >= 0 { consume(stream, accepted: accepted, flags: flags) }
+            if accepted >= 0 { consume(stream, accepted: accepted, flags: flags, now: now) }
             if n == 0 {
                 // Nothing more now: congestion, pacing or no data.
                 let ok = flush(used, segment: segmentSize)
@@ -63,6 +64,7 @@ extension QUICConnectionCore {
                 return ok ? .idle : .blocked
             }
             let size = Int(n)
+            bulkGate?.sent(size)
             used += size
             packets += 1
             packetsSent += 1
@@ -99,8 +101,9 @@ extension QUICConnectionCore {
         var flags = UInt32(NGTCP2_WRITE_STREAM_FLAG_MORE)
         let credit = ngtcp2_conn_get_max_data_left(conn)
         let ready: (QUICStreamCore) -> Bool = { $0.hasDataToSend && !$0.flowBlocked && !$0.closedByStack }
+        let bulkMayGo = credit > urgentCreditReserve && bulkGate?.bulkMayWrite != false
         guard credit > 0,
-              let s = credit > urgentCreditReserve ? sendQueue.next(ready: ready) : sendQueue.nextUrgent(ready: ready)
+              let s = bulkMayGo ? sendQueue.next(ready: ready) : sendQueue.nextUrgent(ready: ready)
         else {
             return (nil, 0, flags)
         }
@@ -113,7 +116,8 @@ extension QUICConnectionCore {
     /// A stream-level refusal from ngtcp2 that the writer goes on past
     /// (true); false for an error that ends the connection.
     @inline(__always)
-    private func recovered(from error: Int32, stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32) -> Bool {
+    private func recovered(from error: Int32, stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32,
+                           now: UInt64) -> Bool {
         switch error {
         case NGTCP2_ERR_STREAM_DATA_BLOCKED:
             stream?.flowBlocked = true
@@ -122,7 +126,7 @@ extension QUICConnectionCore {
             stream?.failSend(.streamReset(errorCode: 0))
             dequeue(stream)
         case NGTCP2_ERR_WRITE_MORE:
-            consume(stream, accepted: accepted, flags: flags)
+            consume(stream, accepted: accepted, flags: flags, now: now)
         default:
             return false
         }
@@ -156,14 +160,24 @@ extension QUICConnectionCore {
 
     /// Records what ngtcp2 took from the stream and rotates it to the back
     /// of the queue so the next packet serves the next stream.
-    private func consume(_ stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32) {
+    private func consume(_ stream: QUICStreamCore?, accepted: ngtcp2_ssize, flags: UInt32, now: UInt64) {
         guard let s = stream, accepted >= 0 else { return }
         sendQueue.tookTurn(s)
+        if s.urgent { bulkGate?.urgentSent(now: now) }
         let took = Int(accepted)
         let finWanted = flags & UInt32(NGTCP2_WRITE_STREAM_FLAG_FIN) != 0
         if finWanted && took == s.sendBuffer.unsent { s.finSent = true }
         s.sendBuffer.markSent(took)
         if s.hasDataToSend { sendQueue.rotate(s) } else { sendQueue.remove(s) }
+    }
+
+    /// Gives the bulk gate this round's controller state.
+    private func updateBulkGate(now: UInt64) {
+        guard bulkGate != nil else { return }
+        var cs = ngtcp2_conn_stat()
+        qs_conn_get_conn_stat(conn, &cs)
+        bulkGate?.update(now: now, bytesInFlight: cs.bytes_in_flight, pacingRate: cs.pacing_rate,
+                         minRTT: cs.min_rtt == UInt64.max ? 0 : cs.min_rtt)
     }
 
     private func dequeue(_ stream: QUICStreamCore?) {

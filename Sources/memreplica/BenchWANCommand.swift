@@ -45,6 +45,8 @@ struct BenchWANCommand: AsyncParsableCommand {
     var readers: Int = 8
     @Option(help: "Link rate in Mbit/s each way (0: no limit).")
     var rateMbit: Double = 1000
+    @Option(help: ArgumentHelp("Queue the QUIC primary's bulk streams may keep at the bottleneck while reads are answered, in ms, or off (default: the transport's, 2.5).", valueName: "ms|off"))
+    var bulkQueue: String?
     @Option(help: "Folder for the JSON and CSV of the run and the plots (default bench/results, or bench/results/tmp with --quick).")
     var output: String?
     @Option(help: "Markdown file whose bench-wan section is regenerated (default bench/RESULTS.md; not touched by --quick unless given).")
@@ -91,6 +93,9 @@ struct BenchWANCommand: AsyncParsableCommand {
         if let bulkSeconds, !(bulkSeconds > 0) { throw ValidationError("--bulk-seconds must be positive") }
         guard (1...256).contains(readers) else { throw ValidationError("--readers must be 1...256") }
         guard rateMbit >= 0 else { throw ValidationError("--rate-mbit must not be negative") }
+        if let bulkQueue, bulkQueue != "off", !(Double(bulkQueue).map { $0 >= 0 && $0 <= 1000 } ?? false) {
+            throw ValidationError("--bulk-queue takes milliseconds (0...1000) or off")
+        }
     }
 
     private static func numbers(_ text: String) -> [Double]? {
@@ -125,6 +130,9 @@ struct BenchWANCommand: AsyncParsableCommand {
         if let bulkSeconds { options.bulkTimeLimit = .milliseconds(Int64(bulkSeconds * 1000)) }
         options.readers = readers
         options.rateBitsPerSecond = rateMbit > 0 ? UInt64(rateMbit * 1e6) : nil
+        if let bulkQueue {
+            options.bulkQueueAllowance = Double(bulkQueue).map { .microseconds(Int64($0 * 1000)) }
+        }
 
         let out = BenchOutput(json: json)
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("memreplica-bench-\(getpid())").path

@@ -54,6 +54,8 @@ public struct WANBenchmark {
         /// The emulated link's rate (each direction); nil: as fast as the forwarder goes.
         public var rateBitsPerSecond: UInt64? = 1_000_000_000
         public var queueLimitBytes = 4 << 20
+        /// The QUIC primary's `bulkQueueAllowance` (nil: no gate).
+        public var bulkQueueAllowance: Duration? = QUICConfiguration().bulkQueueAllowance
         public var calibrationProbes = 400
         public var quick = false
 
@@ -182,7 +184,8 @@ public struct WANBenchmark {
                             lagWritesPerSecond: options.lagWritesPerSecond,
                             scanIntervalMilliseconds: options.scanInterval.milliseconds,
                             rateBitsPerSecond: options.rateBitsPerSecond, queueLimitBytes: options.queueLimitBytes,
-                            lossAppliedTo: "each direction independently"),
+                            lossAppliedTo: "each direction independently",
+                            bulkQueueAllowanceMilliseconds: options.bulkQueueAllowance?.milliseconds ?? -1),
             calibrations: calibrations, results: results, failures: failures.isEmpty ? nil : failures,
             summaries: summaries, ratios: ratios, targets: targets)
     }
@@ -252,6 +255,7 @@ public struct WANBenchmark {
         // A dead path should fail a run in seconds, not hang it.
         quic.handshakeTimeout = .seconds(20)
         quic.livenessTimeout = .seconds(20)
+        quic.bulkQueueAllowance = options.bulkQueueAllowance
         let (server, client) = try peers.transports(kind, quic, server: (emulator.addressA, emulator.sideA),
                                                     client: (emulator.addressB, emulator.sideB))
         let exports = RegionExports(primaries.all.map { RegionExports.Export(region: $0) }, scanInterval: options.scanInterval,

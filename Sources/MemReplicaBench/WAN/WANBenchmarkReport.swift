@@ -17,6 +17,9 @@ public struct WANBenchmarkReport: Codable, Sendable {
         public var rateBitsPerSecond: UInt64?
         public var queueLimitBytes: Int
         public var lossAppliedTo: String
+        /// The QUIC primary's bulk queue allowance, ms (-1: no gate; nil:
+        /// a report from before the gate).
+        public var bulkQueueAllowanceMilliseconds: Double? = nil
     }
 
     /// Medians over the runs of one transport in one scenario.

@@ -107,6 +107,7 @@ public struct WANResultsWriter {
             "Each cell is the median of \(s.runs) run\(s.runs == 1 ? "" : "s"); the transports ran alternately in the same runs. "
                 + "Link: \(s.rateBitsPerSecond.map { "\(formatNumber(Double($0) / 1e6)) Mbit/s" } ?? "no rate limit") each way, "
                 + "\(s.queueLimitBytes >> 10) KiB tail-drop queue, loss applied to \(s.lossAppliedTo). "
+                + (s.bulkQueueAllowanceMilliseconds.map { $0 < 0 ? "QUIC bulk queue gate off. " : "QUIC bulk queue allowance \(formatNumber($0)) ms. " } ?? "")
                 + "Reads: \(s.readers) streams, one random \(s.readChunkBytes >> 10) KiB READ outstanding on each, timed while "
                 + "\(s.bulkBytes >> 20) MiB in \(s.bulkChunkBytes >> 10) KiB chunks sync in bulk (stopped after \(formatNumber(s.bulkTimeLimitSeconds)) s). "
                 + "Lag: \(s.lagWrites) writes at \(s.lagWritesPerSecond)/s, each timed from the store in the primary until the replica's mapping holds it (one way plus the \(formatNumber(s.scanIntervalMilliseconds)) ms scan), on a fresh connection after the bulk phase.",
