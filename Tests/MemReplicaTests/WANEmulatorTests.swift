@@ -383,4 +383,66 @@ struct WANEmulatorTests {
         await client.close()
         await server.close()
     }
+
+    /// The regression of 2026-12-07: with lanes, a region's pass fits in the
+    /// send buffers, no write waits for the link, and the old policy took
+    /// the link for fast after its first 100 ms and compressed nothing more.
+    /// Over a 100 Mbit/s link the compressor is tens of times faster than
+    /// the link, so every chunk must go compressed, and the replica must
+    /// still equal the primary.
+    @Test("a laned pass over a slow link goes compressed, and the replica equals its primary",
+          arguments: [TransportKind.quic, .tcp])
+    func compressionOverSlowLink(_ kind: TransportKind) async throws {
+        let link = WANLinkProfile.symmetric(rtt: .milliseconds(10), rateBitsPerSecond: 100_000_000, queueLimitBytes: 512 << 10)
+        let emulator = try WANEmulator(aToB: link.forward, bToA: link.reverse)
+        defer { emulator.shutdown() }
+        let pki = try TestPKI()
+        defer { pki.remove() }
+
+        // 128 MiB of words from a 64-word vocabulary: lz4 takes it to ~0.4.
+        // Encoding it takes longer than the old policy's first window.
+        let size = 128 << 20, chunk = 65536
+        let primary = try Region(name: "text", backing: .memory, size: size, chunkSize: chunk)
+        var rng = SystemRandomNumberGenerator()
+        let vocabulary = (0..<64).map { _ in rng.next() as UInt64 }
+        let tile = 4 << 20
+        for offset in stride(from: 0, to: tile, by: 8) {
+            primary.bytes.storeBytes(of: vocabulary[Int(rng.next() % 64)], toByteOffset: offset, as: UInt64.self)
+        }
+        // Chunks are compressed one by one, so repeating the tile costs nothing in ratio.
+        for offset in stride(from: tile, to: size, by: tile) {
+            (primary.bytes.baseAddress! + offset).copyMemory(from: primary.bytes.baseAddress!, byteCount: tile)
+        }
+        let exports = RegionExports([.init(region: primary)], scanInterval: .milliseconds(5),
+                                    lanes: LanePolicy(count: 8), logger: testLogger)
+        let pair = try WANTransportPair(kind, over: emulator, pki: pki)
+        let (server, client) = (pair.server, pair.client)
+        let serving = Task {
+            guard let connection = await server.accept() else { return }
+            await withDiscardingTaskGroup { group in
+                while let stream = try? await connection.acceptStream() {
+                    // What a peer's HELLO offers: PAGES, both codecs, lanes.
+                    group.addTask { await exports.serve(stream, peer: connection.peerIdentity, offered: .all) }
+                }
+            }
+        }
+        let connection = try await withTimeout(15, "connecting over the WAN") { try await client.connect(to: pair.serverAddress) }
+        let replica = try Region(name: "text", backing: .memory, size: size, chunkSize: chunk)
+        let mirror = RegionMirror(region: replica)
+        let running = Task { try await mirror.run(over: connection) }
+        // Uncompressed, 128 MiB take 11 s at 100 Mbit/s; compressed, about 5.
+        try await waitSynced(mirror, within: 60)
+        #expect(regionSHA(primary) == regionSHA(replica))
+
+        let savings = try #require(exports.wireSavings()["text"])
+        #expect(savings.bytesDirtied == UInt64(size))
+        #expect(Double(savings.compressionInputBytes) >= 0.9 * Double(size), "compressed \(savings.compressionInputBytes) of \(size) bytes")
+        #expect(savings.wireRatio < 0.6, "\(savings.wireRatio) wire bytes per region byte")
+        #expect(emulator.statistics().aToB.bytesPassed < UInt64(Double(size) * 0.7))
+
+        running.cancel()
+        serving.cancel()
+        await client.close()
+        await server.close()
+    }
 }
