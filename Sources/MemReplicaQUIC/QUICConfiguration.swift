@@ -51,9 +51,9 @@ public struct QUICConfiguration: Sendable, StreamTransportConfiguration {
     /// controller allows. No effect with cubic or reno (no bandwidth
     /// estimate in ngtcp2 0.12).
     ///
-    /// 2.5 ms put READ p50 within RTT + 5 ms at 50 ms / 1 % with a 1 GiB
-    /// bulk running, where it was up to RTT + 27 ms, at ~10 % of the bulk's
-    /// rate (bench/RESULTS.md, WAN efficiency).
+    /// The price is some of the bulk's rate while reads flow; 2.5 ms was
+    /// chosen by a sweep against read latency and that rate
+    /// (bench/RESULTS.md, WAN efficiency).
     public var bulkQueueAllowance: Duration? = .microseconds(2500)
     /// Before sleeping, the loop polls this long for new work (nil: never).
     /// Cuts request/response latency at the price of CPU.

@@ -2,11 +2,9 @@
 /// urgent streams (fault and READ answers) are in use.
 ///
 /// An answer sent behind bulk data waits in the bottleneck's queue for as
-/// long as that queue is. bbr fills the window it allows itself, about
-/// 1.1 × the bandwidth-delay product on this host's emulated paths: a
-/// queue of ~5 ms at 50 ms, 20 ms in some runs, and a READ's median time
-/// 56–77 ms where the path's RTT is 50 (bench/RESULTS.md, WAN efficiency).
-/// So while an urgent stream has sent within `urgentActivity`, a bulk
+/// long as that queue is, and bbr fills the window it allows itself, a
+/// little over the bandwidth-delay product: the surplus is the queue
+/// (bench/RESULTS.md, WAN efficiency, has the figures). So while an urgent stream has sent within `urgentActivity`, a bulk
 /// stream writes only while the connection's bytes in flight are under
 /// the controller's bandwidth × (min RTT + `allowance`): the pipe is kept
 /// full and the queue about `allowance` long. The window above that limit
