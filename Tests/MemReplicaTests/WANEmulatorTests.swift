@@ -99,6 +99,20 @@ private func inversions(_ sequences: [Int]) -> Int {
     return count
 }
 
+/// Serves every stream of the first connection `server` accepts from
+/// `exports`, as a primary whose mirror offered `offered`.
+private func serveFirstConnection(_ exports: RegionExports, on server: any Transport,
+                                  offered: WireCapabilities = []) -> Task<Void, Never> {
+    Task {
+        guard let connection = await server.accept() else { return }
+        await withDiscardingTaskGroup { group in
+            while let stream = try? await connection.acceptStream() {
+                group.addTask { await exports.serve(stream, peer: connection.peerIdentity, offered: offered) }
+            }
+        }
+    }
+}
+
 @Suite("WAN emulator", .serialized)
 struct WANEmulatorTests {
     @Test("a one-way delay of D gives a round trip within 5 % of 2D, for UDP and for TCP; the namespace's TCP controller is the one asked for")
@@ -349,14 +363,7 @@ struct WANEmulatorTests {
         let exports = RegionExports(primaries.map { .init(region: $0) }, scanInterval: .milliseconds(5), logger: testLogger)
         let pair = try WANTransportPair(kind, over: emulator, pki: pki)
         let (server, client) = (pair.server, pair.client)
-        let serving = Task {
-            guard let connection = await server.accept() else { return }
-            await withDiscardingTaskGroup { group in
-                while let stream = try? await connection.acceptStream() {
-                    group.addTask { await exports.serve(stream, peer: connection.peerIdentity) }
-                }
-            }
-        }
+        let serving = serveFirstConnection(exports, on: server)
         let connection = try await withTimeout(15, "connecting over the WAN") { try await client.connect(to: pair.serverAddress) }
         let stats = await connection.statistics()
         #expect(stats.smoothedRTT >= .milliseconds(45), "the connection's RTT is \(stats.smoothedRTT)")
@@ -417,15 +424,8 @@ struct WANEmulatorTests {
                                     lanes: LanePolicy(count: 8), logger: testLogger)
         let pair = try WANTransportPair(kind, over: emulator, pki: pki)
         let (server, client) = (pair.server, pair.client)
-        let serving = Task {
-            guard let connection = await server.accept() else { return }
-            await withDiscardingTaskGroup { group in
-                while let stream = try? await connection.acceptStream() {
-                    // What a peer's HELLO offers: PAGES, both codecs, lanes.
-                    group.addTask { await exports.serve(stream, peer: connection.peerIdentity, offered: .all) }
-                }
-            }
-        }
+        // What a peer's HELLO offers: PAGES, both codecs, lanes.
+        let serving = serveFirstConnection(exports, on: server, offered: .all)
         let connection = try await withTimeout(15, "connecting over the WAN") { try await client.connect(to: pair.serverAddress) }
         let replica = try Region(name: "text", backing: .memory, size: size, chunkSize: chunk)
         let mirror = RegionMirror(region: replica)
