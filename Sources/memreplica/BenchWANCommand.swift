@@ -93,7 +93,7 @@ struct BenchWANCommand: AsyncParsableCommand {
         if let bulkSeconds, !(bulkSeconds > 0) { throw ValidationError("--bulk-seconds must be positive") }
         guard (1...256).contains(readers) else { throw ValidationError("--readers must be 1...256") }
         guard rateMbit >= 0 else { throw ValidationError("--rate-mbit must not be negative") }
-        if let bulkQueue, bulkQueue != "off", !(Double(bulkQueue).map { $0 >= 0 && $0 <= 1000 } ?? false) {
+        if let bulkQueue, BulkQueueSetting(text: bulkQueue) == nil {
             throw ValidationError("--bulk-queue takes milliseconds (0...1000) or off")
         }
     }
@@ -130,8 +130,8 @@ struct BenchWANCommand: AsyncParsableCommand {
         if let bulkSeconds { options.bulkTimeLimit = .milliseconds(Int64(bulkSeconds * 1000)) }
         options.readers = readers
         options.rateBitsPerSecond = rateMbit > 0 ? UInt64(rateMbit * 1e6) : nil
-        if let bulkQueue {
-            options.bulkQueueAllowance = Double(bulkQueue).map { .microseconds(Int64($0 * 1000)) }
+        if let bulkQueue = bulkQueue.flatMap(BulkQueueSetting.init(text:)) {
+            options.bulkQueueAllowance = bulkQueue.allowance
         }
 
         let out = BenchOutput(json: json)

@@ -80,6 +80,11 @@ struct PeerCommand: AsyncParsableCommand {
     var liveness: String?
 
     @Option(help: ArgumentHelp(
+        "While reads are answered, QUIC bulk keeps the bottleneck's queue to this many milliseconds (default 2.5), so answers do not wait behind it; off: bulk takes all the controller allows.",
+        valueName: "ms|off"))
+    var bulkQueue: String?
+
+    @Option(help: ArgumentHelp(
         "Bytes all stream send and receive buffers may hold, e.g. 512M or 2G (default: 1/8 of RAM, at most 4G; see README, Security).",
         valueName: "size"))
     var memoryBudget: String?
@@ -97,7 +102,8 @@ struct PeerCommand: AsyncParsableCommand {
         try configuration.applyCommandLine(listen: listen, name: name, stateDirectory: state.stateDir, control: control,
                                            tls: tls.files, exports: exports, mirrors: mirrors, lazyMirrors: lazy,
                                            metrics: metrics, faultTimeout: faultTimeout, liveness: liveness,
-                                           memoryBudget: memoryBudget, acceptMigrations: acceptMigrations)
+                                           memoryBudget: memoryBudget, acceptMigrations: acceptMigrations,
+                                           bulkQueue: bulkQueue)
         return configuration
     }
 
@@ -193,6 +199,7 @@ struct PeerCommand: AsyncParsableCommand {
             quic.congestionControl = chosen
         }
         if let liveness = configuration.livenessTimeout { quic.livenessTimeout = liveness }
+        if let bulkQueue = configuration.bulkQueue { quic.bulkQueueAllowance = bulkQueue.allowance }
         // Kept across restarts, so a restarted peer resets its old connections.
         quic.statelessResetKey = try stateDirectory.statelessResetKey()
         if let budget = configuration.memoryBudget { quic.memoryBudget = MemoryBudget(limit: budget) }

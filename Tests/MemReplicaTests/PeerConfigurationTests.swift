@@ -82,7 +82,7 @@ struct PeerConfigurationTests {
         (#"{"exports": [{"name": "a", "path": "/a"}, {"name": "b", "path": "/b", "sise": "1M"}]}"#,
          "peer.json: exports[1].sise: unknown key; known keys: name, path, size, chunk, allow"),
         (#"{"lisen": ":4433"}"#,
-         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics, faultTimeout, congestionControl, compression, livenessTimeout, memoryBudget, acceptMigrations"),
+         "peer.json: lisen: unknown key; known keys: listen, name, stateDir, control, tls, exports, mirrors, metrics, faultTimeout, congestionControl, compression, livenessTimeout, memoryBudget, acceptMigrations, bulkQueue"),
         (#"{"tls": {"cert": "c", "key": "k", "ca": "a", "pin": "x"}}"#,
          "peer.json: tls.pin: unknown key; known keys: cert, key, ca"),
         (#"{"mirrors": [{"name": "a", "peer": "10.0.0.2:1", "path": "/a", "mode": "lazy"}]}"#,
@@ -258,6 +258,26 @@ struct PeerConfigurationFlagTests {
         try configuration.applyCommandLine(name: "from-flag", stateDirectory: "/other", tls: tls)
         #expect(configuration.name == "from-flag" && configuration.stateDirectory == "/other" && configuration.tls == tls)
         #expect(configuration.listen == (try PeerAddress(parsing: "127.0.0.1:6000")))
+    }
+
+    @Test("bulkQueue takes milliseconds or \"off\", in the file and as --bulk-queue; the flag wins")
+    func bulkQueue() throws {
+        #expect(try load("{}").bulkQueue == nil)
+        #expect(try load(#"{"bulkQueue": 1.5}"#).bulkQueue == .allowance(.microseconds(1500)))
+        #expect(try load(#"{"bulkQueue": 0}"#).bulkQueue?.allowance == .zero)
+        var configuration = try load(#"{"bulkQueue": "off"}"#)
+        #expect(configuration.bulkQueue == .off && configuration.bulkQueue?.allowance == nil)
+        try configuration.applyCommandLine(bulkQueue: "5")
+        #expect(configuration.bulkQueue == .allowance(.milliseconds(5)))
+        #expect(refusal(#"{"bulkQueue": -1}"#)
+            == "peer.json: bulkQueue: -1 is not a bulk queue allowance: expected milliseconds from 0 to 1000, such as 2.5, or \"off\"")
+        #expect(refusal(#"{"bulkQueue": "fast"}"#)
+            == "peer.json: bulkQueue: expected milliseconds from 0 to 1000, such as 2.5, or \"off\", found a string")
+        #expect(refusal {
+            var c = PeerConfiguration()
+            try c.applyCommandLine(bulkQueue: "2000")
+            return c
+        } == "--bulk-queue 2000: expected milliseconds from 0 to 1000, such as 2.5, or \"off\"")
     }
 
     @Test("no --listen keeps the file's address; neither gives :4433")

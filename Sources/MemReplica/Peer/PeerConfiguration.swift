@@ -54,6 +54,9 @@ public struct PeerConfiguration: Sendable, Equatable {
     /// (`QUICConfiguration.livenessTimeout`; nil: its 5 s default).
     /// Config key `livenessTimeout`, flag `--liveness`, in seconds.
     public var livenessTimeout: Duration?
+    /// QUIC's bulk queue gate; nil: the transport's default (2.5 ms).
+    /// Config key `bulkQueue`, flag `--bulk-queue`.
+    public var bulkQueue: BulkQueueSetting?
     /// Liveness timeouts accepted, in seconds: below half a second a
     /// scheduling hiccup would end live connections, above an hour a dead
     /// peer would hold its mirrors for longer than anyone waits.
@@ -99,7 +102,7 @@ public struct PeerConfiguration: Sendable, Equatable {
         let top = try reader.object(document, at: "", keys: ["listen", "name", "stateDir", "control", "tls",
                                                               "exports", "mirrors", "metrics", "faultTimeout",
                                                               "congestionControl", "compression", "livenessTimeout", "memoryBudget",
-                                                              "acceptMigrations"])
+                                                              "acceptMigrations", "bulkQueue"])
         listen = try top["listen"].map { try reader.address($0, at: "listen") }
         name = try top["name"].map { try reader.string($0, at: "name") }
         stateDirectory = try top["stateDir"].map { try reader.filePath($0, at: "stateDir") }
@@ -123,6 +126,7 @@ public struct PeerConfiguration: Sendable, Equatable {
             return codec
         }
         livenessTimeout = try top["livenessTimeout"].map { try reader.liveness($0, at: "livenessTimeout") }
+        bulkQueue = try top["bulkQueue"].map { try reader.bulkQueue($0, at: "bulkQueue") }
         memoryBudget = try top["memoryBudget"].map { value in
             let bytes = try reader.byteCount(value, at: "memoryBudget")
             guard let checked = Self.checkedMemoryBudget(bytes) else {
@@ -147,8 +151,15 @@ public struct PeerConfiguration: Sendable, Equatable {
                                           control: String? = nil, tls: TLSFiles? = nil, exports: [String] = [],
                                           mirrors: [String] = [], lazyMirrors: Bool = false, metrics: String? = nil,
                                           faultTimeout: Double? = nil, liveness: String? = nil,
-                                          memoryBudget: String? = nil, acceptMigrations: String? = nil) throws {
+                                          memoryBudget: String? = nil, acceptMigrations: String? = nil,
+                                          bulkQueue: String? = nil) throws {
         if let acceptMigrations { self.acceptMigrations = acceptMigrations }
+        if let bulkQueue {
+            guard let setting = BulkQueueSetting(text: bulkQueue) else {
+                throw PeerConfigurationError("--bulk-queue \(bulkQueue): \(BulkQueueSetting.explanation)")
+            }
+            self.bulkQueue = setting
+        }
         if let faultTimeout {
             guard faultTimeout > 0, faultTimeout <= 86400 else {
                 throw PeerConfigurationError("--fault-timeout: \(faultTimeout) is not between 0 and 86400 seconds")
@@ -368,6 +379,20 @@ public struct PeerConfiguration: Sendable, Equatable {
                 throw failure(at: path, "\(text) is not a liveness timeout: \(PeerConfiguration.livenessExplanation)")
             }
             return timeout
+        }
+
+        /// Milliseconds as a JSON number (`2.5`), or the string "off".
+        func bulkQueue(_ value: JSONValue, at path: String) throws -> BulkQueueSetting {
+            let text: String
+            switch value {
+            case .number(let number): text = number
+            case .string("off"): text = "off"
+            default: throw failure(at: path, "\(BulkQueueSetting.explanation), found \(value.kind)")
+            }
+            guard let setting = BulkQueueSetting(text: text) else {
+                throw failure(at: path, "\(text) is not a bulk queue allowance: \(BulkQueueSetting.explanation)")
+            }
+            return setting
         }
 
         func address(_ value: JSONValue, at path: String) throws -> PeerAddress {
