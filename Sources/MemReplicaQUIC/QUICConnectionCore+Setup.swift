@@ -105,7 +105,7 @@ extension QUICConnectionCore {
             settings.no_tx_udp_payload_size_shaping = 1
             settings.no_pmtud = 1
         }
-        settings.handshake_timeout = UInt64(config.handshakeTimeout.seconds * 1e9)
+        settings.handshake_timeout = config.handshakeTimeout.saturatingNanoseconds
         settings.max_window = window
         settings.max_stream_window = streamWindow
         switch config.congestionControl {
@@ -131,7 +131,7 @@ extension QUICConnectionCore {
         params.initial_max_data = window
         params.initial_max_streams_bidi = config.maxConcurrentStreams
         params.initial_max_streams_uni = acceptedProtocols.compactMap { endpoint.applications[$0]?.peerUnidirectionalStreams }.max() ?? 0
-        params.max_idle_timeout = UInt64(config.livenessTimeout.seconds * 1e9)
+        params.max_idle_timeout = config.livenessTimeout.saturatingNanoseconds
         params.active_connection_id_limit = 4
         // Peers do not migrate; a path change is not something we follow.
         params.disable_active_migration = 1
@@ -193,6 +193,6 @@ extension QUICConnectionCore {
         // A keep-alive slower than the idle timeout would keep nothing
         // alive: ping at least twice per idle period.
         let interval = min(keepAlive, endpoint.configuration.livenessTimeout / 2)
-        ngtcp2_conn_set_keep_alive_timeout(conn, UInt64(interval.seconds * 1e9))
+        ngtcp2_conn_set_keep_alive_timeout(conn, interval.saturatingNanoseconds)
     }
 }

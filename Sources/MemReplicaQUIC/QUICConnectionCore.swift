@@ -69,7 +69,7 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
     /// certificate), so the whole connect is bounded here.
     var handshakeDeadline: UInt64 {
         guard case .handshaking = state else { return UInt64.max }
-        return startedAt + UInt64(endpoint.configuration.handshakeTimeout.seconds * 1e9)
+        return startedAt + endpoint.configuration.handshakeTimeout.saturatingNanoseconds
     }
     var handshakeDuration: Duration?
     /// Initial and Handshake keys are gone: no datagram is padded any more.
@@ -321,6 +321,7 @@ package final class QUICConnectionCore: StreamConnectionCore, @unchecked Sendabl
         s.sessionResumed = sessionResumed
         s.earlyData = earlyDataOutcome
         s.congestionControl = endpoint.configuration.congestionControl.rawValue
+        s.bulkQueueHeld = bulkGate.map { .nanoseconds(Int64(clamping: $0.heldNanoseconds)) }
         guard let conn else { return s }
         var cs = ngtcp2_conn_stat()
         qs_conn_get_conn_stat(conn, &cs)

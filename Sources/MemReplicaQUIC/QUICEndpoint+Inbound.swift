@@ -56,7 +56,7 @@ extension QUICEndpoint {
         var originalDCID = header.dcid
         var validated = false
         if header.token.len > 0, header.token.base[0] == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
-            let lifetime = UInt64(PeerLimits.retryTokenLifetime.seconds * 1e9)
+            let lifetime = PeerLimits.retryTokenLifetime.saturatingNanoseconds
             let rc = retryTokenSecret.withUnsafeBufferPointer { secret in
                 from.withSockaddr { addr, len in
                     ngtcp2_crypto_verify_retry_token(&originalDCID, header.token.base, header.token.len,

@@ -47,8 +47,8 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
     private var writeQueue = Deque<QUICConnectionCore>()
     /// Streams whose readers get the bytes of this receive batch at its end.
     private var readersToWake: [QUICStreamCore] = []
-    private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map { UInt64($0.seconds * 1e9) }
-    private lazy var requestPollNanoseconds: UInt64? = configuration.requestPollWindow.map { UInt64($0.seconds * 1e9) }
+    private lazy var busyPollNanoseconds: UInt64? = configuration.busyPoll.map(\.saturatingNanoseconds)
+    private lazy var requestPollNanoseconds: UInt64? = configuration.requestPollWindow.map(\.saturatingNanoseconds)
     /// Until when the loop polls instead of sleeping, asked for by
     /// `keepPollingForRequests` (0: not asked).
     private var pollUntil: UInt64 = 0
@@ -86,7 +86,7 @@ public final class QUICEndpoint: Transport, CommandLoop, @unchecked Sendable {
         self.configuration = configuration.clampedToBudget()
         self.logger = logger
         admission = ConnectionAdmission(limits: configuration.peerLimits)
-        stallTimeout = UInt64(configuration.peerLimits.stalledStreamTimeout.seconds * 1e9)
+        stallTimeout = configuration.peerLimits.stalledStreamTimeout.saturatingNanoseconds
         tls = try TLSContext(tlsConfiguration, replayWindow: configuration.earlyDataReplayWindow)
         socket = try UDPSocket(bindTo: address, bufferSize: configuration.socketBufferSize,
                                namespace: configuration.networkNamespace)

@@ -301,7 +301,7 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     /// endpoint's `stalledStreamTimeout`; returns when to look again.
     private func resetStalledStreams(now: UInt64) -> UInt64 {
         let timeout = endpoint.configuration.peerLimits.stalledStreamTimeout
-        let nanoseconds = UInt64(timeout.seconds * 1e9)
+        let nanoseconds = timeout.saturatingNanoseconds
         if now >= nextStallCheck {
             nextStallCheck = now + min(max(nanoseconds / 4, 10_000_000), 1_000_000_000)
             for stream in Array(streams.values) where stream.isStalled(now: now, after: nanoseconds) {
@@ -319,7 +319,7 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
     func tick(now: UInt64) -> UInt64 {
         guard isEstablished else { return UInt64.max }
         let config = endpoint.configuration
-        let idle = UInt64(config.livenessTimeout.seconds * 1e9)
+        let idle = config.livenessTimeout.saturatingNanoseconds
         if now >= lastReceivedAt + idle {
             finish(.idleTimeout(seconds: config.livenessTimeout.seconds))
             return UInt64.max
@@ -328,7 +328,7 @@ final class TCPConnectionCore: StreamConnectionCore, @unchecked Sendable {
         guard !isClosed else { return UInt64.max }
         if let keepAlive = config.keepAliveInterval {
             // Slower than the idle timeout would keep nothing alive.
-            let interval = UInt64(min(keepAlive, config.livenessTimeout / 2).seconds * 1e9)
+            let interval = min(keepAlive, config.livenessTimeout / 2).saturatingNanoseconds
             if now >= lastPingAt + interval {
                 lastPingAt = now
                 pingSequence += 1

@@ -263,7 +263,7 @@ public final class TCPEndpoint: Transport, CommandLoop, @unchecked Sendable {
 
     /// Closes waiting connections older than the handshake timeout (or all).
     private func dropWaitingHandshakes(all: Bool = false) {
-        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        let timeout = configuration.handshakeTimeout.saturatingNanoseconds
         for host in Array(waitingToHandshake.keys) {
             while let first = waitingToHandshake[host]?.first, all || now >= first.since + timeout {
                 waitingToHandshake[host]?.removeFirst()
@@ -288,7 +288,7 @@ public final class TCPEndpoint: Transport, CommandLoop, @unchecked Sendable {
     private func nextDeadline() -> UInt64 {
         var earliest = connectionDeadline
         for link in links.values { earliest = min(earliest, link.deadline) }
-        let timeout = UInt64(configuration.handshakeTimeout.seconds * 1e9)
+        let timeout = configuration.handshakeTimeout.saturatingNanoseconds
         for waiting in waitingToHandshake.values {
             if let first = waiting.first { earliest = min(earliest, first.since + timeout) }
         }

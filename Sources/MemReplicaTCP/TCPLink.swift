@@ -279,7 +279,7 @@ final class TCPLink {
         }
         if let record { control.append(contentsOf: record) }
         state = .draining
-        drainDeadline = monotonicNanoseconds() + UInt64(TCPConfiguration.drainTimeout.seconds * 1e9)
+        drainDeadline = monotonicNanoseconds() + TCPConfiguration.drainTimeout.saturatingNanoseconds
         sendStreams.removeAll()
         endpoint.needsWrite(self)
     }
@@ -345,7 +345,7 @@ final class TCPLink {
     var deadline: UInt64 {
         switch state {
         case .connecting, .handshaking, .awaitingSettings:
-            return startedAt + UInt64(endpoint.configuration.handshakeTimeout.seconds * 1e9)
+            return startedAt + endpoint.configuration.handshakeTimeout.saturatingNanoseconds
         case .draining:
             return drainDeadline
         case .open, .closed:

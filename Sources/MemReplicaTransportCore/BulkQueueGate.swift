@@ -24,6 +24,11 @@ package struct BulkQueueGate: Sendable {
     /// Bytes in flight above which bulk waits (`.max`: not held).
     private var limit: UInt64 = .max
     private var inFlight: UInt64 = 0
+    /// When the last round started (ns); 0 before the first.
+    private var roundStart: UInt64 = 0
+    /// Time bulk spent held, in ns: each round that ended with bulk at the
+    /// limit counts until the next round starts (`stats`, Prometheus).
+    package private(set) var heldNanoseconds: UInt64 = 0
 
     package init(allowance: Duration, urgentActivity: Duration = .seconds(1)) {
         self.allowance = allowance
@@ -38,11 +43,13 @@ package struct BulkQueueGate: Sendable {
     /// Starts a round of writes at `now`, from the controller's state:
     /// `pacingRate` in bytes per ns (0: none), `minRTT` in ns (0: none yet).
     package mutating func update(now: UInt64, bytesInFlight: UInt64, pacingRate: Double, minRTT: UInt64) {
+        if isHolding, !bulkMayWrite, roundStart > 0 { heldNanoseconds &+= now &- roundStart }
+        roundStart = now
         inFlight = bytesInFlight
         limit = .max
-        guard let last = lastUrgentSend, now &- last <= Self.nanoseconds(urgentActivity),
+        guard let last = lastUrgentSend, now &- last <= urgentActivity.saturatingNanoseconds,
               pacingRate > 0, minRTT > 0 else { return }
-        let window = pacingRate * Double(minRTT + Self.nanoseconds(allowance))
+        let window = pacingRate * Double(minRTT + allowance.saturatingNanoseconds)
         limit = window < Double(UInt64.max) ? UInt64(window) : .max
     }
 
@@ -56,9 +63,4 @@ package struct BulkQueueGate: Sendable {
 
     /// Whether the gate holds bulk in this round at all.
     package var isHolding: Bool { limit != .max }
-
-    private static func nanoseconds(_ d: Duration) -> UInt64 {
-        let (s, atto) = d.components
-        return UInt64(max(0, s)) * 1_000_000_000 + UInt64(max(0, atto)) / 1_000_000_000
-    }
 }

@@ -30,6 +30,10 @@ public struct ConnectionStatistics: Sendable, Codable, Equatable {
     /// configured (`bbr` is ngtcp2's BBRv2), TCP's as the kernel reports it
     /// for the session socket (TCP_CONGESTION).
     public var congestionControl: String
+    /// How long the bulk queue gate (`BulkQueueGate`) has held bulk
+    /// streams on this connection; nil where there is no gate (TCP, cubic
+    /// and reno, a peer on this host, `--bulk-queue off`).
+    public var bulkQueueHeld: Duration?
 
     public init() {
         latestRTT = .zero; minRTT = .zero; smoothedRTT = .zero; rttVariance = .zero
@@ -52,14 +56,4 @@ public enum EarlyDataOutcome: String, Sendable, Codable, Equatable {
     case accepted
     /// The server refused it; it was sent again after the handshake.
     case rejected
-}
-
-extension Duration {
-    /// Seconds as a Double, for printing and JSON.
-    public var seconds: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
-
-    public var milliseconds: Double { seconds * 1000 }
 }

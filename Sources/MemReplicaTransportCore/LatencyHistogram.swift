@@ -84,12 +84,8 @@ public final class LatencyHistogram: Sendable {
         Histogram<UInt64>(lowestDiscernibleValue: lowest, highestTrackableValue: highest, numberOfSignificantValueDigits: .three)
     }
 
-    package static func nanoseconds(_ d: Duration) -> UInt64 {
-        let c = d.components
-        guard c.seconds >= 0 else { return 0 }
-        let ns = Double(c.seconds) * 1e9 + Double(c.attoseconds) / 1e9
-        return ns >= Double(highest) ? highest : UInt64(ns)
-    }
+    /// Clamped to the histogram's range: an hour-long stall still counts.
+    package static func nanoseconds(_ d: Duration) -> UInt64 { min(d.saturatingNanoseconds, highest) }
 
     private static func distribution(_ h: Histogram<UInt64>) -> LatencyDistribution {
         guard h.totalCount > 0 else { return LatencyDistribution() }

@@ -37,7 +37,7 @@ public enum WANCalibration {
         let sorted = echo.rtts.sorted()
         let median = sorted.isEmpty ? UInt64.max : sorted[(sorted.count - 1) / 2]
         let measuredRTT = Duration.nanoseconds(Int64(clamping: median))
-        let rttError = abs(measuredRTT.wanMilliseconds - configuredRTT.wanMilliseconds)
+        let rttError = abs(measuredRTT.milliseconds - configuredRTT.milliseconds)
         let lossAB = 1 - Double(echo.arrived) / Double(probes)
         let lossBA = echo.arrived == 0 ? 1 : 1 - Double(echo.returned) / Double(echo.arrived)
         let toleranceAB = lossTolerance(ab.lossRate, samples: probes)
@@ -45,7 +45,7 @@ public enum WANCalibration {
         return WANCalibrationReport(
             probes: probes, configuredRTT: configuredRTT, measuredRTT: measuredRTT,
             minimumRTT: .nanoseconds(Int64(clamping: sorted.first ?? .max)),
-            rttAgrees: !sorted.isEmpty && rttError <= WANCalibrationReport.tolerance * configuredRTT.wanMilliseconds,
+            rttAgrees: !sorted.isEmpty && rttError <= WANCalibrationReport.tolerance * configuredRTT.milliseconds,
             configuredLossAToB: ab.lossRate, configuredLossBToA: ba.lossRate,
             measuredLossAToB: lossAB, measuredLossBToA: lossBA,
             lossToleranceAToB: toleranceAB, lossToleranceBToA: toleranceBA,
@@ -79,10 +79,10 @@ public enum WANCalibration {
         setReceiveTimeout(prober.fd, .milliseconds(20))
 
         let echo = startEchoResponder(responder.fd)
-        let step = interval.wanNanoseconds
+        let step = interval.saturatingNanoseconds
         let start = monotonicNanoseconds() + 1_000_000
         let senderDone = startProbeSender(prober.fd, probes: probes, start: start, step: step)
-        let deadline = start + UInt64(probes) * step + echoSlack(emulator).wanNanoseconds
+        let deadline = start + UInt64(probes) * step + echoSlack(emulator).saturatingNanoseconds
         let rtts = collectEchoes(prober.fd, probes: probes, until: deadline)
         senderDone.wait()
         echo.stop.withLock { $0 = true }
@@ -215,7 +215,7 @@ public enum WANCalibration {
         usleep(100_000)  // past the start-up transient
         let first = emulator.statistics()
         let t0 = monotonicNanoseconds()
-        sleepUntil(t0 + duration.wanNanoseconds)
+        sleepUntil(t0 + duration.saturatingNanoseconds)
         let second = emulator.statistics()
         let t1 = monotonicNanoseconds()
         stop.withLock { $0 = true }
@@ -252,7 +252,7 @@ public enum WANCalibration {
     }
 
     private static func setReceiveTimeout(_ fd: Int32, _ timeout: Duration) {
-        let micro = Int(timeout.wanNanoseconds / 1000)
+        let micro = Int(timeout.saturatingNanoseconds / 1000)
         var tv = timeval(tv_sec: micro / 1_000_000, tv_usec: micro % 1_000_000)
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }

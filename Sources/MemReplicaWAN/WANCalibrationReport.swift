@@ -1,3 +1,5 @@
+import MemReplicaTransportCore
+
 /// Configured against measured behaviour of an emulated link.
 public struct WANCalibrationReport: Sendable, Codable, CustomStringConvertible {
     /// Relative agreement the calibration asks of RTT and loss.
@@ -82,9 +84,9 @@ public struct WANCalibrationReport: Sendable, Codable, CustomStringConvertible {
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(probes, forKey: .probes)
-        try c.encode(configuredRTT.wanMilliseconds, forKey: .configuredRTTMilliseconds)
-        try c.encode(measuredRTT.wanMilliseconds, forKey: .measuredRTTMilliseconds)
-        try c.encode(minimumRTT.wanMilliseconds, forKey: .minimumRTTMilliseconds)
+        try c.encode(configuredRTT.milliseconds, forKey: .configuredRTTMilliseconds)
+        try c.encode(measuredRTT.milliseconds, forKey: .measuredRTTMilliseconds)
+        try c.encode(minimumRTT.milliseconds, forKey: .minimumRTTMilliseconds)
         try c.encode(rttAgrees, forKey: .rttAgrees)
         try c.encode(configuredLossAToB, forKey: .configuredLossAToB)
         try c.encode(configuredLossBToA, forKey: .configuredLossBToA)
@@ -95,13 +97,13 @@ public struct WANCalibrationReport: Sendable, Codable, CustomStringConvertible {
         try c.encode(lossAgrees, forKey: .lossAgrees)
         try c.encodeIfPresent(capacityPacketsPerSecond, forKey: .capacityPacketsPerSecond)
         try c.encode(capacitySaturated, forKey: .capacitySaturated)
-        try c.encodeIfPresent(baselineRTT?.wanMilliseconds, forKey: .baselineRTTMilliseconds)
+        try c.encodeIfPresent(baselineRTT?.milliseconds, forKey: .baselineRTTMilliseconds)
         try c.encode(statistics, forKey: .statistics)
     }
 
     public var description: String {
         func percent(_ x: Double) -> String { String(format: "%.3f %%", x * 100) }
-        func ms(_ d: Duration) -> String { String(format: "%.3f ms", d.wanMilliseconds) }
+        func ms(_ d: Duration) -> String { String(format: "%.3f ms", d.milliseconds) }
         var lines = [
             "probes: \(probes) UDP echoes A→B→A",
             "RTT: configured \(ms(configuredRTT)), measured median \(ms(measuredRTT)) (min \(ms(minimumRTT))): "

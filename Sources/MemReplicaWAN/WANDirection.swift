@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import MemReplicaSystem
+import MemReplicaTransportCore
 import Glibc
 #endif
 
@@ -63,8 +64,8 @@ final class WANDirection {
 
     /// Takes effect for packets read from now on; those already delayed keep their times.
     func apply(_ profile: WANLinkProfile) {
-        delay = profile.delay.wanNanoseconds
-        jitter = profile.jitter.wanNanoseconds
+        delay = profile.delay.saturatingNanoseconds
+        jitter = profile.jitter.saturatingNanoseconds
         reorder = profile.reorder
         dropAll = profile.lossRate >= 1
         lossThreshold = profile.lossRate <= 0 || dropAll ? 0 : UInt64(profile.lossRate * 0x1p64)

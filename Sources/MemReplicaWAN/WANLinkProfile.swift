@@ -1,3 +1,5 @@
+import MemReplicaTransportCore
+
 /// What one direction of the emulated link does to each packet, in the
 /// order the forwarder applies it: random loss, then the rate limiter's
 /// tail-drop queue, then the propagation delay with its jitter.
@@ -52,26 +54,10 @@ public struct WANLinkProfile: Sendable, Equatable, Codable, CustomStringConverti
     }
 
     public var description: String {
-        var parts = ["delay \(delay.wanMilliseconds) ms"]
-        if jitter > .zero { parts.append("jitter ±\(jitter.wanMilliseconds) ms\(reorder ? "" : " in order")") }
+        var parts = ["delay \(delay.milliseconds) ms"]
+        if jitter > .zero { parts.append("jitter ±\(jitter.milliseconds) ms\(reorder ? "" : " in order")") }
         if lossRate > 0 { parts.append("loss \(lossRate * 100) %") }
         if let rate = rateBitsPerSecond { parts.append("rate \(Double(rate) / 1e6) Mbit/s, queue \(queueLimitBytes) B") }
         return parts.joined(separator: ", ")
-    }
-}
-
-extension Duration {
-    /// Whole and fractional milliseconds, for reports.
-    var wanMilliseconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
-    }
-
-    /// Nanoseconds, saturating (negative durations give 0).
-    var wanNanoseconds: UInt64 {
-        let (seconds, attoseconds) = components
-        if seconds < 0 || (seconds == 0 && attoseconds < 0) { return 0 }
-        let (product, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000_000)
-        return overflow ? .max : product &+ UInt64(attoseconds / 1_000_000_000)
     }
 }

@@ -31,13 +31,13 @@ enum StatsTable {
     private static func connections(_ connections: [StatsReport.Connection]) -> String {
         guard !connections.isEmpty else { return "connections  none\n" }
         let header = ["PEER", "REMOTE", "DIR", "CC", "SRTT", "MIN RTT", "RTTVAR", "CWND", "IN FLIGHT", "RATE/S", "PTO",
-                      "SENT", "RECEIVED", "PACKETS OUT/IN", "HANDSHAKE", "RECONN"]
+                      "SENT", "RECEIVED", "PACKETS OUT/IN", "HANDSHAKE", "RECONN", "BULK HELD"]
         let rows = connections.map { c in [
             c.peer, c.remoteAddress, c.initiatedLocally ? "out" : "in", c.congestionControl,
             Format.seconds(c.smoothedRTTSeconds), Format.seconds(c.minRTTSeconds), Format.seconds(c.rttVarianceSeconds),
             Format.bytes(c.congestionWindowBytes), Format.bytes(c.bytesInFlight), Format.bytes(c.deliveryRateBytesPerSecond),
             "\(c.ptoCount)", Format.bytes(c.bytesSent), Format.bytes(c.bytesReceived), "\(c.packetsSent)/\(c.packetsReceived)",
-            c.handshakeSeconds.map(Format.seconds) ?? "-", "\(c.reconnects)",
+            c.handshakeSeconds.map(Format.seconds) ?? "-", "\(c.reconnects)", c.bulkQueueHeldSeconds.map(Format.seconds) ?? "-",
         ] }
         return "connections  \(connections.count)\n" + StatusTable.table([header] + rows)
     }

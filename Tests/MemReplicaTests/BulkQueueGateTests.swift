@@ -69,4 +69,22 @@ struct BulkQueueGateTests {
         long.sent(1_250_000)
         #expect(!long.bulkMayWrite)
     }
+
+    @Test("held time counts the rounds that ended with bulk at the limit, and only those")
+    func heldTime() {
+        var gate = BulkQueueGate(allowance: .microseconds(2500))
+        gate.urgentSent(now: 0)
+        gate.update(now: 10 * ms, bytesInFlight: 1_000_000, pacingRate: rate, minRTT: rtt)
+        gate.update(now: 12 * ms, bytesInFlight: 7_000_000, pacingRate: rate, minRTT: rtt)
+        #expect(gate.heldNanoseconds == 0)  // 10–12 ms ended under the limit
+        gate.update(now: 15 * ms, bytesInFlight: 1_000_000, pacingRate: rate, minRTT: rtt)
+        #expect(gate.heldNanoseconds == 3 * ms)  // 12–15 ms ended at it
+        gate.sent(6_000_000)
+        gate.update(now: 16 * ms, bytesInFlight: 1_000_000, pacingRate: rate, minRTT: rtt)
+        #expect(gate.heldNanoseconds == 4 * ms)  // reached by this round's own sends
+        // Not holding (urgent streams quiet): nothing counts, however full.
+        gate.update(now: 2000 * ms, bytesInFlight: 64 << 20, pacingRate: rate, minRTT: rtt)
+        gate.update(now: 2100 * ms, bytesInFlight: 64 << 20, pacingRate: rate, minRTT: rtt)
+        #expect(gate.heldNanoseconds == 4 * ms)
+    }
 }

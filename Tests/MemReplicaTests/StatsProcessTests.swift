@@ -107,6 +107,8 @@ struct StatsProcessTests {
         #expect(mirrored.chunksPushed == r.chunksPushed)
         let out = try #require(replicaReport.connections.first)
         #expect(out.initiatedLocally && (out.handshakeSeconds ?? 0) > 0 && out.bytesReceived >= UInt64(size))
+        // A peer on this host has no bottleneck queue: no gate, no held time.
+        #expect(out.bulkQueueHeldSeconds == nil)
 
         // The table a person reads.
         let table = try run("'\(exe)' stats --control '\(root)/p.sock'")

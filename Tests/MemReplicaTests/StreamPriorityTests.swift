@@ -1,6 +1,8 @@
 import MemReplica
 import MemReplicaSystem
 import MemReplicaWAN
+import MemReplicaTransportCore
+import MemReplicaQUIC
 import Foundation
 import Testing
 
@@ -74,6 +76,65 @@ struct StreamPriorityTests {
         #expect(bulkDoneFirst < Self.bulkStreams, "the bulk streams had all finished first: nothing to overtake")
         await client.close()
         await server.close()
+    }
+
+    /// `BulkQueueGate` in a live connection: with bbr, once start-up is
+    /// over, bbr's window is about twice the path's bandwidth-delay product
+    /// and the gate's limit about one, so bulk queued behind an urgent
+    /// stream that keeps sending is held; the connection's statistics say
+    /// for how long. With the gate off there is nothing to report.
+    @Test("with bbr, bulk is held while an urgent stream sends, and the connection reports for how long",
+          arguments: [true, false])
+    func bulkQueueGateHolds(_ gateOn: Bool) async throws {
+        let link = WANLinkProfile.symmetric(rtt: .milliseconds(10), rateBitsPerSecond: 50_000_000, queueLimitBytes: 256 << 10)
+        let emulator = try WANEmulator(aToB: link.forward, bToA: link.reverse)
+        defer { emulator.shutdown() }
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let pair = try WANTransportPair(.quic, over: emulator, pki: pki) {
+            $0.congestionControl = .bbr
+            if !gateOn { $0.bulkQueueAllowance = nil }
+        }
+        let received = Locked(0)
+        let serving = Task {
+            guard let connection = await pair.server.accept() else { return }
+            await withDiscardingTaskGroup { group in
+                while let stream = try? await connection.acceptStream() {
+                    group.addTask {
+                        while let bytes = try? await stream.read(maxLength: 1 << 20), !bytes.isEmpty {
+                            received.withLock { $0 += bytes.count }
+                        }
+                    }
+                }
+            }
+        }
+        defer { serving.cancel() }
+        let connection = try await withTimeout(15, "connecting over the WAN") { try await pair.client.connect(to: pair.serverAddress) }
+        // 24 MiB of bulk: about 4 s of this link, more than the test runs.
+        let bulk = [UInt8](repeating: UInt8(ascii: "B"), count: Self.bulkBytes)
+        for _ in 0..<Self.bulkStreams {
+            let stream = try await connection.openStream()
+            try await stream.write(bulk)
+            try await stream.finish()
+        }
+        let urgent = try await connection.openStream()
+        await urgent.prioritize()
+        let answer = [UInt8](repeating: UInt8(ascii: "U"), count: 4096)
+        for _ in 0..<150 {  // 1.5 s of 4 KiB answers every 10 ms
+            try await urgent.write(answer)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let stats = await connection.statistics()
+        let moved = received.withLock { $0 }
+        #expect(moved > 2 << 20, "bulk and answers moved only \(moved) bytes in 1.5 s")
+        if gateOn {
+            let held = try #require(stats.bulkQueueHeld, "bbr with the gate on has a gate")
+            #expect(held > .zero && held < .seconds(2), "bulk held for \(held) of about 1.5 s")
+        } else {
+            #expect(stats.bulkQueueHeld == nil)
+        }
+        await pair.client.close()
+        await pair.server.close()
     }
 
     /// Bulk bytes the receiver has not read yet (on a lossy path: bytes

@@ -144,11 +144,15 @@ struct WANTransportPair {
     let client: any Transport
     let serverAddress: PeerAddress
 
-    init(_ kind: TransportKind, over emulator: WANEmulator, pki: TestPKI) throws {
+    /// `configure` adjusts both sides' QUIC settings (TCP takes the matching ones).
+    init(_ kind: TransportKind, over emulator: WANEmulator, pki: TestPKI,
+         configure: (inout QUICConfiguration) -> Void = { _ in }) throws {
         var serverConfig = quicConfig(server: true)
         serverConfig.networkNamespace = emulator.sideA
+        configure(&serverConfig)
         var clientConfig = quicConfig(server: false)
         clientConfig.networkNamespace = emulator.sideB
+        configure(&clientConfig)
         server = try kind.makeTransport(bind: PeerAddress(host: emulator.addressA, port: 0), tls: pki.server.tls,
                                         configuration: serverConfig, logger: testLogger)
         client = try kind.makeTransport(bind: PeerAddress(host: emulator.addressB, port: 0), tls: pki.client.tls,

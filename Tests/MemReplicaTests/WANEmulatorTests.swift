@@ -81,7 +81,7 @@ private func udpTrain(_ emulator: WANEmulator, count: Int, payload: Int = 64, ga
     var packet = [UInt8](repeating: 0xab, count: payload)
     let start = monotonicNanoseconds()
     for sequence in 0..<count {
-        if sequence % burst == 0 { WANCalibration.sleepUntil(start + UInt64(sequence / burst) * gap.wanNanoseconds) }
+        if sequence % burst == 0 { WANCalibration.sleepUntil(start + UInt64(sequence / burst) * gap.saturatingNanoseconds) }
         packet.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(sequence), as: UInt64.self) }
         _ = send(source.fd, packet, packet.count, 0)
     }
@@ -122,7 +122,7 @@ struct WANEmulatorTests {
         defer { emulator.shutdown() }
         let report = try WANCalibration.run(emulator, probes: 200, interval: .milliseconds(1), measureCapacity: false)
         #expect(report.rttAgrees, "\(report)")
-        #expect(abs(report.measuredRTT.wanMilliseconds - 40) <= 2, "\(report)")
+        #expect(abs(report.measuredRTT.milliseconds - 40) <= 2, "\(report)")
         #expect(report.statistics.aToB.packetsPassed >= 200)
 
         // TCP: connect() returns when the SYN-ACK is back, one round trip after the SYN.
@@ -132,7 +132,7 @@ struct WANEmulatorTests {
         for _ in 0..<5 {
             let start = ContinuousClock.now
             let fd = try WANSockets.tcpConnect(in: emulator.sideB, to: emulator.addressA, port: listener.port)
-            handshakes.append((ContinuousClock.now - start).wanMilliseconds)
+            handshakes.append((ContinuousClock.now - start).milliseconds)
             #expect(WANSockets.congestionControl(of: fd) == "reno")
             close(fd)
         }

@@ -96,6 +96,7 @@ public final class PrometheusStatistics: Sendable {
             counter("memreplica_received_bytes_total", labels, Double(c.bytesReceived))
             counter("memreplica_sent_packets_total", labels, Double(c.packetsSent))
             counter("memreplica_received_packets_total", labels, Double(c.packetsReceived))
+            if let held = c.bulkQueueHeldSeconds { counter("memreplica_bulk_queue_held_seconds_total", labels, held) }
             // Per peer and direction: it outlives each connection.
             counter("memreplica_reconnects_total", [("peer", c.peer), ("direction", c.initiatedLocally ? "out" : "in")],
                     Double(c.reconnects))

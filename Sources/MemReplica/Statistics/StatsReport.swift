@@ -85,6 +85,9 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var handshakeSeconds: Double?
         /// Connections with the same peer in the same direction before this one.
         public var reconnects: Int
+        /// Time bulk streams were held to keep the bottleneck queue short
+        /// while answers flowed (`peer --bulk-queue`); absent without the gate.
+        public var bulkQueueHeldSeconds: Double?
 
         public init(_ summary: ConnectionSummary, reconnects: Int) {
             let s = summary.statistics
@@ -108,6 +111,7 @@ public struct StatsReport: Codable, Sendable, Equatable {
             maxPacketPayloadBytes = s.maxUDPPayloadSize
             handshakeSeconds = s.handshakeDuration?.seconds
             self.reconnects = reconnects
+            bulkQueueHeldSeconds = s.bulkQueueHeld?.seconds
         }
     }
 
