@@ -1,6 +1,8 @@
 @testable import MemReplica
 @testable import MemReplicaBench
 @testable import MemReplicaWAN
+import MemReplicaTransportCore
+import MemReplicaSystem
 import Foundation
 import Testing
 
@@ -184,6 +186,44 @@ struct WANResultsTests {
         let markdown = WANResultsWriter(report: report, stamp: "20260102T030405Z").markdownSection(plots: [])
         #expect(markdown.contains("Runs whose connection ended, left out of the medians: "
                                   + "\(Self.bbrLossy.description), quic run 3 (protocol error: ERR_INTERNAL)."))
+    }
+
+    /// The benchmark's run loop with a stand-in for the measurement: no
+    /// emulator, no root. A `TransportError` fails that run only.
+    @Test("the run loop lists a run whose connection ended and goes on; bytes that arrived wrong end the benchmark")
+    func runLoopCatchesEndedConnections() async throws {
+        let dir = NSTemporaryDirectory() + "mr-wan-loop-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var options = WANBenchmark.Options()
+        options.transports = [.quic, .tcp]
+        options.runs = 2
+        let lines = Locked<[String]>([])
+        let bench = try WANBenchmark(options: options, workDirectory: dir) { line in lines.withLock { $0.append(line) } }
+        var results: [WANRunResult] = []
+        var failures: [WANRunFailure] = []
+        var order: [String] = []
+        try await bench.measureRuns(of: Self.bbrLossy, total: 4, since: ContinuousClock.now, results: &results, failures: &failures) { kind, run in
+            order.append("\(kind.rawValue) \(run)")
+            if kind == .tcp && run == 1 { throw TransportError.connectionLost(detail: "ERR_INTERNAL") }
+            return Self.run(Self.bbrLossy, kind, run)
+        }
+        // Transports alternate their order between runs; the failed run does not stop the next.
+        #expect(order == ["quic 1", "tcp 1", "tcp 2", "quic 2"])
+        #expect(results.map { "\($0.transport) \($0.run)" } == ["quic 1", "tcp 2", "quic 2"])
+        #expect(failures.map { "\($0.transport) \($0.run)" } == ["tcp 1"])
+        #expect(failures.first?.error == TransportError.connectionLost(detail: "ERR_INTERNAL").description)
+        #expect(lines.withLock { $0 }.contains { $0.hasPrefix("[2/4]") && $0.contains("tcp run 1: FAILED, the connection ended") })
+
+        // Any other error is not a run's failure: it ends the benchmark.
+        results = []
+        failures = []
+        await #expect(throws: WANBenchmarkError.self) {
+            try await bench.measureRuns(of: Self.bbrLossy, total: 4, since: ContinuousClock.now, results: &results, failures: &failures) { kind, run in
+                if kind == .tcp { throw WANBenchmarkError.replicaDiffers(region: "bulk-0", transport: "tcp") }
+                return Self.run(Self.bbrLossy, kind, run)
+            }
+        }
+        #expect(failures.isEmpty && results.count == 1)
     }
 
     /// Whether python3 can import matplotlib (scripts/install-deps.sh installs it).

@@ -137,40 +137,8 @@ public struct WANBenchmark {
                 calibrations.append(report)
             }
             let primaries = try makePrimaries(scenario)
-            for run in 1...options.runs {
-                // Transports alternate their order between runs, so neither
-                // always meets a machine the other just warmed or loaded.
-                let kinds = run % 2 == 1 ? options.transports : options.transports.reversed()
-                for kind in kinds {
-                    let result: WANRunResult
-                    do {
-                        result = try await measure(kind, scenario: scenario, run: run, primaries: primaries, emulator: emulator)
-                    } catch let error as TransportError {
-                        // Bytes that arrived wrong still end the benchmark.
-                        failures.append(WANRunFailure(scenario: scenario, transport: kind.rawValue, run: run,
-                                                      error: error.description))
-                        log("[\(results.count + failures.count)/\(total)] \(scenario.description), \(kind.rawValue) run \(run): "
-                            + "FAILED, the connection ended: \(error)")
-                        continue
-                    }
-                    results.append(result)
-                    let elapsed = (ContinuousClock.now - clockStart).seconds
-                    let done = results.count + failures.count
-                    let eta = elapsed / Double(done) * Double(total - done)
-                    let queued = [result.bulkQueueWaitMilliseconds, result.readQueueWaitMilliseconds]
-                        .map { $0.map { String(format: "%.1f", $0) } ?? "–" }.joined(separator: "/")
-                    log(String(format: "[%d/%d] %@, %@ run %d: read p50 %.1f p99 %.1f ms (%d; queue wait %@ ms), %.3g Mbit/s%@, connect %.1f ms, lag p50 %@ (%.0f s left)",
-                               done, total, scenario.description, kind.rawValue, run,
-                               result.readP50Milliseconds, result.readP99Milliseconds, result.readSamples, queued,
-                               result.throughputMbps, result.bulkCompleted ? "" : " (time limit)",
-                               result.connectMilliseconds,
-                               result.lagP50Milliseconds.map { String(format: "%.1f ms", $0) } ?? "n/a", eta)
-                        + (result.burstMbps.map { String(format: ", burst %.0f Mbit/s", $0) } ?? "")
-                        + (result.wireBytesPerRegionByte.map { String(format: ", wire %.3f per region byte", $0) } ?? "")
-                        + (result.compressionRatio.map {
-                            String(format: " (%.0f %% compressed, to %.3f)", 100 * (result.compressedShare ?? 0), $0)
-                        } ?? ""))
-                }
+            try await measureRuns(of: scenario, total: total, since: clockStart, results: &results, failures: &failures) { kind, run in
+                try await measure(kind, scenario: scenario, run: run, primaries: primaries, emulator: emulator)
             }
         }
         let (summaries, ratios, targets) = WANBenchmarkReport.summarize(results)
@@ -201,6 +169,50 @@ public struct WANBenchmark {
     }
 
     /// The bulk regions' image of `content`, made once per run and size.
+    /// Every run of one scenario, each transport in turn. A run whose
+    /// connection ended (a `TransportError`) is a failure of that run: it
+    /// is logged and listed, and the matrix goes on. Any other error (bytes
+    /// that arrived wrong) ends the benchmark.
+    func measureRuns(of scenario: WANScenario, total: Int, since clockStart: ContinuousClock.Instant,
+                     results: inout [WANRunResult], failures: inout [WANRunFailure],
+                     measure: (TransportKind, Int) async throws -> WANRunResult) async throws {
+        for run in 1...options.runs {
+            // Transports alternate their order between runs, so neither
+            // always meets a machine the other just warmed or loaded.
+            let kinds = run % 2 == 1 ? options.transports : options.transports.reversed()
+            for kind in kinds {
+                let result: WANRunResult
+                do {
+                    result = try await measure(kind, run)
+                } catch let error as TransportError {
+                    // Bytes that arrived wrong still end the benchmark.
+                    failures.append(WANRunFailure(scenario: scenario, transport: kind.rawValue, run: run,
+                                                  error: error.description))
+                    log("[\(results.count + failures.count)/\(total)] \(scenario.description), \(kind.rawValue) run \(run): "
+                        + "FAILED, the connection ended: \(error)")
+                    continue
+                }
+                results.append(result)
+                let elapsed = (ContinuousClock.now - clockStart).seconds
+                let done = results.count + failures.count
+                let eta = elapsed / Double(done) * Double(total - done)
+                let queued = [result.bulkQueueWaitMilliseconds, result.readQueueWaitMilliseconds]
+                    .map { $0.map { String(format: "%.1f", $0) } ?? "–" }.joined(separator: "/")
+                log(String(format: "[%d/%d] %@, %@ run %d: read p50 %.1f p99 %.1f ms (%d; queue wait %@ ms), %.3g Mbit/s%@, connect %.1f ms, lag p50 %@ (%.0f s left)",
+                           done, total, scenario.description, kind.rawValue, run,
+                           result.readP50Milliseconds, result.readP99Milliseconds, result.readSamples, queued,
+                           result.throughputMbps, result.bulkCompleted ? "" : " (time limit)",
+                           result.connectMilliseconds,
+                           result.lagP50Milliseconds.map { String(format: "%.1f ms", $0) } ?? "n/a", eta)
+                    + (result.burstMbps.map { String(format: ", burst %.0f Mbit/s", $0) } ?? "")
+                    + (result.wireBytesPerRegionByte.map { String(format: ", wire %.3f per region byte", $0) } ?? "")
+                    + (result.compressionRatio.map {
+                        String(format: " (%.0f %% compressed, to %.3f)", 100 * (result.compressedShare ?? 0), $0)
+                    } ?? ""))
+            }
+        }
+    }
+
     private func contentImage(_ content: BenchContent, bytes: Int) throws -> [UInt8] {
         let key = "\(content.rawValue)-\(bytes)"
         if let image = images.withLock({ $0[key] }) { return image }
