@@ -25,6 +25,8 @@ final class UDPRelay: @unchecked Sendable {
 
     struct State {
         var cut = false
+        /// Server datagrams dropped while cut.
+        var cutFromServer = 0
         var serverDatagramsAllowed = Int.max
         var clientDatagramsToDrop = 0
         var clientInitialsToDrop = 0
@@ -66,6 +68,10 @@ final class UDPRelay: @unchecked Sendable {
     }
 
     func cut() { state.withLock { $0.cut = true } }
+    /// Server datagrams the cut has dropped so far: a test that restores
+    /// the relay waits for what it means to lose (a datagram still in the
+    /// relay's socket when it is restored would be forwarded).
+    var serverDatagramsCut: Int { state.withLock { $0.cutFromServer } }
     /// Forwards again after `cut` (the cable is plugged back in).
     func restore() { state.withLock { $0.cut = false } }
     func allowServerDatagrams(_ n: Int) { state.withLock { $0.serverDatagramsAllowed = n } }
@@ -112,7 +118,10 @@ final class UDPRelay: @unchecked Sendable {
             guard n > 0 else { continue }
             let fromPort = UInt16(bigEndian: from.sin_port)
             let target: UInt16? = state.withLock { s in
-                if s.cut { return nil }
+                if s.cut {
+                    if fromPort == serverPort { s.cutFromServer += 1 }
+                    return nil
+                }
                 if fromPort == serverPort {
                     s.largestFromServer = max(s.largestFromServer, n)
                     if buf[0] & 0xf0 == 0xf0 { s.retriesFromServer += 1 }
