@@ -92,6 +92,10 @@ public struct QUICConfiguration: Sendable, StreamTransportConfiguration {
             }
         }
 
+        /// Whether ngtcp2 0.12 gives this controller a pacing rate (the
+        /// bandwidth estimate `BulkQueueGate` holds bulk to): bbr's only.
+        public var hasPacingRate: Bool { self == .bbr || self == .bbr1 }
+
         /// The names, for help and errors: "bbr, bbr1, cubic or reno".
         public static var choices: String {
             let names = allCases.map(\.rawValue)

@@ -97,8 +97,8 @@ extension QUICConnectionCore {
         let routePayload = HostLocalRoute.payloadSize(to: remote, namespace: config.networkNamespace)
         // A peer on this host has no bottleneck queue to keep short, and
         // cubic and reno give the gate no rate to hold bulk to.
-        let controllerPaces = config.congestionControl == .bbr || config.congestionControl == .bbr1
-        bulkGate = routePayload == nil && controllerPaces ? config.bulkQueueAllowance.map { BulkQueueGate(allowance: $0) } : nil
+        bulkGate = routePayload == nil && config.congestionControl.hasPacingRate
+            ? config.bulkQueueAllowance.map { BulkQueueGate(allowance: $0) } : nil
         if let cap = config.hostLocalUDPPayloadSize, let routePayload {
             // A peer on this host: the loopback MTU is certain, nothing to
             // discover. A 4 KiB fault answer becomes one packet instead of
